@@ -1,0 +1,27 @@
+//! Build script: makes the `pipe` binary find libtorch without any environment variable at run time.
+//!
+//! With the `train` feature, torch-sys (built with `LIBTORCH_USE_PYTORCH=1` against the project's
+//! `.venv`) reports the libtorch folder as `DEP_TCH_LIBTORCH_LIB`. We add it as an rpath, and when the
+//! wheel carries `libtorch_cuda.so` we link it with `--no-as-needed`: otherwise the linker drops it as
+//! unneeded (no symbol of it is referenced directly) and CUDA silently disappears at run time.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    if std::env::var_os("CARGO_FEATURE_TRAIN").is_none() {
+        return;
+    }
+    let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB").map(PathBuf::from) else {
+        println!("cargo:warning=torch-sys did not report the libtorch folder; set LD_LIBRARY_PATH at run time");
+        return;
+    };
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-L{}", lib.display());
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

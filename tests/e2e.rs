@@ -1,0 +1,301 @@
+//! End to end on real CIFAR-10 images and the real ImageNet VGG16 weights (both made by `make setup`):
+//! `pipe train` → `pipe export` → `pipe infer` with tract and with ONNX Runtime, checking that both
+//! backends reproduce the probabilities tch computed at the end of training for every test image.
+#![cfg(feature = "train")]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pipe(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run pipe");
+    eprintln!(
+        "$ pipe {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = pipe(args);
+    assert!(
+        out.status.success(),
+        "pipe {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+fn require_setup() -> (PathBuf, PathBuf) {
+    let data = root().join("data/cifar10");
+    let weights = root().join("models/vgg16_imagenet.safetensors");
+    assert!(
+        data.join("test").is_dir() && weights.is_file(),
+        "CIFAR-10 images or VGG16 weights missing: run `make setup` (make test does it)"
+    );
+    (data, weights)
+}
+
+/// Label and probabilities per image path from `pipe infer --format json`.
+fn infer_json(backend: &str, model: &Path, files: &[String]) -> Vec<(String, usize, Vec<f32>)> {
+    let mut args = vec![
+        "infer",
+        "--backend",
+        backend,
+        "--format",
+        "json",
+        "--batch-size",
+        "64",
+        "--model",
+        model.to_str().unwrap(),
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let doc: Value = serde_json::from_str(&ok(&args)).expect("json output");
+    doc["predictions"]
+        .as_array()
+        .expect("predictions")
+        .iter()
+        .map(|p| {
+            let probs = p["probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            (
+                p["path"].as_str().unwrap().to_string(),
+                p["class_index"].as_u64().unwrap() as usize,
+                probs,
+            )
+        })
+        .collect()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(0, |b, (i, &x)| if x > v[b] { i } else { b })
+}
+
+#[test]
+fn train_export_and_both_backends_agree_with_tch() {
+    let (data, weights) = require_setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let stdout = ok(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--train-limit",
+        "300",
+        "--test-limit",
+        "120",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--name",
+        "e2e",
+    ]);
+    assert!(stdout.contains("test accuracy"), "{stdout}");
+    let run = runs.join("e2e");
+    assert_eq!(
+        std::fs::read_link(runs.join("latest")).unwrap(),
+        PathBuf::from("e2e")
+    );
+    let history: Value =
+        serde_json::from_slice(&std::fs::read(run.join("history.json")).unwrap()).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 3);
+    for e in history.as_array().unwrap() {
+        let acc = e["val_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc) && e["loss"].as_f64().unwrap().is_finite());
+    }
+    let preds: Value =
+        serde_json::from_slice(&std::fs::read(run.join("predictions.json")).unwrap()).unwrap();
+    let items = preds["items"].as_array().unwrap();
+    assert_eq!(items.len(), 120);
+    let test_root = PathBuf::from(preds["data_root"].as_str().unwrap());
+    // 12 images per class, class-balanced.
+    for c in 0..10 {
+        assert_eq!(
+            items
+                .iter()
+                .filter(|i| i["label"].as_u64() == Some(c))
+                .count(),
+            12
+        );
+    }
+    let tch: Vec<(String, Vec<f32>)> = items
+        .iter()
+        .map(|i| {
+            let path = test_root
+                .join(i["file"].as_str().unwrap())
+                .to_str()
+                .unwrap()
+                .to_string();
+            (
+                path,
+                i["probabilities"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect(),
+            )
+        })
+        .collect();
+    // The head learned something real from ImageNet features: well above 10% chance on 120 images.
+    let correct = items
+        .iter()
+        .zip(&tch)
+        .filter(|(i, (_, p))| argmax(p) as u64 == i["label"].as_u64().unwrap())
+        .count();
+    assert!(
+        correct >= 30,
+        "only {correct}/120 test images right after training"
+    );
+
+    let model = tmp.path().join("onnx/model.onnx");
+    let out = ok(&[
+        "export",
+        model.to_str().unwrap(),
+        "--run",
+        "e2e",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+    ]);
+    assert!(out.contains("exported run e2e"), "{out}");
+    assert!(
+        std::fs::metadata(&model).unwrap().len() > 58_000_000,
+        "weights are inside the model file"
+    );
+
+    let files: Vec<String> = tch.iter().map(|(p, _)| p.clone()).collect();
+    let tract = infer_json("tract", &model, &files);
+    let ort = infer_json("ort", &model, &files);
+    assert_eq!(tract.len(), 120);
+    assert_eq!(ort.len(), 120);
+    for (backend, got) in [("tract", &tract), ("ort", &ort)] {
+        let mut worst = 0f32;
+        for ((path, label, probs), (tpath, tprobs)) in got.iter().zip(&tch) {
+            assert_eq!(path, tpath);
+            assert_eq!(
+                *label,
+                argmax(tprobs),
+                "{backend}: {path} label differs from tch"
+            );
+            for (a, b) in probs.iter().zip(tprobs) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        eprintln!("{backend}: max |Δp| vs tch = {worst:e}");
+        assert!(
+            worst <= 1e-4,
+            "{backend}: max |Δprobability| {worst} > 1e-4"
+        );
+    }
+    for (a, b) in tract.iter().zip(&ort) {
+        assert_eq!(a.1, b.1, "tract and ort disagree on {}", a.0);
+    }
+}
+
+#[test]
+fn weights_import_refuses_a_wrong_fingerprint() {
+    use prost::Message;
+    use tract_onnx::pb;
+    // A well-formed ONNX with 13 VGG16-shaped Conv nodes whose values are not the ImageNet weights.
+    let arch = pipe::arch::Arch::vgg16_transfer(32, 10);
+    let mut graph = pb::GraphProto::default();
+    for (i, pair) in arch.base_params().chunks(2).enumerate() {
+        let mut names = Vec::new();
+        for (name, shape) in pair {
+            let n: usize = shape.iter().product();
+            graph.initializer.push(pb::TensorProto {
+                name: name.clone(),
+                dims: shape.iter().map(|&d| d as i64).collect(),
+                data_type: 1,
+                float_data: vec![0.01; n],
+                ..Default::default()
+            });
+            names.push(name.clone());
+        }
+        graph.node.push(pb::NodeProto {
+            op_type: "Conv".into(),
+            input: vec![format!("x{i}"), names[0].clone(), names[1].clone()],
+            output: vec![format!("x{}", i + 1)],
+            ..Default::default()
+        });
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let onnx = tmp.path().join("not_imagenet.onnx");
+    std::fs::write(
+        &onnx,
+        pb::ModelProto {
+            graph: Some(graph),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    )
+    .unwrap();
+    let out_file = tmp.path().join("w.safetensors");
+    let out = pipe(&[
+        "weights",
+        "import",
+        onnx.to_str().unwrap(),
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not_imagenet.onnx")
+            && err.contains("fingerprint")
+            && err.contains("--allow-unverified"),
+        "{err}"
+    );
+    assert!(!out_file.exists(), "nothing written on refusal");
+
+    // With --allow-unverified it imports; training with it is then refused unless allowed again.
+    let out = pipe(&[
+        "weights",
+        "import",
+        onnx.to_str().unwrap(),
+        "-o",
+        out_file.to_str().unwrap(),
+        "--allow-unverified",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UNVERIFIED"));
+    let (data, _) = require_setup();
+    let out = pipe(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--weights",
+        out_file.to_str().unwrap(),
+        "--runs-dir",
+        tmp.path().join("runs").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("w.safetensors") && err.contains("fingerprint"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("runs/latest").exists());
+}
