@@ -197,6 +197,98 @@ impl Arch {
     }
 }
 
+/// One row of [`Arch::summary`], like a line of Keras' `model.summary()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryRow {
+    /// Layer name.
+    pub name: String,
+    /// Layer type (`Conv2D`, `MaxPooling2D`, ...).
+    pub kind: &'static str,
+    /// Output shape per image, batch dimension omitted (channels first).
+    pub output_shape: Vec<usize>,
+    /// Parameters of the layer.
+    pub parameters: usize,
+    /// Whether the parameters are trained (the base is frozen).
+    pub trainable: bool,
+}
+
+impl Arch {
+    /// The layer table: input, 13 conv + 5 pool layers of the frozen base, then the head.
+    pub fn summary(&self) -> Vec<SummaryRow> {
+        let s = self.input_size;
+        let mut rows = vec![SummaryRow {
+            name: "images".into(),
+            kind: "Input",
+            output_shape: vec![3, s, s],
+            parameters: 0,
+            trainable: false,
+        }];
+        let (mut ch, mut hw) = (3, s);
+        for l in &self.base {
+            match l {
+                BaseLayer::Conv {
+                    name,
+                    in_channels,
+                    out_channels,
+                } => {
+                    ch = *out_channels;
+                    rows.push(SummaryRow {
+                        name: name.clone(),
+                        kind: "Conv2D",
+                        output_shape: vec![ch, hw, hw],
+                        parameters: out_channels * in_channels * 9 + out_channels,
+                        trainable: false,
+                    });
+                }
+                BaseLayer::MaxPool { name } => {
+                    hw /= 2;
+                    rows.push(SummaryRow {
+                        name: name.clone(),
+                        kind: "MaxPooling2D",
+                        output_shape: vec![ch, hw, hw],
+                        parameters: 0,
+                        trainable: false,
+                    });
+                }
+            }
+        }
+        let mut width = ch * hw * hw;
+        rows.push(SummaryRow {
+            name: "flatten".into(),
+            kind: "Flatten",
+            output_shape: vec![width],
+            parameters: 0,
+            trainable: false,
+        });
+        for (i, l) in self.head.iter().enumerate() {
+            let (name, kind, params) = match l {
+                HeadLayer::Linear {
+                    name,
+                    in_features,
+                    out_features,
+                } => {
+                    width = *out_features;
+                    (
+                        name.clone(),
+                        "Dense",
+                        in_features * out_features + out_features,
+                    )
+                }
+                HeadLayer::Relu => (format!("relu_{i}"), "ReLU", 0),
+                HeadLayer::Dropout { .. } => (format!("dropout_{i}"), "Dropout", 0),
+            };
+            rows.push(SummaryRow {
+                name,
+                kind,
+                output_shape: vec![width],
+                parameters: params,
+                trainable: params > 0,
+            });
+        }
+        rows
+    }
+}
+
 /// Number of elements of a tensor shape.
 pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
@@ -226,6 +318,30 @@ mod tests {
         assert_eq!(base, VGG16_BASE_PARAMETERS);
         assert_eq!(head, 133_898);
         assert_eq!(a.base_output_shape(), [512, 1, 1]);
+    }
+
+    #[test]
+    fn summary_totals_match_keras() {
+        let rows = Arch::vgg16_transfer(32, 10).summary();
+        let base: usize = rows
+            .iter()
+            .filter(|r| !r.trainable)
+            .map(|r| r.parameters)
+            .sum();
+        let head: usize = rows
+            .iter()
+            .filter(|r| r.trainable)
+            .map(|r| r.parameters)
+            .sum();
+        assert_eq!((base, head), (14_714_688, 133_898));
+        assert_eq!(
+            rows.iter()
+                .find(|r| r.name == "block5_pool")
+                .unwrap()
+                .output_shape,
+            vec![512, 1, 1]
+        );
+        assert_eq!(rows.len(), 1 + 18 + 1 + 4);
     }
 
     #[test]

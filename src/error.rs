@@ -58,6 +58,16 @@ pub enum Error {
         /// The backend's message.
         message: String,
     },
+    /// Training produced a non-finite loss.
+    #[error("training diverged at epoch {epoch} (step {step}): loss is {loss}; lower --lr")]
+    Diverged {
+        /// Epoch (from 1).
+        epoch: usize,
+        /// Step within the epoch (from 1; 0 = validation).
+        step: usize,
+        /// The loss value.
+        loss: f64,
+    },
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(String),

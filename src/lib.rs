@@ -8,6 +8,7 @@ pub mod data;
 pub mod error;
 pub mod export;
 pub mod infer;
+pub mod report;
 pub mod run;
 #[cfg(feature = "train")]
 pub mod train;

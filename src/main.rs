@@ -27,6 +27,23 @@ enum Command {
     /// head.safetensors, config.json, history.json and predictions.json, and points models/runs/latest at it.
     #[cfg(feature = "train")]
     Train(TrainArgs),
+    /// Evaluate a trained run on its test split: loss, accuracy, per-class precision and recall,
+    /// confusion matrix.
+    #[cfg(feature = "train")]
+    Evaluate(EvaluateArgs),
+    /// Train the head for every combination of batch sizes and learning rates from one set of cached
+    /// features, and compare validation accuracy per epoch.
+    #[cfg(feature = "train")]
+    Sweep(SweepArgs),
+    /// Print the layer table (name, output shape, parameters, trainable), like Keras' model.summary().
+    Summary {
+        /// Input image size, pixels (a multiple of 32).
+        #[arg(long, default_value_t = 32)]
+        input_size: usize,
+        /// Number of classes.
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+    },
     /// Export a training run as a self-contained ONNX model (preprocessing inside the graph).
     ///
     /// Input `images`: float32 [N,32,32,3] RGB pixels 0..255 (NHWC, N dynamic). Output `probabilities`:
@@ -46,7 +63,8 @@ enum Command {
 #[cfg(feature = "train")]
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// Dataset root holding train/<class>/* and test/<class>/* images.
+    /// Dataset: train/<class>/* and test/<class>/* image folders, or the CIFAR-10 binary release
+    /// (cifar-10-batches-bin/ with data_batch_1..5.bin and test_batch.bin), detected automatically.
     #[arg(long, default_value = "data/cifar10")]
     data: PathBuf,
     /// Conv-base weights written by `pipe weights import` (made by `make setup`).
@@ -70,24 +88,118 @@ struct TrainArgs {
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
+    /// L2 weight decay (added to the gradient, as PyTorch's SGD weight_decay).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
     /// Seed for head initialisation, dropout and shuffling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    #[command(flatten)]
+    common: CommonTrainArgs,
+    /// Folder of training runs.
+    #[arg(long, default_value = "models/runs")]
+    runs_dir: PathBuf,
+    /// Run name (default: the UTC time, YYYYMMDD-HHMMSS). With --resume: the run to continue.
+    #[arg(long)]
+    name: Option<String>,
+    /// Continue an unfinished run (killed or interrupted) from its last epoch checkpoint; the run's
+    /// config.json decides data and hyper-parameters. Without --name: the most recent unfinished run.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after N epochs as if interrupted (leaves an unfinished run; for testing --resume).
+    #[arg(long, hide = true)]
+    interrupt_after_epoch: Option<usize>,
+}
+
+/// Options shared by the commands that run the frozen base.
+#[cfg(feature = "train")]
+#[derive(clap::Args)]
+struct CommonTrainArgs {
     /// Device: auto = CUDA when libtorch sees a GPU, else CPU.
     #[arg(long, value_enum, default_value_t = pipe::train::TrainDevice::Auto)]
     device: pipe::train::TrainDevice,
     /// Batch size for feature extraction through the frozen base.
     #[arg(long, default_value_t = 128)]
     extract_batch_size: usize,
-    /// Folder of training runs.
-    #[arg(long, default_value = "models/runs")]
-    runs_dir: PathBuf,
-    /// Run name (default: the UTC time, YYYYMMDD-HHMMSS).
+    /// Folder of the feature cache (features keyed by weights fingerprint, preprocessing, input size
+    /// and image pixels).
+    #[arg(long, default_value = pipe::train::DEFAULT_CACHE_DIR)]
+    cache_dir: PathBuf,
+    /// Neither read nor write the feature cache.
     #[arg(long)]
-    name: Option<String>,
+    no_cache: bool,
     /// Accept base weights whose fingerprint is not the ImageNet VGG16 one.
     #[arg(long)]
     allow_unverified: bool,
+}
+
+#[cfg(feature = "train")]
+impl CommonTrainArgs {
+    fn cache(&self) -> Option<PathBuf> {
+        (!self.no_cache).then(|| self.cache_dir.clone())
+    }
+}
+
+#[cfg(feature = "train")]
+#[derive(clap::Args)]
+struct EvaluateArgs {
+    /// Run to evaluate: `latest`, a run name in --runs-dir, or a run folder.
+    #[arg(long, default_value = "latest")]
+    run: String,
+    /// Folder of training runs.
+    #[arg(long, default_value = "models/runs")]
+    runs_dir: PathBuf,
+    /// Data to evaluate on (default: the run's own); its test split is used.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Test images, class-balanced subset (default: the run's; 0 = all).
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    #[command(flatten)]
+    common: CommonTrainArgs,
+}
+
+#[cfg(feature = "train")]
+#[derive(clap::Args)]
+struct SweepArgs {
+    /// Dataset: train/ and test/ class folders, or the CIFAR-10 binary release.
+    #[arg(long, default_value = "data/cifar10")]
+    data: PathBuf,
+    /// Conv-base weights.
+    #[arg(long, default_value = "models/vgg16_imagenet.safetensors")]
+    weights: PathBuf,
+    /// Training images (0 = all).
+    #[arg(long, default_value_t = 5000)]
+    train_limit: usize,
+    /// Test images, the validation set (0 = all).
+    #[arg(long, default_value_t = 1000)]
+    test_limit: usize,
+    /// Batch sizes to try, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "32,64,96,128,256")]
+    batch_sizes: Vec<usize>,
+    /// Learning rates to try, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1e-4")]
+    lrs: Vec<f64>,
+    /// Epochs per setting.
+    #[arg(long, default_value_t = 15)]
+    epochs: usize,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// L2 weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Seed (the same for every setting).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Folder to write sweep.json into (default: models/sweeps/<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonTrainArgs,
 }
 
 #[derive(clap::Args)]
@@ -111,9 +223,9 @@ struct ExportArgs {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
-    /// One line per image: path, label, probability (tab-separated).
+    /// Human-readable text (infer: one tab-separated line per image: path, label, probability).
     Text,
-    /// One JSON document with every prediction and the accuracy.
+    /// One JSON document.
     Json,
 }
 
@@ -170,17 +282,23 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         weights: a.weights,
         train_limit: a.train_limit,
         test_limit: a.test_limit,
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        momentum: a.momentum,
-        seed: a.seed,
-        device: a.device,
-        extract_batch_size: a.extract_batch_size,
+        hyper: pipe::train::HeadHyper {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            momentum: a.momentum,
+            weight_decay: a.weight_decay,
+            seed: a.seed,
+        },
+        device: a.common.device,
+        extract_batch_size: a.common.extract_batch_size,
         runs_dir: a.runs_dir,
         name: a.name,
-        allow_unverified: a.allow_unverified,
+        resume: a.resume,
+        cache_dir: a.common.cache(),
+        allow_unverified: a.common.allow_unverified,
         progress: true,
+        interrupt_after: a.interrupt_after_epoch,
     })?;
     println!(
         "test loss {:.4}  test accuracy {:.4}",
@@ -188,6 +306,161 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     );
     println!("run: {}", out.run_dir.display());
     Ok(())
+}
+
+#[cfg(feature = "train")]
+fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
+    let run_dir = pipe::run::resolve_run(&a.runs_dir, &a.run)?;
+    let device = pipe::train::resolve_device(a.common.device)?;
+    let cache = a.common.cache();
+    let ev = pipe::train::evaluate_run(
+        &run_dir,
+        a.data.as_deref(),
+        a.test_limit,
+        device,
+        cache.as_deref(),
+        true,
+    )?;
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&ev)?),
+        Format::Text => {
+            println!(
+                "run {} on {} ({} test images)",
+                ev.run,
+                ev.data.display(),
+                ev.report.images
+            );
+            println!(
+                "test loss {:.4}  test accuracy {:.4}\n",
+                ev.loss, ev.report.accuracy
+            );
+            print!("{}", ev.report.table());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "train")]
+fn cmd_sweep(a: SweepArgs) -> Result<()> {
+    let device = pipe::train::resolve_device(a.common.device)?;
+    let features = pipe::train::FeatureOptions {
+        data: a.data.clone(),
+        weights: a.weights.clone(),
+        train_limit: a.train_limit,
+        test_limit: a.test_limit,
+        input_size: 32,
+        batch_size: a.common.extract_batch_size,
+        cache_dir: a.common.cache(),
+        allow_unverified: a.common.allow_unverified,
+        progress: true,
+    };
+    let hyper = pipe::train::HeadHyper {
+        epochs: a.epochs,
+        batch_size: 0,
+        lr: 0.0,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        seed: a.seed,
+    };
+    let t0 = std::time::Instant::now();
+    let (rows, extracted) = pipe::train::sweep(&features, &hyper, &a.batch_sizes, &a.lrs, device)?;
+    let out_dir = a
+        .out
+        .unwrap_or_else(|| PathBuf::from("models/sweeps").join(pipe::run::timestamp_name()));
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let doc = serde_json::json!({
+        "data": a.data, "train_limit": a.train_limit, "test_limit": a.test_limit, "epochs": a.epochs,
+        "momentum": a.momentum, "weight_decay": a.weight_decay, "seed": a.seed,
+        "images_extracted": extracted, "seconds": t0.elapsed().as_secs_f64(), "settings": rows,
+    });
+    pipe::util::write_json_atomic(&out_dir.join("sweep.json"), &doc)?;
+    println!(
+        "{:>10}  {:>8}  {:>9}  {:>8}  {:>10}  {:>7}",
+        "batch_size", "lr", "final_acc", "best_acc", "best_epoch", "time_s"
+    );
+    for r in &rows {
+        println!(
+            "{:>10}  {:>8}  {:>9.4}  {:>8.4}  {:>10}  {:>7.1}{}",
+            r.batch_size,
+            r.lr,
+            r.final_val_accuracy,
+            r.best_val_accuracy,
+            r.best_epoch,
+            r.seconds,
+            if r.diverged.is_some() {
+                "  diverged"
+            } else {
+                ""
+            }
+        );
+    }
+    println!(
+        "sweep of {} settings in {:.1} s ({} images extracted); {}",
+        rows.len(),
+        t0.elapsed().as_secs_f64(),
+        extracted,
+        out_dir.join("sweep.json").display()
+    );
+    Ok(())
+}
+
+fn cmd_summary(input_size: usize, classes: usize) -> Result<()> {
+    if input_size == 0 || input_size % 32 != 0 || classes < 2 {
+        anyhow::bail!("--input-size must be a positive multiple of 32 and --classes at least 2");
+    }
+    let rows = pipe::arch::Arch::vgg16_transfer(input_size, classes).summary();
+    println!(
+        "{:<14} {:<13} {:<16} {:>12}  trainable",
+        "layer", "type", "output shape", "parameters"
+    );
+    println!("{}", "-".repeat(70));
+    for r in &rows {
+        let shape = format!(
+            "(N, {})",
+            r.output_shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "{:<14} {:<13} {:<16} {:>12}  {}",
+            r.name,
+            r.kind,
+            shape,
+            group(r.parameters),
+            if r.trainable { "yes" } else { "no" }
+        );
+    }
+    let base: usize = rows
+        .iter()
+        .filter(|r| !r.trainable)
+        .map(|r| r.parameters)
+        .sum();
+    let head: usize = rows
+        .iter()
+        .filter(|r| r.trainable)
+        .map(|r| r.parameters)
+        .sum();
+    println!("{}", "-".repeat(70));
+    println!("Total params: {}", group(base + head));
+    println!("Trainable params (dense head): {}", group(head));
+    println!("Non-trainable params (frozen VGG16 base): {}", group(base));
+    Ok(())
+}
+
+/// Thousands separators: 14714688 → "14,714,688".
+fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn cmd_export(a: ExportArgs) -> Result<()> {
@@ -341,6 +614,14 @@ fn main() {
     let result = match cli.command {
         #[cfg(feature = "train")]
         Command::Train(a) => cmd_train(a),
+        #[cfg(feature = "train")]
+        Command::Evaluate(a) => cmd_evaluate(a),
+        #[cfg(feature = "train")]
+        Command::Sweep(a) => cmd_sweep(a),
+        Command::Summary {
+            input_size,
+            classes,
+        } => cmd_summary(input_size, classes),
         Command::Export(a) => cmd_export(a),
         Command::Infer(a) => cmd_infer(a),
         Command::Weights(c) => cmd_weights(c),

@@ -26,7 +26,7 @@ pub struct RunConfig {
     pub name: String,
     /// Version of pipe that trained it.
     pub pipe_version: String,
-    /// Dataset root (with `train/` and `test/`).
+    /// `--data`: dataset root (image folders `train/`, `test/`, or the CIFAR-10 binary release).
     pub data: PathBuf,
     /// Conv-base weights file.
     pub weights: PathBuf,
@@ -56,6 +56,9 @@ pub struct RunConfig {
     pub lr: f64,
     /// SGD momentum.
     pub momentum: f64,
+    /// L2 weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
     /// Seed.
     pub seed: u64,
     /// Device the run trained on (`cpu`, `cuda:0`).
@@ -75,7 +78,8 @@ pub struct EpochMetrics {
     pub val_loss: f64,
     /// Validation accuracy after the epoch, 0..1.
     pub val_accuracy: f64,
-    /// Wall time of the epoch, seconds.
+    /// Wall time of the epoch, seconds (printed, not stored: history.json is identical for identical runs).
+    #[serde(skip)]
     pub seconds: f64,
 }
 
@@ -109,44 +113,88 @@ pub fn timestamp_name() -> String {
         .unwrap_or_else(|_| "run".into())
 }
 
-/// Creates `runs_dir/<name>` atomically: `fill` writes into a hidden staging folder, which is renamed
-/// into place only when it succeeded; then `runs_dir/latest` is pointed at it. Returns the run folder.
-///
-/// # Errors
-/// [`Error::Usage`] when the run already exists or the name is not a plain folder name; [`Error::Io`]
-/// when the folder cannot be written; whatever `fill` returns (the staging folder is then removed).
-pub fn create_run(
-    runs_dir: &Path,
-    name: &str,
-    fill: impl FnOnce(&Path) -> Result<()>,
-) -> Result<PathBuf> {
+/// Checkpoint file of a run, rewritten atomically after every epoch (head parameters, momentum
+/// buffers, and the epoch and history in its metadata).
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name == LATEST || name.starts_with('.') || name.contains(['/', '\\']) {
         return Err(Error::Usage(format!(
             "invalid run name {name:?}: use a plain folder name other than `latest`"
         )));
     }
-    std::fs::create_dir_all(runs_dir).map_err(|e| Error::io(runs_dir, e))?;
+    Ok(())
+}
+
+/// Creates the folder of a new run, `runs_dir/<name>`.
+///
+/// # Errors
+/// [`Error::Usage`] when the name is not a plain folder name or the run exists (resume it with
+/// `--resume`, or pick another `--name`); [`Error::Io`] when it cannot be created.
+pub fn new_run_dir(runs_dir: &Path, name: &str) -> Result<PathBuf> {
+    check_name(name)?;
     let dir = runs_dir.join(name);
     if dir.exists() {
         return Err(Error::Usage(format!(
-            "run {} already exists; pick another --name",
+            "run {} already exists; continue it with `pipe train --resume --name {name}` or pick another --name",
             dir.display()
         )));
     }
-    let staging = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempdir_in(runs_dir)
-        .map_err(|e| Error::io(runs_dir, e))?;
-    crate::util::set_mode(staging.path(), 0o777).map_err(|e| Error::io(staging.path(), e))?;
-    fill(staging.path())?;
-    let staged = staging.keep();
-    std::fs::rename(&staged, &dir).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&staged);
-        Error::io(&dir, e)
-    })?;
-    set_latest(runs_dir, name)?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     Ok(dir)
+}
+
+/// Whether a run folder holds a finished run (its head weights are written last but one, before
+/// `predictions.json`).
+pub fn is_complete(dir: &Path) -> bool {
+    dir.join(HEAD_FILE).is_file() && dir.join(PREDICTIONS_FILE).is_file()
+}
+
+/// The run `--resume` continues: `name` when given, else the most recently modified unfinished run
+/// (one with `config.json` but not finished) in `runs_dir`.
+///
+/// # Errors
+/// [`Error::Usage`] when there is no such run or it is already finished.
+pub fn find_resumable(runs_dir: &Path, name: Option<&str>) -> Result<PathBuf> {
+    if let Some(n) = name {
+        check_name(n)?;
+        let dir = runs_dir.join(n);
+        if !dir.join(CONFIG_FILE).is_file() {
+            return Err(Error::Usage(format!(
+                "--resume: {} is not a run folder (no {CONFIG_FILE})",
+                dir.display()
+            )));
+        }
+        if is_complete(&dir) {
+            return Err(Error::Usage(format!(
+                "--resume: run {} is already finished",
+                dir.display()
+            )));
+        }
+        return Ok(dir);
+    }
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(runs_dir)
+        .map_err(|e| Error::io(runs_dir, e))?
+        .flatten()
+    {
+        let dir = entry.path();
+        if entry.file_name() == LATEST || !dir.join(CONFIG_FILE).is_file() || is_complete(&dir) {
+            continue;
+        }
+        let t = std::fs::metadata(dir.join(CONFIG_FILE))
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+            best = Some((t, dir));
+        }
+    }
+    best.map(|(_, d)| d).ok_or_else(|| {
+        Error::Usage(format!(
+            "--resume: no unfinished run in {}",
+            runs_dir.display()
+        ))
+    })
 }
 
 /// Points `runs_dir/latest` at run `name` (a relative symlink, replaced atomically).
@@ -185,7 +233,7 @@ pub fn resolve_run(runs_dir: &Path, run: &str) -> Result<PathBuf> {
         if !dir.join(f).is_file() {
             return Err(Error::invalid(
                 &dir,
-                format!("incomplete run: {f} is missing; train again"),
+                format!("unfinished run: {f} is missing; finish it with `pipe train --resume --name <run>` or train again"),
             ));
         }
     }
@@ -197,38 +245,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn create_run_is_atomic_and_updates_latest() {
+    fn run_folders_latest_and_resume_lookup() {
         let dir = tempfile::tempdir().unwrap();
         let runs = dir.path().join("runs");
-        let err = create_run(&runs, "a", |_| Err(Error::Usage("boom".into()))).unwrap_err();
-        assert_eq!(err.to_string(), "boom");
-        assert_eq!(
-            std::fs::read_dir(&runs).unwrap().count(),
-            0,
-            "failed run leaves nothing behind"
-        );
-        for name in ["a", "b"] {
-            create_run(&runs, name, |d| {
-                std::fs::write(d.join(CONFIG_FILE), "{}").unwrap();
-                std::fs::write(d.join(HEAD_FILE), "x").unwrap();
-                Ok(())
-            })
-            .unwrap();
-        }
-        assert_eq!(
-            std::fs::read_link(runs.join(LATEST)).unwrap(),
-            PathBuf::from("b")
-        );
-        assert_eq!(resolve_run(&runs, "latest").unwrap(), runs.join("latest"));
-        assert!(resolve_run(&runs, "a").is_ok());
+        assert!(new_run_dir(&runs, "../x").is_err());
+        assert!(new_run_dir(&runs, "latest").is_err());
+        let a = new_run_dir(&runs, "a").unwrap();
         assert!(
-            create_run(&runs, "a", |_| Ok(())).is_err(),
+            new_run_dir(&runs, "a")
+                .unwrap_err()
+                .to_string()
+                .contains("--resume"),
             "existing run is not overwritten"
         );
-        assert!(create_run(&runs, "../x", |_| Ok(())).is_err());
-        std::fs::remove_file(runs.join("a").join(HEAD_FILE)).unwrap();
+        std::fs::write(a.join(CONFIG_FILE), "{}").unwrap();
+        assert_eq!(find_resumable(&runs, None).unwrap(), a);
         let err = resolve_run(&runs, "a").unwrap_err().to_string();
-        assert!(err.contains("head.safetensors is missing"), "{err}");
+        assert!(
+            err.contains("unfinished run") && err.contains("head.safetensors is missing"),
+            "{err}"
+        );
+        std::fs::write(a.join(HEAD_FILE), "x").unwrap();
+        std::fs::write(a.join(PREDICTIONS_FILE), "x").unwrap();
+        assert!(is_complete(&a));
+        assert!(find_resumable(&runs, None).is_err());
+        assert!(find_resumable(&runs, Some("a"))
+            .unwrap_err()
+            .to_string()
+            .contains("already finished"));
+        set_latest(&runs, "a").unwrap();
+        set_latest(&runs, "a").unwrap();
+        assert_eq!(
+            std::fs::read_link(runs.join(LATEST)).unwrap(),
+            PathBuf::from("a")
+        );
+        assert_eq!(resolve_run(&runs, "latest").unwrap(), runs.join("latest"));
         let empty = dir.path().join("none");
         assert!(resolve_run(&empty, "latest")
             .unwrap_err()

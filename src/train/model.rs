@@ -17,6 +17,36 @@ enum BaseOp {
     MaxPool,
 }
 
+/// A tch tensor from a [`NamedTensor`], on `device`.
+///
+/// # Errors
+/// [`Error::Torch`] when libtorch fails.
+pub fn to_tch(t: &NamedTensor, device: Device) -> Result<Tensor> {
+    let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    Ok(Tensor::f_from_slice(&t.data)?
+        .f_view(shape.as_slice())?
+        .f_to_device(device)?)
+}
+
+/// The values of a tch tensor as a [`NamedTensor`] (copied to the CPU, float32).
+///
+/// # Errors
+/// [`Error::Torch`] when libtorch fails.
+pub fn from_tch(name: &str, t: &Tensor) -> Result<NamedTensor> {
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let flat = t
+        .f_detach()?
+        .f_to_kind(tch::Kind::Float)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?
+        .f_view([-1])?;
+    Ok(NamedTensor {
+        name: name.to_string(),
+        shape,
+        data: Vec::<f32>::try_from(&flat)?,
+    })
+}
+
 impl Base {
     /// Builds the base of `arch` from `weights` (in [`Arch::base_params`] order) on `device`.
     ///
@@ -28,10 +58,7 @@ impl Base {
             let t = it
                 .next()
                 .ok_or_else(|| Error::Torch(format!("base weight {what} missing")))?;
-            let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-            Ok(Tensor::f_from_slice(&t.data)?
-                .f_view(shape.as_slice())?
-                .f_to_device(device)?)
+            to_tch(t, device)
         };
         let mut layers = Vec::new();
         for l in &arch.base {
@@ -76,6 +103,9 @@ impl Base {
 /// The trainable dense head; variables live in a VarStore under `<linear name>.weight` / `.bias`.
 pub struct Head {
     layers: Vec<HeadOp>,
+    names: Vec<String>,
+    /// Width of the tensor each Dropout layer sees, in layer order.
+    dropout_widths: Vec<i64>,
 }
 
 enum HeadOp {
@@ -106,7 +136,81 @@ impl Head {
                 HeadLayer::Dropout { p } => HeadOp::Dropout(*p),
             })
             .collect();
-        Head { layers }
+        let mut width = arch.feature_dim() as i64;
+        let mut dropout_widths = Vec::new();
+        for l in &arch.head {
+            match l {
+                HeadLayer::Linear { out_features, .. } => width = *out_features as i64,
+                HeadLayer::Dropout { .. } => dropout_widths.push(width),
+                HeadLayer::Relu => {}
+            }
+        }
+        Head {
+            layers,
+            names: arch.head_params().into_iter().map(|(n, _)| n).collect(),
+            dropout_widths,
+        }
+    }
+
+    /// The trainable parameters in [`Arch::head_params`] order, with those names
+    /// (`head.dense1.weight`, ...). The tensors share storage with the model.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut ts = Vec::new();
+        for l in &self.layers {
+            if let HeadOp::Linear(lin) = l {
+                ts.push(lin.ws.shallow_clone());
+                if let Some(b) = &lin.bs {
+                    ts.push(b.shallow_clone());
+                }
+            }
+        }
+        self.names.iter().cloned().zip(ts).collect()
+    }
+
+    /// Overwrites the parameters with `values` (in [`Head::parameters`] order).
+    ///
+    /// # Errors
+    /// [`Error::Torch`] when a shape differs or libtorch fails.
+    pub fn load(&self, values: &[NamedTensor]) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        for ((name, mut p), v) in self.parameters().into_iter().zip(values) {
+            if name != v.name {
+                return Err(Error::Torch(format!(
+                    "head parameter {name} given {}",
+                    v.name
+                )));
+            }
+            p.f_copy_(&to_tch(v, p.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// Draws from libtorch's generator exactly what one training step on a batch of `batch` images
+    /// draws (one dropout mask per Dropout layer), without computing anything else. Used to replay the
+    /// completed epochs when resuming.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on a libtorch failure.
+    pub fn replay_dropout(&self, batch: usize) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        // Masks are drawn from the generator of the device the head lives on (CPU or CUDA).
+        let device = self
+            .parameters()
+            .first()
+            .map(|(_, t)| t.device())
+            .unwrap_or(Device::Cpu);
+        let p = self.layers.iter().filter_map(|l| {
+            if let HeadOp::Dropout(p) = l {
+                Some(*p)
+            } else {
+                None
+            }
+        });
+        for (p, w) in p.zip(&self.dropout_widths) {
+            let _ = Tensor::f_ones([batch as i64, *w], (tch::Kind::Float, device))?
+                .f_dropout(p, true)?;
+        }
+        Ok(())
     }
 
     /// Logits `[n, classes]` for features `[n, feature_dim]`; dropout is active only when `train`.

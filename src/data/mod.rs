@@ -5,6 +5,8 @@
 //! consumer of the exported model feeds. Preprocessing to the network's BGR NCHW float input happens
 //! in [`caffe_preprocess`] (training) and inside the exported ONNX graph (inference).
 
+pub mod cifar;
+
 use crate::arch::IMAGENET_BGR_MEANS;
 use crate::error::{Error, Result};
 use image::imageops::FilterType;
@@ -119,26 +121,202 @@ impl ImageFolder {
         })
     }
 
-    /// A deterministic, class-balanced subset of at most `limit` samples (`0` = all): class `c` gets
-    /// `limit / C` samples, plus one for the first `limit % C` classes, taken in file-name order.
-    /// The result is the same for every seed, so runs with different seeds share one test set.
+    /// A deterministic, class-balanced subset of at most `limit` samples (`0` = all), see
+    /// [`balanced_indices`]. The result is the same for every seed, so runs share one test set.
     pub fn balanced_subset(&self, limit: usize) -> Vec<Sample> {
-        if limit == 0 || limit >= self.samples.len() {
-            return self.samples.clone();
+        let labels: Vec<usize> = self.samples.iter().map(|s| s.label).collect();
+        balanced_indices(&labels, self.classes.len(), limit)
+            .into_iter()
+            .map(|i| self.samples[i].clone())
+            .collect()
+    }
+}
+
+/// Indices of a deterministic class-balanced subset of at most `limit` items (`0`, or a limit at least
+/// the number of items, = all, in order): class `c` gets `limit / C` items, plus one for the first
+/// `limit % C` classes, taken in item order; the result is grouped by class.
+pub fn balanced_indices(labels: &[usize], num_classes: usize, limit: usize) -> Vec<usize> {
+    if limit == 0 || limit >= labels.len() {
+        return (0..labels.len()).collect();
+    }
+    let mut out = Vec::with_capacity(limit);
+    for class in 0..num_classes {
+        let quota = limit / num_classes + usize::from(class < limit % num_classes);
+        out.extend(
+            labels
+                .iter()
+                .enumerate()
+                .filter(|(_, &l)| l == class)
+                .map(|(i, _)| i)
+                .take(quota),
+        );
+    }
+    out
+}
+
+/// A dataset split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Training images (`train/`, or `data_batch_1..5.bin`).
+    Train,
+    /// Test images (`test/`, or `test_batch.bin`).
+    Test,
+}
+
+/// The selected images of one split, decoded.
+#[derive(Debug, Clone)]
+pub struct LoadedSplit {
+    /// Class names, index = label.
+    pub classes: Vec<String>,
+    /// Folder the `names` are relative to (the split's folder, or the binary release folder).
+    pub root: PathBuf,
+    /// Per image: path relative to `root` (`cat/0001.jpg`) or `<batch file>#<record>`.
+    pub names: Vec<String>,
+    /// Per image: label.
+    pub labels: Vec<usize>,
+    /// NHWC RGB `u8` pixels, `len() * size * size * 3` bytes.
+    pub pixels: Vec<u8>,
+    /// Image side, pixels.
+    pub size: usize,
+}
+
+impl LoadedSplit {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the split holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// Where a dataset comes from, detected from `--data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSource {
+    /// `train/<class>/*` and `test/<class>/*` image folders under this root.
+    Folders(PathBuf),
+    /// The official CIFAR-10 binary release in this folder.
+    CifarBinary(PathBuf),
+}
+
+impl DataSource {
+    /// Detects the layout of `data`: the CIFAR-10 binary release (in `data` or
+    /// `data/cifar-10-batches-bin`), else `train/` and `test/` class folders.
+    ///
+    /// # Errors
+    /// [`Error::InvalidFile`] naming `data` when it is neither.
+    pub fn detect(data: &Path) -> Result<Self> {
+        if let Some(root) = cifar::find_root(data) {
+            return Ok(DataSource::CifarBinary(root));
         }
-        let c = self.classes.len();
-        let mut out = Vec::with_capacity(limit);
-        for label in 0..c {
-            let quota = limit / c + usize::from(label < limit % c);
-            out.extend(
-                self.samples
-                    .iter()
-                    .filter(|s| s.label == label)
-                    .take(quota)
-                    .cloned(),
-            );
+        if data.join("train").is_dir() || data.join("test").is_dir() {
+            return Ok(DataSource::Folders(data.to_path_buf()));
         }
-        out
+        Err(Error::invalid(
+            data,
+            "holds neither train/ and test/ class folders nor the CIFAR-10 binary release \
+             (data_batch_1.bin .. data_batch_5.bin, test_batch.bin); run `make setup` for data/cifar10",
+        ))
+    }
+
+    /// A short description for logs and `config.json`.
+    pub fn describe(&self) -> String {
+        match self {
+            DataSource::Folders(p) => format!("image folders in {}", p.display()),
+            DataSource::CifarBinary(p) => format!("CIFAR-10 binary release in {}", p.display()),
+        }
+    }
+
+    /// Class names of the split.
+    ///
+    /// # Errors
+    /// As [`ImageFolder::open`] or [`cifar::read_classes`].
+    pub fn classes(&self, split: Split) -> Result<Vec<String>> {
+        match self {
+            DataSource::Folders(root) => {
+                Ok(ImageFolder::open(&root.join(split_dir(split)))?.classes)
+            }
+            DataSource::CifarBinary(root) => cifar::read_classes(root),
+        }
+    }
+
+    /// Loads a class-balanced subset of at most `limit` images (`0` = all) of `split`, decoded and
+    /// resized to `size`x`size`.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] when `limit` exceeds the images available; missing or malformed files, named.
+    pub fn load(&self, split: Split, limit: usize, size: usize) -> Result<LoadedSplit> {
+        let flag = match split {
+            Split::Train => "--train-limit",
+            Split::Test => "--test-limit",
+        };
+        let too_many = |have: usize, root: &Path| {
+            Error::Usage(format!(
+                "{flag} {limit} exceeds the {have} images in {}; use 0 for all",
+                root.display()
+            ))
+        };
+        match self {
+            DataSource::Folders(data) => {
+                let root = data.join(split_dir(split));
+                let ds = ImageFolder::open(&root)?;
+                if limit > ds.samples.len() {
+                    return Err(too_many(ds.samples.len(), &root));
+                }
+                let subset = ds.balanced_subset(limit);
+                let paths: Vec<&Path> = subset.iter().map(|s| s.path.as_path()).collect();
+                let pixels = load_batch(&paths, size)?;
+                Ok(LoadedSplit {
+                    classes: ds.classes,
+                    root,
+                    names: subset.iter().map(|s| s.name.clone()).collect(),
+                    labels: subset.iter().map(|s| s.label).collect(),
+                    pixels,
+                    size,
+                })
+            }
+            DataSource::CifarBinary(root) => {
+                let classes = cifar::read_classes(root)?;
+                let records = cifar::read_split(root, split == Split::Train, classes.len())?;
+                if limit > records.len() {
+                    return Err(too_many(records.len(), root));
+                }
+                let labels: Vec<usize> = records.iter().map(|r| r.label).collect();
+                let idx = balanced_indices(&labels, classes.len(), limit);
+                let mut pixels = Vec::with_capacity(idx.len() * size * size * 3);
+                for &i in &idx {
+                    let px = &records[i].pixels;
+                    if size == cifar::CIFAR_SIZE {
+                        pixels.extend_from_slice(px);
+                    } else {
+                        let s = cifar::CIFAR_SIZE as u32;
+                        let img = image::RgbImage::from_raw(s, s, px.clone())
+                            .ok_or_else(|| Error::invalid(root, "record is not 32x32x3"))?;
+                        pixels.extend(
+                            image::imageops::resize(&img, size as u32, size as u32, RESIZE_FILTER)
+                                .into_raw(),
+                        );
+                    }
+                }
+                Ok(LoadedSplit {
+                    classes,
+                    root: root.clone(),
+                    names: idx.iter().map(|&i| records[i].name.clone()).collect(),
+                    labels: idx.iter().map(|&i| records[i].label).collect(),
+                    pixels,
+                    size,
+                })
+            }
+        }
+    }
+}
+
+fn split_dir(split: Split) -> &'static str {
+    match split {
+        Split::Train => "train",
+        Split::Test => "test",
     }
 }
 
@@ -309,6 +487,42 @@ mod tests {
             err.contains("fake.jpg") && err.contains("cannot decode"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn data_source_detects_the_binary_release_and_balances_it() {
+        let dir = tempfile::tempdir().unwrap();
+        cifar::tests::write_fake_release(dir.path(), 30);
+        let src = DataSource::detect(dir.path()).unwrap();
+        assert_eq!(src, DataSource::CifarBinary(dir.path().to_path_buf()));
+        let train = src.load(Split::Train, 20, 32).unwrap();
+        assert_eq!(train.len(), 20);
+        assert_eq!(train.labels[..2], [0, 0]);
+        assert_eq!(
+            train.names[..2],
+            [
+                "data_batch_1.bin#0".to_string(),
+                "data_batch_1.bin#10".to_string()
+            ]
+        );
+        assert_eq!(train.pixels.len(), 20 * 32 * 32 * 3);
+        let all = src.load(Split::Test, 0, 32).unwrap();
+        assert_eq!(all.len(), 30);
+        let err = src.load(Split::Test, 31, 32).unwrap_err().to_string();
+        assert!(
+            err.contains("--test-limit 31 exceeds the 30 images"),
+            "{err}"
+        );
+        let big = src.load(Split::Test, 10, 64).unwrap();
+        assert_eq!(big.pixels.len(), 10 * 64 * 64 * 3);
+        assert!(DataSource::detect(&dir.path().join("none")).is_err());
+    }
+
+    #[test]
+    fn balanced_indices_groups_by_class() {
+        let labels = [0, 1, 0, 1, 2, 0, 2];
+        assert_eq!(balanced_indices(&labels, 3, 4), vec![0, 2, 1, 4]);
+        assert_eq!(balanced_indices(&labels, 3, 0), (0..7).collect::<Vec<_>>());
     }
 
     #[test]

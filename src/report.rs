@@ -1,0 +1,117 @@
+//! Classification reports: accuracy, per-class precision and recall, confusion matrix; text tables.
+
+use serde::Serialize;
+
+/// Metrics of predictions against true labels.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassReport {
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Number of images.
+    pub images: usize,
+    /// Fraction of images whose predicted class is the true one, 0..1.
+    pub accuracy: f64,
+    /// Per class: of the images predicted as the class, the fraction that are (0 when none predicted).
+    pub precision: Vec<f64>,
+    /// Per class: of the images of the class, the fraction predicted as it (0 when none).
+    pub recall: Vec<f64>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+impl ClassReport {
+    /// Builds the report; `truth` and `predicted` hold class indices below `classes.len()`.
+    pub fn new(classes: &[String], truth: &[usize], predicted: &[usize]) -> Self {
+        let c = classes.len();
+        let mut confusion = vec![vec![0usize; c]; c];
+        for (&t, &p) in truth.iter().zip(predicted) {
+            if t < c && p < c {
+                confusion[t][p] += 1;
+            }
+        }
+        let correct: usize = (0..c).map(|i| confusion[i][i]).sum();
+        let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let precision = (0..c)
+            .map(|j| ratio(confusion[j][j], (0..c).map(|i| confusion[i][j]).sum()))
+            .collect();
+        let recall = (0..c)
+            .map(|i| ratio(confusion[i][i], confusion[i].iter().sum()))
+            .collect();
+        ClassReport {
+            classes: classes.to_vec(),
+            images: truth.len(),
+            accuracy: ratio(correct, truth.len()),
+            precision,
+            recall,
+            confusion,
+        }
+    }
+
+    /// A text table: per-class precision and recall, then the confusion matrix (rows = true class).
+    pub fn table(&self) -> String {
+        let w = self
+            .classes
+            .iter()
+            .map(|c| c.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let mut s = format!("{:<w$}  precision  recall  images\n", "class");
+        for (i, c) in self.classes.iter().enumerate() {
+            s += &format!(
+                "{c:<w$}  {:>9.4}  {:>6.4}  {:>6}\n",
+                self.precision[i],
+                self.recall[i],
+                self.confusion[i].iter().sum::<usize>()
+            );
+        }
+        s += &format!(
+            "\nconfusion matrix (rows: true class, columns: predicted)\n{:<w$}",
+            ""
+        );
+        let cw = self
+            .classes
+            .iter()
+            .map(|c| c.len().min(6))
+            .max()
+            .unwrap_or(4)
+            .max(5);
+        for c in &self.classes {
+            s += &format!(" {:>cw$}", &c[..c.len().min(cw)]);
+        }
+        s += "\n";
+        for (i, c) in self.classes.iter().enumerate() {
+            s += &format!("{c:<w$}");
+            for v in &self.confusion[i] {
+                s += &format!(" {v:>cw$}");
+            }
+            s += "\n";
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_recall_and_confusion_by_hand() {
+        let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        // truth a a a b b c ; predicted a b a b a c
+        let r = ClassReport::new(&classes, &[0, 0, 0, 1, 1, 2], &[0, 1, 0, 1, 0, 2]);
+        assert_eq!(
+            r.confusion,
+            vec![vec![2, 1, 0], vec![1, 1, 0], vec![0, 0, 1]]
+        );
+        assert!((r.accuracy - 4.0 / 6.0).abs() < 1e-12);
+        assert!((r.precision[0] - 2.0 / 3.0).abs() < 1e-12); // predicted a: 3, right 2
+        assert!((r.recall[1] - 0.5).abs() < 1e-12);
+        assert_eq!(r.precision[2], 1.0);
+        let t = r.table();
+        assert!(
+            t.contains("confusion matrix") && t.lines().count() == 10,
+            "{t}"
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! Feature extraction through the frozen base, with an on-disk cache keyed by what determines the
+//! features: base-weights fingerprint, preprocessing, input size and the decoded pixels themselves.
+
+use super::model::{from_tch, to_tch, Base};
+use crate::arch::Arch;
+use crate::data::{caffe_preprocess, DataSource, LoadedSplit, Split};
+use crate::error::{Error, Result};
+use crate::run::CAFFE_PREPROCESSING;
+use crate::weights::{hex, load_base, load_safetensors, save_safetensors};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+/// Labels and names of one split's images, without pixels.
+#[derive(Debug, Clone)]
+pub struct SplitInfo {
+    /// Folder the names are relative to.
+    pub root: PathBuf,
+    /// Per image: relative path or `<batch file>#<record>`.
+    pub names: Vec<String>,
+    /// Per image: label.
+    pub labels: Vec<usize>,
+}
+
+/// Base features of the training and test images, on the CPU.
+pub struct Features {
+    /// Class names.
+    pub classes: Vec<String>,
+    /// The training images.
+    pub train: SplitInfo,
+    /// The test images.
+    pub test: SplitInfo,
+    /// Training features `[n_train, feature_dim]`, float32.
+    pub train_x: Tensor,
+    /// Test features `[n_test, feature_dim]`, float32.
+    pub test_x: Tensor,
+    /// Base-weights fingerprint.
+    pub fingerprint: String,
+    /// Images that went through the base in this call (0 when both splits came from the cache).
+    pub extracted: usize,
+    /// Seconds spent in extraction.
+    pub extract_seconds: f64,
+}
+
+/// Options of [`prepare_features`].
+#[derive(Debug, Clone)]
+pub struct FeatureOptions {
+    /// `--data`.
+    pub data: PathBuf,
+    /// Base weights.
+    pub weights: PathBuf,
+    /// Training subset size (0 = all).
+    pub train_limit: usize,
+    /// Test subset size (0 = all).
+    pub test_limit: usize,
+    /// Input size, pixels.
+    pub input_size: usize,
+    /// Extraction batch size.
+    pub batch_size: usize,
+    /// Feature cache folder; `None` = no cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Accept unverified base weights.
+    pub allow_unverified: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Cache key of a split's features: SHA-256 over a format tag, the weights fingerprint, the
+/// preprocessing description, the input size, the image count and the decoded pixels.
+pub fn cache_key(fingerprint: &str, split: &LoadedSplit) -> String {
+    let mut h = Sha256::new();
+    h.update(b"pipe-features-v1\0");
+    h.update(fingerprint.as_bytes());
+    h.update(CAFFE_PREPROCESSING.as_bytes());
+    h.update((split.size as u64).to_le_bytes());
+    h.update((split.len() as u64).to_le_bytes());
+    h.update(&split.pixels);
+    hex(&h.finalize())
+}
+
+fn progress_bar(len: usize, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "extracting features [{bar:32}] {pos}/{len} images  {per_sec}  eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Runs the frozen base over `pixels` (NHWC RGB u8, `n` images) in batches, returning features
+/// `[n, feature_dim]` float32 on the CPU.
+///
+/// # Errors
+/// [`Error::Torch`] on a libtorch failure.
+pub fn extract(
+    base: &Base,
+    pixels: &[u8],
+    n: usize,
+    batch: usize,
+    pb: &ProgressBar,
+) -> Result<Tensor> {
+    let s = base.input_size;
+    let per = s * s * 3;
+    let mut parts = Vec::new();
+    let _guard = tch::no_grad_guard();
+    for start in (0..n).step_by(batch.max(1)) {
+        let m = batch.min(n - start);
+        let x = caffe_preprocess(&pixels[start * per..(start + m) * per], m, s);
+        let x = Tensor::f_from_slice(&x)?.f_view([m as i64, 3, s as i64, s as i64])?;
+        parts.push(base.features(&x)?.f_to_device(Device::Cpu)?);
+        pb.inc(m as u64);
+    }
+    if parts.is_empty() {
+        return Err(Error::Usage("no images to extract features from".into()));
+    }
+    Ok(Tensor::f_cat(&parts, 0)?)
+}
+
+fn info(s: &LoadedSplit) -> SplitInfo {
+    SplitInfo {
+        root: s.root.clone(),
+        names: s.names.clone(),
+        labels: s.labels.clone(),
+    }
+}
+
+/// The features of `split`: read from `cache_dir` when a valid entry exists, else computed by `make`
+/// and stored there (atomically). Returns the features and whether `make` ran.
+///
+/// # Errors
+/// Whatever `make` returns; an unwritable cache folder.
+fn cached(
+    split: &LoadedSplit,
+    fingerprint: &str,
+    dim: usize,
+    cache_dir: Option<&Path>,
+    make: impl FnOnce() -> Result<Tensor>,
+) -> Result<(Tensor, bool)> {
+    let path = cache_dir.map(|d| d.join(format!("{}.safetensors", cache_key(fingerprint, split))));
+    if let Some(p) = path.as_ref().filter(|p| p.is_file()) {
+        match load_safetensors(p, &[("features".to_string(), vec![split.len(), dim])]) {
+            Ok((t, _)) => return Ok((to_tch(&t[0], Device::Cpu)?, false)),
+            Err(e) => {
+                eprintln!("warning: ignoring unreadable feature cache ({e}); extracting again")
+            }
+        }
+    }
+    let x = make()?;
+    if let Some(p) = path {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let meta = HashMap::from([("fingerprint".to_string(), fingerprint.to_string())]);
+        save_safetensors(&p, &[from_tch("features", &x)?], meta)?;
+    }
+    Ok((x, true))
+}
+
+/// Loads both splits, and their base features from the cache or by extraction on `device` (then stored
+/// in the cache). The tch base is built only when something must be extracted.
+///
+/// # Errors
+/// Data, weights or libtorch errors; differing class lists between the splits.
+pub fn prepare_features(opts: &FeatureOptions, device: Device) -> Result<Features> {
+    let source = DataSource::detect(&opts.data)?;
+    let train = source.load(Split::Train, opts.train_limit, opts.input_size)?;
+    let test = source.load(Split::Test, opts.test_limit, opts.input_size)?;
+    if train.classes != test.classes {
+        return Err(Error::invalid(
+            &opts.data,
+            format!(
+                "class folders differ between train {:?} and test {:?}",
+                train.classes, test.classes
+            ),
+        ));
+    }
+    if train.classes.len() < 2 {
+        return Err(Error::invalid(
+            &train.root,
+            format!("needs at least 2 classes, found {}", train.classes.len()),
+        ));
+    }
+    let arch = Arch::vgg16_transfer(opts.input_size, train.classes.len());
+    let (weights, fingerprint) = load_base(&opts.weights, &arch, opts.allow_unverified)?;
+    let mut base: Option<Base> = None;
+    let t0 = Instant::now();
+    let pb = progress_bar(0, opts.progress);
+    let mut features = |split: &LoadedSplit| -> Result<(Tensor, bool)> {
+        cached(
+            split,
+            &fingerprint,
+            arch.feature_dim(),
+            opts.cache_dir.as_deref(),
+            || {
+                if base.is_none() {
+                    base = Some(Base::new(&arch, &weights, device)?);
+                }
+                let b = base
+                    .as_ref()
+                    .ok_or_else(|| Error::Torch("base not built".into()))?;
+                pb.inc_length(split.len() as u64);
+                extract(b, &split.pixels, split.len(), opts.batch_size, &pb)
+            },
+        )
+    };
+    let (train_x, a) = features(&train)?;
+    let (test_x, b) = features(&test)?;
+    pb.finish_and_clear();
+    let extracted = usize::from(a) * train.len() + usize::from(b) * test.len();
+    Ok(Features {
+        classes: train.classes.clone(),
+        train: info(&train),
+        test: info(&test),
+        train_x,
+        test_x,
+        fingerprint,
+        extracted,
+        extract_seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Features of a single split (for `pipe evaluate`), from the cache or by extraction.
+///
+/// # Errors
+/// As [`prepare_features`].
+pub fn split_features(
+    split: &LoadedSplit,
+    weights: &Path,
+    arch: &Arch,
+    cache_dir: Option<&Path>,
+    device: Device,
+    batch_size: usize,
+    progress: bool,
+) -> Result<Tensor> {
+    let (w, fingerprint) = load_base(weights, arch, true)?;
+    let (x, _) = cached(split, &fingerprint, arch.feature_dim(), cache_dir, || {
+        let base = Base::new(arch, &w, device)?;
+        let pb = progress_bar(split.len(), progress);
+        let x = extract(&base, &split.pixels, split.len(), batch_size, &pb);
+        pb.finish_and_clear();
+        x
+    })?;
+    Ok(x)
+}

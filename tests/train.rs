@@ -1,0 +1,346 @@
+//! Training features beyond the main job, on real weights (made by `make setup`): feature cache,
+//! determinism, resume after an interruption, the CIFAR-10 binary reader, evaluate and sweep.
+#![cfg(feature = "train")]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pipe(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run pipe");
+    eprintln!(
+        "$ pipe {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+fn ok(args: &[&str]) -> (String, String) {
+    let out = pipe(args);
+    assert!(
+        out.status.success(),
+        "pipe {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn weights() -> String {
+    let w = root().join("models/vgg16_imagenet.safetensors");
+    assert!(
+        w.is_file(),
+        "VGG16 weights missing: run `make setup` (make test does it)"
+    );
+    w.to_str().unwrap().to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A CIFAR-10 binary release with `per_file` records per batch file: label i % 10, pixels a
+/// class-dependent colour pattern plus per-record variation, so that classes are learnable.
+fn write_binary_release(dir: &Path, per_file: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let files = [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ];
+    for (fi, f) in files.iter().enumerate() {
+        let mut bytes = Vec::new();
+        for i in 0..per_file {
+            let label = (i % 10) as u8;
+            bytes.push(label);
+            for c in 0..3u32 {
+                for p in 0..1024u32 {
+                    let (y, x) = (p / 32, p % 32);
+                    let stripe = ((x + y * u32::from(label)) / (2 + u32::from(label) % 4)) % 2;
+                    let v = 40
+                        + 25 * u32::from(label) * (c + 1) % 200
+                        + 60 * stripe
+                        + ((i as u32 * 7 + fi as u32 * 3 + p) % 13);
+                    bytes.push(v.min(255) as u8);
+                }
+            }
+        }
+        std::fs::write(dir.join(f), bytes).unwrap();
+    }
+    let names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ];
+    std::fs::write(dir.join("batches.meta.txt"), names.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
+    let w = weights();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar-10-batches-bin");
+    write_binary_release(&data, 40);
+    let runs = tmp.path().join("runs");
+    let cache = tmp.path().join("cache");
+    let train = |name: &str, extra: &[&str]| -> Output {
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&data),
+            "--weights",
+            &w,
+            "--train-limit",
+            "150",
+            "--test-limit",
+            "40",
+            "--epochs",
+            "4",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            "--runs-dir",
+            s(&runs),
+            "--cache-dir",
+            s(&cache),
+            "--name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        pipe(&args)
+    };
+
+    // First run extracts features from the binary release; the second reuses them from the cache.
+    let a = train("a", &[]);
+    assert!(a.status.success());
+    assert!(String::from_utf8_lossy(&a.stderr).contains("190 images through the frozen base"));
+    let b = train("b", &[]);
+    assert!(b.status.success());
+    assert!(String::from_utf8_lossy(&b.stderr).contains("all 190 images from the feature cache"));
+    // Same seed, same device: identical history and head weights.
+    let read = |run: &str, f: &str| std::fs::read(runs.join(run).join(f)).unwrap();
+    assert_eq!(read("a", "history.json"), read("b", "history.json"));
+    assert_eq!(read("a", "head.safetensors"), read("b", "head.safetensors"));
+    let preds: Value = serde_json::from_slice(&read("a", "predictions.json")).unwrap();
+    assert_eq!(preds["items"].as_array().unwrap().len(), 40);
+    assert_eq!(preds["items"][0]["file"], "test_batch.bin#0");
+    assert_eq!(
+        preds["items"][1]["file"], "test_batch.bin#1",
+        "all 40 test records, in file order"
+    );
+    // Another seed gives another history (the seed is really used).
+    let c = train("c", &["--seed", "7"]);
+    assert!(c.status.success());
+    assert_ne!(read("a", "history.json"), read("c", "history.json"));
+
+    // Interrupted after epoch 2, resumed: the same final result as the uninterrupted run "a".
+    let i = train("interrupted", &["--interrupt-after-epoch", "2"]);
+    assert_eq!(i.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&i.stderr).contains("--resume"));
+    assert!(runs.join("interrupted/checkpoint.safetensors").is_file());
+    assert!(!runs.join("interrupted/head.safetensors").exists());
+    let export = pipe(&[
+        "export",
+        s(&tmp.path().join("x.onnx")),
+        "--run",
+        "interrupted",
+        "--runs-dir",
+        s(&runs),
+    ]);
+    assert_eq!(
+        export.status.code(),
+        Some(1),
+        "an unfinished run is not exported"
+    );
+    assert!(String::from_utf8_lossy(&export.stderr).contains("unfinished run"));
+    assert!(!tmp.path().join("x.onnx").exists());
+    let (_, err) = ok(&[
+        "train",
+        "--resume",
+        "--runs-dir",
+        s(&runs),
+        "--cache-dir",
+        s(&cache),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("continuing after epoch 2 of 4"), "{err}");
+    assert_eq!(
+        read("a", "history.json"),
+        read("interrupted", "history.json")
+    );
+    assert_eq!(
+        read("a", "head.safetensors"),
+        read("interrupted", "head.safetensors")
+    );
+    assert_eq!(
+        read("a", "predictions.json"),
+        read("interrupted", "predictions.json")
+    );
+
+    // evaluate recomputes the run's test metrics from the cache and the saved head.
+    let history: Value = serde_json::from_slice(&read("a", "history.json")).unwrap();
+    let final_acc = history.as_array().unwrap().last().unwrap()["val_accuracy"]
+        .as_f64()
+        .unwrap();
+    let (out, _) = ok(&[
+        "evaluate",
+        "--run",
+        "a",
+        "--runs-dir",
+        s(&runs),
+        "--cache-dir",
+        s(&cache),
+        "--device",
+        "cpu",
+        "--format",
+        "json",
+    ]);
+    let ev: Value = serde_json::from_str(&out).unwrap();
+    assert!((ev["report"]["accuracy"].as_f64().unwrap() - final_acc).abs() < 1e-6);
+    let confusion = ev["report"]["confusion"].as_array().unwrap();
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 40);
+    let (text, _) = ok(&[
+        "evaluate",
+        "--run",
+        "a",
+        "--runs-dir",
+        s(&runs),
+        "--cache-dir",
+        s(&cache),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        text.contains("precision") && text.contains("confusion matrix"),
+        "{text}"
+    );
+
+    // A sweep of 2 batch sizes x 2 learning rates from the cache: no extraction.
+    let out_dir = tmp.path().join("sweep");
+    let (table, _) = ok(&[
+        "sweep",
+        "--data",
+        s(&data),
+        "--weights",
+        &w,
+        "--train-limit",
+        "150",
+        "--test-limit",
+        "40",
+        "--epochs",
+        "3",
+        "--batch-sizes",
+        "16,32",
+        "--lrs",
+        "1e-4,1e-5",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        s(&cache),
+        "--out",
+        s(&out_dir),
+    ]);
+    assert!(table.contains("(0 images extracted)"), "{table}");
+    let sweep: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("sweep.json")).unwrap()).unwrap();
+    let settings = sweep["settings"].as_array().unwrap();
+    assert_eq!(settings.len(), 4);
+    for st in settings {
+        assert_eq!(st["history"].as_array().unwrap().len(), 3);
+        let best = st["best_val_accuracy"].as_f64().unwrap();
+        assert!(best >= st["final_val_accuracy"].as_f64().unwrap());
+    }
+    // The batch-16, lr 1e-4 setting trains exactly like `pipe train` with those settings.
+    let (_, _) = ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--weights",
+        &w,
+        "--train-limit",
+        "150",
+        "--test-limit",
+        "40",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        s(&runs),
+        "--cache-dir",
+        s(&cache),
+        "--name",
+        "three",
+    ]);
+    let h3: Value = serde_json::from_slice(&read("three", "history.json")).unwrap();
+    assert_eq!(settings[0]["history"], h3);
+}
+
+#[test]
+fn diverging_training_stops_with_an_explanation() {
+    let w = weights();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("bin");
+    write_binary_release(&data, 20);
+    let runs = tmp.path().join("runs");
+    let out = pipe(&[
+        "train",
+        "--data",
+        s(&data),
+        "--weights",
+        &w,
+        "--train-limit",
+        "60",
+        "--test-limit",
+        "20",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e6",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        s(&runs),
+        "--no-cache",
+        "--name",
+        "boom",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("diverged") && err.contains("--lr"), "{err}");
+    assert!(!runs.join("boom/head.safetensors").exists());
+    assert!(!runs.join("latest").exists());
+}
