@@ -406,7 +406,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
 }
 
 fn cmd_summary(input_size: usize, classes: usize) -> Result<()> {
-    if input_size == 0 || input_size % 32 != 0 || classes < 2 {
+    if input_size == 0 || !input_size.is_multiple_of(32) || classes < 2 {
         anyhow::bail!("--input-size must be a positive multiple of 32 and --classes at least 2");
     }
     let rows = pipe::arch::Arch::vgg16_transfer(input_size, classes).summary();
@@ -455,7 +455,7 @@ fn group(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
