@@ -4,8 +4,9 @@ ROOT := $(CURDIR)
 export PATH := $(ROOT)/.venv/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 PIPE := target/release/pipe
+INFER_ONLY := target/release/pipe-infer
 
-.PHONY: setup build demo test fmt clippy check clean-runs
+.PHONY: setup build infer-only demo test fmt clippy check
 
 ## setup: virtualenv (torch, onnxruntime), release build, ImageNet VGG16 weights, CIFAR-10 (idempotent)
 setup:
@@ -27,9 +28,17 @@ demo: setup
 	@echo; echo "== tract vs ort: labels that differ (per-image lines in onnx/infer-{tract,ort}.tsv)"
 	@diff <(cut -f1,2 onnx/infer-tract.tsv) <(cut -f1,2 onnx/infer-ort.tsv) && echo "none: both backends agree on every image"
 
-## test: set-up, then the whole test suite (release profile, so it reuses the release build)
-test: setup
-	cargo test --release
+## infer-only: a pipe without libtorch (infer, inspect, export, weights import): tract + ort only
+infer-only:
+	cargo build --release --no-default-features --features tract,ort
+	cp target/release/pipe $(INFER_ONLY)
+	cargo build --release
+	@if readelf -d $(INFER_ONLY) | grep -E 'torch|c10'; then echo "error: $(INFER_ONLY) links libtorch" >&2; exit 1; fi
+	@echo "$(INFER_ONLY): no libtorch linked, $$(du -h $(INFER_ONLY) | cut -f1)"
+
+## test: set-up, the libtorch-free build, then the whole test suite (release profile, reusing the release build)
+test: setup infer-only
+	PIPE_INFER_ONLY_BIN=$(ROOT)/$(INFER_ONLY) cargo test --release
 
 fmt:
 	cargo fmt --all -- --check

@@ -15,7 +15,6 @@
 
 use crate::arch::{Arch, BaseLayer, HeadLayer, IMAGENET_BGR_MEANS};
 use crate::error::{Error, Result};
-use crate::util::write_atomic;
 use crate::weights::NamedTensor;
 use prost::Message;
 use std::collections::HashMap;
@@ -352,11 +351,24 @@ pub fn build_model(
 /// # Errors
 /// [`Error::Io`] naming `path`.
 pub fn write_model(path: &Path, model: &pb::ModelProto) -> Result<()> {
+    write_model_checked(path, model, |_| Ok(()))
+}
+
+/// As [`write_model`], calling `check` on the complete temporary file before it is renamed into
+/// place; nothing is left at `path` when `check` fails.
+///
+/// # Errors
+/// [`Error::Io`] naming `path`, or `check`'s error.
+pub fn write_model_checked(
+    path: &Path,
+    model: &pb::ModelProto,
+    check: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let bytes = model.encode_to_vec();
-    write_atomic(path, |w| w.write_all(&bytes))
+    crate::util::write_atomic_checked(path, |w| w.write_all(&bytes), check)
 }
 
 /// Summary of an export.
@@ -368,6 +380,120 @@ pub struct ExportSummary {
     pub bytes: u64,
     /// The run exported.
     pub run: String,
+    /// Verification against tch's test-set probabilities, when it ran.
+    pub verification: Option<Verification>,
+}
+
+/// Outcome of checking an exported model against the probabilities tch computed for the same images.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// Images compared.
+    pub images: usize,
+    /// Largest |Δprobability| over all images and classes.
+    pub max_abs_diff: f32,
+    /// Engine that ran the exported model.
+    pub backend: &'static str,
+}
+
+/// Largest |Δprobability| an export may show against tch before it is refused.
+pub const VERIFY_TOLERANCE: f32 = 1e-4;
+
+/// Runs the model file at `model` with tract on up to `n` of the run's test images (spread evenly over
+/// `predictions.json`, so every class is covered) and compares its probabilities (softmax of its
+/// output for a logits export) with those tch computed at the end of training.
+///
+/// # Errors
+/// [`Error::InvalidFile`] naming the model when an argmax differs or max |Δp| > [`VERIFY_TOLERANCE`];
+/// the run's predictions or images cannot be read; tract fails.
+#[cfg(feature = "tract")]
+pub fn verify_against_run(
+    model: &Path,
+    run_dir: &Path,
+    n: usize,
+    kind: Output,
+) -> Result<Verification> {
+    use crate::infer::{argmax, tract_backend::TractBackend, Backend};
+    use crate::run::{Predictions, PREDICTIONS_FILE};
+    let preds: Predictions = crate::util::read_json(&run_dir.join(PREDICTIONS_FILE))?;
+    let total = preds.items.len();
+    let take = n.min(total);
+    let picked: Vec<_> = (0..take)
+        .map(|i| &preds.items[i * total / take.max(1)])
+        .collect();
+    let info = crate::infer::ModelInfo::read(model)?;
+    let s = info.input_size;
+    // Pixels of the picked images: files under data_root, or records of the CIFAR-10 binary release.
+    let mut pixels = Vec::with_capacity(take * s * s * 3);
+    let binary = picked.iter().any(|it| it.file.contains(".bin#"));
+    let records = if binary {
+        let classes = crate::data::cifar::read_classes(&preds.data_root)?;
+        Some(crate::data::cifar::read_split(
+            &preds.data_root,
+            false,
+            classes.len(),
+        )?)
+    } else {
+        None
+    };
+    for it in &picked {
+        match &records {
+            Some(r) => {
+                let rec = r.iter().find(|x| x.name == it.file).ok_or_else(|| {
+                    Error::invalid(
+                        &preds.data_root,
+                        format!("record {} of predictions.json not found", it.file),
+                    )
+                })?;
+                if s != crate::data::cifar::CIFAR_SIZE {
+                    return Err(Error::Usage(
+                        "verification of resized binary-release images is not supported".into(),
+                    ));
+                }
+                pixels.extend_from_slice(&rec.pixels);
+            }
+            None => pixels.extend(crate::data::load_rgb(&preds.data_root.join(&it.file), s)?),
+        }
+    }
+    let input: Vec<f32> = pixels.iter().map(|&v| f32::from(v)).collect();
+    let view =
+        ndarray::ArrayView4::from_shape((take, s, s, 3), &input).map_err(|e| Error::Backend {
+            backend: "tract",
+            message: e.to_string(),
+        })?;
+    let mut backend = TractBackend::open(model, 0)?;
+    let out = backend.run(view)?;
+    let mut worst = 0f32;
+    for (row, it) in out.rows().into_iter().zip(&picked) {
+        let mut p = row.to_vec();
+        if kind == Output::Logits {
+            let m = p.iter().cloned().fold(f32::MIN, f32::max);
+            let z: f32 = p.iter().map(|v| (v - m).exp()).sum();
+            p.iter_mut().for_each(|v| *v = (*v - m).exp() / z);
+        }
+        if argmax(&p) != argmax(&it.probabilities) {
+            return Err(Error::invalid(
+                model,
+                format!(
+                "verification failed: {} is classified {} by the exported model but {} by tch; \
+                 the export does not reproduce training (preprocessing or weights differ)",
+                it.file, argmax(&p), argmax(&it.probabilities)
+            ),
+            ));
+        }
+        for (a, b) in p.iter().zip(&it.probabilities) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    if worst > VERIFY_TOLERANCE {
+        return Err(Error::invalid(model, format!(
+            "verification failed: max |Δprobability| {worst:e} against tch exceeds {VERIFY_TOLERANCE:e}"
+        )));
+    }
+    Ok(Verification {
+        images: take,
+        max_abs_diff: worst,
+        backend: "tract",
+    })
 }
 
 /// Exports a training run folder (see [`crate::run`]) to `output`: base weights from the run's
@@ -377,11 +503,14 @@ pub struct ExportSummary {
 /// # Errors
 /// A missing or incomplete run, base weights that changed since training, or an unwritable `output`;
 /// nothing is left at `output` on error.
+/// With `verify_images > 0` (and the `tract` feature), the written model is first checked with
+/// [`verify_against_run`] and only renamed into place when it passes.
 pub fn export_run(
     run_dir: &Path,
     output: &Path,
     opset: i64,
     kind: Output,
+    verify_images: usize,
 ) -> Result<ExportSummary> {
     use crate::run::{EpochMetrics, RunConfig, CONFIG_FILE, HEAD_FILE, HISTORY_FILE};
     let config: RunConfig = crate::util::read_json(&run_dir.join(CONFIG_FILE))?;
@@ -443,7 +572,16 @@ pub fn export_run(
             metadata,
         },
     )?;
-    write_model(output, &model)?;
+    let mut verification = None;
+    write_model_checked(output, &model, |tmp| {
+        #[cfg(feature = "tract")]
+        if verify_images > 0 {
+            verification = Some(verify_against_run(tmp, run_dir, verify_images, kind)?);
+        }
+        #[cfg(not(feature = "tract"))]
+        let _ = (tmp, verify_images);
+        Ok(())
+    })?;
     let bytes = std::fs::metadata(output)
         .map_err(|e| Error::io(output, e))?
         .len();
@@ -451,6 +589,7 @@ pub fn export_run(
         path: output.to_path_buf(),
         bytes,
         run: config.name,
+        verification,
     })
 }
 

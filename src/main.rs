@@ -55,6 +55,12 @@ enum Command {
     /// model's input size with a bilinear filter. When images sit in folders named after classes,
     /// accuracy is printed too.
     Infer(InferArgs),
+    /// Print an exported model's inputs, outputs, opset, metadata and parameter count.
+    Inspect {
+        /// The ONNX model.
+        #[arg(default_value = "onnx/model.onnx")]
+        model: PathBuf,
+    },
     /// Manage the ImageNet VGG16 conv-base weights.
     #[command(subcommand)]
     Weights(WeightsCommand),
@@ -219,6 +225,11 @@ struct ExportArgs {
     /// Output logits instead of softmax probabilities.
     #[arg(long)]
     logits: bool,
+    /// Before the file is put in place, run it with tract on this many of the run's test images and
+    /// compare with the probabilities tch computed at training (0 = skip). A mismatch (an argmax
+    /// differs or |Δp| > 1e-4) fails the export and leaves no file.
+    #[arg(long, default_value_t = 256)]
+    verify_images: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -470,7 +481,16 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     } else {
         pipe::export::Output::Probabilities
     };
-    let s = pipe::export::export_run(&run_dir, &a.output, a.opset, kind)?;
+    let s = pipe::export::export_run(&run_dir, &a.output, a.opset, kind, a.verify_images)?;
+    if let Some(v) = &s.verification {
+        println!(
+            "verified with {} on {} test images: same labels as tch, max |Δprobability| {:.1e} (tolerance {:.0e})",
+            v.backend,
+            v.images,
+            v.max_abs_diff,
+            pipe::export::VERIFY_TOLERANCE
+        );
+    }
     println!(
         "exported run {} to {} ({:.1} MB, opset {})",
         s.run,
@@ -478,6 +498,28 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         s.bytes as f64 / 1e6,
         a.opset
     );
+    Ok(())
+}
+
+fn cmd_inspect(model: &std::path::Path) -> Result<()> {
+    let info = ModelInfo::read(model)?;
+    let s = info.input_size;
+    println!("model:      {}", model.display());
+    println!("input:      images  float32 [N, {s}, {s}, 3]  (NHWC, RGB, 0..255)");
+    println!(
+        "output:     {}  float32 [N, {}]",
+        info.output_name,
+        info.classes.len()
+    );
+    println!("opset:      {}", info.opset);
+    println!(
+        "parameters: {} (elements of all initializers)",
+        group(info.parameters)
+    );
+    println!("metadata:");
+    for (k, v) in &info.metadata {
+        println!("  {k}: {v}");
+    }
     Ok(())
 }
 
@@ -624,6 +666,7 @@ fn main() {
         } => cmd_summary(input_size, classes),
         Command::Export(a) => cmd_export(a),
         Command::Infer(a) => cmd_infer(a),
+        Command::Inspect { model } => cmd_inspect(&model),
         Command::Weights(c) => cmd_weights(c),
     };
     if let Err(e) = result {

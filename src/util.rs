@@ -14,6 +14,19 @@ pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
+    write_atomic_checked(path, write, |_| Ok(()))
+}
+
+/// As [`write_atomic`], and `check` is called with the complete temporary file before the rename:
+/// when it fails, the temporary file is removed and nothing appears at `path`.
+///
+/// # Errors
+/// As [`write_atomic`], or `check`'s error.
+pub fn write_atomic_checked(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    check: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -36,6 +49,7 @@ pub fn write_atomic(
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     // Temporary files are created 0600; give the result the usual permissions of a new file.
     set_mode(tmp.path(), 0o666).map_err(|e| Error::io(path, e))?;
+    check(tmp.path())?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }

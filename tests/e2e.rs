@@ -212,6 +212,60 @@ fn train_export_and_both_backends_agree_with_tch() {
     for (a, b) in tract.iter().zip(&ort) {
         assert_eq!(a.1, b.1, "tract and ort disagree on {}", a.0);
     }
+
+    // The libtorch-free build (`make infer-only`, run by `make test`) links no libtorch and gives the
+    // same labels as the full build.
+    match std::env::var("PIPE_INFER_ONLY_BIN") {
+        Err(_) => eprintln!(
+            "SKIPPED libtorch-free build check: PIPE_INFER_ONLY_BIN is not set (make test sets it)"
+        ),
+        Ok(bin) => {
+            let elf = Command::new("readelf")
+                .args(["-d", &bin])
+                .output()
+                .expect("readelf");
+            let needed = String::from_utf8_lossy(&elf.stdout);
+            assert!(needed.contains("NEEDED"), "{needed}");
+            assert!(
+                !needed.contains("torch") && !needed.contains("c10"),
+                "{bin} links libtorch:\n{needed}"
+            );
+            for backend in ["tract", "ort"] {
+                let mut args = vec![
+                    "infer",
+                    "--backend",
+                    backend,
+                    "--format",
+                    "json",
+                    "--model",
+                    model.to_str().unwrap(),
+                ];
+                args.extend(files.iter().map(String::as_str));
+                let out = Command::new(&bin)
+                    .args(&args)
+                    .current_dir(root())
+                    .output()
+                    .expect("run pipe-infer");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+                let labels: Vec<u64> = doc["predictions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["class_index"].as_u64().unwrap())
+                    .collect();
+                let full: Vec<u64> = tract.iter().map(|t| t.1 as u64).collect();
+                assert_eq!(
+                    labels, full,
+                    "{backend}: libtorch-free build labels differ from the full build"
+                );
+            }
+        }
+    }
 }
 
 #[test]

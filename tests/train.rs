@@ -244,6 +244,52 @@ fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
         "{text}"
     );
 
+    // Export verifies the model against tch's probabilities on the run's test images (here records of
+    // the binary release); when they disagree, the export fails and leaves no file.
+    let onnx = tmp.path().join("a.onnx");
+    let (out, _) = ok(&[
+        "export",
+        s(&onnx),
+        "--run",
+        "a",
+        "--runs-dir",
+        s(&runs),
+        "--logits",
+    ]);
+    assert!(
+        out.contains("verified with tract on 40 test images"),
+        "{out}"
+    );
+    assert!(onnx.is_file());
+    let mut preds: Value = serde_json::from_slice(&read("a", "predictions.json")).unwrap();
+    let probs = preds["items"][0]["probabilities"].as_array_mut().unwrap();
+    probs.reverse(); // another class becomes the most probable
+    std::fs::write(
+        runs.join("a/predictions.json"),
+        serde_json::to_vec(&preds).unwrap(),
+    )
+    .unwrap();
+    let bad = tmp.path().join("bad.onnx");
+    let out = pipe(&["export", s(&bad), "--run", "a", "--runs-dir", s(&runs)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("verification failed"));
+    assert!(
+        !bad.exists(),
+        "a model that fails verification is not left behind"
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp"))
+            .count(),
+        0
+    );
+
     // A sweep of 2 batch sizes x 2 learning rates from the cache: no extraction.
     let out_dir = tmp.path().join("sweep");
     let (table, _) = ok(&[
