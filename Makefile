@@ -21,12 +21,10 @@ demo: setup
 	$(PIPE) export onnx/model.onnx
 	@echo; echo "== pipe infer --backend tract data/cifar10/test"
 	$(PIPE) infer --backend tract data/cifar10/test > onnx/infer-tract.tsv
-	@tail -n 1 onnx/infer-tract.tsv
 	@echo; echo "== pipe infer --backend ort data/cifar10/test"
 	$(PIPE) infer --backend ort data/cifar10/test > onnx/infer-ort.tsv
-	@tail -n 1 onnx/infer-ort.tsv
 	@echo; echo "== tract vs ort: labels that differ (per-image lines in onnx/infer-{tract,ort}.tsv)"
-	@diff <(cut -f1,2 onnx/infer-tract.tsv) <(cut -f1,2 onnx/infer-ort.tsv) && echo "none: both backends agree on every image"
+	@diff <(cut -f1,2 onnx/infer-tract.tsv) <(cut -f1,2 onnx/infer-ort.tsv) && echo "none: both backends agree on every image ($$(wc -l < onnx/infer-tract.tsv) images)"
 
 ## infer-only: a pipe without libtorch (infer, inspect, export, weights import): tract + ort only
 infer-only:

@@ -10,20 +10,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading or writing a file or folder failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or folder concerned.
         path: PathBuf,
-        /// The operating-system error.
-        source: std::io::Error,
+        /// The operating-system error (part of the message, so not repeated as a cause).
+        error: std::io::Error,
     },
     /// An image could not be decoded.
-    #[error("{}: cannot decode image: {source}", path.display())]
+    #[error("{}: cannot decode image: {error}", path.display())]
     Image {
         /// The image file.
         path: PathBuf,
-        /// The decoder's error.
-        source: image::ImageError,
+        /// The decoder's error (part of the message, so not repeated as a cause).
+        error: image::ImageError,
     },
     /// A file exists and was read, but its contents are not what pipe expects.
     #[error("{}: {message}", path.display())]
@@ -75,10 +75,10 @@ pub enum Error {
 
 impl Error {
     /// Wraps an I/O error with the path it concerns.
-    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<Path>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            error,
         }
     }
 

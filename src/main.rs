@@ -586,11 +586,11 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
                 )?;
             }
             if let Some(acc) = accuracy {
-                writeln!(
-                    out,
+                // On stderr, so that stdout stays one tab-separated line per image.
+                eprintln!(
                     "accuracy {acc:.4} ({correct}/{} images in class folders)",
                     labelled.len()
-                )?;
+                );
             }
         }
         Format::Json => {
@@ -652,6 +652,12 @@ fn cmd_weights(c: WeightsCommand) -> Result<()> {
 }
 
 fn main() {
+    // Behave like other Unix filters when the reader of stdout goes away (`pipe summary | head`):
+    // end quietly instead of panicking on a failed print.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         #[cfg(feature = "train")]

@@ -132,16 +132,46 @@ fn check_name(name: &str) -> Result<()> {
 /// [`Error::Usage`] when the name is not a plain folder name or the run exists (resume it with
 /// `--resume`, or pick another `--name`); [`Error::Io`] when it cannot be created.
 pub fn new_run_dir(runs_dir: &Path, name: &str) -> Result<PathBuf> {
+    check_new_run(runs_dir, name)?;
+    let dir = runs_dir.join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(dir)
+}
+
+/// Checks, without creating anything, that a new run `name` can be started in `runs_dir`.
+///
+/// # Errors
+/// As [`new_run_dir`].
+pub fn check_new_run(runs_dir: &Path, name: &str) -> Result<()> {
     check_name(name)?;
     let dir = runs_dir.join(name);
     if dir.exists() {
+        let what = if is_complete(&dir) {
+            "pick another --name".to_string()
+        } else {
+            format!(
+                "continue it with `{}` or pick another --name",
+                resume_command(runs_dir, name)
+            )
+        };
         return Err(Error::Usage(format!(
-            "run {} already exists; continue it with `pipe train --resume --name {name}` or pick another --name",
+            "run {} already exists; {what}",
             dir.display()
         )));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    Ok(dir)
+    Ok(())
+}
+
+/// The command that resumes run `name` of `runs_dir` (with `--runs-dir` when it is not the default).
+pub fn resume_command(runs_dir: &Path, name: &str) -> String {
+    if runs_dir == Path::new("models/runs") {
+        format!("pipe train --resume --name {name}")
+    } else {
+        format!(
+            "pipe train --resume --runs-dir {} --name {name}",
+            runs_dir.display()
+        )
+    }
 }
 
 /// Whether a run folder holds a finished run (its head weights are written last but one, before
@@ -233,7 +263,18 @@ pub fn resolve_run(runs_dir: &Path, run: &str) -> Result<PathBuf> {
         if !dir.join(f).is_file() {
             return Err(Error::invalid(
                 &dir,
-                format!("unfinished run: {f} is missing; finish it with `pipe train --resume --name <run>` or train again"),
+                if dir.join(CONFIG_FILE).is_file() {
+                    let name = dir
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    format!(
+                        "unfinished run: {f} is missing; finish it with `{}` or train again",
+                        resume_command(runs_dir, &name)
+                    )
+                } else {
+                    format!("not a run folder: {f} is missing (runs are made by `pipe train`)")
+                },
             ));
         }
     }

@@ -333,7 +333,7 @@ pub fn load_rgb(path: &Path, size: usize) -> Result<Vec<u8>> {
         .map_err(|e| Error::io(path, e))?;
     let img = reader.decode().map_err(|e| Error::Image {
         path: path.to_path_buf(),
-        source: e,
+        error: e,
     })?;
     let rgb = img.to_rgb8();
     let s = size as u32;

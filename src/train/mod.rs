@@ -165,6 +165,38 @@ fn load_checkpoint(dir: &Path, arch: &Arch) -> Result<Option<Checkpoint>> {
     }))
 }
 
+/// Checks hyper-parameters before any work: epochs and batch size at least 1, a positive finite
+/// learning rate, momentum in 0..1, a non-negative weight decay.
+///
+/// # Errors
+/// [`Error::Usage`] naming the option.
+pub fn validate_hyper(h: &HeadHyper) -> Result<()> {
+    if h.epochs == 0 || h.batch_size == 0 {
+        return Err(Error::Usage(
+            "--epochs and --batch-size must be at least 1".into(),
+        ));
+    }
+    if !(h.lr.is_finite() && h.lr > 0.0) {
+        return Err(Error::Usage(format!(
+            "--lr must be a positive number, got {}",
+            h.lr
+        )));
+    }
+    if !(0.0..1.0).contains(&h.momentum) {
+        return Err(Error::Usage(format!(
+            "--momentum must be in [0, 1), got {}",
+            h.momentum
+        )));
+    }
+    if !(h.weight_decay.is_finite() && h.weight_decay >= 0.0) {
+        return Err(Error::Usage(format!(
+            "--weight-decay must be zero or positive, got {}",
+            h.weight_decay
+        )));
+    }
+    Ok(())
+}
+
 /// Fine-tunes the dense head on the frozen VGG16 base and writes (or, with `resume`, finishes) a run.
 ///
 /// # Errors
@@ -184,12 +216,16 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         (dir, config)
     } else {
         let name = opts.name.clone().unwrap_or_else(run::timestamp_name);
+        // Cheap checks first: nothing is written and no image decoded for a bad option.
+        run::check_new_run(&opts.runs_dir, &name)?;
+        validate_hyper(&opts.hyper)?;
         let h = &opts.hyper;
         let config = RunConfig {
             name: name.clone(),
             pipe_version: env!("CARGO_PKG_VERSION").into(),
-            data: opts.data.clone(),
-            weights: opts.weights.clone(),
+            // Absolute paths, so that the run can be evaluated and exported from any folder.
+            data: std::fs::canonicalize(&opts.data).unwrap_or_else(|_| opts.data.clone()),
+            weights: std::fs::canonicalize(&opts.weights).unwrap_or_else(|_| opts.weights.clone()),
             weights_fingerprint: String::new(),
             classes: Vec::new(),
             input_size: 32,
@@ -298,8 +334,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         save_checkpoint(&run_dir, ck, &fp)?;
         match opts.interrupt_after {
             Some(n) if ck.epoch >= n => Err(Error::Usage(format!(
-                "interrupted after epoch {} as asked; continue with `pipe train --resume --name {}`",
-                ck.epoch, config.name
+                "interrupted after epoch {} as asked; continue with `{}`",
+                ck.epoch,
+                run::resume_command(&opts.runs_dir, &config.name)
             ))),
             _ => Ok(()),
         }
