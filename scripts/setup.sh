@@ -17,7 +17,7 @@ TEST_SHA256=4c27658399511fbb58d58ec896b3f94b6c22572b29aac44028111fc9da77a4d9
 step() { printf '\n== %s\n' "$*"; }
 
 # 1. Virtualenv with torch (libtorch for tch) and onnxruntime (libonnxruntime for ort).
-step "Python virtualenv (.venv): $(tr '\n' ' ' < requirements.txt | sed 's/#[^=]*build)//')"
+step "Python virtualenv (.venv): $(grep -v '^#' requirements.txt | tr '\n' ' ')"
 req_hash=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ -f .venv/.pipe-requirements ] && [ "$(cat .venv/.pipe-requirements)" = "$req_hash" ]; then
   echo "up to date"

@@ -444,12 +444,11 @@ pub fn verify_against_run(
                         format!("record {} of predictions.json not found", it.file),
                     )
                 })?;
-                if s != crate::data::cifar::CIFAR_SIZE {
-                    return Err(Error::Usage(
-                        "verification of resized binary-release images is not supported".into(),
-                    ));
-                }
-                pixels.extend_from_slice(&rec.pixels);
+                pixels.extend(crate::data::resize_rgb(
+                    &rec.pixels,
+                    crate::data::cifar::CIFAR_SIZE,
+                    s,
+                ));
             }
             None => pixels.extend(crate::data::load_rgb(&preds.data_root.join(&it.file), s)?),
         }
@@ -590,6 +589,66 @@ pub fn export_run(
         bytes,
         run: config.name,
         verification,
+    })
+}
+
+/// Writes the Triton Inference Server files beside a model exported into `DIR/<name>/1/model.onnx`:
+/// `DIR/<name>/config.pbtxt` (ONNX Runtime backend, dynamic batching up to `max_batch_size`, batch
+/// dimension implicit as Triton requires with `max_batch_size > 0`) and `DIR/<name>/labels.txt` (class
+/// names, one per line, referenced as the output's `label_filename`). Field names follow Triton's
+/// `model_config.proto`.
+///
+/// # Errors
+/// [`Error::Io`] when the files cannot be written.
+pub fn write_triton_config(
+    model_dir: &Path,
+    name: &str,
+    info: &crate::infer::ModelInfo,
+    max_batch_size: usize,
+) -> Result<()> {
+    let s = info.input_size;
+    let config = format!(
+        r#"# Triton Inference Server model configuration, written by pipe {version}.
+name: "{name}"
+backend: "onnxruntime"
+max_batch_size: {max_batch_size}
+input [
+  {{
+    name: "{input}"
+    data_type: TYPE_FP32
+    format: FORMAT_NHWC
+    dims: [ {s}, {s}, 3 ]
+  }}
+]
+output [
+  {{
+    name: "{output}"
+    data_type: TYPE_FP32
+    dims: [ {classes} ]
+    label_filename: "labels.txt"
+  }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: 1000
+}}
+instance_group [
+  {{
+    count: 1
+    kind: KIND_AUTO
+  }}
+]
+"#,
+        version = env!("CARGO_PKG_VERSION"),
+        input = INPUT_NAME,
+        output = info.output_name,
+        classes = info.classes.len(),
+    );
+    let labels = info.classes.join("\n") + "\n";
+    crate::util::write_atomic(&model_dir.join("config.pbtxt"), |w| {
+        w.write_all(config.as_bytes())
+    })?;
+    crate::util::write_atomic(&model_dir.join("labels.txt"), |w| {
+        w.write_all(labels.as_bytes())
     })
 }
 

@@ -127,6 +127,10 @@ struct CommonTrainArgs {
     /// Batch size for feature extraction through the frozen base.
     #[arg(long, default_value_t = 128)]
     extract_batch_size: usize,
+    /// Network input size in pixels (multiple of 32): images are resized to it with a bilinear filter.
+    /// 32 keeps CIFAR-10's size; 64 upsamples 2x (4x the extraction work, 2,048 features per image).
+    #[arg(long, default_value_t = 32)]
+    input_size: usize,
     /// Folder of the feature cache (features keyed by weights fingerprint, preprocessing, input size
     /// and image pixels).
     #[arg(long, default_value = pipe::train::DEFAULT_CACHE_DIR)]
@@ -162,8 +166,8 @@ struct EvaluateArgs {
     #[arg(long)]
     test_limit: Option<usize>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
     #[command(flatten)]
     common: CommonTrainArgs,
 }
@@ -230,12 +234,33 @@ struct ExportArgs {
     /// differs or |Δp| > 1e-4) fails the export and leaves no file.
     #[arg(long, default_value_t = 256)]
     verify_images: usize,
+    /// Also lay the model out as a Triton Inference Server model repository in this folder:
+    /// DIR/<triton-name>/1/model.onnx, config.pbtxt (dynamic batching) and labels.txt. The positional
+    /// output is then not written.
+    #[arg(long, value_name = "DIR")]
+    triton: Option<PathBuf>,
+    /// Model name inside the Triton repository.
+    #[arg(long, default_value = "pipe_vgg16")]
+    triton_name: String,
+    /// Largest batch Triton may form (max_batch_size in config.pbtxt).
+    #[arg(long, default_value_t = 256)]
+    triton_max_batch: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON document.
+    Json,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
-    /// Human-readable text (infer: one tab-separated line per image: path, label, probability).
+    /// One tab-separated line per image.
     Text,
+    /// Comma-separated values with a header line (infer only).
+    Csv,
     /// One JSON document.
     Json,
 }
@@ -263,9 +288,15 @@ struct InferArgs {
     /// Path of libonnxruntime.so for --backend ort (default: ORT_DYLIB_PATH, then the project's .venv).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
-    /// Output format.
+    /// Output format: text (path, then label and probability tab-separated), csv (with a header) or json.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Report the K most probable classes per image (ordered, most probable first).
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    /// Write the results to this file (atomically: temporary file, then rename) instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -303,6 +334,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         },
         device: a.common.device,
         extract_batch_size: a.common.extract_batch_size,
+        input_size: a.common.input_size,
         runs_dir: a.runs_dir,
         name: a.name,
         resume: a.resume,
@@ -333,8 +365,8 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
         true,
     )?;
     match a.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&ev)?),
-        Format::Text => {
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&ev)?),
+        ReportFormat::Text => {
             println!(
                 "run {} on {} ({} test images)",
                 ev.run,
@@ -359,7 +391,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         weights: a.weights.clone(),
         train_limit: a.train_limit,
         test_limit: a.test_limit,
-        input_size: 32,
+        input_size: a.common.input_size,
         batch_size: a.common.extract_batch_size,
         cache_dir: a.common.cache(),
         allow_unverified: a.common.allow_unverified,
@@ -374,6 +406,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         seed: a.seed,
     };
     let t0 = std::time::Instant::now();
+    pipe::train::validate_input_size(a.common.input_size)?;
     let (rows, extracted) = pipe::train::sweep(&features, &hyper, &a.batch_sizes, &a.lrs, device)?;
     let out_dir = a
         .out
@@ -481,7 +514,20 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     } else {
         pipe::export::Output::Probabilities
     };
-    let s = pipe::export::export_run(&run_dir, &a.output, a.opset, kind, a.verify_images)?;
+    let output = match &a.triton {
+        Some(dir) => dir.join(&a.triton_name).join("1").join("model.onnx"),
+        None => a.output.clone(),
+    };
+    let s = pipe::export::export_run(&run_dir, &output, a.opset, kind, a.verify_images)?;
+    if let Some(dir) = &a.triton {
+        let model_dir = dir.join(&a.triton_name);
+        let info = ModelInfo::read(&output)?;
+        pipe::export::write_triton_config(&model_dir, &a.triton_name, &info, a.triton_max_batch)?;
+        println!(
+            "Triton model repository: {} (config.pbtxt, labels.txt, 1/model.onnx)",
+            model_dir.display()
+        );
+    }
     if let Some(v) = &s.verification {
         println!(
             "verified with {} on {} test images: same labels as tch, max |Δprobability| {:.1e} (tolerance {:.0e})",
@@ -521,6 +567,15 @@ fn cmd_inspect(model: &std::path::Path) -> Result<()> {
         println!("  {k}: {v}");
     }
     Ok(())
+}
+
+/// What the model's output values are, for column names: `probability`, or `logit` for a logits export.
+fn score_name(info: &ModelInfo) -> &'static str {
+    if info.output_name == pipe::export::LOGITS {
+        "logit"
+    } else {
+        "probability"
+    }
 }
 
 fn cmd_infer(a: InferArgs) -> Result<()> {
@@ -572,43 +627,84 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
         .collect();
     let correct = labelled.iter().filter(|(_, ok)| *ok).count();
     let accuracy = (!labelled.is_empty()).then(|| correct as f64 / labelled.len() as f64);
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let k = a.top_k.clamp(1, info.classes.len());
+    let mut buf: Vec<u8> = Vec::new();
     match a.format {
         Format::Text => {
             for p in &preds {
-                writeln!(
-                    out,
-                    "{}\t{}\t{:.4}",
-                    p.path.display(),
-                    p.label,
-                    p.probability
-                )?;
-            }
-            if let Some(acc) = accuracy {
-                // On stderr, so that stdout stays one tab-separated line per image.
-                eprintln!(
-                    "accuracy {acc:.4} ({correct}/{} images in class folders)",
-                    labelled.len()
-                );
+                write!(buf, "{}", p.path.display())?;
+                for (c, v) in infer::top_k(&p.probabilities, k) {
+                    write!(buf, "\t{}\t{v:.4}", info.classes[c])?;
+                }
+                writeln!(buf)?;
             }
         }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(&mut buf);
+            let mut header = vec!["path".to_string()];
+            for i in 1..=k {
+                let sfx = if i == 1 {
+                    String::new()
+                } else {
+                    format!("_{i}")
+                };
+                header.push(format!("label{sfx}"));
+                header.push(format!("{}{sfx}", score_name(&info)));
+            }
+            w.write_record(&header)?;
+            for p in &preds {
+                let mut rec = vec![p.path.display().to_string()];
+                for (c, v) in infer::top_k(&p.probabilities, k) {
+                    rec.push(info.classes[c].clone());
+                    rec.push(format!("{v:.6}"));
+                }
+                w.write_record(&rec)?;
+            }
+            w.flush()?;
+        }
         Format::Json => {
+            let predictions: Vec<serde_json::Value> = preds
+                .iter()
+                .map(|p| {
+                    let top: Vec<serde_json::Value> = infer::top_k(&p.probabilities, k)
+                        .into_iter()
+                        .map(|(c, v)| serde_json::json!({"class_index": c, "label": info.classes[c], score_name(&info): v}))
+                        .collect();
+                    let mut v = serde_json::to_value(p).unwrap_or_default();
+                    v["top_k"] = serde_json::Value::Array(top);
+                    v
+                })
+                .collect();
             let doc = serde_json::json!({
                 "model": a.model,
                 "backend": a.backend,
+                "output": info.output_name,
                 "classes": info.classes,
-                "predictions": preds,
+                "predictions": predictions,
                 "labelled": labelled.len(),
                 "correct": correct,
                 "accuracy": accuracy,
                 "seconds": secs,
             });
-            serde_json::to_writer(&mut out, &doc)?;
-            writeln!(out)?;
+            serde_json::to_writer(&mut buf, &doc)?;
+            writeln!(buf)?;
         }
     }
-    out.flush()?;
+    if let Some(acc) = accuracy {
+        // On stderr, so that stdout stays one record per image.
+        eprintln!(
+            "accuracy {acc:.4} ({correct}/{} images in class folders)",
+            labelled.len()
+        );
+    }
+    match &a.output {
+        Some(path) => pipe::util::write_atomic(path, |w| w.write_all(&buf))?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&buf)?;
+            out.flush()?;
+        }
+    }
     eprintln!(
         "{}: {} images in {:.2} s ({:.0} images/s; model load {:.2} s)",
         backend.name(),

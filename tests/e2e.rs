@@ -80,6 +80,27 @@ fn infer_json(backend: &str, model: &Path, files: &[String]) -> Vec<(String, usi
         .collect()
 }
 
+/// Validates a model with the reference `onnx.checker.check_model(full_check=True)` from the `onnx`
+/// package in the project's virtualenv (installed by `make setup`).
+pub fn onnx_check(model: &Path) {
+    let python = root().join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} missing: run `make setup`",
+        python.display()
+    );
+    let out = Command::new(python)
+        .args(["-c", "import sys, onnx; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True); print('onnx.checker ok')", model.to_str().unwrap()])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "onnx.checker refused {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
@@ -211,6 +232,42 @@ fn train_export_and_both_backends_agree_with_tch() {
     }
     for (a, b) in tract.iter().zip(&ort) {
         assert_eq!(a.1, b.1, "tract and ort disagree on {}", a.0);
+    }
+
+    // Output formats: csv with top-3 written atomically to a file; its first label is the json label.
+    let csv_path = tmp.path().join("out/preds.csv");
+    std::fs::create_dir_all(csv_path.parent().unwrap()).unwrap();
+    let mut args = vec![
+        "infer",
+        "--format",
+        "csv",
+        "--top-k",
+        "3",
+        "-o",
+        csv_path.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ];
+    args.extend(files[..5].iter().map(String::as_str));
+    let printed = ok(&args);
+    assert!(
+        printed.is_empty(),
+        "with --output nothing goes to stdout: {printed}"
+    );
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "path,label,probability,label_2,probability_2,label_3,probability_3"
+    );
+    assert_eq!(lines.len(), 6);
+    for (line, (path, label, probs)) in lines[1..].iter().zip(&tract) {
+        let cols: Vec<&str> = line.split(',').collect();
+        assert_eq!(cols[0], path);
+        assert_eq!(cols[1], pipe::arch::CIFAR10_CLASSES[*label]);
+        let p1: f32 = cols[2].parse().unwrap();
+        let p2: f32 = cols[4].parse().unwrap();
+        assert!((p1 - probs[*label]).abs() < 1e-5 && p1 >= p2, "{line}");
     }
 
     // The libtorch-free build (`make infer-only`, run by `make test`) links no libtorch and gives the

@@ -354,6 +354,82 @@ fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
 }
 
 #[test]
+fn input_size_64_trains_exports_and_verifies() {
+    let w = weights();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("bin");
+    write_binary_release(&data, 20);
+    let runs = tmp.path().join("runs");
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--weights",
+        &w,
+        "--train-limit",
+        "60",
+        "--test-limit",
+        "20",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--input-size",
+        "64",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        s(&runs),
+        "--no-cache",
+        "--name",
+        "big",
+    ]);
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(runs.join("big/config.json")).unwrap()).unwrap();
+    assert_eq!(config["input_size"], 64);
+    let head = std::fs::read(runs.join("big/head.safetensors")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&head[..400]).contains("[256,2048]"),
+        "dense1 takes 2,048 features at 64x64"
+    );
+    let onnx = tmp.path().join("big.onnx");
+    let (out, _) = ok(&["export", s(&onnx), "--run", "big", "--runs-dir", s(&runs)]);
+    assert!(
+        out.contains("verified with tract on 20 test images"),
+        "{out}"
+    );
+    let (inspect, _) = ok(&["inspect", s(&onnx)]);
+    assert!(inspect.contains("[N, 64, 64, 3]"), "{inspect}");
+    let python = root().join(".venv/bin/python");
+    let check = Command::new(python)
+        .args([
+            "-c",
+            "import sys, onnx; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True)",
+            s(&onnx),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let bad = pipe(&[
+        "train",
+        "--data",
+        s(&data),
+        "--weights",
+        &w,
+        "--input-size",
+        "48",
+        "--runs-dir",
+        s(&runs),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("multiple of 32"));
+}
+
+#[test]
 fn diverging_training_stops_with_an_explanation() {
     let w = weights();
     let tmp = tempfile::tempdir().unwrap();

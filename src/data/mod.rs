@@ -288,17 +288,7 @@ impl DataSource {
                 let mut pixels = Vec::with_capacity(idx.len() * size * size * 3);
                 for &i in &idx {
                     let px = &records[i].pixels;
-                    if size == cifar::CIFAR_SIZE {
-                        pixels.extend_from_slice(px);
-                    } else {
-                        let s = cifar::CIFAR_SIZE as u32;
-                        let img = image::RgbImage::from_raw(s, s, px.clone())
-                            .ok_or_else(|| Error::invalid(root, "record is not 32x32x3"))?;
-                        pixels.extend(
-                            image::imageops::resize(&img, size as u32, size as u32, RESIZE_FILTER)
-                                .into_raw(),
-                        );
-                    }
+                    pixels.extend(resize_rgb(px, cifar::CIFAR_SIZE, size));
                 }
                 Ok(LoadedSplit {
                     classes,
@@ -343,6 +333,25 @@ pub fn load_rgb(path: &Path, size: usize) -> Result<Vec<u8>> {
         image::imageops::resize(&rgb, s, s, RESIZE_FILTER)
     };
     Ok(rgb.into_raw())
+}
+
+/// Resizes one square HWC RGB image of `from`x`from` pixels to `to`x`to` with [`RESIZE_FILTER`]
+/// (a copy when the sizes are equal), as [`load_rgb`] does for image files.
+///
+/// # Panics
+/// If `pixels.len() != from*from*3` (a programming error).
+pub fn resize_rgb(pixels: &[u8], from: usize, to: usize) -> Vec<u8> {
+    assert_eq!(
+        pixels.len(),
+        from * from * 3,
+        "not a {from}x{from} RGB image"
+    );
+    if from == to {
+        return pixels.to_vec();
+    }
+    let img = image::RgbImage::from_raw(from as u32, from as u32, pixels.to_vec())
+        .expect("length checked above");
+    image::imageops::resize(&img, to as u32, to as u32, RESIZE_FILTER).into_raw()
 }
 
 /// Decodes `paths` in parallel (all cores) into one NHWC RGB `u8` buffer of `paths.len()*size*size*3` bytes.

@@ -320,6 +320,13 @@ pub fn classify(
     Ok(out)
 }
 
+/// The `k` largest values of a row as `(index, value)`, largest first (ties: lower index first).
+pub fn top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, row[i])).collect()
+}
+
 /// The class an image's path claims: the name of its parent folder, when that is one of `classes`.
 pub fn folder_label(path: &Path, classes: &[String]) -> Option<usize> {
     let parent = path.parent()?.file_name()?.to_str()?;
@@ -334,6 +341,15 @@ mod tests {
     fn argmax_takes_first_maximum() {
         assert_eq!(argmax(&[0.1, 0.7, 0.7, 0.2]), 1);
         assert_eq!(argmax(&[3.0]), 0);
+    }
+
+    #[test]
+    fn top_k_orders_by_value() {
+        assert_eq!(
+            top_k(&[0.1, 0.5, 0.2, 0.5], 3),
+            vec![(1, 0.5), (3, 0.5), (2, 0.2)]
+        );
+        assert_eq!(top_k(&[0.3], 5), vec![(0, 0.3)]);
     }
 
     #[test]

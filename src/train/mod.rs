@@ -94,6 +94,9 @@ pub struct TrainOptions {
     pub device: TrainDevice,
     /// Batch size of feature extraction through the frozen base.
     pub extract_batch_size: usize,
+    /// Side of the square network input, pixels: images are resized to it (a multiple of 32; 32 keeps
+    /// CIFAR-10's size, 64 upsamples 2x and gives 2,048 features per image).
+    pub input_size: usize,
     /// Folder of runs (`models/runs`).
     pub runs_dir: PathBuf,
     /// Run name (default: UTC timestamp; with `resume`, the run to continue).
@@ -165,6 +168,19 @@ fn load_checkpoint(dir: &Path, arch: &Arch) -> Result<Option<Checkpoint>> {
     }))
 }
 
+/// Checks `--input-size`: a positive multiple of 32 (VGG16's five 2x2 poolings), at most 512.
+///
+/// # Errors
+/// [`Error::Usage`].
+pub fn validate_input_size(size: usize) -> Result<()> {
+    if size == 0 || !size.is_multiple_of(32) || size > 512 {
+        return Err(Error::Usage(format!(
+            "--input-size must be a multiple of 32 between 32 and 512, got {size}"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks hyper-parameters before any work: epochs and batch size at least 1, a positive finite
 /// learning rate, momentum in 0..1, a non-negative weight decay.
 ///
@@ -219,6 +235,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         // Cheap checks first: nothing is written and no image decoded for a bad option.
         run::check_new_run(&opts.runs_dir, &name)?;
         validate_hyper(&opts.hyper)?;
+        validate_input_size(opts.input_size)?;
         let h = &opts.hyper;
         let config = RunConfig {
             name: name.clone(),
@@ -228,7 +245,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
             weights: std::fs::canonicalize(&opts.weights).unwrap_or_else(|_| opts.weights.clone()),
             weights_fingerprint: String::new(),
             classes: Vec::new(),
-            input_size: 32,
+            input_size: opts.input_size,
             preprocessing: run::CAFFE_PREPROCESSING.into(),
             train_images: 0,
             test_images: 0,
