@@ -407,12 +407,14 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
     };
     let t0 = std::time::Instant::now();
     pipe::train::validate_input_size(a.common.input_size)?;
-    let (rows, extracted) = pipe::train::sweep(&features, &hyper, &a.batch_sizes, &a.lrs, device)?;
+    pipe::train::validate_sweep(&hyper, &a.batch_sizes, &a.lrs)?;
+    // The output folder is made before the work, so that an unusable --out fails at once.
     let out_dir = a
         .out
         .unwrap_or_else(|| PathBuf::from("models/sweeps").join(pipe::run::timestamp_name()));
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let (rows, extracted) = pipe::train::sweep(&features, &hyper, &a.batch_sizes, &a.lrs, device)?;
     let doc = serde_json::json!({
         "data": a.data, "train_limit": a.train_limit, "test_limit": a.test_limit, "epochs": a.epochs,
         "momentum": a.momentum, "weight_decay": a.weight_decay, "seed": a.seed,

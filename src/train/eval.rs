@@ -109,6 +109,28 @@ pub struct SweepRow {
     pub diverged: Option<String>,
 }
 
+/// Checks every (batch size, learning rate) setting of a sweep, before any work.
+///
+/// # Errors
+/// [`Error::Usage`] for an empty list or an invalid setting.
+pub fn validate_sweep(hyper: &HeadHyper, batch_sizes: &[usize], lrs: &[f64]) -> Result<()> {
+    if batch_sizes.is_empty() || lrs.is_empty() {
+        return Err(Error::Usage(
+            "--batch-sizes and --lrs need at least one value each".into(),
+        ));
+    }
+    for &lr in lrs {
+        for &bs in batch_sizes {
+            super::validate_hyper(&HeadHyper {
+                batch_size: bs,
+                lr,
+                ..hyper.clone()
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Trains the head once per (batch size, learning rate) combination on the same features (extracted
 /// once, or taken from the cache), `hyper` giving the other settings.
 ///
@@ -121,11 +143,7 @@ pub fn sweep(
     lrs: &[f64],
     device: Device,
 ) -> Result<(Vec<SweepRow>, usize)> {
-    if batch_sizes.is_empty() || lrs.is_empty() {
-        return Err(Error::Usage(
-            "--batch-sizes and --lrs need at least one value each".into(),
-        ));
-    }
+    validate_sweep(hyper, batch_sizes, lrs)?;
     let f = prepare_features(features, device)?;
     let arch = Arch::vgg16_transfer(features.input_size, f.classes.len());
     let mut rows = Vec::new();

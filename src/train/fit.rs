@@ -126,17 +126,7 @@ pub fn fit_head(
     log: bool,
     mut on_epoch: impl FnMut(&Checkpoint) -> Result<()>,
 ) -> Result<FitResult> {
-    if hp.epochs == 0 || hp.batch_size == 0 {
-        return Err(Error::Usage(
-            "--epochs and --batch-size must be at least 1".into(),
-        ));
-    }
-    if !(hp.lr.is_finite() && hp.lr > 0.0) {
-        return Err(Error::Usage(format!(
-            "--lr must be a positive number, got {}",
-            hp.lr
-        )));
-    }
+    super::validate_hyper(hp)?;
     let train_x = f.train_x.f_to_device(device)?;
     let test_x = f.test_x.f_to_device(device)?;
     let train_y = labels(&f.train.labels, device)?;

@@ -11,7 +11,7 @@ mod features;
 mod fit;
 mod model;
 
-pub use eval::{evaluate_run, sweep, Evaluation, SweepRow};
+pub use eval::{evaluate_run, sweep, validate_sweep, Evaluation, SweepRow};
 pub use features::{
     cache_key, extract, prepare_features, split_features, FeatureOptions, Features, SplitInfo,
 };
