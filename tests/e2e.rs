@@ -3,47 +3,12 @@
 //! backends reproduce the probabilities tch computed at the end of training for every test image.
 #![cfg(feature = "train")]
 
+mod common;
+
+use common::{ok, pipe, require_setup, root};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn pipe(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_pipe"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run pipe");
-    eprintln!(
-        "$ pipe {}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = pipe(args);
-    assert!(
-        out.status.success(),
-        "pipe {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
-}
-
-fn require_setup() -> (PathBuf, PathBuf) {
-    let data = root().join("data/cifar10");
-    let weights = root().join("models/vgg16_imagenet.safetensors");
-    assert!(
-        data.join("test").is_dir() && weights.is_file(),
-        "CIFAR-10 images or VGG16 weights missing: run `make setup` (make test does it)"
-    );
-    (data, weights)
-}
+use std::process::Command;
 
 /// Label and probabilities per image path from `pipe infer --format json`.
 fn infer_json(backend: &str, model: &Path, files: &[String]) -> Vec<(String, usize, Vec<f32>)> {
@@ -59,7 +24,7 @@ fn infer_json(backend: &str, model: &Path, files: &[String]) -> Vec<(String, usi
         model.to_str().unwrap(),
     ];
     args.extend(files.iter().map(String::as_str));
-    let doc: Value = serde_json::from_str(&ok(&args)).expect("json output");
+    let doc: Value = serde_json::from_str(&ok(&args).0).expect("json output");
     doc["predictions"]
         .as_array()
         .expect("predictions")
@@ -112,7 +77,7 @@ fn train_export_and_both_backends_agree_with_tch() {
     let (data, weights) = require_setup();
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
-    let stdout = ok(&[
+    let (stdout, _) = ok(&[
         "train",
         "--data",
         data.to_str().unwrap(),
@@ -192,7 +157,7 @@ fn train_export_and_both_backends_agree_with_tch() {
     );
 
     let model = tmp.path().join("onnx/model.onnx");
-    let out = ok(&[
+    let (out, _) = ok(&[
         "export",
         model.to_str().unwrap(),
         "--run",
@@ -249,7 +214,7 @@ fn train_export_and_both_backends_agree_with_tch() {
         model.to_str().unwrap(),
     ];
     args.extend(files[..5].iter().map(String::as_str));
-    let printed = ok(&args);
+    let (printed, _) = ok(&args);
     assert!(
         printed.is_empty(),
         "with --output nothing goes to stdout: {printed}"

@@ -2,100 +2,11 @@
 //! determinism, resume after an interruption, the CIFAR-10 binary reader, evaluate and sweep.
 #![cfg(feature = "train")]
 
+mod common;
+
+use common::{ok, pipe, root, s, weights, write_binary_release};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn pipe(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_pipe"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run pipe");
-    eprintln!(
-        "$ pipe {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
-}
-
-fn ok(args: &[&str]) -> (String, String) {
-    let out = pipe(args);
-    assert!(
-        out.status.success(),
-        "pipe {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-fn weights() -> String {
-    let w = root().join("models/vgg16_imagenet.safetensors");
-    assert!(
-        w.is_file(),
-        "VGG16 weights missing: run `make setup` (make test does it)"
-    );
-    w.to_str().unwrap().to_string()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A CIFAR-10 binary release with `per_file` records per batch file: label i % 10, pixels a
-/// class-dependent colour pattern plus per-record variation, so that classes are learnable.
-fn write_binary_release(dir: &Path, per_file: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    let files = [
-        "data_batch_1.bin",
-        "data_batch_2.bin",
-        "data_batch_3.bin",
-        "data_batch_4.bin",
-        "data_batch_5.bin",
-        "test_batch.bin",
-    ];
-    for (fi, f) in files.iter().enumerate() {
-        let mut bytes = Vec::new();
-        for i in 0..per_file {
-            let label = (i % 10) as u8;
-            bytes.push(label);
-            for c in 0..3u32 {
-                for p in 0..1024u32 {
-                    let (y, x) = (p / 32, p % 32);
-                    let stripe = ((x + y * u32::from(label)) / (2 + u32::from(label) % 4)) % 2;
-                    let v = 40
-                        + 25 * u32::from(label) * (c + 1) % 200
-                        + 60 * stripe
-                        + ((i as u32 * 7 + fi as u32 * 3 + p) % 13);
-                    bytes.push(v.min(255) as u8);
-                }
-            }
-        }
-        std::fs::write(dir.join(f), bytes).unwrap();
-    }
-    let names = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ];
-    std::fs::write(dir.join("batches.meta.txt"), names.join("\n") + "\n").unwrap();
-}
 
 #[test]
 fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
