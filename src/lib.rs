@@ -8,6 +8,8 @@ pub mod data;
 pub mod error;
 pub mod export;
 pub mod infer;
+#[cfg(feature = "train")]
+pub mod plot;
 pub mod report;
 pub mod run;
 #[cfg(feature = "train")]

@@ -1,0 +1,606 @@
+//! PNG figures of a run, drawn with plotters into an RGB buffer and written atomically with the image
+//! crate: training curves (`accuracy.png`, `loss.png`), a grid of test predictions
+//! (`predictions.png`), a confusion matrix (`confusion.png`) and sweep curves (`sweep.png`).
+//!
+//! Text uses DejaVu Sans, embedded in the binary (the `dejavu` crate), so no system font is needed.
+
+use crate::error::{Error, Result};
+use crate::report::ClassReport;
+use crate::run::EpochMetrics;
+use crate::util::write_atomic;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use std::path::Path;
+use std::sync::Once;
+
+/// Font family name under which DejaVu Sans is registered with plotters.
+const FONT: &str = "sans-serif";
+
+/// Colour of the training curve (matplotlib's default blue, as in the Keras seed's figure).
+const TRAIN_COLOUR: RGBColor = RGBColor(31, 119, 180);
+/// Colour of the validation curve (matplotlib's default orange).
+const VAL_COLOUR: RGBColor = RGBColor(255, 127, 14);
+/// Colour marking a wrong prediction.
+pub const WRONG_COLOUR: RGBColor = RGBColor(214, 39, 40);
+/// Colour marking a right prediction.
+pub const RIGHT_COLOUR: RGBColor = RGBColor(44, 160, 44);
+
+fn register_fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The embedded fonts are valid TrueType files; a failure would only mean missing text.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(FONT, FontStyle::Bold, dejavu::sans::bold());
+    });
+}
+
+fn draw_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::io(path, std::io::Error::other(format!("drawing failed: {e}")))
+}
+
+/// Draws with `draw` on a white `width`x`height` canvas, then lets `post` edit the RGB pixels (for
+/// images pasted in), and writes the PNG atomically to `path`.
+fn render(
+    path: &Path,
+    (width, height): (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
+    post: impl FnOnce(&mut [u8]),
+) -> Result<()> {
+    register_fonts();
+    let mut buf = vec![255u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+        draw(&root)?;
+        root.present().map_err(|e| draw_err(path, e))?;
+    }
+    post(&mut buf);
+    let img = image::RgbImage::from_raw(width, height, buf)
+        .ok_or_else(|| draw_err(path, "buffer size mismatch"))?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| draw_err(path, e))?;
+    write_atomic(path, |w| w.write_all(&png))
+}
+
+/// Which per-epoch metric a curve figure shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    /// Accuracy (0..1) of training and validation.
+    Accuracy,
+    /// Mean categorical cross-entropy of training and validation.
+    Loss,
+}
+
+/// Training and validation curves per epoch (the Keras seed's figure): `accuracy.png` or `loss.png`,
+/// 800x500 pixels, blue = training, orange = validation, one marker per epoch.
+///
+/// # Errors
+/// [`Error::Io`] naming `path` when drawing or writing fails; [`Error::Usage`] for an empty history.
+pub fn training_curves(
+    history: &[EpochMetrics],
+    curve: Curve,
+    val_name: &str,
+    path: &Path,
+) -> Result<()> {
+    if history.is_empty() {
+        return Err(Error::Usage("no epoch to plot".into()));
+    }
+    let (train, val): (Vec<(f64, f64)>, Vec<(f64, f64)>) = history
+        .iter()
+        .map(|m| {
+            let e = m.epoch as f64;
+            match curve {
+                Curve::Accuracy => ((e, m.accuracy), (e, m.val_accuracy)),
+                Curve::Loss => ((e, m.loss), (e, m.val_loss)),
+            }
+        })
+        .unzip();
+    let (title, ylabel) = match curve {
+        Curve::Accuracy => (format!("Training and {val_name} accuracy"), "accuracy"),
+        Curve::Loss => (format!("Training and {val_name} loss"), "loss"),
+    };
+    let finite = train
+        .iter()
+        .chain(&val)
+        .map(|p| p.1)
+        .filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = match curve {
+        Curve::Accuracy => (0.0, 1.0),
+        Curve::Loss if lo <= hi => {
+            let pad = ((hi - lo) * 0.1).max(1e-3);
+            ((lo - pad).max(0.0), hi + pad)
+        }
+        Curve::Loss => (0.0, 1.0),
+    };
+    let epochs = history.len() as f64;
+    let first = history[0].epoch as f64;
+    let last = first + epochs - 1.0;
+    let (x0, x1) = if last > first {
+        (first, last)
+    } else {
+        (first - 0.5, first + 0.5)
+    };
+    let series: [(&str, &Vec<(f64, f64)>, RGBColor); 2] = [
+        ("training", &train, TRAIN_COLOUR),
+        (val_name, &val, VAL_COLOUR),
+    ];
+    render(
+        path,
+        (800, 500),
+        |root| {
+            let e = |e| draw_err(path, e);
+            let mut chart = ChartBuilder::on(root)
+                .caption(&title, (FONT, 26))
+                .margin(16)
+                .x_label_area_size(48)
+                .y_label_area_size(64)
+                .build_cartesian_2d(x0..x1, lo..hi)
+                .map_err(e)?;
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .y_desc(ylabel)
+                .x_labels(history.len().clamp(2, 16))
+                .x_label_formatter(&|v| format!("{v:.0}"))
+                .y_label_formatter(&|v| format!("{v:.2}"))
+                .label_style((FONT, 16))
+                .axis_desc_style((FONT, 18))
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .map_err(e)?;
+            for (name, points, colour) in series {
+                let points: Vec<(f64, f64)> =
+                    points.iter().copied().filter(|p| p.1.is_finite()).collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), colour.stroke_width(3)))
+                    .map_err(e)?
+                    .label(name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3))
+                    });
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 5, colour.filled())))
+                    .map_err(e)?;
+            }
+            chart
+                .configure_series_labels()
+                .label_font((FONT, 18))
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK)
+                .position(match curve {
+                    Curve::Accuracy => SeriesLabelPosition::LowerRight,
+                    Curve::Loss => SeriesLabelPosition::UpperRight,
+                })
+                .draw()
+                .map_err(e)?;
+            Ok(())
+        },
+        |_| {},
+    )
+}
+
+/// One image of [`prediction_grid`].
+#[derive(Debug, Clone)]
+pub struct PredictionTile {
+    /// HWC RGB `u8` pixels, `size * size * 3` bytes.
+    pub pixels: Vec<u8>,
+    /// Side of the image, pixels.
+    pub size: usize,
+    /// True class index.
+    pub label: usize,
+    /// Predicted class index.
+    pub predicted: usize,
+    /// Probability of the predicted class, 0..1.
+    pub probability: f32,
+}
+
+/// Side, pixels, of an image in the prediction grid (CIFAR-10's 32 pixels scaled 4x, nearest
+/// neighbour so that pixels stay visible).
+pub const TILE: u32 = 128;
+const CELL_W: u32 = 190;
+const CELL_H: u32 = 200;
+const GRID_TOP: u32 = 50;
+const TILE_TOP: u32 = 56;
+
+/// The pixel rectangle `(x, y, side)` of tile `i` of a grid with `cols` columns.
+pub fn tile_origin(i: usize, cols: usize) -> (u32, u32, u32) {
+    let (r, c) = ((i / cols) as u32, (i % cols) as u32);
+    (
+        c * CELL_W + (CELL_W - TILE) / 2,
+        GRID_TOP + r * CELL_H + TILE_TOP,
+        TILE,
+    )
+}
+
+/// A grid of test images (2 rows x 5 for 10 tiles), each titled with its predicted label and
+/// probability; a wrong prediction is titled in red with the true label and framed in red, a right one
+/// framed in green. Written to `path` (`predictions.png`).
+///
+/// # Errors
+/// [`Error::Io`] naming `path` when drawing or writing fails; [`Error::Usage`] for no tiles.
+pub fn prediction_grid(tiles: &[PredictionTile], classes: &[String], path: &Path) -> Result<()> {
+    if tiles.is_empty() {
+        return Err(Error::Usage("no test image to draw".into()));
+    }
+    let cols = tiles.len().min(5);
+    let rows = tiles.len().div_ceil(cols);
+    let size = (cols as u32 * CELL_W, GRID_TOP + rows as u32 * CELL_H);
+    let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| i.to_string());
+    let wrong = tiles.iter().filter(|t| t.label != t.predicted).count();
+    render(
+        path,
+        size,
+        |root| {
+            let e = |e| draw_err(path, e);
+            let title = format!(
+                "Predictions on {} test images ({} wrong, in red)",
+                tiles.len(),
+                wrong
+            );
+            root.draw_text(&title, &(FONT, 22).into_font().color(&BLACK), (16, 14))
+                .map_err(e)?;
+            for (i, t) in tiles.iter().enumerate() {
+                let (x, y, side) = tile_origin(i, cols);
+                let (x, y, side) = (x as i32, y as i32, side as i32);
+                let ok = t.label == t.predicted;
+                let colour = if ok { RIGHT_COLOUR } else { WRONG_COLOUR };
+                let cell_x = x - ((CELL_W - TILE) / 2) as i32;
+                let lines = if ok {
+                    vec![format!(
+                        "{} ({:.0}%)",
+                        name(t.predicted),
+                        t.probability * 100.0
+                    )]
+                } else {
+                    vec![
+                        format!("{} ({:.0}%)", name(t.predicted), t.probability * 100.0),
+                        format!("true: {}", name(t.label)),
+                    ]
+                };
+                for (k, line) in lines.iter().enumerate() {
+                    let style = TextStyle::from((FONT, 17).into_font()).color(&colour);
+                    let (w, _) = root.estimate_text_size(line, &style).map_err(e)?;
+                    let tx = cell_x + (CELL_W as i32 - w as i32) / 2;
+                    let ty = y - 44 + 20 * k as i32 - if ok { -20 } else { 0 };
+                    root.draw_text(line, &style, (tx, ty)).map_err(e)?;
+                }
+                root.draw(&Rectangle::new(
+                    [(x - 4, y - 4), (x + side + 3, y + side + 3)],
+                    colour.stroke_width(4),
+                ))
+                .map_err(e)?;
+            }
+            Ok(())
+        },
+        |buf| {
+            for (i, t) in tiles.iter().enumerate() {
+                let (x0, y0, side) = tile_origin(i, cols);
+                for y in 0..side {
+                    for x in 0..side {
+                        let sx = (x as usize * t.size) / side as usize;
+                        let sy = (y as usize * t.size) / side as usize;
+                        let src = (sy * t.size + sx) * 3;
+                        let dst = (((y0 + y) * size.0 + x0 + x) * 3) as usize;
+                        if let (Some(s), Some(d)) =
+                            (t.pixels.get(src..src + 3), buf.get_mut(dst..dst + 3))
+                        {
+                            d.copy_from_slice(s);
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The confusion matrix of `report` as a heat map (rows = true class, columns = predicted class,
+/// darker = more images, each cell printed with its count), titled with the accuracy. Written to
+/// `path` (`confusion.png`).
+///
+/// # Errors
+/// [`Error::Io`] naming `path` when drawing or writing fails.
+pub fn confusion_matrix(report: &ClassReport, path: &Path) -> Result<()> {
+    let c = report.classes.len().max(1);
+    let cell: u32 = if c <= 12 { 56 } else { (700 / c as u32).max(8) };
+    let left = 150u32;
+    let top = 70u32;
+    let bottom = 130u32;
+    let size = (left + cell * c as u32 + 30, top + cell * c as u32 + bottom);
+    let max = report
+        .confusion
+        .iter()
+        .flatten()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    render(
+        path,
+        size,
+        |root| {
+            let e = |e| draw_err(path, e);
+            let title = format!(
+                "Confusion matrix: {} images, accuracy {:.4}",
+                report.images, report.accuracy
+            );
+            root.draw_text(&title, &(FONT, 20).into_font().color(&BLACK), (12, 12))
+                .map_err(e)?;
+            root.draw_text(
+                "rows: true class, columns: predicted class",
+                &(FONT, 15).into_font().color(&BLACK.mix(0.7)),
+                (12, 40),
+            )
+            .map_err(e)?;
+            for (i, row) in report.confusion.iter().enumerate() {
+                for (j, &n) in row.iter().enumerate() {
+                    let x = (left + j as u32 * cell) as i32;
+                    let y = (top + i as u32 * cell) as i32;
+                    let shade = n as f64 / max as f64;
+                    // White (0) to a dark blue (the most frequent cell).
+                    let colour = RGBColor(
+                        (255.0 - shade * 247.0) as u8,
+                        (255.0 - shade * 207.0) as u8,
+                        (255.0 - shade * 148.0) as u8,
+                    );
+                    root.draw(&Rectangle::new(
+                        [(x, y), (x + cell as i32, y + cell as i32)],
+                        colour.filled(),
+                    ))
+                    .map_err(e)?;
+                    root.draw(&Rectangle::new(
+                        [(x, y), (x + cell as i32, y + cell as i32)],
+                        BLACK.mix(0.15),
+                    ))
+                    .map_err(e)?;
+                    if cell >= 28 {
+                        let text_colour = if shade > 0.5 { WHITE } else { BLACK };
+                        let style = TextStyle::from((FONT, 15).into_font()).color(&text_colour);
+                        let s = n.to_string();
+                        let (w, h) = root.estimate_text_size(&s, &style).map_err(e)?;
+                        root.draw_text(
+                            &s,
+                            &style,
+                            (
+                                x + (cell as i32 - w as i32) / 2,
+                                y + (cell as i32 - h as i32) / 2,
+                            ),
+                        )
+                        .map_err(e)?;
+                    }
+                }
+            }
+            let font = (FONT, 15).into_font();
+            for (i, name) in report.classes.iter().enumerate() {
+                let style = TextStyle::from(font.clone()).color(&BLACK);
+                let (w, h) = root.estimate_text_size(name, &style).map_err(e)?;
+                // Row label, right-aligned left of the matrix.
+                let y = (top + i as u32 * cell) as i32 + (cell as i32 - h as i32) / 2;
+                root.draw_text(name, &style, (left as i32 - 8 - w as i32, y))
+                    .map_err(e)?;
+                // Column label, rotated, below the matrix.
+                let x = (left + i as u32 * cell) as i32 + (cell as i32 - h as i32) / 2;
+                let rotated =
+                    TextStyle::from(font.clone().transform(FontTransform::Rotate90)).color(&BLACK);
+                root.draw_text(
+                    name,
+                    &rotated,
+                    (x + h as i32, (top + c as u32 * cell) as i32 + 8),
+                )
+                .map_err(e)?;
+            }
+            Ok(())
+        },
+        |_| {},
+    )
+}
+
+/// One line of [`sweep_curves`].
+#[derive(Debug, Clone)]
+pub struct SweepLine {
+    /// Legend text, e.g. `batch 128, lr 0.001`.
+    pub label: String,
+    /// Validation accuracy per epoch, from epoch 1.
+    pub val_accuracy: Vec<f64>,
+}
+
+/// Validation accuracy per epoch, one coloured line per sweep setting, with a legend. Written to
+/// `path` (`sweep.png`, 900x560 pixels).
+///
+/// # Errors
+/// [`Error::Io`] naming `path` when drawing or writing fails; [`Error::Usage`] when no line has a point.
+pub fn sweep_curves(lines: &[SweepLine], path: &Path) -> Result<()> {
+    let epochs = lines
+        .iter()
+        .map(|l| l.val_accuracy.len())
+        .max()
+        .unwrap_or(0);
+    if epochs == 0 {
+        return Err(Error::Usage("no sweep epoch to plot".into()));
+    }
+    let values = lines.iter().flat_map(|l| l.val_accuracy.iter().copied());
+    let (lo, hi) = values.fold((1.0f64, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+    let pad = ((hi - lo) * 0.1).max(0.01);
+    let (lo, hi) = ((lo - pad).max(0.0), (hi + pad).min(1.0));
+    let x1 = (epochs as f64).max(2.0);
+    render(
+        path,
+        (900, 560),
+        |root| {
+            let e = |e| draw_err(path, e);
+            let mut chart = ChartBuilder::on(root)
+                .caption("Sweep: validation accuracy per epoch", (FONT, 24))
+                .margin(16)
+                .x_label_area_size(48)
+                .y_label_area_size(64)
+                .build_cartesian_2d(1.0..x1, lo..hi)
+                .map_err(e)?;
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .y_desc("validation accuracy")
+                .x_labels(epochs.clamp(2, 16))
+                .x_label_formatter(&|v| format!("{v:.0}"))
+                .y_label_formatter(&|v| format!("{v:.2}"))
+                .label_style((FONT, 16))
+                .axis_desc_style((FONT, 18))
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .map_err(e)?;
+            for (k, line) in lines.iter().enumerate() {
+                let colour = Palette99::pick(k).to_rgba();
+                let points: Vec<(f64, f64)> = line
+                    .val_accuracy
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| ((i + 1) as f64, v))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+                    .map_err(e)?
+                    .label(line.label.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3))
+                    });
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+                    .map_err(e)?;
+            }
+            chart
+                .configure_series_labels()
+                .label_font((FONT, 15))
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()
+                .map_err(e)?;
+            Ok(())
+        },
+        |_| {},
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(epoch: usize, acc: f64, val: f64) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            loss: 2.0 - acc,
+            accuracy: acc,
+            val_loss: 2.0 - val,
+            val_accuracy: val,
+            seconds: 0.0,
+        }
+    }
+
+    fn count(img: &image::RgbImage, c: RGBColor) -> usize {
+        img.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count()
+    }
+
+    #[test]
+    fn curves_draw_both_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("accuracy.png");
+        let h: Vec<_> = (1..=5)
+            .map(|e| metrics(e, 0.1 * e as f64, 0.09 * e as f64))
+            .collect();
+        training_curves(&h, Curve::Accuracy, "validation", &p).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (800, 500));
+        assert!(count(&img, TRAIN_COLOUR) > 200, "training line missing");
+        assert!(count(&img, VAL_COLOUR) > 200, "validation line missing");
+        // Text was rendered: many pixels that are neither white nor a series colour.
+        let dark = img
+            .pixels()
+            .filter(|p| p.0.iter().all(|&v| v < 100))
+            .count();
+        assert!(dark > 500, "no text or axes drawn ({dark} dark pixels)");
+        // Rising accuracy: the training line's pixels are higher (smaller y) on the right.
+        let mean_y = |x0: u32, x1: u32| {
+            let ys: Vec<u32> = img
+                .enumerate_pixels()
+                .filter(|(x, _, p)| *x >= x0 && *x < x1 && p.0 == [31, 119, 180])
+                .map(|(_, y, _)| y)
+                .collect();
+            ys.iter().sum::<u32>() as f64 / ys.len().max(1) as f64
+        };
+        assert!(mean_y(600, 780) < mean_y(80, 250));
+    }
+
+    #[test]
+    fn grid_places_images_and_marks_wrong_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("predictions.png");
+        let classes: Vec<String> = (0..10).map(|i| format!("class{i}")).collect();
+        let tiles: Vec<PredictionTile> = (0..10)
+            .map(|i| PredictionTile {
+                pixels: vec![(i * 20) as u8; 32 * 32 * 3],
+                size: 32,
+                label: i,
+                predicted: if i % 3 == 0 { (i + 1) % 10 } else { i },
+                probability: 0.5,
+            })
+            .collect();
+        prediction_grid(&tiles, &classes, &p).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (5 * CELL_W, GRID_TOP + 2 * CELL_H));
+        for (i, t) in tiles.iter().enumerate() {
+            let (x, y, side) = tile_origin(i, 5);
+            let centre = img.get_pixel(x + side / 2, y + side / 2).0;
+            assert_eq!(centre, [t.pixels[0]; 3], "tile {i}");
+            // The frame just outside the image: red when wrong, green when right.
+            let frame = img.get_pixel(x + side / 2, y - 2).0;
+            let want = if t.label == t.predicted {
+                RIGHT_COLOUR
+            } else {
+                WRONG_COLOUR
+            };
+            assert_eq!(frame, [want.0, want.1, want.2], "frame of tile {i}");
+        }
+    }
+
+    #[test]
+    fn confusion_shades_follow_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("confusion.png");
+        let classes = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let truth = [0, 0, 0, 0, 1, 1, 2];
+        let pred = [0, 0, 0, 1, 1, 2, 2];
+        let r = ClassReport::new(&classes, &truth, &pred);
+        confusion_matrix(&r, &p).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        // Cell (0,0) holds the maximum (3): darkest; cell (2,0) holds 0: white.
+        let at = |i: u32, j: u32| img.get_pixel(150 + j * 56 + 4, 70 + i * 56 + 4).0;
+        assert_eq!(at(0, 0), [8, 48, 107]);
+        assert_eq!(at(2, 0), [255, 255, 255]);
+        let light = at(0, 1);
+        assert!(light[0] > 100 && light[0] < 255, "{light:?}");
+    }
+
+    #[test]
+    fn sweep_draws_one_line_per_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sweep.png");
+        let lines: Vec<SweepLine> = (0..3)
+            .map(|k| SweepLine {
+                label: format!("batch {}", 32 << k),
+                val_accuracy: (1..=6)
+                    .map(|e| 0.3 + 0.02 * e as f64 + 0.05 * k as f64)
+                    .collect(),
+            })
+            .collect();
+        sweep_curves(&lines, &p).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (900, 560));
+        for k in 0..3 {
+            let c = Palette99::pick(k).to_rgba();
+            let n = img.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count();
+            assert!(n > 100, "line {k} has {n} pixels");
+        }
+        assert!(sweep_curves(&[], &p).is_err());
+    }
+}
