@@ -6,7 +6,7 @@ export LIBTORCH_USE_PYTORCH := 1
 PIPE := target/release/pipe
 INFER_ONLY := target/release/pipe-infer
 
-.PHONY: setup build infer-only demo test fmt clippy check
+.PHONY: setup build infer-only demo test bench fmt clippy check
 
 ## setup: virtualenv (torch, onnxruntime), release build, ImageNet VGG16 weights, CIFAR-10 (idempotent)
 setup:
@@ -37,6 +37,22 @@ infer-only:
 ## test: set-up, the libtorch-free build, then the whole test suite (release profile, reusing the release build)
 test: setup infer-only
 	PIPE_INFER_ONLY_BIN=$(ROOT)/$(INFER_ONLY) cargo test --release
+
+## bench: criterion benches, the PyTorch/onnxruntime references (benches/reference/) and end-to-end
+## times in one run, then one table (also target/bench/summary.json). About 10 minutes here.
+BENCH_PY := $(ROOT)/.venv/bin/python
+bench: setup
+	rm -rf target/criterion/extract target/criterion/infer target/criterion/decode target/criterion/head target/criterion/export target/bench/*.json
+	cargo build --release
+	cargo bench --bench extract
+	$(BENCH_PY) benches/reference/torch_extract.py
+	cargo bench --bench infer
+	$(BENCH_PY) benches/reference/ort_infer.py
+	cargo bench --bench decode
+	cargo bench --bench head
+	cargo bench --bench export
+	$(BENCH_PY) benches/e2e.py
+	$(BENCH_PY) benches/summary.py
 
 fmt:
 	cargo fmt --all -- --check

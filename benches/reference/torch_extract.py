@@ -1,0 +1,62 @@
+"""PyTorch reference of benches/extract.rs: the frozen VGG16 base on a batch of 128 32x32 images, with
+the same weights (models/vgg16_imagenet.safetensors), libtorch's default thread count (the same
+libtorch, from the same .venv, as pipe's tch), inference mode, and the same Keras "caffe"
+preprocessing from NHWC RGB uint8 pixels (RGB->BGR, minus the ImageNet BGR means, NCHW float32).
+Prints and writes JSON: images/s at the median sample."""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import load_safetensors, median_rate  # noqa: E402
+
+BGR_MEANS = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+# VGG16 blocks: convolutions per block before each 2x2 max pooling.
+BLOCKS = [2, 2, 3, 3, 3]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--weights", default="models/vgg16_imagenet.safetensors")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--out", default="target/bench/reference_torch.json")
+    a = p.parse_args()
+    if not os.path.exists(a.weights):
+        sys.exit(f"{a.weights} not found; run `make setup`")
+    w = load_safetensors(a.weights)
+    convs = []
+    for b, n in enumerate(BLOCKS, 1):
+        for c in range(1, n + 1):
+            k = f"base.block{b}_conv{c}"
+            convs.append((torch.from_numpy(w[k + ".weight"].copy()), torch.from_numpy(w[k + ".bias"].copy())))
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, size=(a.batch, 32, 32, 3), dtype=np.uint8)
+
+    def extract():
+        with torch.inference_mode():
+            x = torch.from_numpy(pixels[..., ::-1].astype(np.float32) - BGR_MEANS)
+            x = x.permute(0, 3, 1, 2).contiguous()
+            i = 0
+            for n in BLOCKS:
+                for _ in range(n):
+                    x = F.relu(F.conv2d(x, convs[i][0], convs[i][1], padding=1))
+                    i += 1
+                x = F.max_pool2d(x, 2, 2)
+            return x.flatten(1).contiguous()
+
+    rate, samples = median_rate(extract, a.batch, warmup_s=3.0, measure_s=12.0, min_samples=10)
+    res = {"task": "extract", "images_per_s": rate, "batch": a.batch, "samples": samples,
+           "threads": torch.get_num_threads(), "torch": torch.__version__}
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"PyTorch extraction: {rate:.1f} images/s (batch {a.batch}, {res['threads']} threads)")
+
+
+if __name__ == "__main__":
+    main()

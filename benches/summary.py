@@ -1,0 +1,112 @@
+"""Reads the criterion results (target/criterion/<group>/<bench>/new/{estimates,benchmark}.json), the
+reference results (target/bench/reference_*.json) and the end-to-end times (target/bench/e2e.json) of
+one `make bench` run, prints one table (task, pipe, reference, ratio, target, pass/fail) and writes it
+as JSON to target/bench/summary.json. Rates are at criterion's median sample."""
+import json
+import os
+import platform
+import sys
+import time
+
+CRIT = "target/criterion"
+OUT = "target/bench"
+KERAS_SEED_S = 62.0  # Keras seed recipe, fit + evaluate, measured on this machine (issue 5)
+GFLOP_PER_IMAGE = 0.627  # VGG16 base at 32x32
+N_IMAGES = 6000  # seed recipe: 5,000 training + 1,000 test images through the base
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def crit(bench):
+    """(items per second, seconds per iteration) at the median sample of a criterion bench, or None."""
+    est = load(os.path.join(CRIT, bench, "new", "estimates.json"))
+    meta = load(os.path.join(CRIT, bench, "new", "benchmark.json"))
+    if est is None:
+        return None
+    s = est["median"]["point_estimate"] * 1e-9
+    items = ((meta or {}).get("throughput") or {}).get("Elements")
+    return (items / s if items else None, s)
+
+
+def rate(bench):
+    r = crit(bench)
+    return r[0] if r else None
+
+
+def main():
+    torch_ref = load(os.path.join(OUT, "reference_torch.json")) or {}
+    ort_ref = load(os.path.join(OUT, "reference_ort.json")) or {}
+    e2e = load(os.path.join(OUT, "e2e.json")) or {}
+    extract = rate("extract/tch_batch128")
+    rows = []
+
+    def row(task, unit, pipe, ref, ratio, target, ok):
+        rows.append({"task": task, "unit": unit, "pipe": pipe, "reference": ref, "ratio": ratio,
+                     "target": target, "pass": ok})
+
+    def ratio_row(task, unit, pipe, ref, ref_name, minimum):
+        r = pipe / ref if pipe and ref else None
+        row(task, unit, pipe, ref, r, f">= {minimum}x {ref_name}", None if r is None else r >= minimum)
+
+    ratio_row("tch extraction, batch 128", "images/s", extract, torch_ref.get("images_per_s"),
+              "PyTorch", 0.95)
+    ratio_row("ort, batch 256", "images/s", rate("infer/ort_batch256"),
+              ort_ref.get("batch256_images_per_s"), "onnxruntime-python", 0.95)
+    ratio_row("ort, batch 1", "images/s", rate("infer/ort_batch1"),
+              ort_ref.get("batch1_images_per_s"), "onnxruntime-python", 0.95)
+    ratio_row("tract, batch 256", "images/s", rate("infer/tract_batch256"),
+              rate("infer/ort_batch256"), "pipe ort", 0.4)
+    r = rate("infer/tract_batch1")
+    row("tract, batch 1", "images/s", r, rate("infer/ort_batch1"),
+        r / rate("infer/ort_batch1") if r and rate("infer/ort_batch1") else None, "(no target)", None)
+    d = rate("decode/jpeg32_preprocess")
+    row("JPEG decode + preprocess 32x32", "images/s", d, None, None, ">= 20000 images/s",
+        None if d is None else d >= 20000)
+    h = crit("head/epoch_5000x512_batch128")
+    row("head training, 1 epoch 5000x512", "s", h[1] if h else None, None, None, "(no target)", None)
+    x = crit("export/build_and_write")
+    row("ONNX export (build + write)", "s", x[1] if x else None, None, None, "(no target)", None)
+    t = e2e.get("train_cold_s")
+    minimum = N_IMAGES / extract if extract else None
+    row("pipe train, cold cache (vs 6000 / extraction rate)", "s", t, minimum,
+        t / minimum if t and minimum else None, "<= 1.25x", None if not (t and minimum) else t <= 1.25 * minimum)
+    row("pipe train, cold cache (vs Keras seed)", "s", t, KERAS_SEED_S,
+        KERAS_SEED_S / t if t else None, ">= 2.5x faster", None if not t else KERAS_SEED_S / t >= 2.5)
+    s = e2e.get("sweep_warm_s")
+    row("pipe sweep 5x15, warm cache", "s", s, None, None, "< 60 s", None if s is None else s < 60)
+
+    def fmt(v, unit=""):
+        if v is None:
+            return "-"
+        if unit == "s":
+            return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
+        return f"{v:,.0f}" if v >= 1000 else f"{v:.1f}"
+
+    print()
+    head = f"{'task':<52} {'pipe':>11} {'reference':>11} {'ratio':>7}  {'target':<34} result"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        res = "-" if r["pass"] is None else ("pass" if r["pass"] else "FAIL")
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        print(f"{r['task'] + ' (' + r['unit'] + ')':<52} {fmt(r['pipe'], r['unit']):>11} "
+              f"{fmt(r['reference'], r['unit']):>11} {ratio:>7}  {r['target']:<34} {res}")
+    info = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.processor()
+            or platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch_ref.get("threads"),
+            "ort_threads": ort_ref.get("threads"), "e2e": e2e, "rows": rows}
+    with open(os.path.join(OUT, "summary.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    print(f"\nwritten to {OUT}/summary.json")
+    if any(r["pipe"] is None for r in rows):
+        print("some figures are missing (see the messages above; `make setup` provides weights and data)",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
