@@ -520,6 +520,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         Some(dir) => dir.join(&a.triton_name).join("1").join("model.onnx"),
         None => a.output.clone(),
     };
+    pipe::util::check_output_path(&output, true)?;
     let s = pipe::export::export_run(&run_dir, &output, a.opset, kind, a.verify_images)?;
     if let Some(dir) = &a.triton {
         let model_dir = dir.join(&a.triton_name);
@@ -588,9 +589,25 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
             a.model.display()
         );
     }
-    let files = pipe::data::collect_image_files(&a.paths)?;
+    if let Some(path) = &a.output {
+        pipe::util::check_output_path(path, false)?;
+    }
+    let (files, skipped) = pipe::data::scan_image_files(&a.paths)?;
+    let warnings = skipped.warnings();
     if files.is_empty() {
-        anyhow::bail!("no image files found in {:?}", a.paths);
+        let inputs: Vec<String> = a.paths.iter().map(|p| p.display().to_string()).collect();
+        anyhow::bail!(
+            "no image files in {}{}",
+            inputs.join(", "),
+            if warnings.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", warnings.join("; "))
+            }
+        );
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
     }
     let opts = BackendOptions {
         kind: a.backend,

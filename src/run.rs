@@ -144,6 +144,8 @@ pub fn new_run_dir(runs_dir: &Path, name: &str) -> Result<PathBuf> {
 /// As [`new_run_dir`].
 pub fn check_new_run(runs_dir: &Path, name: &str) -> Result<()> {
     check_name(name)?;
+    // A runs folder under a regular file is refused before any work.
+    crate::util::check_output_path(&runs_dir.join(name).join(CONFIG_FILE), true)?;
     let dir = runs_dir.join(name);
     if dir.exists() {
         let what = if is_complete(&dir) {

@@ -31,13 +31,14 @@ pub fn write_atomic_checked(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    remove_stale_temps(dir, &name);
+    // `.<name>.<pid>.<random>.tmp`: the pid lets a later write remove it if this process is killed.
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.",
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ))
+        .prefix(&format!(".{name}.{}.", std::process::id()))
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(|e| Error::io(path, e))?;
@@ -51,6 +52,76 @@ pub fn write_atomic_checked(
     set_mode(tmp.path(), 0o666).map_err(|e| Error::io(path, e))?;
     check(tmp.path())?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// Removes the temporary files `.<name>.<pid>.<random>.tmp` that [`write_atomic`] left in `dir` when
+/// its process `pid` was killed (SIGKILL, power loss) before it could clean up. Files of running
+/// processes are left alone; failures are ignored (the files are hidden and harmless).
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .filter(|r| r.ends_with(".tmp"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split('.')
+            .next()
+            .and_then(|p| p.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Checks, before any work, that a file can be created at `path`: its folder exists (or, with
+/// `create_parents`, can be created: no part of it is a regular file) and is a folder.
+///
+/// # Errors
+/// [`Error::InvalidFile`] naming the offending folder: it does not exist, or it is not a folder.
+pub fn check_output_path(path: &Path, create_parents: bool) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        match std::fs::metadata(ancestor) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => {
+                return Err(Error::invalid(
+                    ancestor,
+                    format!(
+                        "not a folder, so {} cannot be written; choose another output path",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(_) if create_parents => continue,
+            Err(e) => {
+                return Err(Error::invalid(
+                    dir,
+                    format!(
+                        "folder does not exist ({e}), so {} cannot be written; create it first",
+                        path.display()
+                    ),
+                ))
+            }
+        }
+    }
     Ok(())
 }
 
@@ -126,6 +197,42 @@ mod tests {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666 & !umask());
         assert_ne!(mode & 0o044, 0, "readable by others under the usual umask");
+    }
+
+    #[test]
+    fn temp_files_of_dead_processes_are_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.onnx");
+        // pid_max is at most 2^22 on Linux, so this process cannot exist; our own pid is alive.
+        let dead = dir.path().join(".m.onnx.99999999.abc123.tmp");
+        let alive = dir
+            .path()
+            .join(format!(".m.onnx.{}.abc123.tmp", std::process::id()));
+        let other = dir.path().join(".n.onnx.99999999.abc123.tmp");
+        for f in [&dead, &alive, &other] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        write_atomic(&p, |w| w.write_all(b"x")).unwrap();
+        assert!(!dead.exists());
+        assert!(alive.exists() && other.exists());
+        assert_eq!(std::fs::read(&p).unwrap(), b"x");
+    }
+
+    #[test]
+    fn output_path_checks_name_the_bad_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let err = check_output_path(&file.join("a/out.json"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/f: not a folder"), "{err}");
+        let err = check_output_path(&dir.path().join("no/out.json"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/no: folder does not exist"), "{err}");
+        check_output_path(&dir.path().join("no/out.json"), true).unwrap();
+        check_output_path(Path::new("out.json"), false).unwrap();
     }
 
     #[test]

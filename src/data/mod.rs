@@ -44,6 +44,8 @@ pub struct ImageFolder {
     pub classes: Vec<String>,
     /// All samples, grouped by class, file names sorted within a class.
     pub samples: Vec<Sample>,
+    /// Files under the class folders that were not taken (not images, symlink loops).
+    pub skipped: Skipped,
 }
 
 fn is_image_file(path: &Path) -> bool {
@@ -53,26 +55,90 @@ fn is_image_file(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Lists image files under `dir`, recursively, sorted by path; symlinks are followed, loops refused.
-fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
+/// What a folder walk found besides images: files skipped because their extension is not an image
+/// extension, and symbolic links that lead back to one of their own ancestors (not followed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Files that are not images by extension (not decoded, not counted as images).
+    pub non_images: Vec<PathBuf>,
+    /// Symbolic links that point to an ancestor folder (a loop), each with the folder it points to.
+    pub loops: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Skipped {
+    /// Whether nothing was skipped.
+    pub fn is_empty(&self) -> bool {
+        self.non_images.is_empty() && self.loops.is_empty()
+    }
+
+    fn extend(&mut self, other: Skipped) {
+        self.non_images.extend(other.non_images);
+        self.loops.extend(other.loops);
+    }
+
+    /// One line per kind of skipped entry, e.g. `skipped 3 files that are not images (by extension),
+    /// e.g. data/notes.txt`, for warnings on stderr.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(first) = self.non_images.first() {
+            let n = self.non_images.len();
+            out.push(format!(
+                "skipped {n} {} (by extension; pipe reads {}), e.g. {}",
+                if n == 1 {
+                    "file that is not an image"
+                } else {
+                    "files that are not images"
+                },
+                IMAGE_EXTENSIONS.join(", "),
+                first.display()
+            ));
+        }
+        for (link, target) in &self.loops {
+            out.push(format!(
+                "symlink loop: {} points to its own ancestor {}; not followed",
+                link.display(),
+                target.display()
+            ));
+        }
+        out
+    }
+}
+
+/// Lists image files under `dir`, recursively, sorted by path; symlinks are followed, loops skipped
+/// (and reported in [`Skipped`] with the other skipped files).
+fn walk_images(dir: &Path) -> Result<(Vec<PathBuf>, Skipped)> {
     let mut out = Vec::new();
+    let mut skipped = Skipped::default();
     for entry in walkdir::WalkDir::new(dir)
         .follow_links(true)
         .sort_by_file_name()
     {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(dir).to_path_buf();
-            let msg = e.to_string();
-            match e.into_io_error() {
-                Some(io) => Error::io(&path, io),
-                None => Error::invalid(&path, msg),
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                if let (Some(link), Some(target)) = (e.path(), e.loop_ancestor()) {
+                    skipped
+                        .loops
+                        .push((link.to_path_buf(), target.to_path_buf()));
+                    continue;
+                }
+                let path = e.path().unwrap_or(dir).to_path_buf();
+                let msg = e.to_string();
+                return Err(match e.into_io_error() {
+                    Some(io) => Error::io(&path, io),
+                    None => Error::invalid(&path, msg),
+                });
             }
-        })?;
-        if entry.file_type().is_file() && is_image_file(entry.path()) {
-            out.push(entry.into_path());
+        };
+        if entry.file_type().is_file() {
+            if is_image_file(entry.path()) {
+                out.push(entry.into_path());
+            } else {
+                skipped.non_images.push(entry.into_path());
+            }
         }
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
 impl ImageFolder {
@@ -82,28 +148,38 @@ impl ImageFolder {
     /// [`Error::Io`] when `root` cannot be read; [`Error::InvalidFile`] when it has no class sub-folder
     /// or a class folder holds no image.
     pub fn open(root: &Path) -> Result<Self> {
-        let mut classes = Vec::new();
+        // Folder names as the file system has them (any bytes); class names are their lossy UTF-8.
+        let mut dirs = Vec::new();
         for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
             let entry = entry.map_err(|e| Error::io(root, e))?;
-            let path = entry.path();
-            if path.is_dir() {
-                classes.push(entry.file_name().to_string_lossy().into_owned());
+            if entry.path().is_dir() {
+                dirs.push(entry.file_name());
             }
         }
-        classes.sort();
-        if classes.is_empty() {
+        dirs.sort();
+        if dirs.is_empty() {
             return Err(Error::invalid(
                 root,
                 "no class sub-folders; expected the image-folder layout <root>/<class>/<image>",
             ));
         }
+        let classes: Vec<String> = dirs
+            .iter()
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect();
         let mut samples = Vec::new();
-        for (label, class) in classes.iter().enumerate() {
-            let dir = root.join(class);
-            let files = walk_images(&dir)?;
+        let mut skipped = Skipped::default();
+        for (label, class_dir) in dirs.iter().enumerate() {
+            let dir = root.join(class_dir);
+            let (files, skip) = walk_images(&dir)?;
             if files.is_empty() {
-                return Err(Error::invalid(&dir, "class folder holds no image"));
+                let mut msg = "class folder holds no image".to_string();
+                if !skip.is_empty() {
+                    msg = format!("{msg} ({})", skip.warnings().join("; "));
+                }
+                return Err(Error::invalid(&dir, msg));
             }
+            skipped.extend(skip);
             for path in files {
                 let rel = path.strip_prefix(root).unwrap_or(&path);
                 let name = rel
@@ -118,6 +194,7 @@ impl ImageFolder {
             root: root.to_path_buf(),
             classes,
             samples,
+            skipped,
         })
     }
 
@@ -262,6 +339,9 @@ impl DataSource {
             DataSource::Folders(data) => {
                 let root = data.join(split_dir(split));
                 let ds = ImageFolder::open(&root)?;
+                for w in ds.skipped.warnings() {
+                    eprintln!("warning: {}: {w}", root.display());
+                }
                 if limit > ds.samples.len() {
                     return Err(too_many(ds.samples.len(), &root));
                 }
@@ -310,29 +390,131 @@ fn split_dir(split: Split) -> &'static str {
     }
 }
 
+/// Largest width or height pipe decodes, pixels: bigger images are refused after reading their header,
+/// before any pixel buffer is allocated (a defence against decompression bombs, e.g. a few-kB PNG that
+/// announces 20000x20000 pixels).
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// Largest decoded image pipe accepts, bytes (512 MiB, the image crate's default allocation limit):
+/// e.g. a 12,000 x 12,000 RGB photo (432 MB) is decoded, a 16,384 x 16,384 RGBA one (1 GiB) is not.
+pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
+/// The image formats pipe decodes, for messages.
+pub const SUPPORTED_FORMATS: &str = "JPEG, PNG, BMP, GIF, TIFF, WebP, PNM, TGA, QOI, ICO";
+
 /// Decodes one image file (any format the image crate reads, detected from content), converts it to
-/// 8-bit RGB (grayscale is replicated, alpha dropped, 16-bit scaled) and resizes it to `size`x`size`
-/// with [`RESIZE_FILTER`] when it has another size. Returns `size*size*3` bytes, HWC RGB.
+/// 8-bit RGB (grayscale is replicated, alpha dropped, 16-bit scaled, CMYK converted), applies its EXIF
+/// orientation and resizes it to `size`x`size` with [`RESIZE_FILTER`] when it has another size.
+/// Returns `size*size*3` bytes, HWC RGB.
 ///
 /// # Errors
-/// [`Error::Io`] when the file cannot be read, [`Error::Image`] when it cannot be decoded.
+/// [`Error::Io`] when the file cannot be read; [`Error::InvalidFile`] or [`Error::Image`] naming it when
+/// it is empty, not an image, in an unsupported format, truncated, corrupt, or over
+/// [`MAX_IMAGE_SIDE`] / [`MAX_IMAGE_BYTES`].
 pub fn load_rgb(path: &Path, size: usize) -> Result<Vec<u8>> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    let img = reader.decode().map_err(|e| Error::Image {
-        path: path.to_path_buf(),
-        error: e,
-    })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_rgb(path, &bytes, size)
+}
+
+/// As [`load_rgb`], for the bytes of an image file already in memory; `path` only names it in errors
+/// (and its extension identifies TGA, which has no signature).
+///
+/// # Errors
+/// As [`load_rgb`].
+pub fn decode_rgb(path: &Path, bytes: &[u8], size: usize) -> Result<Vec<u8>> {
+    use image::{ImageDecoder, ImageFormat};
+    if bytes.is_empty() {
+        return Err(Error::invalid(path, "empty file (0 bytes), not an image"));
+    }
+    let format = match image::guess_format(bytes) {
+        Ok(f) => f,
+        // TGA has no signature: trust the extension for it only.
+        Err(_) if ImageFormat::from_path(path).ok() == Some(ImageFormat::Tga) => ImageFormat::Tga,
+        Err(_) => {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "not an image: its contents match none of the formats pipe reads ({SUPPORTED_FORMATS})"
+                ),
+            ))
+        }
+    };
+    let name = format!("{format:?}").to_uppercase();
+    let fail = |e: image::ImageError| -> Error {
+        match e {
+            image::ImageError::Unsupported(u) => Error::invalid(
+                path,
+                format!("unsupported image format ({u}); pipe reads {SUPPORTED_FORMATS}"),
+            ),
+            image::ImageError::Limits(l) => Error::invalid(
+                path,
+                format!(
+                    "image over pipe's decoding limit of {MAX_IMAGE_BYTES} bytes or \
+                     {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels ({l})"
+                ),
+            ),
+            image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Error::invalid(
+                    path,
+                    format!("truncated {name} file: the data ends early ({io})"),
+                )
+            }
+            error => Error::Image {
+                path: path.to_path_buf(),
+                error,
+            },
+        }
+    };
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_IMAGE_BYTES);
+    reader.limits(limits);
+    // Only the header is read here: the size is checked before any pixel buffer is allocated.
+    let mut decoder = reader.into_decoder().map_err(fail)?;
+    let (w, h) = decoder.dimensions();
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE || decoder.total_bytes() > MAX_IMAGE_BYTES {
+        return Err(Error::invalid(
+            path,
+            format!(
+                "image is {w}x{h} pixels ({} bytes decoded), over pipe's limit of \
+                 {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels and {MAX_IMAGE_BYTES} bytes; refused \
+                 without decoding (a decompression bomb, or resize it first)",
+                decoder.total_bytes()
+            ),
+        ));
+    }
+    if format == ImageFormat::Jpeg && jpeg_is_truncated(bytes) {
+        // The JPEG decoder fills missing data with grey instead of failing.
+        return Err(Error::invalid(
+            path,
+            "truncated JPEG: the image data ends without the end-of-image marker \
+             (an incomplete download or copy?)",
+        ));
+    }
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(fail)?;
+    img.apply_orientation(orientation);
     let rgb = img.to_rgb8();
-    let s = size as u32;
+    let s =
+        u32::try_from(size).map_err(|_| Error::Usage(format!("image size {size} is too large")))?;
     let rgb = if rgb.width() == s && rgb.height() == s {
         rgb
     } else {
         image::imageops::resize(&rgb, s, s, RESIZE_FILTER)
     };
     Ok(rgb.into_raw())
+}
+
+/// Whether a JPEG stream lacks its end-of-image marker (`FF D9`) after the start of its last scan
+/// (`FF DA`). Inside entropy-coded data a `FF` byte is always followed by `00` or a restart marker,
+/// so the pair cannot occur there; an EXIF thumbnail's markers come before the main image's scan.
+fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    let last = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi < sos,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
 }
 
 /// Resizes one square HWC RGB image of `from`x`from` pixels to `to`x`to` with [`RESIZE_FILTER`]
@@ -349,9 +531,10 @@ pub fn resize_rgb(pixels: &[u8], from: usize, to: usize) -> Vec<u8> {
     if from == to {
         return pixels.to_vec();
     }
-    let img = image::RgbImage::from_raw(from as u32, from as u32, pixels.to_vec())
-        .expect("length checked above");
-    image::imageops::resize(&img, to as u32, to as u32, RESIZE_FILTER).into_raw()
+    // The length was checked above, so the buffer always fits.
+    image::RgbImage::from_raw(from as u32, from as u32, pixels.to_vec())
+        .map(|img| image::imageops::resize(&img, to as u32, to as u32, RESIZE_FILTER).into_raw())
+        .unwrap_or_default()
 }
 
 /// Decodes `paths` in parallel (all cores) into one NHWC RGB `u8` buffer of `paths.len()*size*size*3` bytes.
@@ -374,18 +557,30 @@ pub fn load_batch(paths: &[&Path], size: usize) -> Result<Vec<u8>> {
 /// explicitly are kept whatever their extension; inside folders only [`IMAGE_EXTENSIONS`] count.
 ///
 /// # Errors
-/// [`Error::Io`] when an input does not exist or a folder cannot be read.
+/// As [`scan_image_files`].
 pub fn collect_image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    Ok(scan_image_files(inputs)?.0)
+}
+
+/// As [`collect_image_files`], and also returns what was skipped inside folders (files that are not
+/// images by extension, symlink loops), for a warning.
+///
+/// # Errors
+/// [`Error::Io`] when an input does not exist or a folder cannot be read.
+pub fn scan_image_files(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, Skipped)> {
     let mut out = Vec::new();
+    let mut skipped = Skipped::default();
     for input in inputs {
         let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
         if meta.is_dir() {
-            out.extend(walk_images(input)?);
+            let (files, skip) = walk_images(input)?;
+            out.extend(files);
+            skipped.extend(skip);
         } else {
             out.push(input.clone());
         }
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
 /// Keras "caffe" preprocessing (`keras.applications.vgg16.preprocess_input`) of `n` images of
@@ -493,7 +688,7 @@ mod tests {
         std::fs::write(&p, "hello, not a jpeg").unwrap();
         let err = load_rgb(&p, 32).unwrap_err().to_string();
         assert!(
-            err.contains("fake.jpg") && err.contains("cannot decode"),
+            err.contains("fake.jpg") && err.contains("not an image"),
             "{err}"
         );
     }
