@@ -1017,6 +1017,88 @@ fn model_without_class_names_falls_back_to_indices_with_a_warning() {
 // ---------------------------------------------------------------------------------------------------
 
 #[test]
+fn training_interrupted_by_sigint_resumes_to_the_uninterrupted_result() {
+    let w = weights();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("bin");
+    write_binary_release(&data, 10);
+    let runs = tmp.path().join("runs");
+    let cache = tmp.path().join("cache");
+    let args = |name: &str| {
+        let mut a = with(
+            train_args(&data, &runs, &w),
+            &[
+                "--train-limit",
+                "50",
+                "--test-limit",
+                "10",
+                "--epochs",
+                "8",
+                "--batch-size",
+                "5",
+                "--name",
+                name,
+            ],
+        );
+        a.retain(|x| x != "--no-cache");
+        a.extend(["--cache-dir".into(), cache.clone().into_os_string()]);
+        a
+    };
+    ok(&args("full"));
+    // Ctrl-C (SIGINT) once the first epoch checkpoint is on disk.
+    let killed = args("killed");
+    let mut child = pipe_command(&killed)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = runs.join("killed/checkpoint.safetensors");
+    let t0 = Instant::now();
+    while !checkpoint.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before its first checkpoint was seen"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "interrupted: {status}");
+    assert!(
+        !runs.join("killed/head.safetensors").exists(),
+        "the run was interrupted before it finished"
+    );
+    let (_, err) = ok(&[
+        "train",
+        "--resume",
+        "--name",
+        "killed",
+        "--runs-dir",
+        s(&runs),
+        "--cache-dir",
+        s(&cache),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("continuing after epoch"), "{err}");
+    let read = |run: &str, f: &str| std::fs::read(runs.join(run).join(f)).unwrap();
+    assert_eq!(read("full", "history.json"), read("killed", "history.json"));
+    assert_eq!(
+        read("full", "head.safetensors"),
+        read("killed", "head.safetensors")
+    );
+    assert!(tmp_files(&runs.join("killed")).is_empty());
+}
+
+#[test]
 fn export_killed_midway_leaves_no_file_and_unwritable_outputs_are_refused() {
     let w = weights();
     let tmp = tempfile::tempdir().unwrap();
