@@ -39,6 +39,10 @@ fn bench(c: &mut Criterion) {
         fingerprint: "synthetic".into(),
         extracted: 0,
         extract_seconds: 0.0,
+        val: None,
+        val_x: None,
+        test_preview: Vec::new(),
+        preview_size: 32,
     };
     let hyper = HeadHyper {
         epochs: 1,
@@ -47,6 +51,7 @@ fn bench(c: &mut Criterion) {
         momentum: 0.9,
         weight_decay: 0.0,
         seed: 42,
+        ..Default::default()
     };
     let mut g = c.benchmark_group("head");
     g.sample_size(20)

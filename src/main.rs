@@ -100,6 +100,27 @@ struct TrainArgs {
     /// Seed for head initialisation, dropout and shuffling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Optimizer: sgd (with --momentum) or adam (PyTorch defaults: betas 0.9/0.999, eps 1e-8).
+    #[arg(long, value_enum, default_value_t = pipe::train::Optimizer::Sgd)]
+    optimizer: pipe::train::Optimizer,
+    /// Learning-rate schedule, stepped per epoch: constant, cosine (anneals to near 0 by the last
+    /// epoch) or step (divides the rate by 10 every --lr-step-epochs).
+    #[arg(long, value_enum, default_value_t = pipe::train::Schedule::Constant)]
+    schedule: pipe::train::Schedule,
+    /// Epochs between two divisions of the rate by 10 with --schedule step.
+    #[arg(long, default_value_t = 5)]
+    lr_step_epochs: usize,
+    /// Hold out this fraction of the training images (class-stratified, seeded) as the validation set;
+    /// 0 validates on the test split as the Keras seed does.
+    #[arg(long, default_value_t = 0.0)]
+    val_split: f64,
+    /// Early stopping: end training when the validation loss has not improved for N epochs.
+    #[arg(long, value_name = "N")]
+    patience: Option<usize>,
+    /// Finish with the parameters of the epoch with the lowest validation loss (they are always kept
+    /// in best.safetensors) instead of the last epoch's.
+    #[arg(long)]
+    restore_best: bool,
     #[command(flatten)]
     common: CommonTrainArgs,
     /// Folder of training runs.
@@ -168,6 +189,9 @@ struct EvaluateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
+    /// Where to draw the confusion matrix as a PNG (default: confusion.png in the run folder).
+    #[arg(long, value_name = "PNG")]
+    confusion_png: Option<PathBuf>,
     #[command(flatten)]
     common: CommonTrainArgs,
 }
@@ -331,7 +355,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             momentum: a.momentum,
             weight_decay: a.weight_decay,
             seed: a.seed,
+            optimizer: a.optimizer,
+            schedule: a.schedule,
+            lr_step_epochs: a.lr_step_epochs,
+            patience: a.patience,
+            restore_best: a.restore_best,
         },
+        val_split: a.val_split,
         device: a.common.device,
         extract_batch_size: a.common.extract_batch_size,
         input_size: a.common.input_size,
@@ -364,6 +394,11 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
         cache.as_deref(),
         true,
     )?;
+    let png = a
+        .confusion_png
+        .unwrap_or_else(|| run_dir.join(pipe::run::CONFUSION_PNG));
+    pipe::plot::confusion_matrix(&ev.report, &png)?;
+    eprintln!("confusion matrix drawn in {}", png.display());
     match a.format {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&ev)?),
         ReportFormat::Text => {
@@ -404,6 +439,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         momentum: a.momentum,
         weight_decay: a.weight_decay,
         seed: a.seed,
+        ..Default::default()
     };
     let t0 = std::time::Instant::now();
     pipe::train::validate_input_size(a.common.input_size)?;
@@ -421,6 +457,20 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         "images_extracted": extracted, "seconds": t0.elapsed().as_secs_f64(), "settings": rows,
     });
     pipe::util::write_json_atomic(&out_dir.join("sweep.json"), &doc)?;
+    let lines: Vec<pipe::plot::SweepLine> = rows
+        .iter()
+        .map(|r| pipe::plot::SweepLine {
+            label: if a.lrs.len() > 1 {
+                format!("batch {}, lr {}", r.batch_size, r.lr)
+            } else {
+                format!("batch {}", r.batch_size)
+            },
+            val_accuracy: r.history.iter().map(|m| m.val_accuracy).collect(),
+        })
+        .collect();
+    if lines.iter().any(|l| !l.val_accuracy.is_empty()) {
+        pipe::plot::sweep_curves(&lines, &out_dir.join("sweep.png"))?;
+    }
     println!(
         "{:>10}  {:>8}  {:>9}  {:>8}  {:>10}  {:>7}",
         "batch_size", "lr", "final_acc", "best_acc", "best_epoch", "time_s"
@@ -442,7 +492,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         );
     }
     println!(
-        "sweep of {} settings in {:.1} s ({} images extracted); {}",
+        "sweep of {} settings in {:.1} s ({} images extracted); {} and sweep.png",
         rows.len(),
         t0.elapsed().as_secs_f64(),
         extracted,

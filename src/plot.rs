@@ -64,6 +64,9 @@ fn render(
     write_atomic(path, |w| w.write_all(&png))
 }
 
+/// Points `(epoch, value)` of a curve.
+type Points = Vec<(f64, f64)>;
+
 /// Which per-epoch metric a curve figure shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Curve {
@@ -87,7 +90,7 @@ pub fn training_curves(
     if history.is_empty() {
         return Err(Error::Usage("no epoch to plot".into()));
     }
-    let (train, val): (Vec<(f64, f64)>, Vec<(f64, f64)>) = history
+    let (train, val): (Points, Points) = history
         .iter()
         .map(|m| {
             let e = m.epoch as f64;
@@ -123,7 +126,7 @@ pub fn training_curves(
     } else {
         (first - 0.5, first + 0.5)
     };
-    let series: [(&str, &Vec<(f64, f64)>, RGBColor); 2] = [
+    let series: [(&str, &Points, RGBColor); 2] = [
         ("training", &train, TRAIN_COLOUR),
         (val_name, &val, VAL_COLOUR),
     ];

@@ -13,6 +13,17 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const HISTORY_FILE: &str = "history.json";
 /// Test-set probabilities computed by tch at the end of training.
 pub const PREDICTIONS_FILE: &str = "predictions.json";
+/// Parameters of the epoch with the lowest validation loss (safetensors, as `head.safetensors`, with
+/// `epoch` and `val_loss` in the metadata).
+pub const BEST_FILE: &str = "best.safetensors";
+/// Training and validation accuracy per epoch.
+pub const ACCURACY_PNG: &str = "accuracy.png";
+/// Training and validation loss per epoch.
+pub const LOSS_PNG: &str = "loss.png";
+/// Grid of test images titled with their predicted labels.
+pub const PREDICTIONS_PNG: &str = "predictions.png";
+/// Test confusion matrix.
+pub const CONFUSION_PNG: &str = "confusion.png";
 /// Name of the link to the newest run inside the runs folder.
 pub const LATEST: &str = "latest";
 /// Description of the preprocessing, as stored in `config.json` and the ONNX metadata.
@@ -50,8 +61,27 @@ pub struct RunConfig {
     pub epochs: usize,
     /// Head-training batch size.
     pub batch_size: usize,
-    /// Optimizer name.
-    pub optimizer: String,
+    /// Optimizer (`sgd` or `adam`).
+    pub optimizer: Optimizer,
+    /// Learning-rate schedule (`constant`, `cosine`, `step`).
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Epochs between divisions of the rate by 10 under the `step` schedule.
+    #[serde(default = "default_lr_step_epochs")]
+    pub lr_step_epochs: usize,
+    /// Early-stopping patience in epochs (`None` = train all epochs).
+    #[serde(default)]
+    pub patience: Option<usize>,
+    /// Whether the final head is the epoch with the lowest validation loss.
+    #[serde(default)]
+    pub restore_best: bool,
+    /// Fraction of the training images held out for validation (0 = the test split validates, as in
+    /// the Keras seed).
+    #[serde(default)]
+    pub val_split: f64,
+    /// Number of validation images carved out of the training images.
+    #[serde(default)]
+    pub val_images: usize,
     /// Learning rate.
     pub lr: f64,
     /// SGD momentum.
@@ -63,6 +93,36 @@ pub struct RunConfig {
     pub seed: u64,
     /// Device the run trained on (`cpu`, `cuda:0`).
     pub device: String,
+}
+
+fn default_lr_step_epochs() -> usize {
+    5
+}
+
+/// Optimizer of head training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// SGD with momentum (PyTorch `torch.optim.SGD`, dampening 0, not Nesterov).
+    #[default]
+    Sgd,
+    /// Adam (PyTorch `torch.optim.Adam`: betas 0.9 and 0.999, eps 1e-8, L2 weight decay added to the
+    /// gradient).
+    Adam,
+}
+
+/// Learning-rate schedule, applied per epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// The same learning rate in every epoch.
+    #[default]
+    Constant,
+    /// Cosine annealing over the epochs (PyTorch `CosineAnnealingLR`, `T_max` = epochs, stepped per
+    /// epoch): `lr * (1 + cos(pi * (epoch - 1) / epochs)) / 2`.
+    Cosine,
+    /// Step decay (PyTorch `StepLR`, gamma 0.1): the rate is divided by 10 every `--lr-step-epochs`.
+    Step,
 }
 
 /// One line of `history.json`.

@@ -154,6 +154,18 @@ fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
         text.contains("precision") && text.contains("confusion matrix"),
         "{text}"
     );
+    // The run's figures: curves, prediction grid (10 test images, 2x5), confusion matrix (redrawn by
+    // evaluate).
+    for (png, w, h) in [
+        ("accuracy.png", 800, 500),
+        ("loss.png", 800, 500),
+        ("predictions.png", 950, 450),
+    ] {
+        let img = image::open(runs.join("a").join(png)).unwrap();
+        assert_eq!((img.width(), img.height()), (w, h), "{png}");
+    }
+    let confusion_png = image::open(runs.join("a/confusion.png")).unwrap();
+    assert!(confusion_png.width() > 400 && confusion_png.height() > 400);
 
     // Export verifies the model against tch's probabilities on the run's test images (here records of
     // the binary release); when they disagree, the export fails and leaves no file.
@@ -231,6 +243,8 @@ fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
         serde_json::from_slice(&std::fs::read(out_dir.join("sweep.json")).unwrap()).unwrap();
     let settings = sweep["settings"].as_array().unwrap();
     assert_eq!(settings.len(), 4);
+    let sweep_png = image::open(out_dir.join("sweep.png")).unwrap();
+    assert_eq!((sweep_png.width(), sweep_png.height()), (900, 560));
     for st in settings {
         assert_eq!(st["history"].as_array().unwrap().len(), 3);
         let best = st["best_val_accuracy"].as_f64().unwrap();

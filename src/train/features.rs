@@ -37,6 +37,15 @@ pub struct Features {
     pub train_x: Tensor,
     /// Test features `[n_test, feature_dim]`, float32.
     pub test_x: Tensor,
+    /// Validation images carved out of the training images by [`carve_validation`] (`--val-split`).
+    pub val: Option<SplitInfo>,
+    /// Validation features `[n_val, feature_dim]`, float32, with `val`.
+    pub val_x: Option<Tensor>,
+    /// A few test images for `predictions.png`: index into the test split and HWC RGB `u8` pixels at
+    /// the input size (see [`preview_indices`]).
+    pub test_preview: Vec<(usize, Vec<u8>)>,
+    /// Side of the preview images, pixels (the input size).
+    pub preview_size: usize,
     /// Base-weights fingerprint.
     pub fingerprint: String,
     /// Images that went through the base in this call (0 when both splits came from the cache).
@@ -216,16 +225,111 @@ pub fn prepare_features(opts: &FeatureOptions, device: Device) -> Result<Feature
     let (test_x, b) = features(&test)?;
     pb.finish_and_clear();
     let extracted = usize::from(a) * train.len() + usize::from(b) * test.len();
+    let per = test.size * test.size * 3;
+    let test_preview = preview_indices(&test.labels, test.classes.len(), PREVIEW_IMAGES)
+        .into_iter()
+        .filter_map(|i| {
+            test.pixels
+                .get(i * per..(i + 1) * per)
+                .map(|p| (i, p.to_vec()))
+        })
+        .collect();
     Ok(Features {
         classes: train.classes.clone(),
         train: info(&train),
         test: info(&test),
         train_x,
         test_x,
+        val: None,
+        val_x: None,
+        test_preview,
+        preview_size: test.size,
         fingerprint,
         extracted,
         extract_seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Number of test images drawn in `predictions.png` (a 2x5 grid, as in the Keras seed).
+pub const PREVIEW_IMAGES: usize = 10;
+
+/// Which test images to draw: the first image of each class in turn (so that a 10-class set shows one
+/// of each), then further images spread evenly over the split, up to `k` indices in ascending order.
+pub fn preview_indices(labels: &[usize], classes: usize, k: usize) -> Vec<usize> {
+    let n = labels.len();
+    let k = k.min(n);
+    let mut chosen: Vec<usize> = (0..classes)
+        .filter_map(|c| labels.iter().position(|&l| l == c))
+        .take(k)
+        .collect();
+    let spread = (0..k).map(|j| j * n / k.max(1));
+    for cand in spread.chain(0..n) {
+        if chosen.len() >= k {
+            break;
+        }
+        if !chosen.contains(&cand) {
+            chosen.push(cand);
+        }
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+/// Moves a class-stratified `fraction` (0..1) of the training images into a validation split
+/// (`--val-split`): per class, `round(fraction * count)` images chosen by a ChaCha8 shuffle seeded with
+/// `seed`, at least one per class when the class has two or more images. Training and validation stay
+/// in the original order.
+///
+/// # Errors
+/// [`Error::Usage`] when `fraction` is not in (0, 1) or would leave a split empty; libtorch errors.
+pub fn carve_validation(mut f: Features, fraction: f64, seed: u64) -> Result<Features> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::Usage(format!(
+            "--val-split must be between 0 and 1 (exclusive), got {fraction}"
+        )));
+    }
+    let labels = &f.train.labels;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7661_6c5f_7370_6c74);
+    let mut is_val = vec![false; labels.len()];
+    for c in 0..f.classes.len() {
+        let mut idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).collect();
+        let mut k = (fraction * idx.len() as f64).round() as usize;
+        if k == 0 && idx.len() >= 2 {
+            k = 1;
+        }
+        idx.shuffle(&mut rng);
+        for &i in idx.iter().take(k.min(idx.len().saturating_sub(1))) {
+            is_val[i] = true;
+        }
+    }
+    let (val_idx, train_idx): (Vec<usize>, Vec<usize>) =
+        (0..labels.len()).partition(|&i| is_val[i]);
+    if val_idx.is_empty() || train_idx.is_empty() {
+        return Err(Error::Usage(format!(
+            "--val-split {fraction} of {} training images leaves an empty split",
+            labels.len()
+        )));
+    }
+    let pick = |idx: &[usize]| -> Result<(SplitInfo, Tensor)> {
+        let t = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        Ok((
+            SplitInfo {
+                root: f.train.root.clone(),
+                names: idx.iter().map(|&i| f.train.names[i].clone()).collect(),
+                labels: idx.iter().map(|&i| f.train.labels[i]).collect(),
+            },
+            f.train_x.f_index_select(0, &t)?,
+        ))
+    };
+    let (val, val_x) = pick(&val_idx)?;
+    let (train, train_x) = pick(&train_idx)?;
+    f.train = train;
+    f.train_x = train_x;
+    f.val = Some(val);
+    f.val_x = Some(val_x);
+    Ok(f)
 }
 
 /// Features of a single split (for `pipe evaluate`), from the cache or by extraction.

@@ -13,21 +13,98 @@ use rand::SeedableRng;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
-/// Hyper-parameters of head training.
+pub use crate::run::{Optimizer, Schedule};
+
+/// Adam's first-moment decay (PyTorch's default beta1).
+pub const ADAM_BETA1: f64 = 0.9;
+/// Adam's second-moment decay (PyTorch's default beta2).
+pub const ADAM_BETA2: f64 = 0.999;
+/// Adam's denominator term (PyTorch's default eps).
+pub const ADAM_EPS: f64 = 1e-8;
+/// Factor of the step schedule (PyTorch `StepLR`'s usual gamma).
+pub const STEP_GAMMA: f64 = 0.1;
+
+/// Hyper-parameters of head training. `Default` is the seed recipe (SGD lr 1e-4, momentum 0.9,
+/// batch 128, 3 epochs, seed 42, no schedule, no early stopping).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HeadHyper {
     /// Passes over the training features.
     pub epochs: usize,
     /// Mini-batch size.
     pub batch_size: usize,
-    /// Learning rate.
+    /// Learning rate (the initial one under a schedule).
     pub lr: f64,
-    /// Momentum (0 = plain SGD).
+    /// SGD momentum (0 = plain SGD); unused by Adam.
     pub momentum: f64,
     /// L2 weight decay added to the gradient (PyTorch `weight_decay`).
     pub weight_decay: f64,
     /// Seed of initialisation, dropout masks and shuffling.
     pub seed: u64,
+    /// Optimizer.
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Epochs between two divisions of the rate by 10 under [`Schedule::Step`].
+    #[serde(default = "default_lr_step_epochs")]
+    pub lr_step_epochs: usize,
+    /// Early stopping: stop when the validation loss has not improved for this many epochs.
+    #[serde(default)]
+    pub patience: Option<usize>,
+    /// End with the parameters of the epoch with the lowest validation loss (Keras'
+    /// `restore_best_weights`) instead of the last epoch's.
+    #[serde(default)]
+    pub restore_best: bool,
+}
+
+fn default_lr_step_epochs() -> usize {
+    5
+}
+
+impl Default for HeadHyper {
+    fn default() -> Self {
+        HeadHyper {
+            epochs: 3,
+            batch_size: 128,
+            lr: 1e-4,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            seed: 42,
+            optimizer: Optimizer::Sgd,
+            schedule: Schedule::Constant,
+            lr_step_epochs: default_lr_step_epochs(),
+            patience: None,
+            restore_best: false,
+        }
+    }
+}
+
+impl HeadHyper {
+    /// The learning rate of `epoch` (from 1) under the schedule.
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        let e = epoch.saturating_sub(1);
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Cosine => {
+                self.lr
+                    * 0.5
+                    * (1.0 + (std::f64::consts::PI * e as f64 / self.epochs.max(1) as f64).cos())
+            }
+            Schedule::Step => self.lr * STEP_GAMMA.powi((e / self.lr_step_epochs.max(1)) as i32),
+        }
+    }
+}
+
+/// The parameters of the epoch with the lowest validation loss so far.
+#[derive(Debug, Clone)]
+pub struct Best {
+    /// Epoch (from 1).
+    pub epoch: usize,
+    /// Its validation loss.
+    pub val_loss: f64,
+    /// Head parameters after that epoch, [`Arch::head_params`] names.
+    pub params: Vec<NamedTensor>,
 }
 
 /// Training state at the end of an epoch.
@@ -37,17 +114,20 @@ pub struct Checkpoint {
     pub epoch: usize,
     /// Head parameters, [`Arch::head_params`] names and order.
     pub params: Vec<NamedTensor>,
-    /// SGD momentum buffers, same order, names prefixed `momentum.`.
+    /// Optimizer state, same order: SGD momentum buffers named `momentum.<param>`, or Adam's moments
+    /// `adam.exp_avg.<param>` then `adam.exp_avg_sq.<param>` (see [`optimizer_state_spec`]).
     pub momentum: Vec<NamedTensor>,
     /// Metrics of the completed epochs.
     pub history: Vec<EpochMetrics>,
+    /// The best epoch so far by validation loss.
+    pub best: Option<Best>,
 }
 
 /// Result of [`fit_head`].
 pub struct FitResult {
     /// Per-epoch metrics.
     pub history: Vec<EpochMetrics>,
-    /// Final head parameters.
+    /// Final head parameters (the best epoch's with `restore_best`).
     pub params: Vec<NamedTensor>,
     /// Test logits `[n_test, classes]` of the final head, on the CPU.
     pub test_logits: Tensor,
@@ -55,6 +135,32 @@ pub struct FitResult {
     pub test_loss: f64,
     /// Final test accuracy, 0..1.
     pub test_accuracy: f64,
+    /// The epoch with the lowest validation loss.
+    pub best: Option<Best>,
+    /// Set when early stopping ended training: the last epoch run.
+    pub stopped_early: Option<usize>,
+}
+
+/// Names and shapes of the optimizer state tensors kept in a checkpoint, for head parameters `params`
+/// (names and shapes as [`Arch::head_params`]).
+pub fn optimizer_state_spec(
+    optimizer: Optimizer,
+    params: &[(String, Vec<usize>)],
+) -> Vec<(String, Vec<usize>)> {
+    let prefixed = |p: &str| {
+        params
+            .iter()
+            .map(|(n, s)| (format!("{p}{n}"), s.clone()))
+            .collect::<Vec<_>>()
+    };
+    match optimizer {
+        Optimizer::Sgd => prefixed("momentum."),
+        Optimizer::Adam => {
+            let mut v = prefixed("adam.exp_avg.");
+            v.extend(prefixed("adam.exp_avg_sq."));
+            v
+        }
+    }
 }
 
 /// Mean categorical cross-entropy of `logits` `[n, classes]` against labels `y` `[n]` (int64).
@@ -111,9 +217,164 @@ pub fn sgd_step(
     Ok(())
 }
 
-/// Trains the head of `arch` on `f`'s features; validation is the test split. Starts from `resume`
-/// when given (epochs after `resume.epoch`), and calls `on_epoch` with the state after every epoch
-/// (to checkpoint it). `log` prints one Keras-style line per epoch.
+/// One Adam step with PyTorch's semantics (`torch.optim.Adam`, not AMSGrad), on the gradients already
+/// accumulated in `params`; `step` is the step number from 1:
+/// `g += wd * p; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+/// p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+///
+/// # Errors
+/// [`Error::Torch`] on a libtorch failure.
+pub fn adam_step(
+    params: &[(String, Tensor)],
+    exp_avg: &mut [Tensor],
+    exp_avg_sq: &mut [Tensor],
+    step: i64,
+    lr: f64,
+    weight_decay: f64,
+) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    let bc1 = 1.0 - ADAM_BETA1.powi(step as i32);
+    let bc2 = 1.0 - ADAM_BETA2.powi(step as i32);
+    for (((_, p), m), v) in params
+        .iter()
+        .zip(exp_avg.iter_mut())
+        .zip(exp_avg_sq.iter_mut())
+    {
+        let mut g = p.f_grad()?;
+        if weight_decay != 0.0 {
+            g = g.f_add(&p.f_mul_scalar(weight_decay)?)?;
+        }
+        *m = m
+            .f_mul_scalar(ADAM_BETA1)?
+            .f_add(&g.f_mul_scalar(1.0 - ADAM_BETA1)?)?;
+        *v = v
+            .f_mul_scalar(ADAM_BETA2)?
+            .f_add(&g.f_mul(&g)?.f_mul_scalar(1.0 - ADAM_BETA2)?)?;
+        let denom = v
+            .f_sqrt()?
+            .f_div_scalar(bc2.sqrt())?
+            .f_add_scalar(ADAM_EPS)?;
+        let mut p = p.shallow_clone();
+        let _ = p.f_sub_(&m.f_div(&denom)?.f_mul_scalar(lr / bc1)?)?;
+    }
+    Ok(())
+}
+
+/// Optimizer state: one or two tensors per parameter.
+struct OptState {
+    kind: Optimizer,
+    /// SGD momentum buffers, or Adam's first moments.
+    a: Vec<Tensor>,
+    /// Adam's second moments (empty for SGD).
+    b: Vec<Tensor>,
+}
+
+impl OptState {
+    fn new(kind: Optimizer, params: &[(String, Tensor)]) -> Result<Self> {
+        let zeros = || -> Result<Vec<Tensor>> {
+            Ok(params
+                .iter()
+                .map(|(_, p)| p.f_zeros_like())
+                .collect::<std::result::Result<_, _>>()?)
+        };
+        Ok(OptState {
+            kind,
+            a: zeros()?,
+            b: if kind == Optimizer::Adam {
+                zeros()?
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    fn load(&mut self, saved: &[NamedTensor], device: Device) -> Result<()> {
+        let n = self.a.len();
+        if saved.len() != self.a.len() + self.b.len() {
+            return Err(Error::Torch(format!(
+                "checkpoint holds {} optimizer tensors, {:?} needs {}",
+                saved.len(),
+                self.kind,
+                self.a.len() + self.b.len()
+            )));
+        }
+        for (i, t) in saved.iter().enumerate() {
+            let v = to_tch(t, device)?;
+            if i < n {
+                self.a[i] = v;
+            } else {
+                self.b[i - n] = v;
+            }
+        }
+        Ok(())
+    }
+
+    fn save(&self, params: &[(String, Tensor)]) -> Result<Vec<NamedTensor>> {
+        let spec: Vec<(String, Vec<usize>)> = params
+            .iter()
+            .map(|(n, _)| (n.clone(), Vec::new()))
+            .collect();
+        let names = optimizer_state_spec(self.kind, &spec);
+        names
+            .iter()
+            .zip(self.a.iter().chain(&self.b))
+            .map(|((name, _), t)| from_tch(name, t))
+            .collect()
+    }
+
+    fn step(
+        &mut self,
+        params: &[(String, Tensor)],
+        step: i64,
+        lr: f64,
+        hp: &HeadHyper,
+    ) -> Result<()> {
+        match self.kind {
+            Optimizer::Sgd => sgd_step(params, &mut self.a, lr, hp.momentum, hp.weight_decay),
+            Optimizer::Adam => {
+                adam_step(params, &mut self.a, &mut self.b, step, lr, hp.weight_decay)
+            }
+        }
+    }
+}
+
+/// Validation and test data of [`fit_head`].
+fn eval_sets(f: &Features, device: Device) -> Result<((Tensor, Tensor), (Tensor, Tensor))> {
+    let test = (
+        f.test_x.f_to_device(device)?,
+        labels(&f.test.labels, device)?,
+    );
+    let val = match (&f.val_x, &f.val) {
+        (Some(x), Some(info)) => (x.f_to_device(device)?, labels(&info.labels, device)?),
+        _ => (test.0.shallow_clone(), test.1.shallow_clone()),
+    };
+    Ok((val, test))
+}
+
+/// Whether early stopping ends training after `history`: the lowest validation loss is more than
+/// `patience` epochs old.
+fn patience_exhausted(history: &[EpochMetrics], patience: Option<usize>) -> bool {
+    let Some(patience) = patience else {
+        return false;
+    };
+    let best = history
+        .iter()
+        .enumerate()
+        .fold(None, |b: Option<(usize, f64)>, (i, m)| match b {
+            Some((_, v)) if m.val_loss >= v => b,
+            _ => Some((i, m.val_loss)),
+        });
+    match best {
+        Some((i, _)) => history.len() - 1 - i >= patience,
+        None => false,
+    }
+}
+
+/// Trains the head of `arch` on `f`'s features. Validation (per-epoch `val_*` metrics, early stopping,
+/// best epoch) uses `f.val_x` when a validation split was carved out of the training data, else the
+/// test split as in the Keras seed; the final loss and accuracy are on the test split. Starts from
+/// `resume` when given (epochs after `resume.epoch`), and calls `on_epoch` with the state after every
+/// epoch (to checkpoint it). `log` prints one Keras-style line per epoch.
 ///
 /// # Errors
 /// [`Error::Diverged`] when the loss becomes NaN or infinite; libtorch errors; `on_epoch`'s errors.
@@ -128,28 +389,23 @@ pub fn fit_head(
 ) -> Result<FitResult> {
     super::validate_hyper(hp)?;
     let train_x = f.train_x.f_to_device(device)?;
-    let test_x = f.test_x.f_to_device(device)?;
     let train_y = labels(&f.train.labels, device)?;
-    let test_y = labels(&f.test.labels, device)?;
+    let ((val_x, val_y), (test_x, test_y)) = eval_sets(f, device)?;
     tch::manual_seed(hp.seed as i64);
     let vs = nn::VarStore::new(device);
     let head = Head::new(&vs.root(), arch);
     let params: Vec<(String, Tensor)> = head.parameters();
-    let mut momentum: Vec<Tensor> = params
-        .iter()
-        .map(|(_, p)| p.f_zeros_like())
-        .collect::<std::result::Result<_, _>>()?;
-    let (start, mut history) = match resume {
+    let mut opt = OptState::new(hp.optimizer, &params)?;
+    let (start, mut history, mut best) = match resume {
         Some(c) => {
             head.load(&c.params)?;
-            for (buf, saved) in momentum.iter_mut().zip(&c.momentum) {
-                *buf = to_tch(saved, device)?;
-            }
-            (c.epoch, c.history)
+            opt.load(&c.momentum, device)?;
+            (c.epoch, c.history, c.best)
         }
-        None => (0, Vec::new()),
+        None => (0, Vec::new(), None),
     };
     let n = f.train.labels.len();
+    let steps_per_epoch = n.div_ceil(hp.batch_size) as i64;
     // All randomness is seeded once, as in a plain PyTorch script: libtorch's generator (initialisation
     // above, then dropout masks) and a ChaCha8 stream for the per-epoch shuffles. To resume exactly
     // after epoch `start`, the draws of the completed epochs are replayed: the shuffles, and one
@@ -162,8 +418,14 @@ pub fn fit_head(
             head.replay_dropout(chunk.len())?;
         }
     }
+    let mut stopped_early = None;
     for epoch in start + 1..=hp.epochs {
+        if patience_exhausted(&history, hp.patience) {
+            stopped_early = Some(epoch - 1);
+            break;
+        }
         let t0 = Instant::now();
+        let lr = hp.lr_at(epoch);
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct) = (0f64, 0i64);
         for (step, chunk) in order.chunks(hp.batch_size).enumerate() {
@@ -185,7 +447,8 @@ pub fn fit_head(
                 p.zero_grad();
             }
             loss.f_backward()?;
-            sgd_step(&params, &mut momentum, hp.lr, hp.momentum, hp.weight_decay)?;
+            let global_step = (epoch as i64 - 1) * steps_per_epoch + step as i64 + 1;
+            opt.step(&params, global_step, lr, hp)?;
             loss_sum += l * chunk.len() as f64;
             correct += logits
                 .f_argmax(-1, false)?
@@ -193,7 +456,7 @@ pub fn fit_head(
                 .f_sum(Kind::Int64)?
                 .f_int64_value(&[])?;
         }
-        let (val_loss, val_accuracy, _) = evaluate(&head, &test_x, &test_y)?;
+        let (val_loss, val_accuracy, _) = evaluate(&head, &val_x, &val_y)?;
         if !val_loss.is_finite() {
             return Err(Error::Diverged {
                 epoch,
@@ -210,26 +473,54 @@ pub fn fit_head(
             seconds: t0.elapsed().as_secs_f64(),
         };
         if log {
+            let lr_note = if hp.schedule == Schedule::Constant {
+                String::new()
+            } else {
+                format!("  lr {lr:.3e}")
+            };
             eprintln!(
-                "Epoch {epoch}/{}  loss {:.4}  accuracy {:.4}  val_loss {:.4}  val_accuracy {:.4}  ({:.2} s)",
+                "Epoch {epoch}/{}  loss {:.4}  accuracy {:.4}  val_loss {:.4}  val_accuracy {:.4}{lr_note}  ({:.2} s)",
                 hp.epochs, m.loss, m.accuracy, m.val_loss, m.val_accuracy, m.seconds
             );
         }
         history.push(m);
+        let current: Vec<NamedTensor> = params
+            .iter()
+            .map(|(name, p)| from_tch(name, p))
+            .collect::<Result<_>>()?;
+        if best.as_ref().is_none_or(|b: &Best| val_loss < b.val_loss) {
+            best = Some(Best {
+                epoch,
+                val_loss,
+                params: current.clone(),
+            });
+        }
         let ck = Checkpoint {
             epoch,
-            params: params
-                .iter()
-                .map(|(name, p)| from_tch(name, p))
-                .collect::<Result<_>>()?,
-            momentum: params
-                .iter()
-                .zip(&momentum)
-                .map(|((name, _), b)| from_tch(&format!("momentum.{name}"), b))
-                .collect::<Result<_>>()?,
+            params: current,
+            momentum: opt.save(&params)?,
             history: history.clone(),
+            best: best.clone(),
         };
         on_epoch(&ck)?;
+    }
+    if let (Some(e), true) = (stopped_early, log) {
+        let b = best.as_ref().map(|b| b.epoch).unwrap_or(0);
+        eprintln!(
+            "early stopping after epoch {e}: the validation loss has not improved for {} epochs (best: epoch {b})",
+            hp.patience.unwrap_or(0)
+        );
+    }
+    if hp.restore_best {
+        if let Some(b) = &best {
+            head.load(&b.params)?;
+            if log {
+                eprintln!(
+                    "restoring the parameters of epoch {} (lowest validation loss {:.4})",
+                    b.epoch, b.val_loss
+                );
+            }
+        }
     }
     let (test_loss, test_accuracy, logits) = evaluate(&head, &test_x, &test_y)?;
     Ok(FitResult {
@@ -241,6 +532,8 @@ pub fn fit_head(
         test_logits: logits.f_to_device(Device::Cpu)?,
         test_loss,
         test_accuracy,
+        best,
+        stopped_early,
     })
 }
 
@@ -248,6 +541,117 @@ pub fn fit_head(
 mod tests {
     use super::*;
     use tch::nn::OptimizerConfig;
+
+    fn assert_close(a: &[NamedTensor], b: &[NamedTensor]) {
+        assert_eq!(a.len(), b.len());
+        for (ta, tb) in a.iter().zip(b) {
+            let worst = ta
+                .data
+                .iter()
+                .zip(&tb.data)
+                .map(|(u, v)| (u - v).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-6, "{}: max diff {worst}", ta.name);
+        }
+    }
+
+    /// Our Adam step matches libtorch's own `torch.optim.Adam` (through tch) over several steps, with
+    /// and without weight decay.
+    #[test]
+    fn adam_step_matches_libtorch_adam() {
+        let arch = Arch::vgg16_transfer(32, 10);
+        tch::manual_seed(7);
+        let x = Tensor::randn([16, 512], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&(0..16).map(|i| i % 10).collect::<Vec<i64>>());
+        for wd in [0.0, 5e-4] {
+            let run = |ours: bool| -> Vec<NamedTensor> {
+                tch::manual_seed(1);
+                let vs = nn::VarStore::new(Device::Cpu);
+                let head = Head::new(&vs.root(), &arch);
+                let params = head.parameters();
+                let mut state = OptState::new(Optimizer::Adam, &params).unwrap();
+                let mut opt = nn::Adam {
+                    wd,
+                    ..Default::default()
+                }
+                .build(&vs, 1e-3)
+                .unwrap();
+                let hp = HeadHyper {
+                    optimizer: Optimizer::Adam,
+                    weight_decay: wd,
+                    ..Default::default()
+                };
+                for step in 1..=5 {
+                    let loss = cross_entropy(&head.forward(&x, false).unwrap(), &y).unwrap();
+                    if ours {
+                        for (_, p) in &params {
+                            p.shallow_clone().zero_grad();
+                        }
+                        loss.backward();
+                        state.step(&params, step, 1e-3, &hp).unwrap();
+                    } else {
+                        opt.backward_step(&loss);
+                    }
+                }
+                params
+                    .iter()
+                    .map(|(n, p)| from_tch(n, p).unwrap())
+                    .collect()
+            };
+            assert_close(&run(true), &run(false));
+        }
+    }
+
+    #[test]
+    fn schedules_follow_pytorch() {
+        let base = HeadHyper {
+            lr: 1e-2,
+            epochs: 10,
+            ..Default::default()
+        };
+        let cos = HeadHyper {
+            schedule: Schedule::Cosine,
+            ..base.clone()
+        };
+        assert_eq!(cos.lr_at(1), 1e-2);
+        assert!((cos.lr_at(6) - 5e-3).abs() < 1e-12);
+        assert!(cos.lr_at(10) < cos.lr_at(9) && cos.lr_at(10) > 0.0);
+        let step = HeadHyper {
+            schedule: Schedule::Step,
+            lr_step_epochs: 3,
+            ..base.clone()
+        };
+        let got: Vec<f64> = (1..=7).map(|e| step.lr_at(e)).collect();
+        let want = [1e-2, 1e-2, 1e-2, 1e-3, 1e-3, 1e-3, 1e-4];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-15, "{got:?}");
+        }
+        assert_eq!(base.lr_at(7), 1e-2);
+    }
+
+    #[test]
+    fn patience_counts_epochs_since_lowest_val_loss() {
+        let h = |losses: &[f64]| -> Vec<EpochMetrics> {
+            losses
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| EpochMetrics {
+                    epoch: i + 1,
+                    loss: 0.0,
+                    accuracy: 0.0,
+                    val_loss: l,
+                    val_accuracy: 0.0,
+                    seconds: 0.0,
+                })
+                .collect()
+        };
+        assert!(!patience_exhausted(&h(&[1.0, 0.9, 0.95]), Some(2)));
+        assert!(patience_exhausted(&h(&[1.0, 0.9, 0.95, 0.91]), Some(2)));
+        // An equal loss is not an improvement.
+        assert!(patience_exhausted(&h(&[0.9, 0.9]), Some(1)));
+        assert!(!patience_exhausted(&h(&[1.0, 2.0, 3.0]), None));
+        assert!(!patience_exhausted(&[], Some(1)));
+    }
 
     /// Our SGD step matches libtorch's own `torch.optim.SGD` (through tch) over several steps.
     #[test]
@@ -287,15 +691,7 @@ mod tests {
                 .collect()
         };
         let (a, b) = (run(true), run(false));
-        for (ta, tb) in a.iter().zip(&b) {
-            let worst = ta
-                .data
-                .iter()
-                .zip(&tb.data)
-                .map(|(u, v)| (u - v).abs())
-                .fold(0f32, f32::max);
-            assert!(worst < 1e-6, "{}: max diff {worst}", ta.name);
-        }
+        assert_close(&a, &b);
         // And training moved the parameters.
         tch::manual_seed(1);
         let vs = nn::VarStore::new(Device::Cpu);

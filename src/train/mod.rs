@@ -13,9 +13,13 @@ mod model;
 
 pub use eval::{evaluate_run, sweep, validate_sweep, Evaluation, SweepRow};
 pub use features::{
-    cache_key, extract, prepare_features, split_features, FeatureOptions, Features, SplitInfo,
+    cache_key, carve_validation, extract, prepare_features, preview_indices, split_features,
+    FeatureOptions, Features, SplitInfo, PREVIEW_IMAGES,
 };
-pub use fit::{evaluate, fit_head, Checkpoint, FitResult, HeadHyper};
+pub use fit::{
+    adam_step, evaluate, fit_head, optimizer_state_spec, sgd_step, Best, Checkpoint, FitResult,
+    HeadHyper, Optimizer, Schedule,
+};
 pub use model::{from_tch, to_tch, Base, Head};
 
 use crate::arch::Arch;
@@ -90,6 +94,8 @@ pub struct TrainOptions {
     pub test_limit: usize,
     /// Head-training hyper-parameters.
     pub hyper: HeadHyper,
+    /// Fraction of the training images held out for validation (0 = validate on the test split).
+    pub val_split: f64,
     /// Device.
     pub device: TrainDevice,
     /// Batch size of feature extraction through the frozen base.
@@ -128,44 +134,183 @@ pub struct TrainOutcome {
 
 /// Writes a checkpoint atomically: parameters and momentum buffers as tensors, epoch and history
 /// (JSON) in the metadata.
+/// Writes a checkpoint atomically: parameters, optimizer state and the best epoch's parameters
+/// (`best.<param>`) as tensors; epoch, history (JSON) and the best epoch and its validation loss in the
+/// metadata.
 fn save_checkpoint(dir: &Path, ck: &Checkpoint, fingerprint: &str) -> Result<()> {
-    let tensors: Vec<NamedTensor> = ck.params.iter().chain(&ck.momentum).cloned().collect();
+    let mut tensors: Vec<NamedTensor> = ck.params.iter().chain(&ck.momentum).cloned().collect();
     let history = serde_json::to_string(&ck.history).map_err(|e| Error::Usage(e.to_string()))?;
-    let meta = HashMap::from([
+    let mut meta = HashMap::from([
         ("epoch".to_string(), ck.epoch.to_string()),
         ("history".to_string(), history),
         (FINGERPRINT_KEY.to_string(), fingerprint.to_string()),
     ]);
+    if let Some(b) = &ck.best {
+        meta.insert("best_epoch".into(), b.epoch.to_string());
+        // JSON keeps the f64 exactly (serde_json float_roundtrip), so a resumed run compares alike.
+        meta.insert(
+            "best_val_loss".into(),
+            serde_json::to_string(&b.val_loss).map_err(|e| Error::Usage(e.to_string()))?,
+        );
+        tensors.extend(b.params.iter().map(|t| NamedTensor {
+            name: format!("best.{}", t.name),
+            ..t.clone()
+        }));
+    }
     save_safetensors(&dir.join(run::CHECKPOINT_FILE), &tensors, meta)
 }
 
-fn load_checkpoint(dir: &Path, arch: &Arch) -> Result<Option<Checkpoint>> {
+fn load_checkpoint(dir: &Path, arch: &Arch, optimizer: Optimizer) -> Result<Option<Checkpoint>> {
     let path = dir.join(run::CHECKPOINT_FILE);
     if !path.exists() {
         return Ok(None);
     }
-    let mut spec = arch.head_params();
-    spec.extend(
-        arch.head_params()
-            .into_iter()
-            .map(|(n, s)| (format!("momentum.{n}"), s)),
-    );
-    let (mut tensors, meta) = load_safetensors(&path, &spec)?;
-    let epoch = meta
-        .get("epoch")
+    let head = arch.head_params();
+    let state = optimizer_state_spec(optimizer, &head);
+    let n_state = state.len();
+    let mut spec = head.clone();
+    spec.extend(state);
+    // The best epoch's parameters are present from the first finished epoch on.
+    let best_spec = head.iter().map(|(n, s)| (format!("best.{n}"), s.clone()));
+    let with_best: Vec<_> = spec.iter().cloned().chain(best_spec).collect();
+    let (mut tensors, meta) = match load_safetensors(&path, &with_best) {
+        Ok(x) => x,
+        Err(_) => load_safetensors(&path, &spec)?,
+    };
+    let num = |key: &str| -> Option<String> { meta.get(key).cloned() };
+    let epoch = num("epoch")
         .and_then(|e| e.parse().ok())
         .ok_or_else(|| Error::invalid(&path, "no epoch in metadata"))?;
-    let history: Vec<EpochMetrics> = meta
-        .get("history")
-        .and_then(|h| serde_json::from_str(h).ok())
+    let history: Vec<EpochMetrics> = num("history")
+        .and_then(|h| serde_json::from_str(&h).ok())
         .ok_or_else(|| Error::invalid(&path, "no history in metadata"))?;
-    let momentum = tensors.split_off(arch.head_params().len());
+    let best_params = if tensors.len() > head.len() + n_state {
+        tensors
+            .split_off(head.len() + n_state)
+            .into_iter()
+            .map(|t| NamedTensor {
+                name: t.name.trim_start_matches("best.").to_string(),
+                ..t
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let momentum = tensors.split_off(head.len());
+    let best = match (
+        num("best_epoch").and_then(|e| e.parse().ok()),
+        num("best_val_loss").and_then(|v| serde_json::from_str(&v).ok()),
+    ) {
+        (Some(epoch), Some(val_loss)) if !best_params.is_empty() => Some(Best {
+            epoch,
+            val_loss,
+            params: best_params,
+        }),
+        _ => None,
+    };
     Ok(Some(Checkpoint {
         epoch,
         params: tensors,
         momentum,
         history,
+        best,
     }))
+}
+
+/// One line echoing a run's configuration at the start of training.
+pub fn describe_config(c: &RunConfig, device: Device) -> String {
+    let opt = match c.optimizer {
+        Optimizer::Sgd => format!("SGD lr {} momentum {}", c.lr, c.momentum),
+        Optimizer::Adam => format!("Adam lr {}", c.lr),
+    };
+    let schedule = match c.schedule {
+        Schedule::Constant => String::new(),
+        Schedule::Cosine => ", cosine schedule".into(),
+        Schedule::Step => format!(", lr /10 every {} epochs", c.lr_step_epochs),
+    };
+    let val = if c.val_split > 0.0 {
+        format!("validation {:.0}% of train", c.val_split * 100.0)
+    } else {
+        "validation = test split".into()
+    };
+    let stop = c
+        .patience
+        .map(|p| format!(", early stopping (patience {p})"))
+        .unwrap_or_default();
+    let best = if c.restore_best { ", restore best" } else { "" };
+    format!(
+        "pipe train: data {}, {} train / {} test images (0 = all), {val}, input {}x{}; VGG16 frozen base + \
+         dense head on {}; {opt} weight decay {}{schedule}, batch {}, {} epochs{stop}{best}, seed {}",
+        c.data.display(),
+        c.train_limit,
+        c.test_limit,
+        c.input_size,
+        c.input_size,
+        device_name(device),
+        c.weight_decay,
+        c.batch_size,
+        c.epochs,
+        c.seed
+    )
+}
+
+/// Writes the run's figures: `accuracy.png` and `loss.png` (training and validation per epoch),
+/// `predictions.png` (a grid of test images with tch's predicted labels, wrong ones in red) and
+/// `confusion.png` (test confusion matrix).
+///
+/// # Errors
+/// [`Error::Io`] naming the figure when it cannot be drawn or written.
+fn write_figures(
+    run_dir: &Path,
+    config: &RunConfig,
+    features: &Features,
+    history: &[EpochMetrics],
+    predictions: &Predictions,
+) -> Result<()> {
+    use crate::plot;
+    let val_name = if config.val_split > 0.0 {
+        "validation"
+    } else {
+        "validation (test split)"
+    };
+    plot::training_curves(
+        history,
+        plot::Curve::Accuracy,
+        val_name,
+        &run_dir.join(run::ACCURACY_PNG),
+    )?;
+    plot::training_curves(
+        history,
+        plot::Curve::Loss,
+        val_name,
+        &run_dir.join(run::LOSS_PNG),
+    )?;
+    let predicted: Vec<usize> = predictions
+        .items
+        .iter()
+        .map(|it| crate::infer::argmax(&it.probabilities))
+        .collect();
+    let tiles: Vec<plot::PredictionTile> = features
+        .test_preview
+        .iter()
+        .filter_map(|(i, px)| {
+            let item = predictions.items.get(*i)?;
+            let p = *predicted.get(*i)?;
+            Some(plot::PredictionTile {
+                pixels: px.clone(),
+                size: features.preview_size,
+                label: item.label,
+                predicted: p,
+                probability: item.probabilities.get(p).copied().unwrap_or(0.0),
+            })
+        })
+        .collect();
+    if !tiles.is_empty() {
+        plot::prediction_grid(&tiles, &config.classes, &run_dir.join(run::PREDICTIONS_PNG))?;
+    }
+    let truth: Vec<usize> = predictions.items.iter().map(|it| it.label).collect();
+    let report = crate::report::ClassReport::new(&config.classes, &truth, &predicted);
+    plot::confusion_matrix(&report, &run_dir.join(run::CONFUSION_PNG))
 }
 
 /// Checks `--input-size`: a positive multiple of 32 (VGG16's five 2x2 poolings), at most 512.
@@ -204,6 +349,14 @@ pub fn validate_hyper(h: &HeadHyper) -> Result<()> {
             h.momentum
         )));
     }
+    if h.patience == Some(0) {
+        return Err(Error::Usage(
+            "--patience must be at least 1 (epochs without improvement before stopping)".into(),
+        ));
+    }
+    if h.lr_step_epochs == 0 {
+        return Err(Error::Usage("--lr-step-epochs must be at least 1".into()));
+    }
     if !(h.weight_decay.is_finite() && h.weight_decay >= 0.0) {
         return Err(Error::Usage(format!(
             "--weight-decay must be zero or positive, got {}",
@@ -236,6 +389,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         run::check_new_run(&opts.runs_dir, &name)?;
         validate_hyper(&opts.hyper)?;
         validate_input_size(opts.input_size)?;
+        if opts.val_split != 0.0 && !(opts.val_split > 0.0 && opts.val_split < 1.0) {
+            return Err(Error::Usage(format!(
+                "--val-split must be between 0 and 1 (exclusive), got {}",
+                opts.val_split
+            )));
+        }
         let h = &opts.hyper;
         let config = RunConfig {
             name: name.clone(),
@@ -253,7 +412,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
             test_limit: opts.test_limit,
             epochs: h.epochs,
             batch_size: h.batch_size,
-            optimizer: "sgd".into(),
+            optimizer: h.optimizer,
+            schedule: h.schedule,
+            lr_step_epochs: h.lr_step_epochs,
+            patience: h.patience,
+            restore_best: h.restore_best,
+            val_split: opts.val_split,
+            val_images: 0,
             lr: h.lr,
             momentum: h.momentum,
             weight_decay: h.weight_decay,
@@ -269,26 +434,18 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         momentum: config.momentum,
         weight_decay: config.weight_decay,
         seed: config.seed,
+        optimizer: config.optimizer,
+        schedule: config.schedule,
+        lr_step_epochs: config.lr_step_epochs,
+        patience: config.patience,
+        restore_best: config.restore_best,
     };
     if hyper.epochs == 0 || hyper.batch_size == 0 || opts.extract_batch_size == 0 {
         return Err(Error::Usage(
             "--epochs, --batch-size and --extract-batch-size must be at least 1".into(),
         ));
     }
-    eprintln!(
-        "pipe train: data {}, {} train / {} test images (0 = all), VGG16 frozen base + dense head on {}; \
-         SGD lr {} momentum {} weight decay {}, batch {}, {} epochs, seed {}",
-        config.data.display(),
-        config.train_limit,
-        config.test_limit,
-        device_name(device),
-        hyper.lr,
-        hyper.momentum,
-        hyper.weight_decay,
-        hyper.batch_size,
-        hyper.epochs,
-        hyper.seed
-    );
+    eprintln!("{}", describe_config(&config, device));
     let features = prepare_features(
         &FeatureOptions {
             data: config.data.clone(),
@@ -317,6 +474,19 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
             features.extract_seconds
         );
     }
+    let features = if config.val_split > 0.0 {
+        let f = carve_validation(features, config.val_split, config.seed)?;
+        if let Some(v) = &f.val {
+            eprintln!(
+                "validation: {} of the training images held out (--val-split {}); the test split is used only at the end",
+                v.labels.len(),
+                config.val_split
+            );
+        }
+        f
+    } else {
+        features
+    };
     if opts.resume && config.weights_fingerprint != features.fingerprint {
         return Err(Error::invalid(
             &config.weights,
@@ -327,6 +497,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         weights_fingerprint: features.fingerprint.clone(),
         classes: features.classes.clone(),
         train_images: features.train.labels.len(),
+        val_images: features.val.as_ref().map_or(0, |v| v.labels.len()),
         test_images: features.test.labels.len(),
         ..config
     };
@@ -339,7 +510,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     };
     let arch = Arch::vgg16_transfer(config.input_size, config.classes.len());
     let resume_from = if opts.resume {
-        load_checkpoint(&run_dir, &arch)?
+        load_checkpoint(&run_dir, &arch, hyper.optimizer)?
     } else {
         None
     };
@@ -404,8 +575,20 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         &fit.params,
         HashMap::from([(FINGERPRINT_KEY.to_string(), features.fingerprint.clone())]),
     )?;
+    if let Some(b) = &fit.best {
+        save_safetensors(
+            &run_dir.join(run::BEST_FILE),
+            &b.params,
+            HashMap::from([
+                (FINGERPRINT_KEY.to_string(), features.fingerprint.clone()),
+                ("epoch".to_string(), b.epoch.to_string()),
+                ("val_loss".to_string(), b.val_loss.to_string()),
+            ]),
+        )?;
+    }
     write_json_atomic(&run_dir.join(run::HISTORY_FILE), &fit.history)?;
     write_json_atomic(&run_dir.join(run::PREDICTIONS_FILE), &predictions)?;
+    write_figures(&run_dir, &config, &features, &fit.history, &predictions)?;
     run::set_latest(&opts.runs_dir, &config.name)?;
     eprintln!(
         "run written to {} in {:.1} s",

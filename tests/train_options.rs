@@ -1,0 +1,199 @@
+//! Head-training options beyond the seed recipe, on real weights (made by `make setup`) and a generated
+//! CIFAR-10 binary release: Adam, cosine schedule, a validation split carved from the training images,
+//! early stopping, best-epoch keeping, and `--resume` ending exactly like an uninterrupted run with all
+//! of them on.
+#![cfg(feature = "train")]
+
+mod common;
+
+use common::{ok, pipe, s, weights, write_binary_release};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Output;
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// Tensors of a safetensors file as (name, little-endian bytes), sorted by name.
+fn tensors(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(p).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn adam_cosine_val_split_early_stopping_and_resume() {
+    let w = weights();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar-10-batches-bin");
+    write_binary_release(&data, 40);
+    let runs = tmp.path().join("runs");
+    let cache = tmp.path().join("cache");
+    let train_with = |name: &str, [lr, schedule, patience]: [&str; 3], extra: &[&str]| -> Output {
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&data),
+            "--weights",
+            &w,
+            "--train-limit",
+            "150",
+            "--test-limit",
+            "40",
+            "--epochs",
+            "8",
+            "--batch-size",
+            "16",
+            "--optimizer",
+            "adam",
+            "--lr",
+            lr,
+            "--schedule",
+            schedule,
+            "--val-split",
+            "0.2",
+            "--patience",
+            patience,
+            "--restore-best",
+            "--device",
+            "cpu",
+            "--runs-dir",
+            s(&runs),
+            "--cache-dir",
+            s(&cache),
+            "--name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        pipe(&args)
+    };
+    let train =
+        |name: &str, extra: &[&str]| -> Output { train_with(name, ["3e-4", "cosine", "2"], extra) };
+    let a = train("a", &[]);
+    assert!(a.status.success());
+    let err = String::from_utf8_lossy(&a.stderr).into_owned();
+    assert!(err.contains("Adam lr 0.0003"), "config echo: {err}");
+    assert!(err.contains("30 of the training images held out"), "{err}");
+    let dir = runs.join("a");
+    let config = read_json(&dir.join("config.json"));
+    assert_eq!(config["optimizer"], "adam");
+    assert_eq!(config["schedule"], "cosine");
+    // 150 training images, 15 per class: round(0.2 * 15) = 3 per class go to validation.
+    assert_eq!(config["val_images"], 30);
+    assert_eq!(config["train_images"], 120);
+    assert_eq!(config["test_images"], 40);
+
+    let history = read_json(&dir.join("history.json"));
+    let h = history.as_array().unwrap();
+    assert!(!h.is_empty() && h.len() <= 8);
+    let val_loss: Vec<f64> = h.iter().map(|m| m["val_loss"].as_f64().unwrap()).collect();
+    let (best_i, _) = val_loss
+        .iter()
+        .enumerate()
+        .fold((0, f64::MAX), |b, (i, &v)| if v < b.1 { (i, v) } else { b });
+    if h.len() < 8 {
+        // Stopped early: exactly `patience` epochs after the lowest validation loss.
+        assert_eq!(h.len() - 1 - best_i, 2, "{val_loss:?}");
+        assert!(err.contains("early stopping after epoch"), "{err}");
+    } else {
+        assert!(h.len() - 1 - best_i < 2 || !err.contains("early stopping"));
+    }
+    // best.safetensors holds the epoch with the lowest validation loss, and with --restore-best the
+    // final head is that epoch's.
+    let best = std::fs::read(dir.join("best.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&best).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    assert_eq!(meta["epoch"], (best_i + 1).to_string());
+    assert_eq!(
+        tensors(&dir.join("best.safetensors")),
+        tensors(&dir.join("head.safetensors"))
+    );
+    // Validation is not the test split: the final test metrics differ from the best epoch's
+    // validation metrics in general, and predictions.json covers the 40 test images.
+    let preds = read_json(&dir.join("predictions.json"));
+    assert_eq!(preds["items"].as_array().unwrap().len(), 40);
+
+    // Interrupted after epoch 2 and resumed: the same history and head as the uninterrupted run.
+    let i = train("i", &["--interrupt-after-epoch", "2"]);
+    assert_eq!(i.status.code(), Some(1));
+    let (_, err) = ok(&[
+        "train",
+        "--resume",
+        "--name",
+        "i",
+        "--runs-dir",
+        s(&runs),
+        "--cache-dir",
+        s(&cache),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("continuing after epoch 2 of 8"), "{err}");
+    for f in ["history.json", "predictions.json"] {
+        assert_eq!(
+            std::fs::read(runs.join("a").join(f)).unwrap(),
+            std::fs::read(runs.join("i").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    for f in ["head.safetensors", "best.safetensors"] {
+        assert_eq!(
+            tensors(&runs.join("a").join(f)),
+            tensors(&runs.join("i").join(f)),
+            "{f}"
+        );
+    }
+
+    // A learning rate too high for this data: the validation loss rises, and early stopping ends the
+    // run `patience` epochs after its lowest point.
+    let es = train_with("es", ["1e-2", "constant", "1"], &[]);
+    assert!(es.status.success());
+    let err = String::from_utf8_lossy(&es.stderr).into_owned();
+    let h = read_json(&runs.join("es/history.json"));
+    let h = h.as_array().unwrap();
+    assert!(h.len() < 8, "expected an early stop: {err}");
+    assert!(
+        err.contains(&format!("early stopping after epoch {}", h.len())),
+        "{err}"
+    );
+    let vl: Vec<f64> = h.iter().map(|m| m["val_loss"].as_f64().unwrap()).collect();
+    let last = vl[vl.len() - 1];
+    let before = vl[..vl.len() - 1].iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        last >= before,
+        "stopped after a non-improving epoch: {vl:?}"
+    );
+
+    // The export of such a run verifies like any other.
+    let onnx = tmp.path().join("a.onnx");
+    let (out, _) = ok(&["export", s(&onnx), "--run", "a", "--runs-dir", s(&runs)]);
+    assert!(out.contains("verified with tract"), "{out}");
+}
+
+#[test]
+fn bad_training_options_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    for (args, needle) in [
+        (vec!["--val-split", "1.5"], "--val-split"),
+        (vec!["--val-split=-0.1"], "--val-split"),
+        (vec!["--patience", "0"], "--patience"),
+        (vec!["--optimizer", "rmsprop"], "invalid value 'rmsprop'"),
+        (vec!["--schedule", "linear"], "invalid value 'linear'"),
+    ] {
+        let mut all = vec!["train", "--runs-dir", s(&runs)];
+        all.extend(args.iter().copied());
+        let out = pipe(&all);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!runs.exists(), "nothing written for {args:?}");
+    }
+}
