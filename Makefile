@@ -46,6 +46,7 @@ bench: setup
 	cargo build --release
 	cargo bench --bench extract
 	$(BENCH_PY) benches/reference/torch_extract.py
+	$(BENCH_PY) benches/reference/torch_extract.py --channels-last
 	cargo bench --bench infer
 	$(BENCH_PY) benches/reference/ort_infer.py
 	cargo bench --bench decode

@@ -41,6 +41,7 @@ def rate(bench):
 
 def main():
     torch_ref = load(os.path.join(OUT, "reference_torch.json")) or {}
+    torch_cl = load(os.path.join(OUT, "reference_torch_cl.json")) or {}
     ort_ref = load(os.path.join(OUT, "reference_ort.json")) or {}
     e2e = load(os.path.join(OUT, "e2e.json")) or {}
     extract = rate("extract/tch_batch128")
@@ -56,6 +57,9 @@ def main():
 
     ratio_row("tch extraction, batch 128", "images/s", extract, torch_ref.get("images_per_s"),
               "PyTorch", 0.95)
+    r = torch_cl.get("images_per_s")
+    row("tch extraction vs PyTorch channels-last", "images/s", extract, r,
+        extract / r if extract and r else None, "(information)", None)
     ratio_row("ort, batch 256", "images/s", rate("infer/ort_batch256"),
               ort_ref.get("batch256_images_per_s"), "onnxruntime-python", 0.95)
     ratio_row("ort, batch 1", "images/s", rate("infer/ort_batch1"),
@@ -74,9 +78,9 @@ def main():
     row("ONNX export (build + write)", "s", x[1] if x else None, None, None, "(no target)", None)
     t = e2e.get("train_cold_s")
     minimum = N_IMAGES / extract if extract else None
-    row("pipe train, cold cache (vs 6000 / extraction rate)", "s", t, minimum,
+    row("pipe train, cold cache, vs 6000 / extraction rate", "s", t, minimum,
         t / minimum if t and minimum else None, "<= 1.25x", None if not (t and minimum) else t <= 1.25 * minimum)
-    row("pipe train, cold cache (vs Keras seed)", "s", t, KERAS_SEED_S,
+    row("pipe train, cold cache, vs Keras seed", "s", t, KERAS_SEED_S,
         KERAS_SEED_S / t if t else None, ">= 2.5x faster", None if not t else KERAS_SEED_S / t >= 2.5)
     s = e2e.get("sweep_warm_s")
     row("pipe sweep 5x15, warm cache", "s", s, None, None, "< 60 s", None if s is None else s < 60)
@@ -89,13 +93,13 @@ def main():
         return f"{v:,.0f}" if v >= 1000 else f"{v:.1f}"
 
     print()
-    head = f"{'task':<52} {'pipe':>11} {'reference':>11} {'ratio':>7}  {'target':<34} result"
+    head = f"{'task':<58} {'pipe':>11} {'reference':>11} {'ratio':>7}  {'target':<34} result"
     print(head)
     print("-" * len(head))
     for r in rows:
         res = "-" if r["pass"] is None else ("pass" if r["pass"] else "FAIL")
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-        print(f"{r['task'] + ' (' + r['unit'] + ')':<52} {fmt(r['pipe'], r['unit']):>11} "
+        print(f"{r['task'] + ' (' + r['unit'] + ')':<58} {fmt(r['pipe'], r['unit']):>11} "
               f"{fmt(r['reference'], r['unit']):>11} {ratio:>7}  {r['target']:<34} {res}")
     info = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.processor()
             or platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch_ref.get("threads"),

@@ -2,6 +2,7 @@
 the same weights (models/vgg16_imagenet.safetensors), libtorch's default thread count (the same
 libtorch, from the same .venv, as pipe's tch), inference mode, and the same Keras "caffe"
 preprocessing from NHWC RGB uint8 pixels (RGB->BGR, minus the ImageNet BGR means, NCHW float32).
+The plain script keeps the usual contiguous NCHW layout; --channels-last runs it as pipe does.
 Prints and writes JSON: images/s at the median sample."""
 import argparse
 import json
@@ -24,7 +25,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights", default="models/vgg16_imagenet.safetensors")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--out", default="target/bench/reference_torch.json")
+    p.add_argument("--channels-last", action="store_true",
+                   help="lay the batch and weights out channels-last (what pipe does; not the plain script)")
+    p.add_argument("--out", default=None)
     a = p.parse_args()
     if not os.path.exists(a.weights):
         sys.exit(f"{a.weights} not found; run `make setup`")
@@ -34,13 +37,17 @@ def main():
         for c in range(1, n + 1):
             k = f"base.block{b}_conv{c}"
             convs.append((torch.from_numpy(w[k + ".weight"].copy()), torch.from_numpy(w[k + ".bias"].copy())))
+    if a.channels_last:
+        convs = [(wt.contiguous(memory_format=torch.channels_last), b) for wt, b in convs]
+    fmt = torch.channels_last if a.channels_last else torch.contiguous_format
+    out = a.out or f"target/bench/reference_torch{'_cl' if a.channels_last else ''}.json"
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, size=(a.batch, 32, 32, 3), dtype=np.uint8)
 
     def extract():
         with torch.inference_mode():
             x = torch.from_numpy(pixels[..., ::-1].astype(np.float32) - BGR_MEANS)
-            x = x.permute(0, 3, 1, 2).contiguous()
+            x = x.permute(0, 3, 1, 2).contiguous(memory_format=fmt)
             i = 0
             for n in BLOCKS:
                 for _ in range(n):
@@ -50,12 +57,13 @@ def main():
             return x.flatten(1).contiguous()
 
     rate, samples = median_rate(extract, a.batch, warmup_s=3.0, measure_s=12.0, min_samples=10)
-    res = {"task": "extract", "images_per_s": rate, "batch": a.batch, "samples": samples,
+    res = {"task": "extract", "channels_last": a.channels_last, "images_per_s": rate, "batch": a.batch, "samples": samples,
            "threads": torch.get_num_threads(), "torch": torch.__version__}
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(res, f, indent=1)
-    print(f"PyTorch extraction: {rate:.1f} images/s (batch {a.batch}, {res['threads']} threads)")
+    layout = "channels-last" if a.channels_last else "NCHW"
+    print(f"PyTorch extraction ({layout}): {rate:.1f} images/s (batch {a.batch}, {res['threads']} threads)")
 
 
 if __name__ == "__main__":

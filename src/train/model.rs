@@ -47,6 +47,15 @@ pub fn from_tch(name: &str, t: &Tensor) -> Result<NamedTensor> {
     })
 }
 
+/// `t` (4-D, logical NCHW / OIHW) copied to the channels-last memory layout (strides of NHWC),
+/// keeping its logical shape: libtorch's `contiguous(memory_format=channels_last)`, which tch does
+/// not expose, written as permute → contiguous → permute back.
+fn channels_last(t: &Tensor) -> Result<Tensor> {
+    Ok(t.f_permute([0, 2, 3, 1])?
+        .f_contiguous()?
+        .f_permute([0, 3, 1, 2])?)
+}
+
 impl Base {
     /// Builds the base of `arch` from `weights` (in [`Arch::base_params`] order) on `device`.
     ///
@@ -64,7 +73,7 @@ impl Base {
         for l in &arch.base {
             match l {
                 BaseLayer::Conv { name, .. } => {
-                    let weight = next(name)?;
+                    let weight = channels_last(&next(name)?)?;
                     let bias = next(name)?;
                     layers.push(BaseOp::Conv { weight, bias });
                 }
@@ -80,6 +89,11 @@ impl Base {
     /// Features of a preprocessed batch: `x` float32 NCHW BGR `[n, 3, S, S]` (any device) →
     /// flattened base output `[n, feature_dim]` on the base's device. Call under `no_grad`.
     ///
+    /// The batch and the conv weights are laid out channels-last in memory (the logical NCHW shape
+    /// is unchanged), which lets oneDNN run its NHWC convolution kernels without reordering every
+    /// layer's input and output: about 1.5x faster on the CPU (measured with `make bench`); results
+    /// equal the NCHW ones to float rounding (summation order only).
+    ///
     /// # Errors
     /// [`Error::Torch`] on a libtorch failure (e.g. out of memory).
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
@@ -87,7 +101,7 @@ impl Base {
             Some(BaseOp::Conv { weight, .. }) => weight.device(),
             _ => Device::Cpu,
         };
-        let mut x = x.f_to_device(dev)?;
+        let mut x = channels_last(&x.f_to_device(dev)?)?;
         for l in &self.layers {
             x = match l {
                 BaseOp::Conv { weight, bias } => x
@@ -96,7 +110,7 @@ impl Base {
                 BaseOp::MaxPool => x.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?,
             };
         }
-        Ok(x.f_flatten(1, -1)?)
+        Ok(x.f_flatten(1, -1)?.f_contiguous()?)
     }
 }
 
@@ -227,5 +241,61 @@ impl Head {
             };
         }
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The channels-last base gives the features of a plain NCHW conv/relu/pool chain on the same
+    /// weights, to float rounding, at input sizes 32 and 64 (where the last map is 2x2, so the
+    /// flatten order matters).
+    #[test]
+    fn channels_last_features_match_plain_nchw() {
+        for size in [32usize, 64] {
+            let arch = Arch::vgg16_transfer(size, 10);
+            tch::manual_seed(3);
+            let weights: Vec<NamedTensor> = arch
+                .base_params()
+                .into_iter()
+                .map(|(name, shape)| {
+                    let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+                    let fan_in: usize = shape.iter().skip(1).product();
+                    let t = Tensor::randn(dims.as_slice(), (tch::Kind::Float, Device::Cpu))
+                        * (2.0 / fan_in.max(1) as f64).sqrt();
+                    from_tch(&name, &t).unwrap()
+                })
+                .collect();
+            let base = Base::new(&arch, &weights, Device::Cpu).unwrap();
+            let x = Tensor::randn(
+                [2, 3, size as i64, size as i64],
+                (tch::Kind::Float, Device::Cpu),
+            ) * 60.0;
+            let _guard = tch::no_grad_guard();
+            let got = base.features(&x).unwrap();
+            let mut w = weights.iter().map(|t| to_tch(t, Device::Cpu).unwrap());
+            let mut r = x.shallow_clone();
+            for l in &arch.base {
+                r = match l {
+                    BaseLayer::Conv { .. } => {
+                        let (wt, b) = (w.next().unwrap(), w.next().unwrap());
+                        r.conv2d(&wt, Some(&b), [1, 1], [1, 1], [1, 1], 1).relu()
+                    }
+                    BaseLayer::MaxPool { .. } => {
+                        r.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
+                    }
+                };
+            }
+            let want = r.reshape([2, -1]);
+            assert_eq!(got.size(), vec![2, arch.feature_dim() as i64]);
+            let scale = want.abs().max().double_value(&[]);
+            let diff = (&got - &want).abs().max().double_value(&[]);
+            assert!(scale > 1.0, "degenerate features (max {scale})");
+            assert!(
+                diff <= 1e-5 * scale,
+                "size {size}: max |diff| {diff} vs max {scale}"
+            );
+        }
     }
 }
