@@ -2,6 +2,8 @@
 //! head with libtorch (`train` feature), exports a self-contained ONNX model natively from Rust, and
 //! classifies images with tract or ONNX Runtime (no libtorch on the inference path).
 #![warn(missing_docs)]
+// No unwrap()/expect() in the program: errors from user input become messages (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod arch;
 pub mod data;

@@ -1,5 +1,8 @@
 //! `pipe` command line: parse, dispatch, turn errors into messages and exit codes.
 
+// No unwrap()/expect() in the program: errors from user input become messages.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use pipe::infer::{self, BackendKind, BackendOptions, InferDevice, ModelInfo};

@@ -394,8 +394,9 @@ fn split_dir(split: Split) -> &'static str {
 /// before any pixel buffer is allocated (a defence against decompression bombs, e.g. a few-kB PNG that
 /// announces 20000x20000 pixels).
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
-/// Largest decoded image pipe accepts, bytes (512 MiB, the image crate's default allocation limit):
-/// e.g. a 12,000 x 12,000 RGB photo (432 MB) is decoded, a 16,384 x 16,384 RGBA one (1 GiB) is not.
+/// Largest decoded image pipe accepts, bytes, both as decoded and as its 8-bit RGB copy (512 MiB, the
+/// image crate's default allocation limit): e.g. a 12,000 x 12,000 RGB photo (432 MB) is decoded, a
+/// 16,384 x 16,384 one (805 MB as RGB) is not.
 pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
 /// The image formats pipe decodes, for messages.
 pub const SUPPORTED_FORMATS: &str = "JPEG, PNG, BMP, GIF, TIFF, WebP, PNM, TGA, QOI, ICO";
@@ -470,7 +471,12 @@ pub fn decode_rgb(path: &Path, bytes: &[u8], size: usize) -> Result<Vec<u8>> {
     // Only the header is read here: the size is checked before any pixel buffer is allocated.
     let mut decoder = reader.into_decoder().map_err(fail)?;
     let (w, h) = decoder.dimensions();
-    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE || decoder.total_bytes() > MAX_IMAGE_BYTES {
+    let rgb_bytes = u64::from(w) * u64::from(h) * 3;
+    if w > MAX_IMAGE_SIDE
+        || h > MAX_IMAGE_SIDE
+        || decoder.total_bytes() > MAX_IMAGE_BYTES
+        || rgb_bytes > MAX_IMAGE_BYTES
+    {
         return Err(Error::invalid(
             path,
             format!(
