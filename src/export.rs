@@ -514,8 +514,19 @@ pub fn export_run(
     use crate::run::{EpochMetrics, RunConfig, CONFIG_FILE, HEAD_FILE, HISTORY_FILE};
     let config: RunConfig = crate::util::read_json(&run_dir.join(CONFIG_FILE))?;
     let arch = Arch::vgg16_transfer(config.input_size, config.classes.len());
-    let (base, fp) = crate::weights::load_base(&config.weights, &arch, true)?;
-    if fp != config.weights_fingerprint {
+    let base_path = crate::run::base_weights(run_dir, &config);
+    if config.unfreeze > 0 && base_path == config.weights {
+        return Err(Error::invalid(
+            run_dir,
+            format!(
+                "fine-tuned run without its {}; it did not finish (train it again or --resume it)",
+                crate::run::BASE_FILE
+            ),
+        ));
+    }
+    let (base, fp) = crate::weights::load_base(&base_path, &arch, true)?;
+    // A fine-tuned run carries its own base; a frozen-base run must find the weights it trained with.
+    if config.unfreeze == 0 && fp != config.weights_fingerprint {
         return Err(Error::invalid(
             &config.weights,
             format!(
@@ -555,6 +566,7 @@ pub fn export_run(
             .into(),
         ),
         ("weights_fingerprint".into(), fp),
+        ("fine_tuned_conv_layers".into(), config.unfreeze.to_string()),
         ("run".into(), config.name.clone()),
         ("pipe_version".into(), env!("CARGO_PKG_VERSION").into()),
     ];

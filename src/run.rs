@@ -16,6 +16,9 @@ pub const PREDICTIONS_FILE: &str = "predictions.json";
 /// Parameters of the epoch with the lowest validation loss (safetensors, as `head.safetensors`, with
 /// `epoch` and `val_loss` in the metadata).
 pub const BEST_FILE: &str = "best.safetensors";
+/// The whole conv base of a fine-tuned run (`--unfreeze`), as `models/vgg16_imagenet.safetensors`;
+/// absent for frozen-base runs.
+pub const BASE_FILE: &str = "base.safetensors";
 /// Training and validation accuracy per epoch.
 pub const ACCURACY_PNG: &str = "accuracy.png";
 /// Training and validation loss per epoch.
@@ -82,6 +85,18 @@ pub struct RunConfig {
     /// Number of validation images carved out of the training images.
     #[serde(default)]
     pub val_images: usize,
+    /// Conv layers fine-tuned, counted from the last (0 = frozen base).
+    #[serde(default)]
+    pub unfreeze: usize,
+    /// Whether training images were augmented (random flip and pad-and-crop).
+    #[serde(default)]
+    pub augment: bool,
+    /// With `unfreeze`: epochs of head-only training on frozen-base features before fine-tuning.
+    #[serde(default)]
+    pub head_epochs: usize,
+    /// Learning rate of the head warm-up (constant, the run's optimizer).
+    #[serde(default)]
+    pub head_lr: f64,
     /// Learning rate.
     pub lr: f64,
     /// SGD momentum.
@@ -123,6 +138,11 @@ pub enum Schedule {
     Cosine,
     /// Step decay (PyTorch `StepLR`, gamma 0.1): the rate is divided by 10 every `--lr-step-epochs`.
     Step,
+    /// One-cycle, stepped per batch (PyTorch `OneCycleLR` defaults without momentum cycling): a cosine
+    /// warm-up from lr/25 to lr over the first 30% of the steps, then a cosine decay to lr/250,000.
+    #[value(name = "onecycle")]
+    #[serde(rename = "onecycle")]
+    OneCycle,
 }
 
 /// One line of `history.json`.
@@ -163,6 +183,17 @@ pub struct PredictionItem {
     pub label: usize,
     /// Softmax probabilities `[classes]`, float32.
     pub probabilities: Vec<f32>,
+}
+
+/// The conv-base weights a run's model uses: `base.safetensors` in the run folder for a fine-tuned
+/// run, else the run's `weights` file.
+pub fn base_weights(run_dir: &Path, config: &RunConfig) -> PathBuf {
+    let own = run_dir.join(BASE_FILE);
+    if config.unfreeze > 0 && own.is_file() {
+        own
+    } else {
+        config.weights.clone()
+    }
 }
 
 /// A default run name: the UTC time, `YYYYMMDD-HHMMSS`.

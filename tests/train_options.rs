@@ -1,7 +1,7 @@
 //! Head-training options beyond the seed recipe, on real weights (made by `make setup`) and a generated
 //! CIFAR-10 binary release: Adam, cosine schedule, a validation split carved from the training images,
 //! early stopping, best-epoch keeping, and `--resume` ending exactly like an uninterrupted run with all
-//! of them on.
+//! of them on; fine-tuning the last conv layers (`--unfreeze`, `--augment`, head warm-up).
 #![cfg(feature = "train")]
 
 mod common;
@@ -196,4 +196,137 @@ fn bad_training_options_are_refused_before_any_work() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(!runs.exists(), "nothing written for {args:?}");
     }
+}
+
+#[test]
+fn unfreeze_fine_tunes_the_last_convs_exports_and_resumes() {
+    let w = weights();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar-10-batches-bin");
+    write_binary_release(&data, 40);
+    let runs = tmp.path().join("runs");
+    let cache = tmp.path().join("cache");
+    let train = |name: &str, extra: &[&str]| -> Output {
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&data),
+            "--weights",
+            &w,
+            "--train-limit",
+            "100",
+            "--test-limit",
+            "40",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "20",
+            "--unfreeze",
+            "2",
+            "--augment",
+            "--head-epochs",
+            "2",
+            "--lr",
+            "1e-5",
+            "--device",
+            "cpu",
+            "--runs-dir",
+            s(&runs),
+            "--cache-dir",
+            s(&cache),
+            "--name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        pipe(&args)
+    };
+    let a = train("a", &[]);
+    assert!(a.status.success());
+    let err = String::from_utf8_lossy(&a.stderr).into_owned();
+    assert!(err.contains("last 2 conv layers fine-tuned"), "{err}");
+    assert!(err.contains("head warm-up: 2 epochs"), "{err}");
+    let dir = runs.join("a");
+    let config = read_json(&dir.join("config.json"));
+    assert_eq!(config["unfreeze"], 2);
+    assert_eq!(config["augment"], true);
+
+    // base.safetensors holds the whole base: the two last convs changed, the others are ImageNet's.
+    let tuned = tensors(&dir.join("base.safetensors"));
+    let imagenet = tensors(Path::new(&w));
+    assert_eq!(tuned.len(), 26);
+    for (name, bytes) in &tuned {
+        let original = &imagenet.iter().find(|(n, _)| n == name).unwrap().1;
+        let trained = name.contains("block5_conv2") || name.contains("block5_conv3");
+        assert_eq!(bytes != original, trained, "{name}");
+    }
+
+    // The export uses the tuned base and verifies against tch's predictions; evaluate agrees with the
+    // last epoch's validation (= test split) accuracy.
+    let onnx = tmp.path().join("a.onnx");
+    let (out, _) = ok(&["export", s(&onnx), "--run", "a", "--runs-dir", s(&runs)]);
+    assert!(
+        out.contains("verified with tract on 40 test images"),
+        "{out}"
+    );
+    let history = read_json(&dir.join("history.json"));
+    let last = history.as_array().unwrap().last().unwrap()["val_accuracy"]
+        .as_f64()
+        .unwrap();
+    let (out, _) = ok(&[
+        "evaluate",
+        "--run",
+        "a",
+        "--runs-dir",
+        s(&runs),
+        "--cache-dir",
+        s(&cache),
+        "--device",
+        "cpu",
+        "--format",
+        "json",
+    ]);
+    let ev: Value = serde_json::from_str(&out).unwrap();
+    assert!((ev["report"]["accuracy"].as_f64().unwrap() - last).abs() < 1e-6);
+
+    // Interrupted after epoch 1 and resumed: identical to the uninterrupted run.
+    let i = train("i", &["--interrupt-after-epoch", "1"]);
+    assert_eq!(i.status.code(), Some(1));
+    ok(&[
+        "train",
+        "--resume",
+        "--name",
+        "i",
+        "--runs-dir",
+        s(&runs),
+        "--cache-dir",
+        s(&cache),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(
+        std::fs::read(runs.join("a/history.json")).unwrap(),
+        std::fs::read(runs.join("i/history.json")).unwrap()
+    );
+    for f in ["head.safetensors", "base.safetensors"] {
+        assert_eq!(
+            tensors(&runs.join("a").join(f)),
+            tensors(&runs.join("i").join(f)),
+            "{f}"
+        );
+    }
+
+    // --augment without --unfreeze, and more convs than VGG16 has, are refused before any work.
+    let out = pipe(&["train", "--augment", "--runs-dir", s(&runs), "--name", "x"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--augment needs --unfreeze"));
+    let out = pipe(&[
+        "train",
+        "--unfreeze",
+        "14",
+        "--runs-dir",
+        s(&runs),
+        "--name",
+        "y",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--unfreeze must be between 0 and 13"));
+    assert!(!runs.join("x").exists() && !runs.join("y").exists());
 }

@@ -62,7 +62,7 @@ pub fn evaluate_run(
     let arch = Arch::vgg16_transfer(config.input_size, config.classes.len());
     let x = split_features(
         &split,
-        &config.weights,
+        &run::base_weights(run_dir, &config),
         &arch,
         cache_dir,
         device,

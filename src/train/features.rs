@@ -275,14 +275,18 @@ pub fn preview_indices(labels: &[usize], classes: usize, k: usize) -> Vec<usize>
     chosen
 }
 
-/// Moves a class-stratified `fraction` (0..1) of the training images into a validation split
-/// (`--val-split`): per class, `round(fraction * count)` images chosen by a ChaCha8 shuffle seeded with
-/// `seed`, at least one per class when the class has two or more images. Training and validation stay
-/// in the original order.
+/// Splits image indices `0..labels.len()` into (training, validation) for `--val-split`: per class,
+/// `round(fraction * count)` images chosen by a ChaCha8 shuffle seeded with `seed` go to validation (at
+/// least one per class with two or more images, never a whole class). Both lists are ascending.
 ///
 /// # Errors
-/// [`Error::Usage`] when `fraction` is not in (0, 1) or would leave a split empty; libtorch errors.
-pub fn carve_validation(mut f: Features, fraction: f64, seed: u64) -> Result<Features> {
+/// [`Error::Usage`] when `fraction` is not in (0, 1) or a split would be empty.
+pub fn stratified_holdout(
+    labels: &[usize],
+    classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>)> {
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     if !(fraction > 0.0 && fraction < 1.0) {
@@ -290,10 +294,9 @@ pub fn carve_validation(mut f: Features, fraction: f64, seed: u64) -> Result<Fea
             "--val-split must be between 0 and 1 (exclusive), got {fraction}"
         )));
     }
-    let labels = &f.train.labels;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7661_6c5f_7370_6c74);
     let mut is_val = vec![false; labels.len()];
-    for c in 0..f.classes.len() {
+    for c in 0..classes {
         let mut idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).collect();
         let mut k = (fraction * idx.len() as f64).round() as usize;
         if k == 0 && idx.len() >= 2 {
@@ -312,6 +315,17 @@ pub fn carve_validation(mut f: Features, fraction: f64, seed: u64) -> Result<Fea
             labels.len()
         )));
     }
+    Ok((train_idx, val_idx))
+}
+
+/// Moves a class-stratified `fraction` (0..1) of the training images into a validation split
+/// (`--val-split`, see [`stratified_holdout`]). Training and validation stay in the original order.
+///
+/// # Errors
+/// As [`stratified_holdout`]; libtorch errors.
+pub fn carve_validation(mut f: Features, fraction: f64, seed: u64) -> Result<Features> {
+    let (train_idx, val_idx) =
+        stratified_holdout(&f.train.labels, f.classes.len(), fraction, seed)?;
     let pick = |idx: &[usize]| -> Result<(SplitInfo, Tensor)> {
         let t = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
         Ok((

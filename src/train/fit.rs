@@ -80,12 +80,44 @@ impl Default for HeadHyper {
     }
 }
 
+/// Share of the steps spent warming up under [`Schedule::OneCycle`] (PyTorch's `pct_start`).
+pub const ONE_CYCLE_PCT_START: f64 = 0.3;
+/// Initial rate = lr / this under [`Schedule::OneCycle`] (PyTorch's `div_factor`).
+pub const ONE_CYCLE_DIV: f64 = 25.0;
+/// Final rate = initial rate / this under [`Schedule::OneCycle`] (PyTorch's `final_div_factor`).
+pub const ONE_CYCLE_FINAL_DIV: f64 = 1e4;
+
 impl HeadHyper {
-    /// The learning rate of `epoch` (from 1) under the schedule.
+    /// The learning rate of step `step` (from 0) of epoch `epoch` (from 1) with `steps_per_epoch`
+    /// steps: [`HeadHyper::lr_at`] for the per-epoch schedules; PyTorch's `OneCycleLR` formula for
+    /// [`Schedule::OneCycle`].
+    pub fn lr_at_step(&self, epoch: usize, step: usize, steps_per_epoch: usize) -> f64 {
+        if self.schedule != Schedule::OneCycle {
+            return self.lr_at(epoch);
+        }
+        let total = (self.epochs * steps_per_epoch).max(2) as f64;
+        let t = ((epoch.saturating_sub(1)) * steps_per_epoch + step) as f64;
+        let initial = self.lr / ONE_CYCLE_DIV;
+        let min = initial / ONE_CYCLE_FINAL_DIV;
+        let warm_end = ONE_CYCLE_PCT_START * total - 1.0;
+        let anneal = |start: f64, end: f64, pct: f64| {
+            end + (start - end) / 2.0 * ((std::f64::consts::PI * pct).cos() + 1.0)
+        };
+        if t <= warm_end {
+            anneal(initial, self.lr, t / warm_end.max(1e-9))
+        } else {
+            let pct = (t - warm_end) / (total - 1.0 - warm_end).max(1e-9);
+            anneal(self.lr, min, pct.min(1.0))
+        }
+    }
+
+    /// The learning rate of `epoch` (from 1) under a per-epoch schedule (for one-cycle: the rate of
+    /// the epoch's first step, assuming one step per epoch; use [`HeadHyper::lr_at_step`]).
     pub fn lr_at(&self, epoch: usize) -> f64 {
         let e = epoch.saturating_sub(1);
         match self.schedule {
             Schedule::Constant => self.lr,
+            Schedule::OneCycle => self.lr_at_step(epoch, 0, 1),
             Schedule::Cosine => {
                 self.lr
                     * 0.5
@@ -164,7 +196,7 @@ pub fn optimizer_state_spec(
 }
 
 /// Mean categorical cross-entropy of `logits` `[n, classes]` against labels `y` `[n]` (int64).
-fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+pub(crate) fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
     Ok(logits
         .f_log_softmax(-1, Kind::Float)?
         .f_nll_loss::<Tensor>(y, None, tch::Reduction::Mean, -100)?)
@@ -187,7 +219,7 @@ pub fn evaluate(head: &Head, x: &Tensor, y: &Tensor) -> Result<(f64, f64, Tensor
     Ok((loss, acc, logits))
 }
 
-fn labels(l: &[usize], device: Device) -> Result<Tensor> {
+pub(crate) fn labels(l: &[usize], device: Device) -> Result<Tensor> {
     Ok(Tensor::from_slice(&l.iter().map(|&v| v as i64).collect::<Vec<_>>()).f_to_device(device)?)
 }
 
@@ -261,7 +293,7 @@ pub fn adam_step(
 }
 
 /// Optimizer state: one or two tensors per parameter.
-struct OptState {
+pub(crate) struct OptState {
     kind: Optimizer,
     /// SGD momentum buffers, or Adam's first moments.
     a: Vec<Tensor>,
@@ -270,7 +302,7 @@ struct OptState {
 }
 
 impl OptState {
-    fn new(kind: Optimizer, params: &[(String, Tensor)]) -> Result<Self> {
+    pub(crate) fn new(kind: Optimizer, params: &[(String, Tensor)]) -> Result<Self> {
         let zeros = || -> Result<Vec<Tensor>> {
             Ok(params
                 .iter()
@@ -288,7 +320,7 @@ impl OptState {
         })
     }
 
-    fn load(&mut self, saved: &[NamedTensor], device: Device) -> Result<()> {
+    pub(crate) fn load(&mut self, saved: &[NamedTensor], device: Device) -> Result<()> {
         let n = self.a.len();
         if saved.len() != self.a.len() + self.b.len() {
             return Err(Error::Torch(format!(
@@ -309,7 +341,7 @@ impl OptState {
         Ok(())
     }
 
-    fn save(&self, params: &[(String, Tensor)]) -> Result<Vec<NamedTensor>> {
+    pub(crate) fn save(&self, params: &[(String, Tensor)]) -> Result<Vec<NamedTensor>> {
         let spec: Vec<(String, Vec<usize>)> = params
             .iter()
             .map(|(n, _)| (n.clone(), Vec::new()))
@@ -322,7 +354,7 @@ impl OptState {
             .collect()
     }
 
-    fn step(
+    pub(crate) fn step(
         &mut self,
         params: &[(String, Tensor)],
         step: i64,
@@ -353,7 +385,7 @@ fn eval_sets(f: &Features, device: Device) -> Result<((Tensor, Tensor), (Tensor,
 
 /// Whether early stopping ends training after `history`: the lowest validation loss is more than
 /// `patience` epochs old.
-fn patience_exhausted(history: &[EpochMetrics], patience: Option<usize>) -> bool {
+pub(crate) fn patience_exhausted(history: &[EpochMetrics], patience: Option<usize>) -> bool {
     let Some(patience) = patience else {
         return false;
     };
@@ -448,6 +480,7 @@ pub fn fit_head(
             }
             loss.f_backward()?;
             let global_step = (epoch as i64 - 1) * steps_per_epoch + step as i64 + 1;
+            let lr = hp.lr_at_step(epoch, step, steps_per_epoch as usize);
             opt.step(&params, global_step, lr, hp)?;
             loss_sum += l * chunk.len() as f64;
             correct += logits
@@ -627,6 +660,33 @@ mod tests {
             assert!((g - w).abs() < 1e-15, "{got:?}");
         }
         assert_eq!(base.lr_at(7), 1e-2);
+        // One-cycle against PyTorch 2.13's OneCycleLR(max_lr=1e-2, total_steps=100,
+        // cycle_momentum=False), whose learning rates at steps 0, 14, 29, 50 and 99 were printed by torch.
+        let oc = HeadHyper {
+            schedule: Schedule::OneCycle,
+            epochs: 10,
+            ..base.clone()
+        };
+        let at = |t: usize| oc.lr_at_step(t / 10 + 1, t % 10, 10);
+        for (t, want) in [
+            (0, 0.0003999999999999993),
+            (14, 0.004940133238789995),
+            (29, 0.01),
+            (50, 0.00793893450575732),
+            (99, 4e-08),
+        ] {
+            assert!(
+                (at(t) - want).abs() < 1e-12 * want.max(1e-3),
+                "step {t}: {} vs {want}",
+                at(t)
+            );
+        }
+        for t in 1..30 {
+            assert!(at(t) > at(t - 1), "warm-up rises at {t}");
+        }
+        for t in 30..100 {
+            assert!(at(t) < at(t - 1), "decay falls at {t}");
+        }
     }
 
     #[test]

@@ -8,14 +8,16 @@
 
 mod eval;
 mod features;
+mod finetune;
 mod fit;
 mod model;
 
 pub use eval::{evaluate_run, sweep, validate_sweep, Evaluation, SweepRow};
 pub use features::{
     cache_key, carve_validation, extract, prepare_features, preview_indices, split_features,
-    FeatureOptions, Features, SplitInfo, PREVIEW_IMAGES,
+    stratified_holdout, FeatureOptions, Features, SplitInfo, PREVIEW_IMAGES,
 };
+pub use finetune::{augment_image, fit_finetune, FineTuneNet, PixelSplit, VGG16_CONVS};
 pub use fit::{
     adam_step, evaluate, fit_head, optimizer_state_spec, sgd_step, Best, Checkpoint, FitResult,
     HeadHyper, Optimizer, Schedule,
@@ -26,7 +28,7 @@ use crate::arch::Arch;
 use crate::error::{Error, Result};
 use crate::run::{self, EpochMetrics, PredictionItem, Predictions, RunConfig};
 use crate::util::write_json_atomic;
-use crate::weights::{load_safetensors, save_safetensors, NamedTensor, FINGERPRINT_KEY};
+use crate::weights::{load_base, load_safetensors, save_safetensors, NamedTensor, FINGERPRINT_KEY};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -96,6 +98,16 @@ pub struct TrainOptions {
     pub hyper: HeadHyper,
     /// Fraction of the training images held out for validation (0 = validate on the test split).
     pub val_split: f64,
+    /// Conv layers of the base to fine-tune, counted from the last (0 = frozen base, cached features).
+    pub unfreeze: usize,
+    /// Random flip and pad-and-crop of training images (only with `unfreeze`).
+    pub augment: bool,
+    /// With `unfreeze`: epochs of head-only training on cached frozen-base features first, so that
+    /// the randomly initialised head does not wreck the pre-trained convs with huge early gradients
+    /// (the Keras fine-tuning advice).
+    pub head_epochs: usize,
+    /// Learning rate of the head warm-up.
+    pub head_lr: f64,
     /// Device.
     pub device: TrainDevice,
     /// Batch size of feature extraction through the frozen base.
@@ -160,12 +172,16 @@ fn save_checkpoint(dir: &Path, ck: &Checkpoint, fingerprint: &str) -> Result<()>
     save_safetensors(&dir.join(run::CHECKPOINT_FILE), &tensors, meta)
 }
 
-fn load_checkpoint(dir: &Path, arch: &Arch, optimizer: Optimizer) -> Result<Option<Checkpoint>> {
+fn load_checkpoint(
+    dir: &Path,
+    trainable: &[(String, Vec<usize>)],
+    optimizer: Optimizer,
+) -> Result<Option<Checkpoint>> {
     let path = dir.join(run::CHECKPOINT_FILE);
     if !path.exists() {
         return Ok(None);
     }
-    let head = arch.head_params();
+    let head = trainable.to_vec();
     let state = optimizer_state_spec(optimizer, &head);
     let n_state = state.len();
     let mut spec = head.clone();
@@ -227,6 +243,7 @@ pub fn describe_config(c: &RunConfig, device: Device) -> String {
         Schedule::Constant => String::new(),
         Schedule::Cosine => ", cosine schedule".into(),
         Schedule::Step => format!(", lr /10 every {} epochs", c.lr_step_epochs),
+        Schedule::OneCycle => ", one-cycle schedule".into(),
     };
     let val = if c.val_split > 0.0 {
         format!("validation {:.0}% of train", c.val_split * 100.0)
@@ -238,9 +255,18 @@ pub fn describe_config(c: &RunConfig, device: Device) -> String {
         .map(|p| format!(", early stopping (patience {p})"))
         .unwrap_or_default();
     let best = if c.restore_best { ", restore best" } else { "" };
+    let model = if c.unfreeze > 0 {
+        format!(
+            "VGG16 with its last {} conv layers fine-tuned + dense head{}",
+            c.unfreeze,
+            if c.augment { ", augmented images" } else { "" }
+        )
+    } else {
+        "VGG16 frozen base + dense head".to_string()
+    };
     format!(
-        "pipe train: data {}, {} train / {} test images (0 = all), {val}, input {}x{}; VGG16 frozen base + \
-         dense head on {}; {opt} weight decay {}{schedule}, batch {}, {} epochs{stop}{best}, seed {}",
+        "pipe train: data {}, {} train / {} test images (0 = all), {val}, input {}x{}; {model} \
+         on {}; {opt} weight decay {}{schedule}, batch {}, {} epochs{stop}{best}, seed {}",
         c.data.display(),
         c.train_limit,
         c.test_limit,
@@ -263,7 +289,8 @@ pub fn describe_config(c: &RunConfig, device: Device) -> String {
 fn write_figures(
     run_dir: &Path,
     config: &RunConfig,
-    features: &Features,
+    preview: &[(usize, Vec<u8>)],
+    preview_size: usize,
     history: &[EpochMetrics],
     predictions: &Predictions,
 ) -> Result<()> {
@@ -290,15 +317,14 @@ fn write_figures(
         .iter()
         .map(|it| crate::infer::argmax(&it.probabilities))
         .collect();
-    let tiles: Vec<plot::PredictionTile> = features
-        .test_preview
+    let tiles: Vec<plot::PredictionTile> = preview
         .iter()
         .filter_map(|(i, px)| {
             let item = predictions.items.get(*i)?;
             let p = *predicted.get(*i)?;
             Some(plot::PredictionTile {
                 pixels: px.clone(),
-                size: features.preview_size,
+                size: preview_size,
                 label: item.label,
                 predicted: p,
                 probability: item.probabilities.get(p).copied().unwrap_or(0.0),
@@ -389,6 +415,19 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         run::check_new_run(&opts.runs_dir, &name)?;
         validate_hyper(&opts.hyper)?;
         validate_input_size(opts.input_size)?;
+        if opts.unfreeze > VGG16_CONVS {
+            return Err(Error::Usage(format!(
+                "--unfreeze must be between 0 and {VGG16_CONVS} (conv layers of VGG16), got {}",
+                opts.unfreeze
+            )));
+        }
+        if opts.augment && opts.unfreeze == 0 {
+            return Err(Error::Usage(
+                "--augment needs --unfreeze N: with a frozen base the features are extracted once and \
+                 cached, so augmented images would never be seen"
+                    .into(),
+            ));
+        }
         if opts.val_split != 0.0 && !(opts.val_split > 0.0 && opts.val_split < 1.0) {
             return Err(Error::Usage(format!(
                 "--val-split must be between 0 and 1 (exclusive), got {}",
@@ -419,6 +458,14 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
             restore_best: h.restore_best,
             val_split: opts.val_split,
             val_images: 0,
+            unfreeze: opts.unfreeze,
+            augment: opts.augment,
+            head_epochs: if opts.unfreeze > 0 {
+                opts.head_epochs
+            } else {
+                0
+            },
+            head_lr: opts.head_lr,
             lr: h.lr,
             momentum: h.momentum,
             weight_decay: h.weight_decay,
@@ -446,6 +493,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         ));
     }
     eprintln!("{}", describe_config(&config, device));
+    if config.unfreeze > 0 {
+        return finetune_run(opts, config, hyper, run_dir, device, t0);
+    }
     let features = prepare_features(
         &FeatureOptions {
             data: config.data.clone(),
@@ -510,7 +560,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     };
     let arch = Arch::vgg16_transfer(config.input_size, config.classes.len());
     let resume_from = if opts.resume {
-        load_checkpoint(&run_dir, &arch, hyper.optimizer)?
+        load_checkpoint(&run_dir, &arch.head_params(), hyper.optimizer)?
     } else {
         None
     };
@@ -519,45 +569,94 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     }
     let fp = features.fingerprint.clone();
     let fit = fit_head(&features, &arch, &hyper, device, resume_from, true, |ck| {
-        save_checkpoint(&run_dir, ck, &fp)?;
-        match opts.interrupt_after {
-            Some(n) if ck.epoch >= n => Err(Error::Usage(format!(
-                "interrupted after epoch {} as asked; continue with `{}`",
-                ck.epoch,
-                run::resume_command(&opts.runs_dir, &config.name)
-            ))),
-            _ => Ok(()),
-        }
+        epoch_done(opts, &run_dir, &config, ck, &fp)
     })
-        .map_err(|e| match e {
-            Error::Diverged { epoch, step, loss } => {
-                let kept = if epoch > 1 {
-                    format!("the last good state (epoch {}) is kept in {}", epoch - 1, run_dir.join(run::CHECKPOINT_FILE).display())
-                } else {
-                    "no epoch finished, so there is no checkpoint".to_string()
-                };
-                Error::Usage(format!(
-                    "training diverged at epoch {epoch} (step {step}): the loss is {loss}; {kept}. Lower --lr (now {}) and train again",
-                    hyper.lr
-                ))
-            }
-            other => other,
-        })?;
+    .map_err(|e| explain_divergence(e, &run_dir, hyper.lr))?;
+    finish_run(
+        opts,
+        &run_dir,
+        &config,
+        fit,
+        &features.test,
+        &features.test_preview,
+        features.preview_size,
+        &features.fingerprint,
+        t0,
+    )
+}
+
+/// After each epoch: writes the checkpoint, and stops as asked by `--interrupt-after-epoch`.
+fn epoch_done(
+    opts: &TrainOptions,
+    run_dir: &Path,
+    config: &RunConfig,
+    ck: &Checkpoint,
+    fingerprint: &str,
+) -> Result<()> {
+    save_checkpoint(run_dir, ck, fingerprint)?;
+    match opts.interrupt_after {
+        Some(n) if ck.epoch >= n => Err(Error::Usage(format!(
+            "interrupted after epoch {} as asked; continue with `{}`",
+            ck.epoch,
+            run::resume_command(&opts.runs_dir, &config.name)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Turns [`Error::Diverged`] into a message that says what was kept and what to do.
+fn explain_divergence(e: Error, run_dir: &Path, lr: f64) -> Error {
+    match e {
+        Error::Diverged { epoch, step, loss } => {
+            let kept = if epoch > 1 {
+                format!(
+                    "the last good state (epoch {}) is kept in {}",
+                    epoch - 1,
+                    run_dir.join(run::CHECKPOINT_FILE).display()
+                )
+            } else {
+                "no epoch finished, so there is no checkpoint".to_string()
+            };
+            Error::Usage(format!(
+                "training diverged at epoch {epoch} (step {step}): the loss is {loss}; {kept}. \
+                 Lower --lr (now {lr}) and train again"
+            ))
+        }
+        other => other,
+    }
+}
+
+/// Writes the outputs of a finished run: head (and best epoch) weights, history, tch's test
+/// predictions, figures; then points `latest` at the run.
+///
+/// # Errors
+/// Unwritable run folder; libtorch errors.
+#[allow(clippy::too_many_arguments)]
+fn finish_run(
+    opts: &TrainOptions,
+    run_dir: &Path,
+    config: &RunConfig,
+    fit: FitResult,
+    test: &SplitInfo,
+    preview: &[(usize, Vec<u8>)],
+    preview_size: usize,
+    fingerprint: &str,
+    t0: Instant,
+) -> Result<TrainOutcome> {
     let chance = 1.0 / config.classes.len() as f64;
     if fit.test_accuracy <= 1.5 * chance {
         eprintln!(
-            "warning: test accuracy {:.3} is at chance level ({chance:.3}); the run has not learned (learning rate too high or too low?)",
+            "warning: test accuracy {:.3} is at chance level ({chance:.3}); the run has not learned \
+             (learning rate too high or too low?)",
             fit.test_accuracy
         );
     }
-
     let probs = fit.test_logits.f_softmax(-1, Kind::Float)?;
     let probs = from_tch("probabilities", &probs)?.data;
-    let items = features
-        .test
+    let items = test
         .names
         .iter()
-        .zip(&features.test.labels)
+        .zip(&test.labels)
         .zip(probs.chunks_exact(config.classes.len()))
         .map(|((file, &label), p)| PredictionItem {
             file: file.clone(),
@@ -566,21 +665,21 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         })
         .collect();
     let predictions = Predictions {
-        data_root: features.test.root.clone(),
+        data_root: test.root.clone(),
         classes: config.classes.clone(),
         items,
     };
     save_safetensors(
         &run_dir.join(run::HEAD_FILE),
         &fit.params,
-        HashMap::from([(FINGERPRINT_KEY.to_string(), features.fingerprint.clone())]),
+        HashMap::from([(FINGERPRINT_KEY.to_string(), fingerprint.to_string())]),
     )?;
     if let Some(b) = &fit.best {
         save_safetensors(
             &run_dir.join(run::BEST_FILE),
             &b.params,
             HashMap::from([
-                (FINGERPRINT_KEY.to_string(), features.fingerprint.clone()),
+                (FINGERPRINT_KEY.to_string(), fingerprint.to_string()),
                 ("epoch".to_string(), b.epoch.to_string()),
                 ("val_loss".to_string(), b.val_loss.to_string()),
             ]),
@@ -588,7 +687,14 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     }
     write_json_atomic(&run_dir.join(run::HISTORY_FILE), &fit.history)?;
     write_json_atomic(&run_dir.join(run::PREDICTIONS_FILE), &predictions)?;
-    write_figures(&run_dir, &config, &features, &fit.history, &predictions)?;
+    write_figures(
+        run_dir,
+        config,
+        preview,
+        preview_size,
+        &fit.history,
+        &predictions,
+    )?;
     run::set_latest(&opts.runs_dir, &config.name)?;
     eprintln!(
         "run written to {} in {:.1} s",
@@ -596,9 +702,208 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         t0.elapsed().as_secs_f64()
     );
     Ok(TrainOutcome {
-        run_dir,
+        run_dir: run_dir.to_path_buf(),
         history: fit.history,
         test_loss: fit.test_loss,
         test_accuracy: fit.test_accuracy,
     })
+}
+
+/// Trains the head alone for `config.head_epochs` epochs on frozen-base features (from the feature
+/// cache when present), with the run's optimizer at a constant rate, and returns its parameters.
+///
+/// # Errors
+/// As [`prepare_features`] and [`fit_head`].
+fn warm_up_head(
+    opts: &TrainOptions,
+    config: &RunConfig,
+    hyper: &HeadHyper,
+    device: Device,
+) -> Result<Vec<NamedTensor>> {
+    eprintln!(
+        "head warm-up: {} epochs of the head alone on frozen-base features (--head-epochs), lr {}",
+        config.head_epochs, config.head_lr
+    );
+    let features = prepare_features(
+        &FeatureOptions {
+            data: config.data.clone(),
+            weights: config.weights.clone(),
+            train_limit: config.train_limit,
+            test_limit: config.test_limit,
+            input_size: config.input_size,
+            batch_size: opts.extract_batch_size,
+            cache_dir: opts.cache_dir.clone(),
+            allow_unverified: opts.allow_unverified,
+            progress: opts.progress,
+        },
+        device,
+    )?;
+    let features = if config.val_split > 0.0 {
+        carve_validation(features, config.val_split, config.seed)?
+    } else {
+        features
+    };
+    let arch = Arch::vgg16_transfer(config.input_size, features.classes.len());
+    let hp = HeadHyper {
+        epochs: config.head_epochs,
+        lr: config.head_lr,
+        schedule: Schedule::Constant,
+        patience: None,
+        restore_best: false,
+        ..hyper.clone()
+    };
+    let fit = fit_head(&features, &arch, &hp, device, None, true, |_| Ok(()))?;
+    Ok(fit.params)
+}
+
+/// The `--unfreeze N` path of [`train`]: decoded images instead of cached features, the last N convs
+/// trained with the head; the tuned base is written to `base.safetensors` in the run folder (export and
+/// evaluate use it).
+fn finetune_run(
+    opts: &TrainOptions,
+    config: RunConfig,
+    hyper: HeadHyper,
+    run_dir: PathBuf,
+    device: Device,
+    t0: Instant,
+) -> Result<TrainOutcome> {
+    use crate::data::{DataSource, LoadedSplit, Split};
+    let source = DataSource::detect(&config.data)?;
+    let train_all = source.load(Split::Train, config.train_limit, config.input_size)?;
+    let test = source.load(Split::Test, config.test_limit, config.input_size)?;
+    if train_all.classes != test.classes {
+        return Err(Error::invalid(
+            &config.data,
+            format!(
+                "class folders differ between train {:?} and test {:?}",
+                train_all.classes, test.classes
+            ),
+        ));
+    }
+    let classes = train_all.classes.clone();
+    let arch = Arch::vgg16_transfer(config.input_size, classes.len());
+    let (weights, fingerprint) = load_base(&config.weights, &arch, opts.allow_unverified)?;
+    if opts.resume && config.weights_fingerprint != fingerprint {
+        return Err(Error::invalid(
+            &config.weights,
+            "base weights changed since the run started; cannot resume",
+        ));
+    }
+    let subset = |idx: &[usize]| -> LoadedSplit {
+        let per = train_all.size * train_all.size * 3;
+        LoadedSplit {
+            classes: classes.clone(),
+            root: train_all.root.clone(),
+            names: idx.iter().map(|&i| train_all.names[i].clone()).collect(),
+            labels: idx.iter().map(|&i| train_all.labels[i]).collect(),
+            pixels: idx
+                .iter()
+                .flat_map(|&i| train_all.pixels[i * per..(i + 1) * per].iter().copied())
+                .collect(),
+            size: train_all.size,
+        }
+    };
+    let (train_split, val_split) = if config.val_split > 0.0 {
+        let (t, v) = stratified_holdout(
+            &train_all.labels,
+            classes.len(),
+            config.val_split,
+            config.seed,
+        )?;
+        eprintln!(
+            "validation: {} of the training images held out (--val-split {}); the test split is used only at the end",
+            v.len(),
+            config.val_split
+        );
+        (subset(&t), Some(subset(&v)))
+    } else {
+        (train_all.clone(), None)
+    };
+    let config = RunConfig {
+        weights_fingerprint: fingerprint.clone(),
+        classes: classes.clone(),
+        train_images: train_split.len(),
+        val_images: val_split.as_ref().map_or(0, |v| v.len()),
+        test_images: test.len(),
+        ..config
+    };
+    let run_dir = if opts.resume {
+        run_dir
+    } else {
+        let dir = run::new_run_dir(&opts.runs_dir, &config.name)?;
+        write_json_atomic(&dir.join(run::CONFIG_FILE), &config)?;
+        dir
+    };
+    let mut trainable: Vec<(String, Vec<usize>)> = arch.base_params();
+    trainable = trainable.split_off(trainable.len() - 2 * config.unfreeze);
+    trainable.extend(arch.head_params());
+    let resume_from = if opts.resume {
+        load_checkpoint(&run_dir, &trainable, hyper.optimizer)?
+    } else {
+        None
+    };
+    if let Some(c) = &resume_from {
+        eprintln!("continuing after epoch {} of {}", c.epoch, hyper.epochs);
+    }
+    eprintln!(
+        "fine-tuning the last {} conv layers and the head on {} images per epoch{}",
+        config.unfreeze,
+        train_split.len(),
+        if config.augment {
+            ", with random flips and 4-pixel crops"
+        } else {
+            ""
+        }
+    );
+    let init_head = if config.head_epochs > 0 && resume_from.is_none() {
+        Some(warm_up_head(opts, &config, &hyper, device)?)
+    } else {
+        None
+    };
+    let val = val_split.as_ref().unwrap_or(&test);
+    let result = fit_finetune(
+        &(&train_split).into(),
+        &val.into(),
+        &(&test).into(),
+        &arch,
+        &weights,
+        config.unfreeze,
+        config.augment,
+        &hyper,
+        device,
+        resume_from,
+        init_head.as_deref(),
+        opts.progress,
+        |ck| epoch_done(opts, &run_dir, &config, ck, &fingerprint),
+    )
+    .map_err(|e| explain_divergence(e, &run_dir, hyper.lr))?;
+    save_safetensors(
+        &run_dir.join(run::BASE_FILE),
+        &result.base,
+        HashMap::from([(FINGERPRINT_KEY.to_string(), fingerprint.clone())]),
+    )?;
+    let preview: Vec<(usize, Vec<u8>)> =
+        preview_indices(&test.labels, classes.len(), PREVIEW_IMAGES)
+            .into_iter()
+            .map(|i| {
+                let per = test.size * test.size * 3;
+                (i, test.pixels[i * per..(i + 1) * per].to_vec())
+            })
+            .collect();
+    let info = SplitInfo {
+        root: test.root.clone(),
+        names: test.names.clone(),
+        labels: test.labels.clone(),
+    };
+    finish_run(
+        opts,
+        &run_dir,
+        &config,
+        result.fit,
+        &info,
+        &preview,
+        test.size,
+        &fingerprint,
+        t0,
+    )
 }
