@@ -762,6 +762,12 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
         .collect();
     let correct = labelled.iter().filter(|(_, ok)| *ok).count();
     let accuracy = (!labelled.is_empty()).then(|| correct as f64 / labelled.len() as f64);
+    // Images in class folders: truth from the folder name, for the confusion summary.
+    let (truth, predicted): (Vec<usize>, Vec<usize>) = preds
+        .iter()
+        .filter_map(|p| infer::folder_label(&p.path, &info.classes).map(|l| (l, p.class_index)))
+        .unzip();
+    let report = pipe::report::ClassReport::new(&info.classes, &truth, &predicted);
     let k = a.top_k.clamp(1, info.classes.len());
     let mut buf: Vec<u8> = Vec::new();
     match a.format {
@@ -819,6 +825,7 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
                 "labelled": labelled.len(),
                 "correct": correct,
                 "accuracy": accuracy,
+                "confusion": (!labelled.is_empty()).then_some(&report.confusion),
                 "seconds": secs,
             });
             serde_json::to_writer(&mut buf, &doc)?;
@@ -828,8 +835,9 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
     if let Some(acc) = accuracy {
         // On stderr, so that stdout stays one record per image.
         eprintln!(
-            "accuracy {acc:.4} ({correct}/{} images in class folders)",
-            labelled.len()
+            "accuracy {acc:.4} ({correct}/{} images in class folders)\n{}",
+            labelled.len(),
+            report.summary(3)
         );
     }
     match &a.output {

@@ -89,6 +89,48 @@ impl ClassReport {
         }
         s
     }
+
+    /// The `n` largest off-diagonal cells of the confusion matrix as (true class, predicted class,
+    /// count), largest first (ties: lower true, then lower predicted index first); zero cells omitted.
+    pub fn most_confused(&self, n: usize) -> Vec<(usize, usize, usize)> {
+        let mut cells: Vec<(usize, usize, usize)> = self
+            .confusion
+            .iter()
+            .enumerate()
+            .flat_map(|(i, row)| {
+                row.iter()
+                    .enumerate()
+                    .filter(move |&(j, &v)| j != i && v > 0)
+                    .map(move |(j, &v)| (i, j, v))
+            })
+            .collect();
+        cells.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
+        cells.truncate(n);
+        cells
+    }
+
+    /// A short summary for labelled inference: recall of each class that has images, on one line, then
+    /// the most frequent confusions (`true -> predicted: count`).
+    pub fn summary(&self, confusions: usize) -> String {
+        let recalls: Vec<String> = self
+            .classes
+            .iter()
+            .zip(&self.recall)
+            .zip(&self.confusion)
+            .filter(|(_, row)| row.iter().sum::<usize>() > 0)
+            .map(|((c, r), _)| format!("{c} {r:.2}"))
+            .collect();
+        let mut s = format!("recall per class: {}", recalls.join(", "));
+        let top = self.most_confused(confusions);
+        if !top.is_empty() {
+            let pairs: Vec<String> = top
+                .iter()
+                .map(|&(t, p, v)| format!("{} -> {}: {v}", self.classes[t], self.classes[p]))
+                .collect();
+            s += &format!("\nmost confused: {}", pairs.join(", "));
+        }
+        s
+    }
 }
 
 #[cfg(test)]
@@ -113,5 +155,14 @@ mod tests {
             t.contains("confusion matrix") && t.lines().count() == 10,
             "{t}"
         );
+        // Off-diagonal cells: (a, b) = 1 and (b, a) = 1; ties ordered by true class.
+        assert_eq!(r.most_confused(5), vec![(0, 1, 1), (1, 0, 1)]);
+        assert_eq!(r.most_confused(1), vec![(0, 1, 1)]);
+        let sum = r.summary(3);
+        assert!(
+            sum.starts_with("recall per class: a 0.67, b 0.50, c 1.00"),
+            "{sum}"
+        );
+        assert!(sum.contains("most confused: a -> b: 1, b -> a: 1"), "{sum}");
     }
 }
