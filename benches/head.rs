@@ -5,7 +5,7 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use pipe::arch::Arch;
 use pipe::train::{fit_head, Features, HeadHyper, SplitInfo};
 use std::time::Duration;
@@ -54,9 +54,10 @@ fn bench(c: &mut Criterion) {
         ..Default::default()
     };
     let mut g = c.benchmark_group("head");
-    g.sample_size(20)
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(20)
         .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(8))
+        .measurement_time(Duration::from_secs(6))
         .throughput(Throughput::Elements(TRAIN as u64));
     g.bench_function("epoch_5000x512_batch128", |b| {
         b.iter(|| {

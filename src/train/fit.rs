@@ -420,6 +420,11 @@ pub fn fit_head(
     mut on_epoch: impl FnMut(&Checkpoint) -> Result<()>,
 ) -> Result<FitResult> {
     super::validate_hyper(hp)?;
+    // The head's matrices are small, so a second libtorch thread gains little, and on a busy machine
+    // OpenMP threads wait for each other at every tiny op: here, with other work on the 2 cores, one
+    // thread ran an epoch in 0.15 s against 0.75-4 s with two (`cargo bench --bench head`), and the
+    // 5x15 sweep took 17 s instead of 97-206 s. Restored when training ends.
+    let _threads = super::model::IntraOpThreads::set(1);
     let train_x = f.train_x.f_to_device(device)?;
     let train_y = labels(&f.train.labels, device)?;
     let ((val_x, val_y), (test_x, test_y)) = eval_sets(f, device)?;

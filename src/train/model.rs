@@ -47,6 +47,25 @@ pub fn from_tch(name: &str, t: &Tensor) -> Result<NamedTensor> {
     })
 }
 
+/// Sets libtorch's intra-op thread count (`tch::set_num_threads`) until dropped, then restores the
+/// previous count.
+pub struct IntraOpThreads(i32);
+
+impl IntraOpThreads {
+    /// Switches to `n` threads.
+    pub fn set(n: i32) -> Self {
+        let previous = tch::get_num_threads();
+        tch::set_num_threads(n);
+        IntraOpThreads(previous)
+    }
+}
+
+impl Drop for IntraOpThreads {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.0);
+    }
+}
+
 /// `t` (4-D, logical NCHW / OIHW) copied to the channels-last memory layout (strides of NHWC),
 /// keeping its logical shape: libtorch's `contiguous(memory_format=channels_last)`, which tch does
 /// not expose, written as permute → contiguous → permute back.
