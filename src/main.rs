@@ -287,6 +287,11 @@ struct ExportArgs {
     /// Output logits instead of softmax probabilities.
     #[arg(long)]
     logits: bool,
+    /// Store the weights as float16 (about half the file size; computation stays float32). The
+    /// verification tolerance becomes |Δp| <= 1e-2, and a label may differ from tch's only where tch's
+    /// two most probable classes are within 1e-2 (a near-tie).
+    #[arg(long)]
+    fp16: bool,
     /// Before the file is put in place, run it with tract on this many of the run's test images and
     /// compare with the probabilities tch computed at training (0 = skip). A mismatch (an argmax
     /// differs or |Δp| > 1e-4) fails the export and leaves no file.
@@ -637,7 +642,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         None => a.output.clone(),
     };
     pipe::util::check_output_path(&output, true)?;
-    let s = pipe::export::export_run(&run_dir, &output, a.opset, kind, a.verify_images)?;
+    let s = pipe::export::export_run(&run_dir, &output, a.opset, kind, a.verify_images, a.fp16)?;
     if let Some(dir) = &a.triton {
         let model_dir = dir.join(&a.triton_name);
         let info = ModelInfo::read(&output)?;
@@ -653,7 +658,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
             v.backend,
             v.images,
             v.max_abs_diff,
-            pipe::export::VERIFY_TOLERANCE
+            v.tolerance
         );
     }
     println!(

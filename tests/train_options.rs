@@ -175,6 +175,27 @@ fn adam_cosine_val_split_early_stopping_and_resume() {
     let onnx = tmp.path().join("a.onnx");
     let (out, _) = ok(&["export", s(&onnx), "--run", "a", "--runs-dir", s(&runs)]);
     assert!(out.contains("verified with tract"), "{out}");
+    // float16 weights: about half the file, verified within the looser stated tolerance.
+    let half = tmp.path().join("a16.onnx");
+    let (out, _) = ok(&[
+        "export",
+        s(&half),
+        "--run",
+        "a",
+        "--runs-dir",
+        s(&runs),
+        "--fp16",
+    ]);
+    assert!(out.contains("(tolerance 1e-2)"), "{out}");
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        size(&half) * 100 < size(&onnx) * 51,
+        "{} vs {}",
+        size(&half),
+        size(&onnx)
+    );
+    let (out, _) = ok(&["inspect", s(&half)]);
+    assert!(out.contains("float16"), "{out}");
 }
 
 #[test]
