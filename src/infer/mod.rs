@@ -102,7 +102,7 @@ pub fn open_backend(model: &Path, opts: &BackendOptions) -> Result<Box<dyn Backe
             }
             #[cfg(not(feature = "ort"))]
             {
-                let _ = threads;
+                let _ = (model, threads);
                 Err(Error::Usage(
                     "this pipe was built without the `ort` feature".into(),
                 ))
