@@ -375,3 +375,92 @@ fn weights_import_refuses_a_wrong_fingerprint() {
     );
     assert!(!tmp.path().join("runs/latest").exists());
 }
+
+/// The whole CIFAR-10 test set (10,000 images): a run evaluated on all of them, exported, then
+/// classified from the image files by tract and by ONNX Runtime. Both backends give every image the
+/// same label as each other and as tch, and stay within 1e-4 of tch's probabilities.
+#[test]
+fn full_test_set_tract_and_ort_agree_with_tch() {
+    let (data, weights) = require_setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    ok(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--train-limit",
+        "500",
+        "--test-limit",
+        "0",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--cache-dir",
+        tmp.path().join("cache").to_str().unwrap(),
+        "--name",
+        "full",
+    ]);
+    let preds: Value =
+        serde_json::from_slice(&std::fs::read(runs.join("full/predictions.json")).unwrap())
+            .unwrap();
+    let root_dir = PathBuf::from(preds["data_root"].as_str().unwrap());
+    let tch: std::collections::HashMap<PathBuf, Vec<f32>> = preds["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|it| {
+            let p = it["probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            (root_dir.join(it["file"].as_str().unwrap()), p)
+        })
+        .collect();
+    assert_eq!(tch.len(), 10_000);
+    let model = tmp.path().join("full.onnx");
+    ok(&[
+        "export",
+        model.to_str().unwrap(),
+        "--run",
+        "full",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+    ]);
+    let test_dir = data.join("test").to_str().unwrap().to_string();
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+            .0
+    };
+    let mut labels: Vec<Vec<(String, usize)>> = Vec::new();
+    for backend in ["tract", "ort"] {
+        let out = infer_json(backend, &model, std::slice::from_ref(&test_dir));
+        assert_eq!(out.len(), 10_000, "{backend}");
+        let mut worst = 0f32;
+        for (path, label, probs) in &out {
+            let want = tch
+                .get(&PathBuf::from(path))
+                .unwrap_or_else(|| panic!("{path} not in predictions.json"));
+            assert_eq!(*label, argmax(want), "{backend}: {path}");
+            for (a, b) in probs.iter().zip(want) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        assert!(worst <= 1e-4, "{backend}: max |Δp| {worst:e}");
+        eprintln!("{backend}: 10,000 images, same labels as tch, max |Δp| {worst:e}");
+        let mut l: Vec<(String, usize)> = out.into_iter().map(|(p, l, _)| (p, l)).collect();
+        l.sort();
+        labels.push(l);
+    }
+    assert_eq!(labels[0], labels[1], "tract and ort labels differ");
+}
