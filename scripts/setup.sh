@@ -16,14 +16,40 @@ TEST_SHA256=4c27658399511fbb58d58ec896b3f94b6c22572b29aac44028111fc9da77a4d9
 
 step() { printf '\n== %s\n' "$*"; }
 
-# 1. Virtualenv with torch (libtorch for tch) and onnxruntime (libonnxruntime for ort).
-step "Python virtualenv (.venv): $(grep -v '^#' requirements.txt | tr '\n' ' ')"
-req_hash=$(sha256sum requirements.txt | cut -d' ' -f1)
+# 1. Virtualenv with torch (libtorch for tch) and onnxruntime (libonnxruntime for ort). With an NVIDIA
+#    driver on the machine, onnxruntime-gpu (same version, same libonnxruntime.so path, plus the CUDA
+#    execution provider) replaces onnxruntime; PIPE_ORT=cpu or PIPE_ORT=gpu overrides the detection.
+ORT_FLAVOUR=${PIPE_ORT:-auto}
+if [ "$ORT_FLAVOUR" = auto ]; then
+  if [ -e /proc/driver/nvidia/version ] || nvidia-smi -L >/dev/null 2>&1; then
+    ORT_FLAVOUR=gpu
+  else
+    ORT_FLAVOUR=cpu
+  fi
+fi
+case "$ORT_FLAVOUR" in
+  cpu) REQUIREMENTS=requirements.txt ;;
+  gpu)
+    ORT_VERSION=$(sed -n 's/^onnxruntime==//p' requirements.txt)
+    mkdir -p target
+    REQUIREMENTS=target/requirements-gpu.txt
+    sed "s/^onnxruntime==.*/onnxruntime-gpu==$ORT_VERSION/" requirements.txt > "$REQUIREMENTS"
+    ;;
+  *) echo "PIPE_ORT must be cpu, gpu or auto, not '$ORT_FLAVOUR'" >&2; exit 1 ;;
+esac
+step "Python virtualenv (.venv, onnxruntime for $ORT_FLAVOUR): $(grep -v '^#' "$REQUIREMENTS" | tr '\n' ' ')"
+req_hash=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
 if [ -f .venv/.pipe-requirements ] && [ "$(cat .venv/.pipe-requirements)" = "$req_hash" ]; then
   echo "up to date"
 else
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/pip install --disable-pip-version-check --progress-bar off -r requirements.txt
+  # onnxruntime and onnxruntime-gpu install the same module: remove the other flavour first.
+  if [ "$ORT_FLAVOUR" = gpu ]; then
+    .venv/bin/pip uninstall --disable-pip-version-check -y onnxruntime >/dev/null 2>&1 || true
+  else
+    .venv/bin/pip uninstall --disable-pip-version-check -y onnxruntime-gpu >/dev/null 2>&1 || true
+  fi
+  .venv/bin/pip install --disable-pip-version-check --progress-bar off -r "$REQUIREMENTS"
   echo "$req_hash" > .venv/.pipe-requirements
 fi
 export PATH="$ROOT/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1
