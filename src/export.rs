@@ -638,6 +638,7 @@ pub fn export_run(
             fp16_weights,
         },
     )?;
+    #[cfg_attr(not(feature = "tract"), allow(unused_mut))]
     let mut verification = None;
     write_model_checked(output, &model, |tmp| {
         #[cfg(feature = "tract")]
