@@ -464,3 +464,86 @@ fn full_test_set_tract_and_ort_agree_with_tch() {
     }
     assert_eq!(labels[0], labels[1], "tract and ort labels differ");
 }
+
+/// `infer --backend ort --device cuda` (the CUDA execution provider of the onnxruntime-gpu wheel that
+/// `make setup` installs on machines with an NVIDIA driver) gives the CPU's labels and probabilities
+/// within 1e-4. Machines without an NVIDIA driver (CI) skip it with the reason printed.
+#[test]
+fn ort_cuda_matches_cpu_when_a_gpu_is_present() {
+    if !Path::new("/proc/driver/nvidia/version").exists() {
+        eprintln!("skipped: no NVIDIA driver (/proc/driver/nvidia/version is absent); run on a GPU machine");
+        return;
+    }
+    let (data, weights) = require_setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    ok(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--train-limit",
+        "200",
+        "--test-limit",
+        "50",
+        "--epochs",
+        "1",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--no-cache",
+        "--name",
+        "gpu",
+    ]);
+    let model = tmp.path().join("gpu.onnx");
+    ok(&[
+        "export",
+        model.to_str().unwrap(),
+        "--run",
+        "gpu",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+    ]);
+    let dir = data.join("test/cat").to_str().unwrap().to_string();
+    let run = |device: &str| -> Vec<(String, usize, Vec<f32>)> {
+        let (out, err) = ok(&[
+            "infer",
+            "--backend",
+            "ort",
+            "--device",
+            device,
+            "--format",
+            "json",
+            "--model",
+            model.to_str().unwrap(),
+            &dir,
+        ]);
+        eprintln!("{err}");
+        let doc: Value = serde_json::from_str(&out).unwrap();
+        doc["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["path"].as_str().unwrap().to_string(),
+                    p["class_index"].as_u64().unwrap() as usize,
+                    p["probabilities"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap() as f32)
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let (cpu, gpu) = (run("cpu"), run("cuda"));
+    assert_eq!(cpu.len(), gpu.len());
+    for (c, g) in cpu.iter().zip(&gpu) {
+        assert_eq!((&c.0, c.1), (&g.0, g.1));
+        for (a, b) in c.2.iter().zip(&g.2) {
+            assert!((a - b).abs() <= 1e-4, "{}: {a} vs {b}", c.0);
+        }
+    }
+}

@@ -351,3 +351,66 @@ fn unfreeze_fine_tunes_the_last_convs_exports_and_resumes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--unfreeze must be between 0 and 13"));
     assert!(!runs.join("x").exists() && !runs.join("y").exists());
 }
+
+/// `--device cuda`: trains on the GPU and the export still verifies against tch's (GPU) probabilities.
+/// Machines without CUDA (CI) skip it with the reason printed.
+#[test]
+fn cuda_training_when_a_gpu_is_present() {
+    if !tch::Cuda::is_available() {
+        eprintln!(
+            "skipped: libtorch sees no CUDA device (device count {}, CUDA build {}); run on a GPU machine",
+            tch::Cuda::device_count(),
+            tch::utils::has_cuda()
+        );
+        return;
+    }
+    let w = weights();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar-10-batches-bin");
+    write_binary_release(&data, 40);
+    let runs = tmp.path().join("runs");
+    let mut results = Vec::new();
+    for device in ["cpu", "cuda"] {
+        let (_, err) = ok(&[
+            "train",
+            "--data",
+            s(&data),
+            "--weights",
+            &w,
+            "--train-limit",
+            "150",
+            "--test-limit",
+            "40",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--device",
+            device,
+            "--runs-dir",
+            s(&runs),
+            "--no-cache",
+            "--name",
+            device,
+        ]);
+        assert!(
+            err.contains(if device == "cuda" {
+                "on cuda:0"
+            } else {
+                "on cpu"
+            }),
+            "{err}"
+        );
+        let h = read_json(&runs.join(device).join("history.json"));
+        results.push(
+            h.as_array().unwrap().last().unwrap()["val_accuracy"]
+                .as_f64()
+                .unwrap(),
+        );
+    }
+    // Same data and seed; GPU kernels round differently, so the accuracies are close, not equal.
+    assert!((results[0] - results[1]).abs() <= 0.1, "{results:?}");
+    let onnx = tmp.path().join("cuda.onnx");
+    let (out, _) = ok(&["export", s(&onnx), "--run", "cuda", "--runs-dir", s(&runs)]);
+    assert!(out.contains("verified with tract"), "{out}");
+}
