@@ -907,3 +907,51 @@ fn finetune_run(
         t0,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A divergence after the first epoch names the checkpoint of the last good epoch (written at the
+    /// end of every finished epoch, so it holds that epoch's state) and says what to do; in the first
+    /// epoch there is none to keep.
+    #[test]
+    fn divergence_message_names_the_last_good_checkpoint() {
+        let dir = Path::new("/runs/r");
+        let later = explain_divergence(
+            Error::Diverged {
+                epoch: 3,
+                step: 7,
+                loss: f64::NAN,
+            },
+            dir,
+            0.5,
+        )
+        .to_string();
+        assert!(later.contains("diverged at epoch 3 (step 7)"), "{later}");
+        assert!(
+            later.contains(
+                "the last good state (epoch 2) is kept in /runs/r/checkpoint.safetensors"
+            ),
+            "{later}"
+        );
+        assert!(later.contains("Lower --lr (now 0.5)"), "{later}");
+        let first = explain_divergence(
+            Error::Diverged {
+                epoch: 1,
+                step: 1,
+                loss: f64::INFINITY,
+            },
+            dir,
+            1e6,
+        )
+        .to_string();
+        assert!(
+            first.contains("no epoch finished, so there is no checkpoint"),
+            "{first}"
+        );
+        // Other errors pass through unchanged.
+        let other = explain_divergence(Error::Usage("x".into()), dir, 1.0);
+        assert_eq!(other.to_string(), "x");
+    }
+}
