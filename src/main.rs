@@ -25,9 +25,12 @@ struct Cli {
 enum Command {
     /// Fine-tune the dense head on the frozen ImageNet VGG16 base (the Keras transfer-learning recipe).
     ///
-    /// Features of the frozen base are extracted once, then the head (Flatten → Dense 256 ReLU →
-    /// Dropout 0.5 → Dense classes) is trained on them with SGD. Writes models/runs/<name>/ with
-    /// head.safetensors, config.json, history.json and predictions.json, and points models/runs/latest at it.
+    /// Features of the frozen base are extracted once (and cached), then the head (Flatten → Dense 256
+    /// ReLU → Dropout 0.5 → Dense classes) is trained on them with SGD or Adam; with --unfreeze N the
+    /// last N conv layers train too, on decoded images. Writes models/runs/<name>/: config.json,
+    /// checkpoint.safetensors (every epoch), head.safetensors, best.safetensors, base.safetensors (with
+    /// --unfreeze), history.json, predictions.json and the figures accuracy.png, loss.png,
+    /// predictions.png, confusion.png; then points models/runs/latest at it.
     #[cfg(feature = "train")]
     Train(TrainArgs),
     /// Evaluate a trained run on its test split: loss, accuracy, per-class precision and recall,
@@ -90,7 +93,8 @@ struct TrainArgs {
     /// Training images: a deterministic class-balanced subset of this size (0 = all).
     #[arg(long, default_value_t = 5000)]
     train_limit: usize,
-    /// Test images (also the validation set): class-balanced subset of this size (0 = all).
+    /// Test images, class-balanced subset of this size (0 = all); also the validation set unless
+    /// --val-split is given.
     #[arg(long, default_value_t = 1000)]
     test_limit: usize,
     /// Passes over the training set.
@@ -99,7 +103,7 @@ struct TrainArgs {
     /// Mini-batch size for head training.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
-    /// SGD learning rate.
+    /// Learning rate (of SGD or Adam; the peak rate with --schedule onecycle).
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
     /// SGD momentum.
@@ -114,8 +118,9 @@ struct TrainArgs {
     /// Optimizer: sgd (with --momentum) or adam (PyTorch defaults: betas 0.9/0.999, eps 1e-8).
     #[arg(long, value_enum, default_value_t = pipe::train::Optimizer::Sgd)]
     optimizer: pipe::train::Optimizer,
-    /// Learning-rate schedule, stepped per epoch: constant, cosine (anneals to near 0 by the last
-    /// epoch) or step (divides the rate by 10 every --lr-step-epochs).
+    /// Learning-rate schedule: constant, cosine (anneals to near 0 by the last epoch), step (divides
+    /// the rate by 10 every --lr-step-epochs) or onecycle (per batch: warm-up from lr/25 to lr over 30%
+    /// of the steps, then down to lr/250,000).
     #[arg(long, value_enum, default_value_t = pipe::train::Schedule::Constant)]
     schedule: pipe::train::Schedule,
     /// Epochs between two divisions of the rate by 10 with --schedule step.
@@ -455,6 +460,9 @@ fn cmd_train(mut a: TrainArgs, matches: Option<&clap::ArgMatches>) -> Result<()>
 #[cfg(feature = "train")]
 fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let run_dir = pipe::run::resolve_run(&a.runs_dir, &a.run)?;
+    if let Some(png) = &a.confusion_png {
+        pipe::util::check_output_path(png, false)?;
+    }
     let device = pipe::train::resolve_device(a.common.device)?;
     let cache = a.common.cache();
     let ev = pipe::train::evaluate_run(
@@ -703,6 +711,16 @@ fn score_name(info: &ModelInfo) -> &'static str {
 }
 
 fn cmd_infer(a: InferArgs) -> Result<()> {
+    if a.top_k == 0 || a.batch_size == 0 {
+        anyhow::bail!("--top-k and --batch-size must be at least 1");
+    }
+    if !a.model.exists() {
+        anyhow::bail!(
+            "{}: model not found; export one with `pipe export {}` (after `pipe train`; `make demo` does both)",
+            a.model.display(),
+            a.model.display()
+        );
+    }
     let info = ModelInfo::read(&a.model)?;
     if !info.classes_from_metadata {
         eprintln!(

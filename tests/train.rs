@@ -390,4 +390,8 @@ fn diverging_training_stops_with_an_explanation() {
     assert!(err.contains("diverged") && err.contains("--lr"), "{err}");
     assert!(!runs.join("boom/head.safetensors").exists());
     assert!(!runs.join("latest").exists());
+    // It diverged in epoch 1: no checkpoint, so the run folder (only config.json) is removed and a
+    // later `--resume` does not pick it up.
+    assert!(err.contains("the empty run folder was removed"), "{err}");
+    assert!(!runs.join("boom").exists());
 }

@@ -493,6 +493,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         ));
     }
     eprintln!("{}", describe_config(&config, device));
+    if config.val_split == 0.0 && (config.patience.is_some() || config.restore_best) {
+        eprintln!(
+            "warning: without --val-split, --patience and --restore-best choose epochs by the test \
+             split's loss, so the final test accuracy is not a held-out figure; add --val-split 0.1"
+        );
+    }
     if config.unfreeze > 0 {
         return finetune_run(opts, config, hyper, run_dir, device, t0);
     }
@@ -571,7 +577,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     let fit = fit_head(&features, &arch, &hyper, device, resume_from, true, |ck| {
         epoch_done(opts, &run_dir, &config, ck, &fp)
     })
-    .map_err(|e| explain_divergence(e, &run_dir, hyper.lr))?;
+    .map_err(|e| abandon_if_empty(opts, &run_dir, explain_divergence(e, &run_dir, hyper.lr)))?;
     finish_run(
         opts,
         &run_dir,
@@ -602,6 +608,22 @@ fn epoch_done(
         ))),
         _ => Ok(()),
     }
+}
+
+/// When a new run fails before its first checkpoint (e.g. a loss that diverges in epoch 1), removes
+/// its folder, which then holds only `config.json`: left behind, `--resume` would pick it up as the
+/// latest unfinished run and fail the same way. Returns `e`.
+fn abandon_if_empty(opts: &TrainOptions, run_dir: &Path, e: Error) -> Error {
+    if !opts.resume
+        && !run_dir.join(run::CHECKPOINT_FILE).exists()
+        && std::fs::remove_dir_all(run_dir).is_ok()
+    {
+        return match e {
+            Error::Usage(m) => Error::Usage(format!("{m} (the empty run folder was removed)")),
+            other => other,
+        };
+    }
+    e
 }
 
 /// Turns [`Error::Diverged`] into a message that says what was kept and what to do.
@@ -876,7 +898,7 @@ fn finetune_run(
         opts.progress,
         |ck| epoch_done(opts, &run_dir, &config, ck, &fingerprint),
     )
-    .map_err(|e| explain_divergence(e, &run_dir, hyper.lr))?;
+    .map_err(|e| abandon_if_empty(opts, &run_dir, explain_divergence(e, &run_dir, hyper.lr)))?;
     save_safetensors(
         &run_dir.join(run::BASE_FILE),
         &result.base,
