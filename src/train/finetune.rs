@@ -8,7 +8,8 @@
 //! epoch checkpoint ends exactly like an uninterrupted one without replaying earlier epochs.
 
 use super::fit::{
-    cross_entropy, labels, patience_exhausted, Best, Checkpoint, FitResult, HeadHyper, OptState,
+    cross_entropy, labels, optimise_step, patience_exhausted, Best, Checkpoint, FitResult,
+    HeadHyper, OptState,
 };
 use super::model::{from_tch, to_tch, Head};
 use crate::arch::{Arch, BaseLayer};
@@ -378,30 +379,17 @@ pub fn fit_finetune(
                 device,
             )?;
             let logits = net.forward(&x, true)?;
-            let loss = cross_entropy(&logits, &yb)?;
-            let l = loss.f_double_value(&[])?;
-            if !l.is_finite() {
-                pb.finish_and_clear();
-                return Err(Error::Diverged {
-                    epoch,
-                    step: step + 1,
-                    loss: l,
-                });
-            }
-            for (_, p) in &params {
-                let mut p = p.shallow_clone();
-                p.zero_grad();
-            }
-            loss.f_backward()?;
-            let global_step = (epoch as i64 - 1) * steps_per_epoch + step as i64 + 1;
-            let lr = hp.lr_at_step(epoch, step, steps_per_epoch as usize);
-            opt.step(&params, global_step, lr, hp)?;
+            let (l, c) = optimise_step(
+                &logits,
+                &yb,
+                &params,
+                &mut opt,
+                hp,
+                (epoch, step, steps_per_epoch),
+            )
+            .inspect_err(|_| pb.finish_and_clear())?;
             loss_sum += l * chunk.len() as f64;
-            correct += logits
-                .f_argmax(-1, false)?
-                .f_eq_tensor(&yb)?
-                .f_sum(Kind::Int64)?
-                .f_int64_value(&[])?;
+            correct += c;
             pb.inc(chunk.len() as u64);
         }
         pb.finish_and_clear();

@@ -370,6 +370,46 @@ impl OptState {
     }
 }
 
+/// One optimisation step on a batch's training-mode `logits` and labels `y`: the loss (NaN or infinite
+/// stops training with [`Error::Diverged`]), gradients, and an optimizer step at the schedule's rate for
+/// step `step` (from 0) of `epoch` (from 1) with `steps_per_epoch`. Returns the batch's mean loss and
+/// number of correct predictions.
+///
+/// # Errors
+/// [`Error::Diverged`]; libtorch errors.
+pub(crate) fn optimise_step(
+    logits: &Tensor,
+    y: &Tensor,
+    params: &[(String, Tensor)],
+    opt: &mut OptState,
+    hp: &HeadHyper,
+    (epoch, step, steps_per_epoch): (usize, usize, i64),
+) -> Result<(f64, i64)> {
+    let loss = cross_entropy(logits, y)?;
+    let l = loss.f_double_value(&[])?;
+    if !l.is_finite() {
+        return Err(Error::Diverged {
+            epoch,
+            step: step + 1,
+            loss: l,
+        });
+    }
+    for (_, p) in params {
+        let mut p = p.shallow_clone();
+        p.zero_grad();
+    }
+    loss.f_backward()?;
+    let global_step = (epoch as i64 - 1) * steps_per_epoch + step as i64 + 1;
+    let lr = hp.lr_at_step(epoch, step, steps_per_epoch as usize);
+    opt.step(params, global_step, lr, hp)?;
+    let correct = logits
+        .f_argmax(-1, false)?
+        .f_eq_tensor(y)?
+        .f_sum(Kind::Int64)?
+        .f_int64_value(&[])?;
+    Ok((l, correct))
+}
+
 /// Validation and test data of [`fit_head`].
 fn eval_sets(f: &Features, device: Device) -> Result<((Tensor, Tensor), (Tensor, Tensor))> {
     let test = (
@@ -470,29 +510,16 @@ pub fn fit_head(
             let xb = train_x.f_index_select(0, &idx)?;
             let yb = train_y.f_index_select(0, &idx)?;
             let logits = head.forward(&xb, true)?;
-            let loss = cross_entropy(&logits, &yb)?;
-            let l = loss.f_double_value(&[])?;
-            if !l.is_finite() {
-                return Err(Error::Diverged {
-                    epoch,
-                    step: step + 1,
-                    loss: l,
-                });
-            }
-            for (_, p) in &params {
-                let mut p = p.shallow_clone();
-                p.zero_grad();
-            }
-            loss.f_backward()?;
-            let global_step = (epoch as i64 - 1) * steps_per_epoch + step as i64 + 1;
-            let lr = hp.lr_at_step(epoch, step, steps_per_epoch as usize);
-            opt.step(&params, global_step, lr, hp)?;
+            let (l, c) = optimise_step(
+                &logits,
+                &yb,
+                &params,
+                &mut opt,
+                hp,
+                (epoch, step, steps_per_epoch),
+            )?;
             loss_sum += l * chunk.len() as f64;
-            correct += logits
-                .f_argmax(-1, false)?
-                .f_eq_tensor(&yb)?
-                .f_sum(Kind::Int64)?
-                .f_int64_value(&[])?;
+            correct += c;
         }
         let (val_loss, val_accuracy, _) = evaluate(&head, &val_x, &val_y)?;
         if !val_loss.is_finite() {

@@ -502,20 +502,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     if config.unfreeze > 0 {
         return finetune_run(opts, config, hyper, run_dir, device, t0);
     }
-    let features = prepare_features(
-        &FeatureOptions {
-            data: config.data.clone(),
-            weights: config.weights.clone(),
-            train_limit: config.train_limit,
-            test_limit: config.test_limit,
-            input_size: config.input_size,
-            batch_size: opts.extract_batch_size,
-            cache_dir: opts.cache_dir.clone(),
-            allow_unverified: opts.allow_unverified,
-            progress: opts.progress,
-        },
-        device,
-    )?;
+    let features = prepare_features(&feature_options(opts, &config), device)?;
     let total = features.train.labels.len() + features.test.labels.len();
     if features.extracted > 0 {
         eprintln!(
@@ -589,6 +576,22 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         &features.fingerprint,
         t0,
     )
+}
+
+/// The feature-extraction settings of a run: its data, weights, subsets and input size, with the
+/// command's batch size, cache and progress choices.
+fn feature_options(opts: &TrainOptions, config: &RunConfig) -> FeatureOptions {
+    FeatureOptions {
+        data: config.data.clone(),
+        weights: config.weights.clone(),
+        train_limit: config.train_limit,
+        test_limit: config.test_limit,
+        input_size: config.input_size,
+        batch_size: opts.extract_batch_size,
+        cache_dir: opts.cache_dir.clone(),
+        allow_unverified: opts.allow_unverified,
+        progress: opts.progress,
+    }
 }
 
 /// After each epoch: writes the checkpoint, and stops as asked by `--interrupt-after-epoch`.
@@ -746,20 +749,7 @@ fn warm_up_head(
         "head warm-up: {} epochs of the head alone on frozen-base features (--head-epochs), lr {}",
         config.head_epochs, config.head_lr
     );
-    let features = prepare_features(
-        &FeatureOptions {
-            data: config.data.clone(),
-            weights: config.weights.clone(),
-            train_limit: config.train_limit,
-            test_limit: config.test_limit,
-            input_size: config.input_size,
-            batch_size: opts.extract_batch_size,
-            cache_dir: opts.cache_dir.clone(),
-            allow_unverified: opts.allow_unverified,
-            progress: opts.progress,
-        },
-        device,
-    )?;
+    let features = prepare_features(&feature_options(opts, config), device)?;
     let features = if config.val_split > 0.0 {
         carve_validation(features, config.val_split, config.seed)?
     } else {
