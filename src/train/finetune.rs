@@ -518,6 +518,7 @@ mod tests {
 
     #[test]
     fn unfreeze_selects_the_last_convs() {
+        let _rng = crate::train::global_rng_lock();
         let arch = Arch::vgg16_transfer(32, 10);
         let weights: Vec<NamedTensor> = arch
             .base_params()

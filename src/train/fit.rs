@@ -624,6 +624,7 @@ mod tests {
     /// and without weight decay.
     #[test]
     fn adam_step_matches_libtorch_adam() {
+        let _rng = crate::train::global_rng_lock();
         let arch = Arch::vgg16_transfer(32, 10);
         tch::manual_seed(7);
         let x = Tensor::randn([16, 512], (Kind::Float, Device::Cpu));
@@ -748,6 +749,7 @@ mod tests {
     /// Our SGD step matches libtorch's own `torch.optim.SGD` (through tch) over several steps.
     #[test]
     fn sgd_step_matches_libtorch_sgd() {
+        let _rng = crate::train::global_rng_lock();
         let arch = Arch::vgg16_transfer(32, 10);
         tch::manual_seed(7);
         let x = Tensor::randn([16, 512], (Kind::Float, Device::Cpu));

@@ -920,6 +920,15 @@ fn finetune_run(
     )
 }
 
+/// Serialises the unit tests that seed or draw from libtorch's process-wide RNG (`tch::manual_seed`,
+/// random initialisation, `Tensor::randn`): cargo runs tests on parallel threads, and one test's draws
+/// between another's `manual_seed` and its own draws would change that test's numbers.
+#[cfg(test)]
+pub(crate) fn global_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -288,6 +288,7 @@ mod tests {
     /// flatten order matters).
     #[test]
     fn channels_last_features_match_plain_nchw() {
+        let _rng = crate::train::global_rng_lock();
         for size in [32usize, 64] {
             let arch = Arch::vgg16_transfer(size, 10);
             tch::manual_seed(3);
