@@ -63,17 +63,21 @@ pub struct Skipped {
     pub non_images: Vec<PathBuf>,
     /// Symbolic links that point to an ancestor folder (a loop), each with the folder it points to.
     pub loops: Vec<(PathBuf, PathBuf)>,
+    /// Image files reached a second time through the inputs (e.g. a folder and a file inside it, or
+    /// the same folder twice): kept once, at their first occurrence.
+    pub duplicates: Vec<PathBuf>,
 }
 
 impl Skipped {
     /// Whether nothing was skipped.
     pub fn is_empty(&self) -> bool {
-        self.non_images.is_empty() && self.loops.is_empty()
+        self.non_images.is_empty() && self.loops.is_empty() && self.duplicates.is_empty()
     }
 
     fn extend(&mut self, other: Skipped) {
         self.non_images.extend(other.non_images);
         self.loops.extend(other.loops);
+        self.duplicates.extend(other.duplicates);
     }
 
     /// One line per kind of skipped entry, e.g. `skipped 3 files that are not images (by extension),
@@ -90,6 +94,13 @@ impl Skipped {
                     "files that are not images"
                 },
                 IMAGE_EXTENSIONS.join(", "),
+                first.display()
+            ));
+        }
+        if let Some(first) = self.duplicates.first() {
+            out.push(format!(
+                "{} given more than once, read once, e.g. {}",
+                crate::util::plural(self.duplicates.len(), "image file"),
                 first.display()
             ));
         }
@@ -568,8 +579,8 @@ pub fn collect_image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(scan_image_files(inputs)?.0)
 }
 
-/// As [`collect_image_files`], and also returns what was skipped inside folders (files that are not
-/// images by extension, symlink loops), for a warning.
+/// As [`collect_image_files`], and also returns what was skipped (inside folders: files that are not
+/// images by extension, symlink loops; anywhere: image files reached a second time), for a warning.
 ///
 /// # Errors
 /// [`Error::Io`] when an input does not exist or a folder cannot be read.
@@ -586,6 +597,16 @@ pub fn scan_image_files(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, Skipped)> {
             out.push(input.clone());
         }
     }
+    // The same file reached twice (overlapping inputs) would be classified and counted twice.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| {
+        let key = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        let first = seen.insert(key);
+        if !first {
+            skipped.duplicates.push(p.clone());
+        }
+        first
+    });
     Ok((out, skipped))
 }
 
@@ -740,5 +761,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = ImageFolder::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("no class sub-folders"), "{err}");
+    }
+
+    /// Overlapping inputs (a folder twice, a file inside it, the file by another spelling) give each
+    /// image once, at its first occurrence, and a warning that counts the repeats (b three times, a
+    /// once).
+    #[test]
+    fn overlapping_inputs_give_each_image_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("d/a.png"), dir.path().join("d/b.png"));
+        write_png(&a, 2, 2, [1, 2, 3]);
+        write_png(&b, 2, 2, [1, 2, 3]);
+        let folder = dir.path().join("d");
+        let other_spelling = dir.path().join("d/../d/b.png");
+        let (files, skipped) =
+            scan_image_files(&[b.clone(), folder.clone(), folder, other_spelling]).unwrap();
+        assert_eq!(files, vec![b.clone(), a]);
+        assert_eq!(skipped.duplicates.len(), 4);
+        let w = skipped.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("4 image files given more than once, read once, e.g. "),
+            "{w:?}"
+        );
     }
 }
