@@ -61,8 +61,7 @@ fn bench(c: &mut Criterion) {
         .throughput(Throughput::Elements(TRAIN as u64));
     g.bench_function("epoch_5000x512_batch128", |b| {
         b.iter(|| {
-            fit_head(&f, &arch, &hyper, tch::Device::Cpu, None, false, |_| Ok(()))
-                .expect("fit_head")
+            fit_head(&f, &arch, &hyper, tch::Device::Cpu, None, None, |_| Ok(())).expect("fit_head")
         })
     });
     g.finish();

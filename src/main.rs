@@ -268,7 +268,8 @@ struct SweepArgs {
     /// Seed (the same for every setting).
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Folder to write sweep.json into (default: models/sweeps/<UTC time>).
+    /// Folder to write sweep.json and sweep.png into, replacing any there (default: a new
+    /// models/sweeps/<UTC time>).
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]

@@ -1,4 +1,4 @@
-//! Small helpers shared by the commands: atomic file writes.
+//! Small helpers shared by the commands: atomic file writes, counted nouns in messages.
 
 use crate::error::{Error, Result};
 use std::io::Write;
@@ -169,8 +169,25 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_slice(&bytes).map_err(|e| Error::invalid(path, format!("invalid JSON: {e}")))
 }
 
+/// `n` followed by `noun`, with an English plural `s` unless `n` is 1: `plural(1, "epoch")` is
+/// "1 epoch", `plural(3, "epoch")` is "3 epochs". For messages only (regular nouns).
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn plural_counts() {
+        assert_eq!(plural(1, "epoch"), "1 epoch");
+        assert_eq!(plural(0, "epoch"), "0 epochs");
+        assert_eq!(plural(15, "image"), "15 images");
+    }
     use super::*;
 
     #[test]

@@ -156,7 +156,7 @@ pub fn sweep(
             };
             let t0 = Instant::now();
             let mut history = Vec::new();
-            let res = fit_head(&f, &arch, &hp, device, None, false, |ck| {
+            let res = fit_head(&f, &arch, &hp, device, None, None, |ck| {
                 history = ck.history.clone();
                 Ok(())
             });

@@ -440,11 +440,7 @@ pub fn fit_finetune(
         })?;
     }
     if let Some(e) = stopped_early {
-        eprintln!(
-            "early stopping after epoch {e}: the validation loss has not improved for {} epochs (best: epoch {})",
-            hp.patience.unwrap_or(0),
-            best.as_ref().map_or(0, |b| b.epoch)
-        );
+        eprintln!("{}", super::fit::early_stop_message(e, hp, best.as_ref()));
     }
     if hp.restore_best {
         if let Some(b) = &best {

@@ -442,11 +442,22 @@ pub(crate) fn patience_exhausted(history: &[EpochMetrics], patience: Option<usiz
     }
 }
 
+/// The line printed when early stopping ends training after `epoch`: how long the validation loss has
+/// not improved (`hp.patience` epochs) and which epoch was best.
+pub fn early_stop_message(epoch: usize, hp: &HeadHyper, best: Option<&Best>) -> String {
+    format!(
+        "early stopping after epoch {epoch}: the validation loss has not improved for {} (best: epoch {})",
+        crate::util::plural(hp.patience.unwrap_or(0), "epoch"),
+        best.map_or(0, |b| b.epoch)
+    )
+}
+
 /// Trains the head of `arch` on `f`'s features. Validation (per-epoch `val_*` metrics, early stopping,
 /// best epoch) uses `f.val_x` when a validation split was carved out of the training data, else the
 /// test split as in the Keras seed; the final loss and accuracy are on the test split. Starts from
 /// `resume` when given (epochs after `resume.epoch`), and calls `on_epoch` with the state after every
-/// epoch (to checkpoint it). `log` prints one Keras-style line per epoch.
+/// epoch (to checkpoint it). With `log = Some(label)`, prints one Keras-style line per epoch,
+/// `<label> <epoch>/<epochs>  loss ...` (e.g. "Epoch 2/3"), and the early-stopping line.
 ///
 /// # Errors
 /// [`Error::Diverged`] when the loss becomes NaN or infinite; libtorch errors; `on_epoch`'s errors.
@@ -456,7 +467,7 @@ pub fn fit_head(
     hp: &HeadHyper,
     device: Device,
     resume: Option<Checkpoint>,
-    log: bool,
+    log: Option<&str>,
     mut on_epoch: impl FnMut(&Checkpoint) -> Result<()>,
 ) -> Result<FitResult> {
     super::validate_hyper(hp)?;
@@ -537,14 +548,14 @@ pub fn fit_head(
             val_accuracy,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        if log {
+        if let Some(label) = log {
             let lr_note = if hp.schedule == Schedule::Constant {
                 String::new()
             } else {
                 format!("  lr {lr:.3e}")
             };
             eprintln!(
-                "Epoch {epoch}/{}  loss {:.4}  accuracy {:.4}  val_loss {:.4}  val_accuracy {:.4}{lr_note}  ({:.2} s)",
+                "{label} {epoch}/{}  loss {:.4}  accuracy {:.4}  val_loss {:.4}  val_accuracy {:.4}{lr_note}  ({:.2} s)",
                 hp.epochs, m.loss, m.accuracy, m.val_loss, m.val_accuracy, m.seconds
             );
         }
@@ -569,17 +580,13 @@ pub fn fit_head(
         };
         on_epoch(&ck)?;
     }
-    if let (Some(e), true) = (stopped_early, log) {
-        let b = best.as_ref().map(|b| b.epoch).unwrap_or(0);
-        eprintln!(
-            "early stopping after epoch {e}: the validation loss has not improved for {} epochs (best: epoch {b})",
-            hp.patience.unwrap_or(0)
-        );
+    if let (Some(e), Some(_)) = (stopped_early, log) {
+        eprintln!("{}", early_stop_message(e, hp, best.as_ref()));
     }
     if hp.restore_best {
         if let Some(b) = &best {
             head.load(&b.params)?;
-            if log {
+            if log.is_some() {
                 eprintln!(
                     "restoring the parameters of epoch {} (lowest validation loss {:.4})",
                     b.epoch, b.val_loss

@@ -242,7 +242,10 @@ pub fn describe_config(c: &RunConfig, device: Device) -> String {
     let schedule = match c.schedule {
         Schedule::Constant => String::new(),
         Schedule::Cosine => ", cosine schedule".into(),
-        Schedule::Step => format!(", lr /10 every {} epochs", c.lr_step_epochs),
+        Schedule::Step => format!(
+            ", lr /10 every {}",
+            crate::util::plural(c.lr_step_epochs, "epoch")
+        ),
         Schedule::OneCycle => ", one-cycle schedule".into(),
     };
     let val = if c.val_split > 0.0 {
@@ -266,7 +269,7 @@ pub fn describe_config(c: &RunConfig, device: Device) -> String {
     };
     format!(
         "pipe train: data {}, {} train / {} test images (0 = all), {val}, input {}x{}; {model} \
-         on {}; {opt} weight decay {}{schedule}, batch {}, {} epochs{stop}{best}, seed {}",
+         on {}; {opt} weight decay {}{schedule}, batch {}, {}{stop}{best}, seed {}",
         c.data.display(),
         c.train_limit,
         c.test_limit,
@@ -275,7 +278,7 @@ pub fn describe_config(c: &RunConfig, device: Device) -> String {
         device_name(device),
         c.weight_decay,
         c.batch_size,
-        c.epochs,
+        crate::util::plural(c.epochs, "epoch"),
         c.seed
     )
 }
@@ -561,9 +564,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         eprintln!("continuing after epoch {} of {}", c.epoch, hyper.epochs);
     }
     let fp = features.fingerprint.clone();
-    let fit = fit_head(&features, &arch, &hyper, device, resume_from, true, |ck| {
-        epoch_done(opts, &run_dir, &config, ck, &fp)
-    })
+    let fit = fit_head(
+        &features,
+        &arch,
+        &hyper,
+        device,
+        resume_from,
+        Some("Epoch"),
+        |ck| epoch_done(opts, &run_dir, &config, ck, &fp),
+    )
     .map_err(|e| abandon_if_empty(opts, &run_dir, explain_divergence(e, &run_dir, hyper.lr)))?;
     finish_run(
         opts,
@@ -746,8 +755,9 @@ fn warm_up_head(
     device: Device,
 ) -> Result<Vec<NamedTensor>> {
     eprintln!(
-        "head warm-up: {} epochs of the head alone on frozen-base features (--head-epochs), lr {}",
-        config.head_epochs, config.head_lr
+        "head warm-up: {} of the head alone on frozen-base features (--head-epochs), lr {}",
+        crate::util::plural(config.head_epochs, "epoch"),
+        config.head_lr
     );
     let features = prepare_features(&feature_options(opts, config), device)?;
     let features = if config.val_split > 0.0 {
@@ -764,7 +774,15 @@ fn warm_up_head(
         restore_best: false,
         ..hyper.clone()
     };
-    let fit = fit_head(&features, &arch, &hp, device, None, true, |_| Ok(()))?;
+    let fit = fit_head(
+        &features,
+        &arch,
+        &hp,
+        device,
+        None,
+        Some("Warm-up epoch"),
+        |_| Ok(()),
+    )?;
     Ok(fit.params)
 }
 
