@@ -6,7 +6,7 @@ export LIBTORCH_USE_PYTORCH := 1
 PIPE := target/release/pipe
 INFER_ONLY := target/release/pipe-infer
 
-.PHONY: setup build infer-only demo test bench fmt clippy check
+.PHONY: setup build infer-only demo test bench keras-venv fmt clippy check
 
 ## setup: virtualenv (torch, onnxruntime), release build, ImageNet VGG16 weights, CIFAR-10 (idempotent)
 setup:
@@ -39,7 +39,7 @@ test: setup infer-only
 	PIPE_INFER_ONLY_BIN=$(ROOT)/$(INFER_ONLY) cargo test --release
 
 ## bench: criterion benches, the PyTorch/onnxruntime references (benches/reference/) and end-to-end
-## times in one run, then one table (also target/bench/summary.json). About 10 minutes here.
+## times and the Keras seed job in one run, then one table (also target/bench/summary.json). About 20 minutes here.
 BENCH_PY := $(ROOT)/.venv/bin/python
 bench: setup
 	rm -rf target/criterion/extract target/criterion/infer target/criterion/decode target/criterion/head target/criterion/export target/bench/*.json
@@ -51,13 +51,32 @@ bench: setup
 	  $(BENCH_PY) benches/reference/torch_extract.py --out target/bench/reference_torch_$$i.json || exit 1; \
 	done
 	$(BENCH_PY) benches/reference/torch_extract.py --channels-last
-	cargo bench --bench infer
-	$(BENCH_PY) benches/reference/ort_infer.py
+	@# the same for inference: pipe's ort and tract, then the onnxruntime Python loop, twice (ABAB)
+	for i in 1 2; do \
+	  cargo bench --bench infer && \
+	  for b in ort_batch1 ort_batch256 tract_batch1 tract_batch256; do \
+	    cp target/criterion/infer/$$b/new/estimates.json target/bench/infer_$${b}_$$i.json || exit 1; \
+	  done && \
+	  $(BENCH_PY) benches/reference/ort_infer.py --out target/bench/reference_ort_$$i.json || exit 1; \
+	done
 	cargo bench --bench decode
 	cargo bench --bench head
 	cargo bench --bench export
 	$(BENCH_PY) benches/e2e.py
+	$(MAKE) keras-venv
+	$(KERAS_PY) benches/reference/keras_seed.py
 	$(BENCH_PY) benches/summary.py
+
+## keras-venv: TensorFlow + Keras for the Keras seed reference (benches/reference/keras_seed.py), in its
+## own virtualenv so that the project's stays free of them (about 600 MB, installed once)
+KERAS_VENV := $(ROOT)/target/keras-venv
+KERAS_PY := $(KERAS_VENV)/bin/python
+keras-venv: $(KERAS_VENV)/.installed
+$(KERAS_VENV)/.installed: benches/reference/requirements-keras.txt
+	python3 -m venv $(KERAS_VENV)
+	$(KERAS_VENV)/bin/pip install --quiet --upgrade pip
+	$(KERAS_VENV)/bin/pip install --quiet -r benches/reference/requirements-keras.txt
+	touch $@
 
 fmt:
 	cargo fmt --all -- --check
