@@ -796,6 +796,13 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     match a.format {
         Format::Text => {
+            if score_name(&info) == "logit" {
+                eprintln!(
+                    "note: {} outputs logits (exported with --logits): the numbers after each label are \
+                     logits, not probabilities",
+                    a.model.display()
+                );
+            }
             for p in &preds {
                 write!(buf, "{}", p.path.display())?;
                 for (c, v) in infer::top_k(&p.probabilities, k) {

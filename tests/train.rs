@@ -184,6 +184,17 @@ fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
         "{out}"
     );
     assert!(onnx.is_file());
+    // The text format has no header, so infer says that a --logits model's numbers are logits.
+    let img = tmp.path().join("one.png");
+    image::RgbImage::from_pixel(32, 32, image::Rgb([200, 30, 30]))
+        .save(&img)
+        .unwrap();
+    let (out, err) = ok(&["infer", "--backend", "tract", "--model", s(&onnx), s(&img)]);
+    assert!(
+        err.contains("outputs logits (exported with --logits)"),
+        "{err}"
+    );
+    assert!(out.starts_with(s(&img)), "{out}");
     let mut preds: Value = serde_json::from_slice(&read("a", "predictions.json")).unwrap();
     let probs = preds["items"][0]["probabilities"].as_array_mut().unwrap();
     probs.reverse(); // another class becomes the most probable

@@ -180,24 +180,12 @@ fn cached(
 /// # Errors
 /// Data, weights or libtorch errors; differing class lists between the splits.
 pub fn prepare_features(opts: &FeatureOptions, device: Device) -> Result<Features> {
-    let source = DataSource::detect(&opts.data)?;
-    let train = source.load(Split::Train, opts.train_limit, opts.input_size)?;
-    let test = source.load(Split::Test, opts.test_limit, opts.input_size)?;
-    if train.classes != test.classes {
-        return Err(Error::invalid(
-            &opts.data,
-            format!(
-                "class folders differ between train {:?} and test {:?}",
-                train.classes, test.classes
-            ),
-        ));
-    }
-    if train.classes.len() < 2 {
-        return Err(Error::invalid(
-            &train.root,
-            format!("needs at least 2 classes, found {}", train.classes.len()),
-        ));
-    }
+    let (train, test) = load_train_test(
+        &opts.data,
+        opts.train_limit,
+        opts.test_limit,
+        opts.input_size,
+    )?;
     let arch = Arch::vgg16_transfer(opts.input_size, train.classes.len());
     let (weights, fingerprint) = load_base(&opts.weights, &arch, opts.allow_unverified)?;
     let mut base: Option<Base> = None;
@@ -225,15 +213,7 @@ pub fn prepare_features(opts: &FeatureOptions, device: Device) -> Result<Feature
     let (test_x, b) = features(&test)?;
     pb.finish_and_clear();
     let extracted = usize::from(a) * train.len() + usize::from(b) * test.len();
-    let per = test.size * test.size * 3;
-    let test_preview = preview_indices(&test.labels, test.classes.len(), PREVIEW_IMAGES)
-        .into_iter()
-        .filter_map(|i| {
-            test.pixels
-                .get(i * per..(i + 1) * per)
-                .map(|p| (i, p.to_vec()))
-        })
-        .collect();
+    let test_preview = preview_pixels(&test);
     Ok(Features {
         classes: train.classes.clone(),
         train: info(&train),
@@ -248,6 +228,53 @@ pub fn prepare_features(opts: &FeatureOptions, device: Device) -> Result<Feature
         extracted,
         extract_seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Loads the training and test splits of `data` (at most `train_limit` / `test_limit` images, 0 = all,
+/// resized to `size`x`size`) and checks that both have the same class folders, at least 2.
+///
+/// # Errors
+/// Data errors ([`DataSource::load`]); class lists that differ between the splits; fewer than 2
+/// classes.
+pub fn load_train_test(
+    data: &Path,
+    train_limit: usize,
+    test_limit: usize,
+    size: usize,
+) -> Result<(LoadedSplit, LoadedSplit)> {
+    let source = DataSource::detect(data)?;
+    let train = source.load(Split::Train, train_limit, size)?;
+    let test = source.load(Split::Test, test_limit, size)?;
+    if train.classes != test.classes {
+        return Err(Error::invalid(
+            data,
+            format!(
+                "class folders differ between train {:?} and test {:?}",
+                train.classes, test.classes
+            ),
+        ));
+    }
+    if train.classes.len() < 2 {
+        return Err(Error::invalid(
+            &train.root,
+            format!("needs at least 2 classes, found {}", train.classes.len()),
+        ));
+    }
+    Ok((train, test))
+}
+
+/// The test images drawn in `predictions.png` ([`preview_indices`]): each index into `test` with its
+/// pixels (NHWC RGB u8, `size`x`size`x3).
+pub fn preview_pixels(test: &LoadedSplit) -> Vec<(usize, Vec<u8>)> {
+    let per = test.size * test.size * 3;
+    preview_indices(&test.labels, test.classes.len(), PREVIEW_IMAGES)
+        .into_iter()
+        .filter_map(|i| {
+            test.pixels
+                .get(i * per..(i + 1) * per)
+                .map(|p| (i, p.to_vec()))
+        })
+        .collect()
 }
 
 /// Number of test images drawn in `predictions.png` (a 2x5 grid, as in the Keras seed).

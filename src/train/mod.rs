@@ -14,8 +14,9 @@ mod model;
 
 pub use eval::{evaluate_run, sweep, validate_sweep, Evaluation, SweepRow};
 pub use features::{
-    cache_key, carve_validation, extract, prepare_features, preview_indices, split_features,
-    stratified_holdout, FeatureOptions, Features, SplitInfo, PREVIEW_IMAGES,
+    cache_key, carve_validation, extract, load_train_test, prepare_features, preview_indices,
+    preview_pixels, split_features, stratified_holdout, FeatureOptions, Features, SplitInfo,
+    PREVIEW_IMAGES,
 };
 pub use finetune::{augment_image, fit_finetune, FineTuneNet, PixelSplit, VGG16_CONVS};
 pub use fit::{
@@ -797,19 +798,13 @@ fn finetune_run(
     device: Device,
     t0: Instant,
 ) -> Result<TrainOutcome> {
-    use crate::data::{DataSource, LoadedSplit, Split};
-    let source = DataSource::detect(&config.data)?;
-    let train_all = source.load(Split::Train, config.train_limit, config.input_size)?;
-    let test = source.load(Split::Test, config.test_limit, config.input_size)?;
-    if train_all.classes != test.classes {
-        return Err(Error::invalid(
-            &config.data,
-            format!(
-                "class folders differ between train {:?} and test {:?}",
-                train_all.classes, test.classes
-            ),
-        ));
-    }
+    use crate::data::LoadedSplit;
+    let (train_all, test) = load_train_test(
+        &config.data,
+        config.train_limit,
+        config.test_limit,
+        config.input_size,
+    )?;
     let classes = train_all.classes.clone();
     let arch = Arch::vgg16_transfer(config.input_size, classes.len());
     let (weights, fingerprint) = load_base(&config.weights, &arch, opts.allow_unverified)?;
@@ -912,14 +907,7 @@ fn finetune_run(
         &result.base,
         HashMap::from([(FINGERPRINT_KEY.to_string(), fingerprint.clone())]),
     )?;
-    let preview: Vec<(usize, Vec<u8>)> =
-        preview_indices(&test.labels, classes.len(), PREVIEW_IMAGES)
-            .into_iter()
-            .map(|i| {
-                let per = test.size * test.size * 3;
-                (i, test.pixels[i * per..(i + 1) * per].to_vec())
-            })
-            .collect();
+    let preview = preview_pixels(&test);
     let info = SplitInfo {
         root: test.root.clone(),
         names: test.names.clone(),
