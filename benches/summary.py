@@ -43,28 +43,36 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
+def round_files(prefix):
+    """Names of the per-round files target/bench/<prefix><i>.json of the ABAB rounds, in round order."""
+    return sorted(f for f in os.listdir(OUT) if f.startswith(prefix)) if os.path.isdir(OUT) else []
+
+
+def round_rates(prefix, items):
+    """Items per second at criterion's median sample in each round's copied estimates.json."""
+    return [items / (load(os.path.join(OUT, f))["median"]["point_estimate"] * 1e-9) for f in round_files(prefix)]
+
+
 def infer_rate(bench, items):
     """Mean images/s of infer bench `bench` over the ABAB rounds (target/bench/infer_<bench>_<i>.json,
     copied after each round by make bench), else the latest criterion result."""
-    files = sorted(f for f in os.listdir(OUT) if f.startswith(f"infer_{bench}_")) if os.path.isdir(OUT) else []
-    rates = [items / (load(os.path.join(OUT, f))["median"]["point_estimate"] * 1e-9) for f in files]
+    rates = round_rates(f"infer_{bench}_", items)
     return mean(rates) if rates else rate(f"infer/{bench}")
 
 
 def main():
     # Extraction: pipe and PyTorch alternate in rounds (make bench: ABAB); each side's rate is the mean
     # over the rounds, so a change of load on the shared cores weighs on both.
-    rounds = sorted(f for f in os.listdir(OUT) if f.startswith("extract_tch_")) if os.path.isdir(OUT) else []
-    tch_rates = [128 / (load(os.path.join(OUT, f))["median"]["point_estimate"] * 1e-9) for f in rounds]
+    rounds = round_files("extract_tch_")
+    tch_rates = round_rates("extract_tch_", 128)
     ref_rates = [r["images_per_s"] for r in (load(os.path.join(OUT, f.replace("extract_tch_", "reference_torch_")))
                                               for f in rounds) if r]
     torch_ref = load(os.path.join(OUT, "reference_torch.json")) or {}
     if ref_rates:
         torch_ref = dict(load(os.path.join(OUT, rounds[0].replace("extract_tch_", "reference_torch_"))),
-                         images_per_s=sum(ref_rates) / len(ref_rates), rounds=ref_rates)
+                         images_per_s=mean(ref_rates), rounds=ref_rates)
     torch_cl = load(os.path.join(OUT, "reference_torch_cl.json")) or {}
-    ort_rounds = [load(os.path.join(OUT, f)) for f in sorted(os.listdir(OUT))
-                  if f.startswith("reference_ort_")] if os.path.isdir(OUT) else []
+    ort_rounds = [load(os.path.join(OUT, f)) for f in round_files("reference_ort_")]
     ort_ref = load(os.path.join(OUT, "reference_ort.json")) or {}
     if ort_rounds:
         ort_ref = dict(ort_rounds[0], rounds=ort_rounds,
@@ -74,7 +82,7 @@ def main():
     tract1, tract256 = infer_rate("tract_batch1", 1), infer_rate("tract_batch256", 256)
     e2e = load(os.path.join(OUT, "e2e.json")) or {}
     keras = load(os.path.join(OUT, "keras_seed.json")) or {}
-    extract = sum(tch_rates) / len(tch_rates) if tch_rates else rate("extract/tch_batch128")
+    extract = mean(tch_rates) if tch_rates else rate("extract/tch_batch128")
     rows = []
 
     def row(task, unit, pipe, ref, ratio, target, ok):
