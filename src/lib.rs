@@ -6,10 +6,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod arch;
+pub mod contract;
 pub mod data;
 pub mod error;
 pub mod export;
 pub mod infer;
+pub mod onnx;
 #[cfg(feature = "train")]
 pub mod plot;
 pub mod report;

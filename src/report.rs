@@ -29,6 +29,19 @@ impl ClassReport {
                 confusion[t][p] += 1;
             }
         }
+        Self::with_images(classes, confusion, truth.len())
+    }
+
+    /// Builds the report from a confusion matrix, `confusion[true][predicted]` counts (`classes.len()`
+    /// square), as accumulated one image at a time.
+    pub fn from_confusion(classes: &[String], confusion: Vec<Vec<usize>>) -> Self {
+        let images = confusion.iter().flatten().sum();
+        Self::with_images(classes, confusion, images)
+    }
+
+    /// The report of `confusion` over `images` images (accuracy = diagonal / `images`).
+    fn with_images(classes: &[String], confusion: Vec<Vec<usize>>, images: usize) -> Self {
+        let c = classes.len();
         let correct: usize = (0..c).map(|i| confusion[i][i]).sum();
         let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let precision = (0..c)
@@ -39,8 +52,8 @@ impl ClassReport {
             .collect();
         ClassReport {
             classes: classes.to_vec(),
-            images: truth.len(),
-            accuracy: ratio(correct, truth.len()),
+            images,
+            accuracy: ratio(correct, images),
             precision,
             recall,
             confusion,
@@ -164,5 +177,9 @@ mod tests {
             "{sum}"
         );
         assert!(sum.contains("most confused: a -> b: 1, b -> a: 1"), "{sum}");
+        assert_eq!(
+            ClassReport::from_confusion(&classes, r.confusion.clone()),
+            r
+        );
     }
 }

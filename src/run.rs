@@ -29,9 +29,7 @@ pub const PREDICTIONS_PNG: &str = "predictions.png";
 pub const CONFUSION_PNG: &str = "confusion.png";
 /// Name of the link to the newest run inside the runs folder.
 pub const LATEST: &str = "latest";
-/// Description of the preprocessing, as stored in `config.json` and the ONNX metadata.
-pub const CAFFE_PREPROCESSING: &str =
-    "caffe: RGB->BGR, subtract ImageNet BGR means [103.939, 116.779, 123.68], no scaling";
+pub use crate::contract::CAFFE_PREPROCESSING;
 
 /// `config.json`: everything needed to reproduce and export a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

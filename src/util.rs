@@ -27,6 +27,20 @@ pub fn write_atomic_checked(
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     check: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
+    write_atomic_with(path, |w| write(w).map_err(|e| Error::io(path, e)), check)
+}
+
+/// As [`write_atomic_checked`], for a `write` that can fail otherwise than by I/O (say, a report that
+/// classifies images while it writes them) and returns a value: its errors are returned as they are,
+/// so it names `path` in its own I/O errors.
+///
+/// # Errors
+/// As [`write_atomic`], `write`'s error, or `check`'s error.
+pub fn write_atomic_with<T>(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<T>,
+    check: impl FnOnce(&Path) -> Result<()>,
+) -> Result<T> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -42,17 +56,18 @@ pub fn write_atomic_checked(
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(|e| Error::io(path, e))?;
-    {
+    let value = {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-        write(&mut w).map_err(|e| Error::io(path, e))?;
+        let value = write(&mut w)?;
         w.flush().map_err(|e| Error::io(path, e))?;
-    }
+        value
+    };
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     // Temporary files are created 0600; give the result the usual permissions of a new file.
     set_mode(tmp.path(), 0o666).map_err(|e| Error::io(path, e))?;
     check(tmp.path())?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    Ok(value)
 }
 
 /// Removes the temporary files `.<name>.<pid>.<random>.tmp` that [`write_atomic`] left in `dir` when
@@ -179,8 +194,29 @@ pub fn plural(n: usize, noun: &str) -> String {
     }
 }
 
+/// `n` with thousands separators: 14714688 → "14,714,688".
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn thousands_groups_by_three() {
+        assert_eq!(thousands(14_714_688), "14,714,688");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(0), "0");
+    }
 
     #[test]
     fn plural_counts() {

@@ -1,13 +1,13 @@
-//! Weights: import of the ImageNet VGG16 conv base from an ONNX file, safetensors I/O and the
-//! fingerprint that identifies the base weights.
+//! Weights: import of the ImageNet VGG16 conv base from an ONNX file (read with [`crate::onnx`]),
+//! safetensors I/O and the fingerprint that identifies the base weights.
 //!
 //! Tensors are plain `f32` buffers with a shape ([`NamedTensor`]), so that export and inference never
 //! need libtorch.
 
 use crate::arch::{numel, Arch, VGG16_IMAGENET_FINGERPRINT};
 use crate::error::{Error, Result};
+use crate::onnx::{self, read_onnx};
 use crate::util::write_atomic;
-use prost::Message;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -45,61 +45,24 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Reads the values of an ONNX float tensor (`raw_data` little-endian or `float_data`).
-fn onnx_tensor_f32(path: &Path, t: &pb::TensorProto) -> Result<Vec<f32>> {
-    if t.data_type != pb::tensor_proto::DataType::Float as i32 {
-        return Err(Error::invalid(
-            path,
-            format!(
-                "tensor {:?} is not float32 (data_type {})",
-                t.name, t.data_type
-            ),
-        ));
-    }
-    if !t.external_data.is_empty() {
-        return Err(Error::invalid(
-            path,
-            format!(
-                "tensor {:?} uses external data, which is not supported",
-                t.name
-            ),
-        ));
-    }
-    let n: usize = t.dims.iter().map(|&d| d.max(0) as usize).product();
-    let data: Vec<f32> = if !t.raw_data.is_empty() {
-        t.raw_data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    } else {
-        t.float_data.clone()
-    };
-    if data.len() != n {
-        return Err(Error::invalid(
-            path,
-            format!(
-                "tensor {:?} holds {} values, its dims {:?} need {n}",
-                t.name,
-                data.len(),
-                t.dims
-            ),
-        ));
-    }
-    Ok(data)
-}
-
-/// Reads and decodes an ONNX model file.
+/// The fingerprint of the base weights `tensors` read from `path`.
 ///
 /// # Errors
-/// [`Error::Io`] when unreadable, [`Error::InvalidFile`] when it is not an ONNX protobuf.
-pub fn read_onnx(path: &Path) -> Result<pb::ModelProto> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    pb::ModelProto::decode(bytes.as_slice()).map_err(|e| {
-        Error::invalid(
-            path,
-            format!("not a valid ONNX model (protobuf decode failed: {e})"),
-        )
-    })
+/// [`Error::Fingerprint`] when it is not [`VGG16_IMAGENET_FINGERPRINT`] and `allow_unverified` is false.
+fn checked_fingerprint(
+    path: &Path,
+    tensors: &[NamedTensor],
+    allow_unverified: bool,
+) -> Result<String> {
+    let fp = fingerprint(tensors);
+    if fp != VGG16_IMAGENET_FINGERPRINT && !allow_unverified {
+        return Err(Error::Fingerprint {
+            path: path.to_path_buf(),
+            expected: VGG16_IMAGENET_FINGERPRINT.into(),
+            actual: fp,
+        });
+    }
+    Ok(fp)
 }
 
 /// Imports the conv-base weights from an ONNX model whose first 13 `Conv` nodes (graph order) are the
@@ -118,28 +81,8 @@ pub fn import_base_from_onnx(
     allow_unverified: bool,
 ) -> Result<(Vec<NamedTensor>, String)> {
     let model = read_onnx(path)?;
-    let graph = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| Error::invalid(path, "ONNX model has no graph"))?;
-    let mut consts: HashMap<&str, &pb::TensorProto> = graph
-        .initializer
-        .iter()
-        .map(|t| (t.name.as_str(), t))
-        .collect();
-    for node in &graph.node {
-        if node.op_type == "Constant" {
-            if let (Some(out), Some(t)) = (
-                node.output.first(),
-                node.attribute
-                    .iter()
-                    .find(|a| a.name == "value")
-                    .and_then(|a| a.t.as_ref()),
-            ) {
-                consts.insert(out.as_str(), t);
-            }
-        }
-    }
+    let graph = onnx::read::graph(path, &model)?;
+    let consts = onnx::read::constant_tensors(graph);
     let convs: Vec<&pb::NodeProto> = graph.node.iter().filter(|n| n.op_type == "Conv").collect();
     let expected = arch.base_params();
     let needed = expected.len() / 2;
@@ -180,18 +123,11 @@ pub fn import_base_from_onnx(
             tensors.push(NamedTensor {
                 name: name.clone(),
                 shape: dims,
-                data: onnx_tensor_f32(path, t)?,
+                data: onnx::read::tensor_f32(path, t)?,
             });
         }
     }
-    let fp = fingerprint(&tensors);
-    if fp != VGG16_IMAGENET_FINGERPRINT && !allow_unverified {
-        return Err(Error::Fingerprint {
-            path: path.to_path_buf(),
-            expected: VGG16_IMAGENET_FINGERPRINT.into(),
-            actual: fp,
-        });
-    }
+    let fp = checked_fingerprint(path, &tensors, allow_unverified)?;
     Ok((tensors, fp))
 }
 
@@ -292,20 +228,14 @@ pub fn load_base(
         ));
     }
     let (tensors, _) = load_safetensors(path, &arch.base_params())?;
-    let fp = fingerprint(&tensors);
-    if fp != VGG16_IMAGENET_FINGERPRINT && !allow_unverified {
-        return Err(Error::Fingerprint {
-            path: path.to_path_buf(),
-            expected: VGG16_IMAGENET_FINGERPRINT.into(),
-            actual: fp,
-        });
-    }
+    let fp = checked_fingerprint(path, &tensors, allow_unverified)?;
     Ok((tensors, fp))
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use prost::Message;
 
     /// A small ONNX model with 13 Conv nodes carrying VGG16-shaped weights filled with `fill`
     /// (plus a Constant-node bias for the first conv), for import tests.

@@ -161,7 +161,7 @@ impl Backend for OrtBackend {
         let input = TensorRef::from_array_view(images).map_err(err)?;
         let outputs = self
             .session
-            .run(ort::inputs![crate::export::INPUT_NAME => input])
+            .run(ort::inputs![crate::contract::INPUT_NAME => input])
             .map_err(err)?;
         let value = outputs
             .get(&self.output)

@@ -1,0 +1,82 @@
+//! `pipe evaluate`: a trained run on its test split.
+
+use super::{ExtractionArgs, RunSelection};
+use anyhow::Result;
+use clap::ValueEnum;
+use std::path::PathBuf;
+
+/// Output format of `pipe evaluate`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// Arguments of `pipe evaluate`.
+#[derive(clap::Args)]
+#[command(mut_arg("run", |a| a.help("Run to evaluate: `latest`, a run name in --runs-dir, or a run folder")))]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    run: RunSelection,
+    /// Data to evaluate on (default: the run's own); its test split is used.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Test images, class-balanced subset (default: the run's; 0 = all).
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+    /// Where to draw the confusion matrix as a PNG (default: confusion.png in the run folder).
+    #[arg(long, value_name = "PNG")]
+    confusion_png: Option<PathBuf>,
+    #[command(flatten)]
+    common: ExtractionArgs,
+}
+
+impl EvaluateArgs {
+    /// Evaluates the run, draws its confusion matrix and prints the evaluation.
+    ///
+    /// # Errors
+    /// As [`pipe::train::evaluate_run`]; an unusable --confusion-png.
+    pub fn run(self) -> Result<()> {
+        let run_dir = self.run.resolve()?;
+        if let Some(png) = &self.confusion_png {
+            pipe::util::check_output_path(png, false)?;
+        }
+        let device = pipe::train::resolve_device(self.common.device)?;
+        let cache = self.common.cache();
+        let ev = pipe::train::evaluate_run(
+            &run_dir,
+            self.data.as_deref(),
+            self.test_limit,
+            device,
+            cache.as_deref(),
+            true,
+        )?;
+        let png = self
+            .confusion_png
+            .unwrap_or_else(|| run_dir.join(pipe::run::CONFUSION_PNG));
+        pipe::plot::confusion_matrix(&ev.report, &png)?;
+        eprintln!("confusion matrix drawn in {}", png.display());
+        match self.format {
+            ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&ev)?),
+            ReportFormat::Text => {
+                println!(
+                    "run {} on {} ({} test images)",
+                    ev.run,
+                    ev.data.display(),
+                    ev.report.images
+                );
+                println!(
+                    "test loss {:.4}  test accuracy {:.4}\n",
+                    ev.loss, ev.report.accuracy
+                );
+                print!("{}", ev.report.table());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! The command line of `pipe`: the clap structs, one module per command, each with its arguments
+//! and a `run` that calls the library and prints what it returns. The argument groups several
+//! commands share are here, flattened into them with `#[command(flatten)]`.
+
+#[cfg(feature = "train")]
+mod evaluate;
+mod export;
+mod infer;
+mod inspect;
+mod summary;
+#[cfg(feature = "train")]
+mod sweep;
+#[cfg(feature = "train")]
+mod train;
+mod weights;
+
+use clap::{ArgMatches, Parser, Subcommand};
+use pipe::infer::{BackendKind, BackendOptions, InferDevice};
+use std::path::PathBuf;
+
+/// Transfer learning for image classifiers: fine-tune ImageNet VGG16 with libtorch, export ONNX natively
+/// from Rust, classify with tract or ONNX Runtime.
+///
+/// Typical session: `pipe train` → `pipe export onnx/model.onnx` → `pipe infer --backend tract images/`.
+#[derive(Parser)]
+#[command(name = "pipe", version, about, long_about)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of `pipe`.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Fine-tune the dense head on the frozen ImageNet VGG16 base (the Keras transfer-learning recipe).
+    ///
+    /// Features of the frozen base are extracted once (and cached), then the head (Flatten → Dense 256
+    /// ReLU → Dropout 0.5 → Dense classes) is trained on them with SGD or Adam; with --unfreeze N the
+    /// last N conv layers train too, on decoded images. Writes models/runs/<name>/: config.json,
+    /// checkpoint.safetensors (every epoch), head.safetensors, best.safetensors, base.safetensors (with
+    /// --unfreeze), history.json, predictions.json and the figures accuracy.png, loss.png,
+    /// predictions.png, confusion.png; then points models/runs/latest at it.
+    #[cfg(feature = "train")]
+    Train(train::TrainArgs),
+    /// Evaluate a trained run on its test split: loss, accuracy, per-class precision and recall,
+    /// confusion matrix.
+    #[cfg(feature = "train")]
+    Evaluate(evaluate::EvaluateArgs),
+    /// Train the head for every combination of batch sizes and learning rates from one set of cached
+    /// features, and compare validation accuracy per epoch.
+    #[cfg(feature = "train")]
+    Sweep(sweep::SweepArgs),
+    /// Print the layer table (name, output shape, parameters, trainable), like Keras' model.summary().
+    Summary(summary::SummaryArgs),
+    /// Export a training run as a self-contained ONNX model (preprocessing inside the graph).
+    ///
+    /// Input `images`: float32 [N,32,32,3] RGB pixels 0..255 (NHWC, N dynamic). Output `probabilities`:
+    /// float32 [N,classes] (softmax). Class names and preprocessing are in metadata_props.
+    Export(export::ExportArgs),
+    /// Classify image files or folders (recursively) with an exported ONNX model.
+    ///
+    /// Images are decoded (any format the image crate reads), converted to RGB and resized to the
+    /// model's input size with a bilinear filter. When images sit in folders named after classes,
+    /// accuracy is printed too.
+    Infer(infer::InferArgs),
+    /// Print an exported model's inputs, outputs, opset, metadata and parameter count.
+    Inspect(inspect::InspectArgs),
+    /// Manage the ImageNet VGG16 conv-base weights.
+    #[command(subcommand)]
+    Weights(weights::WeightsCommand),
+}
+
+impl Command {
+    /// Runs the command; `matches` are the parsed arguments of the whole command line (for options
+    /// whose source matters, such as those a preset must not override).
+    ///
+    /// # Errors
+    /// Whatever the command's library calls return.
+    #[cfg_attr(not(feature = "train"), allow(unused_variables))]
+    pub fn run(self, matches: &ArgMatches) -> anyhow::Result<()> {
+        match self {
+            #[cfg(feature = "train")]
+            Command::Train(a) => a.run(matches.subcommand_matches("train")),
+            #[cfg(feature = "train")]
+            Command::Evaluate(a) => a.run(),
+            #[cfg(feature = "train")]
+            Command::Sweep(a) => a.run(),
+            Command::Summary(a) => a.run(),
+            Command::Export(a) => a.run(),
+            Command::Infer(a) => a.run(),
+            Command::Inspect(a) => a.run(),
+            Command::Weights(c) => c.run(),
+        }
+    }
+}
+
+/// The data and base weights a training job reads (train, sweep; sweep words `--test-limit` its own
+/// way, having no `--val-split`).
+#[cfg(feature = "train")]
+#[derive(clap::Args)]
+pub struct DataArgs {
+    /// Dataset: train/<class>/* and test/<class>/* image folders, or the CIFAR-10 binary release
+    /// (cifar-10-batches-bin/ with data_batch_1..5.bin and test_batch.bin), detected automatically.
+    #[arg(long, default_value = "data/cifar10")]
+    pub data: PathBuf,
+    /// Conv-base weights written by `pipe weights import` (made by `make setup`).
+    #[arg(long, default_value = "models/vgg16_imagenet.safetensors")]
+    pub weights: PathBuf,
+    /// Training images: a deterministic class-balanced subset of this size (0 = all).
+    #[arg(long, default_value_t = 5000)]
+    pub train_limit: usize,
+    /// Test images, class-balanced subset of this size (0 = all); also the validation set unless
+    /// --val-split is given.
+    #[arg(long, default_value_t = 1000)]
+    pub test_limit: usize,
+}
+
+/// Hyper-parameters of head training that train and sweep share (sweep uses them for every setting).
+#[cfg(feature = "train")]
+#[derive(clap::Args)]
+pub struct SgdArgs {
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// L2 weight decay (added to the gradient, as PyTorch's SGD weight_decay).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Seed for head initialisation, dropout and shuffling.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Options shared by the commands that run the frozen base (train, evaluate, sweep).
+#[cfg(feature = "train")]
+#[derive(clap::Args)]
+pub struct ExtractionArgs {
+    /// Device: auto = CUDA when libtorch sees a GPU, else CPU.
+    #[arg(long, value_enum, default_value_t = pipe::train::TrainDevice::Auto)]
+    pub device: pipe::train::TrainDevice,
+    /// Batch size for feature extraction through the frozen base.
+    #[arg(long, default_value_t = 128)]
+    pub extract_batch_size: usize,
+    /// Network input size in pixels (multiple of 32): images are resized to it with a bilinear filter.
+    /// 32 keeps CIFAR-10's size; 64 upsamples 2x (4x the extraction work, 2,048 features per image).
+    #[arg(long, default_value_t = 32)]
+    pub input_size: usize,
+    /// Folder of the feature cache (features keyed by weights fingerprint, preprocessing, input size
+    /// and image pixels).
+    #[arg(long, default_value = pipe::train::DEFAULT_CACHE_DIR)]
+    pub cache_dir: PathBuf,
+    /// Neither read nor write the feature cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Accept base weights whose fingerprint is not the ImageNet VGG16 one.
+    #[arg(long)]
+    pub allow_unverified: bool,
+}
+
+#[cfg(feature = "train")]
+impl ExtractionArgs {
+    /// The feature cache folder, `None` with --no-cache.
+    pub fn cache(&self) -> Option<PathBuf> {
+        (!self.no_cache).then(|| self.cache_dir.clone())
+    }
+}
+
+/// Which training run a command reads (evaluate, export). Commands name what they do with it in
+/// the help of `--run` (`mut_arg`).
+#[derive(clap::Args)]
+pub struct RunSelection {
+    /// The run: `latest`, a run name in --runs-dir, or a run folder.
+    #[arg(long, default_value = "latest")]
+    pub run: String,
+    /// Folder of training runs.
+    #[arg(long, default_value = "models/runs")]
+    pub runs_dir: PathBuf,
+}
+
+impl RunSelection {
+    /// The run's folder.
+    ///
+    /// # Errors
+    /// As [`pipe::run::resolve_run`].
+    pub fn resolve(&self) -> pipe::Result<PathBuf> {
+        pipe::run::resolve_run(&self.runs_dir, &self.run)
+    }
+}
+
+/// The inference engine and where it runs (infer).
+#[derive(clap::Args)]
+pub struct BackendArgs {
+    /// Inference engine.
+    #[arg(long, value_enum, default_value_t = BackendKind::Tract)]
+    pub backend: BackendKind,
+    /// Device (cuda needs --backend ort and the onnxruntime-gpu wheel).
+    #[arg(long, value_enum, default_value_t = InferDevice::Cpu)]
+    pub device: InferDevice,
+    /// Engine threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Path of libonnxruntime.so for --backend ort (default: ORT_DYLIB_PATH, then the project's .venv).
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+}
+
+impl BackendArgs {
+    /// The library's options to open the backend.
+    pub fn options(&self) -> BackendOptions {
+        BackendOptions {
+            kind: self.backend,
+            device: self.device,
+            threads: self.threads,
+            ort_lib: self.ort_lib.clone(),
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! What an exported model promises its clients: tensor names, layout, preprocessing and the
+//! `metadata_props` keys. `export` writes models that keep this contract and `infer` reads them by it;
+//! both depend on this module and neither on the other (no ONNX and no libtorch types here).
+//!
+//! The contract of a pipe model:
+//! - one input [`INPUT_NAME`], float32 `[N, S, S, 3]`: decoded RGB pixels 0..255, NHWC, `N` the
+//!   symbolic batch dimension [`BATCH_DIM`], `S` the input size (resized with [`RESIZE_FILTER`]);
+//! - preprocessing ([`CAFFE_PREPROCESSING`]) inside the graph, so clients feed raw pixels;
+//! - one output, float32 `[N, classes]`: [`PROBABILITIES`] (softmax) or [`LOGITS`] ([`Output`]);
+//! - [`ModelMetadata`] in `metadata_props` (class names first, see [`keys`]).
+
+/// Name of the graph input: decoded RGB pixels, float32 `[N, S, S, 3]`, values 0..255.
+pub const INPUT_NAME: &str = "images";
+/// Name of the graph output when it carries softmax probabilities, float32 `[N, classes]`.
+pub const PROBABILITIES: &str = "probabilities";
+/// Name of the graph output when it carries logits, float32 `[N, classes]`.
+pub const LOGITS: &str = "logits";
+/// Symbolic batch dimension of input and output.
+pub const BATCH_DIM: &str = "N";
+/// Memory layout of the input: batch, height, width, channels.
+pub const INPUT_LAYOUT: &str = "NHWC";
+/// Channel order of the input.
+pub const INPUT_COLOR: &str = "RGB";
+/// Value range and element type of the input.
+pub const INPUT_RANGE: &str = "0..255 float32";
+/// How images are resized to the input size (pipe's decoder; clients should do the same).
+pub const RESIZE_FILTER: &str = "bilinear (image crate FilterType::Triangle)";
+/// Description of the preprocessing (Keras' `preprocess_input(mode="caffe")`), as stored in a run's
+/// `config.json`, in the feature-cache key and in the ONNX metadata.
+pub const CAFFE_PREPROCESSING: &str =
+    "caffe: RGB->BGR, subtract ImageNet BGR means [103.939, 116.779, 123.68], no scaling";
+
+/// What the model outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Softmax probabilities, output named [`PROBABILITIES`].
+    Probabilities,
+    /// Pre-softmax scores, output named [`LOGITS`].
+    Logits,
+}
+
+impl Output {
+    /// The kind an output named `name` carries: [`Output::Logits`] for [`LOGITS`], else (also for
+    /// foreign models) [`Output::Probabilities`].
+    pub fn from_name(name: &str) -> Self {
+        if name == LOGITS {
+            Output::Logits
+        } else {
+            Output::Probabilities
+        }
+    }
+
+    /// The graph output's name: [`PROBABILITIES`] or [`LOGITS`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Output::Probabilities => PROBABILITIES,
+            Output::Logits => LOGITS,
+        }
+    }
+
+    /// The value of the `output` metadata key.
+    pub fn description(self) -> &'static str {
+        match self {
+            Output::Probabilities => "softmax probabilities",
+            Output::Logits => "logits",
+        }
+    }
+
+    /// What one output value is called in reports (column names, JSON keys): `probability` or `logit`.
+    pub fn score_name(self) -> &'static str {
+        match self {
+            Output::Probabilities => "probability",
+            Output::Logits => "logit",
+        }
+    }
+}
+
+/// Input dimensions of a model of input size `size`: `[N, size, size, 3]` (`None` = [`BATCH_DIM`]).
+pub fn input_dims(size: usize) -> [Option<i64>; 4] {
+    let s = Some(size as i64);
+    [None, s, s, Some(3)]
+}
+
+/// Output dimensions of a model with `classes` classes: `[N, classes]` (`None` = [`BATCH_DIM`]).
+pub fn output_dims(classes: usize) -> [Option<i64>; 2] {
+    [None, Some(classes as i64)]
+}
+
+/// The input size `S` of input dimensions `[N, S, S, 3]` (`None` = unknown dimension); `None` when
+/// the dimensions are not in this layout.
+pub fn input_size_of(dims: &[Option<i64>]) -> Option<usize> {
+    match dims {
+        [_, Some(h), Some(w), Some(3)] if h == w && *h > 0 => Some(*h as usize),
+        _ => None,
+    }
+}
+
+/// The number of classes of output dimensions `[N, classes]`; `None` when not in this layout.
+pub fn classes_of(dims: &[Option<i64>]) -> Option<usize> {
+    match dims {
+        [_, Some(c)] if *c > 0 => Some(*c as usize),
+        _ => None,
+    }
+}
+
+/// The `metadata_props` keys of an exported model, in the order [`ModelMetadata::to_props`] writes them.
+pub mod keys {
+    /// Class names as a JSON array of strings, index = output column.
+    pub const CLASSES: &str = "classes";
+    /// [`super::INPUT_NAME`].
+    pub const INPUT_NAME: &str = "input_name";
+    /// [`super::INPUT_LAYOUT`].
+    pub const INPUT_LAYOUT: &str = "input_layout";
+    /// [`super::INPUT_COLOR`].
+    pub const INPUT_COLOR: &str = "input_color";
+    /// [`super::INPUT_RANGE`].
+    pub const INPUT_RANGE: &str = "input_range";
+    /// Input height and width in pixels.
+    pub const INPUT_SIZE: &str = "input_size";
+    /// [`super::RESIZE_FILTER`].
+    pub const RESIZE_FILTER: &str = "resize_filter";
+    /// [`super::CAFFE_PREPROCESSING`], noted as inside the graph.
+    pub const PREPROCESSING: &str = "preprocessing";
+    /// [`super::Output::description`].
+    pub const OUTPUT: &str = "output";
+    /// SHA-256 fingerprint of the conv-base weights the run started from.
+    pub const WEIGHTS_FINGERPRINT: &str = "weights_fingerprint";
+    /// Conv layers fine-tuned, counted from the last (0 = frozen base).
+    pub const FINE_TUNED_CONV_LAYERS: &str = "fine_tuned_conv_layers";
+    /// Name of the training run.
+    pub const RUN: &str = "run";
+    /// `float32`, or `float16` for weights stored as float16.
+    pub const WEIGHTS_DTYPE: &str = "weights_dtype";
+    /// Version of pipe that exported the model.
+    pub const PIPE_VERSION: &str = "pipe_version";
+    /// Last epoch's validation accuracy, 4 decimals (absent when the run has no history).
+    pub const TEST_ACCURACY: &str = "test_accuracy";
+}
+
+/// The metadata pipe writes into an exported model's `metadata_props`. Adding a key is a field here,
+/// a line in [`ModelMetadata::to_props`] and, when clients need it, a reader beside
+/// [`ModelMetadata::classes_from_props`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelMetadata {
+    /// Class names, index = output column.
+    pub classes: Vec<String>,
+    /// Input height and width, pixels.
+    pub input_size: usize,
+    /// What the output carries.
+    pub output: Output,
+    /// SHA-256 fingerprint of the conv-base weights (lower-case hex).
+    pub weights_fingerprint: String,
+    /// Conv layers fine-tuned, counted from the last (0 = frozen base).
+    pub fine_tuned_conv_layers: usize,
+    /// Name of the training run.
+    pub run: String,
+    /// Whether the weights are stored as float16.
+    pub fp16_weights: bool,
+    /// Last epoch's validation accuracy, 0..1.
+    pub test_accuracy: Option<f64>,
+}
+
+impl ModelMetadata {
+    /// The `(key, value)` pairs of `metadata_props`, in file order (the keys of [`keys`], in order).
+    pub fn to_props(&self) -> Vec<(String, String)> {
+        let mut props: Vec<(&str, String)> = vec![
+            (
+                keys::CLASSES,
+                serde_json::to_string(&self.classes).unwrap_or_default(),
+            ),
+            (keys::INPUT_NAME, INPUT_NAME.into()),
+            (keys::INPUT_LAYOUT, INPUT_LAYOUT.into()),
+            (keys::INPUT_COLOR, INPUT_COLOR.into()),
+            (keys::INPUT_RANGE, INPUT_RANGE.into()),
+            (keys::INPUT_SIZE, self.input_size.to_string()),
+            (keys::RESIZE_FILTER, RESIZE_FILTER.into()),
+            (
+                keys::PREPROCESSING,
+                format!("{CAFFE_PREPROCESSING} (inside the graph)"),
+            ),
+            (keys::OUTPUT, self.output.description().into()),
+            (keys::WEIGHTS_FINGERPRINT, self.weights_fingerprint.clone()),
+            (
+                keys::FINE_TUNED_CONV_LAYERS,
+                self.fine_tuned_conv_layers.to_string(),
+            ),
+            (keys::RUN, self.run.clone()),
+            (
+                keys::WEIGHTS_DTYPE,
+                if self.fp16_weights {
+                    "float16"
+                } else {
+                    "float32"
+                }
+                .into(),
+            ),
+            (keys::PIPE_VERSION, env!("CARGO_PKG_VERSION").into()),
+        ];
+        if let Some(acc) = self.test_accuracy {
+            props.push((keys::TEST_ACCURACY, format!("{acc:.4}")));
+        }
+        props.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// The class names stored under [`keys::CLASSES`] of `props`, when present, a JSON array of
+    /// strings, and `n_classes` long (the model's output width); `None` otherwise.
+    pub fn classes_from_props(props: &[(String, String)], n_classes: usize) -> Option<Vec<String>> {
+        props
+            .iter()
+            .find(|(k, _)| k == keys::CLASSES)
+            .and_then(|(_, v)| serde_json::from_str::<Vec<String>>(v).ok())
+            .filter(|c| c.len() == n_classes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_round_trips_and_refuses_other_shapes() {
+        assert_eq!(input_size_of(&input_dims(64)), Some(64));
+        assert_eq!(input_size_of(&[None, Some(3), Some(32), Some(32)]), None);
+        assert_eq!(input_size_of(&[None, None, None, None]), None);
+        assert_eq!(classes_of(&output_dims(10)), Some(10));
+        assert_eq!(classes_of(&[None, Some(0)]), None);
+        assert_eq!(Output::from_name(LOGITS), Output::Logits);
+        assert_eq!(Output::from_name("y"), Output::Probabilities);
+        assert_eq!(Output::Logits.name(), LOGITS);
+    }
+
+    #[test]
+    fn metadata_props_in_order_and_classes_read_back() {
+        let m = ModelMetadata {
+            classes: vec!["cat".into(), "dog".into()],
+            input_size: 32,
+            output: Output::Probabilities,
+            weights_fingerprint: "ab".into(),
+            fine_tuned_conv_layers: 0,
+            run: "seed".into(),
+            fp16_weights: false,
+            test_accuracy: Some(0.456),
+        };
+        let props = m.to_props();
+        let names: Vec<&str> = props.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names[0], keys::CLASSES);
+        assert_eq!(names.last(), Some(&keys::TEST_ACCURACY));
+        assert_eq!(props[0].1, r#"["cat","dog"]"#);
+        assert_eq!(props.last().unwrap().1, "0.4560");
+        assert_eq!(
+            ModelMetadata::classes_from_props(&props, 2),
+            Some(m.classes.clone())
+        );
+        assert_eq!(ModelMetadata::classes_from_props(&props, 3), None);
+    }
+}

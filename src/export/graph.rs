@@ -1,0 +1,631 @@
+//! The inference graph of an [`Arch`] as an ONNX `ModelProto`: one small function per layer kind
+//! (preprocessing, conv + ReLU, max pooling, flatten, dense, ReLU, softmax, float16 weight), chained
+//! by [`layers`] in the order of the architecture.
+//!
+//! Graph (opset 17 by default):
+//! ```text
+//! images f32 [N,S,S,3] RGB 0..255
+//!   → Transpose(0,3,1,2)          NHWC → NCHW
+//!   → Gather(axis 1, [2,1,0])     RGB → BGR
+//!   → Sub(ImageNet BGR means)     caffe preprocessing, no scaling
+//!   → 13 × (Conv 3x3 pad 1 → Relu), 5 × MaxPool 2x2/2     VGG16 base
+//!   → Flatten(axis 1)             [N, 512·(S/32)²]
+//!   → Gemm(transB) → Relu → Gemm  dense head (Dropout is absent: inference graph)
+//!   → Softmax(axis 1)             probabilities f32 [N, classes]   (or logits with `Output::Logits`)
+//! ```
+//! Node and value names (`base/block1_conv1`, `head/dense1`, ...) follow the layer names of [`Arch`];
+//! parameters are initializers named as in [`Arch::base_params`] and [`Arch::head_params`].
+
+use crate::arch::{Arch, BaseLayer, HeadLayer, IMAGENET_BGR_MEANS};
+use crate::contract::{self, Output, INPUT_NAME, LOGITS};
+use crate::error::{Error, Result};
+use crate::onnx::build::{
+    attr_int, attr_ints, f16_tensor, f32_tensor, i64_tensor, ir_version_for, metadata_props, node,
+    value_info,
+};
+use crate::weights::NamedTensor;
+use std::collections::HashMap;
+use tract_onnx::pb;
+use tract_onnx::pb::tensor_proto::DataType;
+
+/// Default ONNX opset.
+pub const DEFAULT_OPSET: i64 = 17;
+/// Opsets the graph's operators are valid in.
+pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
+
+/// Options of [`build_model`].
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// ONNX opset of the default domain (13..=21 supported by the ops used).
+    pub opset: i64,
+    /// Output kind.
+    pub output: Output,
+    /// Extra `metadata_props` (class names, fingerprint, run id, ...), written in this order.
+    pub metadata: Vec<(String, String)>,
+    /// Store the conv and dense weights as float16 (half the file size); a `Cast` node turns each back
+    /// into float32, so the computation stays float32.
+    pub fp16_weights: bool,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            opset: DEFAULT_OPSET,
+            output: Output::Probabilities,
+            metadata: Vec::new(),
+            fp16_weights: false,
+        }
+    }
+}
+
+/// Builds the inference graph of `arch` with the given base (in [`Arch::base_params`] order) and head
+/// (in [`Arch::head_params`] order) weights.
+///
+/// # Errors
+/// [`Error::Usage`] when a tensor is missing or has the wrong shape, or the opset is outside 13..=21.
+pub fn build_model(
+    arch: &Arch,
+    base: &[NamedTensor],
+    head: &[NamedTensor],
+    opts: &ExportOptions,
+) -> Result<pb::ModelProto> {
+    if !OPSETS.contains(&opts.opset) {
+        return Err(Error::Usage(format!(
+            "opset {} is not supported (13..=21)",
+            opts.opset
+        )));
+    }
+    let (mut initializer, mut nodes) = parameters(arch, base, head, opts.fp16_weights)?;
+    initializer.extend(preprocess_constants());
+    nodes.extend(layers(arch, opts.output));
+    let graph = graph(arch, opts.output, nodes, initializer);
+    Ok(pb::ModelProto {
+        ir_version: ir_version_for(opts.opset),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: opts.opset,
+        }],
+        producer_name: "pipe".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: "Exported by pipe (Rust, native ONNX writer)".into(),
+        graph: Some(graph),
+        metadata_props: metadata_props(&opts.metadata),
+        ..Default::default()
+    })
+}
+
+/// The graph around `nodes` and `initializer`: its name, doc string, input and output.
+fn graph(
+    arch: &Arch,
+    output: Output,
+    nodes: Vec<pb::NodeProto>,
+    initializer: Vec<pb::TensorProto>,
+) -> pb::GraphProto {
+    let output_doc = match output {
+        Output::Probabilities => "softmax probabilities per class",
+        Output::Logits => "logits per class",
+    };
+    pb::GraphProto {
+        name: "pipe_vgg16_transfer".into(),
+        node: nodes,
+        initializer,
+        doc_string: "ImageNet VGG16 conv base (frozen) + dense head fine-tuned by pipe; caffe preprocessing inside".into(),
+        input: vec![value_info(
+            INPUT_NAME,
+            &contract::input_dims(arch.input_size),
+            "RGB pixels, NHWC, float32 in 0..255",
+        )],
+        output: vec![value_info(
+            output.name(),
+            &contract::output_dims(arch.num_classes),
+            output_doc,
+        )],
+        ..Default::default()
+    }
+}
+
+/// The parameters as initializers, in [`Arch::base_params`] then [`Arch::head_params`] order, and,
+/// with `fp16`, the `Cast` node of each (see [`fp16_weight`]).
+///
+/// # Errors
+/// [`Error::Usage`] naming a missing parameter or one of the wrong shape.
+fn parameters(
+    arch: &Arch,
+    base: &[NamedTensor],
+    head: &[NamedTensor],
+    fp16: bool,
+) -> Result<(Vec<pb::TensorProto>, Vec<pb::NodeProto>)> {
+    let params: HashMap<&str, &NamedTensor> = base
+        .iter()
+        .chain(head)
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let mut initializer = Vec::new();
+    let mut casts = Vec::new();
+    for (name, shape) in arch.base_params().into_iter().chain(arch.head_params()) {
+        let t = params
+            .get(name.as_str())
+            .ok_or_else(|| Error::Usage(format!("export: weight {name} is missing")))?;
+        if t.shape != shape {
+            return Err(Error::Usage(format!(
+                "export: weight {name} has shape {:?}, expected {shape:?}",
+                t.shape
+            )));
+        }
+        if fp16 {
+            let (tensor, cast) = fp16_weight(&name, &shape, &t.data);
+            initializer.push(tensor);
+            casts.push(cast);
+        } else {
+            initializer.push(f32_tensor(&name, &shape, &t.data));
+        }
+    }
+    Ok((initializer, casts))
+}
+
+/// A weight stored as float16: the initializer `<name>.float16` and the `Cast` node
+/// `weights/<name>/to_float32` whose output, float32, carries the weight's own name.
+fn fp16_weight(name: &str, shape: &[usize], data: &[f32]) -> (pb::TensorProto, pb::NodeProto) {
+    let half = format!("{name}.float16");
+    let cast = node(
+        "Cast",
+        &format!("weights/{name}/to_float32"),
+        &[&half],
+        name,
+        vec![attr_int("to", DataType::Float as i64)],
+    );
+    (f16_tensor(&half, shape, data), cast)
+}
+
+/// The constants of the preprocessing nodes: the ImageNet BGR means `[1,3,1,1]` float32 and the
+/// channel order `[2,1,0]` int64.
+fn preprocess_constants() -> [pb::TensorProto; 2] {
+    [
+        f32_tensor(
+            "preprocess.imagenet_bgr_mean",
+            &[1, 3, 1, 1],
+            &IMAGENET_BGR_MEANS,
+        ),
+        i64_tensor("preprocess.bgr_order", &[2, 1, 0]),
+    ]
+}
+
+/// All nodes from the input to the output, in order: preprocessing, the base, flatten, the head
+/// and, for probabilities, softmax.
+fn layers(arch: &Arch, output: Output) -> Vec<pb::NodeProto> {
+    let mut nodes = preprocess(INPUT_NAME);
+    for layer in &arch.base {
+        let x = last_output(&nodes);
+        match layer {
+            BaseLayer::Conv { name, .. } => nodes.extend(conv_relu(name, &x)),
+            BaseLayer::MaxPool { name } => nodes.push(max_pool(name, &x)),
+        }
+    }
+    nodes.push(flatten(&last_output(&nodes)));
+    let last_linear = arch
+        .head
+        .iter()
+        .rposition(|l| matches!(l, HeadLayer::Linear { .. }));
+    for (i, layer) in arch.head.iter().enumerate() {
+        let x = last_output(&nodes);
+        match layer {
+            HeadLayer::Linear { name, .. } => {
+                let out = if Some(i) == last_linear {
+                    LOGITS.to_string()
+                } else {
+                    format!("head/{name}")
+                };
+                nodes.push(linear(name, &x, &out));
+            }
+            HeadLayer::Relu => nodes.push(relu(&x)),
+            HeadLayer::Dropout { .. } => {} // identity at inference
+        }
+    }
+    if output == Output::Probabilities {
+        nodes.push(softmax(&last_output(&nodes)));
+    }
+    nodes
+}
+
+/// The output of the last node: the input of the next layer.
+fn last_output(nodes: &[pb::NodeProto]) -> String {
+    nodes
+        .last()
+        .and_then(|n| n.output.first())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Keras "caffe" preprocessing of `x` (NHWC RGB 0..255): NHWC → NCHW, RGB → BGR, minus the ImageNet
+/// BGR means; output `preprocess/out`.
+fn preprocess(x: &str) -> Vec<pb::NodeProto> {
+    vec![
+        node(
+            "Transpose",
+            "preprocess/nhwc_to_nchw",
+            &[x],
+            "preprocess/nchw_rgb",
+            vec![attr_ints("perm", &[0, 3, 1, 2])],
+        ),
+        node(
+            "Gather",
+            "preprocess/rgb_to_bgr",
+            &["preprocess/nchw_rgb", "preprocess.bgr_order"],
+            "preprocess/nchw_bgr",
+            vec![attr_int("axis", 1)],
+        ),
+        node(
+            "Sub",
+            "preprocess/subtract_imagenet_mean",
+            &["preprocess/nchw_bgr", "preprocess.imagenet_bgr_mean"],
+            "preprocess/out",
+            vec![],
+        ),
+    ]
+}
+
+/// Conv 3x3, padding 1, stride 1 (weights `base.<name>.weight|bias`), then ReLU; output
+/// `base/<name>/relu`.
+fn conv_relu(name: &str, x: &str) -> [pb::NodeProto; 2] {
+    let (w, b) = (format!("base.{name}.weight"), format!("base.{name}.bias"));
+    let conv_out = format!("base/{name}/conv");
+    let conv = node(
+        "Conv",
+        &format!("base/{name}"),
+        &[x, &w, &b],
+        &conv_out,
+        vec![
+            attr_ints("kernel_shape", &[3, 3]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+            attr_ints("strides", &[1, 1]),
+        ],
+    );
+    let relu = node(
+        "Relu",
+        &format!("base/{name}_relu"),
+        &[&conv_out],
+        &format!("base/{name}/relu"),
+        vec![],
+    );
+    [conv, relu]
+}
+
+/// Max pooling 2x2, stride 2; node and output `base/<name>`.
+fn max_pool(name: &str, x: &str) -> pb::NodeProto {
+    let out = format!("base/{name}");
+    node(
+        "MaxPool",
+        &out,
+        &[x],
+        &out,
+        vec![
+            attr_ints("kernel_shape", &[2, 2]),
+            attr_ints("strides", &[2, 2]),
+        ],
+    )
+}
+
+/// Flatten from axis 1: `[N, C, H, W]` → `[N, C·H·W]`; node and output `head/flatten`.
+fn flatten(x: &str) -> pb::NodeProto {
+    node(
+        "Flatten",
+        "head/flatten",
+        &[x],
+        "head/flatten",
+        vec![attr_int("axis", 1)],
+    )
+}
+
+/// Dense layer `x · Wᵀ + b` as Gemm with transB (weights `head.<name>.weight|bias`, PyTorch's
+/// `[out, in]` layout); node `head/<name>`, output `out`.
+fn linear(name: &str, x: &str, out: &str) -> pb::NodeProto {
+    let (w, b) = (format!("head.{name}.weight"), format!("head.{name}.bias"));
+    node(
+        "Gemm",
+        &format!("head/{name}"),
+        &[x, &w, &b],
+        out,
+        vec![attr_int("transB", 1)],
+    )
+}
+
+/// ReLU of a head value; node and output `<x>_relu`.
+fn relu(x: &str) -> pb::NodeProto {
+    let out = format!("{x}_relu");
+    node("Relu", &out, &[x], &out, vec![])
+}
+
+/// Softmax over the classes (axis 1); node `head/softmax`, output [`contract::PROBABILITIES`].
+fn softmax(x: &str) -> pb::NodeProto {
+    node(
+        "Softmax",
+        "head/softmax",
+        &[x],
+        contract::PROBABILITIES,
+        vec![attr_int("axis", 1)],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::numel;
+
+    /// Deterministic pseudo-random weights, uniform-like in ±sqrt(6/fan_in) (He), so activations keep
+    /// their scale through the 13 convs; the first conv is scaled down to bring 0..255 pixels to ~1.
+    pub(crate) fn weights(arch: &Arch) -> (Vec<NamedTensor>, Vec<NamedTensor>) {
+        let mk = |v: Vec<(String, Vec<usize>)>| -> Vec<NamedTensor> {
+            v.into_iter()
+                .enumerate()
+                .map(|(k, (name, shape))| {
+                    let fan_in = numel(&shape) / shape[0];
+                    let mut scale = if shape.len() == 1 {
+                        0.05
+                    } else {
+                        (6.0 / fan_in as f32).sqrt()
+                    };
+                    if k == 0 {
+                        scale /= 50.0;
+                    }
+                    let data = (0..numel(&shape))
+                        .map(|i| (((i * 7919 + k * 13) % 17) as f32 / 8.0 - 1.0) * scale)
+                        .collect();
+                    NamedTensor { name, shape, data }
+                })
+                .collect()
+        };
+        (mk(arch.base_params()), mk(arch.head_params()))
+    }
+
+    /// The model file at `path` loaded, optimised and planned by tract.
+    fn tract_plan(
+        path: &std::path::Path,
+    ) -> std::sync::Arc<tract_onnx::prelude::TypedRunnableModel> {
+        use tract_onnx::prelude::*;
+        tract_onnx::onnx()
+            .model_for_path(path)
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap()
+    }
+
+    #[test]
+    fn graph_has_preprocessing_base_head_and_metadata() {
+        let arch = Arch::vgg16_transfer(32, 10);
+        let (b, h) = weights(&arch);
+        let opts = ExportOptions {
+            metadata: vec![("classes".into(), "[\"a\"]".into())],
+            ..Default::default()
+        };
+        let m = build_model(&arch, &b, &h, &opts).unwrap();
+        assert_eq!(m.opset_import[0].version, 17);
+        assert_eq!(m.ir_version, 8);
+        let g = m.graph.as_ref().unwrap();
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(&ops[..3], &["Transpose", "Gather", "Sub"]);
+        assert_eq!(ops.iter().filter(|o| **o == "Conv").count(), 13);
+        assert_eq!(ops.iter().filter(|o| **o == "MaxPool").count(), 5);
+        assert!(!ops.contains(&"Dropout"));
+        assert_eq!(ops.last(), Some(&"Softmax"));
+        assert_eq!(g.input[0].name, "images");
+        assert_eq!(g.output[0].name, "probabilities");
+        assert_eq!(m.metadata_props[0].key, "classes");
+        let params: usize = g
+            .initializer
+            .iter()
+            .filter(|t| t.data_type == 1)
+            .map(|t| t.dims.iter().product::<i64>() as usize)
+            .sum();
+        assert_eq!(params, 14_714_688 + 133_898 + 3);
+        // Names are unique (Netron and onnx.checker need this).
+        let mut names: Vec<&str> = g.node.iter().map(|n| n.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), g.node.len());
+    }
+
+    /// float16 weights: half the bytes, a Cast per weight, and tract computes (almost) the same
+    /// logits as the float32 graph.
+    #[test]
+    fn fp16_weights_halve_the_model_and_keep_its_outputs() {
+        use tract_onnx::prelude::*;
+        let arch = Arch::vgg16_transfer(32, 10);
+        let (b, h) = weights(&arch);
+        let dir = tempfile::tempdir().unwrap();
+        let run = |fp16: bool| -> (u64, Vec<f32>, pb::ModelProto) {
+            let opts = ExportOptions {
+                fp16_weights: fp16,
+                output: Output::Logits,
+                ..Default::default()
+            };
+            let m = build_model(&arch, &b, &h, &opts).unwrap();
+            let p = dir.path().join(format!("m{fp16}.onnx"));
+            crate::export::write_model(&p, &m).unwrap();
+            let plan = tract_plan(&p);
+            let x: Vec<f32> = (0..2 * 32 * 32 * 3)
+                .map(|i| (i * 37 % 256) as f32)
+                .collect();
+            let t = tract_ndarray::Array4::from_shape_vec((2, 32, 32, 3), x).unwrap();
+            let out = plan.run(tvec!(Tensor::from(t).into())).unwrap();
+            let v = out[0]
+                .to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect();
+            (std::fs::metadata(&p).unwrap().len(), v, m)
+        };
+        let (full, p32, _) = run(false);
+        let (half, p16, m) = run(true);
+        assert!(half * 100 < full * 51, "{half} vs {full} bytes");
+        let g = m.graph.as_ref().unwrap();
+        // One Cast per weight and bias: 13 convs and 2 dense layers.
+        assert_eq!(g.node.iter().filter(|n| n.op_type == "Cast").count(), 30);
+        assert!(g
+            .initializer
+            .iter()
+            .filter(|t| t.name.starts_with("base.") || t.name.starts_with("head."))
+            .all(|t| t.data_type == DataType::Float16 as i32));
+        // Logits move (weights were rounded) but only slightly relative to their spread (these random
+        // weights give logits in the thousands, and the rounding errors of 15 layers add up; on real
+        // runs the export verification bounds the probabilities, see tests/train_options.rs).
+        assert!(
+            p32.iter().zip(&p16).any(|(a, b)| a != b),
+            "fp16 changed nothing?"
+        );
+        let spread = p32.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = p32
+            .iter()
+            .zip(&p16)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 5e-2 * spread, "max |Δlogit| {worst} of {spread}");
+    }
+
+    #[test]
+    fn refuses_wrong_shapes_and_opsets() {
+        let arch = Arch::vgg16_transfer(32, 10);
+        let (b, mut h) = weights(&arch);
+        let opts = ExportOptions {
+            opset: 12,
+            ..Default::default()
+        };
+        assert!(build_model(&arch, &b, &h, &opts).is_err());
+        h[0].shape = vec![512, 256];
+        let err = build_model(&arch, &b, &h, &ExportOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("head.dense1.weight"), "{err}");
+    }
+
+    /// Runs the exported graph with tract on random pixels and compares with a direct, naive
+    /// implementation of the same network in plain Rust (caffe preprocessing, conv, pool, head, softmax).
+    #[test]
+    fn tract_runs_the_exported_graph_like_a_naive_reference() {
+        use tract_onnx::prelude::*;
+        let arch = Arch::vgg16_transfer(32, 10);
+        let (b, h) = weights(&arch);
+        let m = build_model(&arch, &b, &h, &ExportOptions::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.onnx");
+        crate::export::write_model(&p, &m).unwrap();
+        let n = 2;
+        let pixels: Vec<u8> = (0..n * 32 * 32 * 3)
+            .map(|i| ((i * 31 + 7) % 256) as u8)
+            .collect();
+        let input: Vec<f32> = pixels.iter().map(|&v| f32::from(v)).collect();
+        let model = tract_plan(&p);
+        let t = Tensor::from_shape(&[n, 32, 32, 3], &input).unwrap();
+        let out = model.run(tvec!(t.into())).unwrap();
+        let got = out[0].to_plain_array_view::<f32>().unwrap().to_owned();
+        let want = naive_forward(&arch, &b, &h, &pixels, n);
+        assert_eq!(got.shape(), &[n, 10]);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "tract {g} vs naive {w}");
+        }
+        for row in got.rows() {
+            assert!((row.sum() - 1.0).abs() < 1e-5);
+        }
+    }
+
+    /// Straightforward f64 reference of the whole network for `n` NHWC RGB u8 images.
+    pub(crate) fn naive_forward(
+        arch: &Arch,
+        base: &[NamedTensor],
+        head: &[NamedTensor],
+        pixels: &[u8],
+        n: usize,
+    ) -> Vec<f32> {
+        let s = arch.input_size;
+        let pre = crate::data::caffe_preprocess(pixels, n, s);
+        let mut out = Vec::new();
+        for img in pre.chunks_exact(3 * s * s) {
+            let (mut x, mut c, mut hw): (Vec<f64>, usize, usize) =
+                (img.iter().map(|&v| v as f64).collect(), 3, s);
+            let mut k = 0;
+            for layer in &arch.base {
+                match layer {
+                    BaseLayer::Conv { out_channels, .. } => {
+                        let (w, bias) = (&base[2 * k].data, &base[2 * k + 1].data);
+                        let mut y = vec![0f64; out_channels * hw * hw];
+                        for o in 0..*out_channels {
+                            for i in 0..hw {
+                                for j in 0..hw {
+                                    let mut acc = bias[o] as f64;
+                                    for ci in 0..c {
+                                        for di in 0..3 {
+                                            for dj in 0..3 {
+                                                let (ii, jj) = (
+                                                    i as isize + di as isize - 1,
+                                                    j as isize + dj as isize - 1,
+                                                );
+                                                if ii >= 0
+                                                    && jj >= 0
+                                                    && (ii as usize) < hw
+                                                    && (jj as usize) < hw
+                                                {
+                                                    acc += w[((o * c + ci) * 3 + di) * 3 + dj]
+                                                        as f64
+                                                        * x[(ci * hw + ii as usize) * hw
+                                                            + jj as usize];
+                                                }
+                                            }
+                                        }
+                                    }
+                                    y[(o * hw + i) * hw + j] = acc.max(0.0);
+                                }
+                            }
+                        }
+                        x = y;
+                        c = *out_channels;
+                        k += 1;
+                    }
+                    BaseLayer::MaxPool { .. } => {
+                        let h2 = hw / 2;
+                        let mut y = vec![0f64; c * h2 * h2];
+                        for ci in 0..c {
+                            for i in 0..h2 {
+                                for j in 0..h2 {
+                                    let v = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                                        .iter()
+                                        .map(|(a, b2)| x[(ci * hw + 2 * i + a) * hw + 2 * j + b2])
+                                        .fold(f64::MIN, f64::max);
+                                    y[(ci * h2 + i) * h2 + j] = v;
+                                }
+                            }
+                        }
+                        x = y;
+                        hw = h2;
+                    }
+                }
+            }
+            let mut li = 0;
+            for layer in &arch.head {
+                match layer {
+                    HeadLayer::Linear {
+                        in_features,
+                        out_features,
+                        ..
+                    } => {
+                        let (w, bias) = (&head[2 * li].data, &head[2 * li + 1].data);
+                        x = (0..*out_features)
+                            .map(|o| {
+                                bias[o] as f64
+                                    + (0..*in_features)
+                                        .map(|i| w[o * in_features + i] as f64 * x[i])
+                                        .sum::<f64>()
+                            })
+                            .collect();
+                        li += 1;
+                    }
+                    HeadLayer::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+                    HeadLayer::Dropout { .. } => {}
+                }
+            }
+            let m = x.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = x.iter().map(|v| (v - m).exp()).sum();
+            out.extend(x.iter().map(|v| ((v - m).exp() / z) as f32));
+        }
+        out
+    }
+}

@@ -1,0 +1,273 @@
+//! Native ONNX export: the [`Arch`] description plus a run's weights become an ONNX model file with
+//! the Keras "caffe" preprocessing inside the graph, keeping the contract of [`crate::contract`].
+//!
+//! - [`graph`]: the graph builder, one function per layer kind ([`build_model`]);
+//! - [`verify`]: the written file run with tract against the run's tch probabilities;
+//! - [`triton`]: the Triton Inference Server repository layout and `config.pbtxt`;
+//! - here: [`export_run`] (run folder → verified model file) and [`write_model`].
+
+pub mod graph;
+pub mod triton;
+pub mod verify;
+
+pub use graph::{build_model, ExportOptions, DEFAULT_OPSET};
+pub use triton::{write_triton_config, TritonLayout};
+#[cfg(feature = "tract")]
+pub use verify::verify_against_run;
+pub use verify::{Verification, FP16_VERIFY_TOLERANCE, VERIFY_TOLERANCE};
+
+use crate::arch::Arch;
+use crate::contract::{ModelMetadata, Output};
+use crate::error::{Error, Result};
+use crate::run::RunConfig;
+use crate::weights::NamedTensor;
+use prost::Message;
+use std::path::{Path, PathBuf};
+use tract_onnx::pb;
+
+/// Encodes `model` and writes it atomically to `path` (temporary file in the same folder, then rename),
+/// creating the parent folder if needed.
+///
+/// # Errors
+/// [`Error::Io`] naming `path`.
+pub fn write_model(path: &Path, model: &pb::ModelProto) -> Result<()> {
+    write_model_checked(path, model, |_| Ok(()))
+}
+
+/// As [`write_model`], calling `check` on the complete temporary file before it is renamed into
+/// place; nothing is left at `path` when `check` fails.
+///
+/// # Errors
+/// [`Error::Io`] naming `path`, or `check`'s error.
+pub fn write_model_checked(
+    path: &Path,
+    model: &pb::ModelProto,
+    check: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let bytes = model.encode_to_vec();
+    crate::util::write_atomic_checked(path, |w| w.write_all(&bytes), check)
+}
+
+/// Where an exported model goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// One ONNX file.
+    File(PathBuf),
+    /// A Triton model repository: the model file, `config.pbtxt` and `labels.txt`.
+    Triton(TritonLayout),
+}
+
+impl Destination {
+    /// The ONNX file written.
+    pub fn model_file(&self) -> PathBuf {
+        match self {
+            Destination::File(path) => path.clone(),
+            Destination::Triton(layout) => layout.model_file(),
+        }
+    }
+}
+
+/// Options of [`export_run`].
+#[derive(Debug, Clone)]
+pub struct RunExportOptions {
+    /// ONNX opset of the default domain (13..=21).
+    pub opset: i64,
+    /// Probabilities or logits.
+    pub output: Output,
+    /// Test images to verify the written file on with tract (0 = no verification).
+    pub verify_images: usize,
+    /// Store the weights as float16 (verified with [`FP16_VERIFY_TOLERANCE`]).
+    pub fp16_weights: bool,
+}
+
+/// Summary of an export.
+#[derive(Debug, Clone)]
+pub struct ExportSummary {
+    /// The name of the run exported (its folder's name).
+    pub run: String,
+    /// The ONNX file written: the file asked for, or `DIR/<name>/1/model.onnx` in a Triton
+    /// repository.
+    pub path: PathBuf,
+    /// Verification against tch's test-set probabilities, when it ran (with test images to verify
+    /// on and the `tract` feature).
+    pub verification: Option<Verification>,
+    /// Size of the file in bytes (MB = 10⁶ bytes in the printed summary).
+    pub bytes: u64,
+    /// ONNX opset of the default domain (`ai.onnx`).
+    pub opset: i64,
+    /// The Triton model folder (`DIR/<name>`), for a Triton export.
+    pub triton_model_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Display for ExportSummary {
+    /// What `pipe export` prints: the Triton folder and the verification when there are, then
+    /// `exported run <run> to <path> (<MB> MB, opset <opset>)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(dir) = &self.triton_model_dir {
+            writeln!(
+                f,
+                "Triton model repository: {} (config.pbtxt, labels.txt, 1/model.onnx)",
+                dir.display()
+            )?;
+        }
+        if let Some(v) = &self.verification {
+            writeln!(f, "{v}")?;
+        }
+        write!(
+            f,
+            "exported run {} to {} ({:.1} MB, opset {})",
+            self.run,
+            self.path.display(),
+            self.bytes as f64 / 1e6,
+            self.opset
+        )
+    }
+}
+
+/// Exports a training run folder (see [`crate::run`]) to `destination`: base weights from the run's
+/// `weights` file (its fingerprint must equal the one the run trained with) or, for a fine-tuned run,
+/// its `base.safetensors`; head from `head.safetensors`; metadata ([`ModelMetadata`]) from
+/// `config.json` and `history.json`. A Triton destination also gets its `config.pbtxt` and
+/// `labels.txt`, after the model file.
+///
+/// # Errors
+/// A missing or incomplete run, base weights that changed since training, or an unwritable
+/// destination; nothing is left at the model file on error.
+/// With `verify_images > 0` (and the `tract` feature), the written model is first checked with
+/// [`verify_against_run`] and only renamed into place when it passes.
+pub fn export_run(
+    run_dir: &Path,
+    destination: &Destination,
+    opts: &RunExportOptions,
+) -> Result<ExportSummary> {
+    use crate::run::{EpochMetrics, CONFIG_FILE, HISTORY_FILE};
+    let config: RunConfig = crate::util::read_json(&run_dir.join(CONFIG_FILE))?;
+    let arch = Arch::vgg16_transfer(config.input_size, config.classes.len());
+    let (base, fp, head) = run_weights(run_dir, &config, &arch)?;
+    let history: Vec<EpochMetrics> =
+        crate::util::read_json(&run_dir.join(HISTORY_FILE)).unwrap_or_default();
+    let metadata = ModelMetadata {
+        classes: config.classes.clone(),
+        input_size: config.input_size,
+        output: opts.output,
+        weights_fingerprint: fp,
+        fine_tuned_conv_layers: config.unfreeze,
+        run: config.name.clone(),
+        fp16_weights: opts.fp16_weights,
+        test_accuracy: history.last().map(|m| m.val_accuracy),
+    };
+    let model = build_model(
+        &arch,
+        &base,
+        &head,
+        &ExportOptions {
+            opset: opts.opset,
+            output: opts.output,
+            metadata: metadata.to_props(),
+            fp16_weights: opts.fp16_weights,
+        },
+    )?;
+    let output = destination.model_file();
+    let verification = write_verified(&output, &model, run_dir, opts)?;
+    let bytes = std::fs::metadata(&output)
+        .map_err(|e| Error::io(&output, e))?
+        .len();
+    let triton_model_dir = match destination {
+        Destination::Triton(layout) => {
+            let info = crate::onnx::ModelInfo::read(&output)?;
+            write_triton_config(
+                &layout.model_dir(),
+                &layout.name,
+                &info,
+                layout.max_batch_size,
+            )?;
+            Some(layout.model_dir())
+        }
+        Destination::File(_) => None,
+    };
+    Ok(ExportSummary {
+        run: config.name,
+        path: output,
+        bytes,
+        opset: opts.opset,
+        verification,
+        triton_model_dir,
+    })
+}
+
+/// The weights of a run's model: base (and its fingerprint) and head.
+///
+/// # Errors
+/// A fine-tuned run without its `base.safetensors`, a frozen-base run whose weights file changed
+/// since training, or weights that cannot be read.
+fn run_weights(
+    run_dir: &Path,
+    config: &RunConfig,
+    arch: &Arch,
+) -> Result<(Vec<NamedTensor>, String, Vec<NamedTensor>)> {
+    let base_path = crate::run::base_weights(run_dir, config);
+    if config.unfreeze > 0 && base_path == config.weights {
+        return Err(Error::invalid(
+            run_dir,
+            format!(
+                "fine-tuned run without its {}; it did not finish (train it again or --resume it)",
+                crate::run::BASE_FILE
+            ),
+        ));
+    }
+    let (base, fp) = crate::weights::load_base(&base_path, arch, true)?;
+    // A fine-tuned run carries its own base; a frozen-base run must find the weights it trained with.
+    if config.unfreeze == 0 && fp != config.weights_fingerprint {
+        return Err(Error::invalid(
+            &config.weights,
+            format!(
+                "base weights fingerprint {fp} differs from the one run {} trained with ({})",
+                config.name, config.weights_fingerprint
+            ),
+        ));
+    }
+    let (head, _) = crate::weights::load_safetensors(
+        &run_dir.join(crate::run::HEAD_FILE),
+        &arch.head_params(),
+    )?;
+    Ok((base, fp, head))
+}
+
+/// Writes `model` to `output`, verified first against the run when `opts.verify_images > 0` and
+/// the `tract` feature is on; returns the verification when it ran.
+///
+/// # Errors
+/// As [`write_model_checked`] and [`verify_against_run`].
+fn write_verified(
+    output: &Path,
+    model: &pb::ModelProto,
+    run_dir: &Path,
+    opts: &RunExportOptions,
+) -> Result<Option<Verification>> {
+    #[cfg_attr(not(feature = "tract"), allow(unused_mut))]
+    let mut verification = None;
+    write_model_checked(output, model, |tmp| {
+        #[cfg(feature = "tract")]
+        if opts.verify_images > 0 {
+            let tolerance = if opts.fp16_weights {
+                FP16_VERIFY_TOLERANCE
+            } else {
+                VERIFY_TOLERANCE
+            };
+            verification = Some(verify_against_run(
+                tmp,
+                run_dir,
+                opts.verify_images,
+                opts.output,
+                tolerance,
+            )?);
+        }
+        #[cfg(not(feature = "tract"))]
+        let _ = (tmp, run_dir, opts);
+        Ok(())
+    })?;
+    Ok(verification)
+}

@@ -1,0 +1,170 @@
+//! Verification of an exported model against the run that made it: the model file is run with tract
+//! on the run's test images and its probabilities are compared with those tch computed at the end of
+//! training (`predictions.json`).
+// Without tract nothing runs a model, so only the constants and `Verification` are used.
+#![cfg_attr(not(feature = "tract"), allow(dead_code, unused_imports))]
+
+use crate::contract::Output;
+use crate::error::{Error, Result};
+use crate::run::{PredictionItem, Predictions};
+use std::path::Path;
+
+/// Largest |Δprobability| an export may show against tch before it is refused.
+pub const VERIFY_TOLERANCE: f32 = 1e-4;
+/// Largest |Δprobability| of an export with float16 weights (`--fp16`): rounding every weight to 11
+/// significant bits moved probabilities by up to 4.6e-3 on a seed-recipe run, so 1e-2 leaves margin
+/// while still catching a wrong preprocessing or weight (those move them by 0.1 or more). With it, a
+/// label may differ from tch's only on a near-tie: when tch's two most probable classes are within
+/// this tolerance of each other.
+pub const FP16_VERIFY_TOLERANCE: f32 = 1e-2;
+
+/// Outcome of checking an exported model against the probabilities tch computed for the same images.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// Images compared.
+    pub images: usize,
+    /// Largest |Δprobability| over all images and classes.
+    pub max_abs_diff: f32,
+    /// Engine that ran the exported model.
+    pub backend: &'static str,
+    /// The tolerance it was checked against.
+    pub tolerance: f32,
+}
+
+impl std::fmt::Display for Verification {
+    /// `verified with tract on 256 test images: same labels as tch, max |Δprobability| 7.2e-6 (tolerance 1e-4)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "verified with {} on {} test images: same labels as tch, max |Δprobability| {:.1e} (tolerance {:.0e})",
+            self.backend, self.images, self.max_abs_diff, self.tolerance
+        )
+    }
+}
+
+/// Runs the model file at `model` with tract on up to `n` of the run's test images (spread evenly over
+/// `predictions.json`, so every class is covered) and compares its probabilities (softmax of its
+/// output for a logits export) with those tch computed at the end of training.
+///
+/// # Errors
+/// [`Error::InvalidFile`] naming the model when an argmax differs or max |Δp| > `tolerance`;
+/// the run's predictions or images cannot be read; tract fails.
+#[cfg(feature = "tract")]
+pub fn verify_against_run(
+    model: &Path,
+    run_dir: &Path,
+    n: usize,
+    kind: Output,
+    tolerance: f32,
+) -> Result<Verification> {
+    use crate::infer::{tract_backend::TractBackend, Backend};
+    let preds: Predictions = crate::util::read_json(&run_dir.join(crate::run::PREDICTIONS_FILE))?;
+    let total = preds.items.len();
+    let take = n.min(total);
+    let picked: Vec<&PredictionItem> = (0..take)
+        .map(|i| &preds.items[i * total / take.max(1)])
+        .collect();
+    let s = crate::onnx::ModelInfo::read(model)?.input_size;
+    let input: Vec<f32> = pixels(&preds, &picked, s)?
+        .iter()
+        .map(|&v| f32::from(v))
+        .collect();
+    let view =
+        ndarray::ArrayView4::from_shape((take, s, s, 3), &input).map_err(|e| Error::Backend {
+            backend: "tract",
+            message: e.to_string(),
+        })?;
+    let out = TractBackend::open(model, 0)?.run(view)?;
+    let mut worst = 0f32;
+    for (row, it) in out.rows().into_iter().zip(&picked) {
+        let mut p = row.to_vec();
+        if kind == Output::Logits {
+            softmax(&mut p);
+        }
+        worst = worst.max(compare(model, &p, it, tolerance)?);
+    }
+    if worst > tolerance {
+        return Err(Error::invalid(
+            model,
+            format!(
+            "verification failed: max |Δprobability| {worst:e} against tch exceeds {tolerance:e}"
+        ),
+        ));
+    }
+    Ok(Verification {
+        images: take,
+        max_abs_diff: worst,
+        tolerance,
+        backend: "tract",
+    })
+}
+
+/// The pixels of the `picked` images at `size`x`size`, RGB u8 NHWC: files under the run's data root,
+/// or records of the CIFAR-10 binary release.
+///
+/// # Errors
+/// An image or record that cannot be read.
+fn pixels(preds: &Predictions, picked: &[&PredictionItem], size: usize) -> Result<Vec<u8>> {
+    use crate::data::{cifar, load_rgb, resize_rgb};
+    let mut pixels = Vec::with_capacity(picked.len() * size * size * 3);
+    let binary = picked.iter().any(|it| it.file.contains(".bin#"));
+    let records = if binary {
+        let classes = cifar::read_classes(&preds.data_root)?;
+        Some(cifar::read_split(&preds.data_root, false, classes.len())?)
+    } else {
+        None
+    };
+    for it in picked {
+        match &records {
+            Some(r) => {
+                let rec = r.iter().find(|x| x.name == it.file).ok_or_else(|| {
+                    Error::invalid(
+                        &preds.data_root,
+                        format!("record {} of predictions.json not found", it.file),
+                    )
+                })?;
+                pixels.extend(resize_rgb(&rec.pixels, cifar::CIFAR_SIZE, size));
+            }
+            None => pixels.extend(load_rgb(&preds.data_root.join(&it.file), size)?),
+        }
+    }
+    Ok(pixels)
+}
+
+/// Softmax of a row of logits, in place.
+fn softmax(row: &mut [f32]) {
+    let m = row.iter().cloned().fold(f32::MIN, f32::max);
+    let z: f32 = row.iter().map(|v| (v - m).exp()).sum();
+    row.iter_mut().for_each(|v| *v = (*v - m).exp() / z);
+}
+
+/// Compares the exported model's probabilities `p` of one image with tch's and returns their largest
+/// |Δ|.
+///
+/// # Errors
+/// [`Error::InvalidFile`] naming `model` when the labels differ, unless a tolerance looser than
+/// [`VERIFY_TOLERANCE`] makes tch's two most probable classes a near-tie.
+fn compare(model: &Path, p: &[f32], it: &PredictionItem, tolerance: f32) -> Result<f32> {
+    use crate::infer::argmax;
+    let near_tie = || {
+        let mut sorted = it.probabilities.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        tolerance > VERIFY_TOLERANCE && sorted.len() > 1 && sorted[0] - sorted[1] <= tolerance
+    };
+    if argmax(p) != argmax(&it.probabilities) && !near_tie() {
+        return Err(Error::invalid(
+            model,
+            format!(
+                "verification failed: {} is classified {} by the exported model but {} by tch; \
+                 the export does not reproduce training (preprocessing or weights differ)",
+                it.file,
+                argmax(p),
+                argmax(&it.probabilities)
+            ),
+        ));
+    }
+    Ok(p.iter()
+        .zip(&it.probabilities)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max))
+}

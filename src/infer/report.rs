@@ -1,0 +1,185 @@
+//! [`InferReport`]: what `pipe infer` computes over the images it classifies (count, accuracy and
+//! confusion of the images in class folders), accumulated one [`Prediction`] at a time, and
+//! [`ReportStream`], which writes each record in the chosen format as it accumulates.
+
+use super::classify::Prediction;
+use super::writer::{record_writer, OutputFormat, RecordWriter, WriterContext};
+use crate::error::{Error, Result};
+use crate::report::ClassReport;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The class an image's path claims: the name of its parent folder, when that is one of `classes`.
+pub fn folder_label(path: &Path, classes: &[String]) -> Option<usize> {
+    let parent = path.parent()?.file_name()?.to_str()?;
+    classes.iter().position(|c| c == parent)
+}
+
+/// The summary of classified images: how many, and for those in folders named after a class
+/// ("labelled", truth = [`folder_label`]) how many were right and the confusion matrix. Its size
+/// does not depend on the number of images.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InferReport {
+    /// Class names, index = output column.
+    pub classes: Vec<String>,
+    /// Images classified.
+    pub images: usize,
+    /// Images in a folder named after one of the classes.
+    pub labelled: usize,
+    /// Labelled images whose predicted class is their folder's.
+    pub correct: usize,
+    /// `confusion[true][predicted]` counts over the labelled images.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+impl InferReport {
+    /// An empty report over `classes`.
+    pub fn new(classes: &[String]) -> Self {
+        InferReport {
+            classes: classes.to_vec(),
+            images: 0,
+            labelled: 0,
+            correct: 0,
+            confusion: vec![vec![0; classes.len()]; classes.len()],
+        }
+    }
+
+    /// Counts one classified image.
+    pub fn add(&mut self, p: &Prediction) {
+        self.images += 1;
+        if let Some(truth) = folder_label(&p.path, &self.classes) {
+            self.labelled += 1;
+            self.correct += usize::from(truth == p.class_index);
+            if let Some(cell) = self.confusion[truth].get_mut(p.class_index) {
+                *cell += 1;
+            }
+        }
+    }
+
+    /// Fraction of the labelled images classified right, 0..1; `None` without labelled images.
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.labelled > 0).then(|| self.correct as f64 / self.labelled as f64)
+    }
+
+    /// Precision, recall and confusion per class over the labelled images.
+    pub fn class_report(&self) -> ClassReport {
+        ClassReport::from_confusion(&self.classes, self.confusion.clone())
+    }
+
+    /// The closing summary, `None` without labelled images: the accuracy line, the recall of each
+    /// class and the three most frequent confusions, one per line (no final newline):
+    /// ```text
+    /// accuracy 0.3940 (788/2000 images in class folders)
+    /// recall per class: cat 0.34, dog 0.45
+    /// most confused: dog -> cat: 193, cat -> dog: 169, cat -> frog: 102
+    /// ```
+    pub fn summary(&self) -> Option<String> {
+        let acc = self.accuracy()?;
+        Some(format!(
+            "accuracy {acc:.4} ({}/{} images in class folders)\n{}",
+            self.correct,
+            self.labelled,
+            self.class_report().summary(3)
+        ))
+    }
+}
+
+/// Writes each [`Prediction`] to an output in an [`OutputFormat`] as it comes and accumulates the
+/// [`InferReport`]; [`ReportStream::finish`] closes the output (for JSON: the document's summary
+/// fields) and returns the report.
+pub struct ReportStream<'w> {
+    writer: Box<dyn RecordWriter + 'w>,
+    report: InferReport,
+    sink: PathBuf,
+}
+
+impl<'w> ReportStream<'w> {
+    /// A stream of records in `format` to `out`, named `sink` in I/O errors (the output file, or
+    /// `stdout`).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the format's buffers cannot be set up (JSON keeps its records in a temporary
+    /// file until the summary fields that precede them are known).
+    pub fn new(
+        format: OutputFormat,
+        out: impl Write + 'w,
+        sink: &Path,
+        ctx: WriterContext,
+    ) -> Result<Self> {
+        let report = InferReport::new(&ctx.classes);
+        let writer = record_writer(format, out, ctx).map_err(|e| Error::io(sink, e))?;
+        Ok(ReportStream {
+            writer,
+            report,
+            sink: sink.to_path_buf(),
+        })
+    }
+
+    /// Counts `p` and writes its record.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the sink.
+    pub fn push(&mut self, p: &Prediction) -> Result<()> {
+        self.report.add(p);
+        self.writer.record(p).map_err(|e| Error::io(&self.sink, e))
+    }
+
+    /// Writes what follows the last record (`seconds`: the classification time, in the JSON
+    /// document), flushes, and returns the report.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the sink.
+    pub fn finish(mut self, seconds: f64) -> Result<InferReport> {
+        self.writer
+            .finish(&self.report, seconds)
+            .map_err(|e| Error::io(&self.sink, e))?;
+        Ok(self.report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_label_uses_parent_folder() {
+        let classes = vec!["cat".to_string(), "dog".to_string()];
+        assert_eq!(
+            folder_label(Path::new("data/test/dog/0001.jpg"), &classes),
+            Some(1)
+        );
+        assert_eq!(
+            folder_label(Path::new("data/test/0001.jpg"), &classes),
+            None
+        );
+    }
+
+    #[test]
+    fn report_counts_labelled_images_and_their_confusion() {
+        let classes = vec!["cat".to_string(), "dog".to_string()];
+        let p = |path: &str, k: usize| Prediction {
+            path: path.into(),
+            class_index: k,
+            label: classes[k].clone(),
+            probability: 1.0,
+            probabilities: vec![0.0; 2],
+        };
+        let mut r = InferReport::new(&classes);
+        assert_eq!((r.accuracy(), r.summary()), (None, None));
+        for (path, k) in [
+            ("t/cat/a.png", 0),
+            ("t/cat/b.png", 1),
+            ("t/dog/c.png", 1),
+            ("x.png", 0),
+        ] {
+            r.add(&p(path, k));
+        }
+        assert_eq!((r.images, r.labelled, r.correct), (4, 3, 2));
+        assert_eq!(r.confusion, vec![vec![1, 1], vec![0, 1]]);
+        assert_eq!(
+            r.summary().unwrap(),
+            "accuracy 0.6667 (2/3 images in class folders)\n\
+             recall per class: cat 0.50, dog 1.00\nmost confused: cat -> dog: 1"
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! Output formats of `pipe infer`, one record (classified image) at a time: text (tab-separated
+//! lines), CSV (with a header) and one JSON document. Each writer writes a record when it gets it;
+//! JSON, whose summary fields come before the records in its (alphabetically ordered) document,
+//! keeps its records in a temporary file until [`RecordWriter::finish`], so that memory does not grow
+//! with the number of images either.
+
+use super::classify::{top_k, Prediction};
+use super::report::InferReport;
+use super::BackendKind;
+use crate::contract::Output;
+use crate::onnx::ModelInfo;
+use serde::Serialize;
+use std::io::{self, BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// Output format of `pipe infer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// One tab-separated line per image.
+    Text,
+    /// Comma-separated values with a header line (infer only).
+    Csv,
+    /// One JSON document.
+    Json,
+}
+
+/// What the writers need to know besides the records.
+#[derive(Debug, Clone)]
+pub struct WriterContext {
+    /// The model file (JSON `model`).
+    pub model: PathBuf,
+    /// The engine (JSON `backend`).
+    pub backend: BackendKind,
+    /// Name of the model's output (JSON `output`).
+    pub output_name: String,
+    /// Class names, index = output column.
+    pub classes: Vec<String>,
+    /// Label/value pairs per record, most probable first (1..=classes).
+    pub top_k: usize,
+}
+
+impl WriterContext {
+    /// The context for `info`'s model at `model`, run by `backend`, reporting the `top_k` best
+    /// classes (clamped to 1..=classes).
+    pub fn new(model: &Path, backend: BackendKind, info: &ModelInfo, top_k: usize) -> Self {
+        WriterContext {
+            model: model.to_path_buf(),
+            backend,
+            output_name: info.output_name.clone(),
+            classes: info.classes.clone(),
+            top_k: top_k.clamp(1, info.classes.len()),
+        }
+    }
+
+    /// `probability`, or `logit` for a logits model: the name of a record's values.
+    fn score_name(&self) -> &'static str {
+        Output::from_name(&self.output_name).score_name()
+    }
+}
+
+/// A writer of records in one format.
+pub trait RecordWriter {
+    /// Writes one record.
+    ///
+    /// # Errors
+    /// The output's I/O error.
+    fn record(&mut self, p: &Prediction) -> io::Result<()>;
+
+    /// Writes what follows the last record, given the `report` over all records and the
+    /// classification time in `seconds`, and flushes.
+    ///
+    /// # Errors
+    /// The output's I/O error.
+    fn finish(&mut self, report: &InferReport, seconds: f64) -> io::Result<()>;
+}
+
+/// The writer of `format` over `out`.
+///
+/// # Errors
+/// For JSON, the temporary file for its records cannot be created.
+pub fn record_writer<'w>(
+    format: OutputFormat,
+    out: impl Write + 'w,
+    ctx: WriterContext,
+) -> io::Result<Box<dyn RecordWriter + 'w>> {
+    Ok(match format {
+        OutputFormat::Text => Box::new(TextWriter { out, ctx }),
+        OutputFormat::Csv => Box::new(CsvWriter {
+            out: csv::Writer::from_writer(out),
+            ctx,
+            header_written: false,
+        }),
+        OutputFormat::Json => Box::new(JsonWriter {
+            out,
+            ctx,
+            spool: BufWriter::new(tempfile::tempfile()?),
+            records: 0,
+        }),
+    })
+}
+
+/// `path<TAB>label<TAB>value` (value with 4 decimals), one more label/value pair per extra top-k class.
+struct TextWriter<W> {
+    out: W,
+    ctx: WriterContext,
+}
+
+impl<W: Write> RecordWriter for TextWriter<W> {
+    fn record(&mut self, p: &Prediction) -> io::Result<()> {
+        write!(self.out, "{}", p.path.display())?;
+        for (c, v) in top_k(&p.probabilities, self.ctx.top_k) {
+            write!(self.out, "\t{}\t{v:.4}", self.ctx.classes[c])?;
+        }
+        writeln!(self.out)
+    }
+
+    fn finish(&mut self, _: &InferReport, _: f64) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// A header `path,label,probability,label_2,probability_2,...`, then one row per record (values with
+/// 6 decimals). The header is written with the first record, so that a failure before any record
+/// leaves the output empty.
+struct CsvWriter<W: Write> {
+    out: csv::Writer<W>,
+    ctx: WriterContext,
+    header_written: bool,
+}
+
+impl<W: Write> CsvWriter<W> {
+    fn header(&mut self) -> io::Result<()> {
+        if self.header_written {
+            return Ok(());
+        }
+        self.header_written = true;
+        let score = self.ctx.score_name();
+        let mut header = vec!["path".to_string()];
+        for i in 1..=self.ctx.top_k {
+            let sfx = if i == 1 {
+                String::new()
+            } else {
+                format!("_{i}")
+            };
+            header.push(format!("label{sfx}"));
+            header.push(format!("{score}{sfx}"));
+        }
+        Ok(self.out.write_record(&header)?)
+    }
+}
+
+impl<W: Write> RecordWriter for CsvWriter<W> {
+    fn record(&mut self, p: &Prediction) -> io::Result<()> {
+        self.header()?;
+        let mut rec = vec![p.path.display().to_string()];
+        for (c, v) in top_k(&p.probabilities, self.ctx.top_k) {
+            rec.push(self.ctx.classes[c].clone());
+            rec.push(format!("{v:.6}"));
+        }
+        Ok(self.out.write_record(&rec)?)
+    }
+
+    fn finish(&mut self, _: &InferReport, _: f64) -> io::Result<()> {
+        self.header()?;
+        self.out.flush()
+    }
+}
+
+/// One JSON document with the keys in alphabetical order: `accuracy`, `backend`, `classes`,
+/// `confusion`, `correct`, `labelled`, `model`, `output`, `predictions` (the records, each the
+/// [`Prediction`] plus its `top_k` list) and `seconds`, then a newline.
+struct JsonWriter<W> {
+    out: W,
+    ctx: WriterContext,
+    /// The records written so far, comma-separated.
+    spool: BufWriter<std::fs::File>,
+    records: usize,
+}
+
+impl<W> JsonWriter<W> {
+    /// A record as JSON: the prediction's fields and `top_k`, a list of `{class_index, label,
+    /// probability|logit}`. Goes through `serde_json::Value` so that float32 values print as their
+    /// float64 widening, as the document always had them.
+    fn record_value(&self, p: &Prediction) -> io::Result<serde_json::Value> {
+        let score = self.ctx.score_name();
+        let top: Vec<serde_json::Value> = top_k(&p.probabilities, self.ctx.top_k)
+            .into_iter()
+            .map(|(c, v)| {
+                let mut entry = serde_json::Map::new();
+                entry.insert("class_index".into(), c.into());
+                entry.insert("label".into(), self.ctx.classes[c].clone().into());
+                entry.insert(score.into(), v.into());
+                serde_json::Value::Object(entry)
+            })
+            .collect();
+        let mut v = serde_json::to_value(p)?;
+        v["top_k"] = serde_json::Value::Array(top);
+        Ok(v)
+    }
+}
+
+/// Writes `"key":value` (compact JSON), preceded by a comma unless `first`.
+fn field(out: &mut impl Write, first: bool, key: &str, value: &impl Serialize) -> io::Result<()> {
+    if !first {
+        out.write_all(b",")?;
+    }
+    serde_json::to_writer(&mut *out, key)?;
+    out.write_all(b":")?;
+    Ok(serde_json::to_writer(&mut *out, value)?)
+}
+
+impl<W: Write> RecordWriter for JsonWriter<W> {
+    fn record(&mut self, p: &Prediction) -> io::Result<()> {
+        let v = self.record_value(p)?;
+        if self.records > 0 {
+            self.spool.write_all(b",")?;
+        }
+        self.records += 1;
+        Ok(serde_json::to_writer(&mut self.spool, &v)?)
+    }
+
+    fn finish(&mut self, report: &InferReport, seconds: f64) -> io::Result<()> {
+        let out = &mut self.out;
+        let ctx = &self.ctx;
+        out.write_all(b"{")?;
+        field(out, true, "accuracy", &report.accuracy())?;
+        field(out, false, "backend", &ctx.backend)?;
+        field(out, false, "classes", &ctx.classes)?;
+        let confusion = (report.labelled > 0).then_some(&report.confusion);
+        field(out, false, "confusion", &confusion)?;
+        field(out, false, "correct", &report.correct)?;
+        field(out, false, "labelled", &report.labelled)?;
+        field(out, false, "model", &ctx.model.to_string_lossy())?;
+        field(out, false, "output", &ctx.output_name)?;
+        out.write_all(b",\"predictions\":[")?;
+        self.spool.flush()?;
+        let spool = self.spool.get_mut();
+        spool.rewind()?;
+        io::copy(spool, out)?;
+        out.write_all(b"]")?;
+        field(out, false, "seconds", &seconds)?;
+        out.write_all(b"}\n")?;
+        out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(output_name: &str, top_k: usize) -> WriterContext {
+        WriterContext {
+            model: "m.onnx".into(),
+            backend: BackendKind::Tract,
+            output_name: output_name.into(),
+            classes: vec!["cat".into(), "dog".into(), "frog".into()],
+            top_k,
+        }
+    }
+
+    fn predictions() -> Vec<Prediction> {
+        [
+            ("t/cat/a.png", [0.7f32, 0.2, 0.1]),
+            ("t/dog/b.png", [0.5, 0.1, 0.4]),
+        ]
+        .into_iter()
+        .map(|(path, row)| Prediction {
+            path: path.into(),
+            class_index: 0,
+            label: "cat".into(),
+            probability: row[0],
+            probabilities: row.to_vec(),
+        })
+        .collect()
+    }
+
+    fn write(format: OutputFormat, ctx: WriterContext) -> String {
+        let mut buf = Vec::new();
+        let mut report = InferReport::new(&ctx.classes);
+        let mut w = record_writer(format, &mut buf, ctx).unwrap();
+        for p in predictions() {
+            report.add(&p);
+            w.record(&p).unwrap();
+        }
+        w.finish(&report, 1.5).unwrap();
+        drop(w);
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn text_and_csv_write_one_line_per_record() {
+        assert_eq!(
+            write(OutputFormat::Text, ctx("probabilities", 2)),
+            "t/cat/a.png\tcat\t0.7000\tdog\t0.2000\nt/dog/b.png\tcat\t0.5000\tfrog\t0.4000\n"
+        );
+        assert_eq!(
+            write(OutputFormat::Csv, ctx("logits", 1)),
+            "path,label,logit\nt/cat/a.png,cat,0.700000\nt/dog/b.png,cat,0.500000\n"
+        );
+    }
+
+    /// The streamed document equals the one serde_json makes of the whole value at once.
+    #[test]
+    fn json_streams_the_same_document_as_one_value() {
+        let got = write(OutputFormat::Json, ctx("probabilities", 1));
+        let preds: Vec<serde_json::Value> = predictions()
+            .iter()
+            .map(|p| {
+                let mut v = serde_json::to_value(p).unwrap();
+                v["top_k"] = serde_json::json!([
+                    {"class_index": 0, "label": "cat", "probability": p.probabilities[0]}
+                ]);
+                v
+            })
+            .collect();
+        let want = serde_json::json!({
+            "model": "m.onnx", "backend": "tract", "output": "probabilities",
+            "classes": ["cat", "dog", "frog"], "predictions": preds, "labelled": 2, "correct": 1,
+            "accuracy": 0.5, "confusion": [[1, 0, 0], [1, 0, 0], [0, 0, 0]], "seconds": 1.5,
+        });
+        assert_eq!(got, format!("{}\n", serde_json::to_string(&want).unwrap()));
+    }
+}
