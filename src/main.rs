@@ -18,17 +18,29 @@ fn main() -> ExitCode {
     // clap prints its own usage errors and exits with code 2 (0 for --help and --version).
     let matches = cli::Cli::command().get_matches();
     let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    exit_code(cli.command.run(&matches))
+    ExitCode::from(exit_code(cli.command.run(&matches)))
 }
 
 /// The exit code of a command's outcome, after printing its error on stderr: 0 on success, 1 for
 /// any error.
-fn exit_code(outcome: anyhow::Result<()>) -> ExitCode {
+fn exit_code(outcome: anyhow::Result<()>) -> u8 {
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_code;
+
+    #[test]
+    fn success_exits_0_and_any_error_1() {
+        assert_eq!(exit_code(Ok(())), 0);
+        assert_eq!(exit_code(Err(anyhow::anyhow!("no such run"))), 1);
+        assert_eq!(exit_code(Err(pipe::Error::Usage("bad".into()).into())), 1);
     }
 }

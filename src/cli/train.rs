@@ -97,19 +97,25 @@ impl TrainArgs {
     ///
     /// # Errors
     /// As [`pipe::train::train`].
-    pub fn run(mut self, matches: Option<&ArgMatches>) -> Result<()> {
-        if self.preset == Some(Preset::Finetune) {
-            self.apply_finetune_preset(|id| {
-                matches.and_then(|m| m.value_source(id)) == Some(ValueSource::CommandLine)
-            });
-        }
-        let out = pipe::train::train(&self.options())?;
+    pub fn run(self, matches: Option<&ArgMatches>) -> Result<()> {
+        let out = pipe::train::train(&self.with_preset(matches).options())?;
         println!(
             "test loss {:.4}  test accuracy {:.4}",
             out.test_loss, out.test_accuracy
         );
         println!("run: {}", out.run_dir.display());
         Ok(())
+    }
+
+    /// The arguments with the preset's values, if any, on the options not given on the command line
+    /// (`matches`: the command's parsed arguments).
+    fn with_preset(mut self, matches: Option<&ArgMatches>) -> Self {
+        if self.preset == Some(Preset::Finetune) {
+            self.apply_finetune_preset(|id| {
+                matches.and_then(|m| m.value_source(id)) == Some(ValueSource::CommandLine)
+            });
+        }
+        self
     }
 
     /// Sets the `finetune` recipe's values on every option for which `given` (by argument id) is false.
@@ -175,5 +181,51 @@ impl TrainArgs {
             progress: true,
             interrupt_after: self.interrupt_after_epoch,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::{CommandFactory, FromArgMatches};
+
+    fn options(args: &[&str]) -> pipe::train::TrainOptions {
+        let m = Cli::command()
+            .try_get_matches_from(["pipe", "train"].iter().chain(args))
+            .unwrap();
+        let Command::Train(a) = Cli::from_arg_matches(&m).unwrap().command else {
+            panic!("not train");
+        };
+        a.with_preset(m.subcommand_matches("train")).options()
+    }
+
+    #[test]
+    fn finetune_preset_fills_the_options_not_given_on_the_command_line() {
+        let o = options(&[
+            "--preset",
+            "finetune",
+            "--lr",
+            "1e-3",
+            "--test-limit",
+            "500",
+        ]);
+        assert_eq!((o.unfreeze, o.augment, o.head_epochs), (13, true, 5));
+        assert_eq!((o.train_limit, o.test_limit, o.val_split), (0, 500, 0.1));
+        assert_eq!((o.hyper.lr, o.head_lr), (1e-3, 1e-3));
+        assert_eq!((o.hyper.momentum, o.hyper.weight_decay), (0.9, 5e-4));
+        assert_eq!(o.hyper.schedule, pipe::train::Schedule::OneCycle);
+        assert_eq!((o.hyper.epochs, o.hyper.patience), (15, Some(4)));
+        assert!(o.hyper.restore_best);
+    }
+
+    #[test]
+    fn without_a_preset_the_defaults_are_the_seed_recipe() {
+        let o = options(&["--weight-decay", "1e-5"]);
+        assert_eq!((o.unfreeze, o.train_limit, o.test_limit), (0, 5000, 1000));
+        assert_eq!(
+            (o.hyper.lr, o.hyper.weight_decay, o.hyper.seed),
+            (1e-4, 1e-5, 42)
+        );
+        assert_eq!((o.hyper.epochs, o.hyper.patience), (3, None));
     }
 }
