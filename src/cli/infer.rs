@@ -6,6 +6,7 @@ use anyhow::Result;
 use pipe::contract::Output;
 use pipe::infer::{InferReport, OutputFormat, ReportStream, WriterContext};
 use pipe::onnx::ModelInfo;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -60,7 +61,7 @@ impl InferArgs {
         let pb = progress_bar(files.len(), backend.name());
         let ctx = WriterContext::new(&self.model, self.engine.backend, &info, self.top_k);
         let t0 = Instant::now();
-        let classify = |out: &mut dyn std::io::Write, sink: &Path| -> pipe::Result<InferReport> {
+        let write_records = |out: &mut dyn Write, sink: &Path| -> pipe::Result<InferReport> {
             let mut stream = ReportStream::new(self.format, out, sink, ctx)?;
             pipe::infer::classify(
                 backend.as_mut(),
@@ -73,10 +74,12 @@ impl InferArgs {
             stream.finish(t0.elapsed().as_secs_f64())
         };
         let report = match &self.output {
-            Some(path) => pipe::util::write_atomic_with(path, |w| classify(w, path), |_| Ok(()))?,
+            Some(path) => {
+                pipe::util::write_atomic_with(path, |w| write_records(w, path), |_| Ok(()))?
+            }
             None => {
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                classify(&mut out, Path::new("stdout"))?
+                write_records(&mut out, Path::new("stdout"))?
             }
         };
         let secs = t0.elapsed().as_secs_f64();
