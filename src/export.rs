@@ -561,8 +561,9 @@ pub fn export_run(
     verify_images: usize,
     fp16_weights: bool,
 ) -> Result<ExportSummary> {
-    use crate::run::{EpochMetrics, RunConfig, CONFIG_FILE, HEAD_FILE, HISTORY_FILE};
-    let config: RunConfig = crate::util::read_json(&run_dir.join(CONFIG_FILE))?;
+    use crate::config::TrainConfig;
+    use crate::run::{EpochMetrics, CONFIG_FILE, HEAD_FILE, HISTORY_FILE};
+    let config: TrainConfig = crate::util::read_json(&run_dir.join(CONFIG_FILE))?;
     let arch = Arch::vgg16_transfer(config.input_size, config.classes.len());
     let base_path = crate::run::base_weights(run_dir, &config);
     if config.unfreeze > 0 && base_path == config.weights {

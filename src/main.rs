@@ -72,63 +72,55 @@ enum Command {
     Weights(WeightsCommand),
 }
 
-/// Named training recipes (`pipe train --preset`).
-#[cfg(feature = "train")]
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Preset {
-    /// Fine-tune the whole VGG16 with augmentation (see `pipe train --help`).
-    Finetune,
-}
-
 #[cfg(feature = "train")]
 #[derive(clap::Args)]
 struct TrainArgs {
     /// Dataset: train/<class>/* and test/<class>/* image folders, or the CIFAR-10 binary release
     /// (cifar-10-batches-bin/ with data_batch_1..5.bin and test_batch.bin), detected automatically.
-    #[arg(long, default_value = "data/cifar10")]
+    #[arg(long, default_value = pipe::config::DEFAULT_DATA)]
     data: PathBuf,
     /// Conv-base weights written by `pipe weights import` (made by `make setup`).
-    #[arg(long, default_value = "models/vgg16_imagenet.safetensors")]
+    #[arg(long, default_value = pipe::config::DEFAULT_WEIGHTS)]
     weights: PathBuf,
     /// Training images: a deterministic class-balanced subset of this size (0 = all).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = SEED.train_limit)]
     train_limit: usize,
     /// Test images, class-balanced subset of this size (0 = all); also the validation set unless
     /// --val-split is given.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = SEED.test_limit)]
     test_limit: usize,
     /// Passes over the training set.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = SEED.epochs)]
     epochs: usize,
     /// Mini-batch size for head training.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = SEED.batch_size)]
     batch_size: usize,
     /// Learning rate (of SGD or Adam; the peak rate with --schedule onecycle).
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = SEED.lr)]
     lr: f64,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = SEED.momentum)]
     momentum: f64,
     /// L2 weight decay (added to the gradient, as PyTorch's SGD weight_decay).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SEED.weight_decay)]
     weight_decay: f64,
     /// Seed for head initialisation, dropout and shuffling.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = SEED.seed)]
     seed: u64,
     /// Optimizer: sgd (with --momentum) or adam (PyTorch defaults: betas 0.9/0.999, eps 1e-8).
-    #[arg(long, value_enum, default_value_t = pipe::train::Optimizer::Sgd)]
+    #[arg(long, value_enum, default_value_t = SEED.optimizer)]
     optimizer: pipe::train::Optimizer,
     /// Learning-rate schedule: constant, cosine (anneals to near 0 by the last epoch), step (divides
     /// the rate by 10 every --lr-step-epochs) or onecycle (per batch: warm-up from lr/25 to lr over 30%
     /// of the steps, then down to lr/250,000).
-    #[arg(long, value_enum, default_value_t = pipe::train::Schedule::Constant)]
+    #[arg(long, value_enum, default_value_t = SEED.schedule)]
     schedule: pipe::train::Schedule,
     /// Epochs between two divisions of the rate by 10 with --schedule step.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = SEED.lr_step_epochs)]
     lr_step_epochs: usize,
     /// Hold out this fraction of the training images (class-stratified, seeded) as the validation set;
     /// 0 validates on the test split as the Keras seed does.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SEED.val_split)]
     val_split: f64,
     /// Early stopping: end training when the validation loss has not improved for N epochs.
     #[arg(long, value_name = "N")]
@@ -139,7 +131,7 @@ struct TrainArgs {
     restore_best: bool,
     /// Fine-tune the last N conv layers of VGG16 with the head (1..13; 0 = frozen base with cached
     /// features). Trains on decoded images every epoch: far slower than the frozen base on a CPU.
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = SEED.unfreeze, value_name = "N")]
     unfreeze: usize,
     /// Augment training images: random horizontal flip and 4-pixel pad-and-crop (needs --unfreeze).
     #[arg(long)]
@@ -147,11 +139,11 @@ struct TrainArgs {
     /// With --unfreeze: first train the head alone for N epochs on the cached frozen-base features
     /// (seconds), as Keras' fine-tuning guide advises: a random head's large early gradients would
     /// otherwise wreck the pre-trained conv layers. 0 fine-tunes from a random head.
-    #[arg(long, default_value_t = 3, value_name = "N")]
+    #[arg(long, default_value_t = SEED.head_epochs, value_name = "N")]
     head_epochs: usize,
     /// Learning rate of the head warm-up (--head-epochs); the frozen-base recipe's rate for the full
     /// training set.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = SEED.head_lr)]
     head_lr: f64,
     /// A named recipe; options given on the command line override its values. `finetune`: all 13 conv
     /// layers and the head after 5 head-only epochs (lr 1e-3), --augment, SGD lr 1e-4 momentum 0.9
@@ -159,11 +151,11 @@ struct TrainArgs {
     /// early stopping (patience 4) and --restore-best. Aimed at >= 0.90 test accuracy; needs a GPU to
     /// be quick (about 10 min per epoch on 2 CPU cores).
     #[arg(long, value_enum)]
-    preset: Option<Preset>,
+    preset: Option<pipe::config::Preset>,
     #[command(flatten)]
     common: CommonTrainArgs,
     /// Folder of training runs.
-    #[arg(long, default_value = "models/runs")]
+    #[arg(long, default_value = pipe::config::DEFAULT_RUNS_DIR)]
     runs_dir: PathBuf,
     /// Run name (default: the UTC time, YYYYMMDD-HHMMSS). With --resume: the run to continue.
     #[arg(long)]
@@ -189,7 +181,7 @@ struct CommonTrainArgs {
     extract_batch_size: usize,
     /// Network input size in pixels (multiple of 32): images are resized to it with a bilinear filter.
     /// 32 keeps CIFAR-10's size; 64 upsamples 2x (4x the extraction work, 2,048 features per image).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = SEED.input_size)]
     input_size: usize,
     /// Folder of the feature cache (features keyed by weights fingerprint, preprocessing, input size
     /// and image pixels).
@@ -203,10 +195,23 @@ struct CommonTrainArgs {
     allow_unverified: bool,
 }
 
+/// The seed recipe, whose values are the defaults of `pipe train`'s options.
+#[cfg(feature = "train")]
+static SEED: std::sync::LazyLock<pipe::config::TrainConfig> =
+    std::sync::LazyLock::new(pipe::config::TrainConfig::seed_recipe);
+
 #[cfg(feature = "train")]
 impl CommonTrainArgs {
-    fn cache(&self) -> Option<PathBuf> {
-        (!self.no_cache).then(|| self.cache_dir.clone())
+    /// The invocation's choices (progress bars on; no run selection).
+    fn env(&self) -> pipe::config::TrainEnv {
+        pipe::config::TrainEnv {
+            device: self.device,
+            cache_dir: (!self.no_cache).then(|| self.cache_dir.clone()),
+            extract_batch_size: self.extract_batch_size,
+            allow_unverified: self.allow_unverified,
+            progress: true,
+            ..Default::default()
+        }
     }
 }
 
@@ -217,7 +222,7 @@ struct EvaluateArgs {
     #[arg(long, default_value = "latest")]
     run: String,
     /// Folder of training runs.
-    #[arg(long, default_value = "models/runs")]
+    #[arg(long, default_value = pipe::config::DEFAULT_RUNS_DIR)]
     runs_dir: PathBuf,
     /// Data to evaluate on (default: the run's own); its test split is used.
     #[arg(long)]
@@ -239,16 +244,16 @@ struct EvaluateArgs {
 #[derive(clap::Args)]
 struct SweepArgs {
     /// Dataset: train/ and test/ class folders, or the CIFAR-10 binary release.
-    #[arg(long, default_value = "data/cifar10")]
+    #[arg(long, default_value = pipe::config::DEFAULT_DATA)]
     data: PathBuf,
     /// Conv-base weights.
-    #[arg(long, default_value = "models/vgg16_imagenet.safetensors")]
+    #[arg(long, default_value = pipe::config::DEFAULT_WEIGHTS)]
     weights: PathBuf,
     /// Training images (0 = all).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = SEED.train_limit)]
     train_limit: usize,
     /// Test images, the validation set (0 = all).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = SEED.test_limit)]
     test_limit: usize,
     /// Batch sizes to try, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "32,64,96,128,256")]
@@ -260,13 +265,13 @@ struct SweepArgs {
     #[arg(long, default_value_t = 15)]
     epochs: usize,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = SEED.momentum)]
     momentum: f64,
     /// L2 weight decay.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SEED.weight_decay)]
     weight_decay: f64,
     /// Seed (the same for every setting).
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = SEED.seed)]
     seed: u64,
     /// Folder to write sweep.json and sweep.png into, replacing any there (default: a new
     /// models/sweeps/<UTC time>).
@@ -386,70 +391,44 @@ enum WeightsCommand {
     },
 }
 
+/// The run configuration of `pipe train`: the preset's (or the seed recipe's) settings, with the
+/// options given on the command line (`matches`) applied over them.
 #[cfg(feature = "train")]
-fn cmd_train(mut a: TrainArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
-    if a.preset == Some(Preset::Finetune) {
-        let given = |id: &str| {
-            matches.and_then(|m| m.value_source(id)) == Some(clap::parser::ValueSource::CommandLine)
+fn train_config(a: &TrainArgs, matches: Option<&clap::ArgMatches>) -> pipe::config::TrainConfig {
+    let given = |id: &str| {
+        matches.and_then(|m| m.value_source(id)) == Some(clap::parser::ValueSource::CommandLine)
+    };
+    macro_rules! given {
+        ($($field:ident),* ; $($common:ident),*) => {
+            pipe::config::Overrides {
+                $($field: given(stringify!($field)).then(|| a.$field.clone()),)*
+                $($common: given(stringify!($common)).then(|| a.common.$common.clone()),)*
+            }
         };
-        macro_rules! preset {
-            ($($field:ident = $value:expr),* $(,)?) => {
-                $(if !given(stringify!($field)) { a.$field = $value; })*
-            };
-        }
-        preset!(
-            unfreeze = 13,
-            augment = true,
-            head_epochs = 5,
-            optimizer = pipe::train::Optimizer::Sgd,
-            lr = 1e-4,
-            head_lr = 1e-3,
-            momentum = 0.9,
-            weight_decay = 5e-4,
-            schedule = pipe::train::Schedule::OneCycle,
-            epochs = 15,
-            batch_size = 128,
-            train_limit = 0,
-            test_limit = 0,
-            val_split = 0.1,
-            patience = Some(4),
-            restore_best = true,
-        );
     }
-    let out = pipe::train::train(&pipe::train::TrainOptions {
-        data: a.data,
-        weights: a.weights,
-        train_limit: a.train_limit,
-        test_limit: a.test_limit,
-        hyper: pipe::train::HeadHyper {
-            epochs: a.epochs,
-            batch_size: a.batch_size,
-            lr: a.lr,
-            momentum: a.momentum,
-            weight_decay: a.weight_decay,
-            seed: a.seed,
-            optimizer: a.optimizer,
-            schedule: a.schedule,
-            lr_step_epochs: a.lr_step_epochs,
-            patience: a.patience,
-            restore_best: a.restore_best,
-        },
-        val_split: a.val_split,
-        unfreeze: a.unfreeze,
-        augment: a.augment,
-        head_epochs: a.head_epochs,
-        head_lr: a.head_lr,
-        device: a.common.device,
-        extract_batch_size: a.common.extract_batch_size,
-        input_size: a.common.input_size,
+    let overrides = given!(
+        data, weights, train_limit, test_limit, epochs, batch_size, optimizer, lr, momentum,
+        weight_decay, schedule, lr_step_epochs, val_split, patience, restore_best, unfreeze, augment,
+        head_epochs, head_lr, seed; input_size
+    );
+    let preset = a.preset.map_or_else(
+        pipe::config::TrainConfig::seed_recipe,
+        pipe::config::Preset::config,
+    );
+    overrides.apply(preset)
+}
+
+#[cfg(feature = "train")]
+fn cmd_train(a: TrainArgs, matches: Option<&clap::ArgMatches>) -> Result<()> {
+    let config = train_config(&a, matches);
+    let env = pipe::config::TrainEnv {
         runs_dir: a.runs_dir,
         name: a.name,
         resume: a.resume,
-        cache_dir: a.common.cache(),
-        allow_unverified: a.common.allow_unverified,
-        progress: true,
         interrupt_after: a.interrupt_after_epoch,
-    })?;
+        ..a.common.env()
+    };
+    let out = pipe::train::train(&config, &env)?;
     println!(
         "test loss {:.4}  test accuracy {:.4}",
         out.test_loss, out.test_accuracy
@@ -464,16 +443,7 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     if let Some(png) = &a.confusion_png {
         pipe::util::check_output_path(png, false)?;
     }
-    let device = pipe::train::resolve_device(a.common.device)?;
-    let cache = a.common.cache();
-    let ev = pipe::train::evaluate_run(
-        &run_dir,
-        a.data.as_deref(),
-        a.test_limit,
-        device,
-        cache.as_deref(),
-        true,
-    )?;
+    let ev = pipe::train::evaluate_run(&run_dir, a.data.as_deref(), a.test_limit, &a.common.env())?;
     let png = a
         .confusion_png
         .unwrap_or_else(|| run_dir.join(pipe::run::CONFUSION_PNG));
@@ -500,37 +470,28 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
 
 #[cfg(feature = "train")]
 fn cmd_sweep(a: SweepArgs) -> Result<()> {
-    let device = pipe::train::resolve_device(a.common.device)?;
-    let features = pipe::train::FeatureOptions {
+    let config = pipe::config::TrainConfig {
         data: a.data.clone(),
         weights: a.weights.clone(),
         train_limit: a.train_limit,
         test_limit: a.test_limit,
         input_size: a.common.input_size,
-        batch_size: a.common.extract_batch_size,
-        cache_dir: a.common.cache(),
-        allow_unverified: a.common.allow_unverified,
-        progress: true,
-    };
-    let hyper = pipe::train::HeadHyper {
         epochs: a.epochs,
-        batch_size: 0,
-        lr: 0.0,
         momentum: a.momentum,
         weight_decay: a.weight_decay,
         seed: a.seed,
-        ..Default::default()
+        ..pipe::config::TrainConfig::seed_recipe()
     };
+    let env = a.common.env();
     let t0 = std::time::Instant::now();
-    pipe::train::validate_input_size(a.common.input_size)?;
-    pipe::train::validate_sweep(&hyper, &a.batch_sizes, &a.lrs)?;
+    pipe::train::validate_sweep(&config, &env, &a.batch_sizes, &a.lrs)?;
     // The output folder is made before the work, so that an unusable --out fails at once.
     let out_dir = a
         .out
         .unwrap_or_else(|| PathBuf::from("models/sweeps").join(pipe::run::timestamp_name()));
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let (rows, extracted) = pipe::train::sweep(&features, &hyper, &a.batch_sizes, &a.lrs, device)?;
+    let (rows, extracted) = pipe::train::sweep(&config, &env, &a.batch_sizes, &a.lrs)?;
     let doc = serde_json::json!({
         "data": a.data, "train_limit": a.train_limit, "test_limit": a.test_limit, "epochs": a.epochs,
         "momentum": a.momentum, "weight_decay": a.weight_decay, "seed": a.seed,
