@@ -558,29 +558,29 @@ mod tests {
     #[test]
     fn finetune_preset_expands_to_the_documented_recipe() {
         let c = Preset::Finetune.config();
-        let want = TrainConfig {
-            unfreeze: 13,
-            augment: true,
-            head_epochs: 5,
-            head_lr: 1e-3,
-            optimizer: Optimizer::Sgd,
-            lr: 1e-4,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            schedule: Schedule::OneCycle,
-            epochs: 15,
-            batch_size: 128,
-            train_limit: 0,
-            test_limit: 0,
-            val_split: 0.1,
-            patience: Some(4),
-            restore_best: true,
-            ..TrainConfig::seed_recipe()
+        // All 13 convs after 5 head-only epochs at lr 1e-3, with augmentation.
+        assert_eq!((c.unfreeze, c.augment), (13, true));
+        assert_eq!((c.head_epochs, c.head_lr), (5, 1e-3));
+        // SGD lr 1e-4 momentum 0.9 weight decay 5e-4, one-cycle, 15 epochs of batch 128.
+        assert_eq!((c.optimizer, c.lr, c.momentum), (Optimizer::Sgd, 1e-4, 0.9));
+        assert_eq!((c.weight_decay, c.schedule), (5e-4, Schedule::OneCycle));
+        assert_eq!((c.epochs, c.batch_size), (15, 128));
+        // The full data, 10% held out, patience 4, restore best.
+        assert_eq!((c.train_limit, c.test_limit, c.val_split), (0, 0, 0.1));
+        assert_eq!((c.patience, c.restore_best), (Some(4), true));
+        // Everything else is the seed recipe's.
+        let seed = TrainConfig::seed_recipe();
+        let rest = |c: &TrainConfig| {
+            (
+                c.seed,
+                c.input_size,
+                c.lr_step_epochs,
+                c.data.clone(),
+                c.weights.clone(),
+            )
         };
-        assert_eq!(c, want);
-        // Settings outside the recipe stay the seed's.
-        assert_eq!((c.seed, c.input_size, c.lr_step_epochs), (42, 32, 5));
-        assert_eq!(c.data, PathBuf::from(DEFAULT_DATA));
+        assert_eq!(rest(&c), rest(&seed));
+        assert_eq!((rest(&seed).0, rest(&seed).1), (42, 32));
         c.validate().unwrap();
     }
 
@@ -612,53 +612,36 @@ mod tests {
     #[test]
     fn validation_names_the_option() {
         let err = |c: TrainConfig| c.validate().unwrap_err().to_string();
-        let s = TrainConfig::default;
-        assert!(err(TrainConfig { epochs: 0, ..s() }).contains("--epochs and --batch-size"));
-        assert!(err(TrainConfig {
-            lr: f64::NAN,
-            ..s()
-        })
-        .contains("--lr must be a positive"));
-        assert!(err(TrainConfig {
-            momentum: 1.0,
-            ..s()
-        })
-        .contains("--momentum"));
-        assert!(err(TrainConfig {
-            patience: Some(0),
-            ..s()
-        })
-        .contains("--patience"));
-        assert!(err(TrainConfig {
-            lr_step_epochs: 0,
-            ..s()
-        })
-        .contains("--lr-step-epochs"));
-        assert!(err(TrainConfig {
-            weight_decay: -1.0,
-            ..s()
-        })
-        .contains("--weight-decay"));
-        assert!(err(TrainConfig {
-            input_size: 48,
-            ..s()
-        })
-        .contains("--input-size"));
-        assert!(err(TrainConfig {
-            unfreeze: 14,
-            ..s()
-        })
-        .contains("--unfreeze"));
-        assert!(err(TrainConfig {
-            augment: true,
-            ..s()
-        })
-        .contains("--augment needs --unfreeze"));
-        assert!(err(TrainConfig {
-            val_split: 1.0,
-            ..s()
-        })
-        .contains("--val-split"));
+        type Spoil = fn(&mut TrainConfig);
+        let cases: [(Spoil, &str); 10] = [
+            (
+                |c| c.epochs = 0,
+                "--epochs and --batch-size must be at least 1",
+            ),
+            (|c| c.lr = f64::NAN, "--lr must be a positive number"),
+            (|c| c.momentum = 1.0, "--momentum must be in [0, 1)"),
+            (|c| c.patience = Some(0), "--patience must be at least 1"),
+            (
+                |c| c.lr_step_epochs = 0,
+                "--lr-step-epochs must be at least 1",
+            ),
+            (
+                |c| c.weight_decay = -1.0,
+                "--weight-decay must be zero or positive",
+            ),
+            (
+                |c| c.input_size = 48,
+                "--input-size must be a multiple of 32",
+            ),
+            (|c| c.unfreeze = 14, "--unfreeze must be between 0 and 13"),
+            (|c| c.augment = true, "--augment needs --unfreeze N"),
+            (|c| c.val_split = 1.0, "--val-split must be between 0 and 1"),
+        ];
+        for (spoil, message) in cases {
+            let mut c = TrainConfig::default();
+            spoil(&mut c);
+            assert!(err(c).contains(message), "{message}");
+        }
         let ft = TrainConfig {
             head_lr: 0.0,
             ..TrainConfig::finetune()

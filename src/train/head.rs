@@ -169,11 +169,15 @@ mod tests {
         a
     }
 
+    /// Trains on [`features`] with `c` from `resume`, failing after epoch `stop_after` as an
+    /// interrupted run; returns the result and every epoch's checkpoint.
     fn fit(
         c: &TrainConfig,
         resume: Option<Checkpoint>,
         stop_after: usize,
     ) -> (Result<super::super::learner::Fitted>, Vec<Checkpoint>) {
+        // Each call seeds libtorch's generator and draws everything it uses.
+        let _rng = crate::train::global_rng_lock();
         let f = features(100);
         let mut model = HeadModel::new(&f, &arch(), c.seed, Device::Cpu).unwrap();
         let mut kept = Vec::new();
@@ -192,7 +196,6 @@ mod tests {
     /// a schedule; and it learns the synthetic task.
     #[test]
     fn resumed_head_training_ends_like_an_uninterrupted_one() {
-        let _rng = crate::train::global_rng_lock();
         let c = TrainConfig {
             epochs: 4,
             batch_size: 16,
@@ -218,7 +221,6 @@ mod tests {
     /// A learning rate far too high makes the loss non-finite: training stops with `Diverged`.
     #[test]
     fn non_finite_loss_is_divergence() {
-        let _rng = crate::train::global_rng_lock();
         let c = TrainConfig {
             lr: 1e30,
             batch_size: 16,

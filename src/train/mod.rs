@@ -595,18 +595,12 @@ fn write_figures(
     } else {
         "validation (test split)"
     };
-    plot::training_curves(
-        history,
-        plot::Curve::Accuracy,
-        val_name,
-        &run_dir.join(run::ACCURACY_PNG),
-    )?;
-    plot::training_curves(
-        history,
-        plot::Curve::Loss,
-        val_name,
-        &run_dir.join(run::LOSS_PNG),
-    )?;
+    for (curve, file) in [
+        (plot::Curve::Accuracy, run::ACCURACY_PNG),
+        (plot::Curve::Loss, run::LOSS_PNG),
+    ] {
+        plot::training_curves(history, curve, val_name, &run_dir.join(file))?;
+    }
     let predicted: Vec<usize> = predictions
         .items
         .iter()

@@ -135,9 +135,9 @@ pub fn adam_step(
     lr: f64,
     weight_decay: f64,
 ) -> Result<()> {
-    let _guard = tch::no_grad_guard();
     let bc1 = 1.0 - ADAM_BETA1.powi(step as i32);
     let bc2 = 1.0 - ADAM_BETA2.powi(step as i32);
+    let _guard = tch::no_grad_guard();
     for (((_, p), m), v) in params
         .iter()
         .zip(exp_avg.iter_mut())
