@@ -912,3 +912,55 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(all(test, feature = "train"))]
+mod tests {
+    use super::*;
+
+    /// `pipe train ARGS`' configuration, through clap as `main` parses it.
+    fn config_of(args: &[&str]) -> pipe::config::TrainConfig {
+        let matches = Cli::command()
+            .try_get_matches_from(["pipe", "train"].iter().chain(args))
+            .unwrap();
+        let train = matches.subcommand_matches("train");
+        match Cli::from_arg_matches(&matches).unwrap().command {
+            Command::Train(a) => train_config(&a, train),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn train_options_override_the_preset_and_defaults_are_the_seed_recipe() {
+        use pipe::config::{Preset, Schedule, TrainConfig};
+        assert_eq!(config_of(&[]), TrainConfig::seed_recipe());
+        assert_eq!(
+            config_of(&["--preset", "finetune"]),
+            Preset::Finetune.config()
+        );
+        let c = config_of(&[
+            "--preset",
+            "finetune",
+            "--epochs",
+            "2",
+            "--lr",
+            "3e-4",
+            "--unfreeze",
+            "2",
+            "--input-size",
+            "64",
+            "--patience",
+            "7",
+        ]);
+        assert_eq!((c.epochs, c.lr, c.unfreeze, c.input_size), (2, 3e-4, 2, 64));
+        assert_eq!(c.patience, Some(7));
+        assert_eq!(
+            (c.schedule, c.weight_decay, c.train_limit),
+            (Schedule::OneCycle, 5e-4, 0)
+        );
+        // An option given with its default value still overrides the preset.
+        assert_eq!(
+            config_of(&["--preset", "finetune", "--train-limit", "5000"]).train_limit,
+            5000
+        );
+    }
+}

@@ -181,7 +181,8 @@ fn head_run(start: Start, config: TrainConfig) -> Result<TrainOutcome> {
     };
     let (run, resume) = Run::open(start, config, found)?;
     let fitted = {
-        let mut model = HeadModel::new(&features, &run.arch(), run.config.seed, run.device)?;
+        let model = HeadModel::new(&features, &run.arch(), run.config.seed, run.device);
+        let mut model = model.map_err(|e| run.abandon_if_empty(e))?;
         run.fit(&mut model, Learner::new(&run.config).log("Epoch"), resume)?
     };
     run.finish(
@@ -240,7 +241,8 @@ fn finetune_run(start: Start, config: TrainConfig) -> Result<TrainOutcome> {
         &run.config,
         init_head.as_deref(),
         run.device,
-    )?;
+    )
+    .map_err(|e| run.abandon_if_empty(e))?;
     // Fine-tuning epochs take minutes, so they show a progress bar (head epochs take a fraction of a
     // second and do not).
     let learner = Learner::new(&run.config)
