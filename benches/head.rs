@@ -1,13 +1,15 @@
 //! (b) One epoch of head training on cached features: 5,000 x 512 synthetic features (ReLU'd
 //! pseudo-random values, the shape of the seed recipe's cached VGG16 features), batch 128, SGD with
-//! momentum, plus the end-of-epoch validation on 1,000 test features, via `pipe::train::fit_head`.
+//! momentum, plus the end-of-epoch validation on 1,000 test features, via `pipe::train::Learner` over
+//! `pipe::train::HeadModel`.
 //! Throughput in training images/s.
 
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use pipe::arch::Arch;
-use pipe::train::{fit_head, Features, HeadHyper, SplitInfo};
+use pipe::config::TrainConfig;
+use pipe::train::{Features, HeadModel, Learner, SplitInfo};
 use std::time::Duration;
 use tch::Tensor;
 
@@ -44,7 +46,7 @@ fn bench(c: &mut Criterion) {
         test_preview: Vec::new(),
         preview_size: 32,
     };
-    let hyper = HeadHyper {
+    let config = TrainConfig {
         epochs: 1,
         batch_size: 128,
         lr: 1e-4,
@@ -61,7 +63,11 @@ fn bench(c: &mut Criterion) {
         .throughput(Throughput::Elements(TRAIN as u64));
     g.bench_function("epoch_5000x512_batch128", |b| {
         b.iter(|| {
-            fit_head(&f, &arch, &hyper, tch::Device::Cpu, None, None, |_| Ok(())).expect("fit_head")
+            let mut model =
+                HeadModel::new(&f, &arch, config.seed, tch::Device::Cpu).expect("head model");
+            Learner::new(&config)
+                .fit(&mut model, None, |_| Ok(()))
+                .expect("fit")
         })
     });
     g.finish();

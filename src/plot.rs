@@ -87,9 +87,9 @@ pub fn training_curves(
     val_name: &str,
     path: &Path,
 ) -> Result<()> {
-    if history.is_empty() {
+    let Some(first) = history.first() else {
         return Err(Error::Usage("no epoch to plot".into()));
-    }
+    };
     let (train, val): (Points, Points) = history
         .iter()
         .map(|m| {
@@ -104,85 +104,120 @@ pub fn training_curves(
         Curve::Accuracy => (format!("Training and {val_name} accuracy"), "accuracy"),
         Curve::Loss => (format!("Training and {val_name} loss"), "loss"),
     };
-    let finite = train
-        .iter()
-        .chain(&val)
-        .map(|p| p.1)
-        .filter(|v| v.is_finite());
+    let first = first.epoch as f64;
+    let last = first + history.len() as f64 - 1.0;
+    let finite =
+        |points: Points| -> Points { points.into_iter().filter(|p| p.1.is_finite()).collect() };
+    let figure = CurveFigure {
+        title,
+        title_size: 26,
+        ylabel,
+        x: if last > first {
+            (first, last)
+        } else {
+            (first - 0.5, first + 0.5)
+        },
+        y: value_range(curve, train.iter().chain(&val).map(|p| p.1)),
+        x_labels: history.len().clamp(2, 16),
+        legend: match curve {
+            Curve::Accuracy => SeriesLabelPosition::LowerRight,
+            Curve::Loss => SeriesLabelPosition::UpperRight,
+        },
+        legend_size: 18,
+        line: (3, 5),
+        series: vec![
+            ("training", finite(train), TRAIN_COLOUR.to_rgba()),
+            (val_name, finite(val), VAL_COLOUR.to_rgba()),
+        ],
+    };
+    render(path, (800, 500), |root| figure.draw(root, path), |_| {})
+}
+
+/// The y range of a curve figure: 0..1 for accuracy; the finite values padded by 10% (not below 0)
+/// for the loss.
+fn value_range(curve: Curve, values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let finite = values.filter(|v| v.is_finite());
     let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
-    let (lo, hi) = match curve {
+    match curve {
         Curve::Accuracy => (0.0, 1.0),
         Curve::Loss if lo <= hi => {
             let pad = ((hi - lo) * 0.1).max(1e-3);
             ((lo - pad).max(0.0), hi + pad)
         }
         Curve::Loss => (0.0, 1.0),
-    };
-    let epochs = history.len() as f64;
-    let first = history[0].epoch as f64;
-    let last = first + epochs - 1.0;
-    let (x0, x1) = if last > first {
-        (first, last)
-    } else {
-        (first - 0.5, first + 0.5)
-    };
-    let series: [(&str, &Points, RGBColor); 2] = [
-        ("training", &train, TRAIN_COLOUR),
-        (val_name, &val, VAL_COLOUR),
-    ];
-    render(
-        path,
-        (800, 500),
-        |root| {
-            let e = |e| draw_err(path, e);
-            let mut chart = ChartBuilder::on(root)
-                .caption(&title, (FONT, 26))
-                .margin(16)
-                .x_label_area_size(48)
-                .y_label_area_size(64)
-                .build_cartesian_2d(x0..x1, lo..hi)
-                .map_err(e)?;
+    }
+}
+
+/// What [`training_curves`] and [`sweep_curves`] draw: value per epoch, one line with markers per
+/// series, and a legend.
+struct CurveFigure<'a> {
+    title: String,
+    /// Caption font size, pixels.
+    title_size: u32,
+    ylabel: &'a str,
+    x: (f64, f64),
+    y: (f64, f64),
+    /// Number of epoch labels on the x axis.
+    x_labels: usize,
+    legend: SeriesLabelPosition,
+    /// Legend font size, pixels.
+    legend_size: u32,
+    /// Line width and marker radius, pixels.
+    line: (u32, u32),
+    /// Legend text, points, colour.
+    series: Vec<(&'a str, Points, RGBAColor)>,
+}
+
+impl CurveFigure<'_> {
+    fn draw(&self, root: &DrawingArea<BitMapBackend<'_>, Shift>, path: &Path) -> Result<()> {
+        let e = |e| draw_err(path, e);
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, (FONT, self.title_size))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(self.x.0..self.x.1, self.y.0..self.y.1)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(self.ylabel)
+            .x_labels(self.x_labels)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.2}"))
+            .label_style((FONT, 16))
+            .axis_desc_style((FONT, 18))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(e)?;
+        let (width, radius) = self.line;
+        for (name, points, colour) in &self.series {
+            let colour = *colour;
             chart
-                .configure_mesh()
-                .x_desc("epoch")
-                .y_desc(ylabel)
-                .x_labels(history.len().clamp(2, 16))
-                .x_label_formatter(&|v| format!("{v:.0}"))
-                .y_label_formatter(&|v| format!("{v:.2}"))
-                .label_style((FONT, 16))
-                .axis_desc_style((FONT, 18))
-                .light_line_style(WHITE.mix(0.0))
-                .draw()
-                .map_err(e)?;
-            for (name, points, colour) in series {
-                let points: Vec<(f64, f64)> =
-                    points.iter().copied().filter(|p| p.1.is_finite()).collect();
-                chart
-                    .draw_series(LineSeries::new(points.clone(), colour.stroke_width(3)))
-                    .map_err(e)?
-                    .label(name)
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3))
-                    });
-                chart
-                    .draw_series(points.iter().map(|&p| Circle::new(p, 5, colour.filled())))
-                    .map_err(e)?;
-            }
+                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(width)))
+                .map_err(e)?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3))
+                });
             chart
-                .configure_series_labels()
-                .label_font((FONT, 18))
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK)
-                .position(match curve {
-                    Curve::Accuracy => SeriesLabelPosition::LowerRight,
-                    Curve::Loss => SeriesLabelPosition::UpperRight,
-                })
-                .draw()
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|&p| Circle::new(p, radius, colour.filled())),
+                )
                 .map_err(e)?;
-            Ok(())
-        },
-        |_| {},
-    )
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT, self.legend_size))
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .position(self.legend.clone())
+            .draw()
+            .map_err(e)?;
+        Ok(())
+    }
 }
 
 /// One image of [`prediction_grid`].
@@ -307,11 +342,16 @@ pub fn prediction_grid(tiles: &[PredictionTile], classes: &[String], path: &Path
 /// [`Error::Io`] naming `path` when drawing or writing fails.
 pub fn confusion_matrix(report: &ClassReport, path: &Path) -> Result<()> {
     let c = report.classes.len().max(1);
-    let cell: u32 = if c <= 12 { 56 } else { (700 / c as u32).max(8) };
-    let left = 150u32;
-    let top = 70u32;
+    let grid = Grid {
+        cell: if c <= 12 { 56 } else { (700 / c as u32).max(8) },
+        left: 150,
+        top: 70,
+    };
     let bottom = 130u32;
-    let size = (left + cell * c as u32 + 30, top + cell * c as u32 + bottom);
+    let size = (
+        grid.left + grid.cell * c as u32 + 30,
+        grid.top + grid.cell * c as u32 + bottom,
+    );
     let max = report
         .confusion
         .iter()
@@ -320,15 +360,15 @@ pub fn confusion_matrix(report: &ClassReport, path: &Path) -> Result<()> {
         .max()
         .unwrap_or(0)
         .max(1);
+    let title = format!(
+        "Confusion matrix: {} images, accuracy {:.4}",
+        report.images, report.accuracy
+    );
     render(
         path,
         size,
         |root| {
             let e = |e| draw_err(path, e);
-            let title = format!(
-                "Confusion matrix: {} images, accuracy {:.4}",
-                report.images, report.accuracy
-            );
             root.draw_text(&title, &(FONT, 20).into_font().color(&BLACK), (12, 12))
                 .map_err(e)?;
             root.draw_text(
@@ -339,65 +379,81 @@ pub fn confusion_matrix(report: &ClassReport, path: &Path) -> Result<()> {
             .map_err(e)?;
             for (i, row) in report.confusion.iter().enumerate() {
                 for (j, &n) in row.iter().enumerate() {
-                    let x = (left + j as u32 * cell) as i32;
-                    let y = (top + i as u32 * cell) as i32;
-                    let shade = n as f64 / max as f64;
-                    // White (0) to a dark blue (the most frequent cell).
-                    let colour = RGBColor(
-                        (255.0 - shade * 247.0) as u8,
-                        (255.0 - shade * 207.0) as u8,
-                        (255.0 - shade * 148.0) as u8,
-                    );
-                    root.draw(&Rectangle::new(
-                        [(x, y), (x + cell as i32, y + cell as i32)],
-                        colour.filled(),
-                    ))
-                    .map_err(e)?;
-                    root.draw(&Rectangle::new(
-                        [(x, y), (x + cell as i32, y + cell as i32)],
-                        BLACK.mix(0.15),
-                    ))
-                    .map_err(e)?;
-                    if cell >= 28 {
-                        let text_colour = if shade > 0.5 { WHITE } else { BLACK };
-                        let style = TextStyle::from((FONT, 15).into_font()).color(&text_colour);
-                        let s = n.to_string();
-                        let (w, h) = root.estimate_text_size(&s, &style).map_err(e)?;
-                        root.draw_text(
-                            &s,
-                            &style,
-                            (
-                                x + (cell as i32 - w as i32) / 2,
-                                y + (cell as i32 - h as i32) / 2,
-                            ),
-                        )
+                    grid.draw_cell(root, (i, j), n, n as f64 / max as f64)
                         .map_err(e)?;
-                    }
                 }
             }
-            let font = (FONT, 15).into_font();
-            for (i, name) in report.classes.iter().enumerate() {
-                let style = TextStyle::from(font.clone()).color(&BLACK);
-                let (w, h) = root.estimate_text_size(name, &style).map_err(e)?;
-                // Row label, right-aligned left of the matrix.
-                let y = (top + i as u32 * cell) as i32 + (cell as i32 - h as i32) / 2;
-                root.draw_text(name, &style, (left as i32 - 8 - w as i32, y))
-                    .map_err(e)?;
-                // Column label, rotated, below the matrix.
-                let x = (left + i as u32 * cell) as i32 + (cell as i32 - h as i32) / 2;
-                let rotated =
-                    TextStyle::from(font.clone().transform(FontTransform::Rotate90)).color(&BLACK);
-                root.draw_text(
-                    name,
-                    &rotated,
-                    (x + h as i32, (top + c as u32 * cell) as i32 + 8),
-                )
-                .map_err(e)?;
-            }
-            Ok(())
+            grid.draw_class_names(root, &report.classes).map_err(e)
         },
         |_| {},
     )
+}
+
+/// Layout of the confusion matrix: square cells of `cell` pixels, the top-left corner at (`left`,
+/// `top`).
+struct Grid {
+    cell: u32,
+    left: u32,
+    top: u32,
+}
+
+/// A drawing error of plotters' bitmap backend.
+type BitmapError = DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>;
+
+impl Grid {
+    /// Cell (`row`, `column`) holding `n` images, shaded by `shade` (0..1) from white to dark blue,
+    /// with the count printed when the cell is large enough.
+    fn draw_cell(
+        &self,
+        root: &DrawingArea<BitMapBackend<'_>, Shift>,
+        (row, column): (usize, usize),
+        n: usize,
+        shade: f64,
+    ) -> std::result::Result<(), BitmapError> {
+        let cell = self.cell as i32;
+        let x = (self.left + column as u32 * self.cell) as i32;
+        let y = (self.top + row as u32 * self.cell) as i32;
+        // White (0) to a dark blue (the most frequent cell).
+        let colour = RGBColor(
+            (255.0 - shade * 247.0) as u8,
+            (255.0 - shade * 207.0) as u8,
+            (255.0 - shade * 148.0) as u8,
+        );
+        let corners = [(x, y), (x + cell, y + cell)];
+        root.draw(&Rectangle::new(corners, colour.filled()))?;
+        root.draw(&Rectangle::new(corners, BLACK.mix(0.15)))?;
+        if cell >= 28 {
+            let text_colour = if shade > 0.5 { WHITE } else { BLACK };
+            let style = TextStyle::from((FONT, 15).into_font()).color(&text_colour);
+            let s = n.to_string();
+            let (w, h) = root.estimate_text_size(&s, &style)?;
+            let at = (x + (cell - w as i32) / 2, y + (cell - h as i32) / 2);
+            root.draw_text(&s, &style, at)?;
+        }
+        Ok(())
+    }
+
+    /// The class names: right-aligned left of each row, rotated below each column.
+    fn draw_class_names(
+        &self,
+        root: &DrawingArea<BitMapBackend<'_>, Shift>,
+        classes: &[String],
+    ) -> std::result::Result<(), BitmapError> {
+        let cell = self.cell as i32;
+        let below = (self.top + classes.len().max(1) as u32 * self.cell) as i32 + 8;
+        let font = (FONT, 15).into_font();
+        for (i, name) in classes.iter().enumerate() {
+            let style = TextStyle::from(font.clone()).color(&BLACK);
+            let (w, h) = root.estimate_text_size(name, &style)?;
+            let y = (self.top + i as u32 * self.cell) as i32 + (cell - h as i32) / 2;
+            root.draw_text(name, &style, (self.left as i32 - 8 - w as i32, y))?;
+            let x = (self.left + i as u32 * self.cell) as i32 + (cell - h as i32) / 2;
+            let rotated =
+                TextStyle::from(font.clone().transform(FontTransform::Rotate90)).color(&BLACK);
+            root.draw_text(name, &rotated, (x + h as i32, below))?;
+        }
+        Ok(())
+    }
 }
 
 /// One line of [`sweep_curves`].
@@ -427,62 +483,32 @@ pub fn sweep_curves(lines: &[SweepLine], path: &Path) -> Result<()> {
     let (lo, hi) = values.fold((1.0f64, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
     let pad = ((hi - lo) * 0.1).max(0.01);
     let (lo, hi) = ((lo - pad).max(0.0), (hi + pad).min(1.0));
-    let x1 = (epochs as f64).max(2.0);
-    render(
-        path,
-        (900, 560),
-        |root| {
-            let e = |e| draw_err(path, e);
-            let mut chart = ChartBuilder::on(root)
-                .caption("Sweep: validation accuracy per epoch", (FONT, 24))
-                .margin(16)
-                .x_label_area_size(48)
-                .y_label_area_size(64)
-                .build_cartesian_2d(1.0..x1, lo..hi)
-                .map_err(e)?;
-            chart
-                .configure_mesh()
-                .x_desc("epoch")
-                .y_desc("validation accuracy")
-                .x_labels(epochs.clamp(2, 16))
-                .x_label_formatter(&|v| format!("{v:.0}"))
-                .y_label_formatter(&|v| format!("{v:.2}"))
-                .label_style((FONT, 16))
-                .axis_desc_style((FONT, 18))
-                .light_line_style(WHITE.mix(0.0))
-                .draw()
-                .map_err(e)?;
-            for (k, line) in lines.iter().enumerate() {
-                let colour = Palette99::pick(k).to_rgba();
-                let points: Vec<(f64, f64)> = line
-                    .val_accuracy
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| ((i + 1) as f64, v))
-                    .collect();
-                chart
-                    .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
-                    .map_err(e)?
-                    .label(line.label.as_str())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3))
-                    });
-                chart
-                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
-                    .map_err(e)?;
-            }
-            chart
-                .configure_series_labels()
-                .label_font((FONT, 15))
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::LowerRight)
-                .draw()
-                .map_err(e)?;
-            Ok(())
-        },
-        |_| {},
-    )
+    let figure = CurveFigure {
+        title: "Sweep: validation accuracy per epoch".into(),
+        title_size: 24,
+        ylabel: "validation accuracy",
+        x: (1.0, (epochs as f64).max(2.0)),
+        y: (lo, hi),
+        x_labels: epochs.clamp(2, 16),
+        legend: SeriesLabelPosition::LowerRight,
+        legend_size: 15,
+        line: (2, 3),
+        series: lines
+            .iter()
+            .enumerate()
+            .map(|(k, line)| {
+                let points = (1..)
+                    .map(|i| i as f64)
+                    .zip(line.val_accuracy.iter().copied());
+                (
+                    line.label.as_str(),
+                    points.collect(),
+                    Palette99::pick(k).to_rgba(),
+                )
+            })
+            .collect(),
+    };
+    render(path, (900, 560), |root| figure.draw(root, path), |_| {})
 }
 
 #[cfg(test)]

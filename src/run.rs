@@ -1,13 +1,15 @@
-//! Training runs on disk: `models/runs/<name>/` with `config.json`, `history.json`, `predictions.json`
-//! and `head.safetensors`, and the `latest` link to the newest run. No libtorch needed to read them.
+//! Training runs on disk: `models/runs/<name>/` with `config.json` (a [`TrainConfig`]),
+//! `history.json`, `predictions.json` and `head.safetensors`, and the `latest` link to the newest run.
+//! No libtorch needed to read them.
 
+use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Head weights file of a run (safetensors, F32, names `head.<linear>.weight|bias`).
 pub const HEAD_FILE: &str = "head.safetensors";
-/// Run configuration file.
+/// Run configuration file (a [`TrainConfig`] as JSON).
 pub const CONFIG_FILE: &str = "config.json";
 /// Per-epoch metrics file.
 pub const HISTORY_FILE: &str = "history.json";
@@ -29,119 +31,6 @@ pub const PREDICTIONS_PNG: &str = "predictions.png";
 pub const CONFUSION_PNG: &str = "confusion.png";
 /// Name of the link to the newest run inside the runs folder.
 pub const LATEST: &str = "latest";
-pub use crate::contract::CAFFE_PREPROCESSING;
-
-/// `config.json`: everything needed to reproduce and export a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunConfig {
-    /// Run name (folder name).
-    pub name: String,
-    /// Version of pipe that trained it.
-    pub pipe_version: String,
-    /// `--data`: dataset root (image folders `train/`, `test/`, or the CIFAR-10 binary release).
-    pub data: PathBuf,
-    /// Conv-base weights file.
-    pub weights: PathBuf,
-    /// SHA-256 fingerprint of the base weights.
-    pub weights_fingerprint: String,
-    /// Class names, index = label.
-    pub classes: Vec<String>,
-    /// Input height and width, pixels.
-    pub input_size: usize,
-    /// Preprocessing description.
-    pub preprocessing: String,
-    /// Number of training images used.
-    pub train_images: usize,
-    /// Number of test images used.
-    pub test_images: usize,
-    /// `--train-limit` (0 = all).
-    pub train_limit: usize,
-    /// `--test-limit` (0 = all).
-    pub test_limit: usize,
-    /// Epochs.
-    pub epochs: usize,
-    /// Head-training batch size.
-    pub batch_size: usize,
-    /// Optimizer (`sgd` or `adam`).
-    pub optimizer: Optimizer,
-    /// Learning-rate schedule (`constant`, `cosine`, `step`).
-    #[serde(default)]
-    pub schedule: Schedule,
-    /// Epochs between divisions of the rate by 10 under the `step` schedule.
-    #[serde(default = "default_lr_step_epochs")]
-    pub lr_step_epochs: usize,
-    /// Early-stopping patience in epochs (`None` = train all epochs).
-    #[serde(default)]
-    pub patience: Option<usize>,
-    /// Whether the final head is the epoch with the lowest validation loss.
-    #[serde(default)]
-    pub restore_best: bool,
-    /// Fraction of the training images held out for validation (0 = the test split validates, as in
-    /// the Keras seed).
-    #[serde(default)]
-    pub val_split: f64,
-    /// Number of validation images carved out of the training images.
-    #[serde(default)]
-    pub val_images: usize,
-    /// Conv layers fine-tuned, counted from the last (0 = frozen base).
-    #[serde(default)]
-    pub unfreeze: usize,
-    /// Whether training images were augmented (random flip and pad-and-crop).
-    #[serde(default)]
-    pub augment: bool,
-    /// With `unfreeze`: epochs of head-only training on frozen-base features before fine-tuning.
-    #[serde(default)]
-    pub head_epochs: usize,
-    /// Learning rate of the head warm-up (constant, the run's optimizer).
-    #[serde(default)]
-    pub head_lr: f64,
-    /// Learning rate.
-    pub lr: f64,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// L2 weight decay.
-    #[serde(default)]
-    pub weight_decay: f64,
-    /// Seed.
-    pub seed: u64,
-    /// Device the run trained on (`cpu`, `cuda:0`).
-    pub device: String,
-}
-
-fn default_lr_step_epochs() -> usize {
-    5
-}
-
-/// Optimizer of head training.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Optimizer {
-    /// SGD with momentum (PyTorch `torch.optim.SGD`, dampening 0, not Nesterov).
-    #[default]
-    Sgd,
-    /// Adam (PyTorch `torch.optim.Adam`: betas 0.9 and 0.999, eps 1e-8, L2 weight decay added to the
-    /// gradient).
-    Adam,
-}
-
-/// Learning-rate schedule, applied per epoch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// The same learning rate in every epoch.
-    #[default]
-    Constant,
-    /// Cosine annealing over the epochs (PyTorch `CosineAnnealingLR`, `T_max` = epochs, stepped per
-    /// epoch): `lr * (1 + cos(pi * (epoch - 1) / epochs)) / 2`.
-    Cosine,
-    /// Step decay (PyTorch `StepLR`, gamma 0.1): the rate is divided by 10 every `--lr-step-epochs`.
-    Step,
-    /// One-cycle, stepped per batch (PyTorch `OneCycleLR` defaults without momentum cycling): a cosine
-    /// warm-up from lr/25 to lr over the first 30% of the steps, then a cosine decay to lr/250,000.
-    #[value(name = "onecycle")]
-    #[serde(rename = "onecycle")]
-    OneCycle,
-}
 
 /// One line of `history.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,7 +74,7 @@ pub struct PredictionItem {
 
 /// The conv-base weights a run's model uses: `base.safetensors` in the run folder for a fine-tuned
 /// run, else the run's `weights` file.
-pub fn base_weights(run_dir: &Path, config: &RunConfig) -> PathBuf {
+pub fn base_weights(run_dir: &Path, config: &TrainConfig) -> PathBuf {
     let own = run_dir.join(BASE_FILE);
     if config.unfreeze > 0 && own.is_file() {
         own

@@ -46,15 +46,11 @@ impl EvaluateArgs {
         if let Some(png) = &self.confusion_png {
             pipe::util::check_output_path(png, false)?;
         }
-        let device = pipe::train::resolve_device(self.common.device)?;
-        let cache = self.common.cache();
         let ev = pipe::train::evaluate_run(
             &run_dir,
             self.data.as_deref(),
             self.test_limit,
-            device,
-            cache.as_deref(),
-            true,
+            &self.common.env(),
         )?;
         let png = self
             .confusion_png

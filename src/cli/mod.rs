@@ -102,17 +102,17 @@ impl Command {
 pub struct DataArgs {
     /// Dataset: train/<class>/* and test/<class>/* image folders, or the CIFAR-10 binary release
     /// (cifar-10-batches-bin/ with data_batch_1..5.bin and test_batch.bin), detected automatically.
-    #[arg(long, default_value = "data/cifar10")]
+    #[arg(long, default_value = pipe::config::DEFAULT_DATA)]
     pub data: PathBuf,
     /// Conv-base weights written by `pipe weights import` (made by `make setup`).
-    #[arg(long, default_value = "models/vgg16_imagenet.safetensors")]
+    #[arg(long, default_value = pipe::config::DEFAULT_WEIGHTS)]
     pub weights: PathBuf,
     /// Training images: a deterministic class-balanced subset of this size (0 = all).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = SEED.train_limit)]
     pub train_limit: usize,
     /// Test images, class-balanced subset of this size (0 = all); also the validation set unless
     /// --val-split is given.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = SEED.test_limit)]
     pub test_limit: usize,
 }
 
@@ -121,13 +121,13 @@ pub struct DataArgs {
 #[derive(clap::Args)]
 pub struct SgdArgs {
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = SEED.momentum)]
     pub momentum: f64,
     /// L2 weight decay (added to the gradient, as PyTorch's SGD weight_decay).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SEED.weight_decay)]
     pub weight_decay: f64,
     /// Seed for head initialisation, dropout and shuffling.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = SEED.seed)]
     pub seed: u64,
 }
 
@@ -136,18 +136,18 @@ pub struct SgdArgs {
 #[derive(clap::Args)]
 pub struct ExtractionArgs {
     /// Device: auto = CUDA when libtorch sees a GPU, else CPU.
-    #[arg(long, value_enum, default_value_t = pipe::train::TrainDevice::Auto)]
-    pub device: pipe::train::TrainDevice,
+    #[arg(long, value_enum, default_value_t = pipe::config::TrainDevice::Auto)]
+    pub device: pipe::config::TrainDevice,
     /// Batch size for feature extraction through the frozen base.
     #[arg(long, default_value_t = 128)]
     pub extract_batch_size: usize,
     /// Network input size in pixels (multiple of 32): images are resized to it with a bilinear filter.
     /// 32 keeps CIFAR-10's size; 64 upsamples 2x (4x the extraction work, 2,048 features per image).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = SEED.input_size)]
     pub input_size: usize,
     /// Folder of the feature cache (features keyed by weights fingerprint, preprocessing, input size
     /// and image pixels).
-    #[arg(long, default_value = pipe::train::DEFAULT_CACHE_DIR)]
+    #[arg(long, default_value = pipe::config::DEFAULT_CACHE_DIR)]
     pub cache_dir: PathBuf,
     /// Neither read nor write the feature cache.
     #[arg(long)]
@@ -159,11 +159,23 @@ pub struct ExtractionArgs {
 
 #[cfg(feature = "train")]
 impl ExtractionArgs {
-    /// The feature cache folder, `None` with --no-cache.
-    pub fn cache(&self) -> Option<PathBuf> {
-        (!self.no_cache).then(|| self.cache_dir.clone())
+    /// The invocation's choices (progress bars on; no run selection).
+    pub fn env(&self) -> pipe::config::TrainEnv {
+        pipe::config::TrainEnv {
+            device: self.device,
+            cache_dir: (!self.no_cache).then(|| self.cache_dir.clone()),
+            extract_batch_size: self.extract_batch_size,
+            allow_unverified: self.allow_unverified,
+            progress: true,
+            ..Default::default()
+        }
     }
 }
+
+/// The seed recipe, whose values are the defaults of the training commands' options.
+#[cfg(feature = "train")]
+pub static SEED: std::sync::LazyLock<pipe::config::TrainConfig> =
+    std::sync::LazyLock::new(pipe::config::TrainConfig::seed_recipe);
 
 /// Which training run a command reads (evaluate, export). Commands name what they do with it in
 /// the help of `--run` (`mut_arg`).
@@ -173,7 +185,7 @@ pub struct RunSelection {
     #[arg(long, default_value = "latest")]
     pub run: String,
     /// Folder of training runs.
-    #[arg(long, default_value = "models/runs")]
+    #[arg(long, default_value = pipe::config::DEFAULT_RUNS_DIR)]
     pub runs_dir: PathBuf,
 }
 

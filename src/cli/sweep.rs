@@ -38,11 +38,10 @@ impl SweepArgs {
     /// As [`pipe::train::sweep`]; an unusable --out.
     pub fn run(self) -> Result<()> {
         let a = self;
-        let device = pipe::train::resolve_device(a.common.device)?;
-        let (features, hyper) = a.options();
+        let config = a.config();
+        let env = a.common.env();
         let t0 = std::time::Instant::now();
-        pipe::train::validate_input_size(a.common.input_size)?;
-        pipe::train::validate_sweep(&hyper, &a.batch_sizes, &a.lrs)?;
+        pipe::train::validate_sweep(&config, &env, &a.batch_sizes, &a.lrs)?;
         // The output folder is made before the work, so that an unusable --out fails at once.
         let out_dir = a
             .out
@@ -50,8 +49,7 @@ impl SweepArgs {
             .unwrap_or_else(|| PathBuf::from("models/sweeps").join(pipe::run::timestamp_name()));
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("cannot create {}", out_dir.display()))?;
-        let (rows, extracted) =
-            pipe::train::sweep(&features, &hyper, &a.batch_sizes, &a.lrs, device)?;
+        let (rows, extracted) = pipe::train::sweep(&config, &env, &a.batch_sizes, &a.lrs)?;
         let doc = serde_json::json!({
             "data": a.data.data, "train_limit": a.data.train_limit, "test_limit": a.data.test_limit,
             "epochs": a.epochs, "momentum": a.sgd.momentum, "weight_decay": a.sgd.weight_decay,
@@ -84,30 +82,21 @@ impl SweepArgs {
         Ok(())
     }
 
-    /// The training library's options: feature extraction, and head training (batch size and
-    /// learning rate are set per setting).
-    fn options(&self) -> (pipe::train::FeatureOptions, pipe::train::HeadHyper) {
-        let features = pipe::train::FeatureOptions {
+    /// The configuration every setting starts from: the seed recipe with this sweep's data,
+    /// epochs and SGD settings (batch size and learning rate are set per setting).
+    fn config(&self) -> pipe::config::TrainConfig {
+        pipe::config::TrainConfig {
             data: self.data.data.clone(),
             weights: self.data.weights.clone(),
             train_limit: self.data.train_limit,
             test_limit: self.data.test_limit,
             input_size: self.common.input_size,
-            batch_size: self.common.extract_batch_size,
-            cache_dir: self.common.cache(),
-            allow_unverified: self.common.allow_unverified,
-            progress: true,
-        };
-        let hyper = pipe::train::HeadHyper {
             epochs: self.epochs,
-            batch_size: 0,
-            lr: 0.0,
             momentum: self.sgd.momentum,
             weight_decay: self.sgd.weight_decay,
             seed: self.sgd.seed,
-            ..Default::default()
-        };
-        (features, hyper)
+            ..pipe::config::TrainConfig::seed_recipe()
+        }
     }
 }
 

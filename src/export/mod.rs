@@ -17,9 +17,9 @@ pub use verify::verify_against_run;
 pub use verify::{Verification, FP16_VERIFY_TOLERANCE, VERIFY_TOLERANCE};
 
 use crate::arch::Arch;
+use crate::config::TrainConfig;
 use crate::contract::{ModelMetadata, Output};
 use crate::error::{Error, Result};
-use crate::run::RunConfig;
 use crate::weights::NamedTensor;
 use prost::Message;
 use std::path::{Path, PathBuf};
@@ -144,7 +144,7 @@ pub fn export_run(
     opts: &RunExportOptions,
 ) -> Result<ExportSummary> {
     use crate::run::{EpochMetrics, CONFIG_FILE, HISTORY_FILE};
-    let config: RunConfig = crate::util::read_json(&run_dir.join(CONFIG_FILE))?;
+    let config: TrainConfig = crate::util::read_json(&run_dir.join(CONFIG_FILE))?;
     let arch = Arch::vgg16_transfer(config.input_size, config.classes.len());
     let (base, fp, head) = run_weights(run_dir, &config, &arch)?;
     let history: Vec<EpochMetrics> =
@@ -205,7 +205,7 @@ pub fn export_run(
 /// since training, or weights that cannot be read.
 fn run_weights(
     run_dir: &Path,
-    config: &RunConfig,
+    config: &TrainConfig,
     arch: &Arch,
 ) -> Result<(Vec<NamedTensor>, String, Vec<NamedTensor>)> {
     let base_path = crate::run::base_weights(run_dir, config);

@@ -1,19 +1,22 @@
 //! `pipe evaluate` and `pipe sweep`: metrics of a trained run, and many head trainings from one set of
 //! cached features.
 
-use super::features::{prepare_features, split_features, FeatureOptions};
-use super::fit::{evaluate, fit_head, HeadHyper};
+use super::features::{prepare_features, split_features};
+use super::head::{evaluate_head, HeadModel};
+use super::learner::{label_tensor, Learner};
 use super::model::Head;
+use super::resolve_device;
 use crate::arch::Arch;
+use crate::config::{TrainConfig, TrainEnv};
 use crate::data::{DataSource, Split};
 use crate::error::{Error, Result};
 use crate::report::ClassReport;
-use crate::run::{self, EpochMetrics, RunConfig};
+use crate::run::{self, EpochMetrics};
 use crate::weights::load_safetensors;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device};
 
 /// Result of [`evaluate_run`].
 #[derive(Debug, Clone, Serialize)]
@@ -29,19 +32,19 @@ pub struct Evaluation {
 }
 
 /// Evaluates a run's head on the test split of `data` (default: the run's own data and test subset),
-/// with features from the cache when present.
+/// on `env`'s device, with features from `env`'s cache when present.
 ///
 /// # Errors
-/// Missing or unfinished run, data whose classes differ from the run's, libtorch errors.
+/// Missing or unfinished run, data whose classes differ from the run's, an unavailable device,
+/// libtorch errors.
 pub fn evaluate_run(
     run_dir: &Path,
     data: Option<&Path>,
     test_limit: Option<usize>,
-    device: Device,
-    cache_dir: Option<&Path>,
-    progress: bool,
+    env: &TrainEnv,
 ) -> Result<Evaluation> {
-    let config: RunConfig = crate::util::read_json(&run_dir.join(run::CONFIG_FILE))?;
+    let device = resolve_device(env.device)?;
+    let config: TrainConfig = crate::util::read_json(&run_dir.join(run::CONFIG_FILE))?;
     let data = data
         .map(Path::to_path_buf)
         .unwrap_or_else(|| config.data.clone());
@@ -64,26 +67,27 @@ pub fn evaluate_run(
         &split,
         &run::base_weights(run_dir, &config),
         &arch,
-        cache_dir,
+        env,
         device,
-        128,
-        progress,
     )?
     .f_to_device(device)?;
     let (params, _) = load_safetensors(&run_dir.join(run::HEAD_FILE), &arch.head_params())?;
     let vs = nn::VarStore::new(device);
     let head = Head::new(&vs.root(), &arch);
     head.load(&params)?;
-    let y = Tensor::from_slice(&split.labels.iter().map(|&l| l as i64).collect::<Vec<_>>())
-        .f_to_device(device)?;
-    let (loss, _, logits) = evaluate(&head, &x, &y)?;
-    let pred: Vec<i64> =
-        Vec::<i64>::try_from(&logits.f_argmax(-1, false)?.f_to_device(Device::Cpu)?)?;
+    let y = label_tensor(&split.labels, device)?;
+    let scores = evaluate_head(&head, &x, &y)?;
+    let pred: Vec<i64> = Vec::<i64>::try_from(
+        &scores
+            .logits
+            .f_argmax(-1, false)?
+            .f_to_device(Device::Cpu)?,
+    )?;
     let pred: Vec<usize> = pred.into_iter().map(|p| p as usize).collect();
     Ok(Evaluation {
         run: config.name,
         data,
-        loss,
+        loss: scores.loss,
         report: ClassReport::new(&config.classes, &split.labels, &pred),
     })
 }
@@ -109,57 +113,68 @@ pub struct SweepRow {
     pub diverged: Option<String>,
 }
 
-/// Checks every (batch size, learning rate) setting of a sweep, before any work.
+/// Checks a sweep before any work: the device, the input size, and `config` with every (batch size,
+/// learning rate) setting ([`TrainConfig::validate`]).
 ///
 /// # Errors
-/// [`Error::Usage`] for an empty list or an invalid setting.
-pub fn validate_sweep(hyper: &HeadHyper, batch_sizes: &[usize], lrs: &[f64]) -> Result<()> {
+/// [`Error::Usage`] for an unavailable device, an empty list or an invalid setting.
+pub fn validate_sweep(
+    config: &TrainConfig,
+    env: &TrainEnv,
+    batch_sizes: &[usize],
+    lrs: &[f64],
+) -> Result<()> {
+    resolve_device(env.device)?;
+    crate::config::validate_input_size(config.input_size)?;
     if batch_sizes.is_empty() || lrs.is_empty() {
         return Err(Error::Usage(
             "--batch-sizes and --lrs need at least one value each".into(),
         ));
     }
     for &lr in lrs {
-        for &bs in batch_sizes {
-            super::validate_hyper(&HeadHyper {
-                batch_size: bs,
-                lr,
-                ..hyper.clone()
-            })?;
+        for &batch_size in batch_sizes {
+            setting(config, batch_size, lr).validate()?;
         }
     }
     Ok(())
 }
 
+/// `config` with one sweep setting.
+fn setting(config: &TrainConfig, batch_size: usize, lr: f64) -> TrainConfig {
+    TrainConfig {
+        batch_size,
+        lr,
+        ..config.clone()
+    }
+}
+
 /// Trains the head once per (batch size, learning rate) combination on the same features (extracted
-/// once, or taken from the cache), `hyper` giving the other settings.
+/// once, or taken from `env`'s cache), `config` giving the data and the other settings.
 ///
 /// # Errors
 /// Data, weights or libtorch errors (a diverging setting is reported in its row, not as an error).
 pub fn sweep(
-    features: &FeatureOptions,
-    hyper: &HeadHyper,
+    config: &TrainConfig,
+    env: &TrainEnv,
     batch_sizes: &[usize],
     lrs: &[f64],
-    device: Device,
 ) -> Result<(Vec<SweepRow>, usize)> {
-    validate_sweep(hyper, batch_sizes, lrs)?;
-    let f = prepare_features(features, device)?;
-    let arch = Arch::vgg16_transfer(features.input_size, f.classes.len());
+    validate_sweep(config, env, batch_sizes, lrs)?;
+    let device = resolve_device(env.device)?;
+    let f = prepare_features(config, env, device)?;
+    let arch = Arch::vgg16_transfer(config.input_size, f.classes.len());
     let mut rows = Vec::new();
     for &lr in lrs {
         for &bs in batch_sizes {
-            let hp = HeadHyper {
-                batch_size: bs,
-                lr,
-                ..hyper.clone()
-            };
+            let c = setting(config, bs, lr);
             let t0 = Instant::now();
             let mut history = Vec::new();
-            let res = fit_head(&f, &arch, &hp, device, None, None, |ck| {
+            let mut model = HeadModel::new(&f, &arch, c.seed, device)?;
+            let res = Learner::new(&c).fit(&mut model, None, |ck| {
                 history = ck.history.clone();
                 Ok(())
             });
+            drop(model);
             let diverged = match res {
                 Ok(r) => {
                     history = r.history;
@@ -170,32 +185,46 @@ pub fn sweep(
                 }
                 Err(e) => return Err(e),
             };
-            let (best_epoch, best) = history
-                .iter()
-                .map(|m| (m.epoch, m.val_accuracy))
-                .fold((0, f64::MIN), |b, x| if x.1 > b.1 { x } else { b });
-            let row = SweepRow {
-                batch_size: bs,
-                lr,
-                final_val_accuracy: history.last().map(|m| m.val_accuracy).unwrap_or(0.0),
-                best_val_accuracy: best.max(0.0),
-                best_epoch,
-                seconds: t0.elapsed().as_secs_f64(),
-                history,
-                diverged,
-            };
-            eprintln!(
-                "batch {:>4}  lr {:<8}  final val_accuracy {:.4}  best {:.4} (epoch {:>2})  {:.1} s{}",
-                row.batch_size,
-                row.lr,
-                row.final_val_accuracy,
-                row.best_val_accuracy,
-                row.best_epoch,
-                row.seconds,
-                row.diverged.as_ref().map(|d| format!("  DIVERGED: {d}")).unwrap_or_default()
-            );
-            rows.push(row);
+            rows.push(sweep_row(bs, lr, t0, history, diverged));
         }
     }
     Ok((rows, f.extracted))
+}
+
+/// The row of one sweep setting, also printed on stderr.
+fn sweep_row(
+    batch_size: usize,
+    lr: f64,
+    t0: Instant,
+    history: Vec<EpochMetrics>,
+    diverged: Option<String>,
+) -> SweepRow {
+    let (best_epoch, best) = history
+        .iter()
+        .map(|m| (m.epoch, m.val_accuracy))
+        .fold((0, f64::MIN), |b, x| if x.1 > b.1 { x } else { b });
+    let row = SweepRow {
+        batch_size,
+        lr,
+        final_val_accuracy: history.last().map(|m| m.val_accuracy).unwrap_or(0.0),
+        best_val_accuracy: best.max(0.0),
+        best_epoch,
+        seconds: t0.elapsed().as_secs_f64(),
+        history,
+        diverged,
+    };
+    eprintln!(
+        "batch {:>4}  lr {:<8}  final val_accuracy {:.4}  best {:.4} (epoch {:>2})  {:.1} s{}",
+        row.batch_size,
+        row.lr,
+        row.final_val_accuracy,
+        row.best_val_accuracy,
+        row.best_epoch,
+        row.seconds,
+        row.diverged
+            .as_ref()
+            .map(|d| format!("  DIVERGED: {d}"))
+            .unwrap_or_default()
+    );
+    row
 }

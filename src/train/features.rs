@@ -3,9 +3,10 @@
 
 use super::model::{from_tch, to_tch, Base};
 use crate::arch::Arch;
+use crate::config::{TrainConfig, TrainEnv};
+use crate::contract::CAFFE_PREPROCESSING;
 use crate::data::{caffe_preprocess, DataSource, LoadedSplit, Split};
 use crate::error::{Error, Result};
-use crate::run::CAFFE_PREPROCESSING;
 use crate::weights::{hex, load_base, load_safetensors, save_safetensors};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -52,29 +53,6 @@ pub struct Features {
     pub extracted: usize,
     /// Seconds spent in extraction.
     pub extract_seconds: f64,
-}
-
-/// Options of [`prepare_features`].
-#[derive(Debug, Clone)]
-pub struct FeatureOptions {
-    /// `--data`.
-    pub data: PathBuf,
-    /// Base weights.
-    pub weights: PathBuf,
-    /// Training subset size (0 = all).
-    pub train_limit: usize,
-    /// Test subset size (0 = all).
-    pub test_limit: usize,
-    /// Input size, pixels.
-    pub input_size: usize,
-    /// Extraction batch size.
-    pub batch_size: usize,
-    /// Feature cache folder; `None` = no cache.
-    pub cache_dir: Option<PathBuf>,
-    /// Accept unverified base weights.
-    pub allow_unverified: bool,
-    /// Show a progress bar.
-    pub progress: bool,
 }
 
 /// Cache key of a split's features: SHA-256 over a format tag, the weights fingerprint, the
@@ -174,29 +152,30 @@ fn cached(
     Ok((x, true))
 }
 
-/// Loads both splits, and their base features from the cache or by extraction on `device` (then stored
-/// in the cache). The tch base is built only when something must be extracted.
+/// Loads both splits of `config`'s data (its subsets, at its input size), and their base features
+/// from `env`'s cache or by extraction on `device` in `env`'s batches (then stored in the cache). The
+/// tch base is built only when something must be extracted.
 ///
 /// # Errors
 /// Data, weights or libtorch errors; differing class lists between the splits.
-pub fn prepare_features(opts: &FeatureOptions, device: Device) -> Result<Features> {
+pub fn prepare_features(config: &TrainConfig, env: &TrainEnv, device: Device) -> Result<Features> {
     let (train, test) = load_train_test(
-        &opts.data,
-        opts.train_limit,
-        opts.test_limit,
-        opts.input_size,
+        &config.data,
+        config.train_limit,
+        config.test_limit,
+        config.input_size,
     )?;
-    let arch = Arch::vgg16_transfer(opts.input_size, train.classes.len());
-    let (weights, fingerprint) = load_base(&opts.weights, &arch, opts.allow_unverified)?;
+    let arch = Arch::vgg16_transfer(config.input_size, train.classes.len());
+    let (weights, fingerprint) = load_base(&config.weights, &arch, env.allow_unverified)?;
     let mut base: Option<Base> = None;
     let t0 = Instant::now();
-    let pb = progress_bar(0, opts.progress);
+    let pb = progress_bar(0, env.progress);
     let mut features = |split: &LoadedSplit| -> Result<(Tensor, bool)> {
         cached(
             split,
             &fingerprint,
             arch.feature_dim(),
-            opts.cache_dir.as_deref(),
+            env.cache_dir.as_deref(),
             || {
                 if base.is_none() {
                     base = Some(Base::new(&arch, &weights, device)?);
@@ -205,7 +184,7 @@ pub fn prepare_features(opts: &FeatureOptions, device: Device) -> Result<Feature
                     .as_ref()
                     .ok_or_else(|| Error::Torch("base not built".into()))?;
                 pb.inc_length(split.len() as u64);
-                extract(b, &split.pixels, split.len(), opts.batch_size, &pb)
+                extract(b, &split.pixels, split.len(), env.extract_batch_size, &pb)
             },
         )
     };
@@ -373,7 +352,8 @@ pub fn carve_validation(mut f: Features, fraction: f64, seed: u64) -> Result<Fea
     Ok(f)
 }
 
-/// Features of a single split (for `pipe evaluate`), from the cache or by extraction.
+/// Features `[n, feature_dim]` (CPU) of a single split (for `pipe evaluate`) through the base
+/// `weights`, from `env`'s cache or by extraction on `device`.
 ///
 /// # Errors
 /// As [`prepare_features`].
@@ -381,18 +361,117 @@ pub fn split_features(
     split: &LoadedSplit,
     weights: &Path,
     arch: &Arch,
-    cache_dir: Option<&Path>,
+    env: &TrainEnv,
     device: Device,
-    batch_size: usize,
-    progress: bool,
 ) -> Result<Tensor> {
     let (w, fingerprint) = load_base(weights, arch, true)?;
+    let cache_dir = env.cache_dir.as_deref();
     let (x, _) = cached(split, &fingerprint, arch.feature_dim(), cache_dir, || {
         let base = Base::new(arch, &w, device)?;
-        let pb = progress_bar(split.len(), progress);
-        let x = extract(&base, &split.pixels, split.len(), batch_size, &pb);
+        let pb = progress_bar(split.len(), env.progress);
+        let x = extract(
+            &base,
+            &split.pixels,
+            split.len(),
+            env.extract_batch_size,
+            &pb,
+        );
         pb.finish_and_clear();
         x
     })?;
     Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(size: usize, n: usize) -> LoadedSplit {
+        LoadedSplit {
+            classes: vec!["a".into(), "b".into()],
+            root: "r".into(),
+            names: (0..n).map(|i| i.to_string()).collect(),
+            labels: (0..n).map(|i| i % 2).collect(),
+            pixels: (0..n * size * size * 3).map(|i| (i % 251) as u8).collect(),
+            size,
+        }
+    }
+
+    /// The cache key changes with anything that changes the features: the weights, the input size,
+    /// a single pixel; the same inputs give the same key.
+    #[test]
+    fn cache_key_changes_with_weights_size_and_pixels() {
+        let s = split(32, 4);
+        let key = cache_key("fp", &s);
+        assert_eq!(key, cache_key("fp", &split(32, 4)));
+        assert_eq!(key.len(), 64);
+        assert_ne!(key, cache_key("fp2", &s), "weights fingerprint");
+        // The same bytes read as one 64x64 image instead of four 32x32 ones.
+        let mut big = s.clone();
+        big.size = 64;
+        big.labels.truncate(1);
+        big.names.truncate(1);
+        assert_eq!(big.pixels.len(), 64 * 64 * 3);
+        assert_ne!(key, cache_key("fp", &big), "input size");
+        let mut pixel = s.clone();
+        pixel.pixels[1000] ^= 1;
+        assert_ne!(key, cache_key("fp", &pixel), "one pixel");
+        // Labels and names do not change the features, so not the key.
+        let mut relabelled = s.clone();
+        relabelled.labels.reverse();
+        assert_eq!(key, cache_key("fp", &relabelled));
+    }
+
+    /// `--val-split`: per class round(fraction x count) images (at least one, never the whole class)
+    /// go to validation; the two lists are disjoint, ascending, cover every image, and depend only on
+    /// the seed.
+    #[test]
+    fn stratified_holdout_is_per_class_disjoint_and_seeded() {
+        // Class c has 10 * (c + 1) images, except class 3 with 2 and class 4 with 1, interleaved.
+        let counts = [10, 20, 30, 2, 1];
+        let mut labels: Vec<usize> = counts
+            .iter()
+            .enumerate()
+            .flat_map(|(c, &k)| std::iter::repeat_n(c, k))
+            .collect();
+        labels.sort_by_key(|&c| (c * 7919) % 13);
+        let (train, val) = stratified_holdout(&labels, counts.len(), 0.1, 42).unwrap();
+        let per_class = |idx: &[usize], c: usize| idx.iter().filter(|&&i| labels[i] == c).count();
+        // round(0.1 x 10, 20, 30) = 1, 2, 3; 0 rounds up to 1 for the class of 2; the class of 1
+        // image stays whole in training.
+        let want = [1, 2, 3, 1, 0];
+        for (c, &w) in want.iter().enumerate() {
+            assert_eq!(per_class(&val, c), w, "class {c}");
+            assert_eq!(per_class(&train, c), counts[c] - w, "class {c}");
+        }
+        assert!(train.windows(2).all(|w| w[0] < w[1]) && val.windows(2).all(|w| w[0] < w[1]));
+        let mut all: Vec<usize> = train.iter().chain(&val).copied().collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..labels.len()).collect::<Vec<_>>(),
+            "disjoint, and the union is everything"
+        );
+        assert_eq!(
+            stratified_holdout(&labels, counts.len(), 0.1, 42).unwrap(),
+            (train, val.clone()),
+            "same seed, same split"
+        );
+        let other = (1..20)
+            .map(|seed| {
+                stratified_holdout(&labels, counts.len(), 0.1, seed)
+                    .unwrap()
+                    .1
+            })
+            .any(|v| v != val);
+        assert!(other, "another seed draws another split");
+        // A half split of a large class.
+        let (t, v) = stratified_holdout(&[0; 9], 1, 0.5, 1).unwrap();
+        assert_eq!((t.len(), v.len()), (4, 5));
+        for bad in [0.0, 1.0, -0.5, f64::NAN] {
+            assert!(stratified_holdout(&labels, counts.len(), bad, 1).is_err());
+        }
+        // Nothing to hold out of single-image classes.
+        assert!(stratified_holdout(&[0, 1], 2, 0.5, 1).is_err());
+    }
 }

@@ -7,24 +7,17 @@
 //! epoch, dropout from libtorch's generator re-seeded at each epoch), so that a run resumed from an
 //! epoch checkpoint ends exactly like an uninterrupted one without replaying earlier epochs.
 
-use super::fit::{
-    cross_entropy, labels, optimise_step, patience_exhausted, Best, Checkpoint, FitResult,
-    HeadHyper, OptState,
-};
+use super::learner::{label_tensor, EvalSplit, Model, Scores};
 use super::model::{from_tch, to_tch, Head};
 use crate::arch::{Arch, BaseLayer};
+use crate::config::TrainConfig;
+pub use crate::config::VGG16_CONVS;
 use crate::data::{caffe_preprocess, LoadedSplit};
 use crate::error::{Error, Result};
-use crate::run::EpochMetrics;
 use crate::weights::NamedTensor;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
-use std::time::Instant;
-use tch::{nn, Device, Kind, Tensor};
-
-/// Number of conv layers in the VGG16 base (the most `--unfreeze` accepts).
-pub const VGG16_CONVS: usize = 13;
+use tch::{nn, Device, Tensor};
 
 enum Layer {
     Conv { weight: Tensor, bias: Tensor },
@@ -247,15 +240,11 @@ fn batch_tensor(pixels: &[u8], n: usize, size: usize, device: Device) -> Result<
         .f_to_device(device)?)
 }
 
-/// Mean loss, accuracy and logits (`[n, classes]`, CPU) of `net` in evaluation mode on `split`.
+/// Scores of `net` in evaluation mode on `split`, in batches of 256; logits `[n, classes]` on the CPU.
 ///
 /// # Errors
 /// [`Error::Torch`] on a libtorch failure.
-pub fn evaluate_pixels(
-    net: &FineTuneNet,
-    split: &PixelSplit,
-    device: Device,
-) -> Result<(f64, f64, Tensor)> {
+pub fn evaluate_pixels(net: &FineTuneNet, split: &PixelSplit, device: Device) -> Result<Scores> {
     let _guard = tch::no_grad_guard();
     let per = split.size * split.size * 3;
     let n = split.labels.len();
@@ -270,211 +259,133 @@ pub fn evaluate_pixels(
         )?;
         parts.push(net.forward(&x, false)?.f_to_device(Device::Cpu)?);
     }
-    let logits = Tensor::f_cat(&parts, 0)?;
-    let y = labels(split.labels, Device::Cpu)?;
-    let loss = cross_entropy(&logits, &y)?.f_double_value(&[])?;
-    let acc = logits
-        .f_argmax(-1, false)?
-        .f_eq_tensor(&y)?
-        .f_to_kind(Kind::Float)?
-        .f_mean(Kind::Float)?
-        .f_double_value(&[])?;
-    Ok((loss, acc, logits))
+    Scores::of(
+        Tensor::f_cat(&parts, 0)?,
+        &label_tensor(split.labels, Device::Cpu)?,
+    )
 }
 
-/// What [`fit_finetune`] returns besides the usual [`FitResult`].
-pub struct FineTuneResult {
-    /// Head parameters, history, test logits and metrics, best epoch (its `params` hold the trainable
-    /// conv and head parameters).
-    pub fit: FitResult,
-    /// The whole base after training (frozen and tuned layers), [`Arch::base_params`] names.
-    pub base: Vec<NamedTensor>,
+/// The images a fine-tuning run trains, validates and tests on.
+pub struct PixelSplits<'a> {
+    /// Training images.
+    pub train: PixelSplit<'a>,
+    /// Validation images (held out of training with `--val-split`, else the test images).
+    pub val: PixelSplit<'a>,
+    /// Test images.
+    pub test: PixelSplit<'a>,
 }
 
-/// Fine-tunes the last `unfreeze` conv layers and the head on decoded images. Validation on `val`
-/// (per-epoch metrics, early stopping, best epoch), final metrics on `test`. `resume` continues after
-/// its epoch; `init_head` (head parameters from a warm-up) replaces the random head; `on_epoch` receives the state after every epoch (to checkpoint it).
-///
-/// # Errors
-/// [`Error::Diverged`] on a non-finite loss; libtorch errors; `on_epoch`'s errors.
-#[allow(clippy::too_many_arguments)]
-pub fn fit_finetune(
-    train: &PixelSplit,
-    val: &PixelSplit,
-    test: &PixelSplit,
-    arch: &Arch,
-    base_weights: &[NamedTensor],
-    unfreeze: usize,
+/// The last `unfreeze` conv layers and the head trained on decoded images, augmented with `augment`:
+/// the [`Model`] of an `--unfreeze N` run.
+pub struct FineTuneModel<'a> {
+    net: FineTuneNet,
+    _vs: nn::VarStore,
+    splits: PixelSplits<'a>,
     augment: bool,
-    hp: &HeadHyper,
+    seed: u64,
     device: Device,
-    resume: Option<Checkpoint>,
-    init_head: Option<&[NamedTensor]>,
-    progress: bool,
-    mut on_epoch: impl FnMut(&Checkpoint) -> Result<()>,
-) -> Result<FineTuneResult> {
-    super::validate_hyper(hp)?;
-    tch::manual_seed(hp.seed as i64);
-    let vs = nn::VarStore::new(device);
-    let net = FineTuneNet::new(&vs.root(), arch, base_weights, unfreeze, device)?;
-    if let Some(h) = init_head {
-        net.head.load(h)?;
+    /// The current epoch's stream of shuffle and augmentation draws.
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl<'a> FineTuneModel<'a> {
+    /// Builds the network from the ImageNet base `weights` with the last `config.unfreeze` convs
+    /// trainable, its head initialised from libtorch's generator seeded with `config.seed`, or taken
+    /// from `init_head` (head parameters from a warm-up) when given.
+    ///
+    /// # Errors
+    /// As [`FineTuneNet::new`]; [`Error::Torch`] when `init_head` does not fit the head.
+    pub fn new(
+        splits: PixelSplits<'a>,
+        arch: &Arch,
+        weights: &[NamedTensor],
+        config: &TrainConfig,
+        init_head: Option<&[NamedTensor]>,
+        device: Device,
+    ) -> Result<Self> {
+        tch::manual_seed(config.seed as i64);
+        let vs = nn::VarStore::new(device);
+        let net = FineTuneNet::new(&vs.root(), arch, weights, config.unfreeze, device)?;
+        if let Some(h) = init_head {
+            net.head.load(h)?;
+        }
+        Ok(FineTuneModel {
+            net,
+            _vs: vs,
+            splits,
+            augment: config.augment,
+            seed: config.seed,
+            device,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(config.seed),
+        })
     }
-    let params = net.parameters();
-    let mut opt = OptState::new(hp.optimizer, &params)?;
-    let (start, mut history, mut best) = match resume {
-        Some(c) => {
-            net.load(&c.params)?;
-            opt.load(&c.momentum, device)?;
-            (c.epoch, c.history, c.best)
-        }
-        None => (0, Vec::new(), None),
-    };
-    let n = train.labels.len();
-    let size = train.size;
-    let per = size * size * 3;
-    let pad = 4 * size / 32;
-    let steps_per_epoch = n.div_ceil(hp.batch_size) as i64;
-    let mut stopped_early = None;
-    for epoch in start + 1..=hp.epochs {
-        if patience_exhausted(&history, hp.patience) {
-            stopped_early = Some(epoch - 1);
-            break;
-        }
-        let t0 = Instant::now();
-        let lr = hp.lr_at(epoch);
+
+    /// The whole base, frozen and tuned layers, as [`Arch::base_params`] tensors.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on a libtorch failure.
+    pub fn base_tensors(&self, arch: &Arch) -> Result<Vec<NamedTensor>> {
+        self.net.base_tensors(arch)
+    }
+}
+
+impl Model for FineTuneModel<'_> {
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.net.parameters()
+    }
+
+    fn load(&self, values: &[NamedTensor]) -> Result<()> {
+        self.net.load(values)
+    }
+
+    fn train_len(&self) -> usize {
+        self.splits.train.labels.len()
+    }
+
+    fn epoch_order(&mut self, epoch: usize) -> Vec<usize> {
         // Per-epoch randomness: a resumed run draws exactly what an uninterrupted one draws.
-        tch::manual_seed(hp.seed.wrapping_add(epoch as u64) as i64);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(hp.seed);
-        rng.set_stream(epoch as u64);
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut rng);
-        let pb = if progress {
-            let pb = ProgressBar::new(n as u64);
-            pb.set_style(
-                ProgressStyle::with_template(&format!(
-                    "epoch {epoch}/{} [{{bar:32}}] {{pos}}/{{len}} images  {{per_sec}}  eta {{eta}}",
-                    hp.epochs
-                ))
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            pb
-        } else {
-            ProgressBar::hidden()
-        };
-        let (mut loss_sum, mut correct) = (0f64, 0i64);
-        for (step, chunk) in order.chunks(hp.batch_size).enumerate() {
-            let mut px = Vec::with_capacity(chunk.len() * per);
-            for &i in chunk {
-                let start = px.len();
-                px.extend_from_slice(&train.pixels[i * per..(i + 1) * per]);
-                if augment {
-                    augment_image(&mut px[start..], size, pad, &mut rng);
-                }
+        tch::manual_seed(self.seed.wrapping_add(epoch as u64) as i64);
+        self.rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+        self.rng.set_stream(epoch as u64);
+        let mut order: Vec<usize> = (0..self.train_len()).collect();
+        order.shuffle(&mut self.rng);
+        order
+    }
+
+    fn train_batch(&mut self, batch: &[usize]) -> Result<(Tensor, Tensor)> {
+        let train = &self.splits.train;
+        let size = train.size;
+        let per = size * size * 3;
+        let mut px = Vec::with_capacity(batch.len() * per);
+        for &i in batch {
+            let start = px.len();
+            px.extend_from_slice(&train.pixels[i * per..(i + 1) * per]);
+            if self.augment {
+                augment_image(&mut px[start..], size, 4 * size / 32, &mut self.rng);
             }
-            let x = batch_tensor(&px, chunk.len(), size, device)?;
-            let yb = labels(
-                &chunk.iter().map(|&i| train.labels[i]).collect::<Vec<_>>(),
-                device,
-            )?;
-            let logits = net.forward(&x, true)?;
-            let (l, c) = optimise_step(
-                &logits,
-                &yb,
-                &params,
-                &mut opt,
-                hp,
-                (epoch, step, steps_per_epoch),
-            )
-            .inspect_err(|_| pb.finish_and_clear())?;
-            loss_sum += l * chunk.len() as f64;
-            correct += c;
-            pb.inc(chunk.len() as u64);
         }
-        pb.finish_and_clear();
-        let (val_loss, val_accuracy, _) = evaluate_pixels(&net, val, device)?;
-        if !val_loss.is_finite() {
-            return Err(Error::Diverged {
-                epoch,
-                step: 0,
-                loss: val_loss,
-            });
-        }
-        let m = EpochMetrics {
-            epoch,
-            loss: loss_sum / n as f64,
-            accuracy: correct as f64 / n as f64,
-            val_loss,
-            val_accuracy,
-            seconds: t0.elapsed().as_secs_f64(),
+        let x = batch_tensor(&px, batch.len(), size, self.device)?;
+        let labels: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
+        Ok((
+            self.net.forward(&x, true)?,
+            label_tensor(&labels, self.device)?,
+        ))
+    }
+
+    fn evaluate(&self, split: EvalSplit) -> Result<Scores> {
+        let images = match split {
+            EvalSplit::Validation => &self.splits.val,
+            EvalSplit::Test => &self.splits.test,
         };
-        eprintln!(
-            "Epoch {epoch}/{}  loss {:.4}  accuracy {:.4}  val_loss {:.4}  val_accuracy {:.4}  lr {lr:.3e}  ({:.1} s, {:.0} images/s)",
-            hp.epochs,
-            m.loss,
-            m.accuracy,
-            m.val_loss,
-            m.val_accuracy,
-            m.seconds,
-            n as f64 / m.seconds.max(1e-9)
-        );
-        history.push(m);
-        let current: Vec<NamedTensor> = params
-            .iter()
-            .map(|(name, p)| from_tch(name, p))
-            .collect::<Result<_>>()?;
-        if best.as_ref().is_none_or(|b: &Best| val_loss < b.val_loss) {
-            best = Some(Best {
-                epoch,
-                val_loss,
-                params: current.clone(),
-            });
-        }
-        on_epoch(&Checkpoint {
-            epoch,
-            params: current,
-            momentum: opt.save(&params)?,
-            history: history.clone(),
-            best: best.clone(),
-        })?;
+        evaluate_pixels(&self.net, images, self.device)
     }
-    if let Some(e) = stopped_early {
-        eprintln!("{}", super::fit::early_stop_message(e, hp, best.as_ref()));
-    }
-    if hp.restore_best {
-        if let Some(b) = &best {
-            net.load(&b.params)?;
-            eprintln!(
-                "restoring the parameters of epoch {} (lowest validation loss {:.4})",
-                b.epoch, b.val_loss
-            );
-        }
-    }
-    let (test_loss, test_accuracy, test_logits) = evaluate_pixels(&net, test, device)?;
-    let head_names: Vec<String> = arch.head_params().into_iter().map(|(n, _)| n).collect();
-    let head_params = params
-        .iter()
-        .filter(|(n, _)| head_names.contains(n))
-        .map(|(n, p)| from_tch(n, p))
-        .collect::<Result<_>>()?;
-    Ok(FineTuneResult {
-        base: net.base_tensors(arch)?,
-        fit: FitResult {
-            history,
-            params: head_params,
-            test_logits,
-            test_loss,
-            test_accuracy,
-            best,
-            stopped_early,
-        },
-    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::optim::cross_entropy;
     use super::*;
+    use tch::Kind;
 
     #[test]
     fn augment_flips_and_shifts_with_black_padding() {

@@ -1,0 +1,724 @@
+//! The configuration of a training run: [`TrainConfig`], the one shape of a run's settings. The command
+//! line fills it (a [`Preset`] gives the starting values, [`Overrides`] the options given explicitly),
+//! [`TrainConfig::validate`] checks it once before any work, and it is written as the run's
+//! `config.json`, which `--resume`, `evaluate` and `export` read back. Choices of one invocation that
+//! are not part of the run (device, cache, progress, runs folder, ...) are a [`TrainEnv`].
+//!
+//! No libtorch here: the libtorch-free build reads runs through this module.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Default `--data`: the CIFAR-10 image folders that `make setup` extracts.
+pub const DEFAULT_DATA: &str = "data/cifar10";
+/// Default conv-base weights, written by `pipe weights import` (`make setup`).
+pub const DEFAULT_WEIGHTS: &str = "models/vgg16_imagenet.safetensors";
+/// Default folder of training runs.
+pub const DEFAULT_RUNS_DIR: &str = "models/runs";
+/// Default folder of the feature cache.
+pub const DEFAULT_CACHE_DIR: &str = "models/cache/features";
+/// Number of conv layers in the VGG16 base (the most `--unfreeze` accepts).
+pub const VGG16_CONVS: usize = 13;
+
+/// A training run's settings, and what the run recorded about its data and weights: exactly the
+/// run's `config.json` (field names and order are the file's).
+///
+/// `Default` is the seed recipe (the Keras transfer-learning job): CIFAR-10, 5,000 training and 1,000
+/// test images at 32x32, frozen VGG16 base, SGD lr 1e-4 momentum 0.9, batch 128, 3 epochs, seed 42,
+/// the test split as validation. The fields marked *recorded* are filled in when the run starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// *Recorded*: run name (the run's folder name).
+    pub name: String,
+    /// *Recorded*: version of pipe that trained it.
+    pub pipe_version: String,
+    /// `--data`: dataset root (image folders `train/`, `test/`, or the CIFAR-10 binary release);
+    /// absolute once the run has started.
+    pub data: PathBuf,
+    /// Conv-base weights file (safetensors, see `pipe weights import`); absolute once started.
+    pub weights: PathBuf,
+    /// *Recorded*: SHA-256 fingerprint of the base weights (hex).
+    pub weights_fingerprint: String,
+    /// *Recorded*: class names, index = label.
+    pub classes: Vec<String>,
+    /// Side of the square network input, pixels: a multiple of 32 (VGG16's five 2x2 poolings), at
+    /// most 512. 32 keeps CIFAR-10's size; 64 upsamples 2x and gives 2,048 features per image.
+    pub input_size: usize,
+    /// Preprocessing description (`crate::contract::CAFFE_PREPROCESSING`), as in the ONNX metadata.
+    pub preprocessing: String,
+    /// *Recorded*: training images used (after the validation hold-out).
+    pub train_images: usize,
+    /// *Recorded*: test images used.
+    pub test_images: usize,
+    /// `--train-limit`: a class-balanced subset of the training images of this size (0 = all).
+    pub train_limit: usize,
+    /// `--test-limit`: a class-balanced subset of the test images of this size (0 = all).
+    pub test_limit: usize,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Mini-batch size of training.
+    pub batch_size: usize,
+    /// Optimizer.
+    pub optimizer: Optimizer,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Epochs between two divisions of the rate by 10 under [`Schedule::Step`].
+    #[serde(default = "default_lr_step_epochs")]
+    pub lr_step_epochs: usize,
+    /// Early stopping: end training when the validation loss has not improved for this many epochs
+    /// (`None` = train all epochs).
+    #[serde(default)]
+    pub patience: Option<usize>,
+    /// End with the parameters of the epoch with the lowest validation loss (Keras'
+    /// `restore_best_weights`) instead of the last epoch's.
+    #[serde(default)]
+    pub restore_best: bool,
+    /// Fraction of the training images held out for validation, class-stratified and seeded (0 = the
+    /// test split validates, as in the Keras seed).
+    #[serde(default)]
+    pub val_split: f64,
+    /// *Recorded*: validation images carved out of the training images.
+    #[serde(default)]
+    pub val_images: usize,
+    /// Conv layers fine-tuned with the head, counted from the last (0 = frozen base on cached
+    /// features; at most [`VGG16_CONVS`]).
+    #[serde(default)]
+    pub unfreeze: usize,
+    /// Random horizontal flip and 4-pixel pad-and-crop of training images (needs `unfreeze`).
+    #[serde(default)]
+    pub augment: bool,
+    /// With `unfreeze`: epochs of head-only training on frozen-base features before fine-tuning (a
+    /// random head's large early gradients would wreck the pre-trained convs). Recorded as 0 for a
+    /// frozen-base run.
+    #[serde(default)]
+    pub head_epochs: usize,
+    /// Learning rate of the head warm-up (constant, the run's optimizer).
+    #[serde(default)]
+    pub head_lr: f64,
+    /// Learning rate (the peak rate under a schedule).
+    pub lr: f64,
+    /// SGD momentum, in [0, 1); unused by Adam.
+    pub momentum: f64,
+    /// L2 weight decay added to the gradient (PyTorch's `weight_decay`), >= 0.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Seed of initialisation, dropout, shuffling, augmentation and the validation hold-out.
+    pub seed: u64,
+    /// *Recorded*: device the run trained on (`cpu`, `cuda:0`).
+    pub device: String,
+}
+
+fn default_lr_step_epochs() -> usize {
+    5
+}
+
+/// Optimizer of training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// SGD with momentum (PyTorch `torch.optim.SGD`, dampening 0, not Nesterov).
+    #[default]
+    Sgd,
+    /// Adam (PyTorch `torch.optim.Adam`: betas 0.9 and 0.999, eps 1e-8, L2 weight decay added to the
+    /// gradient).
+    Adam,
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// The same learning rate in every epoch.
+    #[default]
+    Constant,
+    /// Cosine annealing over the epochs (PyTorch `CosineAnnealingLR`, `T_max` = epochs, stepped per
+    /// epoch): `lr * (1 + cos(pi * (epoch - 1) / epochs)) / 2`.
+    Cosine,
+    /// Step decay (PyTorch `StepLR`, gamma 0.1): the rate is divided by 10 every `--lr-step-epochs`.
+    Step,
+    /// One-cycle, stepped per batch (PyTorch `OneCycleLR` defaults without momentum cycling): a cosine
+    /// warm-up from lr/25 to lr over the first 30% of the steps, then a cosine decay to lr/250,000.
+    #[value(name = "onecycle")]
+    #[serde(rename = "onecycle")]
+    OneCycle,
+}
+
+/// Named training recipes (`pipe train --preset`); [`Preset::config`] gives each one's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// Fine-tune the whole VGG16 with augmentation (see `pipe train --help`).
+    Finetune,
+}
+
+impl Preset {
+    /// The recipe's settings (before explicit options are applied with [`Overrides::apply`]).
+    pub fn config(self) -> TrainConfig {
+        match self {
+            Preset::Finetune => TrainConfig::finetune(),
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            name: String::new(),
+            pipe_version: env!("CARGO_PKG_VERSION").into(),
+            data: PathBuf::from(DEFAULT_DATA),
+            weights: PathBuf::from(DEFAULT_WEIGHTS),
+            weights_fingerprint: String::new(),
+            classes: Vec::new(),
+            input_size: 32,
+            preprocessing: crate::contract::CAFFE_PREPROCESSING.into(),
+            train_images: 0,
+            test_images: 0,
+            train_limit: 5000,
+            test_limit: 1000,
+            epochs: 3,
+            batch_size: 128,
+            optimizer: Optimizer::Sgd,
+            schedule: Schedule::Constant,
+            lr_step_epochs: default_lr_step_epochs(),
+            patience: None,
+            restore_best: false,
+            val_split: 0.0,
+            val_images: 0,
+            unfreeze: 0,
+            augment: false,
+            head_epochs: 3,
+            head_lr: 1e-3,
+            lr: 1e-4,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            seed: 42,
+            device: String::new(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The seed recipe (the same as `Default`).
+    pub fn seed_recipe() -> Self {
+        Self::default()
+    }
+
+    /// The `finetune` recipe: all 13 convs and the head after 5 head-only epochs at lr 1e-3, with
+    /// augmentation; SGD lr 1e-4 momentum 0.9 weight decay 5e-4, one-cycle, 15 epochs, batch 128; the
+    /// full training and test sets, 10% of training held out for validation, patience 4, restore best.
+    pub fn finetune() -> Self {
+        TrainConfig {
+            unfreeze: VGG16_CONVS,
+            augment: true,
+            head_epochs: 5,
+            optimizer: Optimizer::Sgd,
+            lr: 1e-4,
+            head_lr: 1e-3,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            schedule: Schedule::OneCycle,
+            epochs: 15,
+            batch_size: 128,
+            train_limit: 0,
+            test_limit: 0,
+            val_split: 0.1,
+            patience: Some(4),
+            restore_best: true,
+            ..Self::default()
+        }
+    }
+
+    /// Checks every setting before any work: epochs and batch size at least 1, a positive finite
+    /// learning rate (and head warm-up rate when a warm-up runs), momentum in [0, 1), patience and
+    /// step epochs at least 1, a non-negative weight decay, the input size, `unfreeze` at most 13,
+    /// `augment` only with `unfreeze`, `val_split` in [0, 1).
+    ///
+    /// # Errors
+    /// [`Error::Usage`] naming the command-line option.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_optimisation()?;
+        validate_input_size(self.input_size)?;
+        if self.unfreeze > VGG16_CONVS {
+            return Err(Error::Usage(format!(
+                "--unfreeze must be between 0 and {VGG16_CONVS} (conv layers of VGG16), got {}",
+                self.unfreeze
+            )));
+        }
+        if self.augment && self.unfreeze == 0 {
+            return Err(Error::Usage(
+                "--augment needs --unfreeze N: with a frozen base the features are extracted once and \
+                 cached, so augmented images would never be seen"
+                    .into(),
+            ));
+        }
+        if self.val_split != 0.0 && !(self.val_split > 0.0 && self.val_split < 1.0) {
+            return Err(Error::Usage(format!(
+                "--val-split must be between 0 and 1 (exclusive), got {}",
+                self.val_split
+            )));
+        }
+        if self.unfreeze > 0 && self.head_epochs > 0 && !positive(self.head_lr) {
+            return Err(Error::Usage(format!(
+                "--head-lr must be a positive number, got {}",
+                self.head_lr
+            )));
+        }
+        Ok(())
+    }
+
+    /// The optimisation checks of [`TrainConfig::validate`].
+    fn validate_optimisation(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err(Error::Usage(
+                "--epochs and --batch-size must be at least 1".into(),
+            ));
+        }
+        if !positive(self.lr) {
+            return Err(Error::Usage(format!(
+                "--lr must be a positive number, got {}",
+                self.lr
+            )));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::Usage(format!(
+                "--momentum must be in [0, 1), got {}",
+                self.momentum
+            )));
+        }
+        if self.patience == Some(0) {
+            return Err(Error::Usage(
+                "--patience must be at least 1 (epochs without improvement before stopping)".into(),
+            ));
+        }
+        if self.lr_step_epochs == 0 {
+            return Err(Error::Usage("--lr-step-epochs must be at least 1".into()));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::Usage(format!(
+                "--weight-decay must be zero or positive, got {}",
+                self.weight_decay
+            )));
+        }
+        Ok(())
+    }
+
+    /// The settings of the head warm-up that precedes fine-tuning: `head_epochs` epochs at the
+    /// constant rate `head_lr`, without early stopping or restore-best; everything else (optimizer,
+    /// batch size, momentum, weight decay, seed, data) is the run's.
+    pub fn head_warm_up(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.head_epochs,
+            lr: self.head_lr,
+            schedule: Schedule::Constant,
+            patience: None,
+            restore_best: false,
+            ..self.clone()
+        }
+    }
+
+    /// The configuration recorded when a new run `name` starts on `device` (`cpu`, `cuda:0`): the
+    /// data and weights paths made absolute (so that the run can be evaluated and exported from any
+    /// folder), this pipe's version, and no warm-up epochs for a frozen-base run.
+    pub fn started(self, name: &str, device: &str) -> TrainConfig {
+        let absolute = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+        TrainConfig {
+            name: name.into(),
+            pipe_version: env!("CARGO_PKG_VERSION").into(),
+            data: absolute(self.data.clone()),
+            weights: absolute(self.weights.clone()),
+            head_epochs: if self.unfreeze > 0 {
+                self.head_epochs
+            } else {
+                0
+            },
+            device: device.into(),
+            ..self
+        }
+    }
+
+    /// One line echoing the configuration at the start of training, on `device` (`cpu`, `cuda:0`).
+    pub fn describe(&self, device: &str) -> String {
+        let opt = match self.optimizer {
+            Optimizer::Sgd => format!("SGD lr {} momentum {}", self.lr, self.momentum),
+            Optimizer::Adam => format!("Adam lr {}", self.lr),
+        };
+        let schedule = match self.schedule {
+            Schedule::Constant => String::new(),
+            Schedule::Cosine => ", cosine schedule".into(),
+            Schedule::Step => format!(
+                ", lr /10 every {}",
+                crate::util::plural(self.lr_step_epochs, "epoch")
+            ),
+            Schedule::OneCycle => ", one-cycle schedule".into(),
+        };
+        let val = if self.val_split > 0.0 {
+            format!("validation {:.0}% of train", self.val_split * 100.0)
+        } else {
+            "validation = test split".into()
+        };
+        let stop = self
+            .patience
+            .map(|p| format!(", early stopping (patience {p})"))
+            .unwrap_or_default();
+        let best = if self.restore_best {
+            ", restore best"
+        } else {
+            ""
+        };
+        let model = if self.unfreeze > 0 {
+            format!(
+                "VGG16 with its last {} conv layers fine-tuned + dense head{}",
+                self.unfreeze,
+                if self.augment {
+                    ", augmented images"
+                } else {
+                    ""
+                }
+            )
+        } else {
+            "VGG16 frozen base + dense head".to_string()
+        };
+        format!(
+            "pipe train: data {}, {} train / {} test images (0 = all), {val}, input {}x{}; {model} \
+             on {device}; {opt} weight decay {}{schedule}, batch {}, {}{stop}{best}, seed {}",
+            self.data.display(),
+            self.train_limit,
+            self.test_limit,
+            self.input_size,
+            self.input_size,
+            self.weight_decay,
+            self.batch_size,
+            crate::util::plural(self.epochs, "epoch"),
+            self.seed
+        )
+    }
+}
+
+fn positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
+}
+
+/// Checks `--input-size`: a positive multiple of 32 (VGG16's five 2x2 poolings), at most 512.
+///
+/// # Errors
+/// [`Error::Usage`].
+pub fn validate_input_size(size: usize) -> Result<()> {
+    if size == 0 || !size.is_multiple_of(32) || size > 512 {
+        return Err(Error::Usage(format!(
+            "--input-size must be a multiple of 32 between 32 and 512, got {size}"
+        )));
+    }
+    Ok(())
+}
+
+/// Declares [`Overrides`]: one `Option` per setting that the command line can give.
+macro_rules! overrides {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty,)*) => {
+        /// Settings given explicitly (on the command line), each `Some` replacing the value of the
+        /// preset (or of the seed recipe) in [`Overrides::apply`]. Same names and units as
+        /// [`TrainConfig`]'s fields.
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct Overrides {
+            $($(#[$doc])* pub $field: Option<$ty>,)*
+        }
+
+        impl Overrides {
+            /// `config` with every given setting replaced.
+            pub fn apply(self, mut config: TrainConfig) -> TrainConfig {
+                $(if let Some(v) = self.$field {
+                    config.$field = v;
+                })*
+                config
+            }
+        }
+    };
+}
+
+overrides! {
+    /// `--data`.
+    data: PathBuf,
+    /// `--weights`.
+    weights: PathBuf,
+    /// `--train-limit`.
+    train_limit: usize,
+    /// `--test-limit`.
+    test_limit: usize,
+    /// `--input-size`.
+    input_size: usize,
+    /// `--epochs`.
+    epochs: usize,
+    /// `--batch-size`.
+    batch_size: usize,
+    /// `--optimizer`.
+    optimizer: Optimizer,
+    /// `--lr`.
+    lr: f64,
+    /// `--momentum`.
+    momentum: f64,
+    /// `--weight-decay`.
+    weight_decay: f64,
+    /// `--schedule`.
+    schedule: Schedule,
+    /// `--lr-step-epochs`.
+    lr_step_epochs: usize,
+    /// `--val-split`.
+    val_split: f64,
+    /// `--patience`.
+    patience: Option<usize>,
+    /// `--restore-best`.
+    restore_best: bool,
+    /// `--unfreeze`.
+    unfreeze: usize,
+    /// `--augment`.
+    augment: bool,
+    /// `--head-epochs`.
+    head_epochs: usize,
+    /// `--head-lr`.
+    head_lr: f64,
+    /// `--seed`.
+    seed: u64,
+}
+
+/// Device choice for training and evaluation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainDevice {
+    /// CUDA when libtorch sees a GPU, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The first CUDA GPU (an error when there is none).
+    Cuda,
+}
+
+/// Choices of one `train`, `evaluate` or `sweep` invocation that are not part of a run's
+/// configuration: they do not change its results (a resumed run may make other choices).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainEnv {
+    /// Device to compute on.
+    pub device: TrainDevice,
+    /// Folder of runs (`models/runs`).
+    pub runs_dir: PathBuf,
+    /// Run name (default: UTC timestamp); with `resume`, the run to continue (default: the most
+    /// recent unfinished one).
+    pub name: Option<String>,
+    /// Continue an unfinished run from its last checkpoint (its `config.json` wins over the
+    /// configuration given).
+    pub resume: bool,
+    /// Feature cache folder (`None` = `--no-cache`).
+    pub cache_dir: Option<PathBuf>,
+    /// Images per batch of feature extraction through the frozen base.
+    pub extract_batch_size: usize,
+    /// Accept base weights whose fingerprint is not the ImageNet VGG16 one.
+    pub allow_unverified: bool,
+    /// Show progress bars (on stderr).
+    pub progress: bool,
+    /// Stop after this many epochs as if interrupted, leaving the run unfinished (for testing
+    /// `--resume`).
+    pub interrupt_after: Option<usize>,
+}
+
+impl Default for TrainEnv {
+    fn default() -> Self {
+        TrainEnv {
+            device: TrainDevice::Auto,
+            runs_dir: PathBuf::from(DEFAULT_RUNS_DIR),
+            name: None,
+            resume: false,
+            cache_dir: Some(PathBuf::from(DEFAULT_CACHE_DIR)),
+            extract_batch_size: 128,
+            allow_unverified: false,
+            progress: false,
+            interrupt_after: None,
+        }
+    }
+}
+
+impl TrainEnv {
+    /// Checks the extraction batch size (at least 1).
+    ///
+    /// # Errors
+    /// [`Error::Usage`].
+    pub fn validate(&self) -> Result<()> {
+        if self.extract_batch_size == 0 {
+            return Err(Error::Usage(
+                "--epochs, --batch-size and --extract-batch-size must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finetune_preset_expands_to_the_documented_recipe() {
+        let c = Preset::Finetune.config();
+        // All 13 convs after 5 head-only epochs at lr 1e-3, with augmentation.
+        assert_eq!((c.unfreeze, c.augment), (13, true));
+        assert_eq!((c.head_epochs, c.head_lr), (5, 1e-3));
+        // SGD lr 1e-4 momentum 0.9 weight decay 5e-4, one-cycle, 15 epochs of batch 128.
+        assert_eq!((c.optimizer, c.lr, c.momentum), (Optimizer::Sgd, 1e-4, 0.9));
+        assert_eq!((c.weight_decay, c.schedule), (5e-4, Schedule::OneCycle));
+        assert_eq!((c.epochs, c.batch_size), (15, 128));
+        // The full data, 10% held out, patience 4, restore best.
+        assert_eq!((c.train_limit, c.test_limit, c.val_split), (0, 0, 0.1));
+        assert_eq!((c.patience, c.restore_best), (Some(4), true));
+        // Everything else is the seed recipe's.
+        let seed = TrainConfig::seed_recipe();
+        let rest = |c: &TrainConfig| {
+            (
+                c.seed,
+                c.input_size,
+                c.lr_step_epochs,
+                c.data.clone(),
+                c.weights.clone(),
+            )
+        };
+        assert_eq!(rest(&c), rest(&seed));
+        assert_eq!((rest(&seed).0, rest(&seed).1), (42, 32));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn explicit_options_override_the_preset() {
+        let given = Overrides {
+            epochs: Some(2),
+            lr: Some(3e-4),
+            unfreeze: Some(2),
+            patience: Some(None),
+            train_limit: Some(300),
+            input_size: Some(64),
+            ..Overrides::default()
+        };
+        let c = given.apply(Preset::Finetune.config());
+        assert_eq!((c.epochs, c.lr, c.unfreeze), (2, 3e-4, 2));
+        assert_eq!((c.patience, c.train_limit, c.input_size), (None, 300, 64));
+        // What was not given keeps the preset's value.
+        assert_eq!((c.weight_decay, c.schedule), (5e-4, Schedule::OneCycle));
+        assert!(c.augment && c.restore_best);
+        assert_eq!((c.head_epochs, c.test_limit, c.val_split), (5, 0, 0.1));
+        // Nothing given: the preset unchanged; on the seed recipe, the seed recipe.
+        let p = Preset::Finetune.config();
+        assert_eq!(Overrides::default().apply(p.clone()), p);
+        let seed = Overrides::default().apply(TrainConfig::seed_recipe());
+        assert_eq!(seed, TrainConfig::default());
+    }
+
+    #[test]
+    fn validation_names_the_option() {
+        let err = |c: TrainConfig| c.validate().unwrap_err().to_string();
+        type Spoil = fn(&mut TrainConfig);
+        let cases: [(Spoil, &str); 10] = [
+            (
+                |c| c.epochs = 0,
+                "--epochs and --batch-size must be at least 1",
+            ),
+            (|c| c.lr = f64::NAN, "--lr must be a positive number"),
+            (|c| c.momentum = 1.0, "--momentum must be in [0, 1)"),
+            (|c| c.patience = Some(0), "--patience must be at least 1"),
+            (
+                |c| c.lr_step_epochs = 0,
+                "--lr-step-epochs must be at least 1",
+            ),
+            (
+                |c| c.weight_decay = -1.0,
+                "--weight-decay must be zero or positive",
+            ),
+            (
+                |c| c.input_size = 48,
+                "--input-size must be a multiple of 32",
+            ),
+            (|c| c.unfreeze = 14, "--unfreeze must be between 0 and 13"),
+            (|c| c.augment = true, "--augment needs --unfreeze N"),
+            (|c| c.val_split = 1.0, "--val-split must be between 0 and 1"),
+        ];
+        for (spoil, message) in cases {
+            let mut c = TrainConfig::default();
+            spoil(&mut c);
+            assert!(err(c).contains(message), "{message}");
+        }
+        let ft = TrainConfig {
+            head_lr: 0.0,
+            ..TrainConfig::finetune()
+        };
+        assert!(err(ft.clone()).contains("--head-lr"));
+        // Without warm-up epochs the warm-up rate is not used.
+        TrainConfig {
+            head_epochs: 0,
+            ..ft
+        }
+        .validate()
+        .unwrap();
+        let env = TrainEnv {
+            extract_batch_size: 0,
+            ..TrainEnv::default()
+        };
+        assert!(env.validate().is_err());
+    }
+
+    #[test]
+    fn warm_up_and_started_run_are_derived_from_the_config() {
+        let c = TrainConfig::finetune();
+        let w = c.head_warm_up();
+        assert_eq!((w.epochs, w.lr, w.schedule), (5, 1e-3, Schedule::Constant));
+        assert_eq!((w.patience, w.restore_best), (None, false));
+        assert_eq!((w.batch_size, w.weight_decay, w.seed), (128, 5e-4, 42));
+        // A frozen-base run records no warm-up epochs; a fine-tuning run keeps them.
+        let frozen = TrainConfig::default().started("r", "cpu");
+        assert_eq!((frozen.head_epochs, frozen.name.as_str()), (0, "r"));
+        assert_eq!(frozen.device, "cpu");
+        assert_eq!(c.started("r", "cpu").head_epochs, 5);
+    }
+
+    /// `config.json` keeps its field names and order, and reads back to the same value.
+    #[test]
+    fn config_json_round_trips_with_its_field_order() {
+        let c = TrainConfig::finetune().started("r", "cpu");
+        let text = serde_json::to_string(&c).unwrap();
+        let order = [
+            "name",
+            "pipe_version",
+            "data",
+            "weights",
+            "weights_fingerprint",
+            "classes",
+            "input_size",
+            "preprocessing",
+            "train_images",
+            "test_images",
+            "train_limit",
+            "test_limit",
+            "epochs",
+            "batch_size",
+            "optimizer",
+            "schedule",
+            "lr_step_epochs",
+            "patience",
+            "restore_best",
+            "val_split",
+            "val_images",
+            "unfreeze",
+            "augment",
+            "head_epochs",
+            "head_lr",
+            "lr",
+            "momentum",
+            "weight_decay",
+            "seed",
+            "device",
+        ];
+        let at: Vec<usize> = order
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(text.contains("\"schedule\":\"onecycle\""), "{text}");
+        let back: TrainConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,410 @@
+//! The one training loop (a learner, in the fastai/burn sense): epochs, the learning-rate schedule and
+//! optimizer steps, per-epoch metrics and history, the Keras-style epoch line and progress bar,
+//! divergence (a non-finite loss), the best epoch, early stopping, restore-best, and checkpoint/resume.
+//!
+//! What is trained is a [`Model`]: it says how an epoch's examples are ordered (and so owns its
+//! randomness), how a training batch runs forward, and how a split is evaluated. Two models exist: the
+//! head on cached features ([`super::head::HeadModel`]) and fine-tuning of the last conv layers on
+//! decoded images ([`super::finetune::FineTuneModel`]).
+
+use super::checkpoint::{Best, Checkpoint};
+use super::model::from_tch;
+use super::optim::{cross_entropy, lr_at, optimise_step, OptState};
+use crate::config::{Schedule, TrainConfig};
+use crate::error::{Error, Result};
+use crate::run::EpochMetrics;
+use crate::weights::NamedTensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// A split a [`Model`] evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalSplit {
+    /// The validation images (held out of training with `--val-split`, else the test split): per-epoch
+    /// metrics, best epoch, early stopping.
+    Validation,
+    /// The test images: the final figures and predictions.
+    Test,
+}
+
+/// Loss, accuracy and logits of a model on a split (evaluation mode: no dropout, no gradient).
+pub struct Scores {
+    /// Mean categorical cross-entropy.
+    pub loss: f64,
+    /// Share of correct argmax predictions, 0..1.
+    pub accuracy: f64,
+    /// Logits `[n, classes]`, float32, on the device the model put them.
+    pub logits: Tensor,
+}
+
+impl Scores {
+    /// The scores of `logits` `[n, classes]` against labels `y` `[n]` (int64, same device).
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on a libtorch failure.
+    pub fn of(logits: Tensor, y: &Tensor) -> Result<Self> {
+        let loss = cross_entropy(&logits, y)?.f_double_value(&[])?;
+        let accuracy = logits
+            .f_argmax(-1, false)?
+            .f_eq_tensor(y)?
+            .f_to_kind(Kind::Float)?
+            .f_mean(Kind::Float)?
+            .f_double_value(&[])?;
+        Ok(Scores {
+            loss,
+            accuracy,
+            logits,
+        })
+    }
+}
+
+/// Labels as an int64 tensor `[n]` on `device`.
+///
+/// # Errors
+/// [`Error::Torch`] on a libtorch failure.
+pub fn label_tensor(labels: &[usize], device: Device) -> Result<Tensor> {
+    let l: Vec<i64> = labels.iter().map(|&v| v as i64).collect();
+    Ok(Tensor::from_slice(&l).f_to_device(device)?)
+}
+
+/// What the [`Learner`] trains.
+pub trait Model {
+    /// The trainable parameters, with their checkpoint names, sharing storage with the model (the
+    /// optimizer updates them in place). The order is the checkpoint's.
+    fn parameters(&self) -> Vec<(String, Tensor)>;
+
+    /// Overwrites the trainable parameters with `values` ([`Model::parameters`] names and order).
+    ///
+    /// # Errors
+    /// [`Error::Torch`] when a name or shape differs.
+    fn load(&self, values: &[NamedTensor]) -> Result<()>;
+
+    /// Training examples per epoch.
+    fn train_len(&self) -> usize;
+
+    /// Starts epoch `epoch` (from 1) and returns the order of the training examples in it (indices
+    /// `0..train_len()`, cut into batches by the learner). The model seeds or advances its randomness
+    /// here, so that a run resumed after epoch `k` draws what an uninterrupted one draws.
+    fn epoch_order(&mut self, epoch: usize) -> Vec<usize>;
+
+    /// Draws the randomness that training on `batch` would draw, without training (called for the
+    /// completed epochs when a run resumes, after [`Model::epoch_order`]). Nothing by default: for a
+    /// model that re-seeds at every epoch.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on a libtorch failure.
+    fn skip_batch(&mut self, _batch: &[usize]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Training-mode logits `[batch, classes]` (dropout active, gradients recorded) and int64 labels
+    /// `[batch]` of the training examples `batch`.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on a libtorch failure (e.g. out of memory).
+    fn train_batch(&mut self, batch: &[usize]) -> Result<(Tensor, Tensor)>;
+
+    /// Scores on `split` in evaluation mode.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on a libtorch failure.
+    fn evaluate(&self, split: EvalSplit) -> Result<Scores>;
+}
+
+/// Result of [`Learner::fit`].
+pub struct Fitted {
+    /// Per-epoch metrics.
+    pub history: Vec<EpochMetrics>,
+    /// Final trainable parameters ([`Model::parameters`] names; the best epoch's with restore-best).
+    pub params: Vec<NamedTensor>,
+    /// Test logits `[n_test, classes]` of the final model, float32 on the CPU.
+    pub test_logits: Tensor,
+    /// Final test loss.
+    pub test_loss: f64,
+    /// Final test accuracy, 0..1.
+    pub test_accuracy: f64,
+    /// The epoch with the lowest validation loss.
+    pub best: Option<Best>,
+    /// Set when early stopping ended training: the last epoch run.
+    pub stopped_early: Option<usize>,
+}
+
+/// The training loop over a [`Model`] with a run's settings (epochs, batch size, optimizer, schedule,
+/// patience, restore-best).
+pub struct Learner<'a> {
+    config: &'a TrainConfig,
+    label: Option<&'a str>,
+    progress: bool,
+}
+
+impl<'a> Learner<'a> {
+    /// A silent learner (no epoch lines, no progress bar) with the settings of `config`.
+    pub fn new(config: &'a TrainConfig) -> Self {
+        Learner {
+            config,
+            label: None,
+            progress: false,
+        }
+    }
+
+    /// Prints one Keras-style line per epoch on stderr, `<label> <epoch>/<epochs>  loss ...` (e.g.
+    /// "Epoch 2/3"), and the early-stopping and restore-best lines.
+    pub fn log(self, label: &'a str) -> Self {
+        Learner {
+            label: Some(label),
+            ..self
+        }
+    }
+
+    /// Shows a progress bar per epoch (images, images/s, ETA) when `show`.
+    pub fn progress(self, show: bool) -> Self {
+        Learner {
+            progress: show,
+            ..self
+        }
+    }
+
+    /// Trains `model`: from `resume` when given (the epochs after `resume.epoch`, with the earlier
+    /// epochs' randomness replayed), calling `on_epoch` with the state after every epoch (to checkpoint
+    /// it). Validation after every epoch; early stopping when the validation loss has not improved for
+    /// `patience` epochs; the final scores are on the test split.
+    ///
+    /// # Errors
+    /// An invalid configuration ([`TrainConfig::validate`]); [`Error::Diverged`] when the training or
+    /// validation loss becomes NaN or infinite; libtorch errors; `on_epoch`'s errors.
+    pub fn fit<M: Model + ?Sized>(
+        &self,
+        model: &mut M,
+        resume: Option<Checkpoint>,
+        mut on_epoch: impl FnMut(&Checkpoint) -> Result<()>,
+    ) -> Result<Fitted> {
+        let c = self.config;
+        c.validate()?;
+        let params = model.parameters();
+        let mut opt = OptState::new(c.optimizer, &params)?;
+        let (done, mut history, mut best) = match resume {
+            Some(ck) => {
+                model.load(&ck.params)?;
+                opt.load(&ck.momentum)?;
+                for epoch in 1..=ck.epoch {
+                    let order = model.epoch_order(epoch);
+                    for batch in order.chunks(c.batch_size) {
+                        model.skip_batch(batch)?;
+                    }
+                }
+                (ck.epoch, ck.history, ck.best)
+            }
+            None => (0, Vec::new(), None),
+        };
+        let mut stopped_early = None;
+        for epoch in done + 1..=c.epochs {
+            if patience_exhausted(&history, c.patience) {
+                stopped_early = Some(epoch - 1);
+                break;
+            }
+            let m = self.epoch(model, &params, &mut opt, epoch)?;
+            let current = named(&params)?;
+            if best.as_ref().is_none_or(|b: &Best| m.val_loss < b.val_loss) {
+                best = Some(Best {
+                    epoch,
+                    val_loss: m.val_loss,
+                    params: current.clone(),
+                });
+            }
+            history.push(m);
+            on_epoch(&Checkpoint {
+                epoch,
+                params: current,
+                momentum: opt.save(&params)?,
+                history: history.clone(),
+                best: best.clone(),
+            })?;
+        }
+        self.finish(model, &params, history, best, stopped_early)
+    }
+
+    /// Trains one epoch and validates: the epoch's metrics (also printed).
+    fn epoch<M: Model + ?Sized>(
+        &self,
+        model: &mut M,
+        params: &[(String, Tensor)],
+        opt: &mut OptState,
+        epoch: usize,
+    ) -> Result<EpochMetrics> {
+        let c = self.config;
+        let t0 = Instant::now();
+        let n = model.train_len();
+        let order = model.epoch_order(epoch);
+        let steps = n.div_ceil(c.batch_size);
+        let pb = self.progress_bar(epoch, n);
+        let (mut loss_sum, mut correct) = (0f64, 0i64);
+        for (step, batch) in order.chunks(c.batch_size).enumerate() {
+            let (loss, right) = model
+                .train_batch(batch)
+                .and_then(|(logits, y)| {
+                    optimise_step(&logits, &y, params, opt, c, (epoch, step, steps))
+                })
+                .inspect_err(|_| pb.finish_and_clear())?;
+            loss_sum += loss * batch.len() as f64;
+            correct += right;
+            pb.inc(batch.len() as u64);
+        }
+        pb.finish_and_clear();
+        let val = model.evaluate(EvalSplit::Validation)?;
+        if !val.loss.is_finite() {
+            return Err(Error::Diverged {
+                epoch,
+                step: 0,
+                loss: val.loss,
+            });
+        }
+        let m = EpochMetrics {
+            epoch,
+            loss: loss_sum / n as f64,
+            accuracy: correct as f64 / n as f64,
+            val_loss: val.loss,
+            val_accuracy: val.accuracy,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        if let Some(label) = self.label {
+            eprintln!("{}", epoch_line(label, c, &m, n));
+        }
+        Ok(m)
+    }
+
+    /// After the last epoch: the early-stopping line, restore-best, and the test scores.
+    fn finish<M: Model + ?Sized>(
+        &self,
+        model: &mut M,
+        params: &[(String, Tensor)],
+        history: Vec<EpochMetrics>,
+        best: Option<Best>,
+        stopped_early: Option<usize>,
+    ) -> Result<Fitted> {
+        let c = self.config;
+        if let (Some(e), Some(_)) = (stopped_early, self.label) {
+            eprintln!("{}", early_stop_message(e, c, best.as_ref()));
+        }
+        if let Some(b) = best.as_ref().filter(|_| c.restore_best) {
+            model.load(&b.params)?;
+            if self.label.is_some() {
+                eprintln!(
+                    "restoring the parameters of epoch {} (lowest validation loss {:.4})",
+                    b.epoch, b.val_loss
+                );
+            }
+        }
+        let test = model.evaluate(EvalSplit::Test)?;
+        Ok(Fitted {
+            history,
+            params: named(params)?,
+            test_logits: test.logits.f_to_device(Device::Cpu)?,
+            test_loss: test.loss,
+            test_accuracy: test.accuracy,
+            best,
+            stopped_early,
+        })
+    }
+
+    fn progress_bar(&self, epoch: usize, images: usize) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::new(images as u64);
+        pb.set_style(
+            ProgressStyle::with_template(&format!(
+                "epoch {epoch}/{} [{{bar:32}}] {{pos}}/{{len}} images  {{per_sec}}  eta {{eta}}",
+                self.config.epochs
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb
+    }
+}
+
+/// The values of `params` as named tensors (copied to the CPU).
+fn named(params: &[(String, Tensor)]) -> Result<Vec<NamedTensor>> {
+    params.iter().map(|(name, p)| from_tch(name, p)).collect()
+}
+
+/// The line printed after an epoch of `images` training images: `<label> <epoch>/<epochs>  loss ...
+/// accuracy ...  val_loss ...  val_accuracy ...`, the epoch's learning rate under a schedule, and the
+/// wall time and rate.
+fn epoch_line(label: &str, c: &TrainConfig, m: &EpochMetrics, images: usize) -> String {
+    let lr_note = if c.schedule == Schedule::Constant {
+        String::new()
+    } else {
+        format!("  lr {:.3e}", lr_at(c, m.epoch))
+    };
+    format!(
+        "{label} {}/{}  loss {:.4}  accuracy {:.4}  val_loss {:.4}  val_accuracy {:.4}{lr_note}  ({:.2} s, {:.0} images/s)",
+        m.epoch,
+        c.epochs,
+        m.loss,
+        m.accuracy,
+        m.val_loss,
+        m.val_accuracy,
+        m.seconds,
+        images as f64 / m.seconds.max(1e-9)
+    )
+}
+
+/// Whether early stopping ends training after `history`: the lowest validation loss is more than
+/// `patience` epochs old (an equal loss is no improvement).
+pub fn patience_exhausted(history: &[EpochMetrics], patience: Option<usize>) -> bool {
+    let Some(patience) = patience else {
+        return false;
+    };
+    let best = history
+        .iter()
+        .enumerate()
+        .fold(None, |b: Option<(usize, f64)>, (i, m)| match b {
+            Some((_, v)) if m.val_loss >= v => b,
+            _ => Some((i, m.val_loss)),
+        });
+    match best {
+        Some((i, _)) => history.len() - 1 - i >= patience,
+        None => false,
+    }
+}
+
+/// The line printed when early stopping ends training after `epoch`: how long the validation loss has
+/// not improved (`c.patience` epochs) and which epoch was best.
+pub fn early_stop_message(epoch: usize, c: &TrainConfig, best: Option<&Best>) -> String {
+    format!(
+        "early stopping after epoch {epoch}: the validation loss has not improved for {} (best: epoch {})",
+        crate::util::plural(c.patience.unwrap_or(0), "epoch"),
+        best.map_or(0, |b| b.epoch)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patience_counts_epochs_since_lowest_val_loss() {
+        let h = |losses: &[f64]| -> Vec<EpochMetrics> {
+            losses
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| EpochMetrics {
+                    epoch: i + 1,
+                    loss: 0.0,
+                    accuracy: 0.0,
+                    val_loss: l,
+                    val_accuracy: 0.0,
+                    seconds: 0.0,
+                })
+                .collect()
+        };
+        assert!(!patience_exhausted(&h(&[1.0, 0.9, 0.95]), Some(2)));
+        assert!(patience_exhausted(&h(&[1.0, 0.9, 0.95, 0.91]), Some(2)));
+        // An equal loss is not an improvement.
+        assert!(patience_exhausted(&h(&[0.9, 0.9]), Some(1)));
+        assert!(!patience_exhausted(&h(&[1.0, 2.0, 3.0]), None));
+        assert!(!patience_exhausted(&[], Some(1)));
+    }
+}
