@@ -5,26 +5,41 @@
 //! consumer of the exported model feeds. Preprocessing to the network's BGR NCHW float input happens
 //! in [`caffe_preprocess`] (training) and inside the exported ONNX graph (inference).
 //!
-//! New callers decode with an [`ImageSpec`] (size, [`ResizePolicy`], filter) and [`OnError`]
-//! (`--strict` = [`OnError::Stop`]): [`load_images`] gives pixels plus the [`SkippedFile`]s
-//! (`skipped.json`, [`SkippedFile::write_list`]); [`decode_files`] gives one outcome per file.
+//! The path of a run's images, for new callers:
+//! 1. [`DataLayout::detect`] on `--data` ([`DataLayout::describe`] for the first line of `pipe train`);
+//! 2. [`SplitList::build`] with [`SplitOptions`] (shares, seed, limits): the file list of each split,
+//!    written into the run as [`SPLIT_FILE`] ([`SplitList::write`]) and read back with
+//!    [`SplitList::read`] by `evaluate`, `export --verify` and `--resume`;
+//! 3. [`SplitList::load`] with an [`ImageSpec`] (size, [`ResizePolicy`], filter) and [`OnError`]
+//!    (`--strict` = [`OnError::Stop`]): pixels plus the [`SkippedFile`]s (`skipped.json`,
+//!    [`SkippedFile::write_list`]).
+//!
+//! `pipe infer` expands its inputs with [`scan_image_files`] and decodes each batch with
+//! [`decode_files`] (one outcome per file) using the [`ImageSpec`] the model's metadata gives.
 //! [`DataSource`], [`ImageFolder`], [`load_rgb`], [`decode_rgb`] and [`load_batch`] remain for
 //! existing callers: squash, full decode, stop at the first bad file.
 
 pub mod cifar;
 pub mod decode;
+pub mod layout;
 pub mod resize;
 pub mod scan;
+pub mod split;
 
 pub use decode::{
     decode_files, decode_image, decode_rgb, load_batch, load_image, load_images, load_rgb,
     DecodedImages, FileOutcome, OnError, SkipReason, SkippedFile, MAX_IMAGE_BYTES, MAX_IMAGE_SIDE,
     SUPPORTED_FORMATS,
 };
+pub use layout::{DataLayout, LayoutKind};
 pub use resize::{resize_rgb, ImageSpec, ResizeFilter, ResizePolicy, RESIZE_FILTER};
 pub use scan::{
     collect_image_files, is_image_file, is_junk_name, scan_image_files, ClassScan, Skipped,
     IMAGE_EXTENSIONS,
+};
+pub use split::{
+    stratified_split, LoadedPart, SplitEntry, SplitIndices, SplitList, SplitOptions, SplitPart,
+    DEFAULT_TEST_SHARE, DEFAULT_VAL_SHARE, SPLIT_FILE,
 };
 
 use crate::arch::IMAGENET_BGR_MEANS;
