@@ -71,12 +71,12 @@ pub fn read_classes(root: &Path) -> Result<Vec<String>> {
     Ok(classes)
 }
 
-/// Parses one batch file's bytes into records (planar RGB converted to interleaved HWC).
+/// Checks one batch file's bytes and returns the label of each record.
 ///
 /// # Errors
 /// [`Error::InvalidFile`] naming `path` when the size is not a whole number of records or a label
 /// byte is not below `num_classes`.
-pub fn parse_batch(path: &Path, bytes: &[u8], num_classes: usize) -> Result<Vec<Record>> {
+pub fn batch_labels(path: &Path, bytes: &[u8], num_classes: usize) -> Result<Vec<usize>> {
     if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD_BYTES) {
         return Err(Error::invalid(
             path,
@@ -86,11 +86,6 @@ pub fn parse_batch(path: &Path, bytes: &[u8], num_classes: usize) -> Result<Vec<
             ),
         ));
     }
-    let file = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let hw = CIFAR_SIZE * CIFAR_SIZE;
     bytes
         .chunks_exact(RECORD_BYTES)
         .enumerate()
@@ -104,6 +99,32 @@ pub fn parse_batch(path: &Path, bytes: &[u8], num_classes: usize) -> Result<Vec<
                     ),
                 ));
             }
+            Ok(label)
+        })
+        .collect()
+}
+
+/// `<file name>#<index>`, the name of record `index` of batch file `path`.
+pub fn record_name(path: &Path, index: usize) -> String {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{file}#{index}")
+}
+
+/// Parses one batch file's bytes into records (planar RGB converted to interleaved HWC).
+///
+/// # Errors
+/// As [`batch_labels`].
+pub fn parse_batch(path: &Path, bytes: &[u8], num_classes: usize) -> Result<Vec<Record>> {
+    let labels = batch_labels(path, bytes, num_classes)?;
+    let hw = CIFAR_SIZE * CIFAR_SIZE;
+    Ok(bytes
+        .chunks_exact(RECORD_BYTES)
+        .zip(labels)
+        .enumerate()
+        .map(|(i, (rec, label))| {
             let planes = &rec[1..];
             let mut pixels = vec![0u8; 3 * hw];
             for p in 0..hw {
@@ -111,13 +132,43 @@ pub fn parse_batch(path: &Path, bytes: &[u8], num_classes: usize) -> Result<Vec<
                     pixels[3 * p + c] = planes[c * hw + p];
                 }
             }
-            Ok(Record {
-                name: format!("{file}#{i}"),
+            Record {
+                name: record_name(path, i),
                 label,
                 pixels,
-            })
+            }
         })
-        .collect()
+        .collect())
+}
+
+/// The batch files of the training (`train = true`) or test split.
+pub fn split_files(train: bool) -> &'static [&'static str] {
+    if train {
+        &TRAIN_FILES
+    } else {
+        std::slice::from_ref(&TEST_FILE)
+    }
+}
+
+/// Name and label of every record of the training (`train = true`) or test split, without
+/// converting pixels.
+///
+/// # Errors
+/// A missing or malformed batch file, named.
+pub fn read_index(root: &Path, train: bool, num_classes: usize) -> Result<Vec<(String, usize)>> {
+    let mut out = Vec::new();
+    for f in split_files(train) {
+        let path = root.join(f);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let labels = batch_labels(&path, &bytes, num_classes)?;
+        out.extend(
+            labels
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| (record_name(&path, i), l)),
+        );
+    }
+    Ok(out)
 }
 
 /// Reads every record of the training (`train = true`) or test split.
@@ -125,13 +176,8 @@ pub fn parse_batch(path: &Path, bytes: &[u8], num_classes: usize) -> Result<Vec<
 /// # Errors
 /// A missing or malformed batch file, named.
 pub fn read_split(root: &Path, train: bool, num_classes: usize) -> Result<Vec<Record>> {
-    let files: Vec<&str> = if train {
-        TRAIN_FILES.to_vec()
-    } else {
-        vec![TEST_FILE]
-    };
     let mut out = Vec::new();
-    for f in files {
+    for f in split_files(train) {
         let path = root.join(f);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         out.extend(parse_batch(&path, &bytes, num_classes)?);
@@ -175,6 +221,10 @@ pub(crate) mod tests {
         assert_eq!(&r.pixels[..6], &[3, 13, 252, 3, 13, 252]);
         assert_eq!(train[20].name, "data_batch_2.bin#0");
         assert_eq!(read_split(&root, false, 10).unwrap().len(), 20);
+        let index = read_index(&root, true, 10).unwrap();
+        assert_eq!(index.len(), 100);
+        assert_eq!(index[13], ("data_batch_1.bin#13".to_string(), 3));
+        assert_eq!(index[20].0, "data_batch_2.bin#0");
     }
 
     #[test]

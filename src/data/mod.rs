@@ -1,27 +1,50 @@
-//! Image data: class-folder datasets, image decoding and resizing, deterministic class-balanced subsets,
-//! and Keras "caffe" preprocessing.
+//! Image data: dataset layouts, folder scanning (junk policy), decoding and resizing, splits,
+//! deterministic class-balanced subsets, the CIFAR-10 binary release, and Keras "caffe" preprocessing.
 //!
 //! Pixels travel as `u8` in **NHWC RGB** order (`[N, H, W, 3]`, row-major), exactly what an ONNX
 //! consumer of the exported model feeds. Preprocessing to the network's BGR NCHW float input happens
 //! in [`caffe_preprocess`] (training) and inside the exported ONNX graph (inference).
+//!
+//! The path of a run's images, for new callers:
+//! 1. [`DataLayout::detect`] on `--data` ([`DataLayout::describe`] for the first line of `pipe train`);
+//! 2. [`SplitList::build`] with [`SplitOptions`] (shares, seed, limits): the file list of each split,
+//!    written into the run as [`SPLIT_FILE`] ([`SplitList::write`]) and read back with
+//!    [`SplitList::read`] by `evaluate`, `export --verify` and `--resume`;
+//! 3. [`SplitList::load`] with an [`ImageSpec`] (size, [`ResizePolicy`], filter) and [`OnError`]
+//!    (`--strict` = [`OnError::Stop`]): pixels plus the [`SkippedFile`]s (`skipped.json`,
+//!    [`SkippedFile::write_list`]).
+//!
+//! `pipe infer` expands its inputs with [`scan_image_files`] and decodes each batch with
+//! [`decode_files`] (one outcome per file) using the [`ImageSpec`] the model's metadata gives.
+//! [`DataSource`], [`ImageFolder`], [`load_rgb`], [`decode_rgb`] and [`load_batch`] remain for
+//! existing callers: squash, full decode, stop at the first bad file.
 
 pub mod cifar;
+pub mod decode;
+pub mod layout;
+pub mod resize;
+pub mod scan;
+pub mod split;
+
+pub use decode::{
+    decode_files, decode_image, decode_rgb, load_batch, load_image, load_images, load_rgb,
+    DecodedImages, FileOutcome, OnError, SkipReason, SkippedFile, MAX_IMAGE_BYTES, MAX_IMAGE_SIDE,
+    SUPPORTED_FORMATS,
+};
+pub use layout::{DataLayout, LayoutKind};
+pub use resize::{resize_rgb, ImageSpec, ResizeFilter, ResizePolicy, RESIZE_FILTER};
+pub use scan::{
+    collect_image_files, is_image_file, is_junk_name, scan_image_files, ClassScan, Skipped,
+    IMAGE_EXTENSIONS,
+};
+pub use split::{
+    stratified_split, LoadedPart, SplitEntry, SplitIndices, SplitList, SplitOptions, SplitPart,
+    DEFAULT_TEST_SHARE, DEFAULT_VAL_SHARE, SPLIT_FILE,
+};
 
 use crate::arch::IMAGENET_BGR_MEANS;
 use crate::error::{Error, Result};
-use image::imageops::FilterType;
-use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-
-/// File extensions (lower case) treated as images when walking folders.
-pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm", "tga",
-    "qoi", "ico",
-];
-
-/// Resampling filter used when an image is not already `size`x`size`: bilinear (the image crate's
-/// `FilterType::Triangle`), the usual choice of Keras' `image_dataset_from_directory` and torchvision.
-pub const RESIZE_FILTER: FilterType = FilterType::Triangle;
 
 /// One labelled image of a dataset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,164 +71,34 @@ pub struct ImageFolder {
     pub skipped: Skipped,
 }
 
-fn is_image_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        .unwrap_or(false)
-}
-
-/// What a folder walk found besides images: files skipped because their extension is not an image
-/// extension, and symbolic links that lead back to one of their own ancestors (not followed).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Skipped {
-    /// Files that are not images by extension (not decoded, not counted as images).
-    pub non_images: Vec<PathBuf>,
-    /// Symbolic links that point to an ancestor folder (a loop), each with the folder it points to.
-    pub loops: Vec<(PathBuf, PathBuf)>,
-    /// Image files reached a second time through the inputs (e.g. a folder and a file inside it, or
-    /// the same folder twice): kept once, at their first occurrence.
-    pub duplicates: Vec<PathBuf>,
-}
-
-impl Skipped {
-    /// Whether nothing was skipped.
-    pub fn is_empty(&self) -> bool {
-        self.non_images.is_empty() && self.loops.is_empty() && self.duplicates.is_empty()
-    }
-
-    fn extend(&mut self, other: Skipped) {
-        self.non_images.extend(other.non_images);
-        self.loops.extend(other.loops);
-        self.duplicates.extend(other.duplicates);
-    }
-
-    /// One line per kind of skipped entry, e.g. `skipped 3 files that are not images (by extension),
-    /// e.g. data/notes.txt`, for warnings on stderr.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(first) = self.non_images.first() {
-            let n = self.non_images.len();
-            out.push(format!(
-                "skipped {n} {} (by extension; pipe reads {}), e.g. {}",
-                if n == 1 {
-                    "file that is not an image"
-                } else {
-                    "files that are not images"
-                },
-                IMAGE_EXTENSIONS.join(", "),
-                first.display()
-            ));
-        }
-        if let Some(first) = self.duplicates.first() {
-            out.push(format!(
-                "{} given more than once, read once, e.g. {}",
-                crate::util::plural(self.duplicates.len(), "image file"),
-                first.display()
-            ));
-        }
-        for (link, target) in &self.loops {
-            out.push(format!(
-                "symlink loop: {} points to its own ancestor {}; not followed",
-                link.display(),
-                target.display()
-            ));
-        }
-        out
-    }
-}
-
-/// Lists image files under `dir`, recursively, sorted by path; symlinks are followed, loops skipped
-/// (and reported in [`Skipped`] with the other skipped files).
-fn walk_images(dir: &Path) -> Result<(Vec<PathBuf>, Skipped)> {
-    let mut out = Vec::new();
-    let mut skipped = Skipped::default();
-    for entry in walkdir::WalkDir::new(dir)
-        .follow_links(true)
-        .sort_by_file_name()
-    {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                if let (Some(link), Some(target)) = (e.path(), e.loop_ancestor()) {
-                    skipped
-                        .loops
-                        .push((link.to_path_buf(), target.to_path_buf()));
-                    continue;
-                }
-                let path = e.path().unwrap_or(dir).to_path_buf();
-                let msg = e.to_string();
-                return Err(match e.into_io_error() {
-                    Some(io) => Error::io(&path, io),
-                    None => Error::invalid(&path, msg),
-                });
-            }
-        };
-        if entry.file_type().is_file() {
-            if is_image_file(entry.path()) {
-                out.push(entry.into_path());
-            } else {
-                skipped.non_images.push(entry.into_path());
-            }
-        }
-    }
-    Ok((out, skipped))
-}
-
 impl ImageFolder {
-    /// Reads the class folders under `root`.
+    /// Reads the class folders under `root` (junk entries such as `.DS_Store` or `__MACOSX/` are
+    /// neither classes nor samples, see [`is_junk_name`]). New callers use [`DataLayout`] and
+    /// [`SplitList`].
     ///
     /// # Errors
     /// [`Error::Io`] when `root` cannot be read; [`Error::InvalidFile`] when it has no class sub-folder
     /// or a class folder holds no image.
     pub fn open(root: &Path) -> Result<Self> {
-        // Folder names as the file system has them (any bytes); class names are their lossy UTF-8.
-        let mut dirs = Vec::new();
-        for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
-            let entry = entry.map_err(|e| Error::io(root, e))?;
-            if entry.path().is_dir() {
-                dirs.push(entry.file_name());
-            }
-        }
-        dirs.sort();
-        if dirs.is_empty() {
-            return Err(Error::invalid(
-                root,
-                "no class sub-folders; expected the image-folder layout <root>/<class>/<image>",
-            ));
-        }
-        let classes: Vec<String> = dirs
+        let scan = ClassScan::open(root)?;
+        scan.require_images()?;
+        let samples = scan
+            .files
             .iter()
-            .map(|d| d.to_string_lossy().into_owned())
+            .enumerate()
+            .flat_map(|(label, files)| {
+                files.iter().map(move |path| Sample {
+                    name: ClassScan::relative_name(root, path),
+                    path: path.clone(),
+                    label,
+                })
+            })
             .collect();
-        let mut samples = Vec::new();
-        let mut skipped = Skipped::default();
-        for (label, class_dir) in dirs.iter().enumerate() {
-            let dir = root.join(class_dir);
-            let (files, skip) = walk_images(&dir)?;
-            if files.is_empty() {
-                let mut msg = "class folder holds no image".to_string();
-                if !skip.is_empty() {
-                    msg = format!("{msg} ({})", skip.warnings().join("; "));
-                }
-                return Err(Error::invalid(&dir, msg));
-            }
-            skipped.extend(skip);
-            for path in files {
-                let rel = path.strip_prefix(root).unwrap_or(&path);
-                let name = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                samples.push(Sample { path, name, label });
-            }
-        }
         Ok(ImageFolder {
             root: root.to_path_buf(),
-            classes,
+            classes: scan.classes,
             samples,
-            skipped,
+            skipped: scan.skipped,
         })
     }
 
@@ -247,7 +140,7 @@ pub fn balanced_indices(labels: &[usize], num_classes: usize, limit: usize) -> V
 pub enum Split {
     /// Training images (`train/`, or `data_batch_1..5.bin`).
     Train,
-    /// Test images (`test/`, or `test_batch.bin`).
+    /// Test images (`test/`, else `val/`, or `test_batch.bin`).
     Test,
 }
 
@@ -256,9 +149,11 @@ pub enum Split {
 pub struct LoadedSplit {
     /// Class names, index = label.
     pub classes: Vec<String>,
-    /// Folder the `names` are relative to (the split's folder, or the binary release folder).
+    /// Folder the `names` are relative to (the split's folder, the binary release folder, or
+    /// [`SplitList::root`]).
     pub root: PathBuf,
-    /// Per image: path relative to `root` (`cat/0001.jpg`) or `<batch file>#<record>`.
+    /// Per image: path relative to `root` with `/` separators (`cat/0001.jpg`, or `train/cat/0001.jpg`
+    /// from a [`SplitList`]) or `<batch file>#<record>`.
     pub names: Vec<String>,
     /// Per image: label.
     pub labels: Vec<usize>,
@@ -280,10 +175,13 @@ impl LoadedSplit {
     }
 }
 
-/// Where a dataset comes from, detected from `--data`.
+/// Where a dataset comes from, detected from `--data`: the two layouts pipe read before
+/// [`DataLayout`], which new callers use (it also knows a single folder of class folders, and lets a
+/// held-out split lack a class).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataSource {
-    /// `train/<class>/*` and `test/<class>/*` image folders under this root.
+    /// `train/<class>/*` and `test/<class>/*` (or, without `test/`, `val/<class>/*`) image folders
+    /// under this root.
     Folders(PathBuf),
     /// The official CIFAR-10 binary release in this folder.
     CifarBinary(PathBuf),
@@ -291,7 +189,7 @@ pub enum DataSource {
 
 impl DataSource {
     /// Detects the layout of `data`: the CIFAR-10 binary release (in `data` or
-    /// `data/cifar-10-batches-bin`), else `train/` and `test/` class folders.
+    /// `data/cifar-10-batches-bin`), else `train/` and `test/` (or `val/`) class folders.
     ///
     /// # Errors
     /// [`Error::InvalidFile`] naming `data` when it is neither.
@@ -323,18 +221,18 @@ impl DataSource {
     /// As [`ImageFolder::open`] or [`cifar::read_classes`].
     pub fn classes(&self, split: Split) -> Result<Vec<String>> {
         match self {
-            DataSource::Folders(root) => {
-                Ok(ImageFolder::open(&root.join(split_dir(split)))?.classes)
-            }
+            DataSource::Folders(root) => Ok(ImageFolder::open(&split_folder(root, split))?.classes),
             DataSource::CifarBinary(root) => cifar::read_classes(root),
         }
     }
 
     /// Loads a class-balanced subset of at most `limit` images (`0` = all) of `split`, decoded and
-    /// resized to `size`x`size`.
+    /// squashed to `size`x`size` ([`load_batch`]). New callers use [`SplitList::load`] (resize policy,
+    /// skipped files as values).
     ///
     /// # Errors
-    /// [`Error::Usage`] when `limit` exceeds the images available; missing or malformed files, named.
+    /// [`Error::Usage`] when `limit` exceeds the images available; missing or malformed files, named
+    /// (the first bad image stops the load).
     pub fn load(&self, split: Split, limit: usize, size: usize) -> Result<LoadedSplit> {
         let flag = match split {
             Split::Train => "--train-limit",
@@ -348,7 +246,7 @@ impl DataSource {
         };
         match self {
             DataSource::Folders(data) => {
-                let root = data.join(split_dir(split));
+                let root = split_folder(data, split);
                 let ds = ImageFolder::open(&root)?;
                 for w in ds.skipped.warnings() {
                     eprintln!("warning: {}: {w}", root.display());
@@ -394,220 +292,14 @@ impl DataSource {
     }
 }
 
-fn split_dir(split: Split) -> &'static str {
+/// The folder of `split` under `data`: `train/`, and `test/` for the test split, or `val/` when
+/// there is no `test/` but a `val/`.
+fn split_folder(data: &Path, split: Split) -> PathBuf {
     match split {
-        Split::Train => "train",
-        Split::Test => "test",
+        Split::Train => data.join("train"),
+        Split::Test if !data.join("test").is_dir() && data.join("val").is_dir() => data.join("val"),
+        Split::Test => data.join("test"),
     }
-}
-
-/// Largest width or height pipe decodes, pixels: bigger images are refused after reading their header,
-/// before any pixel buffer is allocated (a defence against decompression bombs, e.g. a few-kB PNG that
-/// announces 20000x20000 pixels).
-pub const MAX_IMAGE_SIDE: u32 = 16_384;
-/// Largest decoded image pipe accepts, bytes, both as decoded and as its 8-bit RGB copy (512 MiB, the
-/// image crate's default allocation limit): e.g. a 12,000 x 12,000 RGB photo (432 MB) is decoded, a
-/// 16,384 x 16,384 one (805 MB as RGB) is not.
-pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
-/// The image formats pipe decodes, for messages.
-pub const SUPPORTED_FORMATS: &str = "JPEG, PNG, BMP, GIF, TIFF, WebP, PNM, TGA, QOI, ICO";
-
-/// Decodes one image file (any format the image crate reads, detected from content), converts it to
-/// 8-bit RGB (grayscale is replicated, alpha dropped, 16-bit scaled, CMYK converted), applies its EXIF
-/// orientation and resizes it to `size`x`size` with [`RESIZE_FILTER`] when it has another size.
-/// Returns `size*size*3` bytes, HWC RGB.
-///
-/// # Errors
-/// [`Error::Io`] when the file cannot be read; [`Error::InvalidFile`] or [`Error::Image`] naming it when
-/// it is empty, not an image, in an unsupported format, truncated, corrupt, or over
-/// [`MAX_IMAGE_SIDE`] / [`MAX_IMAGE_BYTES`].
-pub fn load_rgb(path: &Path, size: usize) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_rgb(path, &bytes, size)
-}
-
-/// As [`load_rgb`], for the bytes of an image file already in memory; `path` only names it in errors
-/// (and its extension identifies TGA, which has no signature).
-///
-/// # Errors
-/// As [`load_rgb`].
-pub fn decode_rgb(path: &Path, bytes: &[u8], size: usize) -> Result<Vec<u8>> {
-    use image::{ImageDecoder, ImageFormat};
-    if bytes.is_empty() {
-        return Err(Error::invalid(path, "empty file (0 bytes), not an image"));
-    }
-    let format = match image::guess_format(bytes) {
-        Ok(f) => f,
-        // TGA has no signature: trust the extension for it only.
-        Err(_) if ImageFormat::from_path(path).ok() == Some(ImageFormat::Tga) => ImageFormat::Tga,
-        Err(_) => {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "not an image: its contents match none of the formats pipe reads ({SUPPORTED_FORMATS})"
-                ),
-            ))
-        }
-    };
-    let name = format!("{format:?}").to_uppercase();
-    let fail = |e: image::ImageError| -> Error {
-        match e {
-            image::ImageError::Unsupported(u) => Error::invalid(
-                path,
-                format!("unsupported image format ({u}); pipe reads {SUPPORTED_FORMATS}"),
-            ),
-            image::ImageError::Limits(l) => Error::invalid(
-                path,
-                format!(
-                    "image over pipe's decoding limit of {MAX_IMAGE_BYTES} bytes or \
-                     {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels ({l})"
-                ),
-            ),
-            image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                Error::invalid(
-                    path,
-                    format!("truncated {name} file: the data ends early ({io})"),
-                )
-            }
-            error => Error::Image {
-                path: path.to_path_buf(),
-                error,
-            },
-        }
-    };
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_IMAGE_BYTES);
-    reader.limits(limits);
-    // Only the header is read here: the size is checked before any pixel buffer is allocated.
-    let mut decoder = reader.into_decoder().map_err(fail)?;
-    let (w, h) = decoder.dimensions();
-    let rgb_bytes = u64::from(w) * u64::from(h) * 3;
-    if w > MAX_IMAGE_SIDE
-        || h > MAX_IMAGE_SIDE
-        || decoder.total_bytes() > MAX_IMAGE_BYTES
-        || rgb_bytes > MAX_IMAGE_BYTES
-    {
-        return Err(Error::invalid(
-            path,
-            format!(
-                "image is {w}x{h} pixels ({} bytes decoded), over pipe's limit of \
-                 {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels and {MAX_IMAGE_BYTES} bytes; refused \
-                 without decoding (a decompression bomb, or resize it first)",
-                decoder.total_bytes()
-            ),
-        ));
-    }
-    if format == ImageFormat::Jpeg && jpeg_is_truncated(bytes) {
-        // The JPEG decoder fills missing data with grey instead of failing.
-        return Err(Error::invalid(
-            path,
-            "truncated JPEG: the image data ends without the end-of-image marker \
-             (an incomplete download or copy?)",
-        ));
-    }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(fail)?;
-    img.apply_orientation(orientation);
-    let rgb = img.to_rgb8();
-    let s =
-        u32::try_from(size).map_err(|_| Error::Usage(format!("image size {size} is too large")))?;
-    let rgb = if rgb.width() == s && rgb.height() == s {
-        rgb
-    } else {
-        image::imageops::resize(&rgb, s, s, RESIZE_FILTER)
-    };
-    Ok(rgb.into_raw())
-}
-
-/// Whether a JPEG stream lacks its end-of-image marker (`FF D9`) after the start of its last scan
-/// (`FF DA`). Inside entropy-coded data a `FF` byte is always followed by `00` or a restart marker,
-/// so the pair cannot occur there; an EXIF thumbnail's markers come before the main image's scan.
-fn jpeg_is_truncated(bytes: &[u8]) -> bool {
-    let last = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
-    match (last(0xDA), last(0xD9)) {
-        (Some(sos), Some(eoi)) => eoi < sos,
-        (Some(_), None) => true,
-        (None, _) => false,
-    }
-}
-
-/// Resizes one square HWC RGB image of `from`x`from` pixels to `to`x`to` with [`RESIZE_FILTER`]
-/// (a copy when the sizes are equal), as [`load_rgb`] does for image files.
-///
-/// # Panics
-/// If `pixels.len() != from*from*3` (a programming error).
-pub fn resize_rgb(pixels: &[u8], from: usize, to: usize) -> Vec<u8> {
-    assert_eq!(
-        pixels.len(),
-        from * from * 3,
-        "not a {from}x{from} RGB image"
-    );
-    if from == to {
-        return pixels.to_vec();
-    }
-    // The length was checked above, so the buffer always fits.
-    image::RgbImage::from_raw(from as u32, from as u32, pixels.to_vec())
-        .map(|img| image::imageops::resize(&img, to as u32, to as u32, RESIZE_FILTER).into_raw())
-        .unwrap_or_default()
-}
-
-/// Decodes `paths` in parallel (all cores) into one NHWC RGB `u8` buffer of `paths.len()*size*size*3` bytes.
-///
-/// # Errors
-/// The first file (in `paths` order) that fails, as in [`load_rgb`].
-pub fn load_batch(paths: &[&Path], size: usize) -> Result<Vec<u8>> {
-    let per = size * size * 3;
-    let mut out = vec![0u8; paths.len() * per];
-    out.par_chunks_mut(per)
-        .zip(paths.par_iter())
-        .try_for_each(|(dst, p)| {
-            dst.copy_from_slice(&load_rgb(p, size)?);
-            Ok::<(), Error>(())
-        })?;
-    Ok(out)
-}
-
-/// Expands files and folders (recursively, sorted) into the list of image files they hold. Files named
-/// explicitly are kept whatever their extension; inside folders only [`IMAGE_EXTENSIONS`] count.
-///
-/// # Errors
-/// As [`scan_image_files`].
-pub fn collect_image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    Ok(scan_image_files(inputs)?.0)
-}
-
-/// As [`collect_image_files`], and also returns what was skipped (inside folders: files that are not
-/// images by extension, symlink loops; anywhere: image files reached a second time), for a warning.
-///
-/// # Errors
-/// [`Error::Io`] when an input does not exist or a folder cannot be read.
-pub fn scan_image_files(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, Skipped)> {
-    let mut out = Vec::new();
-    let mut skipped = Skipped::default();
-    for input in inputs {
-        let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
-        if meta.is_dir() {
-            let (files, skip) = walk_images(input)?;
-            out.extend(files);
-            skipped.extend(skip);
-        } else {
-            out.push(input.clone());
-        }
-    }
-    // The same file reached twice (overlapping inputs) would be classified and counted twice.
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|p| {
-        let key = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-        let first = seen.insert(key);
-        if !first {
-            skipped.duplicates.push(p.clone());
-        }
-        first
-    });
-    Ok((out, skipped))
 }
 
 /// Keras "caffe" preprocessing (`keras.applications.vgg16.preprocess_input`) of `n` images of
@@ -639,10 +331,11 @@ pub fn caffe_preprocess(pixels: &[u8], n: usize, size: usize) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn write_png(path: &Path, w: u32, h: u32, rgb: [u8; 3]) {
+    /// Writes a `w`x`h` PNG of one colour, creating its folder.
+    pub(crate) fn write_png(path: &Path, w: u32, h: u32, rgb: [u8; 3]) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         image::RgbImage::from_pixel(w, h, image::Rgb(rgb))
             .save(path)
@@ -694,33 +387,6 @@ mod tests {
     }
 
     #[test]
-    fn load_rgb_converts_gray_and_resizes() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("g.png");
-        image::GrayImage::from_pixel(64, 48, image::Luma([77]))
-            .save(&p)
-            .unwrap();
-        let px = load_rgb(&p, 32).unwrap();
-        assert_eq!(px.len(), 32 * 32 * 3);
-        assert!(px.iter().all(|&v| v == 77));
-        let q = dir.path().join("c.png");
-        write_png(&q, 32, 32, [1, 2, 3]);
-        assert_eq!(&load_rgb(&q, 32).unwrap()[..6], &[1, 2, 3, 1, 2, 3]);
-    }
-
-    #[test]
-    fn undecodable_file_error_names_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("fake.jpg");
-        std::fs::write(&p, "hello, not a jpeg").unwrap();
-        let err = load_rgb(&p, 32).unwrap_err().to_string();
-        assert!(
-            err.contains("fake.jpg") && err.contains("not an image"),
-            "{err}"
-        );
-    }
-
-    #[test]
     fn data_source_detects_the_binary_release_and_balances_it() {
         let dir = tempfile::tempdir().unwrap();
         cifar::tests::write_fake_release(dir.path(), 30);
@@ -747,6 +413,29 @@ mod tests {
         let big = src.load(Split::Test, 10, 64).unwrap();
         assert_eq!(big.pixels.len(), 10 * 64 * 64 * 3);
         assert!(DataSource::detect(&dir.path().join("none")).is_err());
+    }
+
+    /// The loader of before reads `val/` as the test split when there is no `test/`, and leaves junk
+    /// folders out of the classes.
+    #[test]
+    fn data_source_reads_val_when_there_is_no_test_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for (folder, rgb) in [
+            ("train/ants", [1, 2, 3]),
+            ("train/bees", [4, 5, 6]),
+            ("val/bees", [7, 8, 9]),
+        ] {
+            write_png(&dir.path().join(folder).join("0.png"), 8, 8, rgb);
+        }
+        write_png(&dir.path().join("val/__MACOSX/0.png"), 8, 8, [0, 0, 0]);
+        std::fs::write(dir.path().join("val/bees/.DS_Store"), b"x").unwrap();
+        let src = DataSource::detect(dir.path()).unwrap();
+        assert_eq!(src.classes(Split::Train).unwrap(), vec!["ants", "bees"]);
+        assert_eq!(src.classes(Split::Test).unwrap(), vec!["bees"]);
+        let test = src.load(Split::Test, 0, 8).unwrap();
+        assert_eq!(test.root, dir.path().join("val"));
+        assert_eq!(test.names, vec!["bees/0.png"]);
+        assert_eq!(&test.pixels[..3], &[7, 8, 9]);
     }
 
     #[test]
