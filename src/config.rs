@@ -45,6 +45,11 @@ pub struct TrainConfig {
     /// Side of the square network input, pixels: a multiple of 32 (VGG16's five 2x2 poolings), at
     /// most 512. 32 keeps CIFAR-10's size; 64 upsamples 2x and gives 2,048 features per image.
     pub input_size: usize,
+    /// How images of any aspect ratio become `input_size` squares (`squash`: stretch the whole image,
+    /// Keras' `load_img`; `crop`: shorter side to `input_size`, then the centre square, torchvision's
+    /// `Resize` + `CenterCrop`); written into the exported model's metadata, where `pipe infer` reads it.
+    #[serde(default)]
+    pub resize: crate::data::ResizePolicy,
     /// Preprocessing description (`crate::contract::CAFFE_PREPROCESSING`), as in the ONNX metadata.
     pub preprocessing: String,
     /// *Recorded*: training images used (after the validation hold-out).
@@ -171,6 +176,7 @@ impl Default for TrainConfig {
             weights_fingerprint: String::new(),
             classes: Vec::new(),
             input_size: 32,
+            resize: crate::data::ResizePolicy::Squash,
             preprocessing: crate::contract::CAFFE_PREPROCESSING.into(),
             train_images: 0,
             test_images: 0,
@@ -688,6 +694,7 @@ mod tests {
             "weights_fingerprint",
             "classes",
             "input_size",
+            "resize",
             "preprocessing",
             "train_images",
             "test_images",
