@@ -59,6 +59,7 @@ fn train_export_and_both_backends_agree_with_tch() {
         .batch(16)
         .ok();
     assert!(out.stdout.contains("test accuracy"), "{}", out.stdout);
+    assert!(!out.stderr.contains("chance level"), "{}", out.stderr);
     assert_eq!(
         std::fs::read_link(w.runs.join("latest")).unwrap(),
         PathBuf::from("e2e")
@@ -154,12 +155,28 @@ fn libtorch_free_build_links_no_libtorch_and_gives_the_same_results() {
         .args(["-d", &bin])
         .output()
         .expect("readelf");
-    let needed = String::from_utf8_lossy(&elf.stdout);
-    assert!(needed.contains("NEEDED"), "{bin}: {needed}");
-    assert!(
-        !needed.contains("torch") && !needed.contains("c10"),
-        "{bin} links libtorch:\n{needed}"
-    );
+    // Only the C runtime: libc, libm, libgcc_s and the loader.
+    let dynamic = String::from_utf8_lossy(&elf.stdout);
+    let needed: Vec<&str> = dynamic
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .collect();
+    assert!(!needed.is_empty(), "{bin}: {dynamic}");
+    for lib in &needed {
+        let base = lib.split(".so").next().unwrap_or(lib);
+        assert!(
+            [
+                "libc",
+                "libm",
+                "libgcc_s",
+                "ld-linux-x86-64",
+                "ld-linux-aarch64"
+            ]
+            .contains(&base),
+            "{bin} links {lib} (all: {needed:?})"
+        );
+    }
     // A small run on real images, trained by the full build.
     let w = Workdir::cifar10();
     w.train("small").limits(100, 40).epochs(2).batch(16).ok();
@@ -293,7 +310,8 @@ fn full_test_set_tract_and_ort_agree_with_tch() {
     );
     let model = w.join("full.onnx");
     w.export("full", &model).ok();
-    let test_dir = s(&cifar10().join("test")).to_string();
+    // The folder the run was tested on, as predictions.json names it.
+    let test_dir = s(&preds.data_root).to_string();
     let tch = preds.by_path();
     let mut labels = Vec::new();
     for backend in ["tract", "ort"] {
@@ -363,13 +381,14 @@ fn assert_confusion_summary(backend: &str, got: &Inferred) {
 
 /// `infer --backend ort --device cuda` (the CUDA execution provider of the onnxruntime-gpu wheel that
 /// `make setup` installs on machines with an NVIDIA driver) gives the CPU's labels and probabilities
-/// within 1e-4. Machines without an NVIDIA driver (CI) skip it with the reason printed.
+/// within 1e-4. Ignored by `cargo test`; `make test` runs it where `nvidia-smi` sees a GPU.
 #[test]
+#[ignore = "needs an NVIDIA GPU and the onnxruntime-gpu wheel (make test runs it where nvidia-smi sees a GPU)"]
 fn ort_cuda_matches_cpu_when_a_gpu_is_present() {
-    if !Path::new("/proc/driver/nvidia/version").exists() {
-        eprintln!("skipped: no NVIDIA driver (/proc/driver/nvidia/version is absent); run on a GPU machine");
-        return;
-    }
+    assert!(
+        Path::new("/proc/driver/nvidia/version").exists(),
+        "no NVIDIA driver (/proc/driver/nvidia/version is absent): run this test on a GPU machine"
+    );
     let w = Workdir::cifar10();
     w.train("gpu").limits(200, 50).epochs(1).no_cache().ok();
     let model = w.join("gpu.onnx");

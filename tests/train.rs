@@ -198,3 +198,41 @@ fn diverging_training_stops_with_an_explanation() {
     assert!(err.contains("the empty run folder was removed"), "{err}");
     assert!(!w.runs.join("boom").exists());
 }
+
+/// `pipe summary`: the Keras-style layer table and its totals.
+#[test]
+fn summary_prints_the_layer_table_and_parameter_counts() {
+    let out = common::Pipe::new("summary").ok().stdout;
+    for line in [
+        "Total params: 14,848,586",
+        "Trainable params (dense head): 133,898",
+        "Non-trainable params (frozen VGG16 base): 14,714,688",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let layers: Vec<&str> = out
+        .lines()
+        .filter(|l| l.ends_with(" yes") || l.ends_with(" no"))
+        .collect();
+    // The input, the 13 convs and 5 max-pools of the base, then flatten, dense, ReLU, dropout, dense;
+    // only the two dense layers train.
+    assert_eq!(layers.len(), 24, "{out}");
+    let trained: Vec<&str> = layers
+        .iter()
+        .filter(|l| l.ends_with(" yes"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(trained, ["dense1", "dense2"]);
+    let at64 = common::Pipe::new("summary")
+        .arg("--input-size", "64")
+        .ok()
+        .stdout;
+    assert!(
+        at64.contains("Trainable params (dense head): 527,114"),
+        "{at64}"
+    );
+    let err = common::Pipe::new("summary")
+        .arg("--input-size", "48")
+        .fails();
+    assert!(err.contains("multiple of 32"), "{err}");
+}

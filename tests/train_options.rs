@@ -214,6 +214,8 @@ fn val_split_holds_out_a_stratified_share_that_is_not_trained_on() {
         "{}",
         out.stderr
     );
+    // The test images are noise too (1 of 20 right here): the run says it learned nothing general.
+    assert!(out.stderr.contains("is at chance level"), "{}", out.stderr);
     let config = w.run("v").config();
     assert_eq!(
         [
@@ -356,17 +358,16 @@ fn unfreeze_fine_tunes_the_last_convs_exports_and_resumes() {
 }
 
 /// `--device cuda`: trains on the GPU and the export still verifies against tch's (GPU) probabilities.
-/// Machines without CUDA (CI) skip it with the reason printed.
+/// Ignored by `cargo test`; `make test` runs it where `nvidia-smi` sees a GPU.
 #[test]
+#[ignore = "needs an NVIDIA GPU and a CUDA build of libtorch (make test runs it where nvidia-smi sees a GPU)"]
 fn cuda_training_when_a_gpu_is_present() {
-    if !tch::Cuda::is_available() {
-        eprintln!(
-            "skipped: libtorch sees no CUDA device (device count {}, CUDA build {}); run on a GPU machine",
-            tch::Cuda::device_count(),
-            tch::utils::has_cuda()
-        );
-        return;
-    }
+    assert!(
+        tch::Cuda::is_available(),
+        "libtorch sees no CUDA device (device count {}, CUDA build {}): run this test on a GPU machine",
+        tch::Cuda::device_count(),
+        tch::utils::has_cuda()
+    );
     let w = Workdir::binary_release(40);
     let mut results = Vec::new();
     for device in ["cpu", "cuda"] {
