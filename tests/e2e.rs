@@ -369,6 +369,11 @@ fn assert_confusion_summary(backend: &str, got: &Inferred) {
         .lines()
         .find_map(|l| l.strip_prefix("most confused: "))
         .unwrap_or_else(|| panic!("{backend}: no 'most confused' line: {}", got.stderr));
+    assert_eq!(
+        first.split(", ").count(),
+        3,
+        "the three most frequent: {first}"
+    );
     let first_count = first.split(", ").next().unwrap().rsplit(": ").next();
     assert_eq!(
         first_count,
