@@ -34,9 +34,18 @@ infer-only:
 	@if readelf -d $(INFER_ONLY) | grep -E 'torch|c10'; then echo "error: $(INFER_ONLY) links libtorch" >&2; exit 1; fi
 	@echo "$(INFER_ONLY): no libtorch linked, $$(du -h $(INFER_ONLY) | cut -f1)"
 
-## test: set-up, the libtorch-free build, then the whole test suite (release profile, reusing the release build)
-test: setup infer-only
-	PIPE_INFER_ONLY_BIN=$(ROOT)/$(INFER_ONLY) cargo test --release
+## test: set-up; formatting and clippy with -D warnings (which enforces the program's no-unwrap/expect
+## rule); the libtorch-free build; the whole test suite (release profile, reusing the release build); then
+## the tests a plain `cargo test` ignores because they need the libtorch-free build, or a GPU where
+## nvidia-smi sees one. tests/README.md says what runs where.
+LIBTORCH_FREE_TEST := libtorch_free_build_links_no_libtorch_and_gives_the_same_results
+test: setup
+	cargo fmt --all -- --check
+	cargo clippy --release --all-targets -- -D warnings
+	$(MAKE) infer-only
+	cargo test --release
+	PIPE_INFER_ONLY_BIN=$(ROOT)/$(INFER_ONLY) cargo test --release --test e2e -- --ignored --exact $(LIBTORCH_FREE_TEST)
+	if nvidia-smi > /dev/null 2>&1; then cargo test --release -- --ignored _when_a_gpu_is_present; fi
 
 ## bench: criterion benches, the PyTorch/onnxruntime references (benches/reference/) and end-to-end
 ## times and the Keras seed job in one run, then one table (also target/bench/summary.json). About 20 minutes here.
@@ -84,4 +93,5 @@ fmt:
 clippy:
 	cargo clippy --release --all-targets -- -D warnings
 
-check: fmt clippy test
+## check: the same as test (which runs fmt and clippy itself)
+check: test

@@ -1,223 +1,121 @@
 //! End to end on real CIFAR-10 images and the real ImageNet VGG16 weights (both made by `make setup`):
 //! `pipe train` → `pipe export` → `pipe infer` with tract and with ONNX Runtime, checking that both
-//! backends reproduce the probabilities tch computed at the end of training for every test image.
+//! backends reproduce the probabilities tch computed at the end of training for every test image, and
+//! that training learns what it should.
 #![cfg(feature = "train")]
 
 mod common;
 
-use common::{ok, pipe, require_setup, root};
-use serde_json::Value;
+use common::{argmax, cifar10, cifar10_names, s, Inferred, Pipe, Workdir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Label and probabilities per image path from `pipe infer --format json`.
-fn infer_json(backend: &str, model: &Path, files: &[String]) -> Vec<(String, usize, Vec<f32>)> {
-    let mut args = vec![
-        "infer",
-        "--backend",
-        backend,
-        "--format",
-        "json",
-        "--batch-size",
-        "64",
-        "--model",
-        model.to_str().unwrap(),
-    ];
-    args.extend(files.iter().map(String::as_str));
-    let doc: Value = serde_json::from_str(&ok(&args).0).expect("json output");
-    doc["predictions"]
-        .as_array()
-        .expect("predictions")
-        .iter()
-        .map(|p| {
-            let probs = p["probabilities"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
-            (
-                p["path"].as_str().unwrap().to_string(),
-                p["class_index"].as_u64().unwrap() as usize,
-                probs,
-            )
-        })
-        .collect()
+/// `pipe infer --backend BACKEND --format json --batch-size 64 --model MODEL PATHS…`.
+fn infer(backend: &str, model: &Path, paths: &[String]) -> Inferred {
+    Pipe::infer(model)
+        .backend(backend)
+        .arg("--batch-size", "64")
+        .paths(paths)
+        .infer_json()
 }
 
-/// Validates a model with the reference `onnx.checker.check_model(full_check=True)` from the `onnx`
-/// package in the project's virtualenv (installed by `make setup`).
-pub fn onnx_check(model: &Path) {
-    let python = root().join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} missing: run `make setup`",
-        python.display()
+/// Asserts that every record of `got` has tch's label and probabilities within `tolerance`.
+fn assert_matches_tch(
+    backend: &str,
+    got: &Inferred,
+    tch: &std::collections::HashMap<String, &[f32]>,
+    tolerance: f32,
+) {
+    assert_eq!(got.predictions.len(), tch.len(), "{backend}");
+    let mut worst = 0f32;
+    for r in &got.predictions {
+        let want = tch
+            .get(&r.path)
+            .unwrap_or_else(|| panic!("{}: not in predictions.json", r.path));
+        assert_eq!(r.class_index, argmax(want), "{backend}: {}", r.path);
+        for (a, b) in r.probabilities.iter().zip(want.iter()) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    eprintln!(
+        "{backend}: {} images, same labels as tch, max |Δp| {worst:e}",
+        tch.len()
     );
-    let out = Command::new(python)
-        .args(["-c", "import sys, onnx; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True); print('onnx.checker ok')", model.to_str().unwrap()])
-        .output()
-        .expect("run python");
     assert!(
-        out.status.success(),
-        "onnx.checker refused {}: {}",
-        model.display(),
-        String::from_utf8_lossy(&out.stderr)
+        worst <= tolerance,
+        "{backend}: max |Δprobability| {worst:e} > {tolerance:e}"
     );
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(0, |b, (i, &x)| if x > v[b] { i } else { b })
 }
 
 #[test]
 fn train_export_and_both_backends_agree_with_tch() {
-    let (data, weights) = require_setup();
-    let tmp = tempfile::tempdir().unwrap();
-    let runs = tmp.path().join("runs");
-    let (stdout, _) = ok(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--weights",
-        weights.to_str().unwrap(),
-        "--train-limit",
-        "300",
-        "--test-limit",
-        "120",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--name",
-        "e2e",
-    ]);
-    assert!(stdout.contains("test accuracy"), "{stdout}");
-    let run = runs.join("e2e");
+    let w = Workdir::cifar10();
+    // The default feature cache (models/cache), as `make demo` uses it.
+    let out = w
+        .train("e2e")
+        .without("--cache-dir", true)
+        .limits(300, 120)
+        .epochs(3)
+        .batch(16)
+        .ok();
+    assert!(out.stdout.contains("test accuracy"), "{}", out.stdout);
+    assert!(!out.stderr.contains("chance level"), "{}", out.stderr);
     assert_eq!(
-        std::fs::read_link(runs.join("latest")).unwrap(),
+        std::fs::read_link(w.runs.join("latest")).unwrap(),
         PathBuf::from("e2e")
     );
-    let history: Value =
-        serde_json::from_slice(&std::fs::read(run.join("history.json")).unwrap()).unwrap();
-    assert_eq!(history.as_array().unwrap().len(), 3);
-    for e in history.as_array().unwrap() {
-        let acc = e["val_accuracy"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&acc) && e["loss"].as_f64().unwrap().is_finite());
+    let run = w.run("e2e");
+    let history = run.history();
+    assert_eq!(history.len(), 3);
+    for e in &history {
+        assert!((0.0..=1.0).contains(&e.val_accuracy) && e.loss.is_finite());
     }
-    let preds: Value =
-        serde_json::from_slice(&std::fs::read(run.join("predictions.json")).unwrap()).unwrap();
-    let items = preds["items"].as_array().unwrap();
-    assert_eq!(items.len(), 120);
-    let test_root = PathBuf::from(preds["data_root"].as_str().unwrap());
+    let preds = run.predictions();
+    assert_eq!(preds.items.len(), 120);
     // 12 images per class, class-balanced.
     for c in 0..10 {
-        assert_eq!(
-            items
-                .iter()
-                .filter(|i| i["label"].as_u64() == Some(c))
-                .count(),
-            12
-        );
+        assert_eq!(preds.items.iter().filter(|i| i.label == c).count(), 12);
     }
-    let tch: Vec<(String, Vec<f32>)> = items
-        .iter()
-        .map(|i| {
-            let path = test_root
-                .join(i["file"].as_str().unwrap())
-                .to_str()
-                .unwrap()
-                .to_string();
-            (
-                path,
-                i["probabilities"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect(),
-            )
-        })
-        .collect();
-    // The head learned something real from ImageNet features: well above 10% chance on 120 images.
-    let correct = items
-        .iter()
-        .zip(&tch)
-        .filter(|(i, (_, p))| argmax(p) as u64 == i["label"].as_u64().unwrap())
-        .count();
+    // The head learned something real from ImageNet features: chance is 12 of 120. These settings
+    // gave 36-48 right with seeds 1-7 and 42 (48 with the test's seed 42).
+    let correct = preds.correct();
     assert!(
-        correct >= 30,
+        correct >= 36,
         "only {correct}/120 test images right after training"
     );
 
-    let model = tmp.path().join("onnx/model.onnx");
-    let (out, _) = ok(&[
-        "export",
-        model.to_str().unwrap(),
-        "--run",
-        "e2e",
-        "--runs-dir",
-        runs.to_str().unwrap(),
-    ]);
-    assert!(out.contains("exported run e2e"), "{out}");
+    let model = w.join("onnx/model.onnx");
+    let out = w.export("e2e", &model).ok();
+    assert!(out.stdout.contains("exported run e2e"), "{}", out.stdout);
     assert!(
         std::fs::metadata(&model).unwrap().len() > 58_000_000,
         "weights are inside the model file"
     );
 
-    let files: Vec<String> = tch.iter().map(|(p, _)| p.clone()).collect();
-    let tract = infer_json("tract", &model, &files);
-    let ort = infer_json("ort", &model, &files);
-    assert_eq!(tract.len(), 120);
-    assert_eq!(ort.len(), 120);
+    let files = preds.paths();
+    let tch = preds.by_path();
+    let tract = infer("tract", &model, &files);
+    let ort = infer("ort", &model, &files);
     for (backend, got) in [("tract", &tract), ("ort", &ort)] {
-        let mut worst = 0f32;
-        for ((path, label, probs), (tpath, tprobs)) in got.iter().zip(&tch) {
-            assert_eq!(path, tpath);
-            assert_eq!(
-                *label,
-                argmax(tprobs),
-                "{backend}: {path} label differs from tch"
-            );
-            for (a, b) in probs.iter().zip(tprobs) {
-                worst = worst.max((a - b).abs());
-            }
-        }
-        eprintln!("{backend}: max |Δp| vs tch = {worst:e}");
-        assert!(
-            worst <= 1e-4,
-            "{backend}: max |Δprobability| {worst} > 1e-4"
-        );
+        let paths: Vec<&String> = got.predictions.iter().map(|r| &r.path).collect();
+        assert_eq!(paths, files.iter().collect::<Vec<_>>(), "{backend}: order");
+        assert_matches_tch(backend, got, &tch, 1e-4);
     }
-    for (a, b) in tract.iter().zip(&ort) {
-        assert_eq!(a.1, b.1, "tract and ort disagree on {}", a.0);
-    }
+    assert_eq!(tract.labels(), ort.labels(), "tract and ort disagree");
 
     // Output formats: csv with top-3 written atomically to a file; its first label is the json label.
-    let csv_path = tmp.path().join("out/preds.csv");
+    let csv_path = w.join("out/preds.csv");
     std::fs::create_dir_all(csv_path.parent().unwrap()).unwrap();
-    let mut args = vec![
-        "infer",
-        "--format",
-        "csv",
-        "--top-k",
-        "3",
-        "-o",
-        csv_path.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-    ];
-    args.extend(files[..5].iter().map(String::as_str));
-    let (printed, _) = ok(&args);
+    let out = Pipe::infer(&model)
+        .format("csv")
+        .arg("--top-k", "3")
+        .arg("-o", &csv_path)
+        .paths(&files[..5])
+        .ok();
     assert!(
-        printed.is_empty(),
-        "with --output nothing goes to stdout: {printed}"
+        out.stdout.is_empty(),
+        "with --output nothing goes to stdout: {}",
+        out.stdout
     );
     let csv = std::fs::read_to_string(&csv_path).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
@@ -226,66 +124,96 @@ fn train_export_and_both_backends_agree_with_tch() {
         "path,label,probability,label_2,probability_2,label_3,probability_3"
     );
     assert_eq!(lines.len(), 6);
-    for (line, (path, label, probs)) in lines[1..].iter().zip(&tract) {
+    for (line, r) in lines[1..].iter().zip(&tract.predictions) {
         let cols: Vec<&str> = line.split(',').collect();
-        assert_eq!(cols[0], path);
-        assert_eq!(cols[1], pipe::arch::CIFAR10_CLASSES[*label]);
+        assert_eq!(cols[0], r.path);
+        assert_eq!(cols[1], cifar10_names()[r.class_index]);
         let p1: f32 = cols[2].parse().unwrap();
         let p2: f32 = cols[4].parse().unwrap();
-        assert!((p1 - probs[*label]).abs() < 1e-5 && p1 >= p2, "{line}");
+        assert!(
+            (p1 - r.probabilities[r.class_index]).abs() < 1e-5 && p1 >= p2,
+            "{line}"
+        );
     }
+}
 
-    // The libtorch-free build (`make infer-only`, run by `make test`) links no libtorch and gives the
-    // same labels as the full build.
-    match std::env::var("PIPE_INFER_ONLY_BIN") {
-        Err(_) => eprintln!(
-            "SKIPPED libtorch-free build check: PIPE_INFER_ONLY_BIN is not set (make test sets it)"
-        ),
-        Ok(bin) => {
-            let elf = Command::new("readelf")
-                .args(["-d", &bin])
-                .output()
-                .expect("readelf");
-            let needed = String::from_utf8_lossy(&elf.stdout);
-            assert!(needed.contains("NEEDED"), "{needed}");
-            assert!(
-                !needed.contains("torch") && !needed.contains("c10"),
-                "{bin} links libtorch:\n{needed}"
+/// The libtorch-free build (`make infer-only`: `target/release/pipe-infer`, built with
+/// `--no-default-features --features tract,ort`) links no libtorch, and its `export`, `inspect` and
+/// `infer` give what the full build gives. Ignored by a plain `cargo test`, which does not build that
+/// binary; `make test` builds it and runs this test with `PIPE_INFER_ONLY_BIN` set.
+#[test]
+#[ignore = "needs the libtorch-free binary: PIPE_INFER_ONLY_BIN=target/release/pipe-infer (make test builds it and runs this test)"]
+fn libtorch_free_build_links_no_libtorch_and_gives_the_same_results() {
+    let bin = std::env::var("PIPE_INFER_ONLY_BIN").unwrap_or_else(|_| {
+        panic!(
+            "PIPE_INFER_ONLY_BIN is not set: build the libtorch-free binary with `make infer-only` and \
+             run `PIPE_INFER_ONLY_BIN=target/release/pipe-infer cargo test --release --test e2e -- \
+             --ignored` (make test does both)"
+        )
+    });
+    let elf = Command::new("readelf")
+        .args(["-d", &bin])
+        .output()
+        .expect("readelf");
+    // Only the C runtime: libc, libm, libgcc_s and the loader.
+    let dynamic = String::from_utf8_lossy(&elf.stdout);
+    let needed: Vec<&str> = dynamic
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .collect();
+    assert!(!needed.is_empty(), "{bin}: {dynamic}");
+    for lib in &needed {
+        let base = lib.split(".so").next().unwrap_or(lib);
+        assert!(
+            [
+                "libc",
+                "libm",
+                "libgcc_s",
+                "ld-linux-x86-64",
+                "ld-linux-aarch64"
+            ]
+            .contains(&base),
+            "{bin} links {lib} (all: {needed:?})"
+        );
+    }
+    // A small run on real images, trained by the full build.
+    let w = Workdir::cifar10();
+    w.train("small").limits(100, 40).epochs(2).batch(16).ok();
+    let files = w.run("small").predictions().paths();
+    // Exported by both builds: the same model file, byte for byte.
+    let full = w.join("full.onnx");
+    let light = w.join("light.onnx");
+    w.export("small", &full).ok();
+    let out = w.export("small", &light).bin(&bin).ok();
+    assert!(out.stdout.contains("verified with tract"), "{}", out.stdout);
+    assert!(
+        std::fs::read(&full).unwrap() == std::fs::read(&light).unwrap(),
+        "the libtorch-free export differs from the full build's"
+    );
+    assert_eq!(
+        Pipe::inspect(&full).ok().stdout.replace(s(&full), ""),
+        Pipe::inspect(&light)
+            .bin(&bin)
+            .ok()
+            .stdout
+            .replace(s(&light), "")
+    );
+    for backend in ["tract", "ort"] {
+        let want = infer(backend, &full, &files);
+        let got = Pipe::infer(&full)
+            .bin(&bin)
+            .backend(backend)
+            .arg("--batch-size", "64")
+            .paths(&files)
+            .infer_json();
+        assert_eq!(got.labels(), want.labels(), "{backend}: labels differ");
+        for (a, b) in got.predictions.iter().zip(&want.predictions) {
+            assert_eq!(
+                a.probabilities, b.probabilities,
+                "{backend}: {}: probabilities differ",
+                a.path
             );
-            for backend in ["tract", "ort"] {
-                let mut args = vec![
-                    "infer",
-                    "--backend",
-                    backend,
-                    "--format",
-                    "json",
-                    "--model",
-                    model.to_str().unwrap(),
-                ];
-                args.extend(files.iter().map(String::as_str));
-                let out = Command::new(&bin)
-                    .args(&args)
-                    .current_dir(root())
-                    .output()
-                    .expect("run pipe-infer");
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-                let labels: Vec<u64> = doc["predictions"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p["class_index"].as_u64().unwrap())
-                    .collect();
-                let full: Vec<u64> = tract.iter().map(|t| t.1 as u64).collect();
-                assert_eq!(
-                    labels, full,
-                    "{backend}: libtorch-free build labels differ from the full build"
-                );
-            }
         }
     }
 }
@@ -317,27 +245,16 @@ fn weights_import_refuses_a_wrong_fingerprint() {
             ..Default::default()
         });
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let onnx = tmp.path().join("not_imagenet.onnx");
-    std::fs::write(
-        &onnx,
-        pb::ModelProto {
-            graph: Some(graph),
-            ..Default::default()
-        }
-        .encode_to_vec(),
-    )
-    .unwrap();
-    let out_file = tmp.path().join("w.safetensors");
-    let out = pipe(&[
-        "weights",
-        "import",
-        onnx.to_str().unwrap(),
-        "-o",
-        out_file.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let w = Workdir::new();
+    let onnx = w.join("not_imagenet.onnx");
+    let model = pb::ModelProto {
+        graph: Some(graph),
+        ..Default::default()
+    };
+    std::fs::write(&onnx, model.encode_to_vec()).unwrap();
+    let out_file = w.join("w.safetensors");
+    let import = Pipe::new("weights import").path(&onnx).arg("-o", &out_file);
+    let err = import.fails();
     assert!(
         err.contains("not_imagenet.onnx")
             && err.contains("fingerprint")
@@ -347,203 +264,153 @@ fn weights_import_refuses_a_wrong_fingerprint() {
     assert!(!out_file.exists(), "nothing written on refusal");
 
     // With --allow-unverified it imports; training with it is then refused unless allowed again.
-    let out = pipe(&[
-        "weights",
-        "import",
-        onnx.to_str().unwrap(),
-        "-o",
-        out_file.to_str().unwrap(),
-        "--allow-unverified",
-    ]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("UNVERIFIED"));
-    let (data, _) = require_setup();
-    let out = pipe(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--weights",
-        out_file.to_str().unwrap(),
-        "--runs-dir",
-        tmp.path().join("runs").to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = import.flag("--allow-unverified").ok();
+    assert!(out.stdout.contains("UNVERIFIED"), "{}", out.stdout);
+    let err = Pipe::new("train")
+        .data(cifar10())
+        .weights(&out_file)
+        .runs(&w.runs)
+        .fails();
     assert!(
         err.contains("w.safetensors") && err.contains("fingerprint"),
         "{err}"
     );
-    assert!(!tmp.path().join("runs/latest").exists());
+    assert!(!w.runs.join("latest").exists());
 }
 
-/// The whole CIFAR-10 test set (10,000 images): a run evaluated on all of them, exported, then
-/// classified from the image files by tract and by ONNX Runtime. Both backends give every image the
-/// same label as each other and as tch, and stay within 1e-4 of tch's probabilities.
+/// The seed recipe (5,000 training images, 3 epochs, batch 128, SGD lr 1e-4 momentum 0.9) evaluated
+/// on the whole CIFAR-10 test set (10,000 images), exported, then classified from the image files by
+/// tract and by ONNX Runtime. The accuracy is in the measured band; both backends give every image
+/// the same label as each other and as tch, stay within 1e-4 of tch's probabilities, and print tch's
+/// accuracy, recall per class and most frequent confusions.
 #[test]
 fn full_test_set_tract_and_ort_agree_with_tch() {
-    let (data, weights) = require_setup();
-    let tmp = tempfile::tempdir().unwrap();
-    let runs = tmp.path().join("runs");
-    ok(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--weights",
-        weights.to_str().unwrap(),
-        "--train-limit",
-        "500",
-        "--test-limit",
-        "0",
-        "--epochs",
-        "2",
-        "--lr",
-        "1e-3",
-        "--device",
-        "cpu",
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--cache-dir",
-        tmp.path().join("cache").to_str().unwrap(),
-        "--name",
-        "full",
-    ]);
-    let preds: Value =
-        serde_json::from_slice(&std::fs::read(runs.join("full/predictions.json")).unwrap())
-            .unwrap();
-    let root_dir = PathBuf::from(preds["data_root"].as_str().unwrap());
-    let tch: std::collections::HashMap<PathBuf, Vec<f32>> = preds["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|it| {
-            let p = it["probabilities"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
-            (root_dir.join(it["file"].as_str().unwrap()), p)
-        })
-        .collect();
-    assert_eq!(tch.len(), 10_000);
-    let model = tmp.path().join("full.onnx");
-    ok(&[
-        "export",
-        model.to_str().unwrap(),
-        "--run",
-        "full",
-        "--runs-dir",
-        runs.to_str().unwrap(),
-    ]);
-    let test_dir = data.join("test").to_str().unwrap().to_string();
-    let argmax = |v: &[f32]| {
-        v.iter()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
-            .0
-    };
-    let mut labels: Vec<Vec<(String, usize)>> = Vec::new();
+    let w = Workdir::cifar10();
+    let out = w
+        .train("full")
+        .limits(5000, 0)
+        .epochs(3)
+        .batch(128)
+        .lr("1e-4")
+        .ok();
+    let preds = w.run("full").predictions();
+    assert_eq!(preds.items.len(), 10_000);
+    let tch_accuracy = preds.accuracy();
+    // Measured: 0.4554 with the test's seed 42; seeds 1-4 gave 0.4612, 0.4440, 0.4416, 0.4539 (chance
+    // 0.1; the README's 1,000-image figure is 0.456).
+    assert!(
+        (0.42..=0.50).contains(&tch_accuracy),
+        "seed recipe test accuracy {tch_accuracy} outside 0.42..0.50"
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("test accuracy {tch_accuracy:.4}")),
+        "{}",
+        out.stdout
+    );
+    let model = w.join("full.onnx");
+    w.export("full", &model).ok();
+    // The folder the run was tested on, as predictions.json names it.
+    let test_dir = s(&preds.data_root).to_string();
+    let tch = preds.by_path();
+    let mut labels = Vec::new();
     for backend in ["tract", "ort"] {
-        let out = infer_json(backend, &model, std::slice::from_ref(&test_dir));
-        assert_eq!(out.len(), 10_000, "{backend}");
-        let mut worst = 0f32;
-        for (path, label, probs) in &out {
-            let want = tch
-                .get(&PathBuf::from(path))
-                .unwrap_or_else(|| panic!("{path} not in predictions.json"));
-            assert_eq!(*label, argmax(want), "{backend}: {path}");
-            for (a, b) in probs.iter().zip(want) {
-                worst = worst.max((a - b).abs());
-            }
-        }
-        assert!(worst <= 1e-4, "{backend}: max |Δp| {worst:e}");
-        eprintln!("{backend}: 10,000 images, same labels as tch, max |Δp| {worst:e}");
-        let mut l: Vec<(String, usize)> = out.into_iter().map(|(p, l, _)| (p, l)).collect();
-        l.sort();
-        labels.push(l);
+        let got = infer(backend, &model, std::slice::from_ref(&test_dir));
+        assert_matches_tch(backend, &got, &tch, 1e-4);
+        // Folder names are the truth: infer's accuracy is tch's, in the JSON and on stderr.
+        assert_eq!(
+            (got.labelled, got.correct),
+            (10_000, preds.correct()),
+            "{backend}"
+        );
+        assert_eq!(got.accuracy, Some(tch_accuracy), "{backend}");
+        let line = format!(
+            "accuracy {tch_accuracy:.4} ({}/10000 images in class folders)",
+            preds.correct()
+        );
+        assert!(got.stderr.contains(&line), "{backend}: {}", got.stderr);
+        assert_confusion_summary(backend, &got);
+        labels.push(got.labels());
     }
     assert_eq!(labels[0], labels[1], "tract and ort labels differ");
 }
 
+/// The JSON confusion matrix counts every labelled image (its diagonal the correct ones), and stderr
+/// gives each class's recall from it and, first among the most confused pairs, its largest
+/// off-diagonal count.
+fn assert_confusion_summary(backend: &str, got: &Inferred) {
+    let m = got.confusion.as_ref().expect("confusion matrix");
+    let total: u64 = m.iter().flatten().sum();
+    let diagonal: u64 = (0..m.len()).map(|i| m[i][i]).sum();
+    assert_eq!(
+        (total, diagonal),
+        (got.labelled as u64, got.correct as u64),
+        "{backend}"
+    );
+    let recalls: Vec<String> = got
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let row: u64 = m[i].iter().sum();
+            format!("{c} {:.2}", m[i][i] as f64 / row as f64)
+        })
+        .collect();
+    let line = format!("recall per class: {}", recalls.join(", "));
+    assert!(got.stderr.contains(&line), "{backend}: {}", got.stderr);
+    let (t, p, v) = (0..m.len())
+        .flat_map(|t| (0..m.len()).map(move |p| (t, p)))
+        .filter(|(t, p)| t != p)
+        .map(|(t, p)| (t, p, m[t][p]))
+        .max_by_key(|&(t, p, v)| (v, std::cmp::Reverse((t, p))))
+        .unwrap();
+    let first = got
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("most confused: "))
+        .unwrap_or_else(|| panic!("{backend}: no 'most confused' line: {}", got.stderr));
+    assert_eq!(
+        first.split(", ").count(),
+        3,
+        "the three most frequent: {first}"
+    );
+    let first_count = first.split(", ").next().unwrap().rsplit(": ").next();
+    assert_eq!(
+        first_count,
+        Some(v.to_string().as_str()),
+        "{backend}: the largest confusion is {} -> {}: {v}; printed {first}",
+        got.classes[t],
+        got.classes[p]
+    );
+}
+
 /// `infer --backend ort --device cuda` (the CUDA execution provider of the onnxruntime-gpu wheel that
 /// `make setup` installs on machines with an NVIDIA driver) gives the CPU's labels and probabilities
-/// within 1e-4. Machines without an NVIDIA driver (CI) skip it with the reason printed.
+/// within 1e-4. Ignored by `cargo test`; `make test` runs it where `nvidia-smi` sees a GPU.
 #[test]
+#[ignore = "needs an NVIDIA GPU and the onnxruntime-gpu wheel (make test runs it where nvidia-smi sees a GPU)"]
 fn ort_cuda_matches_cpu_when_a_gpu_is_present() {
-    if !Path::new("/proc/driver/nvidia/version").exists() {
-        eprintln!("skipped: no NVIDIA driver (/proc/driver/nvidia/version is absent); run on a GPU machine");
-        return;
-    }
-    let (data, weights) = require_setup();
-    let tmp = tempfile::tempdir().unwrap();
-    let runs = tmp.path().join("runs");
-    ok(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--weights",
-        weights.to_str().unwrap(),
-        "--train-limit",
-        "200",
-        "--test-limit",
-        "50",
-        "--epochs",
-        "1",
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--no-cache",
-        "--name",
-        "gpu",
-    ]);
-    let model = tmp.path().join("gpu.onnx");
-    ok(&[
-        "export",
-        model.to_str().unwrap(),
-        "--run",
-        "gpu",
-        "--runs-dir",
-        runs.to_str().unwrap(),
-    ]);
-    let dir = data.join("test/cat").to_str().unwrap().to_string();
-    let run = |device: &str| -> Vec<(String, usize, Vec<f32>)> {
-        let (out, err) = ok(&[
-            "infer",
-            "--backend",
-            "ort",
-            "--device",
-            device,
-            "--format",
-            "json",
-            "--model",
-            model.to_str().unwrap(),
-            &dir,
-        ]);
-        eprintln!("{err}");
-        let doc: Value = serde_json::from_str(&out).unwrap();
-        doc["predictions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["path"].as_str().unwrap().to_string(),
-                    p["class_index"].as_u64().unwrap() as usize,
-                    p["probabilities"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.as_f64().unwrap() as f32)
-                        .collect(),
-                )
-            })
-            .collect()
+    assert!(
+        Path::new("/proc/driver/nvidia/version").exists(),
+        "no NVIDIA driver (/proc/driver/nvidia/version is absent): run this test on a GPU machine"
+    );
+    let w = Workdir::cifar10();
+    w.train("gpu").limits(200, 50).epochs(1).no_cache().ok();
+    let model = w.join("gpu.onnx");
+    w.export("gpu", &model).ok();
+    let dir = s(&cifar10().join("test/cat")).to_string();
+    let on = |device: &str| {
+        Pipe::infer(&model)
+            .backend("ort")
+            .arg("--device", device)
+            .path(&dir)
+            .infer_json()
     };
-    let (cpu, gpu) = (run("cpu"), run("cuda"));
-    assert_eq!(cpu.len(), gpu.len());
-    for (c, g) in cpu.iter().zip(&gpu) {
-        assert_eq!((&c.0, c.1), (&g.0, g.1));
-        for (a, b) in c.2.iter().zip(&g.2) {
-            assert!((a - b).abs() <= 1e-4, "{}: {a} vs {b}", c.0);
+    let (cpu, gpu) = (on("cpu"), on("cuda"));
+    assert_eq!(cpu.labels(), gpu.labels());
+    for (c, g) in cpu.predictions.iter().zip(&gpu.predictions) {
+        for (a, b) in c.probabilities.iter().zip(&g.probabilities) {
+            assert!((a - b).abs() <= 1e-4, "{}: {a} vs {b}", c.path);
         }
     }
 }

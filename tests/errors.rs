@@ -10,10 +10,12 @@
 
 mod common;
 
-use common::{fails, log, ok, pipe, pipe_command, s, tmp_files, weights, write_binary_release};
+use common::{
+    assert_contains, image_folders, nvidia_gpu, png, s, tmp_files, weights, Pipe, Workdir,
+};
+use image::ImageFormat::Png;
 use prost::Message;
-use serde_json::Value;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -98,6 +100,13 @@ fn flatten_model(input_name: &str, input_dims: &[Option<i64>], with_classes: boo
     .encode_to_vec()
 }
 
+/// A test's temporary folder with the identity model (see [`identity_model`]) in it.
+fn identity() -> (Workdir, PathBuf) {
+    let dir = Workdir::new();
+    let model = identity_model(dir.path());
+    (dir, model)
+}
+
 /// Writes the identity model (`images` [N,4,4,3] float → [N,48], class names in the metadata) to `dir`.
 fn identity_model(dir: &Path) -> PathBuf {
     let p = dir.join("identity.onnx");
@@ -109,53 +118,28 @@ fn identity_model(dir: &Path) -> PathBuf {
 /// `pipe infer --format json` on `inputs`: per image its printed path and the 48 values the model saw
 /// (4x4 RGB, HWC); plus stderr.
 fn infer_pixels<P: AsRef<OsStr>>(model: &Path, inputs: &[P]) -> (Vec<(String, Vec<f32>)>, String) {
-    let mut args: Vec<OsString> = ["infer", "--format", "json", "--model"]
-        .iter()
-        .map(OsString::from)
+    let doc = Pipe::infer(model).paths(inputs).infer_json();
+    let pixels = doc
+        .predictions
+        .into_iter()
+        .map(|r| (r.path, r.probabilities))
         .collect();
-    args.push(model.into());
-    args.extend(inputs.iter().map(|p| p.as_ref().to_os_string()));
-    let (stdout, stderr) = ok(&args);
-    let doc: Value = serde_json::from_str(&stdout).expect("json output");
-    let preds = doc["predictions"]
-        .as_array()
-        .expect("predictions")
-        .iter()
-        .map(|p| {
-            (
-                p["path"].as_str().expect("path").to_string(),
-                p["probabilities"]
-                    .as_array()
-                    .expect("probabilities")
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect(),
-            )
-        })
-        .collect();
-    (preds, stderr)
+    (pixels, doc.stderr)
 }
 
 /// `pipe infer -o DIR/out.json` on `inputs` must exit with 1, name the file, and leave no output and
 /// no temporary file; returns stderr.
 fn infer_refused(model: &Path, inputs: &[&Path], must_contain: &[&str]) -> String {
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = out_dir.path().join("out.json");
-    let mut args: Vec<&OsStr> = vec![
-        "infer".as_ref(),
-        "--format".as_ref(),
-        "json".as_ref(),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "--model".as_ref(),
-        model.as_os_str(),
-    ];
-    args.extend(inputs.iter().map(|p| p.as_os_str()));
-    let err = fails(&args);
+    let out_dir = Workdir::new();
+    let out = out_dir.join("out.json");
+    let err = Pipe::infer(model)
+        .format("json")
+        .arg("-o", &out)
+        .paths(inputs)
+        .fails();
     for m in must_contain {
         assert!(err.contains(m), "stderr lacks {m:?}: {err}");
     }
-    assert!(!err.contains("panicked"), "{err}");
     assert!(!out.exists(), "no output file on error");
     assert_eq!(
         std::fs::read_dir(out_dir.path()).unwrap().count(),
@@ -165,10 +149,11 @@ fn infer_refused(model: &Path, inputs: &[&Path], must_contain: &[&str]) -> Strin
     err
 }
 
-fn png(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
-    image::RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)))
-        .save(path)
-        .unwrap();
+/// `img` encoded in `format`.
+fn encoded(img: impl Into<image::DynamicImage>, format: image::ImageFormat) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.into().write_to(&mut buf, format).unwrap();
+    buf.into_inner()
 }
 
 fn jpeg_bytes(img: &image::RgbImage) -> Vec<u8> {
@@ -198,115 +183,98 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
 // Images
 // ---------------------------------------------------------------------------------------------------
 
+/// Files written in this order into a fresh folder with the identity model and classified together
+/// with `pipe infer -o …`: asserts the refusal (see [`infer_refused`]).
+fn files_refused(files: &[(&str, &[u8])], must_contain: &[&str]) {
+    let (dir, model) = identity();
+    let paths: Vec<PathBuf> = files.iter().map(|(n, b)| dir.write(n, b)).collect();
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    infer_refused(&model, &refs, must_contain);
+}
+
+/// Saves `img` as `name` (format from the extension) in `dir`; returns the path.
+fn saved(dir: &Workdir, name: &str, img: impl Into<image::DynamicImage>) -> PathBuf {
+    let p = dir.join(name);
+    img.into().save(&p).unwrap();
+    p
+}
+
 #[test]
 fn zero_byte_image_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let empty = dir.path().join("empty.jpg");
-    std::fs::write(&empty, b"").unwrap();
-    let good = dir.path().join("good.png");
-    png(&good, 4, 4, |_, _| [1, 2, 3]);
-    infer_refused(
-        &model,
-        &[&good, &empty],
-        &["empty.jpg", "empty file (0 bytes)"],
+    let good = encoded(
+        image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])),
+        Png,
     );
+    let files: [(&str, &[u8]); 2] = [("good.png", &good), ("empty.jpg", b"")];
+    files_refused(&files, &["empty.jpg", "empty file (0 bytes)"]);
 }
 
 #[test]
 fn truncated_jpeg_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
     let img = image::RgbImage::from_fn(64, 64, |x, y| {
         image::Rgb([(x * 4) as u8, (y * 4) as u8, 99])
     });
     let bytes = jpeg_bytes(&img);
-    let cut = dir.path().join("cut.jpg");
-    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    infer_refused(&model, &[&cut], &["cut.jpg", "truncated"]);
+    let cut = &bytes[..bytes.len() / 2];
+    files_refused(&[("cut.jpg", cut)], &["cut.jpg", "truncated"]);
 }
 
 #[test]
 fn text_file_named_jpg_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let fake = dir.path().join("notes.jpg");
-    std::fs::write(&fake, "shopping list: milk, eggs\n").unwrap();
-    infer_refused(
-        &model,
-        &[&fake],
-        &["notes.jpg", "not an image", "JPEG, PNG"],
-    );
+    let notes = b"shopping list: milk, eggs\n";
+    let want = ["notes.jpg", "not an image", "JPEG, PNG"];
+    files_refused(&[("notes.jpg", notes)], &want);
 }
 
 #[test]
 fn unsupported_format_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
     // An AVIF header (ISO-BMFF `ftyp` box, brand avif): recognised, but not a format pipe decodes.
-    let avif = dir.path().join("photo.avif");
     let mut bytes = vec![0, 0, 0, 0x1c];
     bytes.extend(b"ftypavif\0\0\0\0avifmif1miaf");
     bytes.resize(64, 0);
-    std::fs::write(&avif, &bytes).unwrap();
-    infer_refused(
-        &model,
-        &[&avif],
-        &["photo.avif", "unsupported image format", "JPEG, PNG"],
-    );
+    let want = ["photo.avif", "unsupported image format", "JPEG, PNG"];
+    files_refused(&[("photo.avif", &bytes)], &want);
 }
 
 #[test]
 fn grayscale_png_is_replicated_to_rgb() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let gray = dir.path().join("gray.png");
-    image::GrayImage::from_pixel(4, 4, image::Luma([77]))
-        .save(&gray)
-        .unwrap();
-    let gray_alpha = dir.path().join("gray_alpha.png");
-    image::GrayAlphaImage::from_pixel(4, 4, image::LumaA([200, 10]))
-        .save(&gray_alpha)
-        .unwrap();
-    let (preds, _) = infer_pixels(&model, &[&gray, &gray_alpha]);
+    let (dir, model) = identity();
+    let gray = image::GrayImage::from_pixel(4, 4, image::Luma([77]));
+    let gray_alpha = image::GrayAlphaImage::from_pixel(4, 4, image::LumaA([200, 10]));
+    let files = [
+        saved(&dir, "gray.png", gray),
+        saved(&dir, "gray_alpha.png", gray_alpha),
+    ];
+    let (preds, _) = infer_pixels(&model, &files);
     assert_eq!(preds[0].1, vec![77.0; 48]);
     assert_eq!(preds[1].1, vec![200.0; 48], "alpha dropped, not blended");
 }
 
 #[test]
 fn rgba_png_drops_alpha() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let p = dir.path().join("rgba.png");
-    image::RgbaImage::from_pixel(4, 4, image::Rgba([10, 20, 30, 0]))
-        .save(&p)
-        .unwrap();
-    let (preds, _) = infer_pixels(&model, &[&p]);
+    let (dir, model) = identity();
+    let rgba = image::RgbaImage::from_pixel(4, 4, image::Rgba([10, 20, 30, 0]));
+    let (preds, _) = infer_pixels(&model, &[saved(&dir, "rgba.png", rgba)]);
     // As Keras' load_img (PIL convert("RGB")): the colour stays, transparency is ignored.
     assert_eq!(preds[0].1, repeat([10.0, 20.0, 30.0], 16));
 }
 
 #[test]
 fn sixteen_bit_png_is_scaled_to_eight_bits() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let p = dir.path().join("deep.png");
-    image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_pixel(
+    let (dir, model) = identity();
+    let deep = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_pixel(
         4,
         4,
         image::Rgb([65535, 32896, 0]),
-    )
-    .save(&p)
-    .unwrap();
-    let (preds, _) = infer_pixels(&model, &[&p]);
+    );
+    let (preds, _) = infer_pixels(&model, &[saved(&dir, "deep.png", deep)]);
     // 65535 → 255, 32896 = 128 * 257 → 128, 0 → 0.
     assert_eq!(preds[0].1, repeat([255.0, 128.0, 0.0], 16));
 }
 
 #[test]
 fn cmyk_jpeg_is_converted_to_rgb() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
+    let (_dir, model) = identity();
     let p = common::root().join("tests/data/cmyk-cyan-yellow-16x8.jpg");
     let (preds, _) = infer_pixels(&model, &[&p]);
     // 16x8 resized to 4x4: column 0 cyan (0,255,255), column 3 yellow (255,255,0); the bilinear
@@ -327,11 +295,9 @@ fn cmyk_jpeg_is_converted_to_rgb() {
 
 #[test]
 fn one_pixel_image_is_resized_to_the_model_input() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let p = dir.path().join("dot.png");
-    png(&p, 1, 1, |_, _| [200, 100, 50]);
-    let big = dir.path().join("wide.png");
+    let (dir, model) = identity();
+    let p = dir.png("dot.png", 1, 1, |_, _| [200, 100, 50]);
+    let big = dir.join("wide.png");
     png(
         &big,
         40,
@@ -371,8 +337,7 @@ fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 
 #[test]
 fn decompression_bomb_header_is_refused_without_allocating() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
+    let (dir, model) = identity();
     // A valid PNG header announcing 20000x20000 RGB (1.2 GB decoded), then a few bytes of data.
     let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut ihdr = Vec::new();
@@ -386,43 +351,40 @@ fn decompression_bomb_header_is_refused_without_allocating() {
         &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
     );
     png_chunk(&mut bytes, b"IEND", &[]);
-    let bomb = dir.path().join("bomb.png");
-    std::fs::write(&bomb, &bytes).unwrap();
+    let bomb = dir.write("bomb.png", &bytes);
     // The process may not allocate more than 1 GB of data: were the image allocated, pipe would abort
     // instead of exiting with a message.
-    let out_dir = tempfile::tempdir().unwrap();
-    let out_file = out_dir.path().join("out.json");
-    let args = [
-        OsStr::new("infer"),
-        "-o".as_ref(),
-        out_file.as_os_str(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        bomb.as_os_str(),
-    ];
-    let mut cmd = pipe_command(&args);
-    // SAFETY: only an async-signal-safe setrlimit between fork and exec.
+    let out_dir = Workdir::new();
+    let out_file = out_dir.join("out.json");
+    let infer = Pipe::infer(&model).arg("-o", &out_file).path(&bomb);
+    let out = limited(infer.command(), libc::RLIMIT_DATA, 1 << 30)
+        .output()
+        .unwrap();
+    infer.log(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_contains(&err, &["bomb.png", "20000x20000", "limit"]);
+    assert!(!out_file.exists());
+}
+
+/// `cmd` with its `resource` limit (`libc::RLIMIT_*`) set to `bytes` in the child; SIGXFSZ is ignored
+/// there, so that a write over `RLIMIT_FSIZE` fails with EFBIG instead of killing the process.
+fn limited(mut cmd: Command, resource: libc::__rlimit_resource_t, bytes: u64) -> Command {
+    // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
             let lim = libc::rlimit {
-                rlim_cur: 1 << 30,
-                rlim_max: 1 << 30,
+                rlim_cur: bytes,
+                rlim_max: bytes,
             };
-            if libc::setrlimit(libc::RLIMIT_DATA, &lim) != 0 {
+            if libc::setrlimit(resource, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    let out = cmd.output().unwrap();
-    log(&args, &out);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("bomb.png") && err.contains("20000x20000") && err.contains("limit"),
-        "{err}"
-    );
-    assert!(!out_file.exists());
+    cmd
 }
 
 /// Inserts an EXIF APP1 segment with the given orientation right after a JPEG's SOI marker.
@@ -447,18 +409,15 @@ fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
 
 #[test]
 fn exif_orientation_is_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
+    let (dir, model) = identity();
     // Stored 16x8: left half red, right half blue. Orientation 6 = rotate 90° clockwise to display:
     // the displayed image is 8x16 with red on top and blue below.
     let img = image::RgbImage::from_fn(16, 8, |x, _| {
         image::Rgb(if x < 8 { [255, 0, 0] } else { [0, 0, 255] })
     });
     let plain = jpeg_bytes(&img);
-    let rotated = dir.path().join("rotated.jpg");
-    std::fs::write(&rotated, with_exif_orientation(&plain, 6)).unwrap();
-    let upright = dir.path().join("upright.jpg");
-    std::fs::write(&upright, with_exif_orientation(&plain, 1)).unwrap();
+    let rotated = dir.write("rotated.jpg", with_exif_orientation(&plain, 6));
+    let upright = dir.write("upright.jpg", with_exif_orientation(&plain, 1));
     let (preds, _) = infer_pixels(&model, &[&rotated, &upright]);
     let red = [255.0, 0.0, 0.0];
     let blue = [0.0, 0.0, 255.0];
@@ -474,10 +433,8 @@ fn exif_orientation_is_applied() {
 
 #[test]
 fn file_names_with_spaces_and_non_utf8_bytes_work_and_print_lossily() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let folder = dir.path().join("my photos");
-    std::fs::create_dir(&folder).unwrap();
+    let (dir, model) = identity();
+    let folder = dir.dir("my photos");
     png(&folder.join("a b.png"), 4, 4, |_, _| [255, 0, 0]);
     let latin1 = folder.join(OsStr::from_bytes(b"caf\xe9.png"));
     png(&latin1, 4, 4, |_, _| [0, 0, 255]);
@@ -492,44 +449,30 @@ fn file_names_with_spaces_and_non_utf8_bytes_work_and_print_lossily() {
     );
     assert_eq!(preds[1].1, repeat([0.0, 0.0, 255.0], 16));
     // Text and csv name the same files, one line each; the non-UTF-8 file can be passed by name.
-    let (text, _) = ok(&[
-        OsStr::new("infer"),
-        "--model".as_ref(),
-        model.as_os_str(),
-        latin1.as_os_str(),
-        folder.join("a b.png").as_os_str(),
-    ]);
+    let text = Pipe::infer(&model)
+        .path(&latin1)
+        .path(folder.join("a b.png"))
+        .ok()
+        .stdout;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].contains("caf\u{fffd}.png\tc2\t255.0000"), "{text}");
     assert!(lines[1].contains("a b.png\tc0\t255.0000"), "{text}");
-    let (csv, _) = ok(&[
-        OsStr::new("infer"),
-        "--format".as_ref(),
-        "csv".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        folder.as_os_str(),
-    ]);
+    let csv = Pipe::infer(&model).format("csv").path(&folder).ok().stdout;
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.contains("a b.png,c0,255"), "{csv}");
 }
 
 #[test]
 fn symlink_loop_is_reported_not_followed_forever() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let folder = dir.path().join("imgs");
+    let (dir, model) = identity();
+    let folder = dir.join("imgs");
     std::fs::create_dir_all(folder.join("sub")).unwrap();
     png(&folder.join("sub/one.png"), 4, 4, |_, _| [9, 9, 9]);
     std::os::unix::fs::symlink("..", folder.join("sub/back")).unwrap();
-    let args = [
-        OsStr::new("infer"),
-        "--model".as_ref(),
-        model.as_os_str(),
-        folder.as_os_str(),
-    ];
-    let mut child = pipe_command(&args)
+    let infer = Pipe::infer(&model).path(&folder);
+    let mut child = infer
+        .command()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -543,13 +486,10 @@ fn symlink_loop_is_reported_not_followed_forever() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
-    log(&args, &out);
+    infer.log(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("warning") && err.contains("symlink loop") && err.contains("back"),
-        "{err}"
-    );
+    assert_contains(&err, &["warning", "symlink loop", "back"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "the one image, once: {stdout}");
     assert!(
@@ -560,19 +500,15 @@ fn symlink_loop_is_reported_not_followed_forever() {
 
 #[test]
 fn empty_folder_is_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let empty = dir.path().join("nothing here");
-    std::fs::create_dir(&empty).unwrap();
+    let (dir, model) = identity();
+    let empty = dir.dir("nothing here");
     infer_refused(&model, &[&empty], &["no image files", "nothing here"]);
 }
 
 #[test]
 fn non_image_files_are_skipped_with_a_counted_warning() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let folder = dir.path().join("mixed");
-    std::fs::create_dir(&folder).unwrap();
+    let (dir, model) = identity();
+    let folder = dir.dir("mixed");
     for f in ["notes.txt", "labels.csv", "drawing.svg"] {
         std::fs::write(folder.join(f), "not an image").unwrap();
     }
@@ -597,57 +533,17 @@ fn non_image_files_are_skipped_with_a_counted_warning() {
 // Data
 // ---------------------------------------------------------------------------------------------------
 
-/// `pipe train` arguments for `data` into `runs` with small settings.
-fn train_args(data: &Path, runs: &Path, weights: &str) -> Vec<OsString> {
-    [
-        "train",
-        "--data",
-        s(data),
-        "--weights",
-        weights,
-        "--runs-dir",
-        s(runs),
-        "--train-limit",
-        "0",
-        "--test-limit",
-        "0",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--device",
-        "cpu",
-        "--no-cache",
-        "--name",
-        "r",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect()
-}
-
-/// `args` with `--option value` pairs replaced (or added).
-fn with(mut args: Vec<OsString>, pairs: &[&str]) -> Vec<OsString> {
-    for pair in pairs.chunks(2) {
-        match args.iter().position(|a| a == pair[0]) {
-            Some(i) => args[i + 1] = pair[1].into(),
-            None => args.extend(pair.iter().map(OsString::from)),
-        }
-    }
-    args
-}
-
-/// Image folders `root/<split>/<class>/<i>.png` (32x32, class-coloured), `n` images per class.
-fn image_folders(root: &Path, split: &str, classes: &[&str], n: usize) {
-    for (c, class) in classes.iter().enumerate() {
-        let d = root.join(split).join(class);
-        std::fs::create_dir_all(&d).unwrap();
-        for i in 0..n {
-            png(&d.join(format!("{i}.png")), 32, 32, |x, y| {
-                [(c * 90) as u8, (x * 8) as u8 ^ (i as u8), (y * 8) as u8]
-            });
-        }
-    }
+/// `pipe train` of run `r` on all of `data` into `runs`, one epoch, no feature cache.
+fn train(data: &Path, runs: &Path, weights: &Path) -> Pipe {
+    Pipe::train()
+        .data(data)
+        .weights(weights)
+        .runs(runs)
+        .limits(0, 0)
+        .epochs(1)
+        .batch(4)
+        .no_cache()
+        .name("r")
 }
 
 /// Asserts that a refused training left no run behind.
@@ -656,118 +552,100 @@ fn no_run(runs: &Path) {
     assert!(!runs.join("latest").exists());
 }
 
+/// Asserts that `pipe train` on `data` fails naming each of `what`, leaving no run.
+fn training_refused(data: &Path, weights: &Path, what: &[&str]) {
+    let runs = data.with_file_name("runs");
+    let err = train(data, &runs, weights).fails();
+    for w in what {
+        assert!(err.contains(w), "lacks {w:?}: {err}");
+    }
+    no_run(&runs);
+}
+
 #[test]
 fn training_folder_with_one_class_or_none_is_refused() {
-    let w = weights();
-    let tmp = tempfile::tempdir().unwrap();
-    let runs = tmp.path().join("runs");
-    let one = tmp.path().join("one");
+    let w = Workdir::new();
+    let one = w.join("one");
     image_folders(&one, "train", &["cat"], 2);
     image_folders(&one, "test", &["cat"], 2);
-    let err = fails(&train_args(&one, &runs, &w));
-    assert!(
-        err.contains("one/train") && err.contains("at least 2 classes, found 1"),
-        "{err}"
+    training_refused(
+        &one,
+        &weights(),
+        &["one/train", "at least 2 classes, found 1"],
     );
-    no_run(&runs);
-    let none = tmp.path().join("none");
+    let none = w.join("none");
     std::fs::create_dir_all(none.join("train")).unwrap();
     std::fs::create_dir_all(none.join("test")).unwrap();
-    let err = fails(&train_args(&none, &runs, &w));
-    assert!(
-        err.contains("none/train") && err.contains("no class sub-folders"),
-        "{err}"
-    );
-    no_run(&runs);
-    let err = fails(&train_args(&tmp.path().join("missing"), &runs, &w));
-    assert!(
-        err.contains("missing") && err.contains("make setup"),
-        "{err}"
-    );
+    training_refused(&none, &weights(), &["none/train", "no class sub-folders"]);
+    training_refused(&w.join("missing"), &weights(), &["missing", "make setup"]);
 }
 
 #[test]
 fn train_and_test_class_folders_must_match() {
-    let w = weights();
-    let tmp = tempfile::tempdir().unwrap();
-    let runs = tmp.path().join("runs");
-    let data = tmp.path().join("data");
-    image_folders(&data, "train", &["cat", "dog"], 2);
-    image_folders(&data, "test", &["bird", "cat"], 2);
-    let err = fails(&train_args(&data, &runs, &w));
-    assert!(
-        err.contains("class folders differ") && err.contains("dog") && err.contains("bird"),
-        "{err}"
+    let w = Workdir::new();
+    image_folders(&w.data, "train", &["cat", "dog"], 2);
+    image_folders(&w.data, "test", &["bird", "cat"], 2);
+    training_refused(
+        &w.data,
+        &weights(),
+        &["class folders differ", "dog", "bird"],
     );
-    no_run(&runs);
+}
+
+/// A generated binary release of 10 records per file, with `edit` applied to the bytes of `file`.
+fn edited_release(w: &Workdir, file: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let data = w.join("bin");
+    common::write_binary_release(&data, 10);
+    let mut bytes = std::fs::read(data.join(file)).unwrap();
+    edit(&mut bytes);
+    std::fs::write(data.join(file), &bytes).unwrap();
+    data
 }
 
 #[test]
 fn truncated_cifar_binary_is_refused_by_name() {
-    let w = weights();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bin");
-    write_binary_release(&data, 10);
-    let f = data.join("test_batch.bin");
-    let bytes = std::fs::read(&f).unwrap();
-    std::fs::write(&f, &bytes[..bytes.len() - 1000]).unwrap();
-    let runs = tmp.path().join("runs");
-    let err = fails(&train_args(&data, &runs, &w));
-    assert!(
-        err.contains("test_batch.bin")
-            && err.contains("not a whole number")
-            && err.contains("truncated"),
-        "{err}"
+    let w = Workdir::new();
+    let data = edited_release(&w, "test_batch.bin", |b| b.truncate(b.len() - 1000));
+    training_refused(
+        &data,
+        &weights(),
+        &["test_batch.bin", "not a whole number", "truncated"],
     );
-    no_run(&runs);
 }
 
 #[test]
 fn cifar_label_byte_out_of_range_is_refused_by_name() {
-    let w = weights();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bin");
-    write_binary_release(&data, 10);
-    let f = data.join("data_batch_2.bin");
-    let mut bytes = std::fs::read(&f).unwrap();
-    bytes[3 * 3073] = 10; // label byte of record 3
-    std::fs::write(&f, &bytes).unwrap();
-    let runs = tmp.path().join("runs");
-    let err = fails(&train_args(&data, &runs, &w));
-    assert!(
-        err.contains("data_batch_2.bin") && err.contains("record 3 has label 10"),
-        "{err}"
+    let w = Workdir::new();
+    // The label byte of record 3.
+    let data = edited_release(&w, "data_batch_2.bin", |b| b[3 * 3073] = 10);
+    training_refused(
+        &data,
+        &weights(),
+        &["data_batch_2.bin", "record 3 has label 10"],
     );
-    no_run(&runs);
 }
 
 #[test]
 fn train_limit_larger_than_the_data_is_refused() {
-    let w = weights();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bin");
-    write_binary_release(&data, 10);
-    let runs = tmp.path().join("runs");
-    let err = fails(&with(
-        train_args(&data, &runs, &w),
-        &["--train-limit", "5000"],
-    ));
-    assert!(
-        err.contains("--train-limit 5000 exceeds the 50 images") && err.contains("use 0 for all"),
-        "{err}"
+    let w = Workdir::binary_release(10);
+    let err = train(&w.data, &w.runs, &weights())
+        .arg("--train-limit", "5000")
+        .fails();
+    assert_contains(
+        &err,
+        &["--train-limit 5000 exceeds the 50 images", "use 0 for all"],
     );
-    no_run(&runs);
+    no_run(&w.runs);
 }
 
 #[test]
 fn odd_folders_train_with_warnings_and_auto_device() {
     // Image folders with a space in a class name, a non-UTF-8 file name and non-image files: training
     // works, skipped files are counted, and `--device auto` falls back to the CPU without CUDA.
-    let w = weights();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    image_folders(&data, "train", &["big cat", "dog"], 3);
-    image_folders(&data, "test", &["big cat", "dog"], 2);
+    let w = Workdir::new();
+    let data = &w.data;
+    image_folders(data, "train", &["big cat", "dog"], 3);
+    image_folders(data, "test", &["big cat", "dog"], 2);
     png(
         &data
             .join("test/dog")
@@ -778,39 +656,38 @@ fn odd_folders_train_with_warnings_and_auto_device() {
     );
     std::fs::write(data.join("train/dog/notes.txt"), "x").unwrap();
     std::fs::write(data.join("test/big cat/Thumbs.db"), "x").unwrap();
-    let runs = tmp.path().join("runs");
-    let mut args = train_args(&data, &runs, &w);
-    let i = args.iter().position(|a| a == "cpu").unwrap();
-    args[i] = "auto".into();
-    let (_, err) = ok(&args);
-    assert!(
-        err.contains("data/train: skipped 1 file that is not an image")
-            && err.contains("data/test: skipped 1 file that is not an image"),
-        "{err}"
+    let err = train(data, &w.runs, &weights())
+        .arg("--device", "auto")
+        .ok()
+        .stderr;
+    assert_contains(
+        &err,
+        &[
+            "data/train: skipped 1 file that is not an image",
+            "data/test: skipped 1 file that is not an image",
+        ],
     );
-    let config: Value =
-        serde_json::from_slice(&std::fs::read(runs.join("r/config.json")).unwrap()).unwrap();
+    let run = w.run("r");
+    let config = run.config();
     assert_eq!(config["classes"], serde_json::json!(["big cat", "dog"]));
     assert_eq!(config["train_images"], 6);
     assert_eq!(config["test_images"], 5);
-    let cuda = Command::new("nvidia-smi")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !cuda {
+    if !nvidia_gpu() {
         assert_eq!(
             config["device"], "cpu",
             "--device auto falls back to the CPU"
         );
     }
-    let preds: Value =
-        serde_json::from_slice(&std::fs::read(runs.join("r/predictions.json")).unwrap()).unwrap();
-    let files: Vec<&str> = preds["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["file"].as_str().unwrap())
+    let files: Vec<String> = run
+        .predictions()
+        .items
+        .into_iter()
+        .map(|i| i.file)
         .collect();
-    assert!(files.contains(&"dog/\u{fffd}odd.png"), "{files:?}");
+    assert!(
+        files.iter().any(|f| f == "dog/\u{fffd}odd.png"),
+        "{files:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -819,97 +696,70 @@ fn odd_folders_train_with_warnings_and_auto_device() {
 
 #[test]
 fn missing_weights_file_says_make_setup() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bin");
-    write_binary_release(&data, 10);
-    let runs = tmp.path().join("runs");
-    let missing = tmp.path().join("vgg16_imagenet.safetensors");
-    let err = fails(&train_args(&data, &runs, s(&missing)));
-    assert!(
-        err.contains(s(&missing)) && err.contains("not found") && err.contains("make setup"),
-        "{err}"
-    );
-    no_run(&runs);
+    let w = Workdir::binary_release(10);
+    let missing = w.join("vgg16_imagenet.safetensors");
+    training_refused(&w.data, &missing, &[s(&missing), "not found", "make setup"]);
 }
 
 #[test]
 fn weights_with_a_wrong_shape_or_format_are_refused() {
     use pipe::weights::{save_safetensors, NamedTensor};
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bin");
-    write_binary_release(&data, 10);
-    let runs = tmp.path().join("runs");
-    let bad = tmp.path().join("bad.safetensors");
-    save_safetensors(
+    let w = Workdir::binary_release(10);
+    let bad = w.join("bad.safetensors");
+    let tensor = NamedTensor {
+        name: "base.block1_conv1.weight".into(),
+        shape: vec![64, 3, 3, 1],
+        data: vec![0.0; 64 * 9],
+    };
+    save_safetensors(&bad, &[tensor], Default::default()).unwrap();
+    training_refused(
+        &w.data,
         &bad,
-        &[NamedTensor {
-            name: "base.block1_conv1.weight".into(),
-            shape: vec![64, 3, 3, 1],
-            data: vec![0.0; 64 * 9],
-        }],
-        Default::default(),
-    )
-    .unwrap();
-    let err = fails(&train_args(&data, &runs, s(&bad)));
-    assert!(
-        err.contains("bad.safetensors")
-            && err.contains(
-                "\"base.block1_conv1.weight\" has shape [64, 3, 3, 1], expected [64, 3, 3, 3]"
-            ),
-        "{err}"
+        &[
+            "bad.safetensors",
+            "\"base.block1_conv1.weight\" has shape [64, 3, 3, 1], expected [64, 3, 3, 3]",
+        ],
     );
-    no_run(&runs);
     // A half-copied weights file.
     let real = std::fs::read(weights()).unwrap();
-    let half = tmp.path().join("half.safetensors");
+    let half = w.join("half.safetensors");
     std::fs::write(&half, &real[..real.len() / 2]).unwrap();
-    let err = fails(&train_args(&data, &runs, s(&half)));
-    assert!(
-        err.contains("half.safetensors") && err.contains("not a valid safetensors file"),
-        "{err}"
+    training_refused(
+        &w.data,
+        &half,
+        &["half.safetensors", "not a valid safetensors file"],
     );
-    no_run(&runs);
 }
 
 #[test]
 fn export_of_a_missing_or_half_written_run_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let runs = tmp.path().join("runs");
-    let out = tmp.path().join("onnx/model.onnx");
+    let w = Workdir::new();
+    let out = w.join("onnx/model.onnx");
     let export = |run: &str| {
-        let err = fails(&["export", s(&out), "--run", run, "--runs-dir", s(&runs)]);
+        let err = w.export(run, &out).fails();
         assert!(!out.exists(), "no model written");
-        assert!(tmp_files(&tmp.path().join("onnx")).is_empty());
+        assert!(tmp_files(&w.join("onnx")).is_empty());
         err
     };
     let err = export("latest");
-    assert!(
-        err.contains("no training run yet") && err.contains("pipe train"),
-        "{err}"
-    );
+    assert_contains(&err, &["no training run yet", "pipe train"]);
     let err = export("nope");
-    assert!(
-        err.contains("runs/nope") && err.contains("no such run"),
-        "{err}"
-    );
+    assert_contains(&err, &["runs/nope", "no such run"]);
     // config.json written, killed before the head: unfinished, with the resume command.
-    let run = runs.join("half");
+    let run = w.runs.join("half");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join("config.json"), b"{}").unwrap();
     let err = export("half");
-    assert!(
-        err.contains("unfinished run")
-            && err.contains("head.safetensors is missing")
-            && err.contains("--resume"),
-        "{err}"
+    assert_contains(
+        &err,
+        &["unfinished run", "head.safetensors is missing", "--resume"],
     );
 }
 
 #[test]
 fn foreign_onnx_models_are_refused_with_a_clear_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("a.png");
-    png(&img, 4, 4, |_, _| [1, 1, 1]);
+    let dir = Workdir::new();
+    let img = dir.png("a.png", 4, 4, |_, _| [1, 1, 1]);
     let s4 = Some(S as i64);
     let cases: [(&str, Vec<u8>, &str); 3] = [
         (
@@ -929,38 +779,27 @@ fn foreign_onnx_models_are_refused_with_a_clear_message() {
         ),
     ];
     for (name, bytes, what) in cases {
-        let model = dir.path().join(name);
-        std::fs::write(&model, bytes).unwrap();
+        let model = dir.write(name, bytes);
         for backend in ["tract", "ort"] {
-            let out = pipe(&[
-                OsStr::new("infer"),
-                "--backend".as_ref(),
-                backend.as_ref(),
-                "--model".as_ref(),
-                model.as_os_str(),
-                img.as_os_str(),
-            ]);
+            let infer = Pipe::infer(&model).backend(backend).path(&img);
+            let out = infer.output();
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(1), "{err}");
-            assert!(
-                err.contains(name) && err.contains(what) && err.contains("pipe export"),
-                "{err}"
-            );
+            assert_contains(&err, &[name, what, "pipe export"]);
             assert!(out.stdout.is_empty());
         }
-        let err = fails(&[OsStr::new("inspect"), model.as_os_str()]);
-        assert!(err.contains(name) && err.contains(what), "{err}");
+        let err = Pipe::inspect(&model).fails();
+        assert_contains(&err, &[name, what]);
     }
 }
 
 #[test]
 fn truncated_onnx_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("a.png");
-    png(&img, 4, 4, |_, _| [1, 1, 1]);
+    let dir = Workdir::new();
+    let img = dir.png("a.png", 4, 4, |_, _| [1, 1, 1]);
     let full = std::fs::read(identity_model(dir.path())).unwrap();
     // Cut at every length: each one is refused with the file named, none panics.
-    let model = dir.path().join("cut.onnx");
+    let model = dir.join("cut.onnx");
     for len in [0, 1, full.len() / 3, full.len() / 2, full.len() - 1] {
         std::fs::write(&model, &full[..len]).unwrap();
         let err = infer_refused(&model, &[&img], &["cut.onnx"]);
@@ -973,41 +812,23 @@ fn truncated_onnx_is_refused_by_name() {
     }
     // ONNX Runtime refuses it the same way.
     std::fs::write(&model, &full[..full.len() / 2]).unwrap();
-    let err = fails(&[
-        OsStr::new("infer"),
-        "--backend".as_ref(),
-        "ort".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        img.as_os_str(),
-    ]);
+    let err = Pipe::infer(&model).backend("ort").path(&img).fails();
     assert!(err.contains("cut.onnx"), "{err}");
 }
 
 #[test]
 fn model_without_class_names_falls_back_to_indices_with_a_warning() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("anonymous.onnx");
+    let dir = Workdir::new();
+    let model = dir.join("anonymous.onnx");
     let s4 = Some(S as i64);
     std::fs::write(
         &model,
         flatten_model("images", &[None, s4, s4, Some(3)], false),
     )
     .unwrap();
-    let img = dir.path().join("a.png");
-    png(&img, 4, 4, |x, _| [0, 0, if x == 3 { 200 } else { 0 }]);
-    let (stdout, stderr) = ok(&[
-        OsStr::new("infer"),
-        "--model".as_ref(),
-        model.as_os_str(),
-        img.as_os_str(),
-    ]);
-    assert!(
-        stderr.contains("warning")
-            && stderr.contains("anonymous.onnx")
-            && stderr.contains("class indices"),
-        "{stderr}"
-    );
+    let img = dir.png("a.png", 4, 4, |x, _| [0, 0, if x == 3 { 200 } else { 0 }]);
+    let common::Out { stdout, stderr } = Pipe::infer(&model).path(&img).ok();
+    assert_contains(&stderr, &["warning", "anonymous.onnx", "class indices"]);
     // The first maximum is pixel (3,0)'s blue value: output 3*3+2 = 11.
     assert!(stdout.ends_with("a.png\t11\t200.0000\n"), "{stdout}");
 }
@@ -1018,53 +839,15 @@ fn model_without_class_names_falls_back_to_indices_with_a_warning() {
 
 #[test]
 fn training_interrupted_by_sigint_resumes_to_the_uninterrupted_result() {
-    let w = weights();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bin");
-    write_binary_release(&data, 10);
-    let runs = tmp.path().join("runs");
-    let cache = tmp.path().join("cache");
-    let args = |name: &str| {
-        let mut a = with(
-            train_args(&data, &runs, &w),
-            &[
-                "--train-limit",
-                "50",
-                "--test-limit",
-                "10",
-                "--epochs",
-                "8",
-                "--batch-size",
-                "5",
-                "--name",
-                name,
-            ],
-        );
-        a.retain(|x| x != "--no-cache");
-        a.extend(["--cache-dir".into(), cache.clone().into_os_string()]);
-        a
-    };
-    ok(&args("full"));
+    let w = Workdir::binary_release(10);
+    let train = |name: &str| w.train(name).limits(50, 10).epochs(8).batch(5);
+    train("full").ok();
     // Ctrl-C (SIGINT) once the first epoch checkpoint is on disk.
-    let killed = args("killed");
-    let mut child = pipe_command(&killed)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let checkpoint = runs.join("killed/checkpoint.safetensors");
-    let t0 = Instant::now();
-    while !checkpoint.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "training ended before its first checkpoint was seen"
-        );
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let mut child = train("killed").spawn_quiet();
+    let checkpoint = w.runs.join("killed/checkpoint.safetensors");
+    wait_while_running(&mut child, 300, "its first checkpoint", || {
+        checkpoint.exists()
+    });
     // SAFETY: sending a signal to our own child process.
     assert_eq!(
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
@@ -1072,84 +855,51 @@ fn training_interrupted_by_sigint_resumes_to_the_uninterrupted_result() {
     );
     let status = child.wait().unwrap();
     assert!(!status.success(), "interrupted: {status}");
+    let killed = w.run("killed");
     assert!(
-        !runs.join("killed/head.safetensors").exists(),
+        !killed.file("head.safetensors").exists(),
         "the run was interrupted before it finished"
     );
-    let (_, err) = ok(&[
-        "train",
-        "--resume",
-        "--name",
-        "killed",
-        "--runs-dir",
-        s(&runs),
-        "--cache-dir",
-        s(&cache),
-        "--device",
-        "cpu",
-    ]);
+    let err = w.resume().name("killed").ok().stderr;
     assert!(err.contains("continuing after epoch"), "{err}");
-    let read = |run: &str, f: &str| std::fs::read(runs.join(run).join(f)).unwrap();
-    assert_eq!(read("full", "history.json"), read("killed", "history.json"));
-    assert_eq!(
-        read("full", "head.safetensors"),
-        read("killed", "head.safetensors")
-    );
-    assert!(tmp_files(&runs.join("killed")).is_empty());
+    let full = w.run("full");
+    for f in ["history.json", "head.safetensors"] {
+        assert_eq!(full.bytes(f), killed.bytes(f), "{f}");
+    }
+    assert!(tmp_files(&killed.dir).is_empty());
 }
 
 #[test]
 fn export_killed_midway_leaves_no_file_and_unwritable_outputs_are_refused() {
-    let w = weights();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bin");
-    write_binary_release(&data, 10);
-    let runs = tmp.path().join("runs");
-    ok(&with(
-        train_args(&data, &runs, &w),
-        &["--train-limit", "20", "--test-limit", "10"],
-    ));
+    let w = Workdir::binary_release(10);
+    train(&w.data, &w.runs, &weights()).limits(20, 10).ok();
     // A parent that is a regular file: refused at once, naming it.
-    let file = tmp.path().join("plain-file");
+    let file = w.join("plain-file");
     std::fs::write(&file, "x").unwrap();
-    let err = fails(&[
-        "export",
-        &format!("{}/model.onnx", s(&file)),
-        "--run",
-        "r",
-        "--runs-dir",
-        s(&runs),
-    ]);
-    assert!(
-        err.contains("plain-file") && err.contains("not a folder"),
-        "{err}"
-    );
-    let err = fails(&with(
-        train_args(&data, &file.join("runs"), &w),
-        &["--name", "other"],
-    ));
-    assert!(
-        err.contains("plain-file") && err.contains("not a folder"),
-        "{err}"
-    );
+    let err = w.export("r", file.join("model.onnx")).fails();
+    assert_contains(&err, &["plain-file", "not a folder"]);
+    let err = train(&w.data, &file.join("runs"), &weights())
+        .name("other")
+        .fails();
+    assert_contains(&err, &["plain-file", "not a folder"]);
 
     // A run whose head file or config.json was cut short (copied half-way).
     let export_refused = |run: &str, what: &[&str]| {
-        let out = tmp.path().join("half.onnx");
-        let err = fails(&["export", s(&out), "--run", run, "--runs-dir", s(&runs)]);
-        for w in what {
-            assert!(err.contains(w), "lacks {w:?}: {err}");
+        let out = w.join("half.onnx");
+        let err = w.export(run, &out).fails();
+        for m in what {
+            assert!(err.contains(m), "lacks {m:?}: {err}");
         }
         assert!(!out.exists());
-        assert!(tmp_files(tmp.path()).is_empty());
+        assert!(tmp_files(w.path()).is_empty());
     };
     for (run, file) in [
         ("cut-head", "head.safetensors"),
         ("cut-config", "config.json"),
     ] {
-        let dir = runs.join(run);
+        let dir = w.runs.join(run);
         std::fs::create_dir_all(&dir).unwrap();
-        for entry in std::fs::read_dir(runs.join("r")).unwrap() {
+        for entry in std::fs::read_dir(w.runs.join("r")).unwrap() {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
         }
@@ -1163,27 +913,14 @@ fn export_killed_midway_leaves_no_file_and_unwritable_outputs_are_refused() {
     export_refused("cut-config", &["cut-config/config.json", "invalid JSON"]);
 
     // SIGKILL while the model is being written or verified: nothing at the target path.
-    let out_dir = tmp.path().join("onnx");
+    let out_dir = w.join("onnx");
     std::fs::create_dir_all(&out_dir).unwrap();
     let target = out_dir.join("model.onnx");
-    let args = ["export", s(&target), "--run", "r", "--runs-dir", s(&runs)];
-    let mut child = pipe_command(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while tmp_files(&out_dir).is_empty() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "export ended before its temporary file was seen"
-        );
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no temporary file appeared"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let export = w.export("r", &target);
+    let mut child = export.spawn_quiet();
+    wait_while_running(&mut child, 120, "its temporary file", || {
+        !tmp_files(&out_dir).is_empty()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
@@ -1191,112 +928,85 @@ fn export_killed_midway_leaves_no_file_and_unwritable_outputs_are_refused() {
         "a killed export leaves no model at the target path"
     );
     // The next export succeeds and clears the dead process's temporary file.
-    let (stdout, _) = ok(&args);
+    let stdout = export.ok().stdout;
     assert!(stdout.contains("exported run r"), "{stdout}");
     assert!(target.is_file());
     assert_eq!(tmp_files(&out_dir), Vec::<String>::new(), "no *.tmp left");
 }
 
+/// Polls every millisecond until `ready()` holds, asserting that `child` is still running and that
+/// it takes under `seconds`.
+fn wait_while_running(
+    child: &mut std::process::Child,
+    seconds: u64,
+    what: &str,
+    ready: impl Fn() -> bool,
+) {
+    let t0 = Instant::now();
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "pipe ended before {what} was seen"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(seconds),
+            "{what} did not appear"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn unwritable_infer_output_is_refused_before_any_work() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let img = dir.path().join("a.png");
-    png(&img, 4, 4, |_, _| [1, 1, 1]);
-    let file = dir.path().join("plain-file");
-    std::fs::write(&file, "x").unwrap();
-    let out = file.join("preds.tsv");
-    let err = fails(&[
-        OsStr::new("infer"),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        img.as_os_str(),
-    ]);
-    assert!(
-        err.contains("plain-file") && err.contains("not a folder"),
-        "{err}"
-    );
-    let missing = dir.path().join("no/such/folder/preds.tsv");
-    let err = fails(&[
-        OsStr::new("infer"),
-        "-o".as_ref(),
-        missing.as_os_str(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        img.as_os_str(),
-    ]);
-    assert!(
-        err.contains("no/such/folder") && err.contains("does not exist"),
-        "{err}"
-    );
+    let (dir, model) = identity();
+    let img = dir.png("a.png", 4, 4, |_, _| [1, 1, 1]);
+    let file = dir.write("plain-file", "x");
+    let infer_to = |out: &Path| Pipe::infer(&model).arg("-o", out).path(&img).fails();
+    let err = infer_to(&file.join("preds.tsv"));
+    assert_contains(&err, &["plain-file", "not a folder"]);
+    let err = infer_to(&dir.join("no/such/folder/preds.tsv"));
+    assert_contains(&err, &["no/such/folder", "does not exist"]);
 }
 
 #[test]
 fn disk_full_while_writing_leaves_no_partial_output() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let imgs = dir.path().join("imgs");
-    std::fs::create_dir(&imgs).unwrap();
+    let (dir, model) = identity();
+    let imgs = dir.dir("imgs");
     for i in 0..64u8 {
         png(&imgs.join(format!("{i:03}.png")), 4, 4, |x, y| {
             [i, x as u8, y as u8]
         });
     }
-    let out_dir = dir.path().join("small");
-    std::fs::create_dir(&out_dir).unwrap();
+    let out_dir = dir.dir("small");
     let out = out_dir.join("out.txt");
     // About 30 kB of output (top 48 per image) into 16 kB of space.
-    let pipe_args: Vec<&OsStr> = vec![
-        "infer".as_ref(),
-        "--top-k".as_ref(),
-        "48".as_ref(),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        imgs.as_os_str(),
-    ];
+    let infer = Pipe::infer(&model)
+        .arg("--top-k", "48")
+        .arg("-o", &out)
+        .path(&imgs);
     // A real full disk: a 16 kB tmpfs in a private mount namespace (needs root or user namespaces).
     let script = "d=\"$1\"; shift; mount -t tmpfs -o size=16k pipe-test \"$d\" || exit 99; \
                   \"$@\"; rc=$?; echo \"left: [$(ls -A \"$d\")]\"; exit $rc";
+    let pipe_cmd = infer.command();
     let tmpfs = Command::new("unshare")
         .args(["-m", "sh", "-c", script, "sh"])
         .arg(&out_dir)
-        .arg(env!("CARGO_BIN_EXE_pipe"))
-        .args(&pipe_args)
+        .arg(pipe_cmd.get_program())
+        .args(pipe_cmd.get_args())
         .output();
     let (output, full_message): (Output, &str) = match tmpfs {
         Ok(o) if o.status.code() != Some(99) => (o, "No space left on device"),
         _ => {
             // No mount permission: a file-size limit makes the same write fail (EFBIG).
             eprintln!("tmpfs not available; simulating a full disk with RLIMIT_FSIZE");
-            let mut cmd = pipe_command(&pipe_args);
-            // SAFETY: only async-signal-safe calls between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                    let lim = libc::rlimit {
-                        rlim_cur: 16 << 10,
-                        rlim_max: 16 << 10,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            let mut cmd = limited(infer.command(), libc::RLIMIT_FSIZE, 16 << 10);
             (cmd.output().unwrap(), "File too large")
         }
     };
-    log(&pipe_args, &output);
+    infer.log(&output);
     let err = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("out.txt") && err.contains(full_message),
-        "{err}"
-    );
+    assert_contains(&err, &["out.txt", full_message]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     if full_message.starts_with("No space") {
         assert!(
@@ -1314,20 +1024,13 @@ fn disk_full_while_writing_leaves_no_partial_output() {
 
 #[test]
 fn missing_onnxruntime_library_says_where_it_looked_and_how_to_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let img = dir.path().join("a.png");
-    png(&img, 4, 4, |_, _| [1, 1, 1]);
-    let err = fails(&[
-        OsStr::new("infer"),
-        "--backend".as_ref(),
-        "ort".as_ref(),
-        "--ort-lib".as_ref(),
-        "/opt/none/libonnxruntime.so".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        img.as_os_str(),
-    ]);
+    let (dir, model) = identity();
+    let img = dir.png("a.png", 4, 4, |_, _| [1, 1, 1]);
+    let ort = Pipe::infer(&model).backend("ort").path(&img);
+    let err = ort
+        .clone()
+        .arg("--ort-lib", "/opt/none/libonnxruntime.so")
+        .fails();
     for want in [
         "/opt/none/libonnxruntime.so (not found)",
         "--ort-lib",
@@ -1337,77 +1040,36 @@ fn missing_onnxruntime_library_says_where_it_looked_and_how_to_fix() {
         assert!(err.contains(want), "lacks {want:?}: {err}");
     }
     // ORT_DYLIB_PATH naming a file that is not a shared library.
-    let bogus = dir.path().join("libonnxruntime.so");
-    std::fs::write(&bogus, "not a library").unwrap();
-    let args = [
-        OsStr::new("infer"),
-        "--backend".as_ref(),
-        "ort".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        img.as_os_str(),
-    ];
-    let out = pipe_command(&args)
-        .env("ORT_DYLIB_PATH", &bogus)
-        .output()
-        .unwrap();
-    log(&args, &out);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(s(&bogus)) && err.contains("--ort-lib") && !err.contains("panicked"),
-        "{err}"
-    );
+    let bogus = dir.write("libonnxruntime.so", "not a library");
+    let err = ort.env("ORT_DYLIB_PATH", &bogus).fails();
+    assert_contains(&err, &[s(&bogus), "--ort-lib"]);
 }
 
 #[test]
 fn cuda_without_a_gpu_is_a_clear_error() {
-    let cuda = Command::new("nvidia-smi")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let dir = tempfile::tempdir().unwrap();
-    let model = identity_model(dir.path());
-    let img = dir.path().join("a.png");
-    png(&img, 4, 4, |_, _| [1, 1, 1]);
-    let infer = |backend: &str| {
-        pipe(&[
-            OsStr::new("infer"),
-            "--backend".as_ref(),
-            backend.as_ref(),
-            "--device".as_ref(),
-            "cuda".as_ref(),
-            "--model".as_ref(),
-            model.as_os_str(),
-            img.as_os_str(),
-        ])
+    let (dir, model) = identity();
+    let img = dir.png("a.png", 4, 4, |_, _| [1, 1, 1]);
+    let on_cuda = |backend: &str| {
+        Pipe::infer(&model)
+            .backend(backend)
+            .arg("--device", "cuda")
+            .path(&img)
     };
-    let out = infer("tract");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tract backend runs on the CPU only"));
-    if cuda {
+    let err = on_cuda("tract").fails();
+    assert!(err.contains("tract backend runs on the CPU only"), "{err}");
+    if nvidia_gpu() {
         eprintln!("SKIPPED the no-GPU checks: nvidia-smi sees a GPU");
         return;
     }
-    let out = infer("ort");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("CUDA execution provider is not available") && err.contains("--device cpu"),
-        "{err}"
+    let err = on_cuda("ort").fails();
+    assert_contains(
+        &err,
+        &["CUDA execution provider is not available", "--device cpu"],
     );
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bin");
-    write_binary_release(&data, 10);
-    let runs = tmp.path().join("runs");
-    let mut args = train_args(&data, &runs, &weights());
-    let i = args.iter().position(|a| a == "cpu").unwrap();
-    args[i] = "cuda".into();
-    let err = fails(&args);
-    assert!(
-        err.contains("--device cuda")
-            && err.contains("no CUDA device")
-            && err.contains("--device auto"),
-        "{err}"
-    );
-    no_run(&runs);
+    let w = Workdir::binary_release(10);
+    let err = train(&w.data, &w.runs, &weights())
+        .arg("--device", "cuda")
+        .fails();
+    assert_contains(&err, &["--device cuda", "no CUDA device", "--device auto"]);
+    no_run(&w.runs);
 }

@@ -1,136 +1,64 @@
-//! Training features beyond the main job, on real weights (made by `make setup`): feature cache,
-//! determinism, resume after an interruption, the CIFAR-10 binary reader, evaluate and sweep.
+//! Training features beyond the main job, on real weights (made by `make setup`) and a generated
+//! CIFAR-10 binary release: feature cache and its key, determinism, resume after an interruption,
+//! evaluate, sweep, figures, divergence.
 #![cfg(feature = "train")]
 
 mod common;
 
-use common::{ok, pipe, root, s, weights, write_binary_release};
+use common::{s, weights, Workdir};
 use serde_json::Value;
-use std::process::{Command, Output};
 
 #[test]
 fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
-    let w = weights();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("cifar-10-batches-bin");
-    write_binary_release(&data, 40);
-    let runs = tmp.path().join("runs");
-    let cache = tmp.path().join("cache");
-    let train = |name: &str, extra: &[&str]| -> Output {
-        let mut args = vec![
-            "train",
-            "--data",
-            s(&data),
-            "--weights",
-            &w,
-            "--train-limit",
-            "150",
-            "--test-limit",
-            "40",
-            "--epochs",
-            "4",
-            "--batch-size",
-            "16",
-            "--device",
-            "cpu",
-            "--runs-dir",
-            s(&runs),
-            "--cache-dir",
-            s(&cache),
-            "--name",
-            name,
-        ];
-        args.extend_from_slice(extra);
-        pipe(&args)
-    };
+    let w = Workdir::binary_release(40);
+    let train = |name: &str| w.train(name).limits(150, 40).epochs(4).batch(16);
 
     // First run extracts features from the binary release; the second reuses them from the cache.
-    let a = train("a", &[]);
-    assert!(a.status.success());
-    assert!(String::from_utf8_lossy(&a.stderr).contains("190 images through the frozen base"));
-    let b = train("b", &[]);
-    assert!(b.status.success());
-    assert!(String::from_utf8_lossy(&b.stderr).contains("all 190 images from the feature cache"));
+    let a = train("a").ok();
+    assert!(a.stderr.contains("190 images through the frozen base"));
+    let b = train("b").ok();
+    assert!(b.stderr.contains("all 190 images from the feature cache"));
     // Same seed, same device: identical history and head weights.
-    let read = |run: &str, f: &str| std::fs::read(runs.join(run).join(f)).unwrap();
-    assert_eq!(read("a", "history.json"), read("b", "history.json"));
-    assert_eq!(read("a", "head.safetensors"), read("b", "head.safetensors"));
-    let preds: Value = serde_json::from_slice(&read("a", "predictions.json")).unwrap();
-    assert_eq!(preds["items"].as_array().unwrap().len(), 40);
-    assert_eq!(preds["items"][0]["file"], "test_batch.bin#0");
+    let (ra, rb) = (w.run("a"), w.run("b"));
+    assert_eq!(ra.bytes("history.json"), rb.bytes("history.json"));
+    assert_eq!(ra.bytes("head.safetensors"), rb.bytes("head.safetensors"));
+    let preds = ra.predictions();
+    assert_eq!(preds.items.len(), 40);
+    assert_eq!(preds.items[0].file, "test_batch.bin#0");
     assert_eq!(
-        preds["items"][1]["file"], "test_batch.bin#1",
+        preds.items[1].file, "test_batch.bin#1",
         "all 40 test records, in file order"
     );
     // Another seed gives another history (the seed is really used).
-    let c = train("c", &["--seed", "7"]);
-    assert!(c.status.success());
-    assert_ne!(read("a", "history.json"), read("c", "history.json"));
+    train("c").seed(7).ok();
+    assert_ne!(ra.bytes("history.json"), w.run("c").bytes("history.json"));
 
     // Interrupted after epoch 2, resumed: the same final result as the uninterrupted run "a".
-    let i = train("interrupted", &["--interrupt-after-epoch", "2"]);
-    assert_eq!(i.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&i.stderr).contains("--resume"));
-    assert!(runs.join("interrupted/checkpoint.safetensors").is_file());
-    assert!(!runs.join("interrupted/head.safetensors").exists());
-    let export = pipe(&[
-        "export",
-        s(&tmp.path().join("x.onnx")),
-        "--run",
-        "interrupted",
-        "--runs-dir",
-        s(&runs),
-    ]);
-    assert_eq!(
-        export.status.code(),
-        Some(1),
-        "an unfinished run is not exported"
+    let err = train("interrupted")
+        .arg("--interrupt-after-epoch", "2")
+        .fails();
+    assert!(err.contains("--resume"), "{err}");
+    let ri = w.run("interrupted");
+    assert!(ri.file("checkpoint.safetensors").is_file());
+    assert!(!ri.file("head.safetensors").exists());
+    let x = w.join("x.onnx");
+    let err = w.export("interrupted", &x).fails();
+    assert!(
+        err.contains("unfinished run"),
+        "an unfinished run is not exported: {err}"
     );
-    assert!(String::from_utf8_lossy(&export.stderr).contains("unfinished run"));
-    assert!(!tmp.path().join("x.onnx").exists());
-    let (_, err) = ok(&[
-        "train",
-        "--resume",
-        "--runs-dir",
-        s(&runs),
-        "--cache-dir",
-        s(&cache),
-        "--device",
-        "cpu",
-    ]);
+    assert!(!x.exists());
+    // Without --name, --resume continues the newest unfinished run.
+    let err = w.resume().ok().stderr;
     assert!(err.contains("continuing after epoch 2 of 4"), "{err}");
-    assert_eq!(
-        read("a", "history.json"),
-        read("interrupted", "history.json")
-    );
-    assert_eq!(
-        read("a", "head.safetensors"),
-        read("interrupted", "head.safetensors")
-    );
-    assert_eq!(
-        read("a", "predictions.json"),
-        read("interrupted", "predictions.json")
-    );
+    for f in ["history.json", "head.safetensors", "predictions.json"] {
+        assert_eq!(ra.bytes(f), ri.bytes(f), "{f}");
+    }
 
     // evaluate recomputes the run's test metrics from the cache and the saved head.
-    let history: Value = serde_json::from_slice(&read("a", "history.json")).unwrap();
-    let final_acc = history.as_array().unwrap().last().unwrap()["val_accuracy"]
-        .as_f64()
-        .unwrap();
-    let (out, _) = ok(&[
-        "evaluate",
-        "--run",
-        "a",
-        "--runs-dir",
-        s(&runs),
-        "--cache-dir",
-        s(&cache),
-        "--device",
-        "cpu",
-        "--format",
-        "json",
-    ]);
-    let ev: Value = serde_json::from_str(&out).unwrap();
+    let final_acc = ra.history().last().unwrap().val_accuracy;
+    let out = w.evaluate("a").format("json").ok();
+    let ev: Value = serde_json::from_str(&out.stdout).unwrap();
     assert!((ev["report"]["accuracy"].as_f64().unwrap() - final_acc).abs() < 1e-6);
     let confusion = ev["report"]["confusion"].as_array().unwrap();
     let total: u64 = confusion
@@ -139,119 +67,51 @@ fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(total, 40);
-    let (text, _) = ok(&[
-        "evaluate",
-        "--run",
-        "a",
-        "--runs-dir",
-        s(&runs),
-        "--cache-dir",
-        s(&cache),
-        "--device",
-        "cpu",
-    ]);
+    let text = w.evaluate("a").ok().stdout;
     assert!(
         text.contains("precision") && text.contains("confusion matrix"),
         "{text}"
     );
     // The run's figures: curves, prediction grid (10 test images, 2x5), confusion matrix (redrawn by
-    // evaluate).
-    for (png, w, h) in [
+    // evaluate, or drawn where --confusion-png says; a missing folder is refused before any work).
+    for (png, width, height) in [
         ("accuracy.png", 800, 500),
         ("loss.png", 800, 500),
         ("predictions.png", 950, 450),
     ] {
-        let img = image::open(runs.join("a").join(png)).unwrap();
-        assert_eq!((img.width(), img.height()), (w, h), "{png}");
+        let img = image::open(ra.file(png)).unwrap();
+        assert_eq!((img.width(), img.height()), (width, height), "{png}");
     }
-    let confusion_png = image::open(runs.join("a/confusion.png")).unwrap();
+    let confusion_png = image::open(ra.file("confusion.png")).unwrap();
     assert!(confusion_png.width() > 400 && confusion_png.height() > 400);
-
-    // Export verifies the model against tch's probabilities on the run's test images (here records of
-    // the binary release); when they disagree, the export fails and leaves no file.
-    let onnx = tmp.path().join("a.onnx");
-    let (out, _) = ok(&[
-        "export",
-        s(&onnx),
-        "--run",
-        "a",
-        "--runs-dir",
-        s(&runs),
-        "--logits",
-    ]);
-    assert!(
-        out.contains("verified with tract on 40 test images"),
-        "{out}"
-    );
-    assert!(onnx.is_file());
-    // The text format has no header, so infer says that a --logits model's numbers are logits.
-    let img = tmp.path().join("one.png");
-    image::RgbImage::from_pixel(32, 32, image::Rgb([200, 30, 30]))
-        .save(&img)
-        .unwrap();
-    let (out, err) = ok(&["infer", "--backend", "tract", "--model", s(&onnx), s(&img)]);
-    assert!(
-        err.contains("outputs logits (exported with --logits)"),
-        "{err}"
-    );
-    assert!(out.starts_with(s(&img)), "{out}");
-    let mut preds: Value = serde_json::from_slice(&read("a", "predictions.json")).unwrap();
-    let probs = preds["items"][0]["probabilities"].as_array_mut().unwrap();
-    probs.reverse(); // another class becomes the most probable
-    std::fs::write(
-        runs.join("a/predictions.json"),
-        serde_json::to_vec(&preds).unwrap(),
-    )
-    .unwrap();
-    let bad = tmp.path().join("bad.onnx");
-    let out = pipe(&["export", s(&bad), "--run", "a", "--runs-dir", s(&runs)]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("verification failed"));
-    assert!(
-        !bad.exists(),
-        "a model that fails verification is not left behind"
-    );
+    let elsewhere = w.join("conf.png");
+    let out = w.evaluate("a").arg("--confusion-png", &elsewhere).ok();
+    assert!(out.stderr.contains(s(&elsewhere)), "{}", out.stderr);
+    let drawn = image::open(&elsewhere).unwrap();
     assert_eq!(
-        std::fs::read_dir(tmp.path())
-            .unwrap()
-            .filter(|e| e
-                .as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".tmp"))
-            .count(),
-        0
+        (drawn.width(), drawn.height()),
+        (confusion_png.width(), confusion_png.height())
     );
+    let err = w
+        .evaluate("a")
+        .arg("--confusion-png", w.join("no/such/folder/c.png"))
+        .fails();
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!w.join("no").exists());
 
     // A sweep of 2 batch sizes x 2 learning rates from the cache: no extraction.
-    let out_dir = tmp.path().join("sweep");
-    let (table, _) = ok(&[
-        "sweep",
-        "--data",
-        s(&data),
-        "--weights",
-        &w,
-        "--train-limit",
-        "150",
-        "--test-limit",
-        "40",
-        "--epochs",
-        "3",
-        "--batch-sizes",
-        "16,32",
-        "--lrs",
-        "1e-4,1e-5",
-        "--device",
-        "cpu",
-        "--cache-dir",
-        s(&cache),
-        "--out",
-        s(&out_dir),
-    ]);
+    let out_dir = w.join("sweep");
+    let table = w
+        .sweep()
+        .limits(150, 40)
+        .epochs(3)
+        .arg("--batch-sizes", "16,32")
+        .arg("--lrs", "1e-4,1e-5")
+        .arg("--out", &out_dir)
+        .ok()
+        .stdout;
     assert!(table.contains("(0 images extracted)"), "{table}");
-    let sweep: Value =
-        serde_json::from_slice(&std::fs::read(out_dir.join("sweep.json")).unwrap()).unwrap();
+    let sweep: Value = common::read_json(&out_dir.join("sweep.json"));
     let settings = sweep["settings"].as_array().unwrap();
     assert_eq!(settings.len(), 4);
     let sweep_png = image::open(out_dir.join("sweep.png")).unwrap();
@@ -262,147 +122,117 @@ fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
         assert!(best >= st["final_val_accuracy"].as_f64().unwrap());
     }
     // The batch-16, lr 1e-4 setting trains exactly like `pipe train` with those settings.
-    let (_, _) = ok(&[
-        "train",
-        "--data",
-        s(&data),
-        "--weights",
-        &w,
-        "--train-limit",
-        "150",
-        "--test-limit",
-        "40",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--runs-dir",
-        s(&runs),
-        "--cache-dir",
-        s(&cache),
-        "--name",
-        "three",
-    ]);
-    let h3: Value = serde_json::from_slice(&read("three", "history.json")).unwrap();
+    train("three").epochs(3).ok();
+    let h3: Value = serde_json::from_slice(&w.run("three").bytes("history.json")).unwrap();
     assert_eq!(settings[0]["history"], h3);
 }
 
+/// Images a `pipe train` ran through the frozen base, from its `features:` line (0: all cached).
+fn extracted(stderr: &str) -> usize {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("features: "))
+        .unwrap_or_else(|| panic!("no features line: {stderr}"));
+    if line.starts_with("all ") && line.contains(" images from the feature cache") {
+        return 0;
+    }
+    line.split(" images through the frozen base")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
+/// The feature cache is keyed by the weights, the input size and the pixels of each split: changing
+/// any of them extracts again (only the split a changed pixel is in), changing nothing does not.
 #[test]
-fn input_size_64_trains_exports_and_verifies() {
-    let w = weights();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bin");
-    write_binary_release(&data, 20);
-    let runs = tmp.path().join("runs");
-    ok(&[
-        "train",
-        "--data",
-        s(&data),
-        "--weights",
-        &w,
-        "--train-limit",
-        "60",
-        "--test-limit",
-        "20",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--input-size",
-        "64",
-        "--device",
-        "cpu",
-        "--runs-dir",
-        s(&runs),
-        "--no-cache",
-        "--name",
-        "big",
-    ]);
-    let config: Value =
-        serde_json::from_slice(&std::fs::read(runs.join("big/config.json")).unwrap()).unwrap();
-    assert_eq!(config["input_size"], 64);
-    let head = std::fs::read(runs.join("big/head.safetensors")).unwrap();
-    assert!(
-        String::from_utf8_lossy(&head[..400]).contains("[256,2048]"),
-        "dense1 takes 2,048 features at 64x64"
+fn feature_cache_misses_when_a_pixel_the_input_size_or_the_weights_change() {
+    let w = Workdir::binary_release(10);
+    let train = |name: &str| w.train(name).limits(50, 10).epochs(1).batch(10);
+    assert_eq!(extracted(&train("first").ok().stderr), 60);
+    assert_eq!(extracted(&train("again").ok().stderr), 0);
+    // One bit of one pixel of test record 4: the test split (10 images) is extracted again.
+    let test_file = w.data.join("test_batch.bin");
+    let mut bytes = std::fs::read(&test_file).unwrap();
+    bytes[4 * 3073 + 1 + 500] ^= 1;
+    std::fs::write(&test_file, bytes).unwrap();
+    assert_eq!(extracted(&train("pixel").ok().stderr), 10);
+    assert_eq!(extracted(&train("pixel-again").ok().stderr), 0);
+    // Another input size: both splits.
+    let size = train("size").arg("--input-size", "64").ok().stderr;
+    assert_eq!(extracted(&size), 60);
+    // Weights with one mantissa bit of one value flipped (another fingerprint): both splits.
+    let mut weights_bytes = std::fs::read(weights()).unwrap();
+    let last = weights_bytes.len() - 4;
+    weights_bytes[last] ^= 1;
+    let changed = w.join("changed.safetensors");
+    std::fs::write(&changed, weights_bytes).unwrap();
+    let err = train("weights").weights(&changed).fails();
+    assert!(err.contains("fingerprint"), "{err}");
+    let out = train("weights")
+        .weights(&changed)
+        .flag("--allow-unverified")
+        .ok();
+    assert_eq!(extracted(&out.stderr), 60);
+    assert_ne!(
+        w.run("weights").config()["weights_fingerprint"],
+        w.run("first").config()["weights_fingerprint"]
     );
-    let onnx = tmp.path().join("big.onnx");
-    let (out, _) = ok(&["export", s(&onnx), "--run", "big", "--runs-dir", s(&runs)]);
-    assert!(
-        out.contains("verified with tract on 20 test images"),
-        "{out}"
-    );
-    let (inspect, _) = ok(&["inspect", s(&onnx)]);
-    assert!(inspect.contains("[N, 64, 64, 3]"), "{inspect}");
-    let python = root().join(".venv/bin/python");
-    let check = Command::new(python)
-        .args([
-            "-c",
-            "import sys, onnx; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True)",
-            s(&onnx),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let bad = pipe(&[
-        "train",
-        "--data",
-        s(&data),
-        "--weights",
-        &w,
-        "--input-size",
-        "48",
-        "--runs-dir",
-        s(&runs),
-    ]);
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("multiple of 32"));
 }
 
 #[test]
 fn diverging_training_stops_with_an_explanation() {
-    let w = weights();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bin");
-    write_binary_release(&data, 20);
-    let runs = tmp.path().join("runs");
-    let out = pipe(&[
-        "train",
-        "--data",
-        s(&data),
-        "--weights",
-        &w,
-        "--train-limit",
-        "60",
-        "--test-limit",
-        "20",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "8",
-        "--lr",
-        "1e6",
-        "--device",
-        "cpu",
-        "--runs-dir",
-        s(&runs),
-        "--no-cache",
-        "--name",
-        "boom",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let w = Workdir::binary_release(20);
+    let err = w
+        .train("boom")
+        .limits(60, 20)
+        .epochs(3)
+        .batch(8)
+        .lr("1e6")
+        .no_cache()
+        .fails();
     assert!(err.contains("diverged") && err.contains("--lr"), "{err}");
-    assert!(!runs.join("boom/head.safetensors").exists());
-    assert!(!runs.join("latest").exists());
+    assert!(!w.runs.join("boom/head.safetensors").exists());
+    assert!(!w.runs.join("latest").exists());
     // It diverged in epoch 1: no checkpoint, so the run folder (only config.json) is removed and a
     // later `--resume` does not pick it up.
     assert!(err.contains("the empty run folder was removed"), "{err}");
-    assert!(!runs.join("boom").exists());
+    assert!(!w.runs.join("boom").exists());
+}
+
+/// `pipe summary`: the Keras-style layer table and its totals.
+#[test]
+fn summary_prints_the_layer_table_and_parameter_counts() {
+    let out = common::Pipe::new("summary").ok().stdout;
+    for line in [
+        "Total params: 14,848,586",
+        "Trainable params (dense head): 133,898",
+        "Non-trainable params (frozen VGG16 base): 14,714,688",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let layers: Vec<&str> = out
+        .lines()
+        .filter(|l| l.ends_with(" yes") || l.ends_with(" no"))
+        .collect();
+    // The input, the 13 convs and 5 max-pools of the base, then flatten, dense, ReLU, dropout, dense;
+    // only the two dense layers train.
+    assert_eq!(layers.len(), 24, "{out}");
+    let trained: Vec<&str> = layers
+        .iter()
+        .filter(|l| l.ends_with(" yes"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(trained, ["dense1", "dense2"]);
+    let at64 = common::Pipe::new("summary")
+        .arg("--input-size", "64")
+        .ok()
+        .stdout;
+    assert!(
+        at64.contains("Trainable params (dense head): 527,114"),
+        "{at64}"
+    );
+    let err = common::Pipe::new("summary")
+        .arg("--input-size", "48")
+        .fails();
+    assert!(err.contains("multiple of 32"), "{err}");
 }

@@ -1,0 +1,402 @@
+//! The exported model as other tools see it, on runs trained in seconds (generated data, the real
+//! ImageNet VGG16 weights of `make setup`): the reference `onnx.checker.check_model(full_check=True)`
+//! at opsets 13, 17 and 21 and input sizes 32 and 64, the graph's input and output, `metadata_props`,
+//! the Triton model repository, and the verification against tch that decides whether a file is
+//! written at all.
+#![cfg(feature = "train")]
+
+mod common;
+
+use common::onnx::{onnx_check, pbtxt_fields, OnnxModel, ValueInfo};
+use common::{argmax, assert_verified, image_folders, png, s, tmp_files, Pipe, Workdir};
+use serde_json::Value;
+use std::path::Path;
+
+/// Trains run `name` on `w.data` in seconds: 60 training and 20 test images, 2 epochs.
+fn small_run(w: &Workdir, name: &str) {
+    w.train(name).limits(60, 20).epochs(2).batch(16).ok();
+}
+
+/// Asserts the graph's interface: one input `images` float32 [N,size,size,3] with a symbolic batch
+/// dimension, one output `output` float32 [N,classes].
+fn assert_interface(m: &OnnxModel, size: usize, output: &str, classes: usize) {
+    let [ValueInfo {
+        name,
+        elem_type,
+        dims,
+    }] = m.inputs.as_slice()
+    else {
+        panic!("one input expected: {:?}", m.inputs);
+    };
+    assert_eq!((name.as_str(), elem_type.as_str()), ("images", "FLOAT"));
+    let s = size.to_string();
+    assert!(dims[0].parse::<u64>().is_err(), "dynamic batch: {dims:?}");
+    assert_eq!(dims[1..], [s.clone(), s, "3".to_string()]);
+    let [out] = m.outputs.as_slice() else {
+        panic!("one output expected: {:?}", m.outputs);
+    };
+    assert_eq!(
+        (out.name.as_str(), out.elem_type.as_str()),
+        (output, "FLOAT")
+    );
+    assert_eq!(out.dims[0], dims[0], "the batch dimension is the input's");
+    assert_eq!(out.dims[1], classes.to_string());
+}
+
+/// Weights of the VGG16 conv base (13 convs).
+const VGG16_BASE_PARAMETERS: u64 = 14_714_688;
+
+/// Asserts that the weights are float32: more FLOAT elements than the conv base has, no FLOAT16.
+fn assert_float32_weights(m: &OnnxModel) {
+    let e = &m.initializer_elements;
+    assert!(
+        e["FLOAT"] > VGG16_BASE_PARAMETERS && !e.contains_key("FLOAT16"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn exports_pass_the_onnx_checker_at_opsets_13_17_and_21() {
+    let w = Workdir::binary_release(20);
+    small_run(&w, "r");
+    // Opset → the IR version of ONNX's versioning table.
+    let cases = [(13, 7), (17, 8), (21, 10)];
+    let models: Vec<_> = cases
+        .iter()
+        .map(|(opset, _)| w.join(format!("opset{opset}.onnx")))
+        .collect();
+    for ((opset, _), model) in cases.iter().zip(&models) {
+        let out = w.export("r", model).arg("--opset", opset.to_string()).ok();
+        assert_verified(&out.stdout, 20);
+        assert!(
+            out.stdout.contains(&format!("opset {opset})")),
+            "{}",
+            out.stdout
+        );
+    }
+    let paths: Vec<&Path> = models.iter().map(|p| p.as_path()).collect();
+    for ((opset, ir), m) in cases.iter().zip(onnx_check(&paths)) {
+        assert_eq!(m.opset.get("ai.onnx"), Some(opset), "{:?}", m.opset);
+        assert_eq!(m.ir_version, *ir, "opset {opset}");
+        assert_interface(&m, 32, "probabilities", 10);
+        assert_float32_weights(&m);
+    }
+    // Outside 13..=21: refused before anything is written.
+    for opset in ["12", "22"] {
+        let model = w.join("unsupported.onnx");
+        let err = w.export("r", &model).arg("--opset", opset).fails();
+        assert!(
+            err.contains(&format!("opset {opset} is not supported (13..=21)")),
+            "{err}"
+        );
+        assert!(!model.exists() && tmp_files(w.path()).is_empty());
+    }
+}
+
+#[test]
+fn input_size_64_trains_exports_and_verifies() {
+    let w = Workdir::binary_release(20);
+    w.train("big")
+        .limits(60, 20)
+        .epochs(2)
+        .batch(16)
+        .arg("--input-size", "64")
+        .no_cache()
+        .ok();
+    let run = w.run("big");
+    assert_eq!(run.config()["input_size"], 64);
+    let head = run.bytes("head.safetensors");
+    assert!(
+        String::from_utf8_lossy(&head[..400]).contains("[256,2048]"),
+        "dense1 takes 2,048 features at 64x64"
+    );
+    let onnx = w.join("big.onnx");
+    w.export_verified("big", &onnx, 20);
+    let inspect = Pipe::inspect(&onnx).ok().stdout;
+    assert!(inspect.contains("[N, 64, 64, 3]"), "{inspect}");
+    let [m] = onnx_check(&[&onnx]).try_into().unwrap();
+    assert_interface(&m, 64, "probabilities", 10);
+    assert_eq!(m.metadata["input_size"], "64");
+    let err = w.train("odd").arg("--input-size", "48").fails();
+    assert!(err.contains("multiple of 32"), "{err}");
+}
+
+/// Trains run `name` for `epochs` on image folders with three classes of our own naming (8 training
+/// and 4 test images each), so that class names and their order come from the data, not from
+/// CIFAR-10; returns the classes in the order pipe gives them (sorted).
+fn three_class_run(w: &Workdir, name: &str, epochs: usize) -> [&'static str; 3] {
+    let classes = ["zebra", "cat", "dog"];
+    image_folders(&w.data, "train", &classes, 8);
+    image_folders(&w.data, "test", &classes, 4);
+    w.train(name).limits(0, 0).epochs(epochs).batch(8).ok();
+    ["cat", "dog", "zebra"]
+}
+
+#[test]
+fn metadata_props_describe_the_run_the_input_and_the_preprocessing() {
+    let w = Workdir::new();
+    let classes = three_class_run(&w, "meta", 2);
+    let run = w.run("meta");
+    let config = run.config();
+    let model = w.join("meta.onnx");
+    let logits = w.join("logits.onnx");
+    let half = w.join("half.onnx");
+    w.export("meta", &model).ok();
+    w.export("meta", &logits).flag("--logits").ok();
+    w.export("meta", &half).flag("--fp16").ok();
+    let [m, l, h] = onnx_check(&[&model, &logits, &half]).try_into().unwrap();
+    assert_eq!(m.opset.get("ai.onnx"), Some(&17), "the default opset");
+    assert_interface(&m, 32, "probabilities", 3);
+    assert_interface(&l, 32, "logits", 3);
+    assert_interface(&h, 32, "probabilities", 3);
+    let class_json = serde_json::to_string(&classes).unwrap();
+    assert_eq!(config["classes"], serde_json::json!(classes), "sorted");
+    let history = run.history();
+    let want = [
+        ("classes", class_json.as_str()),
+        ("input_name", "images"),
+        ("input_layout", "NHWC"),
+        ("input_color", "RGB"),
+        ("input_range", "0..255 float32"),
+        ("input_size", "32"),
+        (
+            "resize_filter",
+            "bilinear (image crate FilterType::Triangle)",
+        ),
+        (
+            "preprocessing",
+            "caffe: RGB->BGR, subtract ImageNet BGR means [103.939, 116.779, 123.68], no scaling \
+             (inside the graph)",
+        ),
+        ("output", "softmax probabilities"),
+        (
+            "weights_fingerprint",
+            config["weights_fingerprint"].as_str().unwrap(),
+        ),
+        ("fine_tuned_conv_layers", "0"),
+        ("run", "meta"),
+        ("weights_dtype", "float32"),
+        ("pipe_version", env!("CARGO_PKG_VERSION")),
+        (
+            "test_accuracy",
+            &format!("{:.4}", history.last().unwrap().val_accuracy),
+        ),
+    ];
+    let got: Vec<(&str, &str)> = m
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut sorted = want.to_vec();
+    sorted.sort();
+    assert_eq!(got, sorted);
+    assert_eq!(
+        config["weights_fingerprint"],
+        "dd21191fd3ba4d9b2b0104621c806227994d029acdf7f88d3ca0afd5774c15cf",
+        "the ImageNet VGG16 weights"
+    );
+    assert_eq!(
+        config["preprocessing"],
+        want[7].1.replace(" (inside the graph)", "")
+    );
+    // Only the output and the weights' type change with --logits and --fp16.
+    assert_eq!(l.metadata["output"], "logits");
+    assert_eq!(h.metadata["weights_dtype"], "float16");
+    assert_float32_weights(&m);
+    // float16 weights: all but a few constants (ImageNet means, shapes) are FLOAT16.
+    let e = &h.initializer_elements;
+    assert!(e["FLOAT16"] > VGG16_BASE_PARAMETERS, "{e:?}");
+    assert!(e.get("FLOAT").copied().unwrap_or(0) < 100, "{e:?}");
+    for (k, v) in &m.metadata {
+        if k != "output" {
+            assert_eq!(&l.metadata[k], v, "{k}");
+        }
+        if k != "weights_dtype" {
+            assert_eq!(&h.metadata[k], v, "{k}");
+        }
+    }
+    // `pipe inspect` prints the same metadata, in the file's order.
+    let inspect = Pipe::inspect(&model).ok().stdout;
+    let printed: Vec<&str> = inspect
+        .lines()
+        .skip_while(|l| *l != "metadata:")
+        .skip(1)
+        .collect();
+    let expected: Vec<String> = want.iter().map(|(k, v)| format!("  {k}: {v}")).collect();
+    assert_eq!(printed, expected);
+    // And infer labels images with the model's class names.
+    let img = w.join("x.png");
+    png(&img, 32, 32, |_, _| [10, 20, 30]);
+    let r = Pipe::infer(&model).path(&img).infer_json();
+    assert_eq!(r.classes, classes);
+    assert_eq!(
+        r.predictions[0].label,
+        classes[r.predictions[0].class_index]
+    );
+}
+
+/// The `test_accuracy` in the metadata is the run's accuracy on its test images, also when a
+/// validation split chose the epochs. Here the test images have the colours of another class than
+/// their folder's, so the test accuracy is near 0 while validation (from the training images) is near
+/// 1; the metadata today holds the last epoch's validation accuracy.
+#[test]
+#[ignore = "export writes the last epoch's validation accuracy as test_accuracy, which is not the test accuracy with --val-split (src/export.rs)"]
+fn metadata_test_accuracy_is_the_test_accuracy_with_a_validation_split() {
+    let w = Workdir::new();
+    image_folders(&w.data, "train", &["cat", "dog", "zebra"], 8);
+    image_folders(&w.data, "test", &["dog", "zebra", "cat"], 4);
+    w.train("v")
+        .limits(0, 0)
+        .epochs(10)
+        .batch(4)
+        .arg("--val-split", "0.25")
+        .ok();
+    let run = w.run("v");
+    let (preds, history) = (run.predictions(), run.history());
+    assert!(
+        (history.last().unwrap().val_accuracy - preds.accuracy()).abs() > 0.5,
+        "validation and test accuracy differ here: {history:?}"
+    );
+    let model = w.join("v.onnx");
+    w.export("v", &model).ok();
+    let [m] = onnx_check(&[&model]).try_into().unwrap();
+    assert_eq!(
+        m.metadata["test_accuracy"],
+        format!("{:.4}", preds.accuracy())
+    );
+}
+
+#[test]
+fn triton_repository_layout_config_and_labels() {
+    let w = Workdir::new();
+    let classes = three_class_run(&w, "t", 1);
+    let repo = w.join("triton");
+    let unused = w.join("model.onnx");
+    let out = w.export("t", &unused).arg("--triton", &repo).ok();
+    let dir = repo.join("pipe_vgg16");
+    assert!(
+        out.stdout.contains(&format!(
+            "Triton model repository: {} (config.pbtxt, labels.txt, 1/model.onnx)",
+            dir.display()
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(!unused.exists(), "the positional output is not written");
+    let model = dir.join("1/model.onnx");
+    let [m] = onnx_check(&[&model]).try_into().unwrap();
+    assert_interface(&m, 32, "probabilities", 3);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["1", "config.pbtxt", "labels.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("labels.txt")).unwrap(),
+        classes.join("\n") + "\n",
+        "one class a line, in the model's order"
+    );
+    let config = std::fs::read_to_string(dir.join("config.pbtxt")).unwrap();
+    let fields = pbtxt_fields(&config);
+    let want = [
+        ("name", "\"pipe_vgg16\""),
+        ("backend", "\"onnxruntime\""),
+        ("max_batch_size", "256"),
+        ("input.name", "\"images\""),
+        ("input.data_type", "TYPE_FP32"),
+        ("input.format", "FORMAT_NHWC"),
+        ("input.dims", "[32, 32, 3]"),
+        ("output.name", "\"probabilities\""),
+        ("output.data_type", "TYPE_FP32"),
+        ("output.dims", "[3]"),
+        ("output.label_filename", "\"labels.txt\""),
+        ("dynamic_batching.max_queue_delay_microseconds", "1000"),
+        ("instance_group.count", "1"),
+        ("instance_group.kind", "KIND_AUTO"),
+    ];
+    let got: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(got, want, "{config}");
+}
+
+#[test]
+fn verification_failures_fail_the_export_and_leave_no_file() {
+    let w = Workdir::binary_release(40);
+    w.train("a").limits(150, 40).epochs(3).batch(16).ok();
+    let run = w.run("a");
+    // A --logits export verifies the softmax of its output; infer's text format says that its numbers
+    // are logits (the format has no header).
+    let onnx = w.join("a.onnx");
+    let out = w.export("a", &onnx).flag("--logits").ok();
+    assert_verified(&out.stdout, 40);
+    assert!(onnx.is_file());
+    let img = w.join("one.png");
+    png(&img, 32, 32, |_, _| [200, 30, 30]);
+    let out = Pipe::infer(&onnx).backend("tract").path(&img).ok();
+    assert!(
+        out.stderr
+            .contains("outputs logits (exported with --logits)"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.starts_with(s(&img)), "{}", out.stdout);
+
+    let original: Value = serde_json::from_slice(&run.bytes("predictions.json")).unwrap();
+    let probs = |v: &Value| -> Vec<f32> {
+        v["items"][0]["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let p = probs(&original);
+    let top = argmax(&p);
+    let least = (0..p.len()).min_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+    let refused = |edit: &dyn Fn(&mut Vec<Value>), message: &str| -> String {
+        let mut preds = original.clone();
+        edit(preds["items"][0]["probabilities"].as_array_mut().unwrap());
+        run.write_predictions(&preds);
+        let bad = w.join("bad.onnx");
+        let err = w.export("a", &bad).fails();
+        assert!(
+            err.contains("verification failed") && err.contains(message),
+            "{err}"
+        );
+        assert!(
+            !bad.exists(),
+            "a model that fails verification is not left behind"
+        );
+        assert_eq!(tmp_files(w.path()), Vec::<String>::new());
+        err
+    };
+    let shift = |by: f64| {
+        move |row: &mut Vec<Value>| row[least] = Value::from(row[least].as_f64().unwrap() + by)
+    };
+    // tch's probabilities moved by 2e-3 on its least probable class: every label still agrees, but
+    // |Δp| exceeds the 1e-4 tolerance.
+    assert!(p[least] + 2e-3 < p[top], "the label stays: {p:?}");
+    let err = refused(&shift(2e-3), "against tch exceeds 1e-4");
+    assert!((max_delta(&err) - 2e-3).abs() < 1e-4, "{err}");
+    // Another class becomes the most probable: the label check fails first.
+    refused(&|row: &mut Vec<Value>| row.reverse(), "is classified");
+    // Within the tolerance (5e-5), the export goes through and reports the difference.
+    let mut preds = original.clone();
+    shift(5e-5)(preds["items"][0]["probabilities"].as_array_mut().unwrap());
+    run.write_predictions(&preds);
+    let out = w.export("a", w.join("ok.onnx")).ok();
+    let delta = max_delta(&out.stdout);
+    assert!((4e-5..1e-4).contains(&delta), "{}", out.stdout);
+}
+
+/// The number after `max |Δprobability| ` in export's report or error.
+fn max_delta(text: &str) -> f64 {
+    let rest = text
+        .split("max |Δprobability| ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no |Δprobability| in {text}"));
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
