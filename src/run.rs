@@ -61,6 +61,19 @@ pub struct Predictions {
     pub items: Vec<PredictionItem>,
 }
 
+impl Predictions {
+    /// Share of the items whose most probable class (first on ties) is their label, 0..1; `None`
+    /// without items.
+    pub fn accuracy(&self) -> Option<f64> {
+        let correct = self
+            .items
+            .iter()
+            .filter(|it| crate::infer::argmax(&it.probabilities) == it.label)
+            .count();
+        (!self.items.is_empty()).then(|| correct as f64 / self.items.len() as f64)
+    }
+}
+
 /// One test image's prediction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionItem {

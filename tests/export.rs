@@ -240,7 +240,6 @@ fn metadata_props_describe_the_run_the_input_and_the_preprocessing() {
 /// their folder's, so the test accuracy is near 0 while validation (from the training images) is near
 /// 1; the metadata today holds the last epoch's validation accuracy.
 #[test]
-#[ignore = "export writes the last epoch's validation accuracy as test_accuracy, which is not the test accuracy with --val-split (src/export.rs)"]
 fn metadata_test_accuracy_is_the_test_accuracy_with_a_validation_split() {
     let w = Workdir::new();
     image_folders(&w.data, "train", &["cat", "dog", "zebra"], 8);

@@ -130,7 +130,7 @@ impl std::fmt::Display for ExportSummary {
 /// Exports a training run folder (see [`crate::run`]) to `destination`: base weights from the run's
 /// `weights` file (its fingerprint must equal the one the run trained with) or, for a fine-tuned run,
 /// its `base.safetensors`; head from `head.safetensors`; metadata ([`ModelMetadata`]) from
-/// `config.json` and `history.json`. A Triton destination also gets its `config.pbtxt` and
+/// `config.json` and `predictions.json`. A Triton destination also gets its `config.pbtxt` and
 /// `labels.txt`, after the model file.
 ///
 /// # Errors
@@ -143,12 +143,14 @@ pub fn export_run(
     destination: &Destination,
     opts: &RunExportOptions,
 ) -> Result<ExportSummary> {
-    use crate::run::{EpochMetrics, CONFIG_FILE, HISTORY_FILE};
+    use crate::run::{Predictions, CONFIG_FILE, PREDICTIONS_FILE};
     let config: TrainConfig = crate::util::read_json(&run_dir.join(CONFIG_FILE))?;
     let arch = Arch::vgg16_transfer(config.input_size, config.classes.len());
     let (base, fp, head) = run_weights(run_dir, &config, &arch)?;
-    let history: Vec<EpochMetrics> =
-        crate::util::read_json(&run_dir.join(HISTORY_FILE)).unwrap_or_default();
+    // The final model's test accuracy, from tch's test predictions (the last epoch's validation
+    // accuracy is another figure with --val-split or --restore-best).
+    let predictions: Option<Predictions> =
+        crate::util::read_json(&run_dir.join(PREDICTIONS_FILE)).ok();
     let metadata = ModelMetadata {
         classes: config.classes.clone(),
         input_size: config.input_size,
@@ -157,7 +159,7 @@ pub fn export_run(
         fine_tuned_conv_layers: config.unfreeze,
         run: config.name.clone(),
         fp16_weights: opts.fp16_weights,
-        test_accuracy: history.last().map(|m| m.val_accuracy),
+        test_accuracy: predictions.as_ref().and_then(Predictions::accuracy),
     };
     let model = build_model(
         &arch,
