@@ -14,6 +14,8 @@ pub mod infer;
 pub mod plot;
 pub mod report;
 pub mod run;
+#[cfg(feature = "serve")]
+pub mod serve;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod util;

@@ -61,6 +61,15 @@ enum Command {
     /// model's input size with a bilinear filter. When images sit in folders named after classes,
     /// accuracy is printed too.
     Infer(InferArgs),
+    /// Serve an exported model over HTTP: the KServe v2 / Triton inference protocol (JSON and binary
+    /// tensors, classification), POST /v1/classify for image files, dynamic batching, /metrics.
+    ///
+    /// Endpoints: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/<name>[/versions/1][/ready|/config];
+    /// POST /v2/models/<name>[/versions/1]/infer; POST /v1/classify[?top_k=K] (an image as the body, or
+    /// multipart form files); GET /metrics (Prometheus). Stops on SIGTERM or Ctrl-C after answering the
+    /// requests in flight.
+    #[cfg(feature = "serve")]
+    Serve(pipe::serve::ServeArgs),
     /// Print an exported model's inputs, outputs, opset, metadata and parameter count.
     Inspect {
         /// The ONNX model.
@@ -890,6 +899,28 @@ fn cmd_infer(a: InferArgs) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "serve")]
+fn cmd_serve(a: pipe::serve::ServeArgs) -> Result<()> {
+    let opts = a.into_options()?;
+    let summary = pipe::serve::serve(&opts, |l| {
+        println!(
+            "pipe serve: listening on http://{} (model '{}' from {}, backend {}, input {s}x{s}, {} classes)",
+            l.addr,
+            opts.model_name,
+            opts.model.display(),
+            l.backend,
+            l.classes,
+            s = l.input_size
+        );
+        let _ = std::io::stdout().flush();
+    })?;
+    eprintln!(
+        "pipe serve: stopped; answered {} inference requests ({} images), refused {} with 503",
+        summary.answered, summary.images, summary.refused
+    );
+    Ok(())
+}
+
 fn cmd_weights(c: WeightsCommand) -> Result<()> {
     match c {
         WeightsCommand::Import {
@@ -944,6 +975,8 @@ fn main() {
         Command::Export(a) => cmd_export(a),
         Command::Infer(a) => cmd_infer(a),
         Command::Inspect { model } => cmd_inspect(&model),
+        #[cfg(feature = "serve")]
+        Command::Serve(a) => cmd_serve(a),
         Command::Weights(c) => cmd_weights(c),
     };
     if let Err(e) = result {
