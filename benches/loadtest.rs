@@ -70,14 +70,30 @@ fn offline_rate(pipe: &Path, s: &Settings, out: &Path) -> f64 {
     // "<backend>: N images in X s (R images/s; model load L s)"
     stderr
         .lines()
-        .filter_map(|l| l.split(" s (").nth(1)?.split(" images/s").next()?.parse().ok())
+        .filter_map(|l| {
+            l.split(" s (")
+                .nth(1)?
+                .split(" images/s")
+                .next()?
+                .parse()
+                .ok()
+        })
         .next_back()
         .unwrap_or_else(|| panic!("no images/s in: {stderr}"))
 }
 
 fn start_server(pipe: &Path, s: &Settings) -> (Child, String) {
     let mut child = Command::new(pipe)
-        .args(["serve", "--port", "0", "--log-level", "warn", "--backend", &s.backend, "--model"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--log-level",
+            "warn",
+            "--backend",
+            &s.backend,
+            "--model",
+        ])
         .arg(&s.model)
         .args(&s.serve_args)
         .stdout(Stdio::piped())
@@ -125,7 +141,12 @@ struct Outcome {
 }
 
 /// Sends `total` single-image binary requests from `clients` concurrent tasks.
-async fn hammer(url: String, bodies: Arc<Vec<(usize, Vec<u8>)>>, total: usize, clients: usize) -> Outcome {
+async fn hammer(
+    url: String,
+    bodies: Arc<Vec<(usize, Vec<u8>)>>,
+    total: usize,
+    clients: usize,
+) -> Outcome {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .timeout(Duration::from_secs(60))
@@ -134,7 +155,8 @@ async fn hammer(url: String, bodies: Arc<Vec<(usize, Vec<u8>)>>, total: usize, c
     let next = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let (http, url, bodies, next) = (http.clone(), url.clone(), bodies.clone(), next.clone());
+            let (http, url, bodies, next) =
+                (http.clone(), url.clone(), bodies.clone(), next.clone());
             tokio::spawn(async move {
                 let mut out = Outcome::default();
                 loop {
@@ -151,7 +173,9 @@ async fn hammer(url: String, bodies: Arc<Vec<(usize, Vec<u8>)>>, total: usize, c
                         .send()
                         .await;
                     let result = match sent {
-                        Ok(r) if r.status().is_success() => r.bytes().await.map(|_| ()).map_err(|e| e.to_string()),
+                        Ok(r) if r.status().is_success() => {
+                            r.bytes().await.map(|_| ()).map_err(|e| e.to_string())
+                        }
                         Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
                         Err(e) => Err(e.to_string()),
                     };
@@ -199,94 +223,195 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
+/// Everything one load test measured.
+struct Measured {
+    offline: f64,
+    wall: f64,
+    /// Latencies of the answered requests, sorted.
+    latencies: Vec<Duration>,
+    errors: std::collections::BTreeMap<String, usize>,
+    rss_before: f64,
+    rss_after: f64,
+    /// (upper bound, backend runs) of the batch sizes during the timed run.
+    batches: Vec<(String, u64)>,
+    exit_code: Option<i32>,
+}
+
+/// Runs `pipe infer` offline, then the server: warm-up, timed run, SIGTERM.
+fn measure(
+    s: &Settings,
+    pipe: &Path,
+    bodies: Arc<Vec<(usize, Vec<u8>)>>,
+    out_dir: &Path,
+) -> Measured {
+    let t = Instant::now();
+    let offline = offline_rate(pipe, s, &out_dir.join(format!("infer-{}.tsv", s.backend)));
+    eprintln!(
+        "pipe infer offline: {offline:.1} images/s ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    let (mut server, addr) = start_server(pipe, s);
+    let url = format!("http://{addr}/v2/models/pipe_vgg16/infer");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let warm = runtime.block_on(hammer(
+        url.clone(),
+        bodies.clone(),
+        1000.min(s.requests),
+        s.clients,
+    ));
+    assert!(warm.errors.is_empty(), "warm-up errors: {:?}", warm.errors);
+    let metrics_url = format!("http://{addr}/metrics");
+    let scrape = || {
+        let text = runtime.block_on(async { reqwest::get(&metrics_url).await?.text().await });
+        batch_buckets(&text.expect("GET /metrics"))
+    };
+    let before = scrape();
+    let rss_before = rss_mib(server.id());
+    let t = Instant::now();
+    let mut run = runtime.block_on(hammer(url, bodies, s.requests, s.clients));
+    let wall = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_after = rss_mib(server.id());
+    let after = scrape();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) };
+    let exit = server.wait().expect("wait for the server");
+    run.latencies.sort();
+    let mut batches = Vec::new();
+    let mut prev = 0;
+    for ((le, a), (_, b)) in after.iter().zip(&before) {
+        let cumulative = a - b;
+        if cumulative > prev {
+            batches.push((le.clone(), cumulative - prev));
+        }
+        prev = cumulative;
+    }
+    Measured {
+        offline,
+        wall,
+        latencies: run.latencies,
+        errors: run.errors,
+        rss_before,
+        rss_after,
+        batches,
+        exit_code: exit.code(),
+    }
+}
+
+/// Prints the table and writes the summary JSON.
+fn report(s: &Settings, m: &Measured, out_dir: &Path) {
+    let ok = m.latencies.len();
+    let errors: usize = m.errors.values().sum();
+    let throughput = ok as f64 / m.wall;
+    let ratio = throughput / m.offline;
+    let rss_change = (m.rss_after - m.rss_before) / m.rss_before;
+    let (p50, p99) = (
+        percentile(&m.latencies, 0.5),
+        percentile(&m.latencies, 0.99),
+    );
+    let rows = [
+        (
+            "requests (1 image each, binary FP32)",
+            s.requests.to_string(),
+            String::new(),
+        ),
+        ("concurrent clients", s.clients.to_string(), String::new()),
+        (
+            "answered / errors",
+            format!("{ok} / {errors}"),
+            pass(errors == 0, "zero errors"),
+        ),
+        (
+            "pipe serve throughput (images/s)",
+            format!("{throughput:.1}"),
+            String::new(),
+        ),
+        (
+            "pipe infer offline, same backend (images/s)",
+            format!("{:.1}", m.offline),
+            String::new(),
+        ),
+        (
+            "serve / offline",
+            format!("{ratio:.2}x"),
+            pass(ratio >= 0.9, ">= 0.9x"),
+        ),
+        (
+            "latency p50 / p99 (ms)",
+            format!("{p50:.1} / {p99:.1}"),
+            String::new(),
+        ),
+        (
+            "server RSS before / after (MiB)",
+            format!(
+                "{:.1} / {:.1} ({:+.1}%)",
+                m.rss_before,
+                m.rss_after,
+                rss_change * 100.0
+            ),
+            pass(rss_change.abs() <= 0.10, "within 10%"),
+        ),
+        (
+            "exit code after SIGTERM",
+            format!("{:?}", m.exit_code),
+            pass(m.exit_code == Some(0), "0"),
+        ),
+    ];
+    println!(
+        "\nload test: backend {}, model {}, wall {:.1} s",
+        s.backend,
+        s.model.display(),
+        m.wall
+    );
+    println!("{:<46} {:>28}  target", "measure", "value");
+    println!("{}", "-".repeat(96));
+    for (what, value, target) in &rows {
+        println!("{what:<46} {value:>28}  {target}");
+    }
+    println!("batch sizes (images per backend run <= bound: runs)");
+    for (le, n) in &m.batches {
+        println!("  <= {le:>4}: {n}");
+    }
+    if !m.errors.is_empty() {
+        println!("errors: {:?}", m.errors);
+    }
+    let summary = json!({
+        "backend": s.backend, "model": s.model, "requests": s.requests, "clients": s.clients,
+        "serve_args": s.serve_args, "answered": ok, "errors": m.errors, "wall_s": m.wall,
+        "throughput": throughput, "offline_images_per_s": m.offline, "ratio": ratio,
+        "p50_ms": p50, "p99_ms": p99, "rss_before_mib": m.rss_before, "rss_after_mib": m.rss_after,
+        "batch_sizes": m.batches, "exit_code": m.exit_code,
+    });
+    let path = out_dir.join(format!("summary-{}.json", s.backend));
+    std::fs::write(&path, serde_json::to_vec_pretty(&summary).expect("json"))
+        .expect("write summary");
+    println!("written to {}", path.display());
+}
+
+fn pass(ok: bool, target: &str) -> String {
+    format!("{target}: {}", if ok { "pass" } else { "FAIL" })
+}
+
 fn main() {
     let s = settings();
     let pipe = PathBuf::from(env!("CARGO_BIN_EXE_pipe"));
     let out_dir = PathBuf::from("target/loadtest");
     std::fs::create_dir_all(&out_dir).expect("create target/loadtest");
     let info = pipe::infer::ModelInfo::read(&s.model).expect("read the model (LOADTEST_MODEL)");
-    let files = pipe::data::collect_image_files(std::slice::from_ref(&s.data)).expect("image folder");
+    let files =
+        pipe::data::collect_image_files(std::slice::from_ref(&s.data)).expect("image folder");
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let pixels = pipe::data::load_batch(&paths, info.input_size).expect("decode images");
     let bodies = Arc::new(bodies(&pixels, info.input_size));
-    eprintln!("loadtest: {} images, backend {}, model {}", files.len(), s.backend, s.model.display());
-
-    let t = Instant::now();
-    let offline = offline_rate(&pipe, &s, &out_dir.join(format!("infer-{}.tsv", s.backend)));
-    eprintln!("pipe infer offline: {offline:.1} images/s ({:.1} s)", t.elapsed().as_secs_f64());
-
-    let (mut server, addr) = start_server(&pipe, &s);
-    let url = format!("http://{addr}/v2/models/pipe_vgg16/infer");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let warm = runtime.block_on(hammer(url.clone(), bodies.clone(), 1000.min(s.requests), s.clients));
-    assert!(warm.errors.is_empty(), "warm-up errors: {:?}", warm.errors);
-    let metrics_url = format!("http://{addr}/metrics");
-    let scrape = || runtime.block_on(async { reqwest::get(&metrics_url).await.expect("metrics").text().await.expect("metrics") });
-    let before_buckets = batch_buckets(&scrape());
-    let rss_before = rss_mib(server.id());
-
-    let t = Instant::now();
-    let mut run = runtime.block_on(hammer(url, bodies, s.requests, s.clients));
-    let wall = t.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(500));
-    let rss_after = rss_mib(server.id());
-    let after_buckets = batch_buckets(&scrape());
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) };
-    let exit = server.wait().expect("wait for the server");
-
-    run.latencies.sort();
-    let ok = run.latencies.len();
-    let errors: usize = run.errors.values().sum();
-    let throughput = ok as f64 / wall;
-    let mut hist = Vec::new();
-    let mut prev = 0;
-    for ((le, after), (_, before)) in after_buckets.iter().zip(&before_buckets) {
-        let cumulative = after - before;
-        if cumulative > prev {
-            hist.push((le.clone(), cumulative - prev));
-        }
-        prev = cumulative;
-    }
-    let ratio = throughput / offline;
-    let rss_change = (rss_after - rss_before) / rss_before;
-    let rows = [
-        ("requests (1 image each, binary FP32)", format!("{}", s.requests), String::new()),
-        ("concurrent clients", format!("{}", s.clients), String::new()),
-        ("answered / errors", format!("{ok} / {errors}"), pass(errors == 0, "zero errors")),
-        ("pipe serve throughput (images/s)", format!("{throughput:.1}"), String::new()),
-        ("pipe infer offline, same backend (images/s)", format!("{offline:.1}"), String::new()),
-        ("serve / offline", format!("{ratio:.2}x"), pass(ratio >= 0.9, ">= 0.9x")),
-        ("latency p50 / p99 (ms)", format!("{:.1} / {:.1}", percentile(&run.latencies, 0.5), percentile(&run.latencies, 0.99)), String::new()),
-        ("server RSS before / after (MiB)", format!("{rss_before:.1} / {rss_after:.1} ({:+.1}%)", rss_change * 100.0), pass(rss_change.abs() <= 0.10, "within 10%")),
-        ("exit code after SIGTERM", format!("{}", exit.code().unwrap_or(-1)), pass(exit.success(), "0")),
-    ];
-    println!("\nload test: backend {}, model {}, wall {wall:.1} s", s.backend, s.model.display());
-    println!("{:<46} {:>28}  {}", "measure", "value", "target");
-    println!("{}", "-".repeat(96));
-    for (what, value, target) in &rows {
-        println!("{what:<46} {value:>28}  {target}");
-    }
-    println!("batch sizes (images per backend run: runs):");
-    for (le, n) in &hist {
-        println!("  <= {le:>4}: {n}");
-    }
-    if !run.errors.is_empty() {
-        println!("errors: {:?}", run.errors);
-    }
-    let summary = json!({
-        "backend": s.backend, "model": s.model, "requests": s.requests, "clients": s.clients,
-        "answered": ok, "errors": run.errors, "wall_s": wall, "throughput": throughput,
-        "offline_images_per_s": offline, "ratio": ratio,
-        "p50_ms": percentile(&run.latencies, 0.5), "p99_ms": percentile(&run.latencies, 0.99),
-        "rss_before_mib": rss_before, "rss_after_mib": rss_after, "batch_sizes": hist,
-        "exit_code": exit.code(), "serve_args": s.serve_args,
-    });
-    let path = out_dir.join(format!("summary-{}.json", s.backend));
-    std::fs::write(&path, serde_json::to_vec_pretty(&summary).expect("json")).expect("write summary");
-    println!("written to {}", path.display());
-}
-
-fn pass(ok: bool, target: &str) -> String {
-    format!("{target}: {}", if ok { "pass" } else { "FAIL" })
+    eprintln!(
+        "loadtest: {} images, backend {}, model {}",
+        files.len(),
+        s.backend,
+        s.model.display()
+    );
+    let m = measure(&s, &pipe, bodies, &out_dir);
+    report(&s, &m, &out_dir);
 }

@@ -915,8 +915,10 @@ fn cmd_serve(a: pipe::serve::ServeArgs) -> Result<()> {
         let _ = std::io::stdout().flush();
     })?;
     eprintln!(
-        "pipe serve: stopped; answered {} inference requests ({} images), refused {} with 503",
-        summary.answered, summary.images, summary.refused
+        "pipe serve: stopped; answered {} ({}), refused {} with 503",
+        pipe::util::plural(summary.answered as usize, "inference request"),
+        pipe::util::plural(summary.images as usize, "image"),
+        summary.refused
     );
     Ok(())
 }

@@ -479,15 +479,23 @@ mod tests {
         let (b, batches) = echo_batcher(cfg(4, 0, 64));
         let gone = b.submit(images(&[7.0; 2]), 2).unwrap();
         drop(gone);
-        let rx = b.submit(images(&(0..10).map(|i| i as f32).collect::<Vec<_>>()), 10).unwrap();
+        let rx = b
+            .submit(images(&(0..10).map(|i| i as f32).collect::<Vec<_>>()), 10)
+            .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let out = rt.block_on(rx).unwrap().unwrap();
-        assert_eq!(out.column(0).to_vec(), (0..10).map(|i| i as f32).collect::<Vec<_>>());
+        assert_eq!(
+            out.column(0).to_vec(),
+            (0..10).map(|i| i as f32).collect::<Vec<_>>()
+        );
         b.shutdown().unwrap();
         let runs = batches.lock().unwrap().clone();
-        assert!(runs == vec![4, 4, 2] || runs == vec![2, 4, 4, 2], "{runs:?}");
+        assert!(
+            runs == vec![4, 4, 2] || runs == vec![2, 4, 4, 2],
+            "{runs:?}"
+        );
         assert_eq!(b.admitted.load(Ordering::SeqCst), 0);
     }
 }

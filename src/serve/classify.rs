@@ -66,7 +66,11 @@ async fn read_images(st: &Shared, req: Request) -> Result<Vec<(String, Bytes)>, 
         } else {
             "multipart"
         };
-        ApiError::new(e.status(), kind, format!("multipart form: {}", e.body_text()))
+        ApiError::new(
+            e.status(),
+            kind,
+            format!("multipart form: {}", e.body_text()),
+        )
     };
     let mut form = Multipart::from_request(req, &())
         .await
@@ -110,7 +114,12 @@ pub async fn classify(
             .par_iter()
             .map(|(name, bytes)| decode_for_model(name, bytes, &state.info))
             .collect::<crate::Result<Vec<Vec<u8>>>>()
-            .map(|px| (files.into_iter().map(|(name, _)| name).collect::<Vec<_>>(), px))
+            .map(|px| {
+                (
+                    files.into_iter().map(|(name, _)| name).collect::<Vec<_>>(),
+                    px,
+                )
+            })
     })
     .await
     .map_err(|e| ApiError::backend(format!("image decoding task failed: {e}")))?;

@@ -148,7 +148,12 @@ pub fn parse_infer(json: &[u8], binary: &[u8], info: &ModelInfo) -> Result<Parse
         .map_err(|e| ApiError::bad_request("json", format!("malformed inference request: {e}")))?;
     let input = match req.inputs.as_slice() {
         [one] => one,
-        [] => return Err(ApiError::bad_request("tensor_name", "request has no inputs; the model takes one input 'images'")),
+        [] => {
+            return Err(ApiError::bad_request(
+                "tensor_name",
+                "request has no inputs; the model takes one input 'images'",
+            ))
+        }
         many => {
             let names: Vec<&str> = many.iter().map(|i| i.name.as_str()).collect();
             return Err(ApiError::bad_request(
@@ -168,7 +173,10 @@ pub fn parse_infer(json: &[u8], binary: &[u8], info: &ModelInfo) -> Result<Parse
         Some(outs) if outs.is_empty() => {
             return Err(ApiError::bad_request(
                 "tensor_name",
-                format!("'outputs' is empty; the model's output is '{}'", info.output_name),
+                format!(
+                    "'outputs' is empty; the model's output is '{}'",
+                    info.output_name
+                ),
             ))
         }
         Some(outs) => outs
@@ -190,13 +198,19 @@ fn check_input(input: &RequestInput<'_>, info: &ModelInfo) -> Result<(usize, usi
     if input.name != crate::export::INPUT_NAME {
         return Err(ApiError::bad_request(
             "tensor_name",
-            format!("unknown input '{}'; the model's input is 'images'", input.name),
+            format!(
+                "unknown input '{}'; the model's input is 'images'",
+                input.name
+            ),
         ));
     }
     if input.datatype != "FP32" {
         return Err(ApiError::bad_request(
             "datatype",
-            format!("input 'images' has datatype '{}'; the model takes FP32", input.datatype),
+            format!(
+                "input 'images' has datatype '{}'; the model takes FP32",
+                input.datatype
+            ),
         ));
     }
     match input.shape.as_slice() {
@@ -219,7 +233,10 @@ fn input_data(input: &RequestInput<'_>, count: usize, binary: &[u8]) -> Result<V
     let binary_size = match input.parameters.get("binary_data_size") {
         None => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| {
-            ApiError::bad_request("parameters", format!("binary_data_size {v} is not a byte count"))
+            ApiError::bad_request(
+                "parameters",
+                format!("binary_data_size {v} is not a byte count"),
+            )
         })?),
     };
     let values = match (binary_size, input.data) {
@@ -252,12 +269,18 @@ fn input_data(input: &RequestInput<'_>, count: usize, binary: &[u8]) -> Result<V
             let mut values = Vec::with_capacity(count);
             let mut de = serde_json::Deserializer::from_str(raw.get());
             Flatten(&mut values).deserialize(&mut de).map_err(|e| {
-                ApiError::bad_request("datatype", format!("input 'images' data must hold numbers: {e}"))
+                ApiError::bad_request(
+                    "datatype",
+                    format!("input 'images' data must hold numbers: {e}"),
+                )
             })?;
             if values.len() != count {
                 return Err(ApiError::bad_request(
                     "data_length",
-                    format!("input 'images' holds {} values; its shape needs {count}", values.len()),
+                    format!(
+                        "input 'images' holds {} values; its shape needs {count}",
+                        values.len()
+                    ),
                 ));
             }
             values
@@ -292,7 +315,10 @@ fn output_spec(
     if o.name != info.output_name {
         return Err(ApiError::bad_request(
             "tensor_name",
-            format!("unknown output '{}'; the model's output is '{}'", o.name, info.output_name),
+            format!(
+                "unknown output '{}'; the model's output is '{}'",
+                o.name, info.output_name
+            ),
         ));
     }
     let binary = flag(&o.parameters, "binary_data", "output")?.unwrap_or(default_binary);
@@ -331,6 +357,60 @@ pub fn classification_string(value: f32, index: usize, label: Option<&str>) -> S
     }
 }
 
+/// Triton's classification strings of the top `k` classes of every row, row by row.
+fn classifications(out: &Array2<f32>, k: usize, info: &ModelInfo) -> Vec<String> {
+    let mut strings = Vec::with_capacity(out.nrows() * k);
+    for row in out.rows() {
+        let row = row.to_vec();
+        for (c, v) in top_k(&row, k) {
+            let label = info.classes_from_metadata.then(|| info.classes[c].as_str());
+            strings.push(classification_string(v, c, label));
+        }
+    }
+    strings
+}
+
+/// One response output: its JSON object, with the data inline or appended to `binary`.
+fn output_json(
+    spec: &OutputSpec,
+    out: &Array2<f32>,
+    info: &ModelInfo,
+    binary: &mut Vec<u8>,
+) -> Value {
+    let start = binary.len();
+    let (datatype, shape, data) = match spec.classification {
+        Some(k) => {
+            let strings = classifications(out, k, info);
+            if spec.binary {
+                // BYTES elements: a 4-byte little-endian length, then the bytes.
+                for s in &strings {
+                    binary.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    binary.extend_from_slice(s.as_bytes());
+                }
+            }
+            ("BYTES", [out.nrows(), k], json!(strings))
+        }
+        None => {
+            if spec.binary {
+                binary.extend(out.iter().flat_map(|v| v.to_le_bytes()));
+            }
+            let flat: Vec<f32> = if spec.binary {
+                Vec::new()
+            } else {
+                out.iter().copied().collect()
+            };
+            ("FP32", [out.nrows(), out.ncols()], json!(flat))
+        }
+    };
+    let mut o = json!({"name": info.output_name, "datatype": datatype, "shape": shape});
+    if spec.binary {
+        o["parameters"] = json!({ "binary_data_size": binary.len() - start });
+    } else {
+        o["data"] = data;
+    }
+    o
+}
+
 /// Builds the response to `req` from the model output `out` (`[n, classes]`).
 pub fn build_response(
     model_name: &str,
@@ -342,50 +422,7 @@ pub fn build_response(
     let outputs: Vec<Value> = req
         .outputs
         .iter()
-        .map(|spec| {
-            let (datatype, shape, data): (&str, [usize; 2], Value) = match spec.classification {
-                Some(k) => {
-                    let strings: Vec<String> = out
-                        .rows()
-                        .into_iter()
-                        .flat_map(|row| {
-                            let row = row.to_vec();
-                            top_k(&row, k).into_iter().map(|(c, v)| {
-                                let label = info.classes_from_metadata.then(|| info.classes[c].as_str());
-                                classification_string(v, c, label)
-                            }).collect::<Vec<_>>()
-                        })
-                        .collect();
-                    if spec.binary {
-                        let start = binary.len();
-                        for s in &strings {
-                            binary.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                            binary.extend_from_slice(s.as_bytes());
-                        }
-                        ("BYTES", [out.nrows(), k], json!(binary.len() - start))
-                    } else {
-                        ("BYTES", [out.nrows(), k], json!(strings))
-                    }
-                }
-                None => {
-                    if spec.binary {
-                        let start = binary.len();
-                        binary.extend(out.iter().flat_map(|v| v.to_le_bytes()));
-                        ("FP32", [out.nrows(), out.ncols()], json!(binary.len() - start))
-                    } else {
-                        let flat: Vec<f32> = out.iter().copied().collect();
-                        ("FP32", [out.nrows(), out.ncols()], json!(flat))
-                    }
-                }
-            };
-            let mut o = json!({"name": info.output_name, "datatype": datatype, "shape": shape});
-            if spec.binary {
-                o["parameters"] = json!({ "binary_data_size": data });
-            } else {
-                o["data"] = data;
-            }
-            o
-        })
+        .map(|spec| output_json(spec, out, info, &mut binary))
         .collect();
     let mut doc = json!({"model_name": model_name, "model_version": "1", "outputs": outputs});
     if let Some(id) = &req.id {
@@ -458,22 +495,39 @@ mod tests {
         );
         let p = parse_infer(r.as_bytes(), &[], &info()).unwrap();
         assert_eq!((p.n, &p.pixels), (1, &flat));
-        assert_eq!(p.outputs, vec![OutputSpec { binary: false, classification: None }]);
+        assert_eq!(
+            p.outputs,
+            vec![OutputSpec {
+                binary: false,
+                classification: None
+            }]
+        );
         let nested = r#"{"inputs":[{"name":"images","shape":[1,2,2,3],"datatype":"FP32",
             "data":[[[[0,1,2],[3,4,5]],[[6,7,8],[9,10,11]]]]}]}"#;
-        assert_eq!(parse_infer(nested.as_bytes(), &[], &info()).unwrap().pixels, flat);
+        assert_eq!(
+            parse_infer(nested.as_bytes(), &[], &info()).unwrap().pixels,
+            flat
+        );
         let bin: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
         let r = r#"{"inputs":[{"name":"images","shape":[1,2,2,3],"datatype":"FP32","parameters":{"binary_data_size":48}}],
             "parameters":{"binary_data_output":true},"outputs":[{"name":"probabilities","parameters":{"classification":9}}]}"#;
         let p = parse_infer(r.as_bytes(), &bin, &info()).unwrap();
         assert_eq!(p.pixels, flat);
-        assert_eq!(p.outputs, vec![OutputSpec { binary: true, classification: Some(3) }]);
+        assert_eq!(
+            p.outputs,
+            vec![OutputSpec {
+                binary: true,
+                classification: Some(3)
+            }]
+        );
     }
 
     #[test]
     fn every_client_mistake_is_a_400_of_its_kind() {
         let input = |name: &str, shape: &str, dt: &str, data: &str| {
-            format!(r#"{{"inputs":[{{"name":"{name}","shape":{shape},"datatype":"{dt}","data":{data}}}]}}"#)
+            format!(
+                r#"{{"inputs":[{{"name":"{name}","shape":{shape},"datatype":"{dt}","data":{data}}}]}}"#
+            )
         };
         let twelve = format!("{:?}", vec![0.5f32; 12]);
         let cases = [
@@ -494,20 +548,31 @@ mod tests {
             assert_eq!((status, k), (400, kind), "{json}: {msg}");
         }
         let bin_req = |size: usize| {
-            format!(r#"{{"inputs":[{{"name":"images","shape":[1,2,2,3],"datatype":"FP32","parameters":{{"binary_data_size":{size}}}}}]}}"#)
+            format!(
+                r#"{{"inputs":[{{"name":"images","shape":[1,2,2,3],"datatype":"FP32","parameters":{{"binary_data_size":{size}}}}}]}}"#
+            )
         };
         assert_eq!(err(&bin_req(40), &[0; 40]).1, "data_length");
         assert_eq!(err(&bin_req(48), &[0; 40]).1, "binary");
-        assert_eq!(err(&input("images", "[1,2,2,3]", "FP32", &twelve), &[0; 4]).1, "binary");
+        assert_eq!(
+            err(&input("images", "[1,2,2,3]", "FP32", &twelve), &[0; 4]).1,
+            "binary"
+        );
         let bad_out = format!(
             r#"{{"inputs":[{{"name":"images","shape":[1,2,2,3],"datatype":"FP32","data":{twelve}}}],"outputs":[{{"name":"logits"}}]}}"#
         );
         assert_eq!(err(&bad_out, &[]).1, "tensor_name");
-        let bad_class = bad_out.replace(r#"{"name":"logits"}"#, r#"{"name":"probabilities","parameters":{"classification":0}}"#);
+        let bad_class = bad_out.replace(
+            r#"{"name":"logits"}"#,
+            r#"{"name":"probabilities","parameters":{"classification":0}}"#,
+        );
         assert_eq!(err(&bad_class, &[]).1, "parameters");
         assert_eq!(split_body(b"{}", Some("9")).unwrap_err().kind, "binary");
         assert_eq!(split_body(b"{}", Some("x")).unwrap_err().kind, "binary");
-        assert_eq!(split_body(b"{}xy", Some("2")).unwrap(), (&b"{}"[..], &b"xy"[..]));
+        assert_eq!(
+            split_body(b"{}xy", Some("2")).unwrap(),
+            (&b"{}"[..], &b"xy"[..])
+        );
     }
 
     #[test]
@@ -518,8 +583,14 @@ mod tests {
             n: 2,
             pixels: vec![],
             outputs: vec![
-                OutputSpec { binary: false, classification: Some(2) },
-                OutputSpec { binary: true, classification: None },
+                OutputSpec {
+                    binary: false,
+                    classification: Some(2),
+                },
+                OutputSpec {
+                    binary: true,
+                    classification: None,
+                },
             ],
         };
         let r = build_response("m", &req, &out, &info());
@@ -529,10 +600,19 @@ mod tests {
         assert_eq!(doc["outputs"][0]["shape"], json!([2, 2]));
         assert_eq!(
             doc["outputs"][0]["data"],
-            json!(["0.700000:1:dog", "0.200000:2:emu", "0.500000:0:cat", "0.250000:1:dog"])
+            json!([
+                "0.700000:1:dog",
+                "0.200000:2:emu",
+                "0.500000:0:cat",
+                "0.250000:1:dog"
+            ])
         );
         assert_eq!(doc["outputs"][1]["parameters"]["binary_data_size"], 24);
-        let back: Vec<f32> = r.binary.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let back: Vec<f32> = r
+            .binary
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
         assert_eq!(back, out.iter().copied().collect::<Vec<_>>());
         assert_eq!(classification_string(0.5, 3, None), "0.500000:3");
     }

@@ -72,7 +72,10 @@ impl Histogram {
                 Some(b) => format!("{b}"),
                 None => "+Inf".to_string(),
             };
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
         }
         let braces = if labels.is_empty() {
             String::new()
@@ -126,7 +129,9 @@ impl Metrics {
         latency: Duration,
     ) {
         let mut m = self.lock();
-        *m.requests.entry((endpoint.to_string(), status)).or_default() += 1;
+        *m.requests
+            .entry((endpoint.to_string(), status))
+            .or_default() += 1;
         m.latency
             .entry(endpoint.to_string())
             .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
@@ -185,45 +190,95 @@ impl Metrics {
 
     /// The whole registry in the Prometheus text format.
     pub fn render(&self) -> String {
-        let m = self.lock();
         let mut out = String::new();
-        let name = "pipe_http_requests_total";
-        family(&mut out, name, "counter", "HTTP requests by endpoint (route) and status code.");
-        for ((endpoint, code), n) in &m.requests {
-            let _ = writeln!(out, "{name}{{endpoint=\"{}\",code=\"{code}\"}} {n}", escape(endpoint));
-        }
-        let name = "pipe_http_request_duration_seconds";
-        family(&mut out, name, "histogram", "Time from a request's arrival to its response, seconds, by endpoint.");
-        for (endpoint, h) in &m.latency {
-            h.render(&mut out, name, &format!("endpoint=\"{}\"", escape(endpoint)));
-        }
-        let name = "pipe_errors_total";
-        family(&mut out, name, "counter", "Failed requests by kind of error.");
-        for (kind, n) in &m.errors {
-            let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {n}");
-        }
-        let histograms = [
-            ("pipe_batch_size", "Images per backend run (dynamic batching).", &m.batch_size, BATCH_BUCKETS),
-            ("pipe_batch_duration_seconds", "Backend time per batch, seconds.", &m.batch_seconds, BATCH_SECONDS_BUCKETS),
-        ];
-        for (name, help, h, bounds) in histograms {
-            family(&mut out, name, "histogram", help);
-            match h {
-                Some(h) => h.render(&mut out, name, ""),
-                None => Histogram::new(bounds).render(&mut out, name, ""),
-            }
-        }
+        self.lock().render(&mut out);
         let scalars = [
-            ("pipe_queue_depth", "gauge", "Images admitted and waiting for a batch.", self.queue_depth.load(Ordering::Relaxed).to_string()),
-            ("pipe_inflight_images", "gauge", "Images admitted and not yet answered (waiting or running).", self.inflight.load(Ordering::Relaxed).to_string()),
-            ("pipe_images_total", "counter", "Images run through the backend.", self.images().to_string()),
-            ("pipe_inference_requests_answered_total", "counter", "Inference requests answered with results (KServe infer and /v1/classify).", self.answered().to_string()),
+            (
+                "pipe_queue_depth",
+                "gauge",
+                "Images admitted and waiting for a batch.",
+                self.queue_depth.load(Ordering::Relaxed),
+            ),
+            (
+                "pipe_inflight_images",
+                "gauge",
+                "Images admitted and not yet answered (waiting or running).",
+                self.inflight.load(Ordering::Relaxed),
+            ),
+            (
+                "pipe_images_total",
+                "counter",
+                "Images run through the backend.",
+                self.images() as i64,
+            ),
+            (
+                "pipe_inference_requests_answered_total",
+                "counter",
+                "Inference requests answered with results (KServe infer and /v1/classify).",
+                self.answered() as i64,
+            ),
         ];
         for (name, kind, help, value) in scalars {
             family(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
         out
+    }
+}
+
+impl Labelled {
+    /// The labelled families and histograms.
+    fn render(&self, out: &mut String) {
+        let name = "pipe_http_requests_total";
+        family(
+            out,
+            name,
+            "counter",
+            "HTTP requests by endpoint (route) and status code.",
+        );
+        for ((endpoint, code), n) in &self.requests {
+            let _ = writeln!(
+                out,
+                "{name}{{endpoint=\"{}\",code=\"{code}\"}} {n}",
+                escape(endpoint)
+            );
+        }
+        let name = "pipe_http_request_duration_seconds";
+        family(
+            out,
+            name,
+            "histogram",
+            "Time from a request's arrival to its response, seconds, by endpoint.",
+        );
+        for (endpoint, h) in &self.latency {
+            h.render(out, name, &format!("endpoint=\"{}\"", escape(endpoint)));
+        }
+        let name = "pipe_errors_total";
+        family(out, name, "counter", "Failed requests by kind of error.");
+        for (kind, n) in &self.errors {
+            let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {n}");
+        }
+        let histograms = [
+            (
+                "pipe_batch_size",
+                "Images per backend run (dynamic batching).",
+                &self.batch_size,
+                BATCH_BUCKETS,
+            ),
+            (
+                "pipe_batch_duration_seconds",
+                "Backend time per batch, seconds.",
+                &self.batch_seconds,
+                BATCH_SECONDS_BUCKETS,
+            ),
+        ];
+        for (name, help, h, bounds) in histograms {
+            family(out, name, "histogram", help);
+            match h {
+                Some(h) => h.render(out, name, ""),
+                None => Histogram::new(bounds).render(out, name, ""),
+            }
+        }
     }
 }
 

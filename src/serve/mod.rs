@@ -185,7 +185,11 @@ async fn serve_http(
 
 /// Resolves after SIGTERM or SIGINT plus the drain time, during which readiness is false and new
 /// inference requests are refused with 503.
-async fn drain_on_signal(state: Arc<AppState>, (mut term, mut int): (Signal, Signal), drain: Duration) {
+async fn drain_on_signal(
+    state: Arc<AppState>,
+    (mut term, mut int): (Signal, Signal),
+    drain: Duration,
+) {
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",

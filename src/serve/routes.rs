@@ -122,7 +122,7 @@ async fn observe(State(st): State<Shared>, mut req: Request, next: Next) -> Resp
         path,
         status,
         ms = (elapsed.as_secs_f64() * 1e3 * 100.0).round() / 100.0,
-        error = kind.unwrap_or(""),
+        error = kind,
         "request"
     );
     resp
@@ -303,25 +303,24 @@ async fn infer(
     let resp = kserve::build_response(&st.model_name, &req, &out, &st.info);
     st.metrics.record_answered();
     let any_binary = req.outputs.iter().any(|o| o.binary);
-    let mut response = if any_binary {
-        let mut body = resp.json.clone();
+    Ok(infer_response(resp, any_binary))
+}
+
+/// The HTTP response: JSON alone, or the JSON header then the binary section, with
+/// `Inference-Header-Content-Length` giving the header's length.
+fn infer_response(resp: kserve::InferResponse, binary: bool) -> Response {
+    let json_len = resp.json.len();
+    let (content_type, body) = if binary {
+        let mut body = resp.json;
         body.extend_from_slice(&resp.binary);
-        let mut r = body.into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        r.headers_mut()
-            .insert(HEADER_LENGTH, HeaderValue::from(resp.json.len()));
-        r
+        ("application/octet-stream", body)
     } else {
-        resp.json.into_response()
+        ("application/json", resp.json)
     };
-    if !any_binary {
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+    let mut r = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    if binary {
+        r.headers_mut()
+            .insert(HEADER_LENGTH, HeaderValue::from(json_len));
     }
-    Ok(response)
+    r
 }
