@@ -144,6 +144,12 @@ pub fn parse_infer(json: &[u8], binary: &[u8], info: &ModelInfo) -> Result<Parse
             "empty request body; send a JSON inference request",
         ));
     }
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "json",
+            "malformed inference request: expected a JSON object {\"inputs\": [...]}",
+        ));
+    }
     let req: InferRequest<'_> = serde_json::from_slice(json)
         .map_err(|e| ApiError::bad_request("json", format!("malformed inference request: {e}")))?;
     let input = match req.inputs.as_slice() {
