@@ -378,12 +378,17 @@ fn report(s: &Settings, m: &Measured, out_dir: &Path) {
     if !m.errors.is_empty() {
         println!("errors: {:?}", m.errors);
     }
+    let stats = json!({"answered": ok, "throughput": throughput, "ratio": ratio, "p50_ms": p50, "p99_ms": p99});
+    write_summary(s, m, stats, out_dir);
+}
+
+/// Writes `target/loadtest/summary-<backend>.json`: the settings, `stats` and the raw measures.
+fn write_summary(s: &Settings, m: &Measured, stats: serde_json::Value, out_dir: &Path) {
     let summary = json!({
         "backend": s.backend, "model": s.model, "requests": s.requests, "clients": s.clients,
-        "serve_args": s.serve_args, "answered": ok, "errors": m.errors, "wall_s": m.wall,
-        "throughput": throughput, "offline_images_per_s": m.offline, "ratio": ratio,
-        "p50_ms": p50, "p99_ms": p99, "rss_before_mib": m.rss_before, "rss_after_mib": m.rss_after,
-        "batch_sizes": m.batches, "exit_code": m.exit_code,
+        "serve_args": s.serve_args, "stats": stats, "errors": m.errors, "wall_s": m.wall,
+        "offline_images_per_s": m.offline, "rss_before_mib": m.rss_before,
+        "rss_after_mib": m.rss_after, "batch_sizes": m.batches, "exit_code": m.exit_code,
     });
     let path = out_dir.join(format!("summary-{}.json", s.backend));
     std::fs::write(&path, serde_json::to_vec_pretty(&summary).expect("json"))
