@@ -27,7 +27,6 @@ enum BaseOp {
         matrix: Tensor,
         /// `[4*out]`, the bias repeated for the 4 output positions.
         bias: Tensor,
-        out_channels: i64,
     },
     MaxPool,
 }
@@ -43,28 +42,53 @@ const MICRO_BATCH_ELEMENTS: usize = 32 * 64 * 32 * 32;
 /// on the zero padding), so `x_nhwc.view([n, 4*ci]) @ matrix` is the conv with no wasted products,
 /// and one large GEMM instead of a conv over a tiny map (VGG16's block5 at 32x32 input): twice as fast
 /// on the CPU (45 → 23 ms for block5 at batch 128 here).
-fn dense_2x2(weight: &Tensor) -> Result<Tensor> {
+///
+/// The matrix is gathered from the weight with one `index_select`, so it is differentiable: a
+/// fine-tuned block5 conv builds it from its trainable weight in every step, and the gradient flows
+/// back to the weight.
+pub(crate) fn dense_2x2(weight: &Tensor) -> Result<Tensor> {
     let size = weight.size();
     let (co, ci) = (size[0], size[1]);
-    let m = Tensor::f_zeros([2, 2, ci, 2, 2, co], (weight.kind(), weight.device()))?;
+    // Tap (kh, kw) = (1+p-i, 1+q-j) for the (p, q, i, j) blocks in row-major order.
+    let mut taps = Vec::with_capacity(16);
     for p in 0..2i64 {
         for q in 0..2i64 {
             for i in 0..2i64 {
                 for j in 0..2i64 {
-                    let tap = weight
-                        .f_select(2, 1 + p - i)?
-                        .f_select(2, 1 + q - j)?
-                        .f_transpose(0, 1)?;
-                    m.f_get(p)?
-                        .f_get(q)?
-                        .f_select(1, i)?
-                        .f_select(1, j)?
-                        .f_copy_(&tap)?;
+                    taps.push((1 + p - i) * 3 + (1 + q - j));
                 }
             }
         }
     }
-    Ok(m.f_reshape([4 * ci, 4 * co])?)
+    let taps = Tensor::f_from_slice(&taps)?.f_to_device(weight.device())?;
+    Ok(weight
+        .f_permute([2, 3, 1, 0])?
+        .f_reshape([9, ci, co])?
+        .f_index_select(0, &taps)?
+        .f_view([2, 2, 2, 2, ci, co])?
+        .f_permute([0, 1, 4, 2, 3, 5])?
+        .f_reshape([4 * ci, 4 * co])?)
+}
+
+/// A conv (3x3, stride 1, padding 1) and its ReLU on `x`, as [`Base`] and the fine-tuned network
+/// run it: `weight` OIHW channels-last and `bias` for a conv, or with `dense` the [`dense_2x2`] matrix
+/// and the bias repeated 4 times for a conv on a 2x2 map (`x` then logical NCHW `[n, ci, 2, 2]` with
+/// channels-last strides, and the result laid out alike, as a conv returns it).
+pub(crate) fn conv_relu(x: &Tensor, weight: &Tensor, bias: &Tensor, dense: bool) -> Result<Tensor> {
+    if !dense {
+        return Ok(x
+            .f_conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1)?
+            .f_relu_()?);
+    }
+    // Logical NCHW [n, c, 2, 2] → NHWC rows [n, 4c] (no copy for channels-last input), and back.
+    let n = x.size()[0];
+    let rows = x.f_permute([0, 2, 3, 1])?.f_reshape([n, -1])?;
+    let out_channels = weight.size()[1] / 4;
+    Ok(bias
+        .f_addmm(&rows, weight)?
+        .f_relu_()?
+        .f_view([n, 2, 2, out_channels])?
+        .f_permute([0, 3, 1, 2])?)
 }
 
 /// A tch tensor from a [`NamedTensor`], on `device`.
@@ -119,7 +143,7 @@ impl Drop for IntraOpThreads {
 /// `t` (4-D, logical NCHW / OIHW) copied to the channels-last memory layout (strides of NHWC),
 /// keeping its logical shape: libtorch's `contiguous(memory_format=channels_last)`, which tch does
 /// not expose, written as permute → contiguous → permute back.
-fn channels_last(t: &Tensor) -> Result<Tensor> {
+pub(crate) fn channels_last(t: &Tensor) -> Result<Tensor> {
     Ok(t.f_permute([0, 2, 3, 1])?
         .f_contiguous()?
         .f_permute([0, 3, 1, 2])?)
@@ -143,16 +167,13 @@ impl Base {
         let (mut pools, mut micro_until) = (0, 0);
         for l in &arch.base {
             match l {
-                BaseLayer::Conv {
-                    name, out_channels, ..
-                } => {
+                BaseLayer::Conv { name, .. } => {
                     let weight = next(name)?;
                     let bias = next(name)?;
                     layers.push(if map == 2 {
                         BaseOp::Dense2x2 {
                             matrix: dense_2x2(&weight)?,
                             bias: bias.f_repeat([4])?,
-                            out_channels: *out_channels as i64,
                         }
                     } else {
                         BaseOp::Conv {
@@ -195,23 +216,8 @@ impl Base {
     fn run(&self, mut x: Tensor, layers: &[BaseOp]) -> Result<Tensor> {
         for l in layers {
             x = match l {
-                BaseOp::Conv { weight, bias } => x
-                    .f_conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1)?
-                    .f_relu_()?,
-                BaseOp::Dense2x2 {
-                    matrix,
-                    bias,
-                    out_channels,
-                } => {
-                    // Logical NCHW [n, c, 2, 2] → NHWC rows [n, 4c] (no copy for channels-last input),
-                    // and back to logical NCHW with channels-last strides, as a conv returns it.
-                    let n = x.size()[0];
-                    let rows = x.f_permute([0, 2, 3, 1])?.f_reshape([n, -1])?;
-                    bias.f_addmm(&rows, matrix)?
-                        .f_relu_()?
-                        .f_view([n, 2, 2, *out_channels])?
-                        .f_permute([0, 3, 1, 2])?
-                }
+                BaseOp::Conv { weight, bias } => conv_relu(&x, weight, bias, false)?,
+                BaseOp::Dense2x2 { matrix, bias } => conv_relu(&x, matrix, bias, true)?,
                 BaseOp::MaxPool => x.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?,
             };
         }
