@@ -848,4 +848,39 @@ mod tests {
         let back: TrainConfig = serde_json::from_str(&text).unwrap();
         assert_eq!(back, c);
     }
+
+    /// `--precision auto` is bf16 exactly on a CPU with AVX512_BF16 (AMX only adds to the reason),
+    /// float32 on other CPUs and on CUDA; explicit choices are kept, with a warning for emulated bf16.
+    #[test]
+    fn precision_auto_is_bf16_only_where_the_cpu_has_it() {
+        let none = CpuBf16::default();
+        let avx = CpuBf16 {
+            avx512_bf16: true,
+            amx_bf16: false,
+        };
+        let amx = CpuBf16 {
+            avx512_bf16: true,
+            amx_bf16: true,
+        };
+        let auto = |cuda, cpu| Precision::Auto.resolve(cuda, cpu);
+        assert_eq!(auto(false, amx).0, Precision::Bf16);
+        assert!(auto(false, amx).1.contains("AVX512_BF16 and AMX-BF16"));
+        assert_eq!(auto(false, avx).0, Precision::Bf16);
+        assert!(!auto(false, avx).1.contains("AMX"));
+        assert_eq!(auto(false, none).0, Precision::Fp32);
+        assert!(auto(false, none).1.contains("no AVX512_BF16"));
+        assert_eq!(auto(true, amx).0, Precision::Fp32);
+        assert_eq!(Precision::Fp32.resolve(false, amx).0, Precision::Fp32);
+        let emulated = Precision::Bf16.resolve(false, none);
+        assert_eq!(emulated.0, Precision::Bf16);
+        assert!(emulated.1.contains("emulated"));
+        assert_eq!(Precision::Bf16.resolve(true, none).1, "as asked");
+        // Detection agrees with the standard library's.
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            CpuBf16::detect().avx512_bf16,
+            std::arch::is_x86_feature_detected!("avx512bf16")
+        );
+        assert_eq!(Precision::Bf16.name(), "bf16");
+    }
 }

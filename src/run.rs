@@ -61,6 +61,9 @@ pub struct EpochMetrics {
     /// Wall time of the epoch, seconds (printed, not stored: history.json is identical for identical runs).
     #[serde(skip)]
     pub seconds: f64,
+    /// The part of `seconds` spent training (before validation); not stored either.
+    #[serde(skip)]
+    pub train_seconds: f64,
 }
 
 /// The phases of a fine-tuning run, as `history.json` names them.

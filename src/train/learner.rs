@@ -304,6 +304,7 @@ impl<'a> Learner<'a> {
             lr: rates(0),
             lr_end: rates(steps.saturating_sub(1)),
             seconds: t0.elapsed().as_secs_f64(),
+            train_seconds: t_val.duration_since(t0).as_secs_f64(),
         };
         timing.epoch_done(m.seconds, t_val.elapsed().as_secs_f64(), model);
         if let Some(label) = self.label {
