@@ -57,7 +57,7 @@ test: setup
 	if nvidia-smi > /dev/null 2>&1; then cargo test --release -- --ignored _when_a_gpu_is_present; fi
 
 ## bench: criterion benches, the PyTorch/onnxruntime references (benches/reference/) and end-to-end
-## times and the Keras seed job in one run, then one table (also target/bench/summary.json). About 20 minutes here.
+## times and the Keras seed job in one run, then one table (also target/bench/summary.json). About 35 minutes here.
 BENCH_PY := $(ROOT)/.venv/bin/python
 bench: setup
 	rm -rf target/criterion/extract target/criterion/infer target/criterion/decode target/criterion/head target/criterion/export target/bench/*.json
@@ -76,6 +76,11 @@ bench: setup
 	    cp target/criterion/infer/$$b/new/estimates.json target/bench/infer_$${b}_$$i.json || exit 1; \
 	  done && \
 	  $(BENCH_PY) benches/reference/ort_infer.py --out target/bench/reference_ort_$$i.json || exit 1; \
+	done
+	@# one fine-tuning epoch (2,560 images, the finetune preset's settings) in pipe, then in PyTorch, twice (ABAB)
+	for i in 1 2; do \
+	  cargo bench --bench finetune -- --out target/bench/finetune_pipe_$$i.json && \
+	  $(BENCH_PY) benches/reference/torch_finetune.py --out target/bench/reference_finetune_$$i.json || exit 1; \
 	done
 	cargo bench --bench decode
 	cargo bench --bench head
