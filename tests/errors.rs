@@ -670,7 +670,10 @@ fn odd_folders_train_with_warnings_and_auto_device() {
             "data/test: skipped 1 file that is not an image",
         ],
     );
-    assert!(!err.contains("Thumbs.db") && !err.contains(".DS_Store"), "{err}");
+    assert!(
+        !err.contains("Thumbs.db") && !err.contains(".DS_Store"),
+        "{err}"
+    );
     let run = w.run("r");
     let config = run.config();
     assert_eq!(config["classes"], serde_json::json!(["big cat", "dog"]));
