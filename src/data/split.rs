@@ -52,8 +52,8 @@ pub struct SmallClass {
 /// Splits items `0..labels.len()` per class: of a class of `n` items, `round(share * n)` (at least 1
 /// when the share is above 0) go to test and to validation, chosen by a ChaCha8 shuffle seeded with
 /// `seed`, and at least one stays in training. The same labels, shares and seed give the same split.
-/// With `test_share == 0` the validation images are those of the feature-level `--val-split`
-/// (`stratified_holdout` in `train::features`) for every class of at least 2 images.
+/// With `test_share == 0` the validation images are those the feature-level `--val-split` of earlier
+/// pipe versions held out, for every class of at least 2 images.
 ///
 /// Shares are expected in `[0, 1)` (see [`SplitOptions`]); a share of 0 leaves that split empty.
 ///
@@ -699,8 +699,8 @@ mod tests {
         }
     }
 
-    /// Without a test share, the validation images are those the feature-level `--val-split`
-    /// (`stratified_holdout`) picks for the same labels, share and seed (values taken from it).
+    /// Without a test share, the validation images are those the feature-level `--val-split` of
+    /// earlier pipe versions picked for the same labels, share and seed (values taken from it).
     #[test]
     fn validation_only_matches_the_feature_level_holdout() {
         let labels: Vec<usize> = (0..23).map(|i| (i * 7) % 3).collect();
