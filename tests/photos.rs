@@ -176,15 +176,14 @@ fn junk_is_ignored_and_broken_files_are_skipped_named_counted_and_listed() {
     ] {
         w.write(Path::new("data").join(junk), b"junk");
     }
-    // Broken files: empty, text named .jpg, a truncated JPEG, a header announcing 60000x60000.
+    // Broken files: empty, text named .jpg, a JPEG cut in its image data, a header announcing
+    // 60000x60000.
     let jpeg = {
         let mut out = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
-            .encode_image(&image::RgbImage::from_pixel(
-                48,
-                40,
-                image::Rgb([9, 99, 199]),
-            ))
+            .encode_image(&image::RgbImage::from_fn(96, 80, |x, y| {
+                image::Rgb([(x * 7 + y * 13) as u8, (x * y) as u8, (x ^ y) as u8])
+            }))
             .unwrap();
         out
     };
