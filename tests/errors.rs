@@ -661,6 +661,8 @@ fn odd_folders_train_with_warnings_and_auto_device() {
         |_, _| [1, 2, 3],
     );
     std::fs::write(data.join("train/dog/notes.txt"), "x").unwrap();
+    std::fs::write(data.join("test/big cat/readme.md"), "x").unwrap();
+    // System files are ignored without a word.
     std::fs::write(data.join("test/big cat/Thumbs.db"), "x").unwrap();
     let err = train(data, &w.runs, &weights())
         .arg("--device", "auto")
@@ -673,6 +675,7 @@ fn odd_folders_train_with_warnings_and_auto_device() {
             "data/test: skipped 1 file that is not an image",
         ],
     );
+    assert!(!err.contains("Thumbs.db"), "{err}");
     let run = w.run("r");
     let config = run.config();
     assert_eq!(config["classes"], serde_json::json!(["big cat", "dog"]));

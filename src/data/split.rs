@@ -205,10 +205,48 @@ impl SplitOptions {
 /// and label (index into [`SplitList::classes`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitEntry {
-    /// The file, relative to the list's root.
+    /// The file, relative to the list's root (a name that is not UTF-8 with U+FFFD in its place).
     pub file: String,
     /// Index into the training classes.
     pub label: usize,
+    /// The bytes of the relative path when it is not UTF-8 (Unix), so that `file`'s lossy name
+    /// still finds the file; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Vec<u8>>,
+}
+
+impl SplitEntry {
+    /// The entry of `file` (under `root`) with `label`.
+    pub fn of(root: &Path, file: &Path, label: usize) -> SplitEntry {
+        let rel = file.strip_prefix(root).unwrap_or(file);
+        SplitEntry {
+            file: ClassScan::relative_name(root, file),
+            label,
+            raw: raw_bytes(rel),
+        }
+    }
+
+    /// The entry's file under `root`.
+    pub fn path(&self, root: &Path) -> PathBuf {
+        match &self.raw {
+            #[cfg(unix)]
+            Some(bytes) => {
+                use std::os::unix::ffi::OsStrExt;
+                root.join(std::ffi::OsStr::from_bytes(bytes))
+            }
+            _ => root.join(&self.file),
+        }
+    }
+}
+
+/// The bytes of `rel` when it is not valid UTF-8 (Unix only).
+fn raw_bytes(rel: &Path) -> Option<Vec<u8>> {
+    #[cfg(unix)]
+    if rel.to_str().is_none() {
+        use std::os::unix::ffi::OsStrExt;
+        return Some(rel.as_os_str().as_bytes().to_vec());
+    }
+    None
 }
 
 /// One of a run's splits.
@@ -423,7 +461,7 @@ impl SplitList {
         if self.layout == LayoutKind::CifarBinary {
             return self.load_records(entries, spec);
         }
-        let paths: Vec<PathBuf> = entries.iter().map(|e| self.root.join(&e.file)).collect();
+        let paths: Vec<PathBuf> = entries.iter().map(|e| e.path(&self.root)).collect();
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         let decoded = load_images(&refs, spec, on_error)?;
         Ok(LoadedPart {
@@ -545,7 +583,11 @@ impl Pools {
             let entries = |train: bool| -> Result<Vec<SplitEntry>> {
                 Ok(cifar::read_index(root, train, classes.len())?
                     .into_iter()
-                    .map(|(file, label)| SplitEntry { file, label })
+                    .map(|(file, label)| SplitEntry {
+                        file,
+                        label,
+                        raw: None,
+                    })
                     .collect())
             };
             return Ok(Pools {
@@ -620,10 +662,7 @@ fn class_entries(
                 ),
             ));
         };
-        out.extend(files.iter().map(|f| SplitEntry {
-            file: ClassScan::relative_name(root, f),
-            label,
-        }));
+        out.extend(files.iter().map(|f| SplitEntry::of(root, f, label)));
     }
     Ok(out)
 }

@@ -181,6 +181,7 @@ mod tests {
             .map(|f| SplitEntry {
                 file: f.to_string(),
                 label: 0,
+                raw: None,
             })
             .collect();
         let list = SplitList {
