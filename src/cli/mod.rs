@@ -7,6 +7,8 @@ mod evaluate;
 mod export;
 mod infer;
 mod inspect;
+#[cfg(feature = "serve")]
+mod serve;
 mod summary;
 #[cfg(feature = "train")]
 mod sweep;
@@ -64,6 +66,15 @@ pub enum Command {
     /// model's input size with a bilinear filter. When images sit in folders named after classes,
     /// accuracy is printed too.
     Infer(infer::InferArgs),
+    /// Serve an exported model over HTTP: the KServe v2 / Triton inference protocol (JSON and binary
+    /// tensors, classification), POST /v1/classify for image files, dynamic batching, /metrics.
+    ///
+    /// Endpoints: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/<name>[/versions/1][/ready|/config];
+    /// POST /v2/models/<name>[/versions/1]/infer; POST /v1/classify[?top_k=K] (an image as the body, or
+    /// multipart form files); GET /metrics (Prometheus). Stops on SIGTERM or Ctrl-C after answering the
+    /// requests in flight.
+    #[cfg(feature = "serve")]
+    Serve(serve::ServeArgs),
     /// Print an exported model's inputs, outputs, opset, metadata and parameter count.
     Inspect(inspect::InspectArgs),
     /// Manage the ImageNet VGG16 conv-base weights.
@@ -89,6 +100,8 @@ impl Command {
             Command::Summary(a) => a.run(),
             Command::Export(a) => a.run(),
             Command::Infer(a) => a.run(),
+            #[cfg(feature = "serve")]
+            Command::Serve(a) => a.run(),
             Command::Inspect(a) => a.run(),
             Command::Weights(c) => c.run(),
         }?;
