@@ -6,7 +6,7 @@ export LIBTORCH_USE_PYTORCH := 1
 PIPE := target/release/pipe
 INFER_ONLY := target/release/pipe-infer
 
-.PHONY: setup build infer-only demo test bench loadtest keras-venv fmt clippy check
+.PHONY: setup build infer-only demo demo-photos test bench loadtest keras-venv fmt clippy check
 
 ## setup: virtualenv (torch, onnxruntime), release build, ImageNet VGG16 weights, CIFAR-10 (idempotent)
 setup:
@@ -34,6 +34,20 @@ demo: setup
 	  curl -sS --fail-with-body --data-binary @$$f "http://$$addr/v1/classify?top_k=2" || ok=0; echo; \
 	done; \
 	kill -TERM $$pid; wait $$pid && [ $$ok = 1 ]
+
+## demo-photos: your own photos end to end, on the ants-and-bees photos (train/ + val/): train with
+## --preset photos, export ONNX, classify the val/ photos with tract and ort, check both agree. Exit
+## code 3 (some image files skipped, each named) does not stop it.
+PHOTOS := data/hymenoptera
+demo-photos: setup
+	$(PIPE) train --data $(PHOTOS) --preset photos || [ $$? -eq 3 ]
+	$(PIPE) export onnx/photos.onnx
+	@echo; echo "== pipe infer --backend tract $(PHOTOS)/val"
+	$(PIPE) infer --model onnx/photos.onnx --backend tract $(PHOTOS)/val > onnx/photos-tract.tsv || [ $$? -eq 3 ]
+	@echo; echo "== pipe infer --backend ort $(PHOTOS)/val"
+	$(PIPE) infer --model onnx/photos.onnx --backend ort $(PHOTOS)/val > onnx/photos-ort.tsv || [ $$? -eq 3 ]
+	@echo; echo "== tract vs ort: labels that differ (per-image lines in onnx/photos-{tract,ort}.tsv)"
+	@diff <(cut -f1,2 onnx/photos-tract.tsv) <(cut -f1,2 onnx/photos-ort.tsv) && echo "none: both backends agree on every photo ($$(wc -l < onnx/photos-tract.tsv) photos)"
 
 ## infer-only: a pipe without libtorch (infer, serve, inspect, export, weights import): tract + ort + serve
 infer-only:

@@ -66,6 +66,7 @@ fn main() {
             train: part(0, n),
             val: part(0, EVAL),
             test: part(0, EVAL),
+            photos: None,
         };
         let device = tch::Device::Cpu;
         let mut model = FineTuneModel::new(splits, &arch, &w, &config, None, device)

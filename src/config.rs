@@ -6,6 +6,7 @@
 //!
 //! No libtorch here: the libtorch-free build reads runs through this module.
 
+use crate::data::{LayoutKind, ResizePolicy};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -33,9 +34,12 @@ pub struct TrainConfig {
     pub name: String,
     /// *Recorded*: version of pipe that trained it.
     pub pipe_version: String,
-    /// `--data`: dataset root (image folders `train/`, `test/`, or the CIFAR-10 binary release);
-    /// absolute once the run has started.
+    /// `--data`: dataset root (`train/` with `test/` and/or `val/` class folders, a single folder of
+    /// class folders, or the CIFAR-10 binary release); absolute once the run has started.
     pub data: PathBuf,
+    /// *Recorded*: the layout detected in `data` (`None` in runs made before layouts were recorded).
+    #[serde(default)]
+    pub layout: Option<LayoutKind>,
     /// Conv-base weights file (safetensors, see `pipe weights import`); absolute once started.
     pub weights: PathBuf,
     /// *Recorded*: SHA-256 fingerprint of the base weights (hex).
@@ -49,7 +53,7 @@ pub struct TrainConfig {
     /// Keras' `load_img`; `crop`: shorter side to `input_size`, then the centre square, torchvision's
     /// `Resize` + `CenterCrop`); written into the exported model's metadata, where `pipe infer` reads it.
     #[serde(default)]
-    pub resize: crate::data::ResizePolicy,
+    pub resize: ResizePolicy,
     /// Preprocessing description (`crate::contract::CAFFE_PREPROCESSING`), as in the ONNX metadata.
     pub preprocessing: String,
     /// *Recorded*: training images used (after the validation hold-out).
@@ -80,10 +84,17 @@ pub struct TrainConfig {
     /// `restore_best_weights`) instead of the last epoch's.
     #[serde(default)]
     pub restore_best: bool,
-    /// Fraction of the training images held out for validation, class-stratified and seeded (0 = the
-    /// test split validates, as in the Keras seed).
+    /// `--val-split`: share of each training class held out for validation, class-stratified and
+    /// seeded (0 = the held-out split validates, as in the Keras seed). `None`: the layout's default,
+    /// 0 for split folders and the binary release, [`crate::data::DEFAULT_VAL_SHARE`] for a single folder of class
+    /// folders. Recorded resolved once the run has started.
     #[serde(default)]
-    pub val_split: f64,
+    pub val_split: Option<f64>,
+    /// `--test-split`: share of each class held out as the test split; only for a single folder of
+    /// class folders (`None`: [`crate::data::DEFAULT_TEST_SHARE`] there). Recorded resolved (0 when the dataset
+    /// has its own held-out split).
+    #[serde(default)]
+    pub test_split: Option<f64>,
     /// *Recorded*: validation images carved out of the training images.
     #[serde(default)]
     pub val_images: usize,
@@ -91,9 +102,13 @@ pub struct TrainConfig {
     /// features; at most [`VGG16_CONVS`]).
     #[serde(default)]
     pub unfreeze: usize,
-    /// Random horizontal flip and 4-pixel pad-and-crop of training images (needs `unfreeze`).
+    /// Augment training images (needs `unfreeze`), as `augment_style` says.
     #[serde(default)]
     pub augment: bool,
+    /// How `augment` changes training images (see [`AugmentStyle`]); recorded resolved (never
+    /// `auto`) once the run has started.
+    #[serde(default)]
+    pub augment_style: AugmentStyle,
     /// With `unfreeze`: the arithmetic of the conv layers while fine-tuning (`--precision`). `auto` on
     /// the command line; a started run records what was chosen (`fp32` or `bf16`). Absent (`None`) for
     /// a frozen-base run, whose head and features are always float32.
@@ -162,6 +177,37 @@ pub enum Schedule {
     #[value(name = "onecycle")]
     #[serde(rename = "onecycle")]
     OneCycle,
+}
+
+/// How `--augment` changes a training image at every epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AugmentStyle {
+    /// `photo` when the input size is above [`PHOTO_AUGMENT_MIN_SIZE`], else `cifar`.
+    #[default]
+    Auto,
+    /// For small tiles such as CIFAR-10's: random horizontal flip and a shift of up to 4 pixels per 32
+    /// with black padding (torchvision's `RandomHorizontalFlip` + `RandomCrop(32, padding=4)`).
+    Cifar,
+    /// For photos: random resized crop (a random part of the photo, of a random share of its area and
+    /// aspect ratio, resized to the input size; torchvision's `RandomResizedCrop`) and random
+    /// horizontal flip, drawn from the photo decoded at a moderate resolution (`train::augment`).
+    Photo,
+}
+
+/// Input sizes above this get [`AugmentStyle::Photo`] from [`AugmentStyle::Auto`]: 32 and 64 are
+/// CIFAR-like tiles (or tiles upsampled), 96 and above photos.
+pub const PHOTO_AUGMENT_MIN_SIZE: usize = 64;
+
+impl AugmentStyle {
+    /// The style `Auto` stands for at `input_size`; other styles unchanged.
+    pub fn resolve(self, input_size: usize) -> AugmentStyle {
+        match self {
+            AugmentStyle::Auto if input_size > PHOTO_AUGMENT_MIN_SIZE => AugmentStyle::Photo,
+            AugmentStyle::Auto => AugmentStyle::Cifar,
+            other => other,
+        }
+    }
 }
 
 /// Arithmetic of the conv layers while fine-tuning (`--precision`). Master weights, optimizer state,
@@ -247,6 +293,8 @@ impl Precision {
 pub enum Preset {
     /// Fine-tune the whole VGG16 with augmentation (see `pipe train --help`).
     Finetune,
+    /// A few hundred photos of one's own classes (see [`TrainConfig::photos`]).
+    Photos,
 }
 
 impl Preset {
@@ -254,6 +302,7 @@ impl Preset {
     pub fn config(self) -> TrainConfig {
         match self {
             Preset::Finetune => TrainConfig::finetune(),
+            Preset::Photos => TrainConfig::photos(),
         }
     }
 }
@@ -264,11 +313,12 @@ impl Default for TrainConfig {
             name: String::new(),
             pipe_version: env!("CARGO_PKG_VERSION").into(),
             data: PathBuf::from(DEFAULT_DATA),
+            layout: None,
             weights: PathBuf::from(DEFAULT_WEIGHTS),
             weights_fingerprint: String::new(),
             classes: Vec::new(),
             input_size: 32,
-            resize: crate::data::ResizePolicy::Squash,
+            resize: ResizePolicy::Squash,
             preprocessing: crate::contract::CAFFE_PREPROCESSING.into(),
             train_images: 0,
             test_images: 0,
@@ -281,10 +331,12 @@ impl Default for TrainConfig {
             lr_step_epochs: default_lr_step_epochs(),
             patience: None,
             restore_best: false,
-            val_split: 0.0,
+            val_split: None,
+            test_split: None,
             val_images: 0,
             unfreeze: 0,
             augment: false,
+            augment_style: AugmentStyle::Auto,
             precision: None,
             head_epochs: 3,
             head_lr: 1e-3,
@@ -322,9 +374,26 @@ impl TrainConfig {
             batch_size: 128,
             train_limit: 0,
             test_limit: 0,
-            val_split: 0.1,
+            val_split: Some(0.1),
             patience: Some(4),
             restore_best: true,
+            ..Self::default()
+        }
+    }
+
+    /// The `photos` recipe, for a few hundred photos of one's own classes: VGG16's own input size 224,
+    /// shorter side + centre crop, all images, the frozen base and the dense head (SGD lr 1e-4
+    /// momentum 0.9, batch 32, 10 epochs). With `unfreeze` and `augment`, photo augmentation
+    /// ([`AugmentStyle::Photo`], which `auto` resolves to at 224).
+    pub fn photos() -> Self {
+        TrainConfig {
+            input_size: 224,
+            resize: ResizePolicy::Crop,
+            train_limit: 0,
+            test_limit: 0,
+            epochs: 10,
+            batch_size: 32,
+            lr: 1e-4,
             ..Self::default()
         }
     }
@@ -332,7 +401,7 @@ impl TrainConfig {
     /// Checks every setting before any work: epochs and batch size at least 1, a positive finite
     /// learning rate (and head warm-up rate when a warm-up runs), momentum in [0, 1), patience and
     /// step epochs at least 1, a non-negative weight decay, the input size, `unfreeze` at most 13,
-    /// `augment` only with `unfreeze`, `val_split` in [0, 1).
+    /// `augment` only with `unfreeze`, `val_split` and `test_split` in [0, 1).
     ///
     /// # Errors
     /// [`Error::Usage`] naming the command-line option.
@@ -352,11 +421,16 @@ impl TrainConfig {
                     .into(),
             ));
         }
-        if self.val_split != 0.0 && !(self.val_split > 0.0 && self.val_split < 1.0) {
-            return Err(Error::Usage(format!(
-                "--val-split must be between 0 and 1 (exclusive), got {}",
-                self.val_split
-            )));
+        for (flag, share) in [
+            ("--val-split", self.val_split),
+            ("--test-split", self.test_split),
+        ] {
+            if share.is_some_and(|v| !(0.0..1.0).contains(&v)) {
+                return Err(Error::Usage(format!(
+                    "{flag} must be between 0 and 1 (0 included, 1 excluded), got {}",
+                    share.unwrap_or_default()
+                )));
+            }
         }
         if self.unfreeze > 0 && self.head_epochs > 0 && !positive(self.head_lr) {
             return Err(Error::Usage(format!(
@@ -426,7 +500,8 @@ impl TrainConfig {
     /// The configuration recorded when a new run `name` starts on `device` (`cpu`, `cuda:0`) with the
     /// fine-tuning `precision` chosen for it ([`Precision::resolve`]): the data and weights paths made
     /// absolute (so that the run can be evaluated and exported from any folder), this pipe's version,
-    /// and for a frozen-base run no warm-up epochs and no precision.
+    /// for a frozen-base run no warm-up epochs and no precision, and the augmentation style resolved
+    /// ([`AugmentStyle::resolve`]).
     pub fn started(self, name: &str, device: &str, precision: Precision) -> TrainConfig {
         let absolute = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
         let tuned = self.unfreeze > 0;
@@ -437,6 +512,7 @@ impl TrainConfig {
             weights: absolute(self.weights.clone()),
             head_epochs: if tuned { self.head_epochs } else { 0 },
             precision: tuned.then_some(precision),
+            augment_style: self.augment_style.resolve(self.input_size),
             device: device.into(),
             ..self
         }
@@ -458,10 +534,14 @@ impl TrainConfig {
             ),
             Schedule::OneCycle => ", one-cycle schedule".into(),
         };
-        let val = if self.val_split > 0.0 {
-            format!("validation {:.0}% of train", self.val_split * 100.0)
-        } else {
-            "validation = test split".into()
+        let val = match self.val_share() {
+            v if v > 0.0 => format!("validation {:.0}% of train", v * 100.0),
+            _ if self.layout == Some(LayoutKind::TrainValTest) => "validation = val/".into(),
+            _ => "validation = test split".into(),
+        };
+        let test = match self.test_split {
+            Some(t) if t > 0.0 => format!(", test {:.0}% of each class", t * 100.0),
+            _ => String::new(),
         };
         let stop = self
             .patience
@@ -481,10 +561,11 @@ impl TrainConfig {
             format!(
                 "VGG16 with its last {} conv layers fine-tuned + dense head{}, {} ({why})",
                 self.unfreeze,
-                if self.augment {
-                    ", augmented images"
-                } else {
-                    ""
+                match (self.augment, self.augment_style.resolve(self.input_size)) {
+                    (false, _) => "",
+                    (true, AugmentStyle::Photo) =>
+                        ", photo augmentation (random resized crops, flips)",
+                    (true, _) => ", augmented images",
                 },
                 match self.precision.unwrap_or_default() {
                     Precision::Bf16 => "bf16 mixed precision",
@@ -496,18 +577,57 @@ impl TrainConfig {
             "VGG16 frozen base + dense head".to_string()
         };
         format!(
-            "pipe train: data {}, {} train / {} test images (0 = all), {val}, input {}x{}; {model} \
-             on {device}; {opt} weight decay {}{smoothing}{schedule}, batch {}, {}{stop}{best}, seed {}",
+            "pipe train: data {}, {} train / {} test images (0 = all), {val}{test}, input {}x{} \
+             ({}); {model} on {device}; {opt} weight decay {}{smoothing}{schedule}, batch {}, \
+             {}{stop}{best}, seed {}",
             self.data.display(),
             self.train_limit,
             self.test_limit,
             self.input_size,
             self.input_size,
+            self.resize,
             self.weight_decay,
             self.batch_size,
             crate::util::plural(self.epochs, "epoch"),
             self.seed
         )
+    }
+}
+
+impl TrainConfig {
+    /// The validation share: `val_split`, 0 when not given.
+    pub fn val_share(&self) -> f64 {
+        self.val_split.unwrap_or(0.0)
+    }
+
+    /// Whether the run validates on images other than the test split's (a `--val-split` share of
+    /// the training images, or the `val/` folder of a train/ + val/ + test/ dataset): then the test
+    /// split is used only at the end. For a configuration whose shares are resolved
+    /// ([`TrainConfig::with_shares`]).
+    pub fn holds_out_validation(&self) -> bool {
+        self.val_share() > 0.0 || self.layout == Some(LayoutKind::TrainValTest)
+    }
+
+    /// The configuration with the dataset's `layout` and the validation and test shares it gets
+    /// (`val_share`, `test_share`: from [`crate::data::SplitOptions::shares`]) recorded.
+    pub fn with_shares(self, layout: LayoutKind, (val_share, test_share): (f64, f64)) -> Self {
+        TrainConfig {
+            layout: Some(layout),
+            val_split: Some(val_share),
+            test_split: Some(test_share),
+            ..self
+        }
+    }
+
+    /// How to make the run's splits from its data: shares, seed and limits.
+    pub fn split_options(&self) -> crate::data::SplitOptions {
+        crate::data::SplitOptions {
+            val_share: self.val_split,
+            test_share: self.test_split,
+            seed: self.seed,
+            train_limit: self.train_limit,
+            test_limit: self.test_limit,
+        }
     }
 }
 
@@ -581,7 +701,13 @@ overrides! {
     /// `--lr-step-epochs`.
     lr_step_epochs: usize,
     /// `--val-split`.
-    val_split: f64,
+    val_split: Option<f64>,
+    /// `--test-split`.
+    test_split: Option<f64>,
+    /// `--resize`.
+    resize: ResizePolicy,
+    /// `--augment-style`.
+    augment_style: AugmentStyle,
     /// `--patience`.
     patience: Option<usize>,
     /// `--restore-best`.
@@ -638,6 +764,8 @@ pub struct TrainEnv {
     /// Stop after this many epochs as if interrupted, leaving the run unfinished (for testing
     /// `--resume`).
     pub interrupt_after: Option<usize>,
+    /// `--strict`: stop at the first image file that cannot be decoded, instead of skipping it.
+    pub strict: bool,
 }
 
 impl Default for TrainEnv {
@@ -652,6 +780,7 @@ impl Default for TrainEnv {
             allow_unverified: false,
             progress: false,
             interrupt_after: None,
+            strict: false,
         }
     }
 }
@@ -686,7 +815,10 @@ mod tests {
         assert_eq!((c.weight_decay, c.schedule), (5e-4, Schedule::OneCycle));
         assert_eq!((c.epochs, c.batch_size), (15, 128));
         // The full data, 10% held out, patience 4, restore best.
-        assert_eq!((c.train_limit, c.test_limit, c.val_split), (0, 0, 0.1));
+        assert_eq!(
+            (c.train_limit, c.test_limit, c.val_split),
+            (0, 0, Some(0.1))
+        );
         assert_eq!((c.patience, c.restore_best), (Some(4), true));
         // Everything else is the seed recipe's.
         let seed = TrainConfig::seed_recipe();
@@ -721,7 +853,10 @@ mod tests {
         // What was not given keeps the preset's value.
         assert_eq!((c.weight_decay, c.schedule), (5e-4, Schedule::OneCycle));
         assert!(c.augment && c.restore_best);
-        assert_eq!((c.head_epochs, c.test_limit, c.val_split), (5, 0, 0.1));
+        assert_eq!(
+            (c.head_epochs, c.test_limit, c.val_split),
+            (5, 0, Some(0.1))
+        );
         // Nothing given: the preset unchanged; on the seed recipe, the seed recipe.
         let p = Preset::Finetune.config();
         assert_eq!(Overrides::default().apply(p.clone()), p);
@@ -733,7 +868,7 @@ mod tests {
     fn validation_names_the_option() {
         let err = |c: TrainConfig| c.validate().unwrap_err().to_string();
         type Spoil = fn(&mut TrainConfig);
-        let cases: [(Spoil, &str); 10] = [
+        let cases: [(Spoil, &str); 11] = [
             (
                 |c| c.epochs = 0,
                 "--epochs and --batch-size must be at least 1",
@@ -755,7 +890,14 @@ mod tests {
             ),
             (|c| c.unfreeze = 14, "--unfreeze must be between 0 and 13"),
             (|c| c.augment = true, "--augment needs --unfreeze N"),
-            (|c| c.val_split = 1.0, "--val-split must be between 0 and 1"),
+            (
+                |c| c.test_split = Some(-0.1),
+                "--test-split must be between 0 and 1",
+            ),
+            (
+                |c| c.val_split = Some(1.0),
+                "--val-split must be between 0 and 1",
+            ),
         ];
         for (spoil, message) in cases {
             let mut c = TrainConfig::default();
@@ -813,6 +955,7 @@ mod tests {
             "name",
             "pipe_version",
             "data",
+            "layout",
             "weights",
             "weights_fingerprint",
             "classes",
@@ -831,9 +974,11 @@ mod tests {
             "patience",
             "restore_best",
             "val_split",
+            "test_split",
             "val_images",
             "unfreeze",
             "augment",
+            "augment_style",
             "precision",
             "head_epochs",
             "head_lr",
@@ -893,5 +1038,43 @@ mod tests {
             std::arch::is_x86_feature_detected!("avx512bf16")
         );
         assert_eq!(Precision::Bf16.name(), "bf16");
+    }
+
+    /// A `config.json` of an earlier pipe (no layout, test split, resize or augmentation style; the
+    /// validation share a number) still reads: squash, the share given, no test share.
+    #[test]
+    fn config_json_of_earlier_runs_still_reads() {
+        let mut old =
+            serde_json::to_value(TrainConfig::finetune().started("r", "cpu", Precision::Fp32))
+                .unwrap();
+        let map = old.as_object_mut().unwrap();
+        for k in ["layout", "test_split", "resize", "augment_style"] {
+            map.remove(k);
+        }
+        map.insert("val_split".into(), serde_json::json!(0.2));
+        let c: TrainConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            (c.val_split, c.test_split, c.layout),
+            (Some(0.2), None, None)
+        );
+        assert_eq!(
+            (c.resize, c.augment_style),
+            (ResizePolicy::Squash, AugmentStyle::Auto)
+        );
+        assert_eq!(c.augment_style.resolve(c.input_size), AugmentStyle::Cifar);
+    }
+
+    /// Photo augmentation is the default above 64 pixels; the photos preset is 224 with crop.
+    #[test]
+    fn augment_style_resolves_by_input_size_and_photos_preset_is_224_crop() {
+        assert_eq!(AugmentStyle::Auto.resolve(64), AugmentStyle::Cifar);
+        assert_eq!(AugmentStyle::Auto.resolve(96), AugmentStyle::Photo);
+        assert_eq!(AugmentStyle::Cifar.resolve(224), AugmentStyle::Cifar);
+        let p = Preset::Photos.config();
+        assert_eq!((p.input_size, p.resize), (224, ResizePolicy::Crop));
+        assert_eq!((p.train_limit, p.test_limit), (0, 0));
+        p.validate().unwrap();
+        let started = p.started("r", "cpu", Precision::Fp32);
+        assert_ne!(started.augment_style, AugmentStyle::Auto);
     }
 }

@@ -21,11 +21,12 @@ fn main() -> ExitCode {
     ExitCode::from(exit_code(cli.command.run(&matches)))
 }
 
-/// The exit code of a command's outcome, after printing its error on stderr: 0 on success, 1 for
-/// any error.
-fn exit_code(outcome: anyhow::Result<()>) -> u8 {
+/// The exit code of a command's outcome, after printing its error on stderr: 0 on success, 3 when
+/// image files were skipped, 1 for any error.
+fn exit_code(outcome: anyhow::Result<cli::Outcome>) -> u8 {
     match outcome {
-        Ok(()) => 0,
+        Ok(cli::Outcome::Done) => 0,
+        Ok(cli::Outcome::Skipped(_)) => 3,
         Err(e) => {
             eprintln!("error: {e:#}");
             1
@@ -35,11 +36,12 @@ fn exit_code(outcome: anyhow::Result<()>) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use super::exit_code;
+    use super::{cli::Outcome, exit_code};
 
     #[test]
-    fn success_exits_0_and_any_error_1() {
-        assert_eq!(exit_code(Ok(())), 0);
+    fn success_exits_0_skipped_files_3_and_any_error_1() {
+        assert_eq!(exit_code(Ok(Outcome::Done)), 0);
+        assert_eq!(exit_code(Ok(Outcome::Skipped(2))), 3);
         assert_eq!(exit_code(Err(anyhow::anyhow!("no such run"))), 1);
         assert_eq!(exit_code(Err(pipe::Error::Usage("bad".into()).into())), 1);
     }

@@ -89,10 +89,10 @@ impl Command {
     /// # Errors
     /// Whatever the command's library calls return.
     #[cfg_attr(not(feature = "train"), allow(unused_variables))]
-    pub fn run(self, matches: &ArgMatches) -> anyhow::Result<()> {
+    pub fn run(self, matches: &ArgMatches) -> anyhow::Result<Outcome> {
         match self {
             #[cfg(feature = "train")]
-            Command::Train(a) => a.run(matches.subcommand_matches("train")),
+            Command::Train(a) => return a.run(matches.subcommand_matches("train")),
             #[cfg(feature = "train")]
             Command::Evaluate(a) => a.run(),
             #[cfg(feature = "train")]
@@ -104,8 +104,21 @@ impl Command {
             Command::Serve(a) => a.run(),
             Command::Inspect(a) => a.run(),
             Command::Weights(c) => c.run(),
-        }
+        }?;
+        Ok(Outcome::Done)
     }
+}
+
+/// How a command that did not fail ended; the binary maps it to the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done, every input used: exit code 0.
+    Done,
+    /// Done, but this many image files inside folders were skipped because they could not be
+    /// decoded (each named on stderr, counted, listed): exit code 3.
+    // Only `train` reports skipped files so far, and builds without libtorch have no `train`.
+    #[cfg_attr(not(feature = "train"), allow(dead_code))]
+    Skipped(usize),
 }
 
 /// The data and base weights a training job reads (train, sweep; sweep words `--test-limit` its own
@@ -113,8 +126,11 @@ impl Command {
 #[cfg(feature = "train")]
 #[derive(clap::Args)]
 pub struct DataArgs {
-    /// Dataset: train/<class>/* and test/<class>/* image folders, or the CIFAR-10 binary release
-    /// (cifar-10-batches-bin/ with data_batch_1..5.bin and test_batch.bin), detected automatically.
+    /// Dataset, its layout detected: train/<class>/* with test/<class>/* (test/ is held out) or
+    /// val/<class>/* (val/ is held out), or both (val/ validates); a single folder of class folders
+    /// (pipe splits it, see --val-split and --test-split); or the CIFAR-10 binary release
+    /// (cifar-10-batches-bin/ with data_batch_1..5.bin and test_batch.bin). Hidden entries
+    /// (.DS_Store, ._*, .ipynb_checkpoints/), __MACOSX/, Thumbs.db and desktop.ini are ignored.
     #[arg(long, default_value = pipe::config::DEFAULT_DATA)]
     pub data: PathBuf,
     /// Conv-base weights written by `pipe weights import` (made by `make setup`).
@@ -155,11 +171,17 @@ pub struct ExtractionArgs {
     #[arg(long, default_value_t = 128)]
     pub extract_batch_size: usize,
     /// Network input size in pixels (multiple of 32): images are resized to it with a bilinear filter.
-    /// 32 keeps CIFAR-10's size; 64 upsamples 2x (4x the extraction work, 2,048 features per image).
+    /// 32 keeps CIFAR-10's size; 64 upsamples 2x (4x the extraction work, 2,048 features per image);
+    /// 224 is VGG16's own, for photos (49x the work of 32, 25,088 features per image).
     #[arg(long, default_value_t = SEED.input_size)]
     pub input_size: usize,
-    /// Folder of the feature cache (features keyed by weights fingerprint, preprocessing, input size
-    /// and image pixels).
+    /// How images of any shape become --input-size squares: squash (stretch the whole image, as
+    /// Keras' load_img) or crop (shorter side to the input size, then the centre square, as
+    /// torchvision's Resize + CenterCrop). Recorded in the run; the exported model carries it.
+    #[arg(long, default_value_t = SEED.resize, value_name = "squash|crop")]
+    pub resize: pipe::data::ResizePolicy,
+    /// Folder of the feature cache (features keyed by weights fingerprint, preprocessing, input size,
+    /// resize policy and filter, and image pixels).
     #[arg(long, default_value = pipe::config::DEFAULT_CACHE_DIR)]
     pub cache_dir: PathBuf,
     /// Neither read nor write the feature cache.

@@ -91,6 +91,7 @@ impl SweepArgs {
             train_limit: self.data.train_limit,
             test_limit: self.data.test_limit,
             input_size: self.common.input_size,
+            resize: self.common.resize,
             epochs: self.epochs,
             momentum: self.sgd.momentum,
             weight_decay: self.sgd.weight_decay,

@@ -1,10 +1,11 @@
 //! `pipe train`: its arguments, the `finetune` preset, and their conversion into the training
 //! library's options.
 
-use super::{DataArgs, ExtractionArgs, SgdArgs, SEED};
+use super::{DataArgs, ExtractionArgs, Outcome, SgdArgs, SEED};
 use anyhow::Result;
 use clap::{parser::ValueSource, ArgMatches};
-use pipe::config::{Overrides, Preset, TrainConfig, TrainEnv};
+use pipe::config::{AugmentStyle, Overrides, Preset, TrainConfig, TrainEnv};
+use pipe::data::SkippedFile;
 use std::path::PathBuf;
 
 /// Arguments of `pipe train`.
@@ -39,10 +40,15 @@ pub struct TrainArgs {
     /// Epochs between two divisions of the rate by 10 with --schedule step.
     #[arg(long, default_value_t = SEED.lr_step_epochs)]
     lr_step_epochs: usize,
-    /// Hold out this fraction of the training images (class-stratified, seeded) as the validation set;
-    /// 0 validates on the test split as the Keras seed does.
-    #[arg(long, default_value_t = SEED.val_split)]
-    val_split: f64,
+    /// Hold out this share of each training class (seeded) as the validation set; 0 validates on the
+    /// held-out split as the Keras seed does. Default: 0, or 0.15 for a single folder of class folders.
+    #[arg(long, value_name = "SHARE")]
+    val_split: Option<f64>,
+    /// For a single folder of class folders: hold out this share of each class (seeded) as the test
+    /// split of the closing test accuracy (default 0.15). Every class needs an image in each split;
+    /// a class too small is named.
+    #[arg(long, value_name = "SHARE")]
+    test_split: Option<f64>,
     /// Early stopping: end training when the validation loss has not improved for N epochs.
     #[arg(long, value_name = "N")]
     patience: Option<usize>,
@@ -54,9 +60,15 @@ pub struct TrainArgs {
     /// features). Trains on decoded images every epoch: far slower than the frozen base on a CPU.
     #[arg(long, default_value_t = SEED.unfreeze, value_name = "N")]
     unfreeze: usize,
-    /// Augment training images: random horizontal flip and 4-pixel pad-and-crop (needs --unfreeze).
+    /// Augment training images every epoch (needs --unfreeze), as --augment-style says.
     #[arg(long)]
     augment: bool,
+    /// How --augment changes training images: cifar (random flip and a shift of up to 4 pixels per
+    /// 32, for small tiles), photo (random resized crop: a random part of 8% to 100% of the photo's
+    /// area, aspect 3/4 to 4/3, resized to the input size; and a random flip), or auto (photo for
+    /// --input-size above 64, else cifar).
+    #[arg(long, value_enum, default_value_t = SEED.augment_style)]
+    augment_style: AugmentStyle,
     /// With --unfreeze: arithmetic of the conv layers while fine-tuning. auto = bf16 mixed precision on
     /// a CPU with AVX512_BF16 or AMX (about twice as fast there), float32 elsewhere and on CUDA. The
     /// weights, optimizer, head, loss, validation, final test predictions and the exported model stay
@@ -76,9 +88,15 @@ pub struct TrainArgs {
     /// layers and the head after 5 head-only epochs (lr 1e-3), --augment, SGD lr 1e-4 momentum 0.9
     /// weight decay 5e-4, one-cycle schedule, 15 epochs, the full CIFAR-10 training and test sets, 10% of training held out for validation,
     /// early stopping (patience 4) and --restore-best. Aimed at >= 0.90 test accuracy; needs a GPU to
-    /// be quick (about 10 min per epoch on 2 CPU cores).
+    /// be quick (about 10 min per epoch on 2 CPU cores). `photos`: for a few hundred photos of your
+    /// own classes: --input-size 224, --resize crop, all images, the frozen base and the dense head
+    /// (SGD lr 1e-4 momentum 0.9, batch 32, 10 epochs); with --unfreeze N --augment, photo
+    /// augmentation (random resized crops and flips).
     #[arg(long, value_enum)]
     preset: Option<Preset>,
+    /// Stop at the first image file that cannot be decoded (exit code 1) instead of skipping it.
+    #[arg(long)]
+    strict: bool,
     #[command(flatten)]
     common: ExtractionArgs,
     /// Folder of training runs.
@@ -97,18 +115,20 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// Trains (or resumes) a run and prints its test loss, accuracy and folder. `matches` are the
-    /// command's parsed arguments: a preset leaves the options given on the command line alone.
+    /// Trains (or resumes) a run and prints its test loss, accuracy and folder, and how many image
+    /// files were skipped. `matches` are the command's parsed arguments: a preset leaves the options
+    /// given on the command line alone.
     ///
     /// # Errors
     /// As [`pipe::train::train`].
-    pub fn run(self, matches: Option<&ArgMatches>) -> Result<()> {
+    pub fn run(self, matches: Option<&ArgMatches>) -> Result<Outcome> {
         let config = self.config(matches);
         let env = TrainEnv {
             runs_dir: self.runs_dir,
             name: self.name,
             resume: self.resume,
             interrupt_after: self.interrupt_after_epoch,
+            strict: self.strict,
             ..self.common.env()
         };
         let out = pipe::train::train(&config, &env)?;
@@ -117,7 +137,12 @@ impl TrainArgs {
             out.test_loss, out.test_accuracy
         );
         println!("run: {}", out.run_dir.display());
-        Ok(())
+        if let Some(line) = SkippedFile::summary(&out.skipped) {
+            let list = out.run_dir.join(pipe::train::SKIPPED_FILE);
+            println!("{line}; listed in {}", list.display());
+            return Ok(Outcome::Skipped(out.skipped.len()));
+        }
+        Ok(Outcome::Done)
     }
 
     /// The run configuration: the preset's (or the seed recipe's) settings, with the options given
@@ -147,15 +172,18 @@ impl TrainArgs {
             schedule,
             lr_step_epochs,
             val_split,
+            test_split,
             patience,
             restore_best,
             unfreeze,
             augment,
+            augment_style,
             precision,
             head_epochs,
             head_lr,
             seed in sgd,
             input_size in common,
+            resize in common,
         );
         overrides.apply(
             self.preset
@@ -196,7 +224,10 @@ mod tests {
             "500",
         ]);
         assert_eq!((c.unfreeze, c.augment, c.head_epochs), (13, true, 5));
-        assert_eq!((c.train_limit, c.test_limit, c.val_split), (0, 500, 0.1));
+        assert_eq!(
+            (c.train_limit, c.test_limit, c.val_split),
+            (0, 500, Some(0.1))
+        );
         assert_eq!((c.lr, c.head_lr), (1e-3, 1e-3));
         assert_eq!((c.momentum, c.weight_decay), (0.9, 5e-4));
         assert_eq!(c.schedule, Schedule::OneCycle);

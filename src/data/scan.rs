@@ -106,6 +106,23 @@ impl Skipped {
         out
     }
 
+    /// What was skipped or ignored under `dir` (paths that start with it).
+    pub fn within(&self, dir: &Path) -> Skipped {
+        let inside = |p: &&PathBuf| p.starts_with(dir);
+        let paths = |v: &[PathBuf]| v.iter().filter(inside).cloned().collect();
+        Skipped {
+            non_images: paths(&self.non_images),
+            loops: self
+                .loops
+                .iter()
+                .filter(|(p, _)| p.starts_with(dir))
+                .cloned()
+                .collect(),
+            duplicates: paths(&self.duplicates),
+            ignored: paths(&self.ignored),
+        }
+    }
+
     /// A line for a debug or verbose log when junk entries were left out, e.g. `ignored 2 hidden or
     /// system entries (.DS_Store, __MACOSX/ and the like), e.g. data/train/.DS_Store`; `None` when
     /// there were none.
@@ -286,24 +303,7 @@ impl ClassScan {
         };
         let dir = self.class_dir(label);
         let mut msg = "class folder holds no image".to_string();
-        let inside = |p: &PathBuf| p.starts_with(&dir);
-        let here = Skipped {
-            non_images: self
-                .skipped
-                .non_images
-                .iter()
-                .filter(|p| inside(p))
-                .cloned()
-                .collect(),
-            loops: self
-                .skipped
-                .loops
-                .iter()
-                .filter(|(p, _)| inside(p))
-                .cloned()
-                .collect(),
-            ..Skipped::default()
-        };
+        let here = self.skipped.within(&dir);
         if !here.is_empty() {
             msg = format!("{msg} ({})", here.warnings().join("; "));
         }

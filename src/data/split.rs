@@ -52,8 +52,8 @@ pub struct SmallClass {
 /// Splits items `0..labels.len()` per class: of a class of `n` items, `round(share * n)` (at least 1
 /// when the share is above 0) go to test and to validation, chosen by a ChaCha8 shuffle seeded with
 /// `seed`, and at least one stays in training. The same labels, shares and seed give the same split.
-/// With `test_share == 0` the validation images are those of the feature-level `--val-split`
-/// (`stratified_holdout` in `train::features`) for every class of at least 2 images.
+/// With `test_share == 0` the validation images are those the feature-level `--val-split` of earlier
+/// pipe versions held out, for every class of at least 2 images.
 ///
 /// Shares are expected in `[0, 1)` (see [`SplitOptions`]); a share of 0 leaves that split empty.
 ///
@@ -205,10 +205,48 @@ impl SplitOptions {
 /// and label (index into [`SplitList::classes`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitEntry {
-    /// The file, relative to the list's root.
+    /// The file, relative to the list's root (a name that is not UTF-8 with U+FFFD in its place).
     pub file: String,
     /// Index into the training classes.
     pub label: usize,
+    /// The bytes of the relative path when it is not UTF-8 (Unix), so that `file`'s lossy name
+    /// still finds the file; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Vec<u8>>,
+}
+
+impl SplitEntry {
+    /// The entry of `file` (under `root`) with `label`.
+    pub fn of(root: &Path, file: &Path, label: usize) -> SplitEntry {
+        let rel = file.strip_prefix(root).unwrap_or(file);
+        SplitEntry {
+            file: ClassScan::relative_name(root, file),
+            label,
+            raw: raw_bytes(rel),
+        }
+    }
+
+    /// The entry's file under `root`.
+    pub fn path(&self, root: &Path) -> PathBuf {
+        match &self.raw {
+            #[cfg(unix)]
+            Some(bytes) => {
+                use std::os::unix::ffi::OsStrExt;
+                root.join(std::ffi::OsStr::from_bytes(bytes))
+            }
+            _ => root.join(&self.file),
+        }
+    }
+}
+
+/// The bytes of `rel` when it is not valid UTF-8 (Unix only).
+fn raw_bytes(rel: &Path) -> Option<Vec<u8>> {
+    #[cfg(unix)]
+    if rel.to_str().is_none() {
+        use std::os::unix::ffi::OsStrExt;
+        return Some(rel.as_os_str().as_bytes().to_vec());
+    }
+    None
 }
 
 /// One of a run's splits.
@@ -423,7 +461,7 @@ impl SplitList {
         if self.layout == LayoutKind::CifarBinary {
             return self.load_records(entries, spec);
         }
-        let paths: Vec<PathBuf> = entries.iter().map(|e| self.root.join(&e.file)).collect();
+        let paths: Vec<PathBuf> = entries.iter().map(|e| e.path(&self.root)).collect();
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         let decoded = load_images(&refs, spec, on_error)?;
         Ok(LoadedPart {
@@ -545,7 +583,11 @@ impl Pools {
             let entries = |train: bool| -> Result<Vec<SplitEntry>> {
                 Ok(cifar::read_index(root, train, classes.len())?
                     .into_iter()
-                    .map(|(file, label)| SplitEntry { file, label })
+                    .map(|(file, label)| SplitEntry {
+                        file,
+                        label,
+                        raw: None,
+                    })
                     .collect())
             };
             return Ok(Pools {
@@ -620,10 +662,7 @@ fn class_entries(
                 ),
             ));
         };
-        out.extend(files.iter().map(|f| SplitEntry {
-            file: ClassScan::relative_name(root, f),
-            label,
-        }));
+        out.extend(files.iter().map(|f| SplitEntry::of(root, f, label)));
     }
     Ok(out)
 }
@@ -699,8 +738,8 @@ mod tests {
         }
     }
 
-    /// Without a test share, the validation images are those the feature-level `--val-split`
-    /// (`stratified_holdout`) picks for the same labels, share and seed (values taken from it).
+    /// Without a test share, the validation images are those the feature-level `--val-split` of
+    /// earlier pipe versions picked for the same labels, share and seed (values taken from it).
     #[test]
     fn validation_only_matches_the_feature_level_holdout() {
         let labels: Vec<usize> = (0..23).map(|i| (i * 7) % 3).collect();

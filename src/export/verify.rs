@@ -65,7 +65,10 @@ pub fn verify_against_run(
         .map(|i| &preds.items[i * total / take.max(1)])
         .collect();
     let s = crate::onnx::ModelInfo::read(model)?.input_size;
-    let input: Vec<f32> = pixels(&preds, &picked, s)?
+    let config: crate::config::TrainConfig =
+        crate::util::read_json(&run_dir.join(crate::run::CONFIG_FILE))?;
+    let spec = crate::data::ImageSpec::new(s, config.resize);
+    let input: Vec<f32> = pixels(&preds, &picked, &spec)?
         .iter()
         .map(|&v| f32::from(v))
         .collect();
@@ -99,14 +102,19 @@ pub fn verify_against_run(
     })
 }
 
-/// The pixels of the `picked` images at `size`x`size`, RGB u8 NHWC: files under the run's data root,
-/// or records of the CIFAR-10 binary release.
+/// The pixels of the `picked` images decoded as training decoded them (`spec`: the run's input size
+/// and resize policy), RGB u8 NHWC: files under the run's data root, or records of the CIFAR-10
+/// binary release.
 ///
 /// # Errors
 /// An image or record that cannot be read.
-fn pixels(preds: &Predictions, picked: &[&PredictionItem], size: usize) -> Result<Vec<u8>> {
-    use crate::data::{cifar, load_rgb, resize_rgb};
-    let mut pixels = Vec::with_capacity(picked.len() * size * size * 3);
+fn pixels(
+    preds: &Predictions,
+    picked: &[&PredictionItem],
+    spec: &crate::data::ImageSpec,
+) -> Result<Vec<u8>> {
+    use crate::data::{cifar, load_image};
+    let mut pixels = Vec::with_capacity(picked.len() * spec.image_bytes());
     let binary = picked.iter().any(|it| it.file.contains(".bin#"));
     let records = if binary {
         let classes = cifar::read_classes(&preds.data_root)?;
@@ -123,9 +131,12 @@ fn pixels(preds: &Predictions, picked: &[&PredictionItem], size: usize) -> Resul
                         format!("record {} of predictions.json not found", it.file),
                     )
                 })?;
-                pixels.extend(resize_rgb(&rec.pixels, cifar::CIFAR_SIZE, size));
+                let side = cifar::CIFAR_SIZE as u32;
+                let img = image::RgbImage::from_raw(side, side, rec.pixels.clone())
+                    .ok_or_else(|| Error::invalid(&preds.data_root, "a record is not 32x32 RGB"))?;
+                pixels.extend(spec.fit(img)?.into_raw());
             }
-            None => pixels.extend(load_rgb(&preds.data_root.join(&it.file), size)?),
+            None => pixels.extend(load_image(&preds.data_root.join(&it.file), spec)?),
         }
     }
     Ok(pixels)

@@ -3,12 +3,13 @@
 
 use super::features::{prepare_features, split_features};
 use super::head::{evaluate_head, HeadModel};
+use super::images::{build_list, read_list, report_skipped, run_spec, RunImages};
 use super::learner::{label_tensor, Learner};
 use super::model::Head;
 use super::resolve_device;
 use crate::arch::Arch;
 use crate::config::{TrainConfig, TrainEnv};
-use crate::data::{DataSource, Split};
+use crate::data::{DataLayout, OnError, SplitList, SplitPart};
 use crate::error::{Error, Result};
 use crate::report::ClassReport;
 use crate::run::{self, EpochMetrics};
@@ -31,8 +32,10 @@ pub struct Evaluation {
     pub report: ClassReport,
 }
 
-/// Evaluates a run's head on the test split of `data` (default: the run's own data and test subset),
-/// on `env`'s device, with features from `env`'s cache when present.
+/// Evaluates a run's head on its test split, on `env`'s device, with features from `env`'s cache
+/// when present. The test split is the run's own (its `split.json`: exactly the images the run was
+/// tested on, decoded as in training), unless `data` or `test_limit` asks for another (the held-out
+/// split of `data`, or of the run's data with another limit).
 ///
 /// # Errors
 /// Missing or unfinished run, data whose classes differ from the run's, an unavailable device,
@@ -45,26 +48,30 @@ pub fn evaluate_run(
 ) -> Result<Evaluation> {
     let device = resolve_device(env.device)?;
     let config: TrainConfig = crate::util::read_json(&run_dir.join(run::CONFIG_FILE))?;
+    let list = match read_list(run_dir)? {
+        Some(list) if data.is_none() && test_limit.is_none() => list,
+        _ => other_test_split(&config, data, test_limit)?,
+    };
     let data = data
         .map(Path::to_path_buf)
         .unwrap_or_else(|| config.data.clone());
-    let split = DataSource::detect(&data)?.load(
-        Split::Test,
-        test_limit.unwrap_or(config.test_limit),
-        config.input_size,
-    )?;
-    if split.classes != config.classes {
+    if list.classes != config.classes {
         return Err(Error::invalid(
             &data,
             format!(
                 "classes {:?} differ from the run's {:?}",
-                split.classes, config.classes
+                list.classes, config.classes
             ),
         ));
     }
+    let spec = run_spec(&config);
+    let loaded = list.load(SplitPart::Test, &spec, OnError::Skip)?;
+    report_skipped(&loaded.skipped);
+    let split = loaded.split;
     let arch = Arch::vgg16_transfer(config.input_size, config.classes.len());
     let x = split_features(
         &split,
+        &spec,
         &run::base_weights(run_dir, &config),
         &arch,
         env,
@@ -90,6 +97,31 @@ pub fn evaluate_run(
         loss: scores.loss,
         report: ClassReport::new(&config.classes, &split.labels, &pred),
     })
+}
+
+/// The split list of the test split `evaluate` asks for instead of the run's own: `data` (default:
+/// the run's) with `test_limit` (default: the run's), all training images, the run's shares when
+/// the layout is the run's (else the layout's defaults).
+///
+/// # Errors
+/// As [`DataLayout::detect`] and [`SplitList::build`].
+fn other_test_split(
+    config: &TrainConfig,
+    data: Option<&Path>,
+    test_limit: Option<usize>,
+) -> Result<SplitList> {
+    let data = data.map_or_else(|| config.data.clone(), Path::to_path_buf);
+    let layout = DataLayout::detect(&data)?;
+    let same = config.layout.is_none_or(|k| k == layout.kind);
+    let c = TrainConfig {
+        data,
+        train_limit: 0,
+        test_limit: test_limit.unwrap_or(config.test_limit),
+        val_split: config.val_split.filter(|_| same),
+        test_split: config.test_split.filter(|_| same),
+        ..config.clone()
+    };
+    build_list(&layout, &c)
 }
 
 /// One setting of a sweep and its outcome.
@@ -161,7 +193,12 @@ pub fn sweep(
 ) -> Result<(Vec<SweepRow>, usize)> {
     validate_sweep(config, env, batch_sizes, lrs)?;
     let device = resolve_device(env.device)?;
-    let f = prepare_features(config, env, device)?;
+    let layout = DataLayout::detect(&config.data)?;
+    let shares = config.split_options().shares(layout.kind)?;
+    let config = &config.clone().with_shares(layout.kind, shares);
+    let list = build_list(&layout, config)?;
+    let images = RunImages::load(list, run_spec(config), OnError::Skip)?;
+    let f = prepare_features(&images, config, env, device)?;
     let arch = Arch::vgg16_transfer(config.input_size, f.classes.len());
     let mut rows = Vec::new();
     for &lr in lrs {

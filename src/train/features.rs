@@ -1,11 +1,13 @@
 //! Feature extraction through the frozen base, with an on-disk cache keyed by what determines the
-//! features: base-weights fingerprint, preprocessing, input size and the decoded pixels themselves.
+//! features: base-weights fingerprint, preprocessing, input size, resize policy and filter, and the
+//! decoded pixels themselves.
 
+use super::images::RunImages;
 use super::model::{from_tch, to_tch, Base};
 use crate::arch::Arch;
 use crate::config::{TrainConfig, TrainEnv};
 use crate::contract::CAFFE_PREPROCESSING;
-use crate::data::{caffe_preprocess, DataSource, LoadedSplit, Split};
+use crate::data::{caffe_preprocess, ImageSpec, LoadedSplit};
 use crate::error::{Error, Result};
 use crate::weights::{hex, load_base, load_safetensors, save_safetensors};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -38,7 +40,8 @@ pub struct Features {
     pub train_x: Tensor,
     /// Test features `[n_test, feature_dim]`, float32.
     pub test_x: Tensor,
-    /// Validation images carved out of the training images by [`carve_validation`] (`--val-split`).
+    /// Validation images (a `--val-split` share of the training images, or a `val/` folder); `None`:
+    /// the test split validates.
     pub val: Option<SplitInfo>,
     /// Validation features `[n_val, feature_dim]`, float32, with `val`.
     pub val_x: Option<Tensor>,
@@ -56,13 +59,18 @@ pub struct Features {
 }
 
 /// Cache key of a split's features: SHA-256 over a format tag, the weights fingerprint, the
-/// preprocessing description, the input size, the image count and the decoded pixels.
-pub fn cache_key(fingerprint: &str, split: &LoadedSplit) -> String {
+/// preprocessing description, the input size, the resize policy and filter of `spec`, the image
+/// count and the decoded pixels.
+pub fn cache_key(fingerprint: &str, spec: &ImageSpec, split: &LoadedSplit) -> String {
     let mut h = Sha256::new();
-    h.update(b"pipe-features-v1\0");
+    h.update(b"pipe-features-v2\0");
     h.update(fingerprint.as_bytes());
     h.update(CAFFE_PREPROCESSING.as_bytes());
     h.update((split.size as u64).to_le_bytes());
+    for name in [spec.resize.as_str(), spec.filter.as_str()] {
+        h.update(name.as_bytes());
+        h.update(b"\0");
+    }
     h.update((split.len() as u64).to_le_bytes());
     h.update(&split.pixels);
     hex(&h.finalize())
@@ -120,19 +128,33 @@ fn info(s: &LoadedSplit) -> SplitInfo {
     }
 }
 
-/// The features of `split`: read from `cache_dir` when a valid entry exists, else computed by `make`
+/// Where a split's features are cached: the folder (`None`: `--no-cache`), the weights fingerprint
+/// and how the pixels were made.
+struct CacheSlot<'a> {
+    dir: Option<&'a Path>,
+    fingerprint: &'a str,
+    spec: &'a ImageSpec,
+}
+
+/// The features of `split`: read from `slot` when a valid entry exists, else computed by `make`
 /// and stored there (atomically). Returns the features and whether `make` ran.
 ///
 /// # Errors
 /// Whatever `make` returns; an unwritable cache folder.
 fn cached(
     split: &LoadedSplit,
-    fingerprint: &str,
+    slot: &CacheSlot,
     dim: usize,
-    cache_dir: Option<&Path>,
     make: impl FnOnce() -> Result<Tensor>,
 ) -> Result<(Tensor, bool)> {
-    let path = cache_dir.map(|d| d.join(format!("{}.safetensors", cache_key(fingerprint, split))));
+    let fingerprint = slot.fingerprint;
+    let key = |d: &Path| {
+        d.join(format!(
+            "{}.safetensors",
+            cache_key(fingerprint, slot.spec, split)
+        ))
+    };
+    let path = slot.dir.map(key);
     if let Some(p) = path.as_ref().filter(|p| p.is_file()) {
         match load_safetensors(p, &[("features".to_string(), vec![split.len(), dim])]) {
             Ok((t, _)) => return Ok((to_tch(&t[0], Device::Cpu)?, false)),
@@ -152,94 +174,61 @@ fn cached(
     Ok((x, true))
 }
 
-/// Loads both splits of `config`'s data (its subsets, at its input size), and their base features
-/// from `env`'s cache or by extraction on `device` in `env`'s batches (then stored in the cache). The
-/// tch base is built only when something must be extracted.
+/// The base features of `images`' splits (training, validation when there is one, test) from `env`'s
+/// cache, or by extraction on `device` in `env`'s batches (then stored in the cache). The tch base is
+/// built only when something must be extracted.
 ///
 /// # Errors
-/// Data, weights or libtorch errors; differing class lists between the splits.
-pub fn prepare_features(config: &TrainConfig, env: &TrainEnv, device: Device) -> Result<Features> {
-    let (train, test) = load_train_test(
-        &config.data,
-        config.train_limit,
-        config.test_limit,
-        config.input_size,
-    )?;
-    let arch = Arch::vgg16_transfer(config.input_size, train.classes.len());
+/// Weights or libtorch errors; an unwritable cache folder.
+pub fn prepare_features(
+    images: &RunImages,
+    config: &TrainConfig,
+    env: &TrainEnv,
+    device: Device,
+) -> Result<Features> {
+    let arch = Arch::vgg16_transfer(config.input_size, images.list.classes.len());
     let (weights, fingerprint) = load_base(&config.weights, &arch, env.allow_unverified)?;
     let mut base: Option<Base> = None;
     let t0 = Instant::now();
     let pb = progress_bar(0, env.progress);
-    let mut features = |split: &LoadedSplit| -> Result<(Tensor, bool)> {
-        cached(
-            split,
-            &fingerprint,
-            arch.feature_dim(),
-            env.cache_dir.as_deref(),
-            || {
-                if base.is_none() {
-                    base = Some(Base::new(&arch, &weights, device)?);
-                }
-                let b = base
-                    .as_ref()
-                    .ok_or_else(|| Error::Torch("base not built".into()))?;
-                pb.inc_length(split.len() as u64);
-                extract(b, &split.pixels, split.len(), env.extract_batch_size, &pb)
-            },
-        )
+    let slot = CacheSlot {
+        dir: env.cache_dir.as_deref(),
+        fingerprint: &fingerprint,
+        spec: &images.spec,
     };
-    let (train_x, a) = features(&train)?;
-    let (test_x, b) = features(&test)?;
+    let mut extracted = 0;
+    let mut features = |split: &LoadedSplit| -> Result<Tensor> {
+        let (x, made) = cached(split, &slot, arch.feature_dim(), || {
+            if base.is_none() {
+                base = Some(Base::new(&arch, &weights, device)?);
+            }
+            let b = base
+                .as_ref()
+                .ok_or_else(|| Error::Torch("base not built".into()))?;
+            pb.inc_length(split.len() as u64);
+            extract(b, &split.pixels, split.len(), env.extract_batch_size, &pb)
+        })?;
+        extracted += usize::from(made) * split.len();
+        Ok(x)
+    };
+    let train_x = features(&images.train)?;
+    let val_x = images.val.as_ref().map(&mut features).transpose()?;
+    let test_x = features(&images.test)?;
     pb.finish_and_clear();
-    let extracted = usize::from(a) * train.len() + usize::from(b) * test.len();
-    let test_preview = preview_pixels(&test);
     Ok(Features {
-        classes: train.classes.clone(),
-        train: info(&train),
-        test: info(&test),
+        classes: images.list.classes.clone(),
+        train: info(&images.train),
+        test: images.test_info(),
         train_x,
         test_x,
-        val: None,
-        val_x: None,
-        test_preview,
-        preview_size: test.size,
+        val: images.val.as_ref().map(info),
+        val_x,
+        test_preview: preview_pixels(&images.test),
+        preview_size: images.test.size,
         fingerprint,
         extracted,
         extract_seconds: t0.elapsed().as_secs_f64(),
     })
-}
-
-/// Loads the training and test splits of `data` (at most `train_limit` / `test_limit` images, 0 = all,
-/// resized to `size`x`size`) and checks that both have the same class folders, at least 2.
-///
-/// # Errors
-/// Data errors ([`DataSource::load`]); class lists that differ between the splits; fewer than 2
-/// classes.
-pub fn load_train_test(
-    data: &Path,
-    train_limit: usize,
-    test_limit: usize,
-    size: usize,
-) -> Result<(LoadedSplit, LoadedSplit)> {
-    let source = DataSource::detect(data)?;
-    let train = source.load(Split::Train, train_limit, size)?;
-    let test = source.load(Split::Test, test_limit, size)?;
-    if train.classes != test.classes {
-        return Err(Error::invalid(
-            data,
-            format!(
-                "class folders differ between train {:?} and test {:?}",
-                train.classes, test.classes
-            ),
-        ));
-    }
-    if train.classes.len() < 2 {
-        return Err(Error::invalid(
-            &train.root,
-            format!("needs at least 2 classes, found {}", train.classes.len()),
-        ));
-    }
-    Ok((train, test))
 }
 
 /// The test images drawn in `predictions.png` ([`preview_indices`]): each index into `test` with its
@@ -281,92 +270,26 @@ pub fn preview_indices(labels: &[usize], classes: usize, k: usize) -> Vec<usize>
     chosen
 }
 
-/// Splits image indices `0..labels.len()` into (training, validation) for `--val-split`: per class,
-/// `round(fraction * count)` images chosen by a ChaCha8 shuffle seeded with `seed` go to validation (at
-/// least one per class with two or more images, never a whole class). Both lists are ascending.
-///
-/// # Errors
-/// [`Error::Usage`] when `fraction` is not in (0, 1) or a split would be empty.
-pub fn stratified_holdout(
-    labels: &[usize],
-    classes: usize,
-    fraction: f64,
-    seed: u64,
-) -> Result<(Vec<usize>, Vec<usize>)> {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
-    if !(fraction > 0.0 && fraction < 1.0) {
-        return Err(Error::Usage(format!(
-            "--val-split must be between 0 and 1 (exclusive), got {fraction}"
-        )));
-    }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7661_6c5f_7370_6c74);
-    let mut is_val = vec![false; labels.len()];
-    for c in 0..classes {
-        let mut idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).collect();
-        let mut k = (fraction * idx.len() as f64).round() as usize;
-        if k == 0 && idx.len() >= 2 {
-            k = 1;
-        }
-        idx.shuffle(&mut rng);
-        for &i in idx.iter().take(k.min(idx.len().saturating_sub(1))) {
-            is_val[i] = true;
-        }
-    }
-    let (val_idx, train_idx): (Vec<usize>, Vec<usize>) =
-        (0..labels.len()).partition(|&i| is_val[i]);
-    if val_idx.is_empty() || train_idx.is_empty() {
-        return Err(Error::Usage(format!(
-            "--val-split {fraction} of {} training images leaves an empty split",
-            labels.len()
-        )));
-    }
-    Ok((train_idx, val_idx))
-}
-
-/// Moves a class-stratified `fraction` (0..1) of the training images into a validation split
-/// (`--val-split`, see [`stratified_holdout`]). Training and validation stay in the original order.
-///
-/// # Errors
-/// As [`stratified_holdout`]; libtorch errors.
-pub fn carve_validation(mut f: Features, fraction: f64, seed: u64) -> Result<Features> {
-    let (train_idx, val_idx) =
-        stratified_holdout(&f.train.labels, f.classes.len(), fraction, seed)?;
-    let pick = |idx: &[usize]| -> Result<(SplitInfo, Tensor)> {
-        let t = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
-        Ok((
-            SplitInfo {
-                root: f.train.root.clone(),
-                names: idx.iter().map(|&i| f.train.names[i].clone()).collect(),
-                labels: idx.iter().map(|&i| f.train.labels[i]).collect(),
-            },
-            f.train_x.f_index_select(0, &t)?,
-        ))
-    };
-    let (val, val_x) = pick(&val_idx)?;
-    let (train, train_x) = pick(&train_idx)?;
-    f.train = train;
-    f.train_x = train_x;
-    f.val = Some(val);
-    f.val_x = Some(val_x);
-    Ok(f)
-}
-
-/// Features `[n, feature_dim]` (CPU) of a single split (for `pipe evaluate`) through the base
-/// `weights`, from `env`'s cache or by extraction on `device`.
+/// Features `[n, feature_dim]` (CPU) of a single split decoded with `spec` (for `pipe evaluate`)
+/// through the base `weights`, from `env`'s cache or by extraction on `device`.
 ///
 /// # Errors
 /// As [`prepare_features`].
 pub fn split_features(
     split: &LoadedSplit,
+    spec: &ImageSpec,
     weights: &Path,
     arch: &Arch,
     env: &TrainEnv,
     device: Device,
 ) -> Result<Tensor> {
     let (w, fingerprint) = load_base(weights, arch, true)?;
-    let cache_dir = env.cache_dir.as_deref();
-    let (x, _) = cached(split, &fingerprint, arch.feature_dim(), cache_dir, || {
+    let slot = CacheSlot {
+        dir: env.cache_dir.as_deref(),
+        fingerprint: &fingerprint,
+        spec,
+    };
+    let (x, _) = cached(split, &slot, arch.feature_dim(), || {
         let base = Base::new(arch, &w, device)?;
         let pb = progress_bar(split.len(), env.progress);
         let x = extract(
@@ -398,14 +321,18 @@ mod tests {
     }
 
     /// The cache key changes with anything that changes the features: the weights, the input size,
-    /// a single pixel; the same inputs give the same key.
+    /// the resize policy, a single pixel; the same inputs give the same key.
     #[test]
-    fn cache_key_changes_with_weights_size_and_pixels() {
+    fn cache_key_changes_with_weights_size_policy_and_pixels() {
         let s = split(32, 4);
+        let squash = ImageSpec::new(32, crate::data::ResizePolicy::Squash);
+        let cache_key = |fp: &str, split: &LoadedSplit| cache_key(fp, &squash, split);
         let key = cache_key("fp", &s);
         assert_eq!(key, cache_key("fp", &split(32, 4)));
         assert_eq!(key.len(), 64);
         assert_ne!(key, cache_key("fp2", &s), "weights fingerprint");
+        let crop = ImageSpec::new(32, crate::data::ResizePolicy::Crop);
+        assert_ne!(key, super::cache_key("fp", &crop, &s), "resize policy");
         // The same bytes read as one 64x64 image instead of four 32x32 ones.
         let mut big = s.clone();
         big.size = 64;
@@ -420,58 +347,5 @@ mod tests {
         let mut relabelled = s.clone();
         relabelled.labels.reverse();
         assert_eq!(key, cache_key("fp", &relabelled));
-    }
-
-    /// `--val-split`: per class round(fraction x count) images (at least one, never the whole class)
-    /// go to validation; the two lists are disjoint, ascending, cover every image, and depend only on
-    /// the seed.
-    #[test]
-    fn stratified_holdout_is_per_class_disjoint_and_seeded() {
-        // Class c has 10 * (c + 1) images, except class 3 with 2 and class 4 with 1, interleaved.
-        let counts = [10, 20, 30, 2, 1];
-        let mut labels: Vec<usize> = counts
-            .iter()
-            .enumerate()
-            .flat_map(|(c, &k)| std::iter::repeat_n(c, k))
-            .collect();
-        labels.sort_by_key(|&c| (c * 7919) % 13);
-        let (train, val) = stratified_holdout(&labels, counts.len(), 0.1, 42).unwrap();
-        let per_class = |idx: &[usize], c: usize| idx.iter().filter(|&&i| labels[i] == c).count();
-        // round(0.1 x 10, 20, 30) = 1, 2, 3; 0 rounds up to 1 for the class of 2; the class of 1
-        // image stays whole in training.
-        let want = [1, 2, 3, 1, 0];
-        for (c, &w) in want.iter().enumerate() {
-            assert_eq!(per_class(&val, c), w, "class {c}");
-            assert_eq!(per_class(&train, c), counts[c] - w, "class {c}");
-        }
-        assert!(train.windows(2).all(|w| w[0] < w[1]) && val.windows(2).all(|w| w[0] < w[1]));
-        let mut all: Vec<usize> = train.iter().chain(&val).copied().collect();
-        all.sort_unstable();
-        assert_eq!(
-            all,
-            (0..labels.len()).collect::<Vec<_>>(),
-            "disjoint, and the union is everything"
-        );
-        assert_eq!(
-            stratified_holdout(&labels, counts.len(), 0.1, 42).unwrap(),
-            (train, val.clone()),
-            "same seed, same split"
-        );
-        let other = (1..20)
-            .map(|seed| {
-                stratified_holdout(&labels, counts.len(), 0.1, seed)
-                    .unwrap()
-                    .1
-            })
-            .any(|v| v != val);
-        assert!(other, "another seed draws another split");
-        // A half split of a large class.
-        let (t, v) = stratified_holdout(&[0; 9], 1, 0.5, 1).unwrap();
-        assert_eq!((t.len(), v.len()), (4, 5));
-        for bad in [0.0, 1.0, -0.5, f64::NAN] {
-            assert!(stratified_holdout(&labels, counts.len(), bad, 1).is_err());
-        }
-        // Nothing to hold out of single-image classes.
-        assert!(stratified_holdout(&[0, 1], 2, 0.5, 1).is_err());
     }
 }

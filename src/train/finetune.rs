@@ -1,12 +1,12 @@
 //! Fine-tuning beyond the frozen head (`--unfreeze N`): the last N conv layers of the VGG16 base train
 //! together with the dense head, on decoded images (no feature cache, since the trainable layers change
-//! the features), optionally with data augmentation (`--augment`: random horizontal flip and 4-pixel
-//! pad-and-crop, as torchvision's `RandomHorizontalFlip` + `RandomCrop(32, padding=4)`).
+//! the features), optionally with data augmentation (`--augment`, see `augment.rs`).
 //!
 //! Randomness is seeded per epoch (shuffle and augmentation from a ChaCha8 stream numbered by the
 //! epoch, dropout from libtorch's generator re-seeded at each epoch), so that a run resumed from an
 //! epoch checkpoint ends exactly like an uninterrupted one without replaying earlier epochs.
 
+use super::augment::{Augmenter, PhotoSet};
 use super::learner::{label_tensor, EvalSplit, Model, Scores};
 use super::model::{channels_last, conv_relu, from_tch, to_tch, ConvForm, Head};
 use crate::arch::{Arch, BaseLayer};
@@ -16,7 +16,7 @@ use crate::data::{caffe_preprocess, LoadedSplit};
 use crate::error::{Error, Result};
 use crate::weights::NamedTensor;
 use rand::seq::SliceRandom;
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use tch::{nn, Device, Kind, Tensor};
 
 /// One conv layer of [`FineTuneNet`].
@@ -230,32 +230,6 @@ impl FineTuneNet {
     }
 }
 
-/// Random horizontal flip (probability 0.5) and pad-and-crop of one HWC RGB `u8` image of side `size`
-/// in place: the image is shifted by up to `pad` pixels in each direction, uncovered pixels black (zero
-/// padding before normalisation, as torchvision's `RandomCrop(padding=4)`). Draws three numbers from
-/// `rng` per image.
-pub fn augment_image(img: &mut [u8], size: usize, pad: usize, rng: &mut impl rand::Rng) {
-    let flip = rng.random_bool(0.5);
-    let p = pad as i64;
-    let dx = rng.random_range(-p..=p);
-    let dy = rng.random_range(-p..=p);
-    let src = img.to_vec();
-    let s = size as i64;
-    for y in 0..s {
-        for x in 0..s {
-            let sx = if flip { s - 1 - x } else { x } + dx;
-            let sy = y + dy;
-            let d = ((y * s + x) * 3) as usize;
-            if (0..s).contains(&sx) && (0..s).contains(&sy) {
-                let o = ((sy * s + sx) * 3) as usize;
-                img[d..d + 3].copy_from_slice(&src[o..o + 3]);
-            } else {
-                img[d..d + 3].copy_from_slice(&[0, 0, 0]);
-            }
-        }
-    }
-}
-
 /// Images and labels of one split as used by fine-tuning: NHWC RGB `u8` pixels.
 pub struct PixelSplit<'a> {
     /// Pixels of all images, `labels.len() * size * size * 3` bytes.
@@ -323,6 +297,8 @@ pub struct PixelSplits<'a> {
     pub val: PixelSplit<'a>,
     /// Test images.
     pub test: PixelSplit<'a>,
+    /// The training photos that photo augmentation crops from (`None` without it).
+    pub photos: Option<&'a PhotoSet>,
 }
 
 /// The last `unfreeze` conv layers and the head trained on decoded images, augmented with `augment`:
@@ -331,7 +307,7 @@ pub struct FineTuneModel<'a> {
     net: FineTuneNet,
     _vs: nn::VarStore,
     splits: PixelSplits<'a>,
-    augment: bool,
+    augment: Augmenter<'a>,
     seed: u64,
     device: Device,
     /// Compute kind of the conv layers in training passes (`--precision`).
@@ -349,7 +325,8 @@ impl<'a> FineTuneModel<'a> {
     /// `config.precision` (bf16 or float32); evaluation always in float32.
     ///
     /// # Errors
-    /// As [`FineTuneNet::new`]; [`Error::Torch`] when `init_head` does not fit the head.
+    /// As [`FineTuneNet::new`] and [`Augmenter::of`]; [`Error::Torch`] when `init_head` does not fit
+    /// the head.
     pub fn new(
         splits: PixelSplits<'a>,
         arch: &Arch,
@@ -371,8 +348,8 @@ impl<'a> FineTuneModel<'a> {
         Ok(FineTuneModel {
             net,
             _vs: vs,
+            augment: Augmenter::of(config, splits.photos)?,
             splits,
-            augment: config.augment,
             seed: config.seed,
             device,
             kind,
@@ -434,17 +411,8 @@ impl Model for FineTuneModel<'_> {
 
     fn train_batch(&mut self, batch: &[usize]) -> Result<(Tensor, Tensor)> {
         let train = &self.splits.train;
-        let size = train.size;
-        let per = size * size * 3;
-        let mut px = Vec::with_capacity(batch.len() * per);
-        for &i in batch {
-            let start = px.len();
-            px.extend_from_slice(&train.pixels[i * per..(i + 1) * per]);
-            if self.augment {
-                augment_image(&mut px[start..], size, 4 * size / 32, &mut self.rng);
-            }
-        }
-        let x = batch_tensor(&px, batch.len(), size, self.device)?;
+        let px = self.augment.batch(train, batch, &mut self.rng);
+        let x = batch_tensor(&px, batch.len(), train.size, self.device)?;
         let labels: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
         Ok((
             self.net.forward(&x, true, self.kind)?,
@@ -478,42 +446,6 @@ impl Model for FineTuneModel<'_> {
 mod tests {
     use super::super::optim::cross_entropy;
     use super::*;
-
-    #[test]
-    fn augment_flips_and_shifts_with_black_padding() {
-        // A 4x4 image whose pixel (y, x) has value 10*y + x in all channels.
-        let img: Vec<u8> = (0..16)
-            .flat_map(|i| [(10 * (i / 4) + i % 4) as u8; 3])
-            .collect();
-        let at = |v: &[u8], y: usize, x: usize| v[(y * 4 + x) * 3];
-        let mut seen_flip = false;
-        let mut seen_shift = false;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for _ in 0..50 {
-            let mut a = img.clone();
-            // Replay the draws to know what augment_image chose.
-            let mut probe = rng.clone();
-            let flip = probe.random_bool(0.5);
-            let dx = probe.random_range(-1i64..=1);
-            let dy = probe.random_range(-1i64..=1);
-            augment_image(&mut a, 4, 1, &mut rng);
-            for y in 0..4i64 {
-                for x in 0..4i64 {
-                    let sx = if flip { 3 - x } else { x } + dx;
-                    let sy = y + dy;
-                    let want = if (0..4).contains(&sx) && (0..4).contains(&sy) {
-                        (10 * sy + sx) as u8
-                    } else {
-                        0
-                    };
-                    assert_eq!(at(&a, y as usize, x as usize), want);
-                }
-            }
-            seen_flip |= flip;
-            seen_shift |= dx != 0 || dy != 0;
-        }
-        assert!(seen_flip && seen_shift);
-    }
 
     #[test]
     fn unfreeze_selects_the_last_convs() {

@@ -3,22 +3,27 @@
 //! after a head warm-up on the cached features.
 //!
 //! - [`train`] (this file) orchestrates a run: its folder, data or features, the model, the learner,
-//!   and the outputs (`config.json` first, `checkpoint.safetensors` after every epoch, then
-//!   `head.safetensors`, `best.safetensors`, `base.safetensors` when fine-tuned, `history.json`,
+//!   and the outputs (`config.json` and `split.json` first, `checkpoint.safetensors` after every
+//!   epoch, then `skipped.json`, `head.safetensors`, `best.safetensors`, `base.safetensors` when fine-tuned, `history.json`,
 //!   `predictions.json`, the figures; then `models/runs/latest`). `--resume` continues an unfinished
 //!   run from its last checkpoint and ends exactly as an uninterrupted run would.
 //! - `learner.rs`: the one epoch loop ([`Learner`]) over a [`Model`]; `head.rs` ([`HeadModel`]) and
 //!   `finetune.rs` ([`FineTuneModel`]) are the two models.
 //! - `optim.rs`: SGD, Adam and the learning-rate schedules; `checkpoint.rs`: the per-epoch state.
-//! - `features.rs`: feature extraction through the frozen base, the feature cache, the validation
-//!   hold-out; `model.rs`: the tch base and head built from [`crate::arch`].
+//! - `images.rs`: the run's images: layout, split list (`split.json`), decoding with the run's
+//!   [`crate::data::ImageSpec`], skipped files (`skipped.json`); `augment.rs`: augmentation of
+//!   fine-tuning (CIFAR-style flips and shifts, photo-style random resized crops).
+//! - `features.rs`: feature extraction through the frozen base and the feature cache; `model.rs`:
+//!   the tch base and head built from [`crate::arch`].
 //! - `eval.rs`: `pipe evaluate` and `pipe sweep`.
 
+mod augment;
 mod checkpoint;
 mod eval;
 mod features;
 mod finetune;
 mod head;
+mod images;
 mod learner;
 mod model;
 mod optim;
@@ -26,16 +31,22 @@ mod optim;
 pub use crate::config::{
     validate_input_size, Optimizer, Schedule, TrainDevice, DEFAULT_CACHE_DIR, VGG16_CONVS,
 };
+pub use augment::{
+    augment_image, crop_box, flip_horizontally, random_resized_crop, Augmenter, PhotoSet,
+    PHOTO_CROP_RATIO, PHOTO_CROP_SCALE,
+};
 pub use checkpoint::{load_checkpoint, save_checkpoint, trainable_params, Best, Checkpoint};
 pub use eval::{evaluate_run, sweep, validate_sweep, Evaluation, SweepRow};
 pub use features::{
-    cache_key, carve_validation, extract, load_train_test, prepare_features, preview_indices,
-    preview_pixels, split_features, stratified_holdout, Features, SplitInfo, PREVIEW_IMAGES,
+    cache_key, extract, prepare_features, preview_indices, preview_pixels, split_features,
+    Features, SplitInfo, PREVIEW_IMAGES,
 };
-pub use finetune::{
-    augment_image, evaluate_pixels, FineTuneModel, FineTuneNet, PixelSplit, PixelSplits,
-};
+pub use finetune::{evaluate_pixels, FineTuneModel, FineTuneNet, PixelSplit, PixelSplits};
 pub use head::{evaluate_head, HeadModel};
+pub use images::{
+    build_list, held_out_info, layout_line, list_layout, read_list, report_skipped, run_spec,
+    RunImages, SKIPPED_FILE,
+};
 pub use learner::{
     early_stop_message, label_tensor, patience_exhausted, EvalSplit, Fitted, Learner, Model, Scores,
 };
@@ -46,8 +57,8 @@ pub use optim::{
 };
 
 use crate::arch::Arch;
-use crate::config::{CpuBf16, TrainConfig, TrainEnv};
-use crate::data::LoadedSplit;
+use crate::config::{AugmentStyle, CpuBf16, TrainConfig, TrainEnv};
+use crate::data::{DataLayout, LayoutKind, LoadedSplit, OnError, SkippedFile, SPLIT_FILE};
 use crate::error::{Error, Result};
 use crate::run::{self, EpochMetrics, Phase, PredictionItem, Predictions};
 use crate::util::write_json_atomic;
@@ -100,48 +111,60 @@ pub struct TrainOutcome {
     pub test_loss: f64,
     /// Test-set accuracy in 0..1 at the end of training.
     pub test_accuracy: f64,
+    /// Image files left out because they could not be decoded (also in the run's `skipped.json`).
+    pub skipped: Vec<SkippedFile>,
 }
 
 /// Trains a new run with `config` (validated first), or with `env.resume` finishes an unfinished one
-/// (whose `config.json` then wins over `config`), and writes the run folder.
+/// (whose `config.json` and `split.json` then win over `config`), and writes the run folder.
+///
+/// Image files that cannot be decoded are skipped (named on stderr, listed in the outcome and the
+/// run's `skipped.json`), or with `env.strict` stop the run.
 ///
 /// # Errors
-/// An invalid configuration; missing or wrong weights; unreadable data (file named); classes that
-/// differ between the splits; a non-finite loss (the last good checkpoint stays in the run folder);
-/// libtorch failures; a run folder that cannot be written.
+/// An invalid configuration; missing or wrong weights; unusable data (a layout pipe does not know,
+/// too few classes or images, a class only in a held-out split: named); with `env.strict`, the first
+/// image that cannot be decoded; a non-finite loss (the last good checkpoint stays in the run
+/// folder); libtorch failures; a run folder that cannot be written.
 pub fn train(config: &TrainConfig, env: &TrainEnv) -> Result<TrainOutcome> {
     let t0 = Instant::now();
     let device = resolve_device(env.device)?;
-    let (dir, config, why) = if env.resume {
-        let dir = run::find_resumable(&env.runs_dir, env.name.as_deref())?;
-        let config: TrainConfig = crate::util::read_json(&dir.join(run::CONFIG_FILE))?;
-        eprintln!(
-            "resuming run {} (its config.json wins over other options)",
-            dir.display()
-        );
-        (Some(dir), config, "as the run started".to_string())
-    } else {
-        let name = env.name.clone().unwrap_or_else(run::timestamp_name);
-        // Cheap checks first: nothing is written and no image decoded for a bad option.
-        run::check_new_run(&env.runs_dir, &name)?;
-        config.validate()?;
-        let (precision, why) = config
-            .precision
-            .unwrap_or_default()
-            .resolve(device.is_cuda(), CpuBf16::detect());
-        let started = config
-            .clone()
-            .started(&name, &device_name(device), precision);
-        (None, started, why)
-    };
+    let (dir, config, why) = run_config(config, env, device)?;
     env.validate()?;
+    let resumed_list = match &dir {
+        Some(d) => images::read_list(d)?,
+        None => None,
+    };
+    let layout = match &resumed_list {
+        Some(list) => images::list_layout(list),
+        None => DataLayout::detect(&config.data)?,
+    };
+    eprintln!("{}", images::layout_line(&layout));
+    let config = match config.layout {
+        // A run started before layouts were recorded resumes with the shares it was started with.
+        None if env.resume => config,
+        _ => {
+            let shares = config.split_options().shares(layout.kind)?;
+            config.with_shares(layout.kind, shares)
+        }
+    };
     eprintln!("{}", config.describe(&device_name(device), &why));
-    if config.val_split == 0.0 && (config.patience.is_some() || config.restore_best) {
+    if !config.holds_out_validation() && (config.patience.is_some() || config.restore_best) {
         eprintln!(
             "warning: without --val-split, --patience and --restore-best choose epochs by the test \
              split's loss, so the final test accuracy is not a held-out figure; add --val-split 0.1"
         );
     }
+    let list = match resumed_list {
+        Some(list) => list,
+        None => images::build_list(&layout, &config)?,
+    };
+    let on_error = if env.strict {
+        OnError::Stop
+    } else {
+        OnError::Skip
+    };
+    let images = RunImages::load(list, images::run_spec(&config), on_error)?;
     let start = Start {
         env,
         dir,
@@ -149,10 +172,40 @@ pub fn train(config: &TrainConfig, env: &TrainEnv) -> Result<TrainOutcome> {
         t0,
     };
     if config.unfreeze > 0 {
-        finetune_run(start, config)
+        finetune_run(start, config, &images)
     } else {
-        head_run(start, config)
+        head_run(start, config, &images)
     }
+}
+
+/// The run folder (when resuming), configuration and the reason for its fine-tuning precision of
+/// [`train`]: a resumed run's `config.json`, or `config` checked and recorded for a new run (cheap checks first: nothing is written and no image
+/// decoded for a bad option).
+fn run_config(
+    config: &TrainConfig,
+    env: &TrainEnv,
+    device: Device,
+) -> Result<(Option<PathBuf>, TrainConfig, String)> {
+    if env.resume {
+        let dir = run::find_resumable(&env.runs_dir, env.name.as_deref())?;
+        let config: TrainConfig = crate::util::read_json(&dir.join(run::CONFIG_FILE))?;
+        eprintln!(
+            "resuming run {} (its config.json wins over other options)",
+            dir.display()
+        );
+        return Ok((Some(dir), config, "as the run started".to_string()));
+    }
+    let name = env.name.clone().unwrap_or_else(run::timestamp_name);
+    run::check_new_run(&env.runs_dir, &name)?;
+    config.validate()?;
+    let (precision, why) = config
+        .precision
+        .unwrap_or_default()
+        .resolve(device.is_cuda(), CpuBf16::detect());
+    let started = config
+        .clone()
+        .started(&name, &device_name(device), precision);
+    Ok((None, started, why))
 }
 
 /// How a run starts: the invocation's choices, the folder of a resumed run, the device, the clock.
@@ -165,26 +218,20 @@ struct Start<'a> {
 }
 
 /// What a run finds in its data and weights, recorded in its `config.json`.
-struct Found {
+struct Found<'i> {
     fingerprint: String,
-    classes: Vec<String>,
-    train_images: usize,
-    val_images: usize,
-    test_images: usize,
+    images: &'i RunImages,
 }
 
 /// The frozen-base path of [`train`]: the head trained on cached features.
-fn head_run(start: Start, config: TrainConfig) -> Result<TrainOutcome> {
-    let features = prepare_features(&config, start.env, start.device)?;
+fn head_run(start: Start, config: TrainConfig, images: &RunImages) -> Result<TrainOutcome> {
+    let features = prepare_features(images, &config, start.env, start.device)?;
     report_extraction(&features);
-    let features = hold_out_features(features, &config)?;
+    report_split(images);
     start.check_fingerprint(&config, &features.fingerprint)?;
     let found = Found {
         fingerprint: features.fingerprint.clone(),
-        classes: features.classes.clone(),
-        train_images: features.train.labels.len(),
-        val_images: features.val.as_ref().map_or(0, |v| v.labels.len()),
-        test_images: features.test.labels.len(),
+        images,
     };
     let (run, resume) = Run::open(start, config, found)?;
     let fitted = {
@@ -195,54 +242,44 @@ fn head_run(start: Start, config: TrainConfig) -> Result<TrainOutcome> {
     run.finish(
         fitted,
         &features.test,
-        &features.test_preview,
-        features.preview_size,
+        (&features.test_preview, features.preview_size),
+        &images.skipped,
     )
 }
 
 /// The `--unfreeze N` path of [`train`]: decoded images instead of cached features, the last N convs
 /// trained with the head (after a head warm-up); the tuned base is written to `base.safetensors` in
 /// the run folder (export and evaluate use it).
-fn finetune_run(start: Start, config: TrainConfig) -> Result<TrainOutcome> {
-    let (train_all, test) = load_train_test(
-        &config.data,
-        config.train_limit,
-        config.test_limit,
-        config.input_size,
-    )?;
-    let arch = Arch::vgg16_transfer(config.input_size, train_all.classes.len());
+fn finetune_run(start: Start, config: TrainConfig, images: &RunImages) -> Result<TrainOutcome> {
+    let arch = Arch::vgg16_transfer(config.input_size, images.list.classes.len());
     let (weights, fingerprint) = load_base(&config.weights, &arch, start.env.allow_unverified)?;
     start.check_fingerprint(&config, &fingerprint)?;
-    let (train, val) = hold_out_images(train_all, &config)?;
+    report_split(images);
     let found = Found {
         fingerprint,
-        classes: train.classes.clone(),
-        train_images: train.len(),
-        val_images: val.as_ref().map_or(0, LoadedSplit::len),
-        test_images: test.len(),
+        images,
     };
     let (run, resume) = Run::open(start, config, found)?;
+    let photos = run.photos(images)?;
     eprintln!(
         "fine-tuning the last {} conv layers and the head on {} images per epoch{}",
         run.config.unfreeze,
-        train.len(),
-        if run.config.augment {
-            ", with random flips and 4-pixel crops"
-        } else {
-            ""
-        }
+        images.train.len(),
+        Augmenter::of(&run.config, photos.as_ref())?.describe()
     );
     let (init_head, warm_up) = match resume {
         None if run.config.head_epochs > 0 => {
-            let (params, history) = run.warm_up_head()?;
+            let (params, history) = run.warm_up_head(images)?;
             (Some(params), history)
         }
         _ => (None, Vec::new()),
     };
+    let test = &images.test;
     let splits = PixelSplits {
-        train: (&train).into(),
-        val: val.as_ref().unwrap_or(&test).into(),
-        test: (&test).into(),
+        train: (&images.train).into(),
+        val: images.val.as_ref().unwrap_or(test).into(),
+        test: test.into(),
+        photos: photos.as_ref(),
     };
     let mut model = FineTuneModel::new(
         splits,
@@ -264,12 +301,9 @@ fn finetune_run(start: Start, config: TrainConfig) -> Result<TrainOutcome> {
     let base = model.base_tensors(&arch)?;
     drop(model);
     save_safetensors(&run.dir.join(run::BASE_FILE), &base, run.fingerprint_meta())?;
-    let info = SplitInfo {
-        root: test.root.clone(),
-        names: test.names.clone(),
-        labels: test.labels.clone(),
-    };
-    run.finish(fitted, &info, &preview_pixels(&test), test.size)
+    let preview = preview_pixels(test);
+    let info = images.test_info();
+    run.finish(fitted, &info, (&preview, test.size), &images.skipped)
 }
 
 /// Prints where the features came from: extracted (with the rate) or the cache.
@@ -284,64 +318,36 @@ fn report_extraction(f: &Features) {
     } else {
         eprintln!(
             "features: all {} images from the feature cache ({:.1} s)",
-            f.train.labels.len() + f.test.labels.len(),
+            f.train.labels.len()
+                + f.val.as_ref().map_or(0, |v| v.labels.len())
+                + f.test.labels.len(),
             f.extract_seconds
         );
     }
 }
 
-/// Prints how many training images `--val-split` held out.
-fn report_validation(held_out: usize, val_split: f64) {
-    eprintln!(
-        "validation: {held_out} of the training images held out (--val-split {val_split}); the test \
-         split is used only at the end"
-    );
-}
-
-/// With `--val-split`, moves the validation share of the training features into `f.val`
-/// ([`carve_validation`]) and says so.
-fn hold_out_features(f: Features, config: &TrainConfig) -> Result<Features> {
-    if config.val_split == 0.0 {
-        return Ok(f);
-    }
-    let f = carve_validation(f, config.val_split, config.seed)?;
-    if let Some(v) = &f.val {
-        report_validation(v.labels.len(), config.val_split);
-    }
-    Ok(f)
-}
-
-/// With `--val-split`, splits the training images into (training, validation) as
-/// [`carve_validation`] splits features ([`stratified_holdout`]) and says so.
-fn hold_out_images(
-    all: LoadedSplit,
-    config: &TrainConfig,
-) -> Result<(LoadedSplit, Option<LoadedSplit>)> {
-    if config.val_split == 0.0 {
-        return Ok((all, None));
-    }
-    let (t, v) = stratified_holdout(
-        &all.labels,
-        all.classes.len(),
-        config.val_split,
-        config.seed,
-    )?;
-    report_validation(v.len(), config.val_split);
-    let per = all.size * all.size * 3;
-    let subset = |idx: &[usize]| -> LoadedSplit {
-        LoadedSplit {
-            classes: all.classes.clone(),
-            root: all.root.clone(),
-            names: idx.iter().map(|&i| all.names[i].clone()).collect(),
-            labels: idx.iter().map(|&i| all.labels[i]).collect(),
-            pixels: idx
-                .iter()
-                .flat_map(|&i| all.pixels[i * per..(i + 1) * per].iter().copied())
-                .collect(),
-            size: all.size,
+/// Prints what validates: a `--val-split` share of the training images, the `val/` folder, or (for
+/// a single folder of class folders) the whole split pipe made.
+fn report_split(images: &RunImages) {
+    let list = &images.list;
+    let held_out = images.val.as_ref().map_or(0, LoadedSplit::len);
+    let test_only = "the test split is used only at the end";
+    match list.layout {
+        LayoutKind::ClassFolders => eprintln!(
+            "split: {} (--val-split {}, --test-split {}; the list is kept in the run's {SPLIT_FILE})",
+            list.describe(),
+            list.val_share,
+            list.test_share
+        ),
+        LayoutKind::TrainValTest => {
+            eprintln!("validation: the {held_out} images of val/; {test_only}")
         }
-    };
-    Ok((subset(&t), Some(subset(&v))))
+        _ if list.val_share > 0.0 => eprintln!(
+            "validation: {held_out} of the training images held out (--val-split {}); {test_only}",
+            list.val_share
+        ),
+        _ => {}
+    }
 }
 
 impl Start<'_> {
@@ -368,18 +374,20 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     /// Records `found` in the configuration; for a new run creates the folder and writes
-    /// `config.json`, for a resumed one reads its checkpoint.
+    /// `config.json` and `split.json`, for a resumed one reads its checkpoint (and writes the
+    /// `split.json` a run of an earlier pipe lacks).
     fn open(
         start: Start<'a>,
         config: TrainConfig,
         found: Found,
     ) -> Result<(Run<'a>, Option<Checkpoint>)> {
+        let images = found.images;
         let config = TrainConfig {
             weights_fingerprint: found.fingerprint,
-            classes: found.classes,
-            train_images: found.train_images,
-            val_images: found.val_images,
-            test_images: found.test_images,
+            classes: images.list.classes.clone(),
+            train_images: images.train.len(),
+            val_images: images.val.as_ref().map_or(0, LoadedSplit::len),
+            test_images: images.test.len(),
             ..config
         };
         let dir = match start.dir {
@@ -390,6 +398,9 @@ impl<'a> Run<'a> {
                 dir
             }
         };
+        if !dir.join(SPLIT_FILE).is_file() {
+            images.list.write(&dir.join(SPLIT_FILE))?;
+        }
         let run = Run {
             env: start.env,
             dir,
@@ -439,10 +450,28 @@ impl<'a> Run<'a> {
             .map_err(|e| self.abandon_if_empty(explain_divergence(e, &self.dir, self.config.lr)))
     }
 
-    /// Trains the head alone for `head_epochs` epochs on frozen-base features (from the feature
-    /// cache when present), with the settings of [`TrainConfig::head_warm_up`], and returns its
-    /// parameters and history (the run's first history lines, marked as warm-up).
-    fn warm_up_head(&self) -> Result<(Vec<NamedTensor>, Vec<EpochMetrics>)> {
+    /// The training photos that photo augmentation crops from, decoded when the run asks for it.
+    fn photos(&self, images: &RunImages) -> Result<Option<PhotoSet>> {
+        let c = &self.config;
+        if !c.augment || c.augment_style.resolve(c.input_size) != AugmentStyle::Photo {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let photos = PhotoSet::decode(images).map_err(|e| self.abandon_if_empty(e))?;
+        eprintln!(
+            "photo augmentation: {} training photos decoded at a shorter side of up to {} pixels in \
+             {:.1} s",
+            photos.len(),
+            c.input_size * 8 / 7,
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(Some(photos))
+    }
+
+    /// Trains the head alone for `head_epochs` epochs on frozen-base features of `images` (from the
+    /// feature cache when present), with the settings of [`TrainConfig::head_warm_up`], and returns
+    /// its parameters and history (the run's first history lines, marked as warm-up).
+    fn warm_up_head(&self, images: &RunImages) -> Result<(Vec<NamedTensor>, Vec<EpochMetrics>)> {
         let c = &self.config;
         eprintln!(
             "head warm-up: {} of the head alone on frozen-base features (--head-epochs), lr {}",
@@ -450,12 +479,7 @@ impl<'a> Run<'a> {
             c.head_lr
         );
         let warm_up = || -> Result<(Vec<NamedTensor>, Vec<EpochMetrics>)> {
-            let features = prepare_features(c, self.env, self.device)?;
-            let features = if c.val_split > 0.0 {
-                carve_validation(features, c.val_split, c.seed)?
-            } else {
-                features
-            };
+            let features = prepare_features(images, c, self.env, self.device)?;
             let settings = c.head_warm_up();
             let mut model = HeadModel::new(&features, &self.arch(), settings.seed, self.device)?;
             let learner = Learner::new(&settings)
@@ -496,9 +520,9 @@ impl<'a> Run<'a> {
         e
     }
 
-    /// Writes the outputs of a finished run: head (and best epoch) weights, history, tch's
-    /// predictions on the `test` images, figures (with the `preview` images of side `preview_size`);
-    /// then points `latest` at the run.
+    /// Writes the outputs of a finished run: the `skipped` image files, head (and best epoch)
+    /// weights, history, tch's predictions on the `test` images, figures (with the `preview` images
+    /// of side `preview_size`); then points `latest` at the run.
     ///
     /// # Errors
     /// Unwritable run folder; libtorch errors.
@@ -506,10 +530,11 @@ impl<'a> Run<'a> {
         self,
         fitted: Fitted,
         test: &SplitInfo,
-        preview: &[(usize, Vec<u8>)],
-        preview_size: usize,
+        (preview, preview_size): (&[(usize, Vec<u8>)], usize),
+        skipped: &[SkippedFile],
     ) -> Result<TrainOutcome> {
         let c = &self.config;
+        SkippedFile::write_list(&self.dir.join(SKIPPED_FILE), skipped)?;
         let chance = 1.0 / c.classes.len() as f64;
         if fitted.test_accuracy <= 1.5 * chance {
             eprintln!(
@@ -563,6 +588,7 @@ impl<'a> Run<'a> {
             history: fitted.history,
             test_loss: fitted.test_loss,
             test_accuracy: fitted.test_accuracy,
+            skipped: skipped.to_vec(),
         })
     }
 }
@@ -607,7 +633,7 @@ fn write_figures(
     predictions: &Predictions,
 ) -> Result<()> {
     use crate::plot;
-    let val_name = if config.val_split > 0.0 {
+    let val_name = if config.holds_out_validation() {
         "validation"
     } else {
         "validation (test split)"

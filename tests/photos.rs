@@ -1,0 +1,346 @@
+//! Your own photos in `pipe train`: every dataset layout (train/ + test/, train/ + val/, a single
+//! folder split by pipe, the CIFAR-10 binary release), the split list kept in the run (`split.json`)
+//! and read back by `evaluate` and `--resume`, junk in the folders (hidden entries ignored, broken
+//! files skipped, named, counted and listed, exit code 3; `--strict` stops), held-out splits that lack
+//! a class or add one, photos of any shape at `--input-size 64 --resize crop` (trained, exported,
+//! verified; photo augmentation resumed exactly), and `--preset photos` at 224 on a handful of photos.
+//! Small generated photos and the real VGG16 weights of `make setup`.
+#![cfg(all(feature = "train", feature = "tract"))]
+
+mod common;
+
+use common::{assert_contains, png, Run, Workdir};
+use serde_json::Value;
+use std::path::Path;
+
+/// A photo of class `class` (0..) of `w`x`h` pixels, number `i`: a class colour with a diagonal
+/// texture, so that a frozen-feature head tells the classes apart.
+fn photo(path: &Path, w: u32, h: u32, class: usize, i: usize) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let hue = [[200, 40, 40], [40, 180, 60], [50, 60, 210]][class % 3];
+    png(path, w, h, |x, y| {
+        let stripe = ((x + y * (class as u32 + 1) + i as u32) / 6 % 2) as u8;
+        hue.map(|v: u8| v.saturating_sub(70 * stripe))
+    });
+}
+
+/// `n` photos of each of `classes` in `dir/<class>/`, of alternating landscape and portrait shapes.
+fn photos(dir: &Path, classes: &[&str], n: usize) {
+    for (c, class) in classes.iter().enumerate() {
+        for i in 0..n {
+            let (w, h) = if i % 2 == 0 { (60, 44) } else { (40, 52) };
+            photo(&dir.join(class).join(format!("{i:02}.png")), w, h, c, i);
+        }
+    }
+}
+
+/// A workdir whose `data` holds the folders `layout` names (`train:N test:N`, `train:N val:N` or
+/// `one:N` for a single folder), each with N photos of ants, bees and flies.
+fn photo_data(layout: &str) -> Workdir {
+    let w = Workdir::new();
+    for part in layout.split_whitespace() {
+        let (folder, n) = part.split_once(':').unwrap();
+        let dir = match folder {
+            "one" => w.data.clone(),
+            f => w.data.join(f),
+        };
+        photos(&dir, &["ants", "bees", "flies"], n.parse().unwrap());
+    }
+    w
+}
+
+/// `pipe train` of run `name` on all images for one epoch at 32x32, batch 8.
+fn quick(w: &Workdir, name: &str) -> common::Pipe {
+    w.train(name).limits(0, 0).epochs(1).batch(8)
+}
+
+/// The file names of a split of `split.json`.
+fn files(split: &Value, part: &str) -> Vec<String> {
+    split[part]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["file"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_layout_is_detected_said_first_and_trained() {
+    let cases = [
+        (
+            "train:4 test:2",
+            "image folders train/ + test/",
+            "train_test",
+            "test",
+        ),
+        (
+            "train:4 val:2",
+            "image folders train/ + val/",
+            "train_val",
+            "val",
+        ),
+        ("one:6", "one folder of class folders", "class_folders", ""),
+    ];
+    for (layout, said, kind, held_out) in cases {
+        let w = photo_data(layout);
+        let err = quick(&w, "r").ok().stderr;
+        let first = err.lines().next().unwrap();
+        assert!(first.starts_with(&format!("data: {said}")), "{first}");
+        let run = w.run("r");
+        let split = common::read_json(&run.file("split.json"));
+        assert_eq!(split["layout"], kind);
+        assert_eq!(run.config()["layout"], kind);
+        let preds = run.predictions();
+        assert_eq!(preds.data_root, w.data.join(held_out), "{layout}");
+        // predictions.json names the files as split.json does, relative to the held-out folder.
+        let prefix = if held_out.is_empty() {
+            String::new()
+        } else {
+            format!("{held_out}/")
+        };
+        let listed: Vec<String> = files(&split, "test");
+        let named: Vec<String> = preds
+            .items
+            .iter()
+            .map(|i| format!("{prefix}{}", i.file))
+            .collect();
+        assert_eq!(named, listed, "{layout}");
+        assert_eq!(
+            common::read_json(&run.file("skipped.json")),
+            Value::Array(vec![])
+        );
+    }
+    // The binary release: its own held-out test batch.
+    let w = Workdir::binary_release(10);
+    let err = quick(&w, "b").ok().stderr;
+    assert!(err.starts_with("data: CIFAR-10 binary release in"), "{err}");
+    assert_eq!(w.run("b").config()["layout"], "cifar_binary");
+}
+
+#[test]
+fn single_folder_split_is_seeded_and_kept_by_evaluate_and_resume() {
+    let w = photo_data("one:10");
+    let split_of = |name: &str| common::read_json(&w.run(name).file("split.json"));
+    let a = quick(&w, "a").seed(7).ok().stderr;
+    // Of 10 photos a class, round(0.15 x 10) = 2 validate and 2 test.
+    assert!(
+        a.contains("split: 3 classes: train 18, validation 6, test 6 images (seed 7)"),
+        "{a}"
+    );
+    quick(&w, "b").seed(7).ok();
+    quick(&w, "c").seed(8).ok();
+    let (sa, sb, sc) = (split_of("a"), split_of("b"), split_of("c"));
+    assert_eq!(sa, sb, "same seed, same split");
+    assert_ne!(
+        files(&sa, "val"),
+        files(&sc, "val"),
+        "another seed, another split"
+    );
+    assert_eq!(
+        (sa["val_share"].as_f64(), sa["test_share"].as_f64()),
+        (Some(0.15), Some(0.15))
+    );
+
+    // The data changes after training: evaluate and resume still see the run's own images.
+    quick(&w, "i")
+        .seed(7)
+        .epochs(2)
+        .arg("--interrupt-after-epoch", "1")
+        .fails();
+    photos(&w.data, &["ants", "bees", "flies"], 14);
+    let ev: Value = serde_json::from_str(&w.evaluate("a").format("json").ok().stdout).unwrap();
+    assert_eq!(ev["report"]["images"], 6);
+    let tested = w.run("a").predictions().accuracy();
+    assert!((ev["report"]["accuracy"].as_f64().unwrap() - tested).abs() < 1e-6);
+    w.resume().name("i").ok();
+    assert_eq!(split_of("i"), sa);
+    assert_eq!(w.run("i").config()["train_images"], 18);
+    assert_eq!(w.run("i").history().len(), 2);
+    // A new run with the same seed now splits the 14 photos a class.
+    quick(&w, "n").seed(7).ok();
+    assert_eq!(files(&split_of("n"), "train").len(), 3 * 10);
+}
+
+#[test]
+fn junk_is_ignored_and_broken_files_are_skipped_named_counted_and_listed() {
+    let w = photo_data("train:4 test:2");
+    let d = &w.data;
+    // Hidden and system entries: never classes nor samples, no warning.
+    for junk in [
+        "train/.DS_Store",
+        "train/ants/._00.png",
+        "train/ants/Thumbs.db",
+        "train/bees/desktop.ini",
+        "train/__MACOSX/ants/._01.png",
+        "train/.ipynb_checkpoints/ants/00-checkpoint.png",
+    ] {
+        w.write(Path::new("data").join(junk), b"junk");
+    }
+    // Broken files: empty, text named .jpg, a JPEG cut in its image data, a header announcing
+    // 60000x60000.
+    let jpeg = {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&image::RgbImage::from_fn(96, 80, |x, y| {
+                image::Rgb([(x * 7 + y * 13) as u8, (x * y) as u8, (x ^ y) as u8])
+            }))
+            .unwrap();
+        out
+    };
+    let mut bomb = jpeg.clone();
+    let sof = bomb.windows(2).position(|x| x == [0xFF, 0xC0]).unwrap();
+    bomb[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+    let bad = [
+        ("train/ants/empty.jpg", Vec::new(), "empty"),
+        (
+            "train/bees/notes.jpg",
+            b"not a photo".to_vec(),
+            "not_an_image",
+        ),
+        (
+            "train/flies/cut.jpg",
+            jpeg[..jpeg.len() / 2].to_vec(),
+            "truncated",
+        ),
+        ("test/bees/bomb.jpg", bomb, "oversized"),
+    ];
+    for (f, bytes, _) in &bad {
+        w.write(Path::new("data").join(f), bytes);
+    }
+    let out = quick(&w, "r").output();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit code 3: files were skipped"
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    for (f, _, reason) in &bad {
+        let line = format!("warning: skipped {} ({reason})", d.join(f).display());
+        assert_eq!(stderr.matches(&line).count(), 1, "{line} once: {stderr}");
+    }
+    assert!(
+        !stderr.contains("junk") && !stderr.contains("MACOSX"),
+        "{stderr}"
+    );
+    assert_contains(
+        &stdout,
+        &[
+            "skipped 4 image files that could not be decoded",
+            "skipped.json",
+        ],
+    );
+    let run = w.run("r");
+    assert_eq!(
+        run.config()["classes"],
+        serde_json::json!(["ants", "bees", "flies"])
+    );
+    assert_eq!(
+        (
+            run.config()["train_images"].clone(),
+            run.config()["test_images"].clone()
+        ),
+        (12.into(), 6.into())
+    );
+    let listed = common::read_json(&run.file("skipped.json"));
+    let listed: Vec<(String, String)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["path"].as_str().unwrap().to_string(),
+                s["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = bad
+        .iter()
+        .map(|(f, _, r)| (d.join(f).display().to_string(), r.to_string()))
+        .collect();
+    assert_eq!(listed, want);
+
+    // --strict: the first bad file (in list order) stops the run, no run folder is left.
+    let err = quick(&w, "s").flag("--strict").fails();
+    assert_contains(&err, &["empty.jpg", "empty file"]);
+    assert!(!w.runs.join("s").exists());
+}
+
+#[test]
+fn held_out_split_may_lack_a_class_but_not_add_one() {
+    let w = photo_data("train:4");
+    photos(&w.data.join("test"), &["ants", "bees"], 2);
+    quick(&w, "r").ok();
+    let run = w.run("r");
+    assert_eq!(
+        run.config()["classes"],
+        serde_json::json!(["ants", "bees", "flies"])
+    );
+    let preds = run.predictions();
+    assert_eq!(preds.items.len(), 4);
+    assert!(preds.items.iter().all(|i| i.label < 2));
+    photos(&w.data.join("test"), &["wasps"], 1);
+    let err = quick(&w, "x").fails();
+    assert_contains(
+        &err,
+        &[
+            "test/wasps",
+            r#"class "wasps" is not a class of the training split"#,
+        ],
+    );
+    assert!(!w.runs.join("x").exists());
+}
+
+#[test]
+fn crop_at_64_trains_exports_verifies_and_photo_augmentation_resumes_exactly() {
+    let w = photo_data("train:4 val:2");
+    let run = |name: &str| {
+        w.train(name)
+            .limits(0, 0)
+            .arg("--input-size", "64")
+            .arg("--resize", "crop")
+            .batch(6)
+    };
+    run("c").epochs(2).ok();
+    let c = w.run("c");
+    assert_eq!(c.config()["resize"], "crop");
+    w.export_verified("c", w.join("c.onnx"), 6);
+
+    // Fine-tuning the last conv with photo augmentation: interrupted and resumed, it ends as the
+    // uninterrupted run.
+    let tune = |name: &str| {
+        run(name)
+            .epochs(2)
+            .arg("--unfreeze", "1")
+            .flag("--augment")
+            .arg("--augment-style", "photo")
+            .arg("--head-epochs", "1")
+            .lr("1e-5")
+    };
+    let err = tune("f").ok().stderr;
+    assert!(err.contains("random resized crops and flips"), "{err}");
+    assert_eq!(w.run("f").config()["augment_style"], "photo");
+    tune("g").arg("--interrupt-after-epoch", "1").fails();
+    w.resume().name("g").ok();
+    let (f, g) = (w.run("f"), w.run("g"));
+    assert_eq!(f.bytes("history.json"), g.bytes("history.json"));
+    for file in ["head.safetensors", "base.safetensors"] {
+        assert_eq!(f.tensors(file), g.tensors(file), "{file}");
+    }
+    w.export_verified("f", w.join("f.onnx"), 6);
+}
+
+#[test]
+fn preset_photos_trains_at_224_with_crop() {
+    let w = photo_data("train:2 val:1");
+    w.train("p").arg("--preset", "photos").epochs(1).ok();
+    let run = Run::open(w.runs.join("p"));
+    let config = run.config();
+    assert_eq!(
+        (config["input_size"].clone(), config["resize"].clone()),
+        (224.into(), "crop".into())
+    );
+    assert_eq!(run.predictions().items.len(), 3);
+}
