@@ -5,6 +5,7 @@
 #![cfg_attr(not(feature = "tract"), allow(dead_code, unused_imports))]
 
 use crate::contract::Output;
+use crate::data::ImageSpec;
 use crate::error::{Error, Result};
 use crate::run::{PredictionItem, Predictions};
 use std::path::Path;
@@ -64,8 +65,9 @@ pub fn verify_against_run(
     let picked: Vec<&PredictionItem> = (0..take)
         .map(|i| &preds.items[i * total / take.max(1)])
         .collect();
-    let s = crate::onnx::ModelInfo::read(model)?.input_size;
-    let input: Vec<f32> = pixels(&preds, &picked, s)?
+    let spec = crate::onnx::ModelInfo::read(model)?.image;
+    let s = spec.size;
+    let input: Vec<f32> = pixels(&preds, &picked, &spec)?
         .iter()
         .map(|&v| f32::from(v))
         .collect();
@@ -99,14 +101,16 @@ pub fn verify_against_run(
     })
 }
 
-/// The pixels of the `picked` images at `size`x`size`, RGB u8 NHWC: files under the run's data root,
-/// or records of the CIFAR-10 binary release.
+/// The pixels of the `picked` images as the model's `spec` ([`crate::onnx::ModelInfo::image`])
+/// decodes them, the decoding `pipe infer` applies, RGB u8 NHWC: files under the run's data root, or
+/// records of the CIFAR-10 binary release (squares of 32x32, resized to the input size).
 ///
 /// # Errors
 /// An image or record that cannot be read.
-fn pixels(preds: &Predictions, picked: &[&PredictionItem], size: usize) -> Result<Vec<u8>> {
-    use crate::data::{cifar, load_rgb, resize_rgb};
-    let mut pixels = Vec::with_capacity(picked.len() * size * size * 3);
+fn pixels(preds: &Predictions, picked: &[&PredictionItem], spec: &ImageSpec) -> Result<Vec<u8>> {
+    use crate::data::{cifar, load_image, resize_rgb};
+    let size = spec.size;
+    let mut pixels = Vec::with_capacity(picked.len() * spec.image_bytes());
     let binary = picked.iter().any(|it| it.file.contains(".bin#"));
     let records = if binary {
         let classes = cifar::read_classes(&preds.data_root)?;
@@ -125,7 +129,7 @@ fn pixels(preds: &Predictions, picked: &[&PredictionItem], size: usize) -> Resul
                 })?;
                 pixels.extend(resize_rgb(&rec.pixels, cifar::CIFAR_SIZE, size));
             }
-            None => pixels.extend(load_rgb(&preds.data_root.join(&it.file), size)?),
+            None => pixels.extend(load_image(&preds.data_root.join(&it.file), spec)?),
         }
     }
     Ok(pixels)
