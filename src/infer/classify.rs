@@ -257,4 +257,42 @@ mod tests {
         );
         assert_eq!(top_k(&[0.3], 5), vec![(0, 0.3)]);
     }
+
+    /// A model of input side 4 decoding as `resize` says.
+    fn model(resize: crate::data::ResizePolicy) -> ModelInfo {
+        ModelInfo {
+            input_size: 4,
+            image: crate::data::ImageSpec::new(4, resize),
+            classes: vec!["a".into()],
+            classes_from_metadata: true,
+            output_name: crate::contract::PROBABILITIES.into(),
+            metadata: Vec::new(),
+            opset: 17,
+            parameters: 0,
+        }
+    }
+
+    /// A 12x4 PNG in red, green and blue vertical thirds: crop keeps the green centre square,
+    /// squash keeps all three, a column of 4 pixels each squeezed to 1 and a third.
+    #[test]
+    fn decode_image_squashes_or_crops_as_the_model_says() {
+        use crate::data::ResizePolicy;
+        const THIRDS: [[u8; 3]; 3] = [[255, 0, 0], [0, 255, 0], [0, 0, 255]];
+        let img = image::RgbImage::from_fn(12, 4, |x, _| image::Rgb(THIRDS[x as usize / 4]));
+        let mut png = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+        let png = png.into_inner();
+        let path = Path::new("thirds.png");
+        let crop = decode_image(&model(ResizePolicy::Crop), path, &png).unwrap();
+        assert_eq!(crop, [0, 255, 0].repeat(16));
+        let squash = decode_image(&model(ResizePolicy::Squash), path, &png).unwrap();
+        assert_eq!(squash.len(), 48);
+        for row in squash.chunks(12) {
+            assert_eq!(&row[..3], &[255, 0, 0], "{squash:?}");
+            assert_eq!(&row[9..], &[0, 0, 255], "{squash:?}");
+            assert!(row[4] > 0 && row[7] > 0, "green in the middle: {squash:?}");
+        }
+        let err = decode_image(&model(ResizePolicy::Crop), path, b"").unwrap_err();
+        assert!(err.to_string().contains("thirds.png"), "{err}");
+    }
 }
