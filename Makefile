@@ -6,7 +6,7 @@ export LIBTORCH_USE_PYTORCH := 1
 PIPE := target/release/pipe
 INFER_ONLY := target/release/pipe-infer
 
-.PHONY: setup build infer-only demo test bench keras-venv fmt clippy check
+.PHONY: setup build infer-only demo test bench loadtest keras-venv fmt clippy check
 
 ## setup: virtualenv (torch, onnxruntime), release build, ImageNet VGG16 weights, CIFAR-10 (idempotent)
 setup:
@@ -25,10 +25,19 @@ demo: setup
 	$(PIPE) infer --backend ort data/cifar10/test > onnx/infer-ort.tsv
 	@echo; echo "== tract vs ort: labels that differ (per-image lines in onnx/infer-{tract,ort}.tsv)"
 	@diff <(cut -f1,2 onnx/infer-tract.tsv) <(cut -f1,2 onnx/infer-ort.tsv) && echo "none: both backends agree on every image ($$(wc -l < onnx/infer-tract.tsv) images)"
+	@echo; echo "== pipe serve: classify three images over HTTP (POST /v1/classify), then stop the server"
+	@$(PIPE) serve --backend ort --port 0 --log-level warn > onnx/serve.out & pid=$$!; \
+	for i in $$(seq 300); do grep -q "listening on" onnx/serve.out 2>/dev/null && break; sleep 0.1; done; \
+	addr=$$(sed -n 's|.*listening on http://\([^ ]*\).*|\1|p' onnx/serve.out); cat onnx/serve.out; ok=1; \
+	for f in data/cifar10/test/cat/0001.jpg data/cifar10/test/ship/0001.jpg data/cifar10/test/truck/0001.jpg; do \
+	  echo "$$ curl --data-binary @$$f http://$$addr/v1/classify?top_k=2"; \
+	  curl -sS --fail-with-body --data-binary @$$f "http://$$addr/v1/classify?top_k=2" || ok=0; echo; \
+	done; \
+	kill -TERM $$pid; wait $$pid && [ $$ok = 1 ]
 
-## infer-only: a pipe without libtorch (infer, inspect, export, weights import): tract + ort only
+## infer-only: a pipe without libtorch (infer, serve, inspect, export, weights import): tract + ort + serve
 infer-only:
-	cargo build --release --no-default-features --features tract,ort
+	cargo build --release --no-default-features --features tract,ort,serve
 	cp target/release/pipe $(INFER_ONLY)
 	cargo build --release
 	@if readelf -d $(INFER_ONLY) | grep -E 'torch|c10'; then echo "error: $(INFER_ONLY) links libtorch" >&2; exit 1; fi
@@ -48,7 +57,7 @@ test: setup
 	if nvidia-smi > /dev/null 2>&1; then cargo test --release -- --ignored _when_a_gpu_is_present; fi
 
 ## bench: criterion benches, the PyTorch/onnxruntime references (benches/reference/) and end-to-end
-## times and the Keras seed job in one run, then one table (also target/bench/summary.json). About 20 minutes here.
+## times and the Keras seed job in one run, then one table (also target/bench/summary.json). About 35 minutes here.
 BENCH_PY := $(ROOT)/.venv/bin/python
 bench: setup
 	rm -rf target/criterion/extract target/criterion/infer target/criterion/decode target/criterion/head target/criterion/export target/bench/*.json
@@ -68,6 +77,11 @@ bench: setup
 	  done && \
 	  $(BENCH_PY) benches/reference/ort_infer.py --out target/bench/reference_ort_$$i.json || exit 1; \
 	done
+	@# one fine-tuning epoch (2,560 images, the finetune preset's settings) in pipe, then in PyTorch, twice (ABAB)
+	for i in 1 2; do \
+	  cargo bench --bench finetune -- --out target/bench/finetune_pipe_$$i.json && \
+	  $(BENCH_PY) benches/reference/torch_finetune.py --out target/bench/reference_finetune_$$i.json || exit 1; \
+	done
 	cargo bench --bench decode
 	cargo bench --bench head
 	cargo bench --bench export
@@ -75,6 +89,26 @@ bench: setup
 	$(MAKE) keras-venv
 	$(KERAS_PY) benches/reference/keras_seed.py
 	$(BENCH_PY) benches/summary.py
+
+## loadtest: pipe serve under 64 concurrent clients (10,000 single-image binary requests) against pipe infer
+## offline, same model and backend (LOADTEST_BACKEND=ort|tract), in one run; table and target/loadtest/summary-*.json.
+## Uses onnx/model.onnx (make demo), else trains and exports a small model into target/loadtest/ (inference
+## costs the same whatever the training).
+LOADTEST_BACKEND ?= ort
+LOADTEST_MODEL ?= onnx/model.onnx
+loadtest: build
+	@model=$(LOADTEST_MODEL); \
+	if [ ! -f $$model ]; then \
+	  model=target/loadtest/model.onnx; \
+	  if [ ! -f $$model ]; then \
+	    echo "no $(LOADTEST_MODEL): training a small model for the load test"; \
+	    rm -rf target/loadtest/runs; \
+	    $(PIPE) train --train-limit 300 --test-limit 100 --epochs 1 --device cpu --no-cache \
+	      --runs-dir target/loadtest/runs --name loadtest && \
+	    $(PIPE) export $$model --run loadtest --runs-dir target/loadtest/runs --verify-images 0 || exit 1; \
+	  fi; \
+	fi; \
+	LOADTEST_MODEL=$$model LOADTEST_BACKEND=$(LOADTEST_BACKEND) cargo bench --bench loadtest
 
 ## keras-venv: TensorFlow + Keras for the Keras seed reference (benches/reference/keras_seed.py), in its
 ## own virtualenv so that the project's stays free of them (about 600 MB, installed once)

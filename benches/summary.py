@@ -80,6 +80,9 @@ def main():
                           for k in ("batch1_images_per_s", "batch256_images_per_s")})
     ort1, ort256 = infer_rate("ort_batch1", 1), infer_rate("ort_batch256", 256)
     tract1, tract256 = infer_rate("tract_batch1", 1), infer_rate("tract_batch256", 256)
+    # Fine-tuning: one epoch of 2,560 images in pipe and in PyTorch, alternating (ABAB); means over rounds.
+    ft_pipe = [load(os.path.join(OUT, f)) for f in round_files("finetune_pipe_")]
+    ft_ref = [load(os.path.join(OUT, f)) for f in round_files("reference_finetune_")]
     e2e = load(os.path.join(OUT, "e2e.json")) or {}
     keras = load(os.path.join(OUT, "keras_seed.json")) or {}
     extract = mean(tch_rates) if tch_rates else rate("extract/tch_batch128")
@@ -98,6 +101,10 @@ def main():
     r = torch_cl.get("images_per_s")
     row("tch extraction vs PyTorch channels-last", "images/s", extract, r,
         extract / r if extract and r else None, "(information)", None)
+    precision = ft_pipe[0]["precision"] if ft_pipe else "?"
+    ratio_row(f"fine-tuning epoch, 2560 images, {precision}", "images/s",
+              mean([r["images_per_s"] for r in ft_pipe]), mean([r["images_per_s"] for r in ft_ref]),
+              "PyTorch", 1.0)
     ratio_row("ort, batch 256", "images/s", ort256,
               ort_ref.get("batch256_images_per_s"), "onnxruntime-python", 0.95)
     ratio_row("ort, batch 1", "images/s", ort1,
@@ -143,7 +150,7 @@ def main():
     info = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.processor()
             or platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch_ref.get("threads"),
             "ort_threads": ort_ref.get("threads"), "extract_rounds": {"pipe": tch_rates, "pytorch": ref_rates},
-            "ort_rounds": ort_rounds,
+            "ort_rounds": ort_rounds, "finetune_rounds": {"pipe": ft_pipe, "pytorch": ft_ref},
             "e2e": e2e, "keras_seed": keras, "rows": rows}
     with open(os.path.join(OUT, "summary.json"), "w") as f:
         json.dump(info, f, indent=1)

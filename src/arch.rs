@@ -158,42 +158,42 @@ impl Arch {
     /// Names and shapes of the base parameters, in the order of the fingerprint:
     /// `base.<conv>.weight` (OIHW), `base.<conv>.bias`, for each conv in graph order.
     pub fn base_params(&self) -> Vec<(String, Vec<usize>)> {
-        let mut out = Vec::new();
-        for layer in &self.base {
-            if let BaseLayer::Conv {
-                name,
-                in_channels,
-                out_channels,
-            } = layer
-            {
-                out.push((
-                    format!("base.{name}.weight"),
+        self.base
+            .iter()
+            .filter_map(|layer| match layer {
+                BaseLayer::Conv {
+                    name,
+                    in_channels,
+                    out_channels,
+                } => Some(weight_and_bias(
+                    "base",
+                    name,
                     vec![*out_channels, *in_channels, 3, 3],
-                ));
-                out.push((format!("base.{name}.bias"), vec![*out_channels]));
-            }
-        }
-        out
+                )),
+                BaseLayer::MaxPool { .. } => None,
+            })
+            .flatten()
+            .collect()
     }
 
     /// Names and shapes of the head parameters: `head.<linear>.weight` `[out, in]` and `.bias` `[out]`.
     pub fn head_params(&self) -> Vec<(String, Vec<usize>)> {
-        let mut out = Vec::new();
-        for layer in &self.head {
-            if let HeadLayer::Linear {
-                name,
-                in_features,
-                out_features,
-            } = layer
-            {
-                out.push((
-                    format!("head.{name}.weight"),
+        self.head
+            .iter()
+            .filter_map(|layer| match layer {
+                HeadLayer::Linear {
+                    name,
+                    in_features,
+                    out_features,
+                } => Some(weight_and_bias(
+                    "head",
+                    name,
                     vec![*out_features, *in_features],
-                ));
-                out.push((format!("head.{name}.bias"), vec![*out_features]));
-            }
-        }
-        out
+                )),
+                _ => None,
+            })
+            .flatten()
+            .collect()
     }
 }
 
@@ -287,6 +287,20 @@ impl Arch {
         }
         rows
     }
+}
+
+/// The weight (shape `weight_shape`, output channels or features first) and bias (`[out]`) of layer
+/// `name` under `prefix`: `<prefix>.<name>.weight` and `<prefix>.<name>.bias`.
+fn weight_and_bias(
+    prefix: &str,
+    name: &str,
+    weight_shape: Vec<usize>,
+) -> [(String, Vec<usize>); 2] {
+    let out = weight_shape[0];
+    [
+        (format!("{prefix}.{name}.weight"), weight_shape),
+        (format!("{prefix}.{name}.bias"), vec![out]),
+    ]
 }
 
 /// Number of elements of a tensor shape.

@@ -94,6 +94,11 @@ pub struct TrainConfig {
     /// Random horizontal flip and 4-pixel pad-and-crop of training images (needs `unfreeze`).
     #[serde(default)]
     pub augment: bool,
+    /// With `unfreeze`: the arithmetic of the conv layers while fine-tuning (`--precision`). `auto` on
+    /// the command line; a started run records what was chosen (`fp32` or `bf16`). Absent (`None`) for
+    /// a frozen-base run, whose head and features are always float32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     /// With `unfreeze`: epochs of head-only training on frozen-base features before fine-tuning (a
     /// random head's large early gradients would wreck the pre-trained convs). Recorded as 0 for a
     /// frozen-base run.
@@ -109,10 +114,19 @@ pub struct TrainConfig {
     /// L2 weight decay added to the gradient (PyTorch's `weight_decay`), >= 0.
     #[serde(default)]
     pub weight_decay: f64,
+    /// Label smoothing of the training loss (PyTorch's `CrossEntropyLoss(label_smoothing=...)`), in
+    /// [0, 1): the target puts `1 - s` on the label and spreads `s` over all classes. Validation and
+    /// test losses stay the plain cross-entropy. Absent from `config.json` when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
     /// Seed of initialisation, dropout, shuffling, augmentation and the validation hold-out.
     pub seed: u64,
     /// *Recorded*: device the run trained on (`cpu`, `cuda:0`).
     pub device: String,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn default_lr_step_epochs() -> usize {
@@ -148,6 +162,84 @@ pub enum Schedule {
     #[value(name = "onecycle")]
     #[serde(rename = "onecycle")]
     OneCycle,
+}
+
+/// Arithmetic of the conv layers while fine-tuning (`--precision`). Master weights, optimizer state,
+/// the head and the loss stay float32 in every case, and so do validation, the final test predictions
+/// and the exported model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 on a CPU with AVX512_BF16 (or AMX), float32 otherwise and on CUDA.
+    #[default]
+    Auto,
+    /// float32 everywhere.
+    Fp32,
+    /// bf16 mixed precision: conv weights and activations cast to bfloat16 in the training forward
+    /// pass (the casts are differentiable, so the gradients reach the float32 weights).
+    Bf16,
+}
+
+/// What the CPU offers for bf16 arithmetic, read at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuBf16 {
+    /// AVX512_BF16: bf16 dot products in AVX-512 registers (oneDNN's `avx512_core_bf16` kernels).
+    pub avx512_bf16: bool,
+    /// AMX-BF16 tiles (oneDNN's `avx512_core_amx` kernels).
+    pub amx_bf16: bool,
+}
+
+impl CpuBf16 {
+    /// The features of the CPU this process runs on.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // AMX-BF16 is CPUID leaf 7, sub-leaf 0, EDX bit 22 (`is_x86_feature_detected!` for AMX is
+            // not stable Rust); only reported, since every CPU with AMX also has AVX512_BF16.
+            let amx = std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 22) != 0;
+            CpuBf16 {
+                avx512_bf16: std::arch::is_x86_feature_detected!("avx512bf16"),
+                amx_bf16: amx,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        CpuBf16::default()
+    }
+}
+
+impl Precision {
+    /// The precision a run uses on a CUDA device (`cuda`) or on a CPU with `cpu`'s features, and why
+    /// (for the first line of `pipe train`): `auto` is bf16 where the CPU computes bf16 natively,
+    /// float32 elsewhere (on CUDA, libtorch's float32 convolutions already use TF32 tensor cores).
+    pub fn resolve(self, cuda: bool, cpu: CpuBf16) -> (Precision, String) {
+        let native = if cpu.amx_bf16 {
+            "this CPU has AVX512_BF16 and AMX-BF16"
+        } else {
+            "this CPU has AVX512_BF16"
+        };
+        match self {
+            Precision::Auto if cuda => (Precision::Fp32, "auto: float32 on CUDA".into()),
+            Precision::Auto if cpu.avx512_bf16 => (Precision::Bf16, format!("auto: {native}")),
+            Precision::Auto => (
+                Precision::Fp32,
+                "auto: this CPU has no AVX512_BF16, where bf16 would be emulated and slower".into(),
+            ),
+            Precision::Bf16 if !cuda && !cpu.avx512_bf16 => (
+                Precision::Bf16,
+                "as asked; this CPU has no AVX512_BF16, so bf16 is emulated and slow".into(),
+            ),
+            p => (p, "as asked".into()),
+        }
+    }
+
+    /// The name used in `config.json` and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 /// Named training recipes (`pipe train --preset`); [`Preset::config`] gives each one's settings.
@@ -193,11 +285,13 @@ impl Default for TrainConfig {
             val_images: 0,
             unfreeze: 0,
             augment: false,
+            precision: None,
             head_epochs: 3,
             head_lr: 1e-3,
             lr: 1e-4,
             momentum: 0.9,
             weight_decay: 0.0,
+            label_smoothing: 0.0,
             seed: 42,
             device: String::new(),
         }
@@ -306,6 +400,12 @@ impl TrainConfig {
                 self.weight_decay
             )));
         }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::Usage(format!(
+                "--label-smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            )));
+        }
         Ok(())
     }
 
@@ -323,28 +423,28 @@ impl TrainConfig {
         }
     }
 
-    /// The configuration recorded when a new run `name` starts on `device` (`cpu`, `cuda:0`): the
-    /// data and weights paths made absolute (so that the run can be evaluated and exported from any
-    /// folder), this pipe's version, and no warm-up epochs for a frozen-base run.
-    pub fn started(self, name: &str, device: &str) -> TrainConfig {
+    /// The configuration recorded when a new run `name` starts on `device` (`cpu`, `cuda:0`) with the
+    /// fine-tuning `precision` chosen for it ([`Precision::resolve`]): the data and weights paths made
+    /// absolute (so that the run can be evaluated and exported from any folder), this pipe's version,
+    /// and for a frozen-base run no warm-up epochs and no precision.
+    pub fn started(self, name: &str, device: &str, precision: Precision) -> TrainConfig {
         let absolute = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+        let tuned = self.unfreeze > 0;
         TrainConfig {
             name: name.into(),
             pipe_version: env!("CARGO_PKG_VERSION").into(),
             data: absolute(self.data.clone()),
             weights: absolute(self.weights.clone()),
-            head_epochs: if self.unfreeze > 0 {
-                self.head_epochs
-            } else {
-                0
-            },
+            head_epochs: if tuned { self.head_epochs } else { 0 },
+            precision: tuned.then_some(precision),
             device: device.into(),
             ..self
         }
     }
 
-    /// One line echoing the configuration at the start of training, on `device` (`cpu`, `cuda:0`).
-    pub fn describe(&self, device: &str) -> String {
+    /// One line echoing the configuration at the start of training, on `device` (`cpu`, `cuda:0`);
+    /// a fine-tuning run also names its precision and `why` it was chosen.
+    pub fn describe(&self, device: &str, why: &str) -> String {
         let opt = match self.optimizer {
             Optimizer::Sgd => format!("SGD lr {} momentum {}", self.lr, self.momentum),
             Optimizer::Adam => format!("Adam lr {}", self.lr),
@@ -372,14 +472,24 @@ impl TrainConfig {
         } else {
             ""
         };
+        let smoothing = if self.label_smoothing > 0.0 {
+            format!(", label smoothing {}", self.label_smoothing)
+        } else {
+            String::new()
+        };
         let model = if self.unfreeze > 0 {
             format!(
-                "VGG16 with its last {} conv layers fine-tuned + dense head{}",
+                "VGG16 with its last {} conv layers fine-tuned + dense head{}, {} ({why})",
                 self.unfreeze,
                 if self.augment {
                     ", augmented images"
                 } else {
                     ""
+                },
+                match self.precision.unwrap_or_default() {
+                    Precision::Bf16 => "bf16 mixed precision",
+                    Precision::Fp32 => "float32",
+                    Precision::Auto => "precision auto",
                 }
             )
         } else {
@@ -387,7 +497,7 @@ impl TrainConfig {
         };
         format!(
             "pipe train: data {}, {} train / {} test images (0 = all), {val}, input {}x{}; {model} \
-             on {device}; {opt} weight decay {}{schedule}, batch {}, {}{stop}{best}, seed {}",
+             on {device}; {opt} weight decay {}{smoothing}{schedule}, batch {}, {}{stop}{best}, seed {}",
             self.data.display(),
             self.train_limit,
             self.test_limit,
@@ -464,6 +574,8 @@ overrides! {
     momentum: f64,
     /// `--weight-decay`.
     weight_decay: f64,
+    /// `--label-smoothing`.
+    label_smoothing: f64,
     /// `--schedule`.
     schedule: Schedule,
     /// `--lr-step-epochs`.
@@ -478,6 +590,8 @@ overrides! {
     unfreeze: usize,
     /// `--augment`.
     augment: bool,
+    /// `--precision`.
+    precision: Option<Precision>,
     /// `--head-epochs`.
     head_epochs: usize,
     /// `--head-lr`.
@@ -675,16 +789,20 @@ mod tests {
         assert_eq!((w.patience, w.restore_best), (None, false));
         assert_eq!((w.batch_size, w.weight_decay, w.seed), (128, 5e-4, 42));
         // A frozen-base run records no warm-up epochs; a fine-tuning run keeps them.
-        let frozen = TrainConfig::default().started("r", "cpu");
+        let frozen = TrainConfig::default().started("r", "cpu", Precision::Bf16);
         assert_eq!((frozen.head_epochs, frozen.name.as_str()), (0, "r"));
-        assert_eq!(frozen.device, "cpu");
-        assert_eq!(c.started("r", "cpu").head_epochs, 5);
+        assert_eq!((frozen.device.as_str(), frozen.precision), ("cpu", None));
+        let tuned = c.started("r", "cpu", Precision::Bf16);
+        assert_eq!(
+            (tuned.head_epochs, tuned.precision),
+            (5, Some(Precision::Bf16))
+        );
     }
 
     /// `config.json` keeps its field names and order, and reads back to the same value.
     #[test]
     fn config_json_round_trips_with_its_field_order() {
-        let c = TrainConfig::finetune().started("r", "cpu");
+        let c = TrainConfig::finetune().started("r", "cpu", Precision::Fp32);
         let text = serde_json::to_string(&c).unwrap();
         let order = [
             "name",
@@ -711,11 +829,13 @@ mod tests {
             "val_images",
             "unfreeze",
             "augment",
+            "precision",
             "head_epochs",
             "head_lr",
             "lr",
             "momentum",
             "weight_decay",
+            "label_smoothing",
             "seed",
             "device",
         ];
@@ -725,7 +845,49 @@ mod tests {
             .collect();
         assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
         assert!(text.contains("\"schedule\":\"onecycle\""), "{text}");
+        assert!(text.contains("\"precision\":\"fp32\""), "{text}");
+        // A frozen-base run's config.json has no precision (its head and features are float32), and
+        // a config.json without the field reads back as one.
+        let frozen = TrainConfig::default().started("r", "cpu", Precision::Bf16);
+        let text = serde_json::to_string(&frozen).unwrap();
+        assert!(!text.contains("precision"), "{text}");
+        assert_eq!(serde_json::from_str::<TrainConfig>(&text).unwrap(), frozen);
         let back: TrainConfig = serde_json::from_str(&text).unwrap();
         assert_eq!(back, c);
+    }
+
+    /// `--precision auto` is bf16 exactly on a CPU with AVX512_BF16 (AMX only adds to the reason),
+    /// float32 on other CPUs and on CUDA; explicit choices are kept, with a warning for emulated bf16.
+    #[test]
+    fn precision_auto_is_bf16_only_where_the_cpu_has_it() {
+        let none = CpuBf16::default();
+        let avx = CpuBf16 {
+            avx512_bf16: true,
+            amx_bf16: false,
+        };
+        let amx = CpuBf16 {
+            avx512_bf16: true,
+            amx_bf16: true,
+        };
+        let auto = |cuda, cpu| Precision::Auto.resolve(cuda, cpu);
+        assert_eq!(auto(false, amx).0, Precision::Bf16);
+        assert!(auto(false, amx).1.contains("AVX512_BF16 and AMX-BF16"));
+        assert_eq!(auto(false, avx).0, Precision::Bf16);
+        assert!(!auto(false, avx).1.contains("AMX"));
+        assert_eq!(auto(false, none).0, Precision::Fp32);
+        assert!(auto(false, none).1.contains("no AVX512_BF16"));
+        assert_eq!(auto(true, amx).0, Precision::Fp32);
+        assert_eq!(Precision::Fp32.resolve(false, amx).0, Precision::Fp32);
+        let emulated = Precision::Bf16.resolve(false, none);
+        assert_eq!(emulated.0, Precision::Bf16);
+        assert!(emulated.1.contains("emulated"));
+        assert_eq!(Precision::Bf16.resolve(true, none).1, "as asked");
+        // Detection agrees with the standard library's.
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            CpuBf16::detect().avx512_bf16,
+            std::arch::is_x86_feature_detected!("avx512bf16")
+        );
+        assert_eq!(Precision::Bf16.name(), "bf16");
     }
 }

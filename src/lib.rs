@@ -17,6 +17,8 @@ pub mod onnx;
 pub mod plot;
 pub mod report;
 pub mod run;
+#[cfg(feature = "serve")]
+pub mod serve;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod util;

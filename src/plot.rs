@@ -77,7 +77,8 @@ pub enum Curve {
 }
 
 /// Training and validation curves per epoch (the Keras seed's figure): `accuracy.png` or `loss.png`,
-/// 800x500 pixels, blue = training, orange = validation, one marker per epoch.
+/// 800x500 pixels, blue = training, orange = validation, one marker per epoch. A fine-tuning run's
+/// history (lines with a phase) is drawn epoch after epoch, the head warm-up epochs on a grey band.
 ///
 /// # Errors
 /// [`Error::Io`] naming `path` when drawing or writing fails; [`Error::Usage`] for an empty history.
@@ -90,10 +91,13 @@ pub fn training_curves(
     let Some(first) = history.first() else {
         return Err(Error::Usage("no epoch to plot".into()));
     };
+    let phased = history.iter().any(|m| m.phase.is_some());
+    let first = if phased { 1.0 } else { first.epoch as f64 };
     let (train, val): (Points, Points) = history
         .iter()
-        .map(|m| {
-            let e = m.epoch as f64;
+        .enumerate()
+        .map(|(i, m)| {
+            let e = first + i as f64;
             match curve {
                 Curve::Accuracy => ((e, m.accuracy), (e, m.val_accuracy)),
                 Curve::Loss => ((e, m.loss), (e, m.val_loss)),
@@ -104,7 +108,6 @@ pub fn training_curves(
         Curve::Accuracy => (format!("Training and {val_name} accuracy"), "accuracy"),
         Curve::Loss => (format!("Training and {val_name} loss"), "loss"),
     };
-    let first = first.epoch as f64;
     let last = first + history.len() as f64 - 1.0;
     let finite =
         |points: Points| -> Points { points.into_iter().filter(|p| p.1.is_finite()).collect() };
@@ -129,6 +132,49 @@ pub fn training_curves(
             ("training", finite(train), TRAIN_COLOUR.to_rgba()),
             (val_name, finite(val), VAL_COLOUR.to_rgba()),
         ],
+        band: warm_up_band(history),
+        y_scientific: false,
+    };
+    render(path, (800, 500), |root| figure.draw(root, path), |_| {})
+}
+
+/// The x range (in history positions from 1) of a fine-tuning run's warm-up epochs, if any.
+fn warm_up_band(history: &[EpochMetrics]) -> Option<(f64, f64)> {
+    let warm = history
+        .iter()
+        .take_while(|m| m.phase == Some(crate::run::Phase::WarmUp))
+        .count();
+    (warm > 0).then(|| (0.5, warm as f64 + 0.5))
+}
+
+/// The learning rate of a fine-tuning run over its epochs (`lr.png`, 800x500 pixels): `warm_up` and
+/// `fine_tune` points (epoch, rate), x counted from the start of the warm-up.
+///
+/// # Errors
+/// [`Error::Io`] naming `path` when drawing or writing fails; [`Error::Usage`] without points.
+pub fn learning_rate(warm_up: Points, fine_tune: Points, path: &Path) -> Result<()> {
+    let all = || warm_up.iter().chain(&fine_tune);
+    let (x0, x1) = all().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let hi = all().fold(0f64, |a, p| a.max(p.1));
+    if x0 >= x1 {
+        return Err(Error::Usage("no learning rates to plot".into()));
+    }
+    let figure = CurveFigure {
+        title: "Learning rate".into(),
+        title_size: 26,
+        ylabel: "learning rate",
+        x: (x0, x1),
+        y: (0.0, hi * 1.1),
+        x_labels: ((x1 - x0).ceil() as usize + 1).clamp(2, 16),
+        legend: SeriesLabelPosition::UpperRight,
+        legend_size: 18,
+        line: (3, 0),
+        series: vec![
+            ("head warm-up", warm_up, VAL_COLOUR.to_rgba()),
+            ("fine-tuning", fine_tune, TRAIN_COLOUR.to_rgba()),
+        ],
+        band: None,
+        y_scientific: true,
     };
     render(path, (800, 500), |root| figure.draw(root, path), |_| {})
 }
@@ -166,6 +212,10 @@ struct CurveFigure<'a> {
     line: (u32, u32),
     /// Legend text, points, colour.
     series: Vec<(&'a str, Points, RGBAColor)>,
+    /// An x range drawn as a grey band: the head warm-up of a fine-tuning run.
+    band: Option<(f64, f64)>,
+    /// y labels in scientific notation (learning rates) instead of two decimals.
+    y_scientific: bool,
 }
 
 impl CurveFigure<'_> {
@@ -175,7 +225,7 @@ impl CurveFigure<'_> {
             .caption(&self.title, (FONT, self.title_size))
             .margin(16)
             .x_label_area_size(48)
-            .y_label_area_size(64)
+            .y_label_area_size(if self.y_scientific { 84 } else { 64 })
             .build_cartesian_2d(self.x.0..self.x.1, self.y.0..self.y.1)
             .map_err(e)?;
         chart
@@ -184,12 +234,29 @@ impl CurveFigure<'_> {
             .y_desc(self.ylabel)
             .x_labels(self.x_labels)
             .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| format!("{v:.2}"))
+            .y_label_formatter(&|v| {
+                if self.y_scientific {
+                    format!("{v:.1e}")
+                } else {
+                    format!("{v:.2}")
+                }
+            })
             .label_style((FONT, 16))
             .axis_desc_style((FONT, 18))
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(e)?;
+        if let Some((a, b)) = self.band {
+            let grey = RGBColor(225, 225, 225);
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(a, self.y.0), (b, self.y.1)],
+                    grey.filled(),
+                )))
+                .map_err(e)?
+                .label("head warm-up")
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 24, y + 6)], grey.filled()));
+        }
         let (width, radius) = self.line;
         for (name, points, colour) in &self.series {
             let colour = *colour;
@@ -200,13 +267,15 @@ impl CurveFigure<'_> {
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3))
                 });
-            chart
-                .draw_series(
-                    points
-                        .iter()
-                        .map(|&p| Circle::new(p, radius, colour.filled())),
-                )
-                .map_err(e)?;
+            if radius > 0 {
+                chart
+                    .draw_series(
+                        points
+                            .iter()
+                            .map(|&p| Circle::new(p, radius, colour.filled())),
+                    )
+                    .map_err(e)?;
+            }
         }
         chart
             .configure_series_labels()
@@ -493,6 +562,8 @@ pub fn sweep_curves(lines: &[SweepLine], path: &Path) -> Result<()> {
         legend: SeriesLabelPosition::LowerRight,
         legend_size: 15,
         line: (2, 3),
+        band: None,
+        y_scientific: false,
         series: lines
             .iter()
             .enumerate()
@@ -522,7 +593,7 @@ mod tests {
             accuracy: acc,
             val_loss: 2.0 - val,
             val_accuracy: val,
-            seconds: 0.0,
+            ..EpochMetrics::default()
         }
     }
 

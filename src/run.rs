@@ -25,6 +25,8 @@ pub const BASE_FILE: &str = "base.safetensors";
 pub const ACCURACY_PNG: &str = "accuracy.png";
 /// Training and validation loss per epoch.
 pub const LOSS_PNG: &str = "loss.png";
+/// Learning rate over the epochs of a fine-tuning run (its head warm-up, then every step).
+pub const LR_PNG: &str = "lr.png";
 /// Grid of test images titled with their predicted labels.
 pub const PREDICTIONS_PNG: &str = "predictions.png";
 /// Test confusion matrix.
@@ -32,11 +34,16 @@ pub const CONFUSION_PNG: &str = "confusion.png";
 /// Name of the link to the newest run inside the runs folder.
 pub const LATEST: &str = "latest";
 
-/// One line of `history.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One line of `history.json`. A fine-tuning run's history holds its head warm-up epochs, then its
+/// fine-tuning epochs, each marked with its [`Phase`] and learning rates; a frozen-base run's lines
+/// have neither field (and read back with `None`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
-    /// Epoch number, from 1.
+    /// Epoch number, from 1 (within its phase).
     pub epoch: usize,
+    /// Phase of a fine-tuning run the epoch belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
     /// Mean training loss over the epoch's batches (dropout active), categorical cross-entropy.
     pub loss: f64,
     /// Training accuracy over the epoch (dropout active), 0..1.
@@ -45,9 +52,29 @@ pub struct EpochMetrics {
     pub val_loss: f64,
     /// Validation accuracy after the epoch, 0..1.
     pub val_accuracy: f64,
+    /// Learning rate of the epoch's first step (with a phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Learning rate of the epoch's last step (with a phase; differs from `lr` under one-cycle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_end: Option<f64>,
     /// Wall time of the epoch, seconds (printed, not stored: history.json is identical for identical runs).
     #[serde(skip)]
     pub seconds: f64,
+    /// The part of `seconds` spent training (before validation); not stored either.
+    #[serde(skip)]
+    pub train_seconds: f64,
+}
+
+/// The phases of a fine-tuning run, as `history.json` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// The head alone on frozen-base features (`--head-epochs`), before fine-tuning.
+    #[serde(rename = "warm-up")]
+    WarmUp,
+    /// The unfrozen conv layers and the head on images.
+    #[serde(rename = "fine-tune")]
+    FineTune,
 }
 
 /// `predictions.json`: the test images and tch's softmax probabilities for them.

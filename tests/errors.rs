@@ -867,7 +867,10 @@ fn odd_folders_train_with_warnings_and_auto_device() {
         |_, _| [1, 2, 3],
     );
     std::fs::write(data.join("train/dog/notes.txt"), "x").unwrap();
+    std::fs::write(data.join("test/big cat/notes.md"), "x").unwrap();
+    // Operating-system droppings are neither samples nor skipped files.
     std::fs::write(data.join("test/big cat/Thumbs.db"), "x").unwrap();
+    std::fs::write(data.join("train/dog/.DS_Store"), "x").unwrap();
     let err = train(data, &w.runs, &weights())
         .arg("--device", "auto")
         .ok()
@@ -878,6 +881,10 @@ fn odd_folders_train_with_warnings_and_auto_device() {
             "data/train: skipped 1 file that is not an image",
             "data/test: skipped 1 file that is not an image",
         ],
+    );
+    assert!(
+        !err.contains("Thumbs.db") && !err.contains(".DS_Store"),
+        "{err}"
     );
     let run = w.run("r");
     let config = run.config();

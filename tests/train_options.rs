@@ -320,6 +320,42 @@ fn unfreeze_fine_tunes_the_last_convs_exports_and_resumes() {
     let config = run.config();
     assert_eq!(config["unfreeze"], 2);
     assert_eq!(config["augment"], true);
+    // --precision auto: bf16 mixed precision where the CPU has AVX512_BF16 (so the export and resume
+    // checks below cover bf16 training there), float32 elsewhere; recorded and named in the first line.
+    let bf16 = pipe::config::CpuBf16::detect().avx512_bf16;
+    assert_eq!(config["precision"], if bf16 { "bf16" } else { "fp32" });
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(if bf16 {
+            "bf16 mixed precision (auto: "
+        } else {
+            "float32 (auto: "
+        }),
+        "{first}"
+    );
+    // history.json: the 2 warm-up epochs, then the 2 fine-tuning epochs, with phase and learning rate.
+    let phases: Vec<(String, f64)> = read_json(&dir.join("history.json"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["phase"].as_str().unwrap().to_string(),
+                m["lr"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let want = [
+        ("warm-up", 1e-3),
+        ("warm-up", 1e-3),
+        ("fine-tune", 1e-5),
+        ("fine-tune", 1e-5),
+    ];
+    assert_eq!(phases.len(), want.len());
+    for ((phase, lr), (p, l)) in phases.iter().zip(want) {
+        assert_eq!((phase.as_str(), *lr), (p, l));
+    }
+    assert!(dir.join("lr.png").is_file());
 
     // base.safetensors holds the whole base: the two last convs changed, the others are ImageNet's.
     let tuned = run.tensors("base.safetensors");

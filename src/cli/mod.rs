@@ -7,6 +7,8 @@ mod evaluate;
 mod export;
 mod infer;
 mod inspect;
+#[cfg(feature = "serve")]
+mod serve;
 mod summary;
 #[cfg(feature = "train")]
 mod sweep;
@@ -102,6 +104,16 @@ pub enum Command {
     /// every other input was classified and written. --strict stops at the first bad file instead.
     #[command(after_help = EXIT_CODES)]
     Infer(infer::InferArgs),
+    /// Serve an exported model over HTTP: the KServe v2 / Triton inference protocol (JSON and binary
+    /// tensors, classification), POST /v1/classify for image files, dynamic batching, /metrics.
+    ///
+    /// Endpoints: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/<name>[/versions/1][/ready|/config];
+    /// POST /v2/models/<name>[/versions/1]/infer; POST /v1/classify[?top_k=K] (an image as the body, or
+    /// multipart form files); GET /metrics (Prometheus). Stops on SIGTERM or Ctrl-C after answering the
+    /// requests in flight.
+    #[cfg(feature = "serve")]
+    #[command(after_help = EXIT_CODES)]
+    Serve(serve::ServeArgs),
     /// Print an exported model's inputs, outputs, opset, metadata and parameter count.
     #[command(after_help = EXIT_CODES)]
     Inspect(inspect::InspectArgs),
@@ -131,6 +143,8 @@ impl Command {
             Command::Summary(a) => a.run().map(Outcome::from),
             Command::Export(a) => a.run().map(Outcome::from),
             Command::Infer(a) => a.run(),
+            #[cfg(feature = "serve")]
+            Command::Serve(a) => a.run().map(Outcome::from),
             Command::Inspect(a) => a.run().map(Outcome::from),
             Command::Weights(c) => c.run().map(Outcome::from),
         }

@@ -174,7 +174,7 @@ mod tests {
             accuracy: 0.25,
             val_loss: 0.1 + 0.2,
             val_accuracy: 0.5,
-            seconds: 0.0,
+            ..EpochMetrics::default()
         }];
         let ck = Checkpoint {
             epoch: 1,

@@ -9,10 +9,10 @@
 
 use super::checkpoint::{Best, Checkpoint};
 use super::model::from_tch;
-use super::optim::{cross_entropy, lr_at, optimise_step, OptState};
+use super::optim::{cross_entropy, lr_at, lr_at_step, optimise_step, OptState};
 use crate::config::{Schedule, TrainConfig};
 use crate::error::{Error, Result};
-use crate::run::EpochMetrics;
+use crate::run::{EpochMetrics, Phase};
 use crate::weights::NamedTensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Instant;
@@ -110,6 +110,11 @@ pub trait Model {
     /// # Errors
     /// [`Error::Torch`] on a libtorch failure.
     fn evaluate(&self, split: EvalSplit) -> Result<Scores>;
+
+    /// Examples of `split` (for time estimates; 0 when unknown).
+    fn eval_len(&self, _split: EvalSplit) -> usize {
+        0
+    }
 }
 
 /// Result of [`Learner::fit`].
@@ -136,6 +141,8 @@ pub struct Learner<'a> {
     config: &'a TrainConfig,
     label: Option<&'a str>,
     progress: bool,
+    phase: Option<Phase>,
+    prior: &'a [EpochMetrics],
 }
 
 impl<'a> Learner<'a> {
@@ -145,7 +152,27 @@ impl<'a> Learner<'a> {
             config,
             label: None,
             progress: false,
+            phase: None,
+            prior: &[],
         }
+    }
+
+    /// Marks the epochs as `phase` of a fine-tuning run: their history lines get the phase and the
+    /// learning rates of their first and last steps, and their epoch lines the rates. Fine-tuning
+    /// epochs (minutes each) also get time estimates: the expected total after the first batches, and
+    /// the time left after every epoch.
+    pub fn phase(self, phase: Phase) -> Self {
+        Learner {
+            phase: Some(phase),
+            ..self
+        }
+    }
+
+    /// Starts the history of a new run with `prior` (a fine-tuning run's warm-up epochs), which then
+    /// stays at the head of every checkpoint's history and of the result's; early stopping and the
+    /// best epoch consider only the epochs of this learner.
+    pub fn after(self, prior: &'a [EpochMetrics]) -> Self {
+        Learner { prior, ..self }
     }
 
     /// Prints one Keras-style line per epoch on stderr, `<label> <epoch>/<epochs>  loss ...` (e.g.
@@ -195,15 +222,16 @@ impl<'a> Learner<'a> {
                 }
                 (ck.epoch, ck.history, ck.best)
             }
-            None => (0, Vec::new(), None),
+            None => (0, self.prior.to_vec(), None),
         };
         let mut stopped_early = None;
+        let mut timing = Timing::default();
         for epoch in done + 1..=c.epochs {
             if patience_exhausted(&history, c.patience) {
                 stopped_early = Some(epoch - 1);
                 break;
             }
-            let m = self.epoch(model, &params, &mut opt, epoch)?;
+            let m = self.epoch(model, (&params, &mut opt), epoch, &mut timing)?;
             let current = named(&params)?;
             if best.as_ref().is_none_or(|b: &Best| m.val_loss < b.val_loss) {
                 best = Some(Best {
@@ -228,9 +256,9 @@ impl<'a> Learner<'a> {
     fn epoch<M: Model + ?Sized>(
         &self,
         model: &mut M,
-        params: &[(String, Tensor)],
-        opt: &mut OptState,
+        (params, opt): (&[(String, Tensor)], &mut OptState),
         epoch: usize,
+        timing: &mut Timing,
     ) -> Result<EpochMetrics> {
         let c = self.config;
         let t0 = Instant::now();
@@ -249,8 +277,14 @@ impl<'a> Learner<'a> {
             loss_sum += loss * batch.len() as f64;
             correct += right;
             pb.inc(batch.len() as u64);
+            if self.phase == Some(Phase::FineTune) {
+                if let Some(note) = timing.first_batches(model, c, (epoch, step + 1), batch.len()) {
+                    pb.suspend(|| eprintln!("{note}"));
+                }
+            }
         }
         pb.finish_and_clear();
+        let t_val = Instant::now();
         let val = model.evaluate(EvalSplit::Validation)?;
         if !val.loss.is_finite() {
             return Err(Error::Diverged {
@@ -259,16 +293,24 @@ impl<'a> Learner<'a> {
                 loss: val.loss,
             });
         }
+        let rates = |step: usize| self.phase.map(|_| lr_at_step(c, epoch, step, steps));
         let m = EpochMetrics {
             epoch,
+            phase: self.phase,
             loss: loss_sum / n as f64,
             accuracy: correct as f64 / n as f64,
             val_loss: val.loss,
             val_accuracy: val.accuracy,
+            lr: rates(0),
+            lr_end: rates(steps.saturating_sub(1)),
             seconds: t0.elapsed().as_secs_f64(),
+            train_seconds: t_val.duration_since(t0).as_secs_f64(),
         };
+        timing.epoch_done(m.seconds, t_val.elapsed().as_secs_f64(), model);
         if let Some(label) = self.label {
-            eprintln!("{}", epoch_line(label, c, &m, n));
+            let left = (self.phase == Some(Phase::FineTune))
+                .then(|| timing.left(c.epochs - epoch, model.eval_len(EvalSplit::Test)));
+            eprintln!("{}", epoch_line(label, c, &m, n, left));
         }
         Ok(m)
     }
@@ -330,16 +372,26 @@ fn named(params: &[(String, Tensor)]) -> Result<Vec<NamedTensor>> {
 }
 
 /// The line printed after an epoch of `images` training images: `<label> <epoch>/<epochs>  loss ...
-/// accuracy ...  val_loss ...  val_accuracy ...`, the epoch's learning rate under a schedule, and the
-/// wall time and rate.
-fn epoch_line(label: &str, c: &TrainConfig, m: &EpochMetrics, images: usize) -> String {
-    let lr_note = if c.schedule == Schedule::Constant {
-        String::new()
-    } else {
-        format!("  lr {:.3e}", lr_at(c, m.epoch))
+/// accuracy ...  val_loss ...  val_accuracy ...`, the epoch's learning rate (under a schedule, or the
+/// first and last step's with a phase), and the wall time and rate, and the time `left` when known.
+fn epoch_line(
+    label: &str,
+    c: &TrainConfig,
+    m: &EpochMetrics,
+    images: usize,
+    left: Option<f64>,
+) -> String {
+    let lr_note = match (m.lr, m.lr_end) {
+        (Some(a), Some(b)) if a != b => format!("  lr {a:.2e} -> {b:.2e}"),
+        (Some(a), _) => format!("  lr {a:.2e}"),
+        _ if c.schedule == Schedule::Constant => String::new(),
+        _ => format!("  lr {:.3e}", lr_at(c, m.epoch)),
     };
+    let left = left
+        .map(|s| format!("; about {} left", duration(s)))
+        .unwrap_or_default();
     format!(
-        "{label} {}/{}  loss {:.4}  accuracy {:.4}  val_loss {:.4}  val_accuracy {:.4}{lr_note}  ({:.2} s, {:.0} images/s)",
+        "{label} {}/{}  loss {:.4}  accuracy {:.4}  val_loss {:.4}  val_accuracy {:.4}{lr_note}  ({:.2} s, {:.0} images/s{left})",
         m.epoch,
         c.epochs,
         m.loss,
@@ -351,12 +403,105 @@ fn epoch_line(label: &str, c: &TrainConfig, m: &EpochMetrics, images: usize) -> 
     )
 }
 
+/// A wall time for people: `45 s`, `12 min`, `1 h 05 min`.
+pub fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=89 => format!("{s} s"),
+        90..=5399 => format!("{} min", (s + 30) / 60),
+        _ => {
+            let m = (s + 30) / 60;
+            format!("{} h {:02} min", m / 60, m % 60)
+        }
+    }
+}
+
+/// Batches after the first whose rate gives the expected total time of a fine-tuning run (the first
+/// batch also pays for oneDNN's kernel set-up, so it is not counted).
+const ESTIMATE_AFTER_BATCHES: usize = 5;
+
+/// How much faster evaluation (float32, forward only, batches of 256) goes through images than a
+/// training step (forward and backward) at the training precision, for the first estimate, before an
+/// epoch's validation has been timed.
+const EVAL_SPEEDUP: f64 = 1.5;
+
+/// Wall-time bookkeeping of the epochs one [`Learner::fit`] call runs, for the time estimates of
+/// fine-tuning.
+#[derive(Default)]
+struct Timing {
+    /// When the first batch of the first epoch ended, and the images trained since.
+    first: Option<(Instant, usize)>,
+    /// Epochs timed, their total seconds, and seconds per validation image.
+    epochs: usize,
+    seconds: f64,
+    eval_seconds_per_image: Option<f64>,
+}
+
+impl Timing {
+    /// After batch `step` (from 1) of `epoch` with `images` images, in the first epoch of the call:
+    /// at [`ESTIMATE_AFTER_BATCHES`] batches after the first, the note of the expected total time.
+    fn first_batches<M: Model + ?Sized>(
+        &mut self,
+        model: &M,
+        c: &TrainConfig,
+        (epoch, step): (usize, usize),
+        images: usize,
+    ) -> Option<String> {
+        if self.epochs > 0 {
+            return None;
+        }
+        let Some((t, seen)) = self.first else {
+            self.first = Some((Instant::now(), 0));
+            return None;
+        };
+        let seen = seen + images;
+        self.first = Some((t, seen));
+        if step != ESTIMATE_AFTER_BATCHES + 1 {
+            return None;
+        }
+        let rate = seen as f64 / t.elapsed().as_secs_f64().max(1e-9);
+        let n = model.train_len();
+        let epochs = c.epochs + 1 - epoch;
+        let train = (n * epochs).saturating_sub(step * c.batch_size) as f64 / rate;
+        let val = model.eval_len(EvalSplit::Validation) * epochs;
+        let eval = (val + model.eval_len(EvalSplit::Test)) as f64 / (rate * EVAL_SPEEDUP);
+        Some(format!(
+            "expected: about {} for {} at {rate:.0} images/s (from the first {} batches; \
+             validation and the final test included)",
+            duration(train + eval),
+            crate::util::plural(epochs, "epoch"),
+            ESTIMATE_AFTER_BATCHES + 1
+        ))
+    }
+
+    /// Records an epoch of `seconds` whose validation took `val_seconds`.
+    fn epoch_done<M: Model + ?Sized>(&mut self, seconds: f64, val_seconds: f64, model: &M) {
+        self.epochs += 1;
+        self.seconds += seconds;
+        let val = model.eval_len(EvalSplit::Validation);
+        if val > 0 {
+            self.eval_seconds_per_image = Some(val_seconds / val as f64);
+        }
+    }
+
+    /// Seconds left for `epochs` more epochs like the ones timed and the final test of `test` images.
+    fn left(&self, epochs: usize, test: usize) -> f64 {
+        let per_epoch = self.seconds / self.epochs.max(1) as f64;
+        per_epoch * epochs as f64 + self.eval_seconds_per_image.unwrap_or(0.0) * test as f64
+    }
+}
+
 /// Whether early stopping ends training after `history`: the lowest validation loss is more than
 /// `patience` epochs old (an equal loss is no improvement).
 pub fn patience_exhausted(history: &[EpochMetrics], patience: Option<usize>) -> bool {
     let Some(patience) = patience else {
         return false;
     };
+    // A fine-tuning run's warm-up epochs (at the head of its history) do not count.
+    let history: Vec<&EpochMetrics> = history
+        .iter()
+        .filter(|m| m.phase != Some(Phase::WarmUp))
+        .collect();
     let best = history
         .iter()
         .enumerate()
@@ -396,7 +541,7 @@ mod tests {
                     accuracy: 0.0,
                     val_loss: l,
                     val_accuracy: 0.0,
-                    seconds: 0.0,
+                    ..EpochMetrics::default()
                 })
                 .collect()
         };

@@ -46,10 +46,10 @@ pub use optim::{
 };
 
 use crate::arch::Arch;
-use crate::config::{TrainConfig, TrainEnv};
+use crate::config::{CpuBf16, TrainConfig, TrainEnv};
 use crate::data::LoadedSplit;
 use crate::error::{Error, Result};
-use crate::run::{self, EpochMetrics, PredictionItem, Predictions};
+use crate::run::{self, EpochMetrics, Phase, PredictionItem, Predictions};
 use crate::util::write_json_atomic;
 use crate::weights::{load_base, save_safetensors, NamedTensor, FINGERPRINT_KEY};
 use std::collections::HashMap;
@@ -112,23 +112,30 @@ pub struct TrainOutcome {
 pub fn train(config: &TrainConfig, env: &TrainEnv) -> Result<TrainOutcome> {
     let t0 = Instant::now();
     let device = resolve_device(env.device)?;
-    let (dir, config) = if env.resume {
+    let (dir, config, why) = if env.resume {
         let dir = run::find_resumable(&env.runs_dir, env.name.as_deref())?;
         let config: TrainConfig = crate::util::read_json(&dir.join(run::CONFIG_FILE))?;
         eprintln!(
             "resuming run {} (its config.json wins over other options)",
             dir.display()
         );
-        (Some(dir), config)
+        (Some(dir), config, "as the run started".to_string())
     } else {
         let name = env.name.clone().unwrap_or_else(run::timestamp_name);
         // Cheap checks first: nothing is written and no image decoded for a bad option.
         run::check_new_run(&env.runs_dir, &name)?;
         config.validate()?;
-        (None, config.clone().started(&name, &device_name(device)))
+        let (precision, why) = config
+            .precision
+            .unwrap_or_default()
+            .resolve(device.is_cuda(), CpuBf16::detect());
+        let started = config
+            .clone()
+            .started(&name, &device_name(device), precision);
+        (None, started, why)
     };
     env.validate()?;
-    eprintln!("{}", config.describe(&device_name(device)));
+    eprintln!("{}", config.describe(&device_name(device), &why));
     if config.val_split == 0.0 && (config.patience.is_some() || config.restore_best) {
         eprintln!(
             "warning: without --val-split, --patience and --restore-best choose epochs by the test \
@@ -225,9 +232,12 @@ fn finetune_run(start: Start, config: TrainConfig) -> Result<TrainOutcome> {
             ""
         }
     );
-    let init_head = match resume {
-        None if run.config.head_epochs > 0 => Some(run.warm_up_head()?),
-        _ => None,
+    let (init_head, warm_up) = match resume {
+        None if run.config.head_epochs > 0 => {
+            let (params, history) = run.warm_up_head()?;
+            (Some(params), history)
+        }
+        _ => (None, Vec::new()),
     };
     let splits = PixelSplits {
         train: (&train).into(),
@@ -247,7 +257,9 @@ fn finetune_run(start: Start, config: TrainConfig) -> Result<TrainOutcome> {
     // second and do not).
     let learner = Learner::new(&run.config)
         .log("Epoch")
-        .progress(run.env.progress);
+        .progress(run.env.progress)
+        .phase(Phase::FineTune)
+        .after(&warm_up);
     let fitted = run.fit(&mut model, learner, resume)?;
     let base = model.base_tensors(&arch)?;
     drop(model);
@@ -429,15 +441,15 @@ impl<'a> Run<'a> {
 
     /// Trains the head alone for `head_epochs` epochs on frozen-base features (from the feature
     /// cache when present), with the settings of [`TrainConfig::head_warm_up`], and returns its
-    /// parameters.
-    fn warm_up_head(&self) -> Result<Vec<NamedTensor>> {
+    /// parameters and history (the run's first history lines, marked as warm-up).
+    fn warm_up_head(&self) -> Result<(Vec<NamedTensor>, Vec<EpochMetrics>)> {
         let c = &self.config;
         eprintln!(
             "head warm-up: {} of the head alone on frozen-base features (--head-epochs), lr {}",
             crate::util::plural(c.head_epochs, "epoch"),
             c.head_lr
         );
-        let warm_up = || -> Result<Vec<NamedTensor>> {
+        let warm_up = || -> Result<(Vec<NamedTensor>, Vec<EpochMetrics>)> {
             let features = prepare_features(c, self.env, self.device)?;
             let features = if c.val_split > 0.0 {
                 carve_validation(features, c.val_split, c.seed)?
@@ -446,8 +458,11 @@ impl<'a> Run<'a> {
             };
             let settings = c.head_warm_up();
             let mut model = HeadModel::new(&features, &self.arch(), settings.seed, self.device)?;
-            let learner = Learner::new(&settings).log("Warm-up epoch");
-            Ok(learner.fit(&mut model, None, |_| Ok(()))?.params)
+            let learner = Learner::new(&settings)
+                .log("Warm-up epoch")
+                .phase(Phase::WarmUp);
+            let fitted = learner.fit(&mut model, None, |_| Ok(()))?;
+            Ok((fitted.params, fitted.history))
         };
         warm_up().map_err(|e| self.abandon_if_empty(e))
     }
@@ -603,6 +618,10 @@ fn write_figures(
     ] {
         plot::training_curves(history, curve, val_name, &run_dir.join(file))?;
     }
+    if config.unfreeze > 0 {
+        let (warm_up, fine_tune) = lr_curve(config, history);
+        plot::learning_rate(warm_up, fine_tune, &run_dir.join(run::LR_PNG))?;
+    }
     let predicted: Vec<usize> = predictions
         .items
         .iter()
@@ -628,6 +647,34 @@ fn write_figures(
     let truth: Vec<usize> = predictions.items.iter().map(|it| it.label).collect();
     let report = crate::report::ClassReport::new(&config.classes, &truth, &predicted);
     plot::confusion_matrix(&report, &run_dir.join(run::CONFUSION_PNG))
+}
+
+/// The learning rate of a fine-tuning run with `history` as (epoch, rate) points, x from the start of
+/// the head warm-up: the warm-up's constant rate, then the rate of every fine-tuning step (the
+/// schedule's, as [`optimise_step`] used it) up to the last epoch run.
+fn lr_curve(c: &TrainConfig, history: &[EpochMetrics]) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+    let warm = history
+        .iter()
+        .filter(|m| m.phase == Some(Phase::WarmUp))
+        .count() as f64;
+    let warm_up = if warm > 0.0 {
+        vec![(0.0, c.head_lr), (warm, c.head_lr)]
+    } else {
+        Vec::new()
+    };
+    let epochs = history
+        .iter()
+        .filter(|m| m.phase == Some(Phase::FineTune))
+        .count();
+    let steps = c.train_images.div_ceil(c.batch_size).max(1);
+    let fine_tune = (1..=epochs)
+        .flat_map(|e| (0..steps).map(move |s| (e, s)))
+        .map(|(e, s)| {
+            let x = warm + (e - 1) as f64 + s as f64 / steps as f64;
+            (x, lr_at_step(c, e, s, steps))
+        })
+        .collect();
+    (warm_up, fine_tune)
 }
 
 /// Turns [`Error::Diverged`] into a message that says what was kept and what to do.

@@ -258,7 +258,8 @@ impl OptState {
     }
 }
 
-/// One optimisation step on a batch's training-mode `logits` and labels `y`: the loss (NaN or infinite
+/// One optimisation step on a batch's training-mode `logits` and labels `y`: the loss (cross-entropy,
+/// with `c.label_smoothing` when set; NaN or infinite
 /// stops training with [`Error::Diverged`]), gradients, and an optimizer step at the schedule's rate for
 /// step `step` (from 0) of `epoch` (from 1) with `steps_per_epoch`. Returns the batch's mean loss and
 /// number of correct predictions.
@@ -273,7 +274,17 @@ pub fn optimise_step(
     c: &TrainConfig,
     (epoch, step, steps_per_epoch): (usize, usize, usize),
 ) -> Result<(f64, i64)> {
-    let loss = cross_entropy(logits, y)?;
+    let loss = if c.label_smoothing > 0.0 {
+        logits.f_cross_entropy_loss::<Tensor>(
+            y,
+            None,
+            tch::Reduction::Mean,
+            -100,
+            c.label_smoothing,
+        )?
+    } else {
+        cross_entropy(logits, y)?
+    };
     let l = loss.f_double_value(&[])?;
     if !l.is_finite() {
         return Err(Error::Diverged {

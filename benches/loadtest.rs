@@ -1,0 +1,422 @@
+//! `make loadtest`: `pipe serve` under load on localhost, against `pipe infer` offline with the same
+//! model and backend, in the same run.
+//!
+//! 1. `pipe infer` classifies the image folder offline (decode + batches of 256) and reports images/s.
+//! 2. `pipe serve` starts on a free port; a warm-up of 1,000 requests; the server's RSS is read.
+//! 3. 64 concurrent clients send 10,000 single-image requests with binary tensors (the images of the
+//!    same folder, decoded as pipe decodes them); per-request latency, statuses and errors are kept.
+//! 4. The server's RSS again, the batch-size histogram from `/metrics`, then SIGTERM (exit code checked).
+//!
+//! Prints one table and writes `target/loadtest/summary-<backend>.json`. Settings from the environment:
+//! `LOADTEST_BACKEND` (ort), `LOADTEST_MODEL` (onnx/model.onnx), `LOADTEST_DATA` (data/cifar10/test),
+//! `LOADTEST_REQUESTS` (10000), `LOADTEST_CLIENTS` (64), `LOADTEST_SERVE_ARGS` (extra `pipe serve`
+//! options, space-separated). Every request goes to 127.0.0.1; the run is bounded by its request count.
+
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Settings {
+    backend: String,
+    model: PathBuf,
+    data: PathBuf,
+    requests: usize,
+    clients: usize,
+    serve_args: Vec<String>,
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn settings() -> Settings {
+    let num = |key: &str, default: &str| -> usize {
+        env_or(key, default)
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} must be a number"))
+    };
+    Settings {
+        backend: env_or("LOADTEST_BACKEND", "ort"),
+        model: env_or("LOADTEST_MODEL", "onnx/model.onnx").into(),
+        data: env_or("LOADTEST_DATA", "data/cifar10/test").into(),
+        requests: num("LOADTEST_REQUESTS", "10000"),
+        clients: num("LOADTEST_CLIENTS", "64"),
+        serve_args: env_or("LOADTEST_SERVE_ARGS", "")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    }
+}
+
+/// `pipe infer` on the folder, offline: its images/s as it reports them.
+fn offline_rate(pipe: &Path, s: &Settings, out: &Path) -> f64 {
+    let run = Command::new(pipe)
+        .args(["infer", "--backend", &s.backend, "--model"])
+        .arg(&s.model)
+        .arg(&s.data)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("run pipe infer");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "pipe infer failed: {stderr}");
+    // "<backend>: N images in X s (R images/s; model load L s)"
+    stderr
+        .lines()
+        .filter_map(|l| {
+            l.split(" s (")
+                .nth(1)?
+                .split(" images/s")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .next_back()
+        .unwrap_or_else(|| panic!("no images/s in: {stderr}"))
+}
+
+fn start_server(pipe: &Path, s: &Settings) -> (Child, String) {
+    let mut child = Command::new(pipe)
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--log-level",
+            "warn",
+            "--backend",
+            &s.backend,
+            "--model",
+        ])
+        .arg(&s.model)
+        .args(&s.serve_args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start pipe serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the server's address");
+    let addr = line
+        .split("listening on http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Cumulative `pipe_batch_size_bucket` counts from `/metrics`, by upper bound.
+fn batch_buckets(metrics: &str) -> Vec<(String, u64)> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("pipe_batch_size_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((le.to_string(), count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Outcome of a run of requests: latencies of the answered ones, and the failures by kind.
+#[derive(Default)]
+struct Outcome {
+    latencies: Vec<Duration>,
+    errors: std::collections::BTreeMap<String, usize>,
+}
+
+/// Sends `total` single-image binary requests from `clients` concurrent tasks.
+async fn hammer(
+    url: String,
+    bodies: Arc<Vec<(usize, Vec<u8>)>>,
+    total: usize,
+    clients: usize,
+) -> Outcome {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (http, url, bodies, next) =
+                (http.clone(), url.clone(), bodies.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut out = Outcome::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return out;
+                    }
+                    let (json_len, body) = &bodies[i % bodies.len()];
+                    let start = Instant::now();
+                    let sent = http
+                        .post(&url)
+                        .header("Inference-Header-Content-Length", *json_len)
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    let result = match sent {
+                        Ok(r) if r.status().is_success() => {
+                            r.bytes().await.map(|_| ()).map_err(|e| e.to_string())
+                        }
+                        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match result {
+                        Ok(()) => out.latencies.push(start.elapsed()),
+                        Err(e) => *out.errors.entry(e).or_default() += 1,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = Outcome::default();
+    for t in tasks {
+        let o = t.await.expect("client task");
+        all.latencies.extend(o.latencies);
+        for (k, v) in o.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+    }
+    all
+}
+
+/// The request bodies: JSON header + the image as little-endian FP32, one per image.
+fn bodies(pixels: &[u8], size: usize) -> Vec<(usize, Vec<u8>)> {
+    let per = size * size * 3;
+    pixels
+        .chunks(per)
+        .map(|img| {
+            let header = json!({"inputs": [{"name": "images", "shape": [1, size, size, 3], "datatype": "FP32",
+                "parameters": {"binary_data_size": per * 4}}],
+                "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}]});
+            let mut body = serde_json::to_vec(&header).expect("json");
+            let len = body.len();
+            body.extend(img.iter().flat_map(|&v| f32::from(v).to_le_bytes()));
+            (len, body)
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+/// Everything one load test measured.
+struct Measured {
+    offline: f64,
+    wall: f64,
+    /// Latencies of the answered requests, sorted.
+    latencies: Vec<Duration>,
+    errors: std::collections::BTreeMap<String, usize>,
+    rss_before: f64,
+    rss_after: f64,
+    /// (upper bound, backend runs) of the batch sizes during the timed run.
+    batches: Vec<(String, u64)>,
+    exit_code: Option<i32>,
+}
+
+/// Runs `pipe infer` offline, then the server: warm-up, timed run, SIGTERM.
+fn measure(
+    s: &Settings,
+    pipe: &Path,
+    bodies: Arc<Vec<(usize, Vec<u8>)>>,
+    out_dir: &Path,
+) -> Measured {
+    let t = Instant::now();
+    let offline = offline_rate(pipe, s, &out_dir.join(format!("infer-{}.tsv", s.backend)));
+    eprintln!(
+        "pipe infer offline: {offline:.1} images/s ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    let (mut server, addr) = start_server(pipe, s);
+    let url = format!("http://{addr}/v2/models/pipe_vgg16/infer");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let warm = runtime.block_on(hammer(
+        url.clone(),
+        bodies.clone(),
+        1000.min(s.requests),
+        s.clients,
+    ));
+    assert!(warm.errors.is_empty(), "warm-up errors: {:?}", warm.errors);
+    let metrics_url = format!("http://{addr}/metrics");
+    let scrape = || {
+        let text = runtime.block_on(async { reqwest::get(&metrics_url).await?.text().await });
+        batch_buckets(&text.expect("GET /metrics"))
+    };
+    let before = scrape();
+    let rss_before = rss_mib(server.id());
+    let t = Instant::now();
+    let mut run = runtime.block_on(hammer(url, bodies, s.requests, s.clients));
+    let wall = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_after = rss_mib(server.id());
+    let after = scrape();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) };
+    let exit = server.wait().expect("wait for the server");
+    run.latencies.sort();
+    let mut batches = Vec::new();
+    let mut prev = 0;
+    for ((le, a), (_, b)) in after.iter().zip(&before) {
+        let cumulative = a - b;
+        if cumulative > prev {
+            batches.push((le.clone(), cumulative - prev));
+        }
+        prev = cumulative;
+    }
+    Measured {
+        offline,
+        wall,
+        latencies: run.latencies,
+        errors: run.errors,
+        rss_before,
+        rss_after,
+        batches,
+        exit_code: exit.code(),
+    }
+}
+
+/// Prints the table and writes the summary JSON.
+fn report(s: &Settings, m: &Measured, out_dir: &Path) {
+    let ok = m.latencies.len();
+    let errors: usize = m.errors.values().sum();
+    let throughput = ok as f64 / m.wall;
+    let ratio = throughput / m.offline;
+    let rss_change = (m.rss_after - m.rss_before) / m.rss_before;
+    let (p50, p99) = (
+        percentile(&m.latencies, 0.5),
+        percentile(&m.latencies, 0.99),
+    );
+    let rows = [
+        (
+            "requests (1 image each, binary FP32)",
+            s.requests.to_string(),
+            String::new(),
+        ),
+        ("concurrent clients", s.clients.to_string(), String::new()),
+        (
+            "answered / errors",
+            format!("{ok} / {errors}"),
+            pass(errors == 0, "zero errors"),
+        ),
+        (
+            "pipe serve throughput (images/s)",
+            format!("{throughput:.1}"),
+            String::new(),
+        ),
+        (
+            "pipe infer offline, same backend (images/s)",
+            format!("{:.1}", m.offline),
+            String::new(),
+        ),
+        (
+            "serve / offline",
+            format!("{ratio:.2}x"),
+            pass(ratio >= 0.9, ">= 0.9x"),
+        ),
+        (
+            "latency p50 / p99 (ms)",
+            format!("{p50:.1} / {p99:.1}"),
+            String::new(),
+        ),
+        (
+            "server RSS before / after (MiB)",
+            format!(
+                "{:.1} / {:.1} ({:+.1}%)",
+                m.rss_before,
+                m.rss_after,
+                rss_change * 100.0
+            ),
+            pass(rss_change.abs() <= 0.10, "within 10%"),
+        ),
+        (
+            "exit code after SIGTERM",
+            format!("{:?}", m.exit_code),
+            pass(m.exit_code == Some(0), "0"),
+        ),
+    ];
+    println!(
+        "\nload test: backend {}, model {}, wall {:.1} s",
+        s.backend,
+        s.model.display(),
+        m.wall
+    );
+    println!("{:<46} {:>28}  target", "measure", "value");
+    println!("{}", "-".repeat(96));
+    for (what, value, target) in &rows {
+        println!("{what:<46} {value:>28}  {target}");
+    }
+    println!("batch sizes (images per backend run <= bound: runs)");
+    for (le, n) in &m.batches {
+        println!("  <= {le:>4}: {n}");
+    }
+    if !m.errors.is_empty() {
+        println!("errors: {:?}", m.errors);
+    }
+    let stats = json!({"answered": ok, "throughput": throughput, "ratio": ratio, "p50_ms": p50, "p99_ms": p99});
+    write_summary(s, m, stats, out_dir);
+}
+
+/// Writes `target/loadtest/summary-<backend>.json`: the settings, `stats` and the raw measures.
+fn write_summary(s: &Settings, m: &Measured, stats: serde_json::Value, out_dir: &Path) {
+    let summary = json!({
+        "backend": s.backend, "model": s.model, "requests": s.requests, "clients": s.clients,
+        "serve_args": s.serve_args, "stats": stats, "errors": m.errors, "wall_s": m.wall,
+        "offline_images_per_s": m.offline, "rss_before_mib": m.rss_before,
+        "rss_after_mib": m.rss_after, "batch_sizes": m.batches, "exit_code": m.exit_code,
+    });
+    let path = out_dir.join(format!("summary-{}.json", s.backend));
+    std::fs::write(&path, serde_json::to_vec_pretty(&summary).expect("json"))
+        .expect("write summary");
+    println!("written to {}", path.display());
+}
+
+fn pass(ok: bool, target: &str) -> String {
+    format!("{target}: {}", if ok { "pass" } else { "FAIL" })
+}
+
+fn main() {
+    let s = settings();
+    let pipe = PathBuf::from(env!("CARGO_BIN_EXE_pipe"));
+    let out_dir = PathBuf::from("target/loadtest");
+    std::fs::create_dir_all(&out_dir).expect("create target/loadtest");
+    let info = pipe::onnx::ModelInfo::read(&s.model).expect("read the model (LOADTEST_MODEL)");
+    let files =
+        pipe::data::collect_image_files(std::slice::from_ref(&s.data)).expect("image folder");
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let pixels = pipe::data::load_batch(&paths, info.input_size).expect("decode images");
+    let bodies = Arc::new(bodies(&pixels, info.input_size));
+    eprintln!(
+        "loadtest: {} images, backend {}, model {}",
+        files.len(),
+        s.backend,
+        s.model.display()
+    );
+    let m = measure(&s, &pipe, bodies, &out_dir);
+    report(&s, &m, &out_dir);
+}

@@ -1,0 +1,151 @@
+//! `pipe serve`: its arguments, and the server run until SIGTERM or Ctrl-C.
+
+use super::BackendArgs;
+use anyhow::Result;
+use pipe::serve::{ServeOptions, DEFAULT_MODEL_NAME};
+use pipe::Error;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Log verbosity of `pipe serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Also one line per request and the server's start and stop.
+    Info,
+    /// Everything.
+    Debug,
+}
+
+/// Arguments of `pipe serve`.
+#[derive(clap::Args)]
+#[command(mut_arg("threads", |a| a.help("Engine threads per instance (0 = the cores divided among the instances)")))]
+#[command(mut_arg("backend", |a| a.help("Inference engine: tract (pure Rust) or ort (ONNX Runtime, usually faster on CPU; CUDA with --device cuda)")))]
+pub struct ServeArgs {
+    /// Exported model to serve.
+    #[arg(long, default_value = "onnx/model.onnx")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Address to listen on (0.0.0.0 for all interfaces, e.g. in a container).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free port. The bound address is printed on stdout.
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The model's name in /v2/models/<name>/... URLs (the name `pipe export --triton` gives it).
+    #[arg(long, default_value = DEFAULT_MODEL_NAME)]
+    pub model_name: String,
+    /// Most images per backend run: concurrent requests are gathered into batches up to this size.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub max_batch: usize,
+    /// Longest time a batch waits for more requests after its oldest image arrived, milliseconds.
+    #[arg(long, default_value_t = 5, value_name = "MS")]
+    pub max_delay_ms: u64,
+    /// Most images admitted and not yet answered (queued or running); beyond it requests get 503 with
+    /// Retry-After at once. A request with more images than this gets 413.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub queue: usize,
+    /// Model instances, each on its own thread with its own copy of the model: one gathers a batch
+    /// while another runs (on 2 busy cores, 2 instances of 1 thread served 1.3x the images/s of one
+    /// instance of 2 threads with ort).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub instances: usize,
+    /// Largest request body, MiB (larger: 413).
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub max_body_mb: usize,
+    /// Longest time from a request's arrival to its answer, milliseconds (a body sent more slowly:
+    /// 408; inference not done in time: 503).
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    pub request_timeout_ms: u64,
+    /// On SIGTERM or Ctrl-C, keep answering this long (readiness false, 503 with Connection: close to
+    /// new requests) before closing the listener, so that load balancers stop routing; requests in
+    /// flight are always finished.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub drain_ms: u64,
+    /// Log level of the structured logs on stderr (info: one line per request).
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+    /// Write the logs as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+impl ServeArgs {
+    /// Serves the model until SIGTERM or Ctrl-C, printing the bound address on stdout when it
+    /// listens and a summary on stderr when it stops.
+    ///
+    /// # Errors
+    /// Bad options, an unusable model, a port that cannot be bound; as [`pipe::serve::serve`].
+    pub fn run(self) -> Result<()> {
+        let opts = self.into_options()?;
+        let summary = pipe::serve::serve(&opts, |l| {
+            println!(
+                "pipe serve: listening on http://{} (model '{}' from {}, backend {}, input {s}x{s}, {} classes)",
+                l.addr,
+                opts.model_name,
+                opts.model.display(),
+                l.backend,
+                l.classes,
+                s = l.input_size
+            );
+            let _ = std::io::stdout().flush();
+        })?;
+        eprintln!(
+            "pipe serve: stopped; answered {} ({}), refused {} with 503",
+            pipe::util::plural(summary.answered as usize, "inference request"),
+            pipe::util::plural(summary.images as usize, "image"),
+            summary.refused
+        );
+        Ok(())
+    }
+
+    /// Checks the options and turns them into the library's [`ServeOptions`].
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for a zero size or count, or a missing model file.
+    fn into_options(self) -> pipe::Result<ServeOptions> {
+        if self.max_batch == 0 || self.queue == 0 || self.instances == 0 {
+            return Err(Error::Usage(
+                "--max-batch, --queue and --instances must be at least 1".into(),
+            ));
+        }
+        if self.max_body_mb == 0 || self.request_timeout_ms == 0 {
+            return Err(Error::Usage(
+                "--max-body-mb and --request-timeout-ms must be at least 1".into(),
+            ));
+        }
+        if !self.model.is_file() {
+            return Err(Error::Usage(format!(
+                "{}: model not found; export one with `pipe export {}` (after `pipe train`; `make demo` does both)",
+                self.model.display(),
+                self.model.display()
+            )));
+        }
+        Ok(ServeOptions {
+            backend: self.backend.options(),
+            model: self.model,
+            host: self.host,
+            port: self.port,
+            model_name: self.model_name,
+            max_batch: self.max_batch,
+            max_delay: Duration::from_millis(self.max_delay_ms),
+            queue: self.queue,
+            instances: self.instances,
+            max_body: self.max_body_mb.saturating_mul(1 << 20),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            drain: Duration::from_millis(self.drain_ms),
+            log_level: match self.log_level {
+                LogLevel::Error => tracing::Level::ERROR,
+                LogLevel::Warn => tracing::Level::WARN,
+                LogLevel::Info => tracing::Level::INFO,
+                LogLevel::Debug => tracing::Level::DEBUG,
+            },
+            log_json: self.log_json,
+        })
+    }
+}

@@ -1,0 +1,135 @@
+//! Errors of the server: [`ServeError`] for starting and stopping it, [`ApiError`] for one request
+//! (an HTTP status, a kind for the metrics and logs, and a message sent as `{"error": "..."}`, the
+//! KServe v2 error body).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The model could not be read or opened by the backend, or an option is invalid.
+    #[error(transparent)]
+    Pipe(#[from] crate::error::Error),
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The operating-system error.
+        source: std::io::Error,
+    },
+    /// The async runtime, a signal handler or the accept loop failed.
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+    /// A model worker thread could not be started or ended abnormally.
+    #[error("model worker: {0}")]
+    Worker(String),
+}
+
+/// The kind of a failed request, as counted in `pipe_errors_total{kind=...}` and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorKind(pub &'static str);
+
+/// One failed request: status, kind and message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status code.
+    pub status: StatusCode,
+    /// Short machine-readable kind (`json`, `shape`, `queue_full`, ...).
+    pub kind: &'static str,
+    /// What is wrong, for the client.
+    pub message: String,
+    /// Seconds for a `Retry-After` header (503 answers).
+    pub retry_after: Option<u32>,
+    /// Ask the client to close the connection (sent while the server drains before shutdown).
+    pub close: bool,
+}
+
+impl ApiError {
+    /// A 400 Bad Request of `kind`.
+    pub fn bad_request(kind: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, kind, message)
+    }
+
+    /// An error with any status.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
+            close: false,
+        }
+    }
+
+    /// A 404 for a model name or version this server does not serve.
+    pub fn model_not_found(name: &str, version: Option<&str>, served: &str) -> Self {
+        let what = match version {
+            Some(v) => format!("model '{name}' version '{v}'"),
+            None => format!("model '{name}'"),
+        };
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("{what} is not served here; this server serves model '{served}' version '1'"),
+        )
+    }
+
+    /// A 503 with `Retry-After`: the queue cannot take the request now.
+    pub fn queue_full(images: usize, capacity: usize) -> Self {
+        ApiError {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_full",
+                format!(
+                    "server busy: the queue holds its limit of {capacity} images and cannot take {images} more; retry later"
+                ),
+            )
+        }
+    }
+
+    /// A 503 with `Retry-After` and `Connection: close`: the server is shutting down.
+    pub fn shutting_down() -> Self {
+        ApiError {
+            retry_after: Some(1),
+            close: true,
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "server shutting down; retry on another replica",
+            )
+        }
+    }
+
+    /// A 500 for a backend failure.
+    pub fn backend(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "backend", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.kind, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message });
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp.extensions_mut().insert(ErrorKind(self.kind));
+        resp
+    }
+}

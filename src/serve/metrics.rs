@@ -1,0 +1,350 @@
+//! Server metrics in the Prometheus text exposition format (version 0.0.4): request counters by
+//! endpoint and status, errors by kind, histograms of request latency and batch size, queue gauges and
+//! the number of images inferred.
+//!
+//! The format is small enough to write by hand; what matters is the histogram semantics, which follow
+//! Prometheus: `_bucket{le="x"}` counts observations `<= x` cumulatively, the last bucket is
+//! `le="+Inf"` and equals `_count`, and `_sum` is the sum of all observed values.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the request-latency histogram, seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Upper bounds of the batch-size histogram, images per backend run.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+/// Upper bounds of the backend-time histogram, seconds per backend run.
+pub const BATCH_SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A Prometheus histogram with fixed upper bounds.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket (not cumulative), plus one for values above the last bound.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    /// An empty histogram with these (increasing) upper bounds.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Records one value.
+    pub fn observe(&mut self, value: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += value;
+        self.count += 1;
+    }
+
+    /// Number of values recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Writes the `_bucket` (cumulative), `_sum` and `_count` lines of `name` with extra `labels`
+    /// (`key="value"` pairs, comma-separated, or empty).
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c;
+            let le = match self.bounds.get(i) {
+                Some(b) => format!("{b}"),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Labelled {
+    /// (endpoint, status code) → requests.
+    requests: BTreeMap<(String, u16), u64>,
+    /// endpoint → latency histogram.
+    latency: BTreeMap<String, Histogram>,
+    /// error kind → count.
+    errors: BTreeMap<&'static str, u64>,
+    batch_size: Option<Histogram>,
+    batch_seconds: Option<Histogram>,
+}
+
+/// All metrics of one server. Cheap to update from many threads (one short lock per request).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    labelled: Mutex<Labelled>,
+    /// Images admitted and waiting for a batch.
+    queue_depth: AtomicI64,
+    /// Images admitted and not yet answered (waiting or in a running batch).
+    inflight: AtomicI64,
+    /// Images run through the backend.
+    images: AtomicU64,
+    /// Successful inference requests (KServe and /v1/classify).
+    answered: AtomicU64,
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Labelled> {
+        // A panic while holding the lock cannot leave the maps inconsistent: keep counting.
+        self.labelled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a finished HTTP request: its endpoint (route template), status code, error kind (if it
+    /// failed) and latency.
+    pub fn record_request(
+        &self,
+        endpoint: &str,
+        status: u16,
+        error: Option<&'static str>,
+        latency: Duration,
+    ) {
+        let mut m = self.lock();
+        *m.requests
+            .entry((endpoint.to_string(), status))
+            .or_default() += 1;
+        m.latency
+            .entry(endpoint.to_string())
+            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
+            .observe(latency.as_secs_f64());
+        if let Some(kind) = error {
+            *m.errors.entry(kind).or_default() += 1;
+        }
+    }
+
+    /// Records one backend run of `images` images that took `elapsed`.
+    pub fn record_batch(&self, images: usize, elapsed: Duration) {
+        self.images.fetch_add(images as u64, Ordering::Relaxed);
+        let mut m = self.lock();
+        m.batch_size
+            .get_or_insert_with(|| Histogram::new(BATCH_BUCKETS))
+            .observe(images as f64);
+        m.batch_seconds
+            .get_or_insert_with(|| Histogram::new(BATCH_SECONDS_BUCKETS))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Adds `delta` images to the queue-depth gauge (negative when a batch takes them).
+    pub fn add_queued(&self, delta: i64) {
+        self.queue_depth.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Adds `delta` images to the in-flight gauge (negative when they are answered or abandoned).
+    pub fn add_inflight(&self, delta: i64) {
+        self.inflight.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Counts one successful inference request.
+    pub fn record_answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Successful inference requests so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Images run through the backend so far.
+    pub fn images(&self) -> u64 {
+        self.images.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered with `status` so far, over all endpoints.
+    pub fn requests_with_status(&self, status: u16) -> u64 {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|((_, s), _)| *s == status)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The whole registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.lock().render(&mut out);
+        let scalars = [
+            (
+                "pipe_queue_depth",
+                "gauge",
+                "Images admitted and waiting for a batch.",
+                self.queue_depth.load(Ordering::Relaxed),
+            ),
+            (
+                "pipe_inflight_images",
+                "gauge",
+                "Images admitted and not yet answered (waiting or running).",
+                self.inflight.load(Ordering::Relaxed),
+            ),
+            (
+                "pipe_images_total",
+                "counter",
+                "Images run through the backend.",
+                self.images() as i64,
+            ),
+            (
+                "pipe_inference_requests_answered_total",
+                "counter",
+                "Inference requests answered with results (KServe infer and /v1/classify).",
+                self.answered() as i64,
+            ),
+        ];
+        for (name, kind, help, value) in scalars {
+            family(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        out
+    }
+}
+
+impl Labelled {
+    /// The labelled families and histograms.
+    fn render(&self, out: &mut String) {
+        let name = "pipe_http_requests_total";
+        family(
+            out,
+            name,
+            "counter",
+            "HTTP requests by endpoint (route) and status code.",
+        );
+        for ((endpoint, code), n) in &self.requests {
+            let _ = writeln!(
+                out,
+                "{name}{{endpoint=\"{}\",code=\"{code}\"}} {n}",
+                escape(endpoint)
+            );
+        }
+        let name = "pipe_http_request_duration_seconds";
+        family(
+            out,
+            name,
+            "histogram",
+            "Time from a request's arrival to its response, seconds, by endpoint.",
+        );
+        for (endpoint, h) in &self.latency {
+            h.render(out, name, &format!("endpoint=\"{}\"", escape(endpoint)));
+        }
+        let name = "pipe_errors_total";
+        family(out, name, "counter", "Failed requests by kind of error.");
+        for (kind, n) in &self.errors {
+            let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {n}");
+        }
+        let histograms = [
+            (
+                "pipe_batch_size",
+                "Images per backend run (dynamic batching).",
+                &self.batch_size,
+                BATCH_BUCKETS,
+            ),
+            (
+                "pipe_batch_duration_seconds",
+                "Backend time per batch, seconds.",
+                &self.batch_seconds,
+                BATCH_SECONDS_BUCKETS,
+            ),
+        ];
+        for (name, help, h, bounds) in histograms {
+            family(out, name, "histogram", help);
+            match h {
+                Some(h) => h.render(out, name, ""),
+                None => Histogram::new(bounds).render(out, name, ""),
+            }
+        }
+    }
+}
+
+/// Writes the `# HELP` and `# TYPE` lines of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Escapes a label value (backslash, double quote, newline) for the text format.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_sum_and_count() {
+        let mut h = Histogram::new(&[1.0, 2.0, 4.0]);
+        for v in [0.5, 1.0, 3.0, 3.0, 9.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "a=\"b\"");
+        assert_eq!(
+            out,
+            "x_bucket{a=\"b\",le=\"1\"} 2\nx_bucket{a=\"b\",le=\"2\"} 2\nx_bucket{a=\"b\",le=\"4\"} 4\n\
+             x_bucket{a=\"b\",le=\"+Inf\"} 5\nx_sum{a=\"b\"} 16.5\nx_count{a=\"b\"} 5\n"
+        );
+        let mut bare = String::new();
+        Histogram::new(&[1.0]).render(&mut bare, "y", "");
+        assert_eq!(
+            bare,
+            "y_bucket{le=\"1\"} 0\ny_bucket{le=\"+Inf\"} 0\ny_sum 0\ny_count 0\n"
+        );
+    }
+
+    #[test]
+    fn registry_renders_every_family_once() {
+        let m = Metrics::default();
+        m.record_request("/v2/health/live", 200, None, Duration::from_millis(1));
+        m.record_request(
+            "/v2/models/{name}/infer",
+            400,
+            Some("shape"),
+            Duration::from_millis(3),
+        );
+        m.record_batch(3, Duration::from_millis(20));
+        m.add_inflight(2);
+        let text = m.render();
+        for line in [
+            "pipe_http_requests_total{endpoint=\"/v2/health/live\",code=\"200\"} 1",
+            "pipe_errors_total{kind=\"shape\"} 1",
+            "pipe_batch_size_bucket{le=\"2\"} 0",
+            "pipe_batch_size_bucket{le=\"4\"} 1",
+            "pipe_batch_size_count 1",
+            "pipe_inflight_images 2",
+            "pipe_images_total 3",
+            "pipe_http_request_duration_seconds_count{endpoint=\"/v2/models/{name}/infer\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE pipe_batch_size histogram").count(), 1);
+        assert_eq!(m.requests_with_status(400), 1);
+    }
+}

@@ -1,0 +1,326 @@
+//! The HTTP routes: KServe v2 health, metadata and inference (with versioned paths), `/v1/classify`,
+//! `/metrics`, and the middleware that times, logs, counts and bounds every request.
+
+use super::batcher::Batcher;
+use super::error::{ApiError, ErrorKind};
+use super::kserve::{self, HEADER_LENGTH};
+use super::metrics::Metrics;
+use crate::onnx::ModelInfo;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use ndarray::Array2;
+use serde::Deserialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// The name clients use for the model (`pipe_vgg16`, as `pipe export --triton` names it).
+    pub model_name: String,
+    /// The served model's input size, classes and output name.
+    pub info: ModelInfo,
+    /// The batching queue and model workers.
+    pub batcher: Batcher,
+    /// Server metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set on SIGTERM/SIGINT: readiness turns false and new inference requests get 503.
+    pub draining: AtomicBool,
+    /// Longest time a request may take, from its arrival to its response.
+    pub request_timeout: Duration,
+    /// Largest request body, bytes.
+    pub max_body: usize,
+}
+
+/// Shared handle to the state.
+pub type Shared = Arc<AppState>;
+
+/// When the request must be answered: its arrival plus the request timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Instant);
+
+/// The model name and optional version of a `/v2/models/...` path.
+#[derive(Debug, Deserialize)]
+pub struct ModelPath {
+    name: String,
+    version: Option<String>,
+}
+
+/// Builds the router with all routes, the body limit and the observing middleware.
+pub fn router(state: Shared) -> Router {
+    let max_body = state.max_body;
+    let model_routes = |suffix: &str| -> [String; 2] {
+        [
+            format!("/v2/models/{{name}}{suffix}"),
+            format!("/v2/models/{{name}}/versions/{{version}}{suffix}"),
+        ]
+    };
+    let mut app = Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v1/classify", post(super::classify::classify))
+        .route("/metrics", get(metrics));
+    for path in model_routes("") {
+        app = app.route(&path, get(model_metadata));
+    }
+    for path in model_routes("/ready") {
+        app = app.route(&path, get(model_ready));
+    }
+    for path in model_routes("/config") {
+        app = app.route(&path, get(model_config));
+    }
+    for path in model_routes("/infer") {
+        app = app.route(&path, post(infer));
+    }
+    app.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Times the request, bounds it by the request timeout (408 past it), counts it in the metrics and
+/// logs one structured line.
+async fn observe(State(st): State<Shared>, mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let deadline = start + st.request_timeout;
+    req.extensions_mut().insert(Deadline(deadline));
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    // The handler answers 503 itself when inference outlasts the deadline; this bound catches the
+    // rest (a body that arrives too slowly), a moment later.
+    let grace = Duration::from_millis(100);
+    let resp = match tokio::time::timeout_at((deadline + grace).into(), next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "request not completed within {:.1} s (a body sent too slowly?)",
+                st.request_timeout.as_secs_f64()
+            ),
+        )
+        .into_response(),
+    };
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    let kind = resp.extensions().get::<ErrorKind>().map(|k| k.0);
+    st.metrics.record_request(&endpoint, status, kind, elapsed);
+    tracing::info!(
+        %method,
+        path,
+        status,
+        ms = (elapsed.as_secs_f64() * 1e3 * 100.0).round() / 100.0,
+        error = kind,
+        "request"
+    );
+    resp
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no such endpoint: {} {}; see GET /v2, /v2/models/<name>, POST /v2/models/<name>/infer, POST /v1/classify, GET /metrics",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn server_metadata() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "name": "pipe",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "classification", "model_configuration"],
+    }))
+}
+
+fn readiness(st: &AppState) -> StatusCode {
+    if st.draining.load(Ordering::Acquire) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+async fn server_ready(State(st): State<Shared>) -> StatusCode {
+    readiness(&st)
+}
+
+/// Checks that the path names the served model (and version 1, if any).
+fn check_model(st: &AppState, p: &ModelPath) -> Result<(), ApiError> {
+    if p.name != st.model_name || p.version.as_deref().is_some_and(|v| v != "1") {
+        return Err(ApiError::model_not_found(
+            &p.name,
+            p.version.as_deref(),
+            &st.model_name,
+        ));
+    }
+    Ok(())
+}
+
+/// The platform string of model metadata, as Triton names ONNX models (or tract's).
+fn platform(st: &AppState) -> &'static str {
+    match st.batcher.backend_name() {
+        "ort" => "onnxruntime_onnx",
+        _ => "tract_onnx",
+    }
+}
+
+async fn model_metadata(
+    State(st): State<Shared>,
+    Path(p): Path<ModelPath>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_model(&st, &p)?;
+    Ok(Json(kserve::model_metadata(
+        &st.model_name,
+        &st.info,
+        platform(&st),
+    )))
+}
+
+async fn model_ready(
+    State(st): State<Shared>,
+    Path(p): Path<ModelPath>,
+) -> Result<StatusCode, ApiError> {
+    check_model(&st, &p)?;
+    Ok(readiness(&st))
+}
+
+async fn model_config(
+    State(st): State<Shared>,
+    Path(p): Path<ModelPath>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_model(&st, &p)?;
+    let cfg = st.batcher.config();
+    Ok(Json(kserve::model_config(
+        &st.model_name,
+        &st.info,
+        platform(&st),
+        cfg.max_batch,
+        cfg.max_delay.as_micros(),
+    )))
+}
+
+async fn metrics(State(st): State<Shared>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+}
+
+/// Maps a body that could not be read (too large, aborted) to a JSON error.
+pub fn body_error(r: BytesRejection, max_body: usize) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body over the server's limit of {max_body} bytes (--max-body-mb)"),
+        )
+    } else {
+        ApiError::new(
+            r.status(),
+            "body",
+            format!("cannot read the request body: {}", r.body_text()),
+        )
+    }
+}
+
+/// Queues `n` images and waits for their output rows, at most until `deadline`.
+///
+/// # Errors
+/// 503 while shutting down, when the queue is full or the deadline passes; 500 when the backend fails.
+pub async fn run_images(
+    st: &AppState,
+    pixels: Vec<f32>,
+    n: usize,
+    deadline: Instant,
+) -> Result<Array2<f32>, ApiError> {
+    if st.draining.load(Ordering::Acquire) {
+        return Err(ApiError::shutting_down());
+    }
+    let rx = st.batcher.submit(pixels, n)?;
+    match tokio::time::timeout_at(deadline.into(), rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(ApiError::backend("the model worker stopped")),
+        Err(_) => Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "inference_timeout",
+                format!(
+                    "inference not finished within the request timeout of {:.1} s; the server is overloaded",
+                    st.request_timeout.as_secs_f64()
+                ),
+            )
+        }),
+    }
+}
+
+async fn infer(
+    State(st): State<Shared>,
+    Path(p): Path<ModelPath>,
+    Extension(Deadline(deadline)): Extension<Deadline>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    check_model(&st, &p)?;
+    let body = body.map_err(|r| body_error(r, st.max_body))?;
+    let header_len = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::bad_request("binary", "Inference-Header-Content-Length is not a number")
+        })?),
+    };
+    let (json, binary) = kserve::split_body(&body, header_len)?;
+    let mut req = kserve::parse_infer(json, binary, &st.info)?;
+    let pixels = std::mem::take(&mut req.pixels);
+    let out = run_images(&st, pixels, req.n, deadline).await?;
+    let resp = kserve::build_response(&st.model_name, &req, &out, &st.info);
+    st.metrics.record_answered();
+    let any_binary = req.outputs.iter().any(|o| o.binary);
+    Ok(infer_response(resp, any_binary))
+}
+
+/// The HTTP response: JSON alone, or the JSON header then the binary section, with
+/// `Inference-Header-Content-Length` giving the header's length.
+fn infer_response(resp: kserve::InferResponse, binary: bool) -> Response {
+    let json_len = resp.json.len();
+    let (content_type, body) = if binary {
+        let mut body = resp.json;
+        body.extend_from_slice(&resp.binary);
+        ("application/octet-stream", body)
+    } else {
+        ("application/json", resp.json)
+    };
+    let mut r = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    if binary {
+        r.headers_mut()
+            .insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    }
+    r
+}

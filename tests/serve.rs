@@ -1,0 +1,884 @@
+//! `pipe serve` end to end: a small model trained on real CIFAR-10 images (made by `make setup`) and
+//! exported, served on a free localhost port, checked with the official Triton client
+//! (`tritonclient[http]` in `.venv`, via `tests/serve_client.py`) and with plain HTTP against
+//! `pipe infer --format json` on the same files and backend; then faults (bad requests of every kind,
+//! slow and aborted clients, a full queue) and SIGTERM during a burst of requests.
+#![cfg(all(
+    feature = "train",
+    feature = "serve",
+    feature = "tract",
+    feature = "ort"
+))]
+
+mod common;
+
+use common::{cifar10, cifar10_names, root, s, weights, Pipe};
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Largest |Δprobability| allowed between the server and `pipe infer` (same model and backend).
+const TOLERANCE: f32 = 1e-5;
+const MODEL: &str = "pipe_vgg16";
+
+/// The model, the test images and `pipe infer`'s results on them, made once for all tests.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    model: PathBuf,
+    files: Vec<PathBuf>,
+    /// The images decoded as pipe decodes them, uint8 NHWC RGB 32x32.
+    pixels: Vec<u8>,
+    /// Per backend: (label index, probabilities) per file, from `pipe infer --format json`.
+    infer: HashMap<&'static str, Vec<(usize, Vec<f32>)>>,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let data = cifar10();
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        // A small run (the network's output does not need to be good, only pipe's).
+        Pipe::train()
+            .data(&data)
+            .weights(weights())
+            .runs(&runs)
+            .name("serve")
+            .no_cache()
+            .limits(300, 120)
+            .epochs(2)
+            .batch(16)
+            .ok();
+        let model = dir.path().join("model.onnx");
+        Pipe::export(&model)
+            .run("serve")
+            .runs(&runs)
+            .arg("--verify-images", "16")
+            .ok();
+        // Four test images per class.
+        let mut files = Vec::new();
+        for class in cifar10_names() {
+            let mut names: Vec<PathBuf> = std::fs::read_dir(data.join("test").join(class))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            names.sort();
+            files.extend(names.into_iter().take(4));
+        }
+        let pixels: Vec<u8> = files
+            .iter()
+            .flat_map(|f| pipe::data::load_rgb(f, 32).unwrap())
+            .collect();
+        let infer = ["tract", "ort"]
+            .into_iter()
+            .map(|b| (b, infer_json(b, &model, &files)))
+            .collect();
+        Fixture {
+            _dir: dir,
+            model,
+            files,
+            pixels,
+            infer,
+        }
+    })
+}
+
+/// `pipe infer --format json` on `files`: (label index, probabilities) per file, in order.
+fn infer_json(backend: &str, model: &Path, files: &[PathBuf]) -> Vec<(usize, Vec<f32>)> {
+    let out = Pipe::new("infer --format json")
+        .arg("--model", model)
+        .backend(backend)
+        .paths(files)
+        .ok();
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    let preds = doc["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), files.len());
+    preds
+        .iter()
+        .zip(files)
+        .map(|(p, f)| {
+            assert_eq!(p["path"].as_str().unwrap(), s(f));
+            (
+                p["class_index"].as_u64().unwrap() as usize,
+                floats(&p["probabilities"]),
+            )
+        })
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// Checks `rows` (one probability row per image) against `pipe infer`'s for `backend`.
+fn assert_matches_infer(backend: &str, rows: &[Vec<f32>], what: &str) {
+    let expected = &fixture().infer[backend];
+    assert_eq!(rows.len(), expected.len(), "{what}: number of images");
+    let mut max = 0f32;
+    for (i, (row, (label, probs))) in rows.iter().zip(expected).enumerate() {
+        assert_eq!(row.len(), probs.len(), "{what}: image {i}");
+        assert_eq!(argmax(row), *label, "{what}: label of image {i}");
+        for (a, b) in row.iter().zip(probs) {
+            max = max.max((a - b).abs());
+        }
+    }
+    assert!(
+        max <= TOLERANCE,
+        "{what} ({backend}): max |Δp| {max:e} > {TOLERANCE:e}"
+    );
+    eprintln!("{what} ({backend}): same labels as pipe infer, max |Δp| {max:.1e}");
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(0, |b, (i, &x)| if x > v[b] { i } else { b })
+}
+
+/// A running `pipe serve` on a free port; stopped with SIGKILL if a test panics.
+struct Server {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(backend: &str, extra: &[&str]) -> Server {
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("serve.log");
+        let mut serve = Pipe::new("serve --port 0")
+            .arg("--model", &fixture().model)
+            .backend(backend);
+        for word in extra {
+            serve = serve.path(word);
+        }
+        let mut child = serve
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("listening on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no address in {line:?}: {}",
+                    std::fs::read_to_string(&log).unwrap()
+                )
+            })
+            .to_string();
+        Server {
+            child,
+            addr,
+            log,
+            _log_dir: log_dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) },
+            0
+        );
+    }
+
+    /// Sends `sig`, waits (at most 60 s) for the exit and returns its status and the log.
+    fn stop_with(mut self, sig: libc::c_int) -> (ExitStatus, String) {
+        self.signal(sig);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, std::fs::read_to_string(&self.log).unwrap());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(self) -> String {
+        let (status, log) = self.stop_with(libc::SIGTERM);
+        assert!(status.success(), "exit {status}: {log}");
+        log
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+fn pixels_f32(range: std::ops::Range<usize>) -> Vec<f32> {
+    let per = 32 * 32 * 3;
+    fixture().pixels[range.start * per..range.end * per]
+        .iter()
+        .map(|&v| f32::from(v))
+        .collect()
+}
+
+fn binary_request(
+    server: &Server,
+    n_range: std::ops::Range<usize>,
+    outputs: Value,
+) -> reqwest::blocking::Response {
+    let n = n_range.len();
+    let mut header = json!({"inputs": [{"name": "images", "shape": [n, 32, 32, 3], "datatype": "FP32",
+        "parameters": {"binary_data_size": n * 32 * 32 * 3 * 4}}]});
+    if !outputs.is_null() {
+        header["outputs"] = outputs;
+    }
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let json_len = body.len();
+    body.extend(pixels_f32(n_range).iter().flat_map(|v| v.to_le_bytes()));
+    client()
+        .post(server.url(&format!("/v2/models/{MODEL}/infer")))
+        .header("Inference-Header-Content-Length", json_len)
+        .body(body)
+        .send()
+        .unwrap()
+}
+
+/// Splits a binary response into its JSON header and binary section.
+fn split_binary(resp: reqwest::blocking::Response) -> (Value, Vec<u8>) {
+    assert_eq!(resp.status(), StatusCode::OK);
+    let len: usize = resp.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = resp.bytes().unwrap();
+    (
+        serde_json::from_slice(&body[..len]).unwrap(),
+        body[len..].to_vec(),
+    )
+}
+
+fn rows(flat: &[f32], classes: usize) -> Vec<Vec<f32>> {
+    flat.chunks(classes).map(<[f32]>::to_vec).collect()
+}
+
+#[test]
+fn tritonclient_gets_the_probabilities_of_pipe_infer() {
+    let fx = fixture();
+    let python = root().join(".venv/bin/python");
+    let dir = tempfile::tempdir().unwrap();
+    let pixels = dir.path().join("pixels.u8");
+    std::fs::write(&pixels, &fx.pixels).unwrap();
+    for backend in ["tract", "ort"] {
+        let server = Server::start(backend, &[]);
+        let out = dir.path().join(format!("{backend}.json"));
+        let n = fx.files.len().to_string();
+        run_python(
+            &python,
+            "tests/serve_client.py",
+            &[
+                "--url",
+                &server.addr,
+                "--model",
+                MODEL,
+                "--pixels",
+                s(&pixels),
+                "--n",
+                &n,
+                "--size",
+                "32",
+                "--out",
+                s(&out),
+            ],
+        );
+        let results: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        for key in [
+            "json",
+            "binary",
+            "binary_in_json_out",
+            "default_outputs",
+            "single",
+        ] {
+            let got: Vec<Vec<f32>> = results[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(floats)
+                .collect();
+            assert_matches_infer(backend, &got, &format!("tritonclient {key}"));
+        }
+        check_classification(backend, &results["classification"]);
+        check_classification(backend, &results["classification_json"]);
+        server.stop();
+    }
+}
+
+/// Triton classification strings `value:index:label`, top 3 per image, against `pipe infer`.
+fn check_classification(backend: &str, labels: &Value) {
+    for (row, (_, probs)) in labels
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&fixture().infer[backend])
+    {
+        let top: Vec<(usize, f32)> = pipe::infer::top_k(probs, 3);
+        for (s, (c, p)) in row.as_array().unwrap().iter().zip(top) {
+            let parts: Vec<&str> = s.as_str().unwrap().split(':').collect();
+            assert_eq!(
+                parts[1..],
+                [c.to_string().as_str(), cifar10_names()[c]],
+                "{s}"
+            );
+            assert!(
+                (parts[0].parse::<f32>().unwrap() - p).abs() <= 1e-5,
+                "{s} vs {p}"
+            );
+        }
+    }
+}
+
+#[test]
+fn plain_http_and_classify_match_pipe_infer() {
+    let fx = fixture();
+    let n = fx.files.len();
+    for backend in ["tract", "ort"] {
+        let server = Server::start(backend, &["--max-batch", "16"]);
+        let http = client();
+        for path in [
+            "/v2/health/live",
+            "/v2/health/ready",
+            "/v2",
+            "/v2/models/pipe_vgg16/ready",
+            "/v2/models/pipe_vgg16/versions/1/ready",
+            "/v2/models/pipe_vgg16/config",
+        ] {
+            assert_eq!(
+                http.get(server.url(path)).send().unwrap().status(),
+                StatusCode::OK,
+                "{path}"
+            );
+        }
+        let meta: Value = http
+            .get(server.url("/v2/models/pipe_vgg16"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(meta["inputs"][0]["shape"], json!([-1, 32, 32, 3]));
+        assert_eq!(
+            meta["outputs"][0],
+            json!({"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]})
+        );
+        // JSON tensors, flat and nested, on the versioned path.
+        let flat = pixels_f32(0..n);
+        let nested: Vec<Vec<Vec<Vec<f32>>>> = flat
+            .chunks(32 * 32 * 3)
+            .map(|img| {
+                img.chunks(32 * 3)
+                    .map(|r| r.chunks(3).map(<[f32]>::to_vec).collect())
+                    .collect()
+            })
+            .collect();
+        for (what, data) in [("flat", json!(flat)), ("nested", json!(nested))] {
+            let req = json!({"id": what, "inputs": [{"name": "images", "shape": [n, 32, 32, 3], "datatype": "FP32", "data": data}]});
+            let resp = http
+                .post(server.url("/v2/models/pipe_vgg16/versions/1/infer"))
+                .json(&req)
+                .send()
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let doc: Value = resp.json().unwrap();
+            assert_eq!(
+                (&doc["id"], &doc["model_name"]),
+                (&json!(what), &json!(MODEL))
+            );
+            assert_eq!(doc["outputs"][0]["shape"], json!([n, 10]));
+            assert_matches_infer(
+                backend,
+                &rows(&floats(&doc["outputs"][0]["data"]), 10),
+                &format!("JSON {what}"),
+            );
+        }
+        // Binary tensors both ways, with a classification output beside.
+        let outputs = json!([{"name": "probabilities", "parameters": {"binary_data": true}},
+            {"name": "probabilities", "parameters": {"classification": 2}}]);
+        let (header, binary) = split_binary(binary_request(&server, 0..n, outputs));
+        assert_eq!(
+            header["outputs"][0]["parameters"]["binary_data_size"],
+            json!(n * 40)
+        );
+        let probs: Vec<f32> = binary
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_matches_infer(backend, &rows(&probs, 10), "binary");
+        let labels = &header["outputs"][1];
+        assert_eq!(
+            (&labels["datatype"], &labels["shape"]),
+            (&json!("BYTES"), &json!([n, 2]))
+        );
+        for (i, (label, _)) in fx.infer[backend].iter().enumerate() {
+            let first = labels["data"][2 * i].as_str().unwrap();
+            assert!(
+                first.ends_with(&format!(":{label}:{}", cifar10_names()[*label])),
+                "{first}"
+            );
+        }
+        check_classify(&server, backend);
+        assert_metrics_contain(
+            &server,
+            &[
+                "pipe_batch_size_count",
+                "pipe_http_requests_total{endpoint=\"/v1/classify\",code=\"200\"}",
+                "pipe_http_request_duration_seconds_bucket",
+                "pipe_queue_depth 0",
+                "pipe_inflight_images 0",
+            ],
+        );
+        server.stop();
+    }
+}
+
+/// Fetches `/metrics` and checks that it holds every one of `needles`.
+fn assert_metrics_contain(server: &Server, needles: &[&str]) {
+    let metrics = client()
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for needle in needles {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+}
+
+/// `/v1/classify` with raw bodies and a multipart form equals `pipe infer` on the same files.
+fn check_classify(server: &Server, backend: &str) {
+    let fx = fixture();
+    let http = client();
+    let mut got = Vec::new();
+    for f in &fx.files[..5] {
+        let resp = http
+            .post(server.url("/v1/classify?top_k=3"))
+            .body(std::fs::read(f).unwrap())
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let doc: Value = resp.json().unwrap();
+        let p = &doc["predictions"][0];
+        assert_eq!(p["top_k"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            p["label"],
+            json!(cifar10_names()[p["class_index"].as_u64().unwrap() as usize])
+        );
+        got.push(floats(&p["probabilities"]));
+    }
+    let mut form = reqwest::blocking::multipart::Form::new().text("note", "not a file");
+    for f in &fx.files[5..] {
+        form = form.file("image", f).unwrap();
+    }
+    let resp = http
+        .post(server.url("/v1/classify"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let doc: Value = resp.json().unwrap();
+    for (p, f) in doc["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&fx.files[5..])
+    {
+        assert_eq!(
+            p["file"].as_str().unwrap(),
+            f.file_name().unwrap().to_str().unwrap()
+        );
+        got.push(floats(&p["probabilities"]));
+    }
+    assert_matches_infer(backend, &got, "/v1/classify");
+}
+
+/// A raw HTTP/1.1 request on its own connection, the body sent in `pieces` with `pause` between
+/// them; returns the status code (0 when the server closed without answering).
+fn raw_request(addr: &str, path: &str, body: &[u8], pieces: usize, pause: Duration) -> u16 {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    for piece in body.chunks(body.len().div_ceil(pieces).max(1)) {
+        if stream.write_all(piece).is_err() {
+            break;
+        }
+        std::thread::sleep(pause);
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A PNM header announcing 20000x20000 pixels (1.2 GB decoded) followed by a few bytes.
+fn bomb_image() -> Vec<u8> {
+    let mut b = b"P6\n20000 20000\n255\n".to_vec();
+    b.extend([0u8; 64]);
+    b
+}
+
+/// One bad request and the status it must get.
+struct Case {
+    what: &'static str,
+    method: &'static str,
+    path: String,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+    status: u16,
+}
+
+impl Case {
+    fn new(
+        what: &'static str,
+        method: &'static str,
+        path: &str,
+        body: impl Into<Vec<u8>>,
+        status: u16,
+    ) -> Case {
+        Case {
+            what,
+            method,
+            path: path.to_string(),
+            body: body.into(),
+            headers: vec![],
+            status,
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: impl ToString) -> Case {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+
+    /// Sends it; checks the status and the JSON error body, and returns the message.
+    fn check(self, server: &Server, http: &Client) -> String {
+        let mut req = http
+            .request(self.method.parse().unwrap(), server.url(&self.path))
+            .body(self.body);
+        for (name, value) in self.headers {
+            req = req.header(name, value);
+        }
+        let resp = req.send().unwrap();
+        let what = self.what;
+        assert_eq!(resp.status().as_u16(), self.status, "{what}");
+        let doc: Value = resp
+            .json()
+            .unwrap_or_else(|e| panic!("{what}: body not JSON: {e}"));
+        let message = doc["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no error in {doc}"));
+        eprintln!("{what}: {} {message}", self.status);
+        message.to_string()
+    }
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
+    let fx = fixture();
+    let server = Server::start(
+        "tract",
+        &["--max-body-mb", "1", "--request-timeout-ms", "2500"],
+    );
+    let http = client();
+    let infer = format!("/v2/models/{MODEL}/infer");
+    let one = json!(pixels_f32(0..1));
+    let input = |name: &str, shape: Value, dt: &str, data: Value| {
+        json!({"inputs": [{"name": name, "shape": shape, "datatype": dt, "data": data}]})
+            .to_string()
+    };
+    let good = input("images", json!([1, 32, 32, 3]), "FP32", one.clone());
+    let with_outputs = |o: Value| {
+        let mut v: Value = serde_json::from_str(&good).unwrap();
+        v["outputs"] = o;
+        v.to_string()
+    };
+    let bin_header = |size: usize| {
+        json!({"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "FP32", "parameters": {"binary_data_size": size}}]}).to_string()
+    };
+    let binary = |size: usize, data: usize| [bin_header(size).into_bytes(), vec![0; data]].concat();
+    let jpeg = std::fs::read(&fx.files[0]).unwrap();
+    let form = "multipart/form-data; boundary=XY";
+    let header_len = "Inference-Header-Content-Length";
+    #[rustfmt::skip]
+    let cases = vec![
+        Case::new("unknown model metadata", "GET", "/v2/models/resnet", "", 404),
+        Case::new("unknown model infer", "POST", "/v2/models/resnet/infer", good.clone(), 404),
+        Case::new("unknown version", "POST", &format!("/v2/models/{MODEL}/versions/2/infer"), good.clone(), 404),
+        Case::new("unknown route", "GET", "/v3/nothing", "", 404),
+        Case::new("wrong method", "DELETE", "/v2", "", 405),
+        Case::new("empty body", "POST", &infer, "", 400),
+        Case::new("malformed JSON", "POST", &infer, "{\"inputs\": [", 400),
+        Case::new("JSON not an object", "POST", &infer, "[1, 2, 3]", 400),
+        Case::new("no inputs", "POST", &infer, r#"{"inputs": []}"#, 400),
+        Case::new("wrong tensor name", "POST", &infer, input("pixels", json!([1, 32, 32, 3]), "FP32", one.clone()), 400),
+        Case::new("wrong datatype", "POST", &infer, input("images", json!([1, 32, 32, 3]), "UINT8", one.clone()), 400),
+        Case::new("wrong shape", "POST", &infer, input("images", json!([1, 16, 16, 3]), "FP32", one.clone()), 400),
+        Case::new("zero batch", "POST", &infer, input("images", json!([0, 32, 32, 3]), "FP32", json!([])), 400),
+        Case::new("data length mismatch", "POST", &infer, input("images", json!([2, 32, 32, 3]), "FP32", one.clone()), 400),
+        Case::new("strings as data", "POST", &infer, input("images", json!([1, 32, 32, 3]), "FP32", json!(["a"])), 400),
+        Case::new("unknown output", "POST", &infer, with_outputs(json!([{"name": "logits"}])), 400),
+        Case::new("classification 0", "POST", &infer, with_outputs(json!([{"name": "probabilities", "parameters": {"classification": 0}}])), 400),
+        Case::new("binary_data not a bool", "POST", &infer, with_outputs(json!([{"name": "probabilities", "parameters": {"binary_data": "yes"}}])), 400),
+        Case::new("header length over body", "POST", &infer, bin_header(12288), 400).header(header_len, 100_000),
+        Case::new("header length not a number", "POST", &infer, binary(12288, 12288), 400).header(header_len, "many"),
+        Case::new("binary size not the shape's", "POST", &infer, binary(400, 400), 400).header(header_len, bin_header(400).len()),
+        Case::new("binary section short", "POST", &infer, binary(12288, 100), 400).header(header_len, bin_header(12288).len()),
+        Case::new("undeclared binary data", "POST", &infer, [good.as_bytes(), &[0; 8]].concat(), 400).header(header_len, good.len()),
+        Case::new("body over the limit", "POST", &infer, vec![b' '; 3 << 19], 413),
+        Case::new("classify empty body", "POST", "/v1/classify", "", 400),
+        Case::new("classify not an image", "POST", "/v1/classify", "hello, not an image", 400),
+        Case::new("classify truncated JPEG", "POST", "/v1/classify", &jpeg[..jpeg.len() / 2], 400),
+        Case::new("classify decompression bomb", "POST", "/v1/classify", bomb_image(), 400),
+        Case::new("classify top_k 0", "POST", "/v1/classify?top_k=0", jpeg.clone(), 400),
+        Case::new("classify top_k not a number", "POST", "/v1/classify?top_k=many", jpeg.clone(), 400),
+        Case::new("classify form without file", "POST", "/v1/classify", "--XY\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XY--\r\n", 400).header("Content-Type", form),
+        Case::new("classify broken form", "POST", "/v1/classify", "--XY\r\nnonsense", 400).header("Content-Type", form),
+    ];
+    assert!(cases.len() >= 25);
+    for case in cases {
+        let bomb = case.what.contains("bomb");
+        let message = case.check(&server, &http);
+        if bomb {
+            assert!(
+                message.contains("20000x20000") && message.contains("decompression bomb"),
+                "{message}"
+            );
+        }
+    }
+    // Slow clients: one within the timeout is answered, one past it gets 408.
+    let body = good.as_bytes();
+    let path = format!("/v2/models/{MODEL}/infer");
+    assert_eq!(
+        raw_request(&server.addr, &path, body, 4, Duration::from_millis(200)),
+        200
+    );
+    assert_eq!(
+        raw_request(&server.addr, &path, body, 8, Duration::from_millis(500)),
+        408
+    );
+    // Aborted clients: half a body, then a whole request whose answer is never read.
+    for cut in [body.len() / 2, body.len()] {
+        let mut stream = TcpStream::connect(&server.addr).unwrap();
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(&body[..cut]).unwrap();
+        drop(stream);
+    }
+    // Still serving, nothing left in flight, every error counted.
+    let resp = http
+        .post(server.url(&infer))
+        .body(good.clone())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        http.get(server.url("/v2/health/ready"))
+            .send()
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_metrics_contain(
+        &server,
+        &[
+            "pipe_inflight_images 0",
+            "pipe_errors_total{kind=\"shape\"} 2",
+            "pipe_errors_total{kind=\"body_too_large\"} 1",
+            "pipe_errors_total{kind=\"request_timeout\"} 1",
+            "pipe_errors_total{kind=\"model_not_found\"} 3",
+        ],
+    );
+    server.stop();
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_at_once() {
+    // One image waits up to 3 s for company; the queue holds 8 images.
+    let server = Server::start(
+        "tract",
+        &["--max-batch", "8", "--max-delay-ms", "3000", "--queue", "8"],
+    );
+    let waiting = {
+        let url = server.url(&format!("/v2/models/{MODEL}/infer"));
+        let req = json!({"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "FP32", "data": pixels_f32(0..1)}]});
+        std::thread::spawn(move || client().post(url).json(&req).send().unwrap().status())
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let resp = binary_request(&server, 0..8, Value::Null);
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "503 took {:?}",
+        start.elapsed()
+    );
+    let doc: Value = resp.json().unwrap();
+    assert!(doc["error"].as_str().unwrap().contains("queue"), "{doc}");
+    // More images than the queue can ever hold: 413, not a retry.
+    let mut header = json!({"inputs": [{"name": "images", "shape": [9, 32, 32, 3], "datatype": "FP32", "parameters": {"binary_data_size": 9 * 12288}}]}).to_string().into_bytes();
+    let len = header.len();
+    header.extend(vec![0u8; 9 * 12288]);
+    let resp = client()
+        .post(server.url(&format!("/v2/models/{MODEL}/infer")))
+        .header("Inference-Header-Content-Length", len)
+        .body(header)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(waiting.join().unwrap(), StatusCode::OK);
+    // Ctrl-C stops it as SIGTERM does.
+    let (status, log) = server.stop_with(libc::SIGINT);
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn sigterm_during_a_burst_answers_or_refuses_every_request() {
+    let fx = fixture();
+    let server = Server::start("tract", &["--drain-ms", "1500", "--log-level", "warn"]);
+    let expected: Vec<usize> = fx.infer["tract"].iter().map(|(l, _)| *l).collect();
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let url = server.url(&format!("/v2/models/{MODEL}/infer"));
+            let expected = expected.clone();
+            std::thread::spawn(move || {
+                let http = client();
+                let (mut answered, mut refused) = (0usize, 0usize);
+                for i in (c..).step_by(16) {
+                    let k = i % expected.len();
+                    let mut body = json!({"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "FP32",
+                        "parameters": {"binary_data_size": 12288}}], "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}]})
+                        .to_string()
+                        .into_bytes();
+                    let len = body.len();
+                    body.extend(pixels_f32(k..k + 1).iter().flat_map(|v| v.to_le_bytes()));
+                    let resp = http.post(&url).header("Inference-Header-Content-Length", len).body(body).send();
+                    let resp = resp.unwrap_or_else(|e| panic!("client {c}: request {i} dropped: {e}"));
+                    match resp.status() {
+                        StatusCode::OK => {
+                            let doc: Value = resp.json().unwrap();
+                            let label = doc["outputs"][0]["data"][0].as_str().unwrap().to_string();
+                            assert_eq!(label.split(':').nth(1).unwrap(), expected[k].to_string(), "{label}");
+                            answered += 1;
+                        }
+                        StatusCode::SERVICE_UNAVAILABLE => {
+                            refused += 1;
+                            break;
+                        }
+                        other => panic!("client {c}: status {other}"),
+                    }
+                }
+                (answered, refused)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(2000));
+    let (status, log) = server.stop_with(libc::SIGTERM);
+    let (answered, refused) = clients
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .fold((0, 0), |(a, r), (x, y)| (a + x, r + y));
+    assert!(status.success(), "exit {status}: {log}");
+    assert_eq!(refused, 16, "every client ends on a 503");
+    assert!(answered > 16, "only {answered} answers before SIGTERM");
+    let served: usize = log
+        .split("answered ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no count of answered requests in the log: {log}"));
+    assert_eq!(
+        served, answered,
+        "the server answered {served}, the clients got {answered}: {log}"
+    );
+}
+
+/// A Python with PyYAML: the project's `.venv` (`make setup` installs it there), else a `python3` on
+/// the PATH that has it.
+fn python_with_yaml() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = std::env::split_paths(&path).map(|dir| dir.join("python3"));
+    for python in std::iter::once(root().join(".venv/bin/python")).chain(on_path) {
+        let has_yaml = std::process::Command::new(&python)
+            .args(["-c", "import yaml"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if has_yaml {
+            return python;
+        }
+    }
+    panic!("no Python with PyYAML: run `make setup`");
+}
+
+#[test]
+fn deploy_manifests_fit_together() {
+    let deploy = root().join("deploy");
+    run_python(
+        &python_with_yaml(),
+        "deploy/check.py",
+        &[s(&deploy), env!("CARGO_BIN_EXE_pipe")],
+    );
+}
+
+/// Runs `script` (relative to the project root) with `args`; fails the test with its output unless
+/// it succeeds.
+fn run_python(python: &Path, script: &str, args: &[&str]) {
+    let run = std::process::Command::new(python)
+        .arg(root().join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let output = String::from_utf8_lossy(&run.stdout) + String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{script} failed: {output}");
+    eprintln!("{output}");
+}
