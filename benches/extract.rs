@@ -5,11 +5,10 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion};
 use indicatif::ProgressBar;
 use pipe::arch::Arch;
 use pipe::train::{extract, Base};
-use std::time::Duration;
 
 const BATCH: usize = 128;
 
@@ -23,12 +22,7 @@ fn bench(c: &mut Criterion) {
     let pixels = common::pseudo_random_pixels(BATCH);
     eprintln!("libtorch threads: {}", tch::get_num_threads());
     let pb = ProgressBar::hidden();
-    let mut g = c.benchmark_group("extract");
-    g.sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(3))
-        .measurement_time(Duration::from_secs(12))
-        .throughput(Throughput::Elements(BATCH as u64));
+    let mut g = common::flat_group(c, "extract", 10, (3, 12), BATCH as u64);
     g.bench_function("tch_batch128", |b| {
         b.iter(|| extract(&base, &pixels, BATCH, BATCH, &pb).expect("extract"))
     });

@@ -6,11 +6,10 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion};
 use pipe::arch::Arch;
 use pipe::config::TrainConfig;
 use pipe::train::{Features, HeadModel, Learner, SplitInfo};
-use std::time::Duration;
 use tch::Tensor;
 
 const TRAIN: usize = 5_000;
@@ -55,12 +54,7 @@ fn bench(c: &mut Criterion) {
         seed: 42,
         ..Default::default()
     };
-    let mut g = c.benchmark_group("head");
-    g.sampling_mode(SamplingMode::Flat)
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(6))
-        .throughput(Throughput::Elements(TRAIN as u64));
+    let mut g = common::flat_group(c, "head", 20, (2, 6), TRAIN as u64);
     g.bench_function("epoch_5000x512_batch128", |b| {
         b.iter(|| {
             let mut model =

@@ -144,7 +144,7 @@ fn warm_up_band(history: &[EpochMetrics]) -> Option<(f64, f64)> {
         .iter()
         .take_while(|m| m.phase == Some(crate::run::Phase::WarmUp))
         .count();
-    (warm > 0).then(|| (0.5, warm as f64 + 0.5))
+    (warm > 0).then_some((0.5, warm as f64 + 0.5))
 }
 
 /// The learning rate of a fine-tuning run over its epochs (`lr.png`, 800x500 pixels): `warm_up` and

@@ -8,7 +8,9 @@
 mod common;
 
 use common::onnx::{onnx_check, pbtxt_fields, OnnxModel, ValueInfo};
-use common::{argmax, assert_verified, image_folders, png, s, tmp_files, Pipe, Workdir};
+use common::{
+    argmax, assert_contains, assert_verified, image_folders, png, s, tmp_files, Pipe, Workdir,
+};
 use serde_json::Value;
 use std::path::Path;
 
@@ -304,8 +306,16 @@ fn triton_repository_layout_config_and_labels() {
     let w = Workdir::new();
     let classes = three_class_run(&w, "t", 1);
     let repo = w.join("triton");
+    // An ONNX file and a Triton repository in one command: refused before any work.
     let unused = w.join("model.onnx");
-    let out = w.export("t", &unused).arg("--triton", &repo).ok();
+    let err = w.export("t", &unused).arg("--triton", &repo).fails_with(2);
+    assert_contains(&err, &["cannot be used with", "--triton"]);
+    assert!(!unused.exists() && !repo.exists());
+    let out = Pipe::new("export")
+        .run("t")
+        .runs(&w.runs)
+        .arg("--triton", &repo)
+        .ok();
     let dir = repo.join("pipe_vgg16");
     assert!(
         out.stdout.contains(&format!(
@@ -315,7 +325,6 @@ fn triton_repository_layout_config_and_labels() {
         "{}",
         out.stdout
     );
-    assert!(!unused.exists(), "the positional output is not written");
     let model = dir.join("1/model.onnx");
     let [m] = onnx_check(&[&model]).try_into().unwrap();
     assert_interface(&m, 32, "probabilities", 3);

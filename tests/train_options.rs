@@ -334,7 +334,8 @@ fn unfreeze_fine_tunes_the_last_convs_exports_and_resumes() {
         "{first}"
     );
     // history.json: the 2 warm-up epochs, then the 2 fine-tuning epochs, with phase and learning rate.
-    let phases: Vec<(String, f64)> = read_json(&dir.join("history.json"))
+    let history: Value = serde_json::from_slice(&run.bytes("history.json")).unwrap();
+    let phases: Vec<(String, f64)> = history
         .as_array()
         .unwrap()
         .iter()
@@ -355,7 +356,7 @@ fn unfreeze_fine_tunes_the_last_convs_exports_and_resumes() {
     for ((phase, lr), (p, l)) in phases.iter().zip(want) {
         assert_eq!((phase.as_str(), *lr), (p, l));
     }
-    assert!(dir.join("lr.png").is_file());
+    assert!(run.dir.join("lr.png").is_file());
 
     // base.safetensors holds the whole base: the two last convs changed, the others are ImageNet's.
     let tuned = run.tensors("base.safetensors");

@@ -94,3 +94,22 @@ pub fn synthetic_head(arch: &pipe::arch::Arch) -> Vec<pipe::weights::NamedTensor
         })
         .collect()
 }
+
+/// A criterion group `name` in flat sampling mode (each sample the same number of iterations, for
+/// work of a second or more per iteration): `samples` samples after `warm_up_s` seconds of warm-up,
+/// `measure_s` seconds of measurement, throughput counted in `elements` per iteration.
+pub fn flat_group<'a>(
+    c: &'a mut criterion::Criterion,
+    name: &str,
+    samples: usize,
+    (warm_up_s, measure_s): (u64, u64),
+    elements: u64,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sampling_mode(criterion::SamplingMode::Flat)
+        .sample_size(samples)
+        .warm_up_time(std::time::Duration::from_secs(warm_up_s))
+        .measurement_time(std::time::Duration::from_secs(measure_s))
+        .throughput(criterion::Throughput::Elements(elements));
+    g
+}

@@ -1,5 +1,7 @@
-"""Helpers shared by the reference scripts: reading safetensors with numpy, timing loops."""
+"""Helpers shared by the reference scripts: reading safetensors with numpy, timing loops, the VGG16
+convolutional base as plain torch calls, writing results."""
 import json
+import os
 import struct
 import time
 
@@ -47,3 +49,26 @@ def median_rate(fn, items, warmup_s=2.0, measure_s=8.0, min_samples=10):
     med = samples[len(samples) // 2] if len(samples) % 2 else 0.5 * (
         samples[len(samples) // 2 - 1] + samples[len(samples) // 2])
     return items / med, len(samples)
+
+
+def write_result(path, res):
+    """Writes the result dict res as indented JSON to path, creating its folder."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
+
+
+VGG16_BLOCKS = [2, 2, 3, 3, 3]  # VGG16: 3x3 convolutions per block, each block ending in 2x2 max pooling
+
+
+def vgg16_features(x, convs):
+    """The VGG16 convolutional base on NCHW float32 x with convs a list of 13 (weight, bias) torch
+    tensors: conv 3x3 pad 1 + ReLU, 2x2 max pooling after each block; returns the flattened maps."""
+    import torch.nn.functional as F
+    i = 0
+    for n in VGG16_BLOCKS:
+        for _ in range(n):
+            x = F.relu(F.conv2d(x, convs[i][0], convs[i][1], padding=1))
+            i += 1
+        x = F.max_pool2d(x, 2, 2)
+    return x.flatten(1)

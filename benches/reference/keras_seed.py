@@ -15,7 +15,6 @@ figure issue 5 names, median of --runs), `fit_s`, `evaluate_s`, `load_s` (JPEG d
 included) and the test accuracy of each run.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import load_safetensors  # noqa: E402
+from common import load_safetensors, write_result  # noqa: E402
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -117,9 +116,7 @@ def main():
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1)
+    write_result(a.out, res)
 
 
 if __name__ == "__main__":

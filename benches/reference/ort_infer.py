@@ -5,7 +5,6 @@ at batch 1 (the first image) and 256, with the settings of pipe's ort backend
 (os.cpu_count(), as pipe's --threads 0), default inter-op settings. Both files are written by the
 infer bench (`cargo bench --bench infer`). Prints and writes JSON: images/s at the median sample."""
 import argparse
-import json
 import os
 import sys
 
@@ -13,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median_rate  # noqa: E402
+from common import median_rate, write_result  # noqa: E402
 
 
 def main():
@@ -36,9 +35,7 @@ def main():
     b256, n256 = median_rate(lambda: sess.run(None, {"images": images}), len(images), 2.0, 10.0, 10)
     res = {"task": "ort", "batch1_images_per_s": b1, "batch256_images_per_s": b256,
            "samples": [n1, n256], "threads": a.threads, "onnxruntime": ort.__version__}
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1)
+    write_result(a.out, res)
     print(f"onnxruntime-python: batch 1 {b1:.1f} images/s, batch {len(images)} {b256:.1f} images/s ({a.threads} threads)")
 
 

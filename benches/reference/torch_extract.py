@@ -5,20 +5,18 @@ preprocessing from NHWC RGB uint8 pixels (RGB->BGR, minus the ImageNet BGR means
 The plain script keeps the usual contiguous NCHW layout; --channels-last runs it as pipe does.
 Prints and writes JSON: images/s at the median sample."""
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import load_safetensors, median_rate  # noqa: E402
+from common import VGG16_BLOCKS, load_safetensors, median_rate, vgg16_features, write_result  # noqa: E402
 
 BGR_MEANS = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 # VGG16 blocks: convolutions per block before each 2x2 max pooling.
-BLOCKS = [2, 2, 3, 3, 3]
+
 
 
 def main():
@@ -33,7 +31,7 @@ def main():
         sys.exit(f"{a.weights} not found; run `make setup`")
     w = load_safetensors(a.weights)
     convs = []
-    for b, n in enumerate(BLOCKS, 1):
+    for b, n in enumerate(VGG16_BLOCKS, 1):
         for c in range(1, n + 1):
             k = f"base.block{b}_conv{c}"
             convs.append((torch.from_numpy(w[k + ".weight"].copy()), torch.from_numpy(w[k + ".bias"].copy())))
@@ -48,20 +46,12 @@ def main():
         with torch.inference_mode():
             x = torch.from_numpy(pixels[..., ::-1].astype(np.float32) - BGR_MEANS)
             x = x.permute(0, 3, 1, 2).contiguous(memory_format=fmt)
-            i = 0
-            for n in BLOCKS:
-                for _ in range(n):
-                    x = F.relu(F.conv2d(x, convs[i][0], convs[i][1], padding=1))
-                    i += 1
-                x = F.max_pool2d(x, 2, 2)
-            return x.flatten(1).contiguous()
+            return vgg16_features(x, convs).contiguous()
 
     rate, samples = median_rate(extract, a.batch, warmup_s=3.0, measure_s=12.0, min_samples=10)
     res = {"task": "extract", "channels_last": a.channels_last, "images_per_s": rate, "batch": a.batch, "samples": samples,
            "threads": torch.get_num_threads(), "torch": torch.__version__}
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=1)
+    write_result(out, res)
     layout = "channels-last" if a.channels_last else "NCHW"
     print(f"PyTorch extraction ({layout}): {rate:.1f} images/s (batch {a.batch}, {res['threads']} threads)")
 

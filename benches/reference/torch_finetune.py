@@ -20,17 +20,16 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import load_safetensors  # noqa: E402
+from common import VGG16_BLOCKS, load_safetensors, vgg16_features, write_result  # noqa: E402
 
 BGR_MEANS = np.array([103.939, 116.779, 123.68], dtype=np.float32)
-BLOCKS = [2, 2, 3, 3, 3]  # VGG16: convolutions per block before each 2x2 max pooling
+
 
 
 def build(w, unfreeze):
-    names = [f"base.block{b}_conv{c}" for b, n in enumerate(BLOCKS, 1) for c in range(1, n + 1)]
+    names = [f"base.block{b}_conv{c}" for b, n in enumerate(VGG16_BLOCKS, 1) for c in range(1, n + 1)]
     convs = []
     for i, k in enumerate(names):
         trainable = i >= len(names) - unfreeze
@@ -43,13 +42,7 @@ def build(w, unfreeze):
 
 
 def forward(convs, head, x):
-    i = 0
-    for n in BLOCKS:
-        for _ in range(n):
-            x = F.relu(F.conv2d(x, convs[i][0], convs[i][1], padding=1))
-            i += 1
-        x = F.max_pool2d(x, 2, 2)
-    return head(x.flatten(1))
+    return head(vgg16_features(x, convs))
 
 
 def augment(batch, rng, pad=4):
@@ -120,9 +113,7 @@ def main():
     rate = r["images"] / seconds
     res = {"task": "finetune", "images_per_s": rate, "images": r["images"], "precision": r["precision"],
            "threads": torch.get_num_threads(), "torch": torch.__version__}
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1)
+    write_result(a.out, res)
     print(f"PyTorch fine-tuning epoch ({r['precision']}): {rate:.1f} images/s ({res['threads']} threads)")
 
 

@@ -6,13 +6,17 @@ use pipe::contract::Output;
 use pipe::export::{Destination, RunExportOptions, TritonLayout};
 use std::path::PathBuf;
 
+/// Where `pipe export` writes the model when no output is named.
+const DEFAULT_OUTPUT: &str = "onnx/model.onnx";
+
 /// Arguments of `pipe export`.
 #[derive(clap::Args)]
 #[command(mut_arg("run", |a| a.help("Run to export: `latest`, a run name in --runs-dir, or a run folder")))]
 pub struct ExportArgs {
-    /// The ONNX file to write (written to a temporary file, then renamed).
-    #[arg(default_value = "onnx/model.onnx")]
-    output: PathBuf,
+    /// The ONNX file to write (written to a temporary file, then renamed) [default: onnx/model.onnx].
+    /// Not with --triton, which writes the model inside the repository instead.
+    #[arg(conflicts_with = "triton")]
+    output: Option<PathBuf>,
     #[command(flatten)]
     run: RunSelection,
     /// ONNX opset (13..21).
@@ -32,8 +36,8 @@ pub struct ExportArgs {
     #[arg(long, default_value_t = 256)]
     verify_images: usize,
     /// Also lay the model out as a Triton Inference Server model repository in this folder:
-    /// DIR/<triton-name>/1/model.onnx, config.pbtxt (dynamic batching) and labels.txt. The positional
-    /// output is then not written.
+    /// DIR/<triton-name>/1/model.onnx, config.pbtxt (dynamic batching) and labels.txt, instead of the
+    /// ONNX file (naming both is refused).
     #[arg(long, value_name = "DIR")]
     triton: Option<PathBuf>,
     /// Model name inside the Triton repository.
@@ -57,7 +61,7 @@ impl ExportArgs {
                 name: self.triton_name,
                 max_batch_size: self.triton_max_batch,
             }),
-            None => Destination::File(self.output),
+            None => Destination::File(self.output.unwrap_or_else(|| PathBuf::from(DEFAULT_OUTPUT))),
         };
         pipe::util::check_output_path(&destination.model_file(), true)?;
         let opts = RunExportOptions {

@@ -649,10 +649,13 @@ fn write_figures(
     plot::confusion_matrix(&report, &run_dir.join(run::CONFUSION_PNG))
 }
 
+/// Points (x, y) of a plotted line.
+type Curve = Vec<(f64, f64)>;
+
 /// The learning rate of a fine-tuning run with `history` as (epoch, rate) points, x from the start of
 /// the head warm-up: the warm-up's constant rate, then the rate of every fine-tuning step (the
 /// schedule's, as [`optimise_step`] used it) up to the last epoch run.
-fn lr_curve(c: &TrainConfig, history: &[EpochMetrics]) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+fn lr_curve(c: &TrainConfig, history: &[EpochMetrics]) -> (Curve, Curve) {
     let warm = history
         .iter()
         .filter(|m| m.phase == Some(Phase::WarmUp))
