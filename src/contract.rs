@@ -4,7 +4,8 @@
 //!
 //! The contract of a pipe model:
 //! - one input [`INPUT_NAME`], float32 `[N, S, S, 3]`: decoded RGB pixels 0..255, NHWC, `N` the
-//!   symbolic batch dimension [`BATCH_DIM`], `S` the input size (resized with [`RESIZE_FILTER`]);
+//!   symbolic batch dimension [`BATCH_DIM`], `S` the input size; images become `S`x`S` by the
+//!   model's resize policy ([`keys::RESIZE`]: squash or crop) with [`RESIZE_FILTER`];
 //! - preprocessing ([`CAFFE_PREPROCESSING`]) inside the graph, so clients feed raw pixels;
 //! - one output, float32 `[N, classes]`: [`PROBABILITIES`] (softmax) or [`LOGITS`] ([`Output`]);
 //! - [`ModelMetadata`] in `metadata_props` (class names first, see [`keys`]).
@@ -23,12 +24,17 @@ pub const INPUT_LAYOUT: &str = "NHWC";
 pub const INPUT_COLOR: &str = "RGB";
 /// Value range and element type of the input.
 pub const INPUT_RANGE: &str = "0..255 float32";
-/// How images are resized to the input size (pipe's decoder; clients should do the same).
+/// How images are resized to the input size (pipe's decoder; clients should do the same): the value
+/// of [`keys::RESIZE_FILTER`], whose first word names the [`ResizeFilter`].
 pub const RESIZE_FILTER: &str = "bilinear (image crate FilterType::Triangle)";
 /// Description of the preprocessing (Keras' `preprocess_input(mode="caffe")`), as stored in a run's
 /// `config.json`, in the feature-cache key and in the ONNX metadata.
 pub const CAFFE_PREPROCESSING: &str =
     "caffe: RGB->BGR, subtract ImageNet BGR means [103.939, 116.779, 123.68], no scaling";
+
+use crate::data::{ImageSpec, ResizeFilter, ResizePolicy};
+use crate::error::{Error, Result};
+use std::path::Path;
 
 /// What the model outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +123,10 @@ pub mod keys {
     pub const INPUT_RANGE: &str = "input_range";
     /// Input height and width in pixels.
     pub const INPUT_SIZE: &str = "input_size";
+    /// How an image of any aspect ratio becomes the `S`x`S` input: `squash` (stretch the whole image)
+    /// or `crop` (shorter side to `S`, then the centre square), [`crate::data::ResizePolicy`]. Absent
+    /// in models exported before it existed, which were all squash.
+    pub const RESIZE: &str = "resize";
     /// [`super::RESIZE_FILTER`].
     pub const RESIZE_FILTER: &str = "resize_filter";
     /// [`super::CAFFE_PREPROCESSING`], noted as inside the graph.
@@ -146,6 +156,8 @@ pub struct ModelMetadata {
     pub classes: Vec<String>,
     /// Input height and width, pixels.
     pub input_size: usize,
+    /// How images become `input_size` squares (the run's `--resize`).
+    pub resize: ResizePolicy,
     /// What the output carries.
     pub output: Output,
     /// SHA-256 fingerprint of the conv-base weights (lower-case hex).
@@ -173,6 +185,7 @@ impl ModelMetadata {
             (keys::INPUT_COLOR, INPUT_COLOR.into()),
             (keys::INPUT_RANGE, INPUT_RANGE.into()),
             (keys::INPUT_SIZE, self.input_size.to_string()),
+            (keys::RESIZE, self.resize.as_str().into()),
             (keys::RESIZE_FILTER, RESIZE_FILTER.into()),
             (
                 keys::PREPROCESSING,
@@ -211,6 +224,50 @@ impl ModelMetadata {
             .and_then(|(_, v)| serde_json::from_str::<Vec<String>>(v).ok())
             .filter(|c| c.len() == n_classes)
     }
+
+    /// How the model named `model` wants its images decoded, from `props`: an [`ImageSpec`] of side
+    /// `input_size` with the policy of [`keys::RESIZE`] (squash when absent, as every model before
+    /// the key) and the filter named by the first word of [`keys::RESIZE_FILTER`] (bilinear when
+    /// absent), JPEG DCT scaling on (as training decodes).
+    ///
+    /// # Errors
+    /// [`Error::InvalidFile`] naming `model` when a key names a policy or filter pipe does not
+    /// apply: pipe refuses such a model rather than feed it other pixels than it was trained on.
+    pub fn image_spec_from_props(
+        model: &Path,
+        props: &[(String, String)],
+        input_size: usize,
+    ) -> Result<ImageSpec> {
+        let value = |key: &str| {
+            props
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        let refuse = |key: &str, e: Error| {
+            Error::invalid(
+                model,
+                format!("metadata {key}: {e}; this pipe cannot decode images for it"),
+            )
+        };
+        let resize = match value(keys::RESIZE) {
+            Some(v) => v.parse().map_err(|e| refuse(keys::RESIZE, e))?,
+            None => ResizePolicy::Squash,
+        };
+        let filter: ResizeFilter = match value(keys::RESIZE_FILTER) {
+            Some(v) => v
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| refuse(keys::RESIZE_FILTER, e))?,
+            None => ResizeFilter::Bilinear,
+        };
+        Ok(ImageSpec {
+            filter,
+            ..ImageSpec::new(input_size, resize)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -234,6 +291,7 @@ mod tests {
         let m = ModelMetadata {
             classes: vec!["cat".into(), "dog".into()],
             input_size: 32,
+            resize: ResizePolicy::Crop,
             output: Output::Probabilities,
             weights_fingerprint: "ab".into(),
             fine_tuned_conv_layers: 0,
@@ -252,5 +310,61 @@ mod tests {
             Some(m.classes.clone())
         );
         assert_eq!(ModelMetadata::classes_from_props(&props, 3), None);
+        let resize = names.iter().position(|k| *k == keys::RESIZE).unwrap();
+        assert_eq!(names[resize - 1], keys::INPUT_SIZE);
+        assert_eq!(names[resize + 1], keys::RESIZE_FILTER);
+        assert_eq!(props[resize].1, "crop");
+    }
+
+    /// The spec read back is the one written; a model without the keys (exported before they
+    /// existed) is squash and bilinear; an unknown policy or filter is refused by name.
+    #[test]
+    fn image_spec_round_trips_defaults_to_squash_and_refuses_unknown_values() {
+        let model = Path::new("m.onnx");
+        let props = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        for resize in ResizePolicy::ALL {
+            let m = ModelMetadata {
+                classes: vec!["a".into()],
+                input_size: 224,
+                resize,
+                output: Output::Probabilities,
+                weights_fingerprint: String::new(),
+                fine_tuned_conv_layers: 0,
+                run: "r".into(),
+                fp16_weights: false,
+                test_accuracy: None,
+            };
+            let spec = ModelMetadata::image_spec_from_props(model, &m.to_props(), 224).unwrap();
+            assert_eq!(spec, ImageSpec::new(224, resize));
+        }
+        let old = props(&[(keys::RESIZE_FILTER, RESIZE_FILTER)]);
+        let spec = ModelMetadata::image_spec_from_props(model, &old, 32).unwrap();
+        assert_eq!(spec, ImageSpec::new(32, ResizePolicy::Squash));
+        assert_eq!(
+            ModelMetadata::image_spec_from_props(model, &[], 32).unwrap(),
+            spec
+        );
+        for (key, value, want) in [
+            (
+                keys::RESIZE,
+                "stretch",
+                "m.onnx: metadata resize: unknown resize policy",
+            ),
+            (
+                keys::RESIZE_FILTER,
+                "lanczos3",
+                "m.onnx: metadata resize_filter: unknown resize filter",
+            ),
+        ] {
+            let err = ModelMetadata::image_spec_from_props(model, &props(&[(key, value)]), 32)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(want), "{err}");
+        }
     }
 }

@@ -21,11 +21,12 @@ fn main() -> ExitCode {
     ExitCode::from(exit_code(cli.command.run(&matches)))
 }
 
-/// The exit code of a command's outcome, after printing its error on stderr: 0 on success, 3 when
-/// image files were skipped, 1 for any error.
+/// The exit code of a command's outcome (the table of [`cli::EXIT_CODES`]), after printing its error
+/// on stderr: 0 when every input was used, 3 when files inside folders were skipped, 1 for any
+/// error (clap's usage errors exit with 2 before a command runs).
 fn exit_code(outcome: anyhow::Result<cli::Outcome>) -> u8 {
     match outcome {
-        Ok(cli::Outcome::Done) => 0,
+        Ok(cli::Outcome::Done | cli::Outcome::Skipped(0)) => 0,
         Ok(cli::Outcome::Skipped(_)) => 3,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -36,11 +37,13 @@ fn exit_code(outcome: anyhow::Result<cli::Outcome>) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use super::{cli::Outcome, exit_code};
+    use super::exit_code;
+    use crate::cli::Outcome;
 
     #[test]
     fn success_exits_0_skipped_files_3_and_any_error_1() {
         assert_eq!(exit_code(Ok(Outcome::Done)), 0);
+        assert_eq!(exit_code(Ok(Outcome::Skipped(0))), 0);
         assert_eq!(exit_code(Ok(Outcome::Skipped(2))), 3);
         assert_eq!(exit_code(Err(anyhow::anyhow!("no such run"))), 1);
         assert_eq!(exit_code(Err(pipe::Error::Usage("bad".into()).into())), 1);

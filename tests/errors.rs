@@ -13,7 +13,6 @@ mod common;
 use common::{
     assert_contains, image_folders, nvidia_gpu, png, s, tmp_files, weights, Pipe, Workdir,
 };
-use image::ImageFormat::Png;
 use prost::Message;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -149,13 +148,6 @@ fn infer_refused(model: &Path, inputs: &[&Path], must_contain: &[&str]) -> Strin
     err
 }
 
-/// `img` encoded in `format`.
-fn encoded(img: impl Into<image::DynamicImage>, format: image::ImageFormat) -> Vec<u8> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    img.into().write_to(&mut buf, format).unwrap();
-    buf.into_inner()
-}
-
 fn jpeg_bytes(img: &image::RgbImage) -> Vec<u8> {
     let mut buf = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 100)
@@ -183,13 +175,29 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
 // Images
 // ---------------------------------------------------------------------------------------------------
 
-/// Files written in this order into a fresh folder with the identity model and classified together
-/// with `pipe infer -o …`: asserts the refusal (see [`infer_refused`]).
-fn files_refused(files: &[(&str, &[u8])], must_contain: &[&str]) {
+/// Files written in this order into a fresh folder with the identity model and named on the command
+/// line of `pipe infer --format json -o …`, after a good image: exit code 1 with the bad file named on
+/// stderr (see [`must_contain`]), but only once the output was written: the good image classified, and
+/// each bad file an error record.
+fn named_files_fail_after_the_others(files: &[(&str, &[u8])], must_contain: &[&str]) {
     let (dir, model) = identity();
-    let paths: Vec<PathBuf> = files.iter().map(|(n, b)| dir.write(n, b)).collect();
-    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-    infer_refused(&model, &refs, must_contain);
+    let good = dir.png("good.png", 4, 4, |_, _| [1, 2, 3]);
+    let mut paths = vec![good];
+    paths.extend(files.iter().map(|(n, b)| dir.write(n, b)));
+    let out = dir.join("out.json");
+    let err = Pipe::infer(&model)
+        .format("json")
+        .arg("-o", &out)
+        .paths(&paths)
+        .fails();
+    assert_contains(&err, must_contain);
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let records = doc["predictions"].as_array().unwrap();
+    assert_eq!(records.len(), paths.len(), "{doc}");
+    assert_eq!(records[0]["probabilities"][2], 3.0, "the good image: {doc}");
+    for r in &records[1..] {
+        assert!(r["error"].is_string(), "an error record: {r}");
+    }
 }
 
 /// Saves `img` as `name` (format from the extension) in `dir`; returns the path.
@@ -199,41 +207,54 @@ fn saved(dir: &Workdir, name: &str, img: impl Into<image::DynamicImage>) -> Path
     p
 }
 
-#[test]
-fn zero_byte_image_is_refused_by_name() {
-    let good = encoded(
-        image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])),
-        Png,
-    );
-    let files: [(&str, &[u8]); 2] = [("good.png", &good), ("empty.jpg", b"")];
-    files_refused(&files, &["empty.jpg", "empty file (0 bytes)"]);
-}
-
-#[test]
-fn truncated_jpeg_is_refused_by_name() {
+/// A JPEG cut in the middle.
+fn truncated_jpeg() -> Vec<u8> {
     let img = image::RgbImage::from_fn(64, 64, |x, y| {
         image::Rgb([(x * 4) as u8, (y * 4) as u8, 99])
     });
     let bytes = jpeg_bytes(&img);
-    let cut = &bytes[..bytes.len() / 2];
-    files_refused(&[("cut.jpg", cut)], &["cut.jpg", "truncated"]);
+    bytes[..bytes.len() / 2].to_vec()
+}
+
+/// An AVIF header (ISO-BMFF `ftyp` box, brand avif): recognised, but not a format pipe decodes.
+fn avif_header() -> Vec<u8> {
+    let mut bytes = vec![0, 0, 0, 0x1c];
+    bytes.extend(b"ftypavif\0\0\0\0avifmif1miaf");
+    bytes.resize(64, 0);
+    bytes
+}
+
+#[test]
+fn zero_byte_image_is_refused_by_name() {
+    let files: [(&str, &[u8]); 1] = [("empty.jpg", b"")];
+    named_files_fail_after_the_others(&files, &["empty.jpg", "empty file (0 bytes)"]);
+}
+
+#[test]
+fn truncated_jpeg_is_refused_by_name() {
+    let cut = truncated_jpeg();
+    named_files_fail_after_the_others(&[("cut.jpg", &cut)], &["cut.jpg", "truncated"]);
 }
 
 #[test]
 fn text_file_named_jpg_is_refused_by_name() {
     let notes = b"shopping list: milk, eggs\n";
     let want = ["notes.jpg", "not an image", "JPEG, PNG"];
-    files_refused(&[("notes.jpg", notes)], &want);
+    named_files_fail_after_the_others(&[("notes.jpg", notes)], &want);
 }
 
 #[test]
 fn unsupported_format_is_refused_by_name() {
-    // An AVIF header (ISO-BMFF `ftyp` box, brand avif): recognised, but not a format pipe decodes.
-    let mut bytes = vec![0, 0, 0, 0x1c];
-    bytes.extend(b"ftypavif\0\0\0\0avifmif1miaf");
-    bytes.resize(64, 0);
     let want = ["photo.avif", "unsupported image format", "JPEG, PNG"];
-    files_refused(&[("photo.avif", &bytes)], &want);
+    named_files_fail_after_the_others(&[("photo.avif", &avif_header())], &want);
+}
+
+/// Two bad files named on the command line: both named in the one error.
+#[test]
+fn two_named_bad_files_are_both_reported() {
+    let files: [(&str, &[u8]); 2] = [("a.jpg", b""), ("b.jpg", b"text")];
+    let want = ["2 files named on the command line", "a.jpg", "b.jpg"];
+    named_files_fail_after_the_others(&files, &want);
 }
 
 #[test]
@@ -335,10 +356,8 @@ fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     out.extend(crc32(&body).to_be_bytes());
 }
 
-#[test]
-fn decompression_bomb_header_is_refused_without_allocating() {
-    let (dir, model) = identity();
-    // A valid PNG header announcing 20000x20000 RGB (1.2 GB decoded), then a few bytes of data.
+/// A valid PNG header announcing 20000x20000 RGB (1.2 GB decoded), then a few bytes of data.
+fn bomb_png() -> Vec<u8> {
     let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut ihdr = Vec::new();
     ihdr.extend(20000u32.to_be_bytes());
@@ -351,12 +370,21 @@ fn decompression_bomb_header_is_refused_without_allocating() {
         &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
     );
     png_chunk(&mut bytes, b"IEND", &[]);
-    let bomb = dir.write("bomb.png", &bytes);
+    bytes
+}
+
+#[test]
+fn decompression_bomb_header_is_refused_without_allocating() {
+    let (dir, model) = identity();
+    let bomb = dir.write("bomb.png", bomb_png());
     // The process may not allocate more than 1 GB of data: were the image allocated, pipe would abort
     // instead of exiting with a message.
     let out_dir = Workdir::new();
     let out_file = out_dir.join("out.json");
-    let infer = Pipe::infer(&model).arg("-o", &out_file).path(&bomb);
+    let infer = Pipe::infer(&model)
+        .format("json")
+        .arg("-o", &out_file)
+        .path(&bomb);
     let out = limited(infer.command(), libc::RLIMIT_DATA, 1 << 30)
         .output()
         .unwrap();
@@ -364,7 +392,10 @@ fn decompression_bomb_header_is_refused_without_allocating() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_contains(&err, &["bomb.png", "20000x20000", "limit"]);
-    assert!(!out_file.exists());
+    // The output holds its error record.
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+    assert_eq!(doc["predictions"][0]["error"], "oversized", "{doc}");
 }
 
 /// `cmd` with its `resource` limit (`libc::RLIMIT_*`) set to `bytes` in the child; SIGXFSZ is ignored
@@ -527,6 +558,187 @@ fn non_image_files_are_skipped_with_a_counted_warning() {
         stderr.contains("drawing.svg"),
         "an example is named: {stderr}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Files inside folders: skipped, named, counted, listed
+// ---------------------------------------------------------------------------------------------------
+
+/// The kinds of junk a folder of downloaded photos holds: (file name, bytes, skip reason).
+fn junk() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    vec![
+        ("empty.jpg", Vec::new(), "empty"),
+        ("cut.jpg", truncated_jpeg(), "truncated"),
+        ("notes.jpg", b"shopping list\n".to_vec(), "not_an_image"),
+        ("photo.jpg", avif_header(), "unsupported_format"),
+        ("bomb.png", bomb_png(), "oversized"),
+    ]
+}
+
+/// `folder/cat/` with the good image `good.png`, every [`junk`] file and OS droppings (ignored).
+fn junk_folder(dir: &Workdir) -> PathBuf {
+    let cat = dir.dir("photos/cat");
+    png(&cat.join("good.png"), 4, 4, |_, _| [9, 8, 7]);
+    for (name, bytes, _) in junk() {
+        std::fs::write(cat.join(name), bytes).unwrap();
+    }
+    std::fs::write(cat.join(".DS_Store"), "junk").unwrap();
+    std::fs::create_dir_all(dir.join("photos/__MACOSX/cat")).unwrap();
+    std::fs::write(dir.join("photos/__MACOSX/cat/._good.png"), "junk").unwrap();
+    dir.join("photos")
+}
+
+#[test]
+fn junk_in_a_folder_is_skipped_named_once_counted_and_listed() {
+    let (dir, model) = identity();
+    let folder = junk_folder(&dir);
+    let doc = Pipe::infer(&model).path(&folder).infer_json_exits(3);
+    let err = &doc.stderr;
+    assert_contains(
+        err,
+        &[
+            "skipped 5 image files that could not be decoded",
+            "1 empty",
+            "1 truncated",
+        ],
+    );
+    assert_eq!(
+        doc.predictions.len(),
+        6,
+        "the good image and the 5 bad files"
+    );
+    for (name, _, reason) in junk() {
+        assert_eq!(err.matches(name).count(), 1, "{name} named once: {err}");
+        let r = doc.predictions.iter().find(|r| r.path.ends_with(name));
+        let r = r.unwrap_or_else(|| panic!("no record for {name}"));
+        assert_eq!(r.error.as_deref(), Some(reason), "{name}");
+        assert!(r.message.as_ref().is_some_and(|m| !m.is_empty()));
+    }
+    let good: Vec<_> = doc
+        .predictions
+        .iter()
+        .filter(|r| r.error.is_none())
+        .collect();
+    assert_eq!(good.len(), 1);
+    assert_eq!(good[0].probabilities[..3], [9.0, 8.0, 7.0]);
+    assert!(
+        !err.contains("DS_Store") && !err.contains("MACOSX"),
+        "{err}"
+    );
+    // CSV: the reason in the error column; text: one line, the classified image.
+    let csv = Pipe::infer(&model)
+        .format("csv")
+        .path(&folder)
+        .exits(3)
+        .stdout;
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(rows[0].starts_with("path,label,") && rows[0].ends_with(",error"));
+    assert_eq!(rows.len(), 7, "{csv}");
+    for (name, _, reason) in junk() {
+        let row = rows.iter().find(|r| r.contains(name)).unwrap();
+        assert!(row.ends_with(&format!(",,{reason}")), "{row}");
+    }
+    let text = Pipe::infer(&model).path(&folder).exits(3).stdout;
+    assert_eq!(text.lines().count(), 1, "{text}");
+}
+
+#[test]
+fn strict_stops_at_the_first_bad_file_in_a_folder() {
+    let (dir, model) = identity();
+    let folder = junk_folder(&dir);
+    let out = dir.join("out.json");
+    let err = Pipe::infer(&model)
+        .format("json")
+        .flag("--strict")
+        .arg("-o", &out)
+        .path(&folder)
+        .fails();
+    let named: Vec<&str> = junk()
+        .iter()
+        .map(|(n, _, _)| *n)
+        .filter(|n| err.contains(n))
+        .collect();
+    assert_eq!(named.len(), 1, "one file named: {err}");
+    assert!(!out.exists(), "no output with --strict");
+}
+
+/// 1,000 good images and a few bad ones in one folder: every good image classified, the bad ones
+/// reported, whatever the batch boundaries.
+#[test]
+fn a_thousand_good_images_and_a_few_bad_ones() {
+    let (dir, model) = identity();
+    let folder = dir.dir("many");
+    for i in 0..1000u32 {
+        png(&folder.join(format!("{i:04}.png")), 4, 4, |_, _| {
+            [(i % 256) as u8, (i / 256) as u8, 1]
+        });
+    }
+    for (name, bytes, _) in junk().into_iter().take(3) {
+        std::fs::write(folder.join(name), bytes).unwrap();
+    }
+    let out = dir.join("out.csv");
+    let run = Pipe::infer(&model)
+        .backend("tract")
+        .format("csv")
+        .arg("--batch-size", "64")
+        .arg("-o", &out)
+        .path(&folder)
+        .exits(3);
+    assert_contains(&run.stderr, &["skipped 3 image files", "1000 images"]);
+    let csv = std::fs::read_to_string(&out).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1003);
+    let bad = rows.iter().filter(|r| !r.ends_with(',')).count();
+    assert_eq!(bad, 3, "{csv}");
+    for i in [0u32, 63, 64, 500, 999] {
+        let name = format!("{i:04}.png,");
+        let row = rows.iter().find(|r| r.contains(&name)).unwrap();
+        assert!(row.ends_with(','), "classified, no error: {row}");
+    }
+}
+
+/// The identity model with `props` added to its metadata, as `name` in `dir`.
+fn identity_model_with(dir: &Path, name: &str, props: &[(&str, &str)]) -> PathBuf {
+    let mut m =
+        pb::ModelProto::decode(std::fs::read(identity_model(dir)).unwrap().as_slice()).unwrap();
+    for (k, v) in props {
+        m.metadata_props.push(pb::StringStringEntryProto {
+            key: (*k).into(),
+            value: (*v).into(),
+        });
+    }
+    let p = dir.join(name);
+    std::fs::write(&p, m.encode_to_vec()).unwrap();
+    p
+}
+
+/// The resize policy in the model's metadata decides the pixels: a 12x4 image in red, green and blue
+/// thirds is the green centre square with `resize: crop`, and squashed (red left, blue right) without
+/// the key, as every model exported before it; `pipe inspect` shows it; an unknown policy is refused.
+#[test]
+fn the_models_resize_policy_decides_the_pixels() {
+    let (dir, squash) = identity();
+    let crop = identity_model_with(dir.path(), "crop.onnx", &[("resize", "crop")]);
+    let img = dir.png("thirds.png", 12, 4, |x, _| match x / 4 {
+        0 => [255, 0, 0],
+        1 => [0, 255, 0],
+        _ => [0, 0, 255],
+    });
+    let (cropped, _) = infer_pixels(&crop, &[&img]);
+    assert_eq!(cropped[0].1, repeat([0.0, 255.0, 0.0], S * S));
+    let (squashed, _) = infer_pixels(&squash, &[&img]);
+    assert_eq!(&squashed[0].1[..3], &[255.0, 0.0, 0.0]);
+    assert_eq!(&squashed[0].1[9..12], &[0.0, 0.0, 255.0]);
+    let inspect = Pipe::inspect(&crop).ok().stdout;
+    assert_contains(
+        &inspect,
+        &["resize:     crop (shorter side to 4", "bilinear"],
+    );
+    let squash_inspect = Pipe::inspect(&squash).ok().stdout;
+    assert_contains(&squash_inspect, &["resize:     squash"]);
+    let odd = identity_model_with(dir.path(), "odd.onnx", &[("resize", "stretch")]);
+    let err = Pipe::infer(&odd).path(&img).fails();
+    assert_contains(&err, &["odd.onnx", "metadata resize", "squash or crop"]);
 }
 
 // ---------------------------------------------------------------------------------------------------

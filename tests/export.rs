@@ -161,6 +161,7 @@ fn metadata_props_describe_the_run_the_input_and_the_preprocessing() {
         ("input_color", "RGB"),
         ("input_range", "0..255 float32"),
         ("input_size", "32"),
+        ("resize", "squash"),
         (
             "resize_filter",
             "bilinear (image crate FilterType::Triangle)",
@@ -199,7 +200,7 @@ fn metadata_props_describe_the_run_the_input_and_the_preprocessing() {
     );
     assert_eq!(
         config["preprocessing"],
-        want[7].1.replace(" (inside the graph)", "")
+        want[8].1.replace(" (inside the graph)", "")
     );
     // Only the output and the weights' type change with --logits and --fp16.
     assert_eq!(l.metadata["output"], "logits");
@@ -235,6 +236,39 @@ fn metadata_props_describe_the_run_the_input_and_the_preprocessing() {
         r.predictions[0].label,
         classes[r.predictions[0].class_index]
     );
+    crop_policy_round_trips(&w, &run.dir);
+}
+
+/// A run whose config says `"resize": "crop"` exports a model whose metadata says so, `pipe inspect`
+/// shows it, and `pipe infer` applies it: a 64x32 image classifies exactly as its centre 32x32
+/// square.
+fn crop_policy_round_trips(w: &Workdir, run_dir: &Path) {
+    let config_file = run_dir.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&config_file).unwrap()).unwrap();
+    config["resize"] = "crop".into();
+    std::fs::write(&config_file, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let model = w.join("crop.onnx");
+    w.export("meta", &model).ok();
+    let [m] = onnx_check(&[&model]).try_into().unwrap();
+    assert_eq!(m.metadata["resize"], "crop");
+    let inspect = Pipe::inspect(&model).ok().stdout;
+    assert!(
+        inspect.contains("resize:     crop (shorter side to 32"),
+        "{inspect}"
+    );
+    let colour = |x: u32, y: u32| [(x * 4) as u8, (y * 8) as u8, ((x + y) * 3) as u8];
+    let wide = w.join("wide.png");
+    png(&wide, 64, 32, colour);
+    let centre = w.join("centre.png");
+    png(&centre, 32, 32, |x, y| colour(x + 16, y));
+    let r = Pipe::infer(&model).path(&wide).path(&centre).infer_json();
+    let [a, b] = [
+        &r.predictions[0].probabilities,
+        &r.predictions[1].probabilities,
+    ];
+    for (x, y) in a.iter().zip(b.iter()) {
+        assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+    }
 }
 
 /// The `test_accuracy` in the metadata is the run's accuracy on its test images, also when a

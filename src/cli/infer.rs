@@ -1,11 +1,17 @@
-//! `pipe infer`: classify image files with an exported model, writing one record per image as
-//! batches finish, then the accuracy summary on stderr.
+//! `pipe infer`: classify image files with an exported model, writing one record per file as
+//! batches finish, then the accuracy summary on stderr. Files inside folders that cannot be decoded
+//! are skipped (named, counted, error records; exit code 3); a file named on the command line that
+//! cannot be decoded is an error (exit code 1) once every other file was written.
 
-use super::BackendArgs;
+use super::{BackendArgs, Outcome};
 use anyhow::Result;
 use pipe::contract::Output;
-use pipe::infer::{InferReport, OutputFormat, ReportStream, WriterContext};
+use pipe::data::{OnError, SkippedFile};
+use pipe::infer::{
+    Backend, ClassifyOptions, InferReport, OutputFormat, Record, ReportStream, WriterContext,
+};
 use pipe::onnx::ModelInfo;
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,7 +19,8 @@ use std::time::Instant;
 /// Arguments of `pipe infer`.
 #[derive(clap::Args)]
 pub struct InferArgs {
-    /// Image files and/or folders (searched recursively).
+    /// Image files and/or folders (searched recursively; hidden entries such as .DS_Store or
+    /// __MACOSX/ are ignored).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     #[command(flatten)]
@@ -24,7 +31,9 @@ pub struct InferArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
-    /// Output format: text (path, then label and probability tab-separated), csv (with a header) or json.
+    /// Output format: text (path, then label and probability tab-separated; one line per classified
+    /// image), csv (with a header; files that could not be decoded have their reason in the `error`
+    /// column) or json (such files are records with `error` and `message`).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     format: OutputFormat,
     /// Report the K most probable classes per image (ordered, most probable first).
@@ -33,16 +42,21 @@ pub struct InferArgs {
     /// Write the results to this file (atomically: temporary file, then rename) instead of stdout.
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Stop at the first file that cannot be decoded (exit code 1, no --output file) instead of
+    /// skipping it.
+    #[arg(long)]
+    strict: bool,
 }
 
 impl InferArgs {
     /// Classifies the images, writes the records to stdout or --output, and prints the accuracy
-    /// summary (images in class folders) and the throughput on stderr.
+    /// summary (images in class folders), the skipped files and the throughput on stderr.
     ///
     /// # Errors
-    /// Invalid options, a missing or foreign model, no images, an image that cannot be decoded, a
-    /// backend failure, or an unwritable output.
-    pub fn run(self) -> Result<()> {
+    /// Invalid options, a missing or foreign model, no images, a backend failure, an unwritable
+    /// output; with --strict, the first file that cannot be decoded; else, after everything was
+    /// written, the files named on the command line that could not be decoded.
+    pub fn run(self) -> Result<Outcome> {
         let info = self.check_model()?;
         if let Some(path) = &self.output {
             pipe::util::check_output_path(path, false)?;
@@ -58,35 +72,39 @@ impl InferArgs {
                 self.model.display()
             );
         }
-        let pb = progress_bar(files.len(), backend.name());
-        let ctx = WriterContext::new(&self.model, self.engine.backend, &info, self.top_k);
-        let t0 = Instant::now();
-        let write_records = |out: &mut dyn Write, sink: &Path| -> pipe::Result<InferReport> {
-            let mut stream = ReportStream::new(self.format, out, sink, ctx)?;
-            pipe::infer::classify(
-                backend.as_mut(),
-                &info,
-                &files,
-                self.batch_size,
-                |p| stream.push(&p),
-                |done| pb.set_position(done as u64),
-            )?;
-            stream.finish(t0.elapsed().as_secs_f64())
+        let job = Job {
+            args: &self,
+            info: &info,
+            files: &files,
+            // Files named on the command line (not found inside a folder).
+            named: self
+                .paths
+                .iter()
+                .filter(|p| !p.is_dir())
+                .map(PathBuf::as_path)
+                .collect(),
+            pb: progress_bar(files.len(), backend.name()),
+            t0: Instant::now(),
+        };
+        let mut named_failed = Vec::new();
+        let mut write = |out: &mut dyn Write, sink: &Path| {
+            job.write(backend.as_mut(), out, sink, &mut named_failed)
         };
         let report = match &self.output {
-            Some(path) => {
-                pipe::util::write_atomic_with(path, |w| write_records(w, path), |_| Ok(()))?
-            }
+            Some(path) => pipe::util::write_atomic_with(path, |w| write(w, path), |_| Ok(()))?,
             None => {
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                write_records(&mut out, Path::new("stdout"))?
+                write(&mut out, Path::new("stdout"))?
             }
         };
-        let secs = t0.elapsed().as_secs_f64();
-        pb.finish_and_clear();
-        if let Some(summary) = report.summary() {
-            // On stderr, so that stdout stays one record per image.
-            eprintln!("{summary}");
+        let secs = job.t0.elapsed().as_secs_f64();
+        job.pb.finish_and_clear();
+        // On stderr, so that stdout stays one record per file.
+        for line in [report.summary(), report.skipped.summary()]
+            .into_iter()
+            .flatten()
+        {
+            eprintln!("{line}");
         }
         eprintln!(
             "{}: {} images in {:.2} s ({:.0} images/s; model load {:.2} s)",
@@ -96,7 +114,8 @@ impl InferArgs {
             report.images as f64 / secs.max(1e-9),
             load_s
         );
-        Ok(())
+        refuse_named(&named_failed)?;
+        Ok(Outcome::Skipped(report.skipped.total()))
     }
 
     /// Checks the options and reads the model, warning when it has no class names.
@@ -119,6 +138,78 @@ impl InferArgs {
             );
         }
         Ok(info)
+    }
+}
+
+/// One classification of `pipe infer`: what it reads and how it reports progress.
+struct Job<'a> {
+    args: &'a InferArgs,
+    info: &'a ModelInfo,
+    files: &'a [PathBuf],
+    /// The files named on the command line.
+    named: HashSet<&'a Path>,
+    pb: indicatif::ProgressBar,
+    /// Start of the classification.
+    t0: Instant,
+}
+
+impl Job<'_> {
+    /// Classifies the files with `backend`, writing every record to `out` (named `sink` in errors)
+    /// in the chosen format; a skipped file inside a folder is named on stderr, one named on the
+    /// command line is added to `named_failed` instead. Returns the report.
+    ///
+    /// # Errors
+    /// As [`pipe::infer::classify`] and [`ReportStream`].
+    fn write(
+        &self,
+        backend: &mut dyn Backend,
+        out: &mut dyn Write,
+        sink: &Path,
+        named_failed: &mut Vec<SkippedFile>,
+    ) -> pipe::Result<InferReport> {
+        let a = self.args;
+        let ctx = WriterContext::new(&a.model, a.engine.backend, self.info, a.top_k);
+        let mut stream = ReportStream::new(a.format, out, sink, ctx)?;
+        let opts = ClassifyOptions {
+            batch_size: a.batch_size,
+            on_error: if a.strict {
+                OnError::Stop
+            } else {
+                OnError::Skip
+            },
+        };
+        let record = |r: Record| {
+            if let Record::Skipped(s) = &r {
+                if self.named.contains(s.path.as_path()) {
+                    named_failed.push(s.clone());
+                } else {
+                    self.pb.suspend(|| eprintln!("warning: skipped {s}"));
+                }
+            }
+            stream.push(&r)
+        };
+        let progress = |done: usize| self.pb.set_position(done as u64);
+        pipe::infer::classify(backend, self.info, self.files, &opts, record, progress)?;
+        stream.finish(self.t0.elapsed().as_secs_f64())
+    }
+}
+
+/// The error for the files named on the command line that could not be decoded, if any.
+///
+/// # Errors
+/// Each such file, named with what is wrong.
+fn refuse_named(failed: &[SkippedFile]) -> Result<()> {
+    match failed {
+        [] => Ok(()),
+        [one] => Err(anyhow::anyhow!("{one}")),
+        many => {
+            let each: Vec<String> = many.iter().map(ToString::to_string).collect();
+            anyhow::bail!(
+                "{} named on the command line could not be decoded: {}",
+                pipe::util::plural(many.len(), "file"),
+                each.join("; ")
+            )
+        }
     }
 }
 

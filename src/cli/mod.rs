@@ -20,12 +20,39 @@ use clap::{ArgMatches, Parser, Subcommand};
 use pipe::infer::{BackendKind, BackendOptions, InferDevice};
 use std::path::PathBuf;
 
+/// The exit codes, as `pipe --help` and each command's help list them (`main.rs` maps a command's
+/// [`Outcome`] to them).
+pub const EXIT_CODES: &str = "Exit codes:
+  0  done, every input used
+  1  error: bad option or data, unusable model, I/O failure; for infer also a file named on the
+     command line that cannot be read (reported after every other input was classified and written)
+  2  command-line usage error
+  3  done, but some files inside folders could not be decoded and were skipped (each named on
+     stderr and counted; infer lists them as error records in --format json/csv)";
+
+/// What a command that finished without error did: the exit code's input (0 for [`Outcome::Done`]
+/// and `Skipped(0)`, 3 for `Skipped(n > 0)`, see [`EXIT_CODES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every input was used.
+    Done,
+    /// Done, but this many files inside folders could not be decoded and were skipped.
+    Skipped(usize),
+}
+
+impl From<()> for Outcome {
+    /// A command with nothing to report beyond success.
+    fn from((): ()) -> Self {
+        Outcome::Done
+    }
+}
+
 /// Transfer learning for image classifiers: fine-tune ImageNet VGG16 with libtorch, export ONNX natively
 /// from Rust, classify with tract or ONNX Runtime.
 ///
 /// Typical session: `pipe train` → `pipe export onnx/model.onnx` → `pipe infer --backend tract images/`.
 #[derive(Parser)]
-#[command(name = "pipe", version, about, long_about)]
+#[command(name = "pipe", version, about, long_about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
@@ -44,27 +71,38 @@ pub enum Command {
     /// --unfreeze), history.json, predictions.json and the figures accuracy.png, loss.png,
     /// predictions.png, confusion.png; then points models/runs/latest at it.
     #[cfg(feature = "train")]
+    #[command(after_help = EXIT_CODES)]
     Train(train::TrainArgs),
     /// Evaluate a trained run on its test split: loss, accuracy, per-class precision and recall,
     /// confusion matrix.
     #[cfg(feature = "train")]
+    #[command(after_help = EXIT_CODES)]
     Evaluate(evaluate::EvaluateArgs),
     /// Train the head for every combination of batch sizes and learning rates from one set of cached
     /// features, and compare validation accuracy per epoch.
     #[cfg(feature = "train")]
+    #[command(after_help = EXIT_CODES)]
     Sweep(sweep::SweepArgs),
     /// Print the layer table (name, output shape, parameters, trainable), like Keras' model.summary().
+    #[command(after_help = EXIT_CODES)]
     Summary(summary::SummaryArgs),
     /// Export a training run as a self-contained ONNX model (preprocessing inside the graph).
     ///
-    /// Input `images`: float32 [N,32,32,3] RGB pixels 0..255 (NHWC, N dynamic). Output `probabilities`:
-    /// float32 [N,classes] (softmax). Class names and preprocessing are in metadata_props.
+    /// Input `images`: float32 [N,S,S,3] RGB pixels 0..255 (NHWC, N dynamic, S the run's input size).
+    /// Output `probabilities`: float32 [N,classes] (softmax). Class names, preprocessing and how images
+    /// are resized to S (the run's --resize policy and the filter) are in metadata_props.
+    #[command(after_help = EXIT_CODES)]
     Export(export::ExportArgs),
     /// Classify image files or folders (recursively) with an exported ONNX model.
     ///
     /// Images are decoded (any format the image crate reads), converted to RGB and resized to the
-    /// model's input size with a bilinear filter. When images sit in folders named after classes,
-    /// accuracy is printed too.
+    /// model's input size as its metadata says (squash or crop, bilinear). When images sit in folders
+    /// named after classes, accuracy is printed too. A file inside a folder that cannot be decoded
+    /// (unreadable, empty, truncated, not an image, oversized) is skipped: named on stderr, counted in
+    /// the summary, an error record in --format json/csv, no line in text output (exit code 3).
+    /// A file named on the command line that cannot be read is an error (exit code 1), reported after
+    /// every other input was classified and written. --strict stops at the first bad file instead.
+    #[command(after_help = EXIT_CODES)]
     Infer(infer::InferArgs),
     /// Serve an exported model over HTTP: the KServe v2 / Triton inference protocol (JSON and binary
     /// tensors, classification), POST /v1/classify for image files, dynamic batching, /metrics.
@@ -74,10 +112,13 @@ pub enum Command {
     /// multipart form files); GET /metrics (Prometheus). Stops on SIGTERM or Ctrl-C after answering the
     /// requests in flight.
     #[cfg(feature = "serve")]
+    #[command(after_help = EXIT_CODES)]
     Serve(serve::ServeArgs),
     /// Print an exported model's inputs, outputs, opset, metadata and parameter count.
+    #[command(after_help = EXIT_CODES)]
     Inspect(inspect::InspectArgs),
     /// Manage the ImageNet VGG16 conv-base weights.
+    #[command(after_help = EXIT_CODES)]
     #[command(subcommand)]
     Weights(weights::WeightsCommand),
 }
@@ -92,33 +133,20 @@ impl Command {
     pub fn run(self, matches: &ArgMatches) -> anyhow::Result<Outcome> {
         match self {
             #[cfg(feature = "train")]
-            Command::Train(a) => return a.run(matches.subcommand_matches("train")),
+            Command::Train(a) => a.run(matches.subcommand_matches("train")),
             #[cfg(feature = "train")]
-            Command::Evaluate(a) => a.run(),
+            Command::Evaluate(a) => a.run().map(Outcome::from),
             #[cfg(feature = "train")]
-            Command::Sweep(a) => a.run(),
-            Command::Summary(a) => a.run(),
-            Command::Export(a) => a.run(),
+            Command::Sweep(a) => a.run().map(Outcome::from),
+            Command::Summary(a) => a.run().map(Outcome::from),
+            Command::Export(a) => a.run().map(Outcome::from),
             Command::Infer(a) => a.run(),
             #[cfg(feature = "serve")]
-            Command::Serve(a) => a.run(),
-            Command::Inspect(a) => a.run(),
-            Command::Weights(c) => c.run(),
-        }?;
-        Ok(Outcome::Done)
+            Command::Serve(a) => a.run().map(Outcome::from),
+            Command::Inspect(a) => a.run().map(Outcome::from),
+            Command::Weights(c) => c.run().map(Outcome::from),
+        }
     }
-}
-
-/// How a command that did not fail ended; the binary maps it to the exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Done, every input used: exit code 0.
-    Done,
-    /// Done, but this many image files inside folders were skipped because they could not be
-    /// decoded (each named on stderr, counted, listed): exit code 3.
-    // Only `train` reports skipped files so far, and builds without libtorch have no `train`.
-    #[cfg_attr(not(feature = "train"), allow(dead_code))]
-    Skipped(usize),
 }
 
 /// The data and base weights a training job reads (train, sweep; sweep words `--test-limit` its own

@@ -97,25 +97,11 @@ impl SkippedFile {
     /// A closing-summary line for a list of skipped files, e.g. `skipped 3 image files that could not
     /// be decoded (2 truncated, 1 not_an_image)`; `None` for an empty list.
     pub fn summary(skipped: &[SkippedFile]) -> Option<String> {
-        if skipped.is_empty() {
-            return None;
-        }
-        let mut counts: Vec<(SkipReason, usize)> = Vec::new();
+        let mut counts = SkipCounts::default();
         for s in skipped {
-            match counts.iter_mut().find(|(r, _)| *r == s.reason) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((s.reason, 1)),
-            }
+            counts.add(s.reason);
         }
-        let parts: Vec<String> = counts
-            .iter()
-            .map(|(r, n)| format!("{n} {}", r.as_str()))
-            .collect();
-        Some(format!(
-            "skipped {} that could not be decoded ({})",
-            crate::util::plural(skipped.len(), "image file"),
-            parts.join(", ")
-        ))
+        counts.summary()
     }
 
     /// Writes `skipped` as a pretty JSON array to `path`, atomically (a run's `skipped.json`).
@@ -132,6 +118,44 @@ impl SkippedFile {
     /// As [`crate::util::read_json`].
     pub fn read_list(path: &Path) -> Result<Vec<SkippedFile>> {
         crate::util::read_json(path)
+    }
+}
+
+/// How many files were skipped for each [`SkipReason`], in the order the reasons first occurred: what
+/// a long run keeps for its closing summary instead of every [`SkippedFile`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SkipCounts(Vec<(SkipReason, usize)>);
+
+impl SkipCounts {
+    /// Counts one skipped file.
+    pub fn add(&mut self, reason: SkipReason) {
+        match self.0.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((reason, 1)),
+        }
+    }
+
+    /// Files counted.
+    pub fn total(&self) -> usize {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    /// The closing-summary line, e.g. `skipped 3 image files that could not be decoded (2 truncated,
+    /// 1 not_an_image)`; `None` when nothing was counted.
+    pub fn summary(&self) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(r, n)| format!("{n} {}", r.as_str()))
+            .collect();
+        Some(format!(
+            "skipped {} that could not be decoded ({})",
+            crate::util::plural(self.total(), "image file"),
+            parts.join(", ")
+        ))
     }
 }
 

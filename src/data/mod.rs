@@ -28,8 +28,8 @@ pub mod split;
 
 pub use decode::{
     decode_files, decode_image, decode_rgb, load_batch, load_image, load_images, load_rgb,
-    DecodedImages, FileOutcome, OnError, SkipReason, SkippedFile, MAX_IMAGE_BYTES, MAX_IMAGE_SIDE,
-    SUPPORTED_FORMATS,
+    DecodedImages, FileOutcome, OnError, SkipCounts, SkipReason, SkippedFile, MAX_IMAGE_BYTES,
+    MAX_IMAGE_SIDE, SUPPORTED_FORMATS,
 };
 pub use layout::{DataLayout, LayoutKind};
 pub use resize::{resize_rgb, ImageSpec, ResizeFilter, ResizePolicy, RESIZE_FILTER};

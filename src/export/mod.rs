@@ -154,6 +154,7 @@ pub fn export_run(
     let metadata = ModelMetadata {
         classes: config.classes.clone(),
         input_size: config.input_size,
+        resize: config.resize,
         output: opts.output,
         weights_fingerprint: fp,
         fine_tuned_conv_layers: config.unfreeze,

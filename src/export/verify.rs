@@ -5,6 +5,7 @@
 #![cfg_attr(not(feature = "tract"), allow(dead_code, unused_imports))]
 
 use crate::contract::Output;
+use crate::data::ImageSpec;
 use crate::error::{Error, Result};
 use crate::run::{PredictionItem, Predictions};
 use std::path::Path;
@@ -64,10 +65,8 @@ pub fn verify_against_run(
     let picked: Vec<&PredictionItem> = (0..take)
         .map(|i| &preds.items[i * total / take.max(1)])
         .collect();
-    let s = crate::onnx::ModelInfo::read(model)?.input_size;
-    let config: crate::config::TrainConfig =
-        crate::util::read_json(&run_dir.join(crate::run::CONFIG_FILE))?;
-    let spec = crate::data::ImageSpec::new(s, config.resize);
+    let spec = crate::onnx::ModelInfo::read(model)?.image;
+    let s = spec.size;
     let input: Vec<f32> = pixels(&preds, &picked, &spec)?
         .iter()
         .map(|&v| f32::from(v))
@@ -102,17 +101,13 @@ pub fn verify_against_run(
     })
 }
 
-/// The pixels of the `picked` images decoded as training decoded them (`spec`: the run's input size
-/// and resize policy), RGB u8 NHWC: files under the run's data root, or records of the CIFAR-10
-/// binary release.
+/// The pixels of the `picked` images as the model's `spec` ([`crate::onnx::ModelInfo::image`])
+/// decodes them, the decoding `pipe infer` applies, RGB u8 NHWC: files under the run's data root, or
+/// records of the CIFAR-10 binary release (squares of 32x32, resized to the input size).
 ///
 /// # Errors
 /// An image or record that cannot be read.
-fn pixels(
-    preds: &Predictions,
-    picked: &[&PredictionItem],
-    spec: &crate::data::ImageSpec,
-) -> Result<Vec<u8>> {
+fn pixels(preds: &Predictions, picked: &[&PredictionItem], spec: &ImageSpec) -> Result<Vec<u8>> {
     use crate::data::{cifar, load_image};
     let mut pixels = Vec::with_capacity(picked.len() * spec.image_bytes());
     let binary = picked.iter().any(|it| it.file.contains(".bin#"));

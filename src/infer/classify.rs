@@ -1,12 +1,14 @@
-//! Batched classification of image files: decode a batch, run it through a [`Backend`], hand each
-//! image's [`Prediction`] to a sink as soon as its batch is done (memory does not grow with the number
-//! of files).
+//! Batched classification of image files, pipelined: a decoding thread reads and decodes the next
+//! batch (as the model's [`ModelInfo::image`] says) while the backend runs the current one, and each
+//! file's [`Record`] goes to a sink as soon as its batch is done, so that the backend never waits for
+//! the decoder on a large folder and memory does not grow with the number of files (at most three
+//! batches exist at a time: one being decoded, one waiting, one running).
 
 use super::Backend;
-use crate::data::load_batch;
+use crate::data::{FileOutcome, OnError, SkippedFile};
 use crate::error::{Error, Result};
 use crate::onnx::ModelInfo;
-use ndarray::ArrayView4;
+use ndarray::{Array2, ArrayView4};
 use std::path::{Path, PathBuf};
 
 /// One classified image: an infer record.
@@ -29,6 +31,35 @@ fn serialize_lossy_path<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok
     s.serialize_str(&path.to_string_lossy())
 }
 
+/// What became of one input file: its prediction, or why it could not be decoded.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// Decoded and classified.
+    Classified(Prediction),
+    /// Not decoded (unreadable, empty, truncated, not an image, oversized, ...).
+    Skipped(SkippedFile),
+}
+
+impl Record {
+    /// The input file.
+    pub fn path(&self) -> &Path {
+        match self {
+            Record::Classified(p) => &p.path,
+            Record::Skipped(s) => &s.path,
+        }
+    }
+}
+
+/// How [`classify`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassifyOptions {
+    /// Images per backend run (at least 1).
+    pub batch_size: usize,
+    /// [`OnError::Skip`]: a file that cannot be decoded becomes a [`Record::Skipped`];
+    /// [`OnError::Stop`] (`--strict`): its error ends the classification, before its batch's records.
+    pub on_error: OnError,
+}
+
 /// Index of the maximum (first on ties) of a row.
 pub fn argmax(row: &[f32]) -> usize {
     row.iter()
@@ -43,59 +74,169 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {
     idx.into_iter().take(k).map(|i| (i, row[i])).collect()
 }
 
-/// Decodes `files` (resized to the model's input size, float32 NHWC RGB 0..255) and runs them through
-/// `backend` in batches of `batch_size`. After each batch, `sink` receives its predictions in file
-/// order and `progress` the number of images done. Returns the number of images classified.
+/// Decodes the bytes of one image file for `info`'s model: the pixels its input takes, HWC RGB `u8`,
+/// `input_size * input_size * 3` bytes, resized by the model's policy and filter
+/// ([`ModelInfo::image`]). `pipe infer` and every other client of an exported model decode through
+/// this function or [`decode_files`], so that a model always sees the pixels it was trained on.
 ///
 /// # Errors
-/// The first image that cannot be decoded (named), a backend failure or an output that is not
-/// `[batch, classes]`, or the first error of `sink` (classification stops there).
+/// As [`crate::data::decode_image`]: `path` named, with what is wrong (empty, not an image,
+/// unsupported, truncated, corrupt, oversized).
+pub fn decode_image(info: &ModelInfo, path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
+    crate::data::decode_image(path, bytes, &info.image)
+}
+
+/// Reads and decodes image files for `info`'s model as [`decode_image`] does, in parallel (rayon's
+/// current pool): one outcome per file, in order; a bad file never stops the others.
+///
+/// # Errors
+/// [`Error::Usage`] for a model of input size 0 (no file is read).
+pub fn decode_files(info: &ModelInfo, paths: &[&Path]) -> Result<Vec<FileOutcome>> {
+    crate::data::decode_files(paths, &info.image)
+}
+
+/// A batch of files decoded ahead of the backend.
+struct DecodedBatch<'f> {
+    files: &'f [PathBuf],
+    /// Per file: `None` when decoded, else why not.
+    failed: Vec<Option<SkippedFile>>,
+    /// Float32 NHWC RGB 0..255 of the decoded files, in file order.
+    input: Vec<f32>,
+}
+
+/// Decodes `files` for `info`'s model into the backend's input.
+fn decode_batch<'f>(info: &ModelInfo, files: &'f [PathBuf]) -> Result<DecodedBatch<'f>> {
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let mut input = Vec::with_capacity(files.len() * info.image.image_bytes());
+    let failed = decode_files(info, &paths)?
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(px) => {
+                input.extend(px.iter().map(|&v| f32::from(v)));
+                None
+            }
+            Err(skipped) => Some(skipped),
+        })
+        .collect();
+    Ok(DecodedBatch {
+        files,
+        failed,
+        input,
+    })
+}
+
+/// Classifies `files` with `backend` in batches of `opts.batch_size`, decoding each next batch on a
+/// second thread (whose parallel decoding runs on rayon's pool) while the backend runs the current
+/// one. After each batch, `sink` receives one [`Record`] per file, in file order, and `progress` the
+/// number of files done. Returns the number of files done.
+///
+/// # Errors
+/// With [`OnError::Stop`], the first file of the first batch holding one that cannot be decoded
+/// (named, as [`crate::data::load_image`] says it); a backend failure or an output that is not
+/// `[batch, classes]`; the first error of `sink`. Classification stops there; the decoding thread
+/// stops after the batch it is decoding.
 pub fn classify(
     backend: &mut dyn Backend,
     info: &ModelInfo,
     files: &[PathBuf],
-    batch_size: usize,
-    mut sink: impl FnMut(Prediction) -> Result<()>,
+    opts: &ClassifyOptions,
+    mut sink: impl FnMut(Record) -> Result<()>,
     mut progress: impl FnMut(usize),
 ) -> Result<usize> {
-    let s = info.input_size;
-    let mut done = 0;
-    for chunk in files.chunks(batch_size.max(1)) {
-        let paths: Vec<&Path> = chunk.iter().map(PathBuf::as_path).collect();
-        let pixels = load_batch(&paths, s)?;
-        let input: Vec<f32> = pixels.iter().map(|&v| f32::from(v)).collect();
-        let view =
-            ArrayView4::from_shape((chunk.len(), s, s, 3), &input).map_err(|e| Error::Backend {
-                backend: backend.name(),
-                message: e.to_string(),
-            })?;
-        let probs = backend.run(view)?;
-        if probs.shape() != [chunk.len(), info.classes.len()] {
-            return Err(Error::Backend {
-                backend: backend.name(),
-                message: format!(
-                    "output shape {:?}, expected [{}, {}]",
-                    probs.shape(),
-                    chunk.len(),
-                    info.classes.len()
-                ),
-            });
+    let batches = files.chunks(opts.batch_size.max(1));
+    std::thread::scope(|scope| {
+        // One batch waits in the channel while the next is decoded and the current one runs.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for chunk in batches {
+                let batch = decode_batch(info, chunk);
+                let failed = batch.is_err();
+                // A send fails once the classifying side has stopped (an error): stop too.
+                if tx.send(batch).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let mut done = 0;
+        for batch in rx {
+            done += run_batch(backend, info, batch?, opts.on_error, &mut sink)?;
+            progress(done);
         }
-        for (path, row) in chunk.iter().zip(probs.rows()) {
-            let row = row.to_vec();
-            let k = argmax(&row);
-            sink(Prediction {
-                path: path.clone(),
-                class_index: k,
-                label: info.classes[k].clone(),
-                probability: row[k],
-                probabilities: row,
-            })?;
+        Ok(done)
+    })
+}
+
+/// Runs the decoded files of `batch` through `backend` and hands every file's record to `sink`, in
+/// file order; returns the number of files.
+fn run_batch(
+    backend: &mut dyn Backend,
+    info: &ModelInfo,
+    batch: DecodedBatch<'_>,
+    on_error: OnError,
+    sink: &mut impl FnMut(Record) -> Result<()>,
+) -> Result<usize> {
+    if on_error == OnError::Stop {
+        if let Some(s) = batch.failed.iter().flatten().next() {
+            return Err(Error::invalid(&s.path, s.message.clone()));
         }
-        done += chunk.len();
-        progress(done);
     }
-    Ok(done)
+    let decoded = batch.failed.iter().filter(|f| f.is_none()).count();
+    let probs = if decoded == 0 {
+        Array2::zeros((0, info.classes.len()))
+    } else {
+        run_checked(backend, info, &batch.input, decoded)?
+    };
+    // Output row `row` is the `row`-th decoded file's (run_checked made sure there is one each).
+    let mut row = 0;
+    for (path, failed) in batch.files.iter().zip(batch.failed) {
+        let record = match failed {
+            Some(skipped) => Record::Skipped(skipped),
+            None => {
+                row += 1;
+                Record::Classified(prediction(path, probs.row(row - 1).to_vec(), info))
+            }
+        };
+        sink(record)?;
+    }
+    Ok(batch.files.len())
+}
+
+/// Runs `n` images (`input`: float32 NHWC) through `backend`, checking that the output is
+/// `[n, classes]`.
+fn run_checked(
+    backend: &mut dyn Backend,
+    info: &ModelInfo,
+    input: &[f32],
+    n: usize,
+) -> Result<Array2<f32>> {
+    let s = info.input_size;
+    let name = backend.name();
+    let err = |message: String| Error::Backend {
+        backend: name,
+        message,
+    };
+    let view = ArrayView4::from_shape((n, s, s, 3), input).map_err(|e| err(e.to_string()))?;
+    let probs = backend.run(view)?;
+    if probs.shape() != [n, info.classes.len()] {
+        return Err(err(format!(
+            "output shape {:?}, expected [{n}, {}]",
+            probs.shape(),
+            info.classes.len()
+        )));
+    }
+    Ok(probs)
+}
+
+/// The record of an image whose output row is `row`.
+fn prediction(path: &Path, row: Vec<f32>, info: &ModelInfo) -> Prediction {
+    let k = argmax(&row);
+    Prediction {
+        path: path.to_path_buf(),
+        class_index: k,
+        label: info.classes[k].clone(),
+        probability: row[k],
+        probabilities: row,
+    }
 }
 
 #[cfg(test)]
@@ -115,5 +256,43 @@ mod tests {
             vec![(1, 0.5), (3, 0.5), (2, 0.2)]
         );
         assert_eq!(top_k(&[0.3], 5), vec![(0, 0.3)]);
+    }
+
+    /// A model of input side 4 decoding as `resize` says.
+    fn model(resize: crate::data::ResizePolicy) -> ModelInfo {
+        ModelInfo {
+            input_size: 4,
+            image: crate::data::ImageSpec::new(4, resize),
+            classes: vec!["a".into()],
+            classes_from_metadata: true,
+            output_name: crate::contract::PROBABILITIES.into(),
+            metadata: Vec::new(),
+            opset: 17,
+            parameters: 0,
+        }
+    }
+
+    /// A 12x4 PNG in red, green and blue vertical thirds: crop keeps the green centre square,
+    /// squash keeps all three, a column of 4 pixels each squeezed to 1 and a third.
+    #[test]
+    fn decode_image_squashes_or_crops_as_the_model_says() {
+        use crate::data::ResizePolicy;
+        const THIRDS: [[u8; 3]; 3] = [[255, 0, 0], [0, 255, 0], [0, 0, 255]];
+        let img = image::RgbImage::from_fn(12, 4, |x, _| image::Rgb(THIRDS[x as usize / 4]));
+        let mut png = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+        let png = png.into_inner();
+        let path = Path::new("thirds.png");
+        let crop = decode_image(&model(ResizePolicy::Crop), path, &png).unwrap();
+        assert_eq!(crop, [0, 255, 0].repeat(16));
+        let squash = decode_image(&model(ResizePolicy::Squash), path, &png).unwrap();
+        assert_eq!(squash.len(), 48);
+        for row in squash.chunks(12) {
+            assert_eq!(&row[..3], &[255, 0, 0], "{squash:?}");
+            assert_eq!(&row[9..], &[0, 0, 255], "{squash:?}");
+            assert!(row[4] > 0 && row[7] > 0, "green in the middle: {squash:?}");
+        }
+        let err = decode_image(&model(ResizePolicy::Crop), path, b"").unwrap_err();
+        assert!(err.to_string().contains("thirds.png"), "{err}");
     }
 }

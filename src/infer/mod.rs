@@ -1,7 +1,10 @@
 //! Inference on exported ONNX models, without libtorch:
 //! - here: the [`Backend`] trait and [`open_backend`], with tract (pure Rust, CPU; `tract_backend`) and
 //!   ONNX Runtime (`ort`, CPU or CUDA; `ort_backend`) implementations;
-//! - [`classify`]: batched classification of image files, one [`Prediction`] (record) per image;
+//! - [`classify`]: pipelined, batched classification of image files (the next batch decoded while the
+//!   backend runs the current one), one [`Record`] per file: a [`Prediction`], or the
+//!   [`crate::data::SkippedFile`] of a file that could not be decoded; [`decode_image`] and
+//!   [`decode_files`], the one decoding for a model's input (its [`crate::onnx::ModelInfo::image`]);
 //! - [`report`]: [`InferReport`] (accuracy and confusion over the images in class folders) and
 //!   [`ReportStream`], which writes records as they come through a [`writer`] of the chosen
 //!   [`OutputFormat`] (text, CSV, JSON).
@@ -20,7 +23,9 @@ pub mod report;
 pub mod tract_backend;
 pub mod writer;
 
-pub use classify::{argmax, classify, top_k, Prediction};
+pub use classify::{
+    argmax, classify, decode_files, decode_image, top_k, ClassifyOptions, Prediction, Record,
+};
 pub use report::{folder_label, InferReport, ReportStream};
 pub use writer::{OutputFormat, RecordWriter, WriterContext};
 

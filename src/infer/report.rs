@@ -1,9 +1,11 @@
-//! [`InferReport`]: what `pipe infer` computes over the images it classifies (count, accuracy and
-//! confusion of the images in class folders), accumulated one [`Prediction`] at a time, and
-//! [`ReportStream`], which writes each record in the chosen format as it accumulates.
+//! [`InferReport`]: what `pipe infer` computes over the files it reads (images classified, accuracy
+//! and confusion of the images in class folders, files skipped per reason), accumulated one
+//! [`Record`] at a time, and [`ReportStream`], which writes each record in the chosen format as it
+//! accumulates.
 
-use super::classify::Prediction;
+use super::classify::{Prediction, Record};
 use super::writer::{record_writer, OutputFormat, RecordWriter, WriterContext};
+use crate::data::SkipCounts;
 use crate::error::{Error, Result};
 use crate::report::ClassReport;
 use std::io::Write;
@@ -16,8 +18,8 @@ pub fn folder_label(path: &Path, classes: &[String]) -> Option<usize> {
 }
 
 /// The summary of classified images: how many, and for those in folders named after a class
-/// ("labelled", truth = [`folder_label`]) how many were right and the confusion matrix. Its size
-/// does not depend on the number of images.
+/// ("labelled", truth = [`folder_label`]) how many were right and the confusion matrix; and how many
+/// files could not be decoded, per reason. Its size does not depend on the number of files.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct InferReport {
     /// Class names, index = output column.
@@ -30,6 +32,8 @@ pub struct InferReport {
     pub correct: usize,
     /// `confusion[true][predicted]` counts over the labelled images.
     pub confusion: Vec<Vec<usize>>,
+    /// Files that could not be decoded, per reason.
+    pub skipped: SkipCounts,
 }
 
 impl InferReport {
@@ -41,6 +45,15 @@ impl InferReport {
             labelled: 0,
             correct: 0,
             confusion: vec![vec![0; classes.len()]; classes.len()],
+            skipped: SkipCounts::default(),
+        }
+    }
+
+    /// Counts one record: a classified image ([`InferReport::add`]) or a skipped file.
+    pub fn add_record(&mut self, r: &Record) {
+        match r {
+            Record::Classified(p) => self.add(p),
+            Record::Skipped(s) => self.skipped.add(s.reason),
         }
     }
 
@@ -115,13 +128,17 @@ impl<'w> ReportStream<'w> {
         })
     }
 
-    /// Counts `p` and writes its record.
+    /// Counts `r` and writes it: a prediction, or the error record of a skipped file.
     ///
     /// # Errors
     /// [`Error::Io`] naming the sink.
-    pub fn push(&mut self, p: &Prediction) -> Result<()> {
-        self.report.add(p);
-        self.writer.record(p).map_err(|e| Error::io(&self.sink, e))
+    pub fn push(&mut self, r: &Record) -> Result<()> {
+        self.report.add_record(r);
+        match r {
+            Record::Classified(p) => self.writer.record(p),
+            Record::Skipped(s) => self.writer.skipped(s),
+        }
+        .map_err(|e| Error::io(&self.sink, e))
     }
 
     /// Writes what follows the last record (`seconds`: the classification time, in the JSON

@@ -1,5 +1,8 @@
-//! Output formats of `pipe infer`, one record (classified image) at a time: text (tab-separated
-//! lines), CSV (with a header) and one JSON document. Each writer writes a record when it gets it;
+//! Output formats of `pipe infer`, one record at a time: text (tab-separated lines), CSV (with a
+//! header) and one JSON document. A file that could not be decoded is an error record in CSV and JSON
+//! (its `error` field, [`crate::data::SkipReason`], instead of a label) and no line in text, whose
+//! lines stay `path<TAB>label<TAB>value` (the file is named on stderr). Each writer writes a record
+//! when it gets it;
 //! JSON, whose summary fields come before the records in its (alphabetically ordered) document,
 //! keeps its records in a temporary file until [`RecordWriter::finish`], so that memory does not grow
 //! with the number of images either.
@@ -8,6 +11,7 @@ use super::classify::{top_k, Prediction};
 use super::report::InferReport;
 use super::BackendKind;
 use crate::contract::Output;
+use crate::data::SkippedFile;
 use crate::onnx::ModelInfo;
 use serde::Serialize;
 use std::io::{self, BufWriter, Seek, Write};
@@ -66,6 +70,12 @@ pub trait RecordWriter {
     /// The output's I/O error.
     fn record(&mut self, p: &Prediction) -> io::Result<()>;
 
+    /// Writes the record of a file that could not be decoded (nothing, in text).
+    ///
+    /// # Errors
+    /// The output's I/O error.
+    fn skipped(&mut self, s: &SkippedFile) -> io::Result<()>;
+
     /// Writes what follows the last record, given the `report` over all records and the
     /// classification time in `seconds`, and flushes.
     ///
@@ -114,14 +124,20 @@ impl<W: Write> RecordWriter for TextWriter<W> {
         writeln!(self.out)
     }
 
+    /// Text lines are classified images only: a skipped file is named on stderr.
+    fn skipped(&mut self, _: &SkippedFile) -> io::Result<()> {
+        Ok(())
+    }
+
     fn finish(&mut self, _: &InferReport, _: f64) -> io::Result<()> {
         self.out.flush()
     }
 }
 
-/// A header `path,label,probability,label_2,probability_2,...`, then one row per record (values with
-/// 6 decimals). The header is written with the first record, so that a failure before any record
-/// leaves the output empty.
+/// A header `path,label,probability,label_2,probability_2,...,error`, then one row per record (values
+/// with 6 decimals, `error` empty); a skipped file's row has empty label and value columns and its
+/// [`crate::data::SkipReason`] under `error`. The header is written with the first record, so that a
+/// failure before any record leaves the output empty.
 struct CsvWriter<W: Write> {
     out: csv::Writer<W>,
     ctx: WriterContext,
@@ -145,6 +161,7 @@ impl<W: Write> CsvWriter<W> {
             header.push(format!("label{sfx}"));
             header.push(format!("{score}{sfx}"));
         }
+        header.push("error".into());
         Ok(self.out.write_record(&header)?)
     }
 }
@@ -157,6 +174,15 @@ impl<W: Write> RecordWriter for CsvWriter<W> {
             rec.push(self.ctx.classes[c].clone());
             rec.push(format!("{v:.6}"));
         }
+        rec.push(String::new());
+        Ok(self.out.write_record(&rec)?)
+    }
+
+    fn skipped(&mut self, s: &SkippedFile) -> io::Result<()> {
+        self.header()?;
+        let mut rec = vec![s.path.display().to_string()];
+        rec.resize(1 + 2 * self.ctx.top_k, String::new());
+        rec.push(s.reason.as_str().into());
         Ok(self.out.write_record(&rec)?)
     }
 
@@ -168,7 +194,8 @@ impl<W: Write> RecordWriter for CsvWriter<W> {
 
 /// One JSON document with the keys in alphabetical order: `accuracy`, `backend`, `classes`,
 /// `confusion`, `correct`, `labelled`, `model`, `output`, `predictions` (the records, each the
-/// [`Prediction`] plus its `top_k` list) and `seconds`, then a newline.
+/// [`Prediction`] plus its `top_k` list, or for a file that could not be decoded `{path, error,
+/// message}`: its [`crate::data::SkipReason`] and what is wrong) and `seconds`, then a newline.
 struct JsonWriter<W> {
     out: W,
     ctx: WriterContext,
@@ -209,14 +236,30 @@ fn field(out: &mut impl Write, first: bool, key: &str, value: &impl Serialize) -
     Ok(serde_json::to_writer(&mut *out, value)?)
 }
 
-impl<W: Write> RecordWriter for JsonWriter<W> {
-    fn record(&mut self, p: &Prediction) -> io::Result<()> {
-        let v = self.record_value(p)?;
+impl<W> JsonWriter<W> {
+    /// Appends one record to the spool.
+    fn spool_record(&mut self, v: &serde_json::Value) -> io::Result<()> {
         if self.records > 0 {
             self.spool.write_all(b",")?;
         }
         self.records += 1;
-        Ok(serde_json::to_writer(&mut self.spool, &v)?)
+        Ok(serde_json::to_writer(&mut self.spool, v)?)
+    }
+}
+
+impl<W: Write> RecordWriter for JsonWriter<W> {
+    fn record(&mut self, p: &Prediction) -> io::Result<()> {
+        let v = self.record_value(p)?;
+        self.spool_record(&v)
+    }
+
+    fn skipped(&mut self, s: &SkippedFile) -> io::Result<()> {
+        let v = serde_json::json!({
+            "error": s.reason,
+            "message": s.message,
+            "path": s.path.to_string_lossy(),
+        });
+        self.spool_record(&v)
     }
 
     fn finish(&mut self, report: &InferReport, seconds: f64) -> io::Result<()> {
@@ -247,6 +290,8 @@ impl<W: Write> RecordWriter for JsonWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::SkipReason;
+    use crate::infer::Record;
 
     fn ctx(output_name: &str, top_k: usize) -> WriterContext {
         WriterContext {
@@ -274,17 +319,37 @@ mod tests {
         .collect()
     }
 
-    fn write(format: OutputFormat, ctx: WriterContext) -> String {
+    fn cut() -> SkippedFile {
+        SkippedFile {
+            path: "t/dog/cut.jpg".into(),
+            reason: SkipReason::Truncated,
+            message: "truncated JPEG: the data ends early".into(),
+        }
+    }
+
+    /// The two predictions, with the skipped `cut()` between them when `with_skipped`.
+    fn write_records(format: OutputFormat, ctx: WriterContext, with_skipped: bool) -> String {
+        let mut records: Vec<Record> = predictions().into_iter().map(Record::Classified).collect();
+        if with_skipped {
+            records.insert(1, Record::Skipped(cut()));
+        }
         let mut buf = Vec::new();
         let mut report = InferReport::new(&ctx.classes);
         let mut w = record_writer(format, &mut buf, ctx).unwrap();
-        for p in predictions() {
-            report.add(&p);
-            w.record(&p).unwrap();
+        for r in &records {
+            report.add_record(r);
+            match r {
+                Record::Classified(p) => w.record(p).unwrap(),
+                Record::Skipped(s) => w.skipped(s).unwrap(),
+            }
         }
         w.finish(&report, 1.5).unwrap();
         drop(w);
         String::from_utf8(buf).unwrap()
+    }
+
+    fn write(format: OutputFormat, ctx: WriterContext) -> String {
+        write_records(format, ctx, false)
     }
 
     #[test]
@@ -295,8 +360,42 @@ mod tests {
         );
         assert_eq!(
             write(OutputFormat::Csv, ctx("logits", 1)),
-            "path,label,logit\nt/cat/a.png,cat,0.700000\nt/dog/b.png,cat,0.500000\n"
+            "path,label,logit,error\nt/cat/a.png,cat,0.700000,\nt/dog/b.png,cat,0.500000,\n"
         );
+    }
+
+    /// A skipped file: no text line; in CSV, empty label and value columns and its reason under
+    /// `error`; in JSON, `{error, message, path}` in its place among the records.
+    #[test]
+    fn skipped_files_are_error_records_in_csv_and_json_and_absent_from_text() {
+        assert_eq!(
+            write_records(OutputFormat::Text, ctx("probabilities", 1), true),
+            write(OutputFormat::Text, ctx("probabilities", 1))
+        );
+        assert_eq!(
+            write_records(OutputFormat::Csv, ctx("probabilities", 2), true),
+            "path,label,probability,label_2,probability_2,error\n\
+             t/cat/a.png,cat,0.700000,dog,0.200000,\n\
+             t/dog/cut.jpg,,,,,truncated\n\
+             t/dog/b.png,cat,0.500000,frog,0.400000,\n"
+        );
+        let doc: serde_json::Value = serde_json::from_str(&write_records(
+            OutputFormat::Json,
+            ctx("probabilities", 1),
+            true,
+        ))
+        .unwrap();
+        let records = doc["predictions"].as_array().unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(
+            records[1],
+            serde_json::json!({
+                "path": "t/dog/cut.jpg", "error": "truncated",
+                "message": "truncated JPEG: the data ends early",
+            })
+        );
+        assert_eq!(records[2]["path"], "t/dog/b.png");
+        assert_eq!(doc["labelled"], 2, "skipped files are not labelled images");
     }
 
     /// The streamed document equals the one serde_json makes of the whole value at once.

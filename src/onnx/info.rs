@@ -3,6 +3,7 @@
 
 use super::read::{graph, read_onnx};
 use crate::contract::{self, ModelMetadata, Output, INPUT_NAME};
+use crate::data::{ImageSpec, ResizePolicy};
 use crate::error::{Error, Result};
 use std::path::Path;
 use tract_onnx::pb;
@@ -12,6 +13,9 @@ use tract_onnx::pb;
 pub struct ModelInfo {
     /// Height and width of the input images, in pixels.
     pub input_size: usize,
+    /// How image files are decoded for the model: side `input_size`, the resize policy and filter of
+    /// its metadata ([`ModelMetadata::image_spec_from_props`]).
+    pub image: ImageSpec,
     /// Class names, index = output column. Falls back to `"0"`, `"1"`, ... when the metadata has none.
     pub classes: Vec<String>,
     /// Whether [`ModelInfo::classes`] came from the model's metadata.
@@ -119,7 +123,8 @@ impl ModelInfo {
     /// of shape `[N, classes]`.
     ///
     /// # Errors
-    /// [`Error::InvalidFile`] naming the model when it is not ONNX or not an image classifier in pipe's layout.
+    /// [`Error::InvalidFile`] naming the model when it is not ONNX, not an image classifier in pipe's
+    /// layout, or asks for a resize policy or filter pipe does not apply.
     pub fn read(path: &Path) -> Result<Self> {
         let model = read_onnx(path)?;
         let graph = graph(path, &model)?;
@@ -130,6 +135,7 @@ impl ModelInfo {
             .iter()
             .map(|p| (p.key.clone(), p.value.clone()))
             .collect();
+        let image = ModelMetadata::image_spec_from_props(path, &metadata, input_size)?;
         let from_meta = ModelMetadata::classes_from_props(&metadata, n_classes);
         let classes_from_metadata = from_meta.is_some();
         let classes = from_meta.unwrap_or_else(|| (0..n_classes).map(|i| i.to_string()).collect());
@@ -146,6 +152,7 @@ impl ModelInfo {
             .sum();
         Ok(ModelInfo {
             input_size,
+            image,
             classes,
             classes_from_metadata,
             output_name: output.name.clone(),
@@ -160,18 +167,25 @@ impl ModelInfo {
         Output::from_name(&self.output_name)
     }
 
-    /// The description `pipe inspect` prints for the model file `path`: input, output, opset,
-    /// parameter count and metadata, one item a line.
+    /// The description `pipe inspect` prints for the model file `path`: input, how images are
+    /// resized to it, output, opset, parameter count and metadata, one item a line.
     pub fn describe(&self, path: &Path) -> String {
         let s = self.input_size;
+        let resize = match self.image.resize {
+            ResizePolicy::Squash => format!("the whole image stretched to {s}x{s}"),
+            ResizePolicy::Crop => format!("shorter side to {s}, then the centre {s}x{s} square"),
+        };
         let mut out = format!(
             "model:      {}\n\
              input:      {INPUT_NAME}  float32 [N, {s}, {s}, 3]  (NHWC, RGB, 0..255)\n\
+             resize:     {} ({resize}), {} filter\n\
              output:     {}  float32 [N, {}]\n\
              opset:      {}\n\
              parameters: {} (elements of all initializers)\n\
              metadata:\n",
             path.display(),
+            self.image.resize,
+            self.image.filter,
             self.output_name,
             self.classes.len(),
             self.opset,

@@ -24,13 +24,15 @@ pub struct ClassifyQuery {
     top_k: Option<usize>,
 }
 
-/// Decodes one uploaded image and resizes it to the model's input, exactly as `pipe infer` does for
-/// an image file (`name` only names it in errors).
+/// Decodes one uploaded image for the model, through the function `pipe infer` decodes image files
+/// with ([`crate::infer::decode_image`]: the model's input size, resize policy and filter), so that
+/// both see the same pixels (`name` only names it in errors): HWC RGB `u8`, `S * S * 3` bytes.
 ///
 /// # Errors
-/// As [`crate::data::decode_rgb`]: not an image, truncated, unsupported, over the decoding limits.
+/// As [`crate::infer::decode_image`]: empty, not an image, truncated, unsupported, over the decoding
+/// limits.
 pub fn decode_for_model(name: &str, bytes: &[u8], info: &ModelInfo) -> crate::Result<Vec<u8>> {
-    crate::data::decode_rgb(Path::new(name), bytes, info.input_size)
+    crate::infer::decode_image(info, Path::new(name), bytes)
 }
 
 /// What `/v1/classify` writes for an output value: `probability`, or `logit` for a logits export.

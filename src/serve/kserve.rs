@@ -480,6 +480,7 @@ mod tests {
     fn info() -> ModelInfo {
         ModelInfo {
             input_size: 2,
+            image: crate::data::ImageSpec::new(2, crate::data::ResizePolicy::Squash),
             classes: vec!["cat".into(), "dog".into(), "emu".into()],
             classes_from_metadata: true,
             output_name: "probabilities".into(),

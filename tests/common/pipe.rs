@@ -250,21 +250,35 @@ impl Pipe {
 
     /// Runs it, asserts exit code `code` (2: a usage error clap reports), returns stderr.
     pub fn fails_with(&self, code: i32) -> String {
+        self.exits(code).stderr
+    }
+
+    /// Runs it, asserts exit code `code` (3: done, but files were skipped) and no panic, returns what
+    /// it printed (lossy UTF-8).
+    pub fn exits(&self, code: i32) -> Out {
         let out = self.output();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(
             out.status.code(),
             Some(code),
-            "{}: expected exit code {code}: {err}",
+            "{}: expected exit code {code}: {stderr}",
             self.line()
         );
-        assert!(!err.contains("panicked"), "{err}");
-        err
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        Out {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+        }
     }
 
     /// `pipe infer … --format json`, run to success and parsed.
     pub fn infer_json(self) -> Inferred {
-        let out = self.format("json").ok();
+        self.infer_json_exits(0)
+    }
+
+    /// `pipe infer … --format json`, run to exit code `code` and its stdout parsed.
+    pub fn infer_json_exits(self, code: i32) -> Inferred {
+        let out = self.format("json").exits(code);
         let mut doc: Inferred = serde_json::from_str(&out.stdout).expect("infer --format json");
         doc.stderr = out.stderr;
         doc
@@ -291,17 +305,25 @@ pub struct Inferred {
     pub stderr: String,
 }
 
-/// One image of [`Inferred`].
+/// One file of [`Inferred`]: a classified image, or (`error` set, the other fields empty) a file
+/// that could not be decoded.
 #[derive(Debug, Deserialize)]
 pub struct Record {
     /// The image path as printed (lossy UTF-8).
     pub path: String,
     /// Most probable class.
+    #[serde(default)]
     pub class_index: usize,
     /// Its name.
+    #[serde(default)]
     pub label: String,
     /// The model's whole output row.
+    #[serde(default)]
     pub probabilities: Vec<f32>,
+    /// Why the file was skipped (`truncated`, `not_an_image`, ...).
+    pub error: Option<String>,
+    /// What is wrong with it.
+    pub message: Option<String>,
 }
 
 impl Inferred {
