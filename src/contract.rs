@@ -46,6 +46,15 @@ pub enum Output {
 }
 
 impl Output {
+    /// [`Output::Logits`] when `logits` (the `--logits` option), else [`Output::Probabilities`].
+    pub fn logits(logits: bool) -> Self {
+        if logits {
+            Output::Logits
+        } else {
+            Output::Probabilities
+        }
+    }
+
     /// The kind an output named `name` carries: [`Output::Logits`] for [`LOGITS`], else (also for
     /// foreign models) [`Output::Probabilities`].
     pub fn from_name(name: &str) -> Self {

@@ -1,5 +1,5 @@
-"""The Keras seed job, timed on this machine in the same `make bench` run as pipe (issue 5 compares
-`pipe train` against it): an ImageNet VGG16 convolutional base, frozen, under Flatten, Dense 256 ReLU,
+"""The Keras seed job, timed on this machine in the same `make bench` run as pipe (the README
+compares `pipe train` against it): an ImageNet VGG16 convolutional base, frozen, under Flatten, Dense 256 ReLU,
 Dropout 0.5, Dense 10 softmax; SGD (lr 1e-4, momentum 0.9), batch 128, 3 epochs on the first 500
 training images of each CIFAR-10 class, with the 1,000 test images (100 per class) as validation data
 after every epoch, as the seed article plotted, then `evaluate` on them.
@@ -11,7 +11,7 @@ means). TensorFlow runs on all cores (its default); nothing is downloaded.
 
 Runs in its own virtualenv (benches/reference/requirements-keras.txt; `make bench` creates it), so the
 project's virtualenv stays free of TensorFlow. Writes JSON (seconds) to --out: `fit_evaluate_s` (the
-figure issue 5 names, median of --runs), `fit_s`, `evaluate_s`, `load_s` (JPEG decoding, not
+figure the README compares, median of --runs), `fit_s`, `evaluate_s`, `load_s` (JPEG decoding, not
 included) and the test accuracy of each run.
 """
 import argparse

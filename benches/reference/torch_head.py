@@ -1,4 +1,4 @@
-"""PyTorch reference for head training on the full CIFAR-10 training set (issue 3).
+"""PyTorch reference for head training on the full CIFAR-10 training set.
 
 Trains the same head as `pipe train` (Flatten -> Linear 512->256 -> ReLU -> Dropout 0.5 -> Linear 256->10,
 PyTorch's default nn.Linear initialisation), with the same optimizer (SGD, momentum 0.9, batch 128,

@@ -66,11 +66,7 @@ impl ExportArgs {
         pipe::util::check_output_path(&destination.model_file(), true)?;
         let opts = RunExportOptions {
             opset: self.opset,
-            output: if self.logits {
-                Output::Logits
-            } else {
-                Output::Probabilities
-            },
+            output: Output::logits(self.logits),
             verify_images: self.verify_images,
             fp16_weights: self.fp16,
         };

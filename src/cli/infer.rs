@@ -172,11 +172,7 @@ impl Job<'_> {
         let mut stream = ReportStream::new(a.format, out, sink, ctx)?;
         let opts = ClassifyOptions {
             batch_size: a.batch_size,
-            on_error: if a.strict {
-                OnError::Stop
-            } else {
-                OnError::Skip
-            },
+            on_error: OnError::strict(a.strict),
         };
         let record = |r: Record| {
             if let Record::Skipped(s) = &r {

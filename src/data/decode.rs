@@ -532,6 +532,17 @@ pub enum OnError {
     Stop,
 }
 
+impl OnError {
+    /// [`OnError::Stop`] when `strict` (the `--strict` option), else [`OnError::Skip`].
+    pub fn strict(strict: bool) -> Self {
+        if strict {
+            OnError::Stop
+        } else {
+            OnError::Skip
+        }
+    }
+}
+
 /// The images of a batch that decoded, and the files that did not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedImages {

@@ -159,12 +159,7 @@ pub fn train(config: &TrainConfig, env: &TrainEnv) -> Result<TrainOutcome> {
         Some(list) => list,
         None => images::build_list(&layout, &config)?,
     };
-    let on_error = if env.strict {
-        OnError::Stop
-    } else {
-        OnError::Skip
-    };
-    let images = RunImages::load(list, images::run_spec(&config), on_error)?;
+    let images = RunImages::load(list, images::run_spec(&config), OnError::strict(env.strict))?;
     let start = Start {
         env,
         dir,
