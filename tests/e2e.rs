@@ -121,13 +121,14 @@ fn train_export_and_both_backends_agree_with_tch() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "path,label,probability,label_2,probability_2,label_3,probability_3"
+        "path,label,probability,label_2,probability_2,label_3,probability_3,error"
     );
     assert_eq!(lines.len(), 6);
     for (line, r) in lines[1..].iter().zip(&tract.predictions) {
         let cols: Vec<&str> = line.split(',').collect();
         assert_eq!(cols[0], r.path);
         assert_eq!(cols[1], cifar10_names()[r.class_index]);
+        assert_eq!(cols[7], "", "no error: {line}");
         let p1: f32 = cols[2].parse().unwrap();
         let p2: f32 = cols[4].parse().unwrap();
         assert!(
