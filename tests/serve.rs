@@ -235,9 +235,12 @@ impl Drop for Server {
     }
 }
 
+/// An HTTP client that opens a connection per request: the server closes a connection after refusing
+/// a request whose body it did not read (413), and a pooled connection could be reused in that moment.
 fn client() -> Client {
     Client::builder()
         .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(0)
         .build()
         .unwrap()
 }
