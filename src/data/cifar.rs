@@ -35,6 +35,25 @@ pub struct Record {
     pub pixels: Vec<u8>,
 }
 
+impl Record {
+    /// The record's pixels fitted to `spec` (resized to its side by its policy and filter): RGB u8
+    /// HWC, `spec.size^2 * 3` bytes, how training, evaluation and export verification see a record.
+    ///
+    /// # Errors
+    /// [`Error::InvalidFile`] naming `file` (the batch file the record came from) when the record is
+    /// not 32x32 RGB; [`Error::Usage`] for a `spec` size out of range.
+    pub fn fitted(&self, file: &Path, spec: &crate::data::ImageSpec) -> Result<Vec<u8>> {
+        let side = CIFAR_SIZE as u32;
+        let img = image::RgbImage::from_raw(side, side, self.pixels.clone()).ok_or_else(|| {
+            Error::invalid(
+                file,
+                format!("record {} is not a 32x32 RGB image", self.name),
+            )
+        })?;
+        Ok(spec.fit(img)?.into_raw())
+    }
+}
+
 /// Finds the binary release under `data`: `data` itself or `data/cifar-10-batches-bin`.
 pub fn find_root(data: &Path) -> Option<PathBuf> {
     [data.to_path_buf(), data.join("cifar-10-batches-bin")]

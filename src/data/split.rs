@@ -483,7 +483,6 @@ impl SplitList {
 
     /// Loads binary-release records named `<batch file>#<index>`, each batch file read once.
     fn load_records(&self, entries: &[SplitEntry], spec: &ImageSpec) -> Result<LoadedPart> {
-        let s = spec.side()?;
         let mut files: Vec<(String, Vec<cifar::Record>)> = Vec::new();
         let mut pixels = Vec::with_capacity(entries.len() * spec.image_bytes());
         for e in entries {
@@ -509,9 +508,7 @@ impl SplitList {
                 .ok_or_else(|| {
                     bad("record missing or relabelled since the split list was written")
                 })?;
-            let img = image::RgbImage::from_raw(32, 32, record.pixels.clone())
-                .ok_or_else(|| bad("record is not a 32x32 RGB image"))?;
-            pixels.extend(spec.fit_side(img, s).into_raw());
+            pixels.extend(record.fitted(&self.root.join(file), spec)?);
         }
         Ok(LoadedPart {
             split: LoadedSplit {

@@ -43,9 +43,19 @@ impl std::fmt::Display for Verification {
     }
 }
 
+/// Test images [`verify_against_run`] runs through tract at a time at input side `side`: as many as
+/// keep one block-1 activation (64 float32 channels of `side` x `side`, 256 KiB per 32x32 image, 12.25
+/// MiB per 224x224 one) within 256 MiB, at most 256, so that verifying all 10,000 CIFAR-10 test
+/// images or a few hundred photos takes a bounded amount of memory.
+fn verify_batch(side: usize) -> usize {
+    const BUDGET: usize = 256 << 20;
+    (BUDGET / (64 * side * side * 4).max(1)).clamp(1, 256)
+}
+
 /// Runs the model file at `model` with tract on up to `n` of the run's test images (spread evenly over
-/// `predictions.json`, so every class is covered) and compares its probabilities (softmax of its
-/// output for a logits export) with those tch computed at the end of training.
+/// `predictions.json`, so every class is covered), [`verify_batch`] images at a time, and compares its
+/// probabilities (softmax of its output for a logits export) with those tch computed at the end of
+/// training.
 ///
 /// # Errors
 /// [`Error::InvalidFile`] naming the model when an argmax differs or max |Δp| > `tolerance`;
@@ -67,23 +77,29 @@ pub fn verify_against_run(
         .collect();
     let spec = crate::onnx::ModelInfo::read(model)?.image;
     let s = spec.size;
-    let input: Vec<f32> = pixels(&preds, &picked, &spec)?
-        .iter()
-        .map(|&v| f32::from(v))
-        .collect();
-    let view =
-        ndarray::ArrayView4::from_shape((take, s, s, 3), &input).map_err(|e| Error::Backend {
-            backend: "tract",
-            message: e.to_string(),
-        })?;
-    let out = TractBackend::open(model, 0)?.run(view)?;
+    let records = Records::read(&preds)?;
+    let mut backend = TractBackend::open(model, 0)?;
     let mut worst = 0f32;
-    for (row, it) in out.rows().into_iter().zip(&picked) {
-        let mut p = row.to_vec();
-        if kind == Output::Logits {
-            softmax(&mut p);
+    for chunk in picked.chunks(verify_batch(s)) {
+        let input: Vec<f32> = pixels(&preds, &records, chunk, &spec)?
+            .iter()
+            .map(|&v| f32::from(v))
+            .collect();
+        let view =
+            ndarray::ArrayView4::from_shape((chunk.len(), s, s, 3), &input).map_err(|e| {
+                Error::Backend {
+                    backend: "tract",
+                    message: e.to_string(),
+                }
+            })?;
+        let out = backend.run(view)?;
+        for (row, it) in out.rows().into_iter().zip(chunk) {
+            let mut p = row.to_vec();
+            if kind == Output::Logits {
+                softmax(&mut p);
+            }
+            worst = worst.max(compare(model, &p, it, tolerance)?);
         }
-        worst = worst.max(compare(model, &p, it, tolerance)?);
     }
     if worst > tolerance {
         return Err(Error::invalid(
@@ -101,38 +117,56 @@ pub fn verify_against_run(
     })
 }
 
+/// The test records of a run trained on the CIFAR-10 binary release, by name (`test_batch.bin#17`);
+/// empty for a run trained on image files.
+struct Records(std::collections::HashMap<String, crate::data::cifar::Record>);
+
+impl Records {
+    /// Reads the binary release's test records when `preds` names records.
+    ///
+    /// # Errors
+    /// The release's class list or test batch cannot be read.
+    fn read(preds: &Predictions) -> Result<Self> {
+        use crate::data::cifar;
+        if !preds.items.iter().any(|it| it.file.contains(".bin#")) {
+            return Ok(Records(Default::default()));
+        }
+        let classes = cifar::read_classes(&preds.data_root)?;
+        let records = cifar::read_split(&preds.data_root, false, classes.len())?;
+        Ok(Records(
+            records.into_iter().map(|r| (r.name.clone(), r)).collect(),
+        ))
+    }
+}
+
 /// The pixels of the `picked` images as the model's `spec` ([`crate::onnx::ModelInfo::image`])
 /// decodes them, the decoding `pipe infer` applies, RGB u8 NHWC: files under the run's data root, or
-/// records of the CIFAR-10 binary release (squares of 32x32, resized to the input size).
+/// `records` of the CIFAR-10 binary release (squares of 32x32, fitted to the input size).
 ///
 /// # Errors
 /// An image or record that cannot be read.
-fn pixels(preds: &Predictions, picked: &[&PredictionItem], spec: &ImageSpec) -> Result<Vec<u8>> {
-    use crate::data::{cifar, load_image};
+fn pixels(
+    preds: &Predictions,
+    records: &Records,
+    picked: &[&PredictionItem],
+    spec: &ImageSpec,
+) -> Result<Vec<u8>> {
     let mut pixels = Vec::with_capacity(picked.len() * spec.image_bytes());
-    let binary = picked.iter().any(|it| it.file.contains(".bin#"));
-    let records = if binary {
-        let classes = cifar::read_classes(&preds.data_root)?;
-        Some(cifar::read_split(&preds.data_root, false, classes.len())?)
-    } else {
-        None
-    };
     for it in picked {
-        match &records {
-            Some(r) => {
-                let rec = r.iter().find(|x| x.name == it.file).ok_or_else(|| {
-                    Error::invalid(
-                        &preds.data_root,
-                        format!("record {} of predictions.json not found", it.file),
-                    )
-                })?;
-                let side = cifar::CIFAR_SIZE as u32;
-                let img = image::RgbImage::from_raw(side, side, rec.pixels.clone())
-                    .ok_or_else(|| Error::invalid(&preds.data_root, "a record is not 32x32 RGB"))?;
-                pixels.extend(spec.fit(img)?.into_raw());
-            }
-            None => pixels.extend(load_image(&preds.data_root.join(&it.file), spec)?),
+        if !it.file.contains(".bin#") {
+            pixels.extend(crate::data::load_image(
+                &preds.data_root.join(&it.file),
+                spec,
+            )?);
+            continue;
         }
+        let rec = records.0.get(&it.file).ok_or_else(|| {
+            Error::invalid(
+                &preds.data_root,
+                format!("record {} of predictions.json not found", it.file),
+            )
+        })?;
+        pixels.extend(rec.fitted(&preds.data_root, spec)?);
     }
     Ok(pixels)
 }
@@ -173,4 +207,20 @@ fn compare(model: &Path, p: &[f32], it: &PredictionItem, tolerance: f32) -> Resu
         .zip(&it.probabilities)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verify_batch;
+
+    /// 256 MiB over one image's block-1 activation (64 x side x side float32): 1,024 at 32 (capped at
+    /// 256), 268,435,456 / 12,845,056 = 20.9 at 224, 4.0 at 512; never 0.
+    #[test]
+    fn verify_batches_bound_the_block1_activation() {
+        assert_eq!(verify_batch(32), 256);
+        assert_eq!(verify_batch(64), 256);
+        assert_eq!(verify_batch(224), 20);
+        assert_eq!(verify_batch(512), 4);
+        assert_eq!(verify_batch(100_000), 1);
+    }
 }
