@@ -282,6 +282,36 @@ fn preset_finetune_sets_its_recipe_and_command_line_options_override_it() {
     }
 }
 
+/// A `--preset finetune` run (all 13 convs, augmentation, one-cycle, weight decay, label smoothing,
+/// early stopping with best-epoch restore, bf16 where the CPU has it) interrupted in its fine-tuning
+/// phase and resumed ends byte-identical to the uninterrupted run: the same history, predictions, head
+/// and base.
+#[test]
+fn preset_finetune_interrupted_and_resumed_ends_like_an_uninterrupted_run() {
+    let w = Workdir::binary_release(20);
+    let train = |name: &str| {
+        w.train(name)
+            .arg("--preset", "finetune")
+            .limits(60, 20)
+            .epochs(3)
+            .batch(20)
+            .arg("--head-epochs", "1")
+            .arg("--label-smoothing", "0.1")
+    };
+    train("a").ok();
+    let err = train("i").arg("--interrupt-after-epoch", "2").fails();
+    assert!(err.contains("interrupted after epoch 2"), "{err}");
+    w.resume().name("i").ok();
+    let (run, resumed) = (w.run("a"), w.run("i"));
+    assert_eq!(run.history().len(), 4, "1 warm-up and 3 fine-tuning epochs");
+    for f in ["history.json", "predictions.json"] {
+        assert_eq!(run.bytes(f), resumed.bytes(f), "{f}");
+    }
+    for f in ["head.safetensors", "base.safetensors"] {
+        assert_eq!(run.tensors(f), resumed.tensors(f), "{f}");
+    }
+}
+
 #[test]
 fn bad_training_options_are_refused_before_any_work() {
     let w = Workdir::new();
