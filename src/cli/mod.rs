@@ -62,7 +62,8 @@ pub struct Cli {
 /// The commands of `pipe`.
 #[derive(Subcommand)]
 pub enum Command {
-    /// Fine-tune the dense head on the frozen ImageNet VGG16 base (the Keras transfer-learning recipe).
+    /// Train the dense head on the frozen ImageNet VGG16 base (the Keras transfer-learning recipe), or
+    /// fine-tune the last conv layers with it (--unfreeze).
     ///
     /// Features of the frozen base are extracted once (and cached), then the head (Flatten → Dense 256
     /// ReLU → Dropout 0.5 → Dense classes) is trained on them with SGD or Adam; with --unfreeze N the
