@@ -1065,7 +1065,9 @@ fn model_without_class_names_falls_back_to_indices_with_a_warning() {
 #[test]
 fn training_interrupted_by_sigint_resumes_to_the_uninterrupted_result() {
     let w = Workdir::binary_release(10);
-    let train = |name: &str| w.train(name).limits(50, 10).epochs(8).batch(5);
+    // 60 epochs of about 10 ms: the signal, sent once the first checkpoint is seen, must land while
+    // epochs remain even when the test threads are descheduled for a while.
+    let train = |name: &str| w.train(name).limits(50, 10).epochs(60).batch(5);
     train("full").ok();
     // Ctrl-C (SIGINT) once the first epoch checkpoint is on disk.
     let mut child = train("killed").spawn_quiet();
