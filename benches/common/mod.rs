@@ -75,7 +75,12 @@ pub fn pseudo_random(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
 
 /// `n` images of 32x32 NHWC RGB `u8` pixels, pseudo-random (seed 1).
 pub fn pseudo_random_pixels(n: usize) -> Vec<u8> {
-    pseudo_random(n * 32 * 32 * 3, 1, 0.0, 256.0)
+    pseudo_random_images(n, 32)
+}
+
+/// `n` images of `size`x`size` NHWC RGB `u8` pixels, pseudo-random (seed 1).
+pub fn pseudo_random_images(n: usize, size: usize) -> Vec<u8> {
+    pseudo_random(n * size * size * 3, 1, 0.0, 256.0)
         .into_iter()
         .map(|v| v.min(255.0) as u8)
         .collect()

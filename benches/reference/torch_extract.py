@@ -1,5 +1,6 @@
-"""PyTorch reference of benches/extract.rs: the frozen VGG16 base on a batch of 128 32x32 images, with
-the same weights (models/vgg16_imagenet.safetensors), libtorch's default thread count (the same
+"""PyTorch reference of benches/extract.rs: the frozen VGG16 base on a batch of pseudo-random images
+(default 128 at 32x32, the bench's tch_batch128; --size 224 --batch 32 for tch_224_batch32), with the
+same weights (models/vgg16_imagenet.safetensors), libtorch's default thread count (the same
 libtorch, from the same .venv, as pipe's tch), inference mode, and the same Keras "caffe"
 preprocessing from NHWC RGB uint8 pixels (RGB->BGR, minus the ImageNet BGR means, NCHW float32).
 The plain script keeps the usual contiguous NCHW layout; --channels-last runs it as pipe does.
@@ -23,6 +24,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights", default="models/vgg16_imagenet.safetensors")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--size", type=int, default=32, help="image side in pixels (multiple of 32)")
     p.add_argument("--channels-last", action="store_true",
                    help="lay the batch and weights out channels-last (what pipe does; not the plain script)")
     p.add_argument("--out", default=None)
@@ -38,9 +40,12 @@ def main():
     if a.channels_last:
         convs = [(wt.contiguous(memory_format=torch.channels_last), b) for wt, b in convs]
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
-    out = a.out or f"target/bench/reference_torch{'_cl' if a.channels_last else ''}.json"
+    if a.size < 32 or a.size % 32:
+        sys.exit(f"--size must be a multiple of 32, got {a.size}")
+    size_tag = "" if a.size == 32 else str(a.size)
+    out = a.out or f"target/bench/reference_torch{'_cl' if a.channels_last else ''}{size_tag}.json"
     rng = np.random.default_rng(1)
-    pixels = rng.integers(0, 256, size=(a.batch, 32, 32, 3), dtype=np.uint8)
+    pixels = rng.integers(0, 256, size=(a.batch, a.size, a.size, 3), dtype=np.uint8)
 
     def extract():
         with torch.inference_mode():
@@ -49,11 +54,12 @@ def main():
             return vgg16_features(x, convs).contiguous()
 
     rate, samples = median_rate(extract, a.batch, warmup_s=3.0, measure_s=12.0, min_samples=10)
-    res = {"task": "extract", "channels_last": a.channels_last, "images_per_s": rate, "batch": a.batch, "samples": samples,
-           "threads": torch.get_num_threads(), "torch": torch.__version__}
+    res = {"task": "extract", "channels_last": a.channels_last, "images_per_s": rate, "batch": a.batch,
+           "size": a.size, "samples": samples, "threads": torch.get_num_threads(), "torch": torch.__version__}
     write_result(out, res)
     layout = "channels-last" if a.channels_last else "NCHW"
-    print(f"PyTorch extraction ({layout}): {rate:.1f} images/s (batch {a.batch}, {res['threads']} threads)")
+    print(f"PyTorch extraction ({layout}, {a.size}x{a.size}): {rate:.1f} images/s (batch {a.batch}, "
+          f"{res['threads']} threads)")
 
 
 if __name__ == "__main__":
