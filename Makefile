@@ -71,25 +71,33 @@ test: setup
 	if nvidia-smi > /dev/null 2>&1; then cargo test --release -- --ignored _when_a_gpu_is_present; fi
 
 ## bench: criterion benches, the PyTorch/onnxruntime references (benches/reference/) and end-to-end
-## times and the Keras seed job in one run, then one table (also target/bench/summary.json). About 35 minutes here.
+## times and the Keras seed job in one run, then one table (also target/bench/summary.json). About 35
+## minutes here, plus about 8 for the 224-pixel extraction and the JPEG inference runs (timed by hand
+## on busy cores).
 BENCH_PY := $(ROOT)/.venv/bin/python
 bench: setup
 	rm -rf target/criterion/extract target/criterion/infer target/criterion/decode target/criterion/head target/criterion/export target/bench/*.json
 	cargo build --release
-	@# pipe and PyTorch alternate twice (ABAB), so that a change of load on the shared cores hits both
+	@# pipe and PyTorch alternate twice (ABAB), so that a change of load on the shared cores hits both;
+	@# the extract bench measures 32x32 at batch 128 and 224x224 at batch 32, PyTorch each in turn
 	for i in 1 2; do \
 	  cargo bench --bench extract && \
 	  cp target/criterion/extract/tch_batch128/new/estimates.json target/bench/extract_tch_$$i.json && \
-	  $(BENCH_PY) benches/reference/torch_extract.py --out target/bench/reference_torch_$$i.json || exit 1; \
+	  cp target/criterion/extract/tch_224_batch32/new/estimates.json target/bench/extract_tch224_$$i.json && \
+	  $(BENCH_PY) benches/reference/torch_extract.py --out target/bench/reference_torch_$$i.json && \
+	  $(BENCH_PY) benches/reference/torch_extract.py --size 224 --batch 32 \
+	    --out target/bench/reference_torch224_$$i.json || exit 1; \
 	done
 	$(BENCH_PY) benches/reference/torch_extract.py --channels-last
-	@# the same for inference: pipe's ort and tract, then the onnxruntime Python loop, twice (ABAB)
+	@# the same for inference: pipe's ort and tract, the onnxruntime Python loop, then pipe infer --backend
+	@# ort on the 10,000 test JPEGs with the bench's model, twice (ABCABC)
 	for i in 1 2; do \
 	  cargo bench --bench infer && \
 	  for b in ort_batch1 ort_batch256 tract_batch1 tract_batch256; do \
 	    cp target/criterion/infer/$$b/new/estimates.json target/bench/infer_$${b}_$$i.json || exit 1; \
 	  done && \
-	  $(BENCH_PY) benches/reference/ort_infer.py --out target/bench/reference_ort_$$i.json || exit 1; \
+	  $(BENCH_PY) benches/reference/ort_infer.py --out target/bench/reference_ort_$$i.json && \
+	  $(BENCH_PY) benches/e2e_infer.py --out target/bench/e2e_infer_$$i.json || exit 1; \
 	done
 	@# one fine-tuning epoch (2,560 images, the finetune preset's settings) in pipe, then in PyTorch, twice (ABAB)
 	for i in 1 2; do \

@@ -2,15 +2,20 @@
 //! as `pipe infer` opens them: all cores), at batch 1 and 256. Throughput in images/s.
 //!
 //! The model is exported from the real VGG16 base weights and a synthetic head to
-//! `target/bench/model.onnx`, and the batch (the first 256 CIFAR-10 test JPEGs, one in every 39,
-//! decoded) to `target/bench/batch256.u8` (NHWC RGB u8), so that the ONNX Runtime Python reference
-//! (`benches/reference/ort_infer.py`) runs the very same model on the very same pixels.
+//! `target/bench/model.onnx`, with the metadata `pipe export` writes (CIFAR-10's class names, see
+//! [`metadata`]) so that `pipe infer` classifies with it as with a trained model
+//! (`benches/e2e_infer.py` runs it on the 10,000 test JPEGs), and the batch (the first 256 CIFAR-10
+//! test JPEGs, one in every 39, decoded) to `target/bench/batch256.u8` (NHWC RGB u8), so that the
+//! ONNX Runtime Python reference (`benches/reference/ort_infer.py`) runs the very same model on the
+//! very same pixels.
 
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use ndarray::{Array4, Axis};
 use pipe::arch::Arch;
+use pipe::contract::{ModelMetadata, Output};
+use pipe::data::ResizePolicy;
 use pipe::export::{build_model, write_model, ExportOptions};
 use pipe::infer::{open_backend, BackendKind, BackendOptions, InferDevice};
 use std::path::Path;
@@ -27,15 +32,15 @@ fn bench(c: &mut Criterion) {
     };
     let out = common::out_dir();
     let arch = Arch::vgg16_transfer(32, 10);
-    let (base, _) = pipe::weights::load_base(&weights, &arch, false).expect("load base weights");
+    let (base, fingerprint) =
+        pipe::weights::load_base(&weights, &arch, false).expect("load base weights");
     let model_path = out.join("model.onnx");
-    let model = build_model(
-        &arch,
-        &base,
-        &common::synthetic_head(&arch),
-        &ExportOptions::default(),
-    )
-    .expect("build_model");
+    let opts = ExportOptions {
+        metadata: metadata(&arch, fingerprint),
+        ..ExportOptions::default()
+    };
+    let model =
+        build_model(&arch, &base, &common::synthetic_head(&arch), &opts).expect("build_model");
     write_model(&model_path, &model).expect("write model");
     let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let pixels = pipe::data::load_batch(&paths, 32).expect("decode the test images");
@@ -82,6 +87,38 @@ fn bench(c: &mut Criterion) {
         });
         g.finish();
     }
+}
+
+/// The metadata `pipe export` writes, for the synthetic model: the class names of the CIFAR-10 test
+/// folder (its class folders, sorted, as `pipe train` orders them), squashed 32x32 input (the JPEGs
+/// are 32x32 already), probabilities, the base weights' fingerprint, run name `bench`.
+fn metadata(arch: &Arch, fingerprint: String) -> Vec<(String, String)> {
+    let dir = common::root().join("data/cifar10/test");
+    let mut classes: Vec<String> = std::fs::read_dir(&dir)
+        .expect("read data/cifar10/test")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    classes.sort();
+    assert_eq!(
+        classes.len(),
+        arch.num_classes,
+        "class folders of {}",
+        dir.display()
+    );
+    ModelMetadata {
+        classes,
+        input_size: arch.input_size,
+        resize: ResizePolicy::Squash,
+        output: Output::Probabilities,
+        weights_fingerprint: fingerprint,
+        fine_tuned_conv_layers: 0,
+        run: "bench".into(),
+        fp16_weights: false,
+        test_accuracy: None,
+    }
+    .to_props()
 }
 
 criterion_group!(benches, bench);

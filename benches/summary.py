@@ -1,7 +1,7 @@
 """Reads the criterion results (target/criterion/<group>/<bench>/new/{estimates,benchmark}.json), the
-reference results (target/bench/reference_*.json) and the end-to-end times (target/bench/e2e.json) of
-one `make bench` run, prints one table (task, pipe, reference, ratio, target, pass/fail) and writes it
-as JSON to target/bench/summary.json. Rates are at criterion's median sample."""
+reference results (target/bench/reference_*.json) and the end-to-end figures (target/bench/e2e.json,
+target/bench/e2e_infer_<round>.json) of one `make bench` run, prints one table (task, pipe, reference,
+ratio, target, pass/fail) and writes it as JSON to target/bench/summary.json. Rates are at criterion's median sample."""
 import json
 import os
 import platform
@@ -13,6 +13,7 @@ OUT = "target/bench"
 KERAS_SEED_S = 62.0  # Keras seed recipe, fit + evaluate, measured once on this project's AVX2 machine (not re-run by make bench)
 GFLOP_PER_IMAGE = 0.627  # VGG16 base at 32x32
 N_IMAGES = 6000  # seed recipe: 5,000 training + 1,000 test images through the base
+BATCH_224 = 32  # batch of the 224x224 extraction bench (benches/extract.rs, tch_224_batch32)
 
 
 def load(path):
@@ -60,9 +61,18 @@ def infer_rate(bench, items):
     return mean(rates) if rates else rate(f"infer/{bench}")
 
 
-def main():
-    # Extraction: pipe and PyTorch alternate in rounds (make bench: ABAB); each side's rate is the mean
-    # over the rounds, so a change of load on the shared cores weighs on both.
+def round_results(prefix, single):
+    """The results target/bench/<prefix><i>.json of the ABAB rounds, in round order; without rounds
+    (a script run by hand), [target/bench/<single>] when it exists."""
+    results = [load(os.path.join(OUT, f)) for f in round_files(prefix)]
+    return results or [r for r in [load(os.path.join(OUT, single))] if r]
+
+
+def extraction_results():
+    """pipe's and PyTorch's extraction rates: pipe and PyTorch alternate in rounds (make bench: ABAB);
+    each side's rate is the mean over the rounds, so a change of load on the shared cores weighs on
+    both. At 32x32, batch 128, and at 224x224, batch 32 (criterion's tch_224_batch32 and
+    torch_extract.py --size 224 --batch 32); PyTorch channels-last once, for information."""
     rounds = round_files("extract_tch_")
     tch_rates = round_rates("extract_tch_", 128)
     ref_rates = [r["images_per_s"] for r in (load(os.path.join(OUT, f.replace("extract_tch_", "reference_torch_")))
@@ -71,86 +81,137 @@ def main():
     if ref_rates:
         torch_ref = dict(load(os.path.join(OUT, rounds[0].replace("extract_tch_", "reference_torch_"))),
                          images_per_s=mean(ref_rates), rounds=ref_rates)
-    torch_cl = load(os.path.join(OUT, "reference_torch_cl.json")) or {}
+    tch224_rates = round_rates("extract_tch224_", BATCH_224)
+    ref224_rates = [r["images_per_s"] for r in round_results("reference_torch224_", "reference_torch224.json")]
+    return {"extract": mean(tch_rates) if tch_rates else rate("extract/tch_batch128"),
+            "tch_rates": tch_rates, "ref_rates": ref_rates, "torch_ref": torch_ref,
+            "torch_cl": load(os.path.join(OUT, "reference_torch_cl.json")) or {},
+            "tch224": mean(tch224_rates) if tch224_rates else rate("extract/tch_224_batch32"),
+            "tch224_rates": tch224_rates, "ref224_rates": ref224_rates}
+
+
+def inference_results():
+    """pipe's ort and tract rates on pre-decoded batches, the onnxruntime-python reference's and pipe
+    infer's from the test JPEGs (benches/e2e_infer.py), each the mean over the rounds."""
     ort_rounds = [load(os.path.join(OUT, f)) for f in round_files("reference_ort_")]
     ort_ref = load(os.path.join(OUT, "reference_ort.json")) or {}
     if ort_rounds:
         ort_ref = dict(ort_rounds[0], rounds=ort_rounds,
                        **{k: mean([r[k] for r in ort_rounds])
                           for k in ("batch1_images_per_s", "batch256_images_per_s")})
-    ort1, ort256 = infer_rate("ort_batch1", 1), infer_rate("ort_batch256", 256)
-    tract1, tract256 = infer_rate("tract_batch1", 1), infer_rate("tract_batch256", 256)
-    # Fine-tuning: one epoch of 2,560 images in pipe and in PyTorch, alternating (ABAB); means over rounds.
-    ft_pipe = [load(os.path.join(OUT, f)) for f in round_files("finetune_pipe_")]
-    ft_ref = [load(os.path.join(OUT, f)) for f in round_files("reference_finetune_")]
-    e2e = load(os.path.join(OUT, "e2e.json")) or {}
-    keras = load(os.path.join(OUT, "keras_seed.json")) or {}
-    extract = mean(tch_rates) if tch_rates else rate("extract/tch_batch128")
-    rows = []
+    jpeg_rates = [r["images_per_s"] for r in round_results("e2e_infer_", "e2e_infer.json")]
+    return {"ort_rounds": ort_rounds, "ort_ref": ort_ref,
+            "ort1": infer_rate("ort_batch1", 1), "ort256": infer_rate("ort_batch256", 256),
+            "tract1": infer_rate("tract_batch1", 1), "tract256": infer_rate("tract_batch256", 256),
+            "jpeg": mean(jpeg_rates), "jpeg_rates": jpeg_rates}
 
-    def row(task, unit, pipe, ref, ratio, target, ok):
-        rows.append({"task": task, "unit": unit, "pipe": pipe, "reference": ref, "ratio": ratio,
-                     "target": target, "pass": ok})
 
-    def ratio_row(task, unit, pipe, ref, ref_name, minimum):
+class Table:
+    """The rows of the summary table, as dicts (task, unit, pipe, reference, ratio, target, pass)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def row(self, task, unit, pipe, ref, ratio, target, ok):
+        self.rows.append({"task": task, "unit": unit, "pipe": pipe, "reference": ref, "ratio": ratio,
+                          "target": target, "pass": ok})
+
+    def ratio_row(self, task, unit, pipe, ref, ref_name, minimum):
+        """A row whose target is pipe / ref >= minimum."""
         r = pipe / ref if pipe and ref else None
-        row(task, unit, pipe, ref, r, f">= {minimum}x {ref_name}", None if r is None else r >= minimum)
+        self.row(task, unit, pipe, ref, r, f">= {minimum}x {ref_name}", None if r is None else r >= minimum)
 
-    ratio_row("tch extraction, batch 128", "images/s", extract, torch_ref.get("images_per_s"),
-              "PyTorch", 0.95)
-    r = torch_cl.get("images_per_s")
-    row("tch extraction vs PyTorch channels-last", "images/s", extract, r,
-        extract / r if extract and r else None, "(information)", None)
+
+def speed_rows(t, x, i, ft_pipe, ft_ref):
+    """The rows of the extraction (x), fine-tuning and inference (i) rates."""
+    extract = x["extract"]
+    t.ratio_row("tch extraction, batch 128", "images/s", extract, x["torch_ref"].get("images_per_s"),
+                "PyTorch", 0.95)
+    r = x["torch_cl"].get("images_per_s")
+    t.row("tch extraction vs PyTorch channels-last", "images/s", extract, r,
+          extract / r if extract and r else None, "(information)", None)
+    t.ratio_row(f"tch extraction 224x224, batch {BATCH_224}", "images/s", x["tch224"],
+                mean(x["ref224_rates"]), "PyTorch", 1.0)
     precision = ft_pipe[0]["precision"] if ft_pipe else "?"
-    ratio_row(f"fine-tuning epoch, 2560 images, {precision}", "images/s",
-              mean([r["images_per_s"] for r in ft_pipe]), mean([r["images_per_s"] for r in ft_ref]),
-              "PyTorch", 1.0)
-    ratio_row("ort, batch 256", "images/s", ort256,
-              ort_ref.get("batch256_images_per_s"), "onnxruntime-python", 0.95)
-    ratio_row("ort, batch 1", "images/s", ort1,
-              ort_ref.get("batch1_images_per_s"), "onnxruntime-python", 0.95)
-    ratio_row("tract, batch 256", "images/s", tract256, ort256, "pipe ort", 0.4)
-    row("tract, batch 1", "images/s", tract1, ort1,
-        tract1 / ort1 if tract1 and ort1 else None, "(no target)", None)
+    t.ratio_row(f"fine-tuning epoch, 2560 images, {precision}", "images/s",
+                mean([r["images_per_s"] for r in ft_pipe]), mean([r["images_per_s"] for r in ft_ref]),
+                "PyTorch", 1.0)
+    ort_ref, ort1, ort256 = i["ort_ref"], i["ort1"], i["ort256"]
+    t.ratio_row("ort, batch 256", "images/s", ort256,
+                ort_ref.get("batch256_images_per_s"), "onnxruntime-python", 0.95)
+    t.ratio_row("ort, batch 1", "images/s", ort1,
+                ort_ref.get("batch1_images_per_s"), "onnxruntime-python", 0.95)
+    t.ratio_row("pipe infer from JPEG, ort batch 256", "images/s", i["jpeg"], ort256, "pipe ort pre-decoded",
+                0.95)
+    t.ratio_row("pipe infer from JPEG vs onnxruntime-python, batch 256", "images/s", i["jpeg"],
+                ort_ref.get("batch256_images_per_s"), "onnxruntime-python", 0.95)
+    t.ratio_row("tract, batch 256", "images/s", i["tract256"], ort256, "pipe ort", 0.4)
+    tract1 = i["tract1"]
+    t.row("tract, batch 1", "images/s", tract1, ort1,
+          tract1 / ort1 if tract1 and ort1 else None, "(no target)", None)
+
+
+def other_rows(t, extract, e2e, keras):
+    """The rows of decode, head training, export and the end-to-end train and sweep times."""
     d = rate("decode/jpeg32_preprocess")
-    row("JPEG decode + preprocess 32x32", "images/s", d, None, None, ">= 20000 images/s",
-        None if d is None else d >= 20000)
+    t.row("JPEG decode + preprocess 32x32", "images/s", d, None, None, ">= 20000 images/s",
+          None if d is None else d >= 20000)
     h = crit("head/epoch_5000x512_batch128")
-    row("head training, 1 epoch 5000x512", "s", h[1] if h else None, None, None, "(no target)", None)
+    t.row("head training, 1 epoch 5000x512", "s", h[1] if h else None, None, None, "(no target)", None)
     x = crit("export/build_and_write")
-    row("ONNX export (build + write)", "s", x[1] if x else None, None, None, "(no target)", None)
-    t = e2e.get("train_cold_s")
+    t.row("ONNX export (build + write)", "s", x[1] if x else None, None, None, "(no target)", None)
+    s = e2e.get("train_cold_s")
     minimum = N_IMAGES / extract if extract else None
-    row("pipe train, cold cache, vs 6000 / extraction rate", "s", t, minimum,
-        t / minimum if t and minimum else None, "<= 1.25x", None if not (t and minimum) else t <= 1.25 * minimum)
+    t.row("pipe train, cold cache, vs 6000 / extraction rate", "s", s, minimum,
+          s / minimum if s and minimum else None, "<= 1.25x", None if not (s and minimum) else s <= 1.25 * minimum)
     k = keras.get("fit_evaluate_s")
-    row("pipe train, cold cache, vs Keras seed measured now", "s", t, k,
-        k / t if t and k else None, ">= 2.5x faster", None if not (t and k) else k / t >= 2.5)
-    row("pipe train, cold cache, vs the Keras recipe", "s", t, KERAS_SEED_S,
-        KERAS_SEED_S / t if t else None, "(information: not this run)", None)
-    s = e2e.get("sweep_warm_s")
-    row("pipe sweep 5x15, warm cache", "s", s, None, None, "< 60 s", None if s is None else s < 60)
+    t.row("pipe train, cold cache, vs Keras seed measured now", "s", s, k,
+          k / s if s and k else None, ">= 2.5x faster", None if not (s and k) else k / s >= 2.5)
+    t.row("pipe train, cold cache, vs the Keras recipe", "s", s, KERAS_SEED_S,
+          KERAS_SEED_S / s if s else None, "(information: not this run)", None)
+    w = e2e.get("sweep_warm_s")
+    t.row("pipe sweep 5x15, warm cache", "s", w, None, None, "< 60 s", None if w is None else w < 60)
 
-    def fmt(v, unit=""):
-        if v is None:
-            return "-"
-        if unit == "s":
-            return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
-        return f"{v:,.0f}" if v >= 1000 else f"{v:.1f}"
 
+def fmt(v, unit=""):
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
+    return f"{v:,.0f}" if v >= 1000 else f"{v:.1f}"
+
+
+def print_table(rows):
     print()
-    head = f"{'task':<58} {'pipe':>11} {'reference':>11} {'ratio':>7}  {'target':<34} result"
+    head = f"{'task':<64} {'pipe':>11} {'reference':>11} {'ratio':>7}  {'target':<34} result"
     print(head)
     print("-" * len(head))
     for r in rows:
         res = "-" if r["pass"] is None else ("pass" if r["pass"] else "FAIL")
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-        print(f"{r['task'] + ' (' + r['unit'] + ')':<58} {fmt(r['pipe'], r['unit']):>11} "
+        print(f"{r['task'] + ' (' + r['unit'] + ')':<64} {fmt(r['pipe'], r['unit']):>11} "
               f"{fmt(r['reference'], r['unit']):>11} {ratio:>7}  {r['target']:<34} {res}")
+
+
+def main():
+    x, i = extraction_results(), inference_results()
+    # Fine-tuning: one epoch of 2,560 images in pipe and in PyTorch, alternating (ABAB); means over rounds.
+    ft_pipe = [load(os.path.join(OUT, f)) for f in round_files("finetune_pipe_")]
+    ft_ref = [load(os.path.join(OUT, f)) for f in round_files("reference_finetune_")]
+    e2e = load(os.path.join(OUT, "e2e.json")) or {}
+    keras = load(os.path.join(OUT, "keras_seed.json")) or {}
+    t = Table()
+    speed_rows(t, x, i, ft_pipe, ft_ref)
+    other_rows(t, x["extract"], e2e, keras)
+    rows = t.rows
+    print_table(rows)
     info = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.processor()
-            or platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch_ref.get("threads"),
-            "ort_threads": ort_ref.get("threads"), "extract_rounds": {"pipe": tch_rates, "pytorch": ref_rates},
-            "ort_rounds": ort_rounds, "finetune_rounds": {"pipe": ft_pipe, "pytorch": ft_ref},
+            or platform.machine(), "cpus": os.cpu_count(), "torch_threads": x["torch_ref"].get("threads"),
+            "ort_threads": i["ort_ref"].get("threads"),
+            "extract_rounds": {"pipe": x["tch_rates"], "pytorch": x["ref_rates"]},
+            "extract224_rounds": {"pipe": x["tch224_rates"], "pytorch": x["ref224_rates"]},
+            "infer_jpeg_rounds": i["jpeg_rates"],
+            "ort_rounds": i["ort_rounds"], "finetune_rounds": {"pipe": ft_pipe, "pytorch": ft_ref},
             "e2e": e2e, "keras_seed": keras, "rows": rows}
     with open(os.path.join(OUT, "summary.json"), "w") as f:
         json.dump(info, f, indent=1)
