@@ -1,21 +1,32 @@
-//! One fine-tuning epoch as `pipe train --preset finetune` trains it (all 13 convs and the head,
-//! augmentation, SGD momentum 0.9, weight decay 5e-4, one-cycle, batch 128, the precision `auto`
-//! chooses on this CPU) on 2,560 decoded CIFAR-10 training JPEGs, through pipe's learner. Prints and
-//! writes the training images/s (validation not counted) to `target/bench/finetune_pipe.json` (or
-//! `--out FILE`), after a warm-up epoch of 256 images.
+//! One fine-tuning epoch through pipe's learner, in two forms; each prints and writes the training
+//! images/s (validation not counted), after a warm-up epoch:
 //!
-//! It also writes what the PyTorch reference (`benches/reference/torch_finetune.py`) trains on: the
-//! decoded pixels and labels (`target/bench/finetune_pixels.u8`, `finetune_labels.u8`) and the
-//! recipe (`target/bench/finetune_recipe.json`: the preset's settings and the chosen precision), so
-//! that both sides run the same images with the same settings. `make bench` alternates the two.
+//! - default: as `pipe train --preset finetune` trains (all 13 convs and the head, CIFAR-style
+//!   augmentation, SGD momentum 0.9, weight decay 5e-4, one-cycle, batch 128, the precision `auto`
+//!   chooses on this CPU) on 2,560 decoded CIFAR-10 training JPEGs, after a warm-up of 256; written to
+//!   `target/bench/finetune_pipe.json` (or `--out FILE`).
+//! - `--photos`: as `pipe train --preset photos --unfreeze 13 --augment` trains (224x224, all 13 convs
+//!   and the head, random resized crops and flips of the photos, SGD lr 1e-4 momentum 0.9, batch 32,
+//!   the precision `auto` chooses) on all the ants-and-bees training photos (`data/hymenoptera/train`,
+//!   junk skipped), after a warm-up of 32; written to `target/bench/finetune_photos_pipe.json`.
+//!
+//! Each form also writes what its PyTorch reference (`benches/reference/torch_finetune.py`, with
+//! `--photos` for the second) trains on, so that both sides run the same images with the same
+//! settings: the recipe (`finetune_recipe.json` / `finetune_photos_recipe.json`: the settings and the
+//! chosen precision), the labels, and the decoded CIFAR-10 pixels (`finetune_pixels.u8`) or the
+//! photos as photo augmentation crops from them (`finetune_photos.u8`, each photo's RGB bytes in turn,
+//! their sizes in the recipe). `make bench` alternates pipe and PyTorch.
 
 mod common;
 
 use pipe::arch::Arch;
-use pipe::config::{CpuBf16, Preset, TrainConfig};
-use pipe::data::{DataSource, LoadedSplit, Split};
-use pipe::train::{FineTuneModel, Learner, PixelSplit, PixelSplits};
-use std::path::PathBuf;
+use pipe::config::{CpuBf16, Precision, Preset, TrainConfig};
+use pipe::data::{DataLayout, DataSource, LoadedSplit, OnError, Split};
+use pipe::train::{
+    build_list, run_spec, FineTuneModel, Learner, PhotoSet, PixelSplit, PixelSplits, RunImages,
+};
+use pipe::weights::NamedTensor;
+use std::path::{Path, PathBuf};
 
 /// Training images of the timed epoch (20 batches of 128).
 const IMAGES: usize = 2560;
@@ -23,18 +34,101 @@ const IMAGES: usize = 2560;
 const WARM_UP: usize = 256;
 /// Validation and test images (evaluated after the epoch, not timed).
 const EVAL: usize = 128;
+/// Convs the photo form fine-tunes: all of VGG16's 13.
+const PHOTO_UNFREEZE: usize = 13;
+/// Photos of the photo form's warm-up epoch (one batch of the preset's 32).
+const PHOTO_WARM_UP: usize = 32;
+/// Validation and test photos of the photo form (evaluated, not timed).
+const PHOTO_EVAL: usize = 16;
 
 fn main() {
-    let out = std::env::args()
-        .skip_while(|a| a != "--out")
+    let args: Vec<String> = std::env::args().collect();
+    let photos = args.iter().any(|a| a == "--photos");
+    let out = args
+        .iter()
+        .skip_while(|a| *a != "--out")
         .nth(1)
         .map_or_else(
-            || common::out_dir().join("finetune_pipe.json"),
+            || {
+                common::out_dir().join(if photos {
+                    "finetune_photos_pipe.json"
+                } else {
+                    "finetune_pipe.json"
+                })
+            },
             PathBuf::from,
         );
     let Some(weights) = common::weights("finetune") else {
         return;
     };
+    if photos {
+        photo_bench(&weights, &out);
+    } else {
+        cifar_bench(&weights, &out);
+    }
+}
+
+/// The training images an epoch draws from: NHWC RGB `u8` pixels of side `size`, labels, and the
+/// photos for photo augmentation.
+struct Images<'a> {
+    pixels: &'a [u8],
+    labels: &'a [usize],
+    size: usize,
+    photos: Option<&'a PhotoSet>,
+}
+
+/// Trains a fresh model on the first `n` images of `images` for one epoch of `config`; returns the
+/// training images/s. Validation and test are the first `eval` images (evaluated, not timed).
+fn epoch_rate(
+    images: &Images,
+    arch: &Arch,
+    w: &[NamedTensor],
+    config: &TrainConfig,
+    n: usize,
+    eval: usize,
+) -> f64 {
+    let per = images.size * images.size * 3;
+    let part = |len: usize| PixelSplit {
+        pixels: &images.pixels[..len * per],
+        labels: &images.labels[..len],
+        size: images.size,
+    };
+    let splits = PixelSplits {
+        train: part(n),
+        val: part(eval),
+        test: part(eval),
+        photos: images.photos,
+    };
+    let mut model = FineTuneModel::new(splits, arch, w, config, None, tch::Device::Cpu)
+        .expect("build the network");
+    let fitted = Learner::new(config)
+        .fit(&mut model, None, |_| Ok(()))
+        .expect("train");
+    n as f64 / fitted.history[0].train_seconds
+}
+
+/// The precision `--precision auto` (the presets' setting) chooses on this CPU, and why.
+fn auto_precision() -> (Precision, String) {
+    let (p, why) = Preset::Finetune
+        .config()
+        .precision
+        .unwrap_or_default()
+        .resolve(false, CpuBf16::detect());
+    (p, why.to_string())
+}
+
+/// Writes the bench result `rate` (images/s) with its settings to `out`, and prints it.
+fn write_result(out: &Path, task: &str, rate: f64, images: usize, precision: Precision) {
+    println!("pipe {task} epoch: {rate:.1} images/s");
+    let json = serde_json::json!({
+        "task": task, "images_per_s": rate, "images": images, "precision": precision.name(),
+        "threads": tch::get_num_threads(),
+    });
+    std::fs::write(out, json.to_string()).expect("write the result");
+}
+
+/// The default form: 2,560 CIFAR-10 training images, the finetune preset.
+fn cifar_bench(weights: &Path, out: &Path) {
     let data = common::root().join("data/cifar10");
     if !data.join("train").is_dir() {
         common::skip("finetune", &data.join("train"));
@@ -43,11 +137,7 @@ fn main() {
     let split = DataSource::detect(&data)
         .and_then(|s| s.load(Split::Train, IMAGES, 32))
         .expect("decode the training JPEGs");
-    let (precision, why) = Preset::Finetune
-        .config()
-        .precision
-        .unwrap_or_default()
-        .resolve(false, CpuBf16::detect());
+    let (precision, why) = auto_precision();
     let config = TrainConfig {
         epochs: 1,
         precision: Some(precision),
@@ -55,40 +145,65 @@ fn main() {
     };
     write_reference_inputs(&split, &config);
     let arch = Arch::vgg16_transfer(32, split.classes.len());
-    let (w, _) = pipe::weights::load_base(&weights, &arch, false).expect("load base weights");
-    let epoch = |n: usize| -> f64 {
-        let part = |from: usize, len: usize| PixelSplit {
-            pixels: &split.pixels[from * 32 * 32 * 3..(from + len) * 32 * 32 * 3],
-            labels: &split.labels[from..from + len],
-            size: 32,
-        };
-        let splits = PixelSplits {
-            train: part(0, n),
-            val: part(0, EVAL),
-            test: part(0, EVAL),
-            photos: None,
-        };
-        let device = tch::Device::Cpu;
-        let mut model = FineTuneModel::new(splits, &arch, &w, &config, None, device)
-            .expect("build the network");
-        let fitted = Learner::new(&config)
-            .fit(&mut model, None, |_| Ok(()))
-            .expect("train");
-        n as f64 / fitted.history[0].train_seconds
+    let (w, _) = pipe::weights::load_base(weights, &arch, false).expect("load base weights");
+    let images = Images {
+        pixels: &split.pixels,
+        labels: &split.labels,
+        size: 32,
+        photos: None,
     };
-    let threads = tch::get_num_threads();
     eprintln!(
-        "fine-tuning bench: {IMAGES} images, {} ({why}), {threads} libtorch threads",
-        precision.name()
+        "fine-tuning bench: {IMAGES} images, {} ({why}), {} libtorch threads",
+        precision.name(),
+        tch::get_num_threads()
     );
-    epoch(WARM_UP);
-    let rate = epoch(IMAGES);
-    println!("pipe fine-tuning epoch: {rate:.1} images/s");
-    let json = serde_json::json!({
-        "task": "finetune", "images_per_s": rate, "images": IMAGES, "precision": precision.name(),
-        "threads": threads,
-    });
-    std::fs::write(&out, json.to_string()).expect("write the result");
+    epoch_rate(&images, &arch, &w, &config, WARM_UP, EVAL);
+    let rate = epoch_rate(&images, &arch, &w, &config, IMAGES, EVAL);
+    write_result(out, "finetune", rate, IMAGES, precision);
+}
+
+/// The `--photos` form: every ants-and-bees training photo at 224, the photos preset fine-tuning
+/// all 13 convs with photo augmentation.
+fn photo_bench(weights: &Path, out: &Path) {
+    let data = common::root().join("data/hymenoptera");
+    if !data.join("train").is_dir() {
+        common::skip("finetune --photos", &data.join("train"));
+        return;
+    }
+    let (precision, why) = auto_precision();
+    let config = TrainConfig {
+        data: data.clone(),
+        epochs: 1,
+        unfreeze: PHOTO_UNFREEZE,
+        augment: true,
+        precision: Some(precision),
+        ..Preset::Photos.config()
+    };
+    let layout = DataLayout::detect(&data).expect("detect the photo folders");
+    let list = build_list(&layout, &config).expect("list the photos");
+    let images =
+        RunImages::load(list, run_spec(&config), OnError::Skip).expect("decode the photos");
+    let photos = PhotoSet::decode(&images).expect("decode the photos for augmentation");
+    let train = &images.train;
+    write_photo_reference_inputs(&photos, &train.labels, &config);
+    let arch = Arch::vgg16_transfer(config.input_size, train.classes.len());
+    let (w, _) = pipe::weights::load_base(weights, &arch, false).expect("load base weights");
+    let n = train.len();
+    let set = Images {
+        pixels: &train.pixels,
+        labels: &train.labels,
+        size: config.input_size,
+        photos: Some(&photos),
+    };
+    eprintln!(
+        "photo fine-tuning bench: {n} photos at {}, {} ({why}), {} libtorch threads",
+        config.input_size,
+        precision.name(),
+        tch::get_num_threads()
+    );
+    epoch_rate(&set, &arch, &w, &config, PHOTO_WARM_UP, PHOTO_EVAL);
+    let rate = epoch_rate(&set, &arch, &w, &config, n, PHOTO_EVAL);
+    write_result(out, "finetune_photos", rate, n, precision);
 }
 
 /// The pixels, labels and recipe the PyTorch reference trains on.
@@ -105,4 +220,33 @@ fn write_reference_inputs(split: &LoadedSplit, c: &TrainConfig) {
         "precision": c.precision.unwrap_or_default().name(), "seed": c.seed,
     });
     std::fs::write(dir.join("finetune_recipe.json"), recipe.to_string()).expect("write recipe");
+}
+
+/// The photos, labels and recipe the PyTorch reference of the photo form trains on.
+fn write_photo_reference_inputs(photos: &PhotoSet, labels: &[usize], c: &TrainConfig) {
+    let dir = common::out_dir();
+    let bytes: Vec<u8> = photos
+        .photos()
+        .iter()
+        .flat_map(|p| p.as_raw().iter().copied())
+        .collect();
+    std::fs::write(dir.join("finetune_photos.u8"), bytes).expect("write photos");
+    let labels: Vec<u8> = labels.iter().map(|&l| l as u8).collect();
+    std::fs::write(dir.join("finetune_photos_labels.u8"), &labels).expect("write labels");
+    let shapes: Vec<[u32; 2]> = photos
+        .photos()
+        .iter()
+        .map(|p| [p.height(), p.width()])
+        .collect();
+    let recipe = serde_json::json!({
+        "images": labels.len(), "warm_up_images": PHOTO_WARM_UP, "size": c.input_size,
+        "classes": labels.iter().max().map_or(0, |&m| usize::from(m) + 1),
+        "unfreeze": c.unfreeze, "augment": c.augment, "augment_style": "photo",
+        "batch_size": c.batch_size, "lr": c.lr, "momentum": c.momentum,
+        "weight_decay": c.weight_decay, "label_smoothing": c.label_smoothing,
+        "schedule": c.schedule, "precision": c.precision.unwrap_or_default().name(),
+        "seed": c.seed, "photo_shapes_hw": shapes,
+    });
+    std::fs::write(dir.join("finetune_photos_recipe.json"), recipe.to_string())
+        .expect("write recipe");
 }

@@ -4,6 +4,7 @@ target/bench/e2e_infer_<round>.json) of one `make bench` run, prints one table (
 ratio, target, pass/fail) and writes it as JSON to target/bench/summary.json. Rates are at criterion's median sample."""
 import json
 import os
+import re
 import platform
 import sys
 import time
@@ -46,7 +47,8 @@ def mean(xs):
 
 def round_files(prefix):
     """Names of the per-round files target/bench/<prefix><i>.json of the ABAB rounds, in round order."""
-    return sorted(f for f in os.listdir(OUT) if f.startswith(prefix)) if os.path.isdir(OUT) else []
+    pattern = re.compile(re.escape(prefix) + r"\d+\.json")
+    return sorted(f for f in os.listdir(OUT) if pattern.fullmatch(f)) if os.path.isdir(OUT) else []
 
 
 def round_rates(prefix, items):
@@ -122,8 +124,9 @@ class Table:
         self.row(task, unit, pipe, ref, r, f">= {minimum}x {ref_name}", None if r is None else r >= minimum)
 
 
-def speed_rows(t, x, i, ft_pipe, ft_ref):
-    """The rows of the extraction (x), fine-tuning and inference (i) rates."""
+def speed_rows(t, x, i, ft):
+    """The rows of the extraction (x), fine-tuning (ft: (pipe, PyTorch) results of the CIFAR-10 and
+    photo forms) and inference (i) rates."""
     extract = x["extract"]
     t.ratio_row("tch extraction, batch 128", "images/s", extract, x["torch_ref"].get("images_per_s"),
                 "PyTorch", 0.95)
@@ -132,10 +135,11 @@ def speed_rows(t, x, i, ft_pipe, ft_ref):
           extract / r if extract and r else None, "(information)", None)
     t.ratio_row(f"tch extraction 224x224, batch {BATCH_224}", "images/s", x["tch224"],
                 mean(x["ref224_rates"]), "PyTorch", 1.0)
-    precision = ft_pipe[0]["precision"] if ft_pipe else "?"
-    t.ratio_row(f"fine-tuning epoch, 2560 images, {precision}", "images/s",
-                mean([r["images_per_s"] for r in ft_pipe]), mean([r["images_per_s"] for r in ft_ref]),
-                "PyTorch", 1.0)
+    for (pipe, ref), what in [(ft["cifar"], "fine-tuning epoch, 2560 images"),
+                              (ft["photos"], "photo fine-tuning epoch, 245 photos at 224")]:
+        precision = pipe[0]["precision"] if pipe else "?"
+        t.ratio_row(f"{what}, {precision}", "images/s", mean([r["images_per_s"] for r in pipe]),
+                    mean([r["images_per_s"] for r in ref]), "PyTorch", 1.0)
     ort_ref, ort1, ort256 = i["ort_ref"], i["ort1"], i["ort256"]
     t.ratio_row("ort, batch 256", "images/s", ort256,
                 ort_ref.get("batch256_images_per_s"), "onnxruntime-python", 0.95)
@@ -195,13 +199,16 @@ def print_table(rows):
 
 def main():
     x, i = extraction_results(), inference_results()
-    # Fine-tuning: one epoch of 2,560 images in pipe and in PyTorch, alternating (ABAB); means over rounds.
-    ft_pipe = [load(os.path.join(OUT, f)) for f in round_files("finetune_pipe_")]
-    ft_ref = [load(os.path.join(OUT, f)) for f in round_files("reference_finetune_")]
+    # Fine-tuning: one epoch of 2,560 CIFAR-10 images, and one of the 245 training photos at 224, in pipe
+    # and in PyTorch, alternating (ABAB); means over rounds.
+    ft = {"cifar": (round_results("finetune_pipe_", "finetune_pipe.json"),
+                    round_results("reference_finetune_", "reference_finetune.json")),
+          "photos": (round_results("photo_finetune_pipe_", "finetune_photos_pipe.json"),
+                     round_results("reference_photo_finetune_", "reference_finetune_photos.json"))}
     e2e = load(os.path.join(OUT, "e2e.json")) or {}
     keras = load(os.path.join(OUT, "keras_seed.json")) or {}
     t = Table()
-    speed_rows(t, x, i, ft_pipe, ft_ref)
+    speed_rows(t, x, i, ft)
     other_rows(t, x["extract"], e2e, keras)
     rows = t.rows
     print_table(rows)
@@ -211,7 +218,8 @@ def main():
             "extract_rounds": {"pipe": x["tch_rates"], "pytorch": x["ref_rates"]},
             "extract224_rounds": {"pipe": x["tch224_rates"], "pytorch": x["ref224_rates"]},
             "infer_jpeg_rounds": i["jpeg_rates"],
-            "ort_rounds": i["ort_rounds"], "finetune_rounds": {"pipe": ft_pipe, "pytorch": ft_ref},
+            "ort_rounds": i["ort_rounds"], "finetune_rounds": {"pipe": ft["cifar"][0], "pytorch": ft["cifar"][1]},
+            "photo_finetune_rounds": {"pipe": ft["photos"][0], "pytorch": ft["photos"][1]},
             "e2e": e2e, "keras_seed": keras, "rows": rows}
     with open(os.path.join(OUT, "summary.json"), "w") as f:
         json.dump(info, f, indent=1)

@@ -63,6 +63,11 @@ impl PhotoSet {
         Ok(PhotoSet { photos })
     }
 
+    /// The photos (RGB, each of its own size), in the order of the training split.
+    pub fn photos(&self) -> &[RgbImage] {
+        &self.photos
+    }
+
     /// Number of photos.
     pub fn len(&self) -> usize {
         self.photos.len()
