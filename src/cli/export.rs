@@ -26,13 +26,13 @@ pub struct ExportArgs {
     #[arg(long)]
     logits: bool,
     /// Store the weights as float16 (about half the file size; computation stays float32). The
-    /// verification tolerance becomes |Δp| <= 1e-2, and a label may differ from tch's only where tch's
-    /// two most probable classes are within 1e-2 (a near-tie).
+    /// verification tolerance becomes |Δp| <= 1e-2, and a label may differ from the training run's only
+    /// where its two most probable classes are within 1e-2 (a near-tie).
     #[arg(long)]
     fp16: bool,
     /// Before the file is put in place, run it with tract on this many of the run's test images and
-    /// compare with the probabilities tch computed at training (0 = skip). A mismatch (an argmax
-    /// differs or |Δp| > 1e-4) fails the export and leaves no file.
+    /// compare with the probabilities the training run computed with libtorch (0 = skip). A mismatch
+    /// (an argmax differs or |Δp| > 1e-4) fails the export and leaves no file.
     #[arg(long, default_value_t = 256)]
     verify_images: usize,
     /// Also lay the model out as a Triton Inference Server model repository in this folder:
