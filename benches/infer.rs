@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use ndarray::{Array4, Axis};
 use pipe::arch::Arch;
 use pipe::contract::{ModelMetadata, Output};
-use pipe::data::ResizePolicy;
+use pipe::data::{DataSource, ResizePolicy, Split};
 use pipe::export::{build_model, write_model, ExportOptions};
 use pipe::infer::{open_backend, BackendKind, BackendOptions, InferDevice};
 use std::path::Path;
@@ -90,22 +90,18 @@ fn bench(c: &mut Criterion) {
 }
 
 /// The metadata `pipe export` writes, for the synthetic model: the class names of the CIFAR-10 test
-/// folder (its class folders, sorted, as `pipe train` orders them), squashed 32x32 input (the JPEGs
-/// are 32x32 already), probabilities, the base weights' fingerprint, run name `bench`.
+/// folder (as `pipe train` names and orders them), squashed 32x32 input (the JPEGs are 32x32
+/// already), probabilities, the base weights' fingerprint, run name `bench`.
 fn metadata(arch: &Arch, fingerprint: String) -> Vec<(String, String)> {
-    let dir = common::root().join("data/cifar10/test");
-    let mut classes: Vec<String> = std::fs::read_dir(&dir)
-        .expect("read data/cifar10/test")
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    classes.sort();
+    let data = common::root().join("data/cifar10");
+    let classes = DataSource::detect(&data)
+        .and_then(|s| s.classes(Split::Test))
+        .expect("class folders of data/cifar10/test");
     assert_eq!(
         classes.len(),
         arch.num_classes,
-        "class folders of {}",
-        dir.display()
+        "classes of {}",
+        data.display()
     );
     ModelMetadata {
         classes,
