@@ -185,7 +185,7 @@ fn photo_bench(weights: &Path, out: &Path) {
         RunImages::load(list, run_spec(&config), OnError::Skip).expect("decode the photos");
     let photos = PhotoSet::decode(&images).expect("decode the photos for augmentation");
     let train = &images.train;
-    write_photo_reference_inputs(&photos, &train.labels, &config);
+    write_photo_reference_inputs(&photos, &train.labels, train.classes.len(), &config);
     let arch = Arch::vgg16_transfer(config.input_size, train.classes.len());
     let (w, _) = pipe::weights::load_base(weights, &arch, false).expect("load base weights");
     let n = train.len();
@@ -222,8 +222,14 @@ fn write_reference_inputs(split: &LoadedSplit, c: &TrainConfig) {
     std::fs::write(dir.join("finetune_recipe.json"), recipe.to_string()).expect("write recipe");
 }
 
-/// The photos, labels and recipe the PyTorch reference of the photo form trains on.
-fn write_photo_reference_inputs(photos: &PhotoSet, labels: &[usize], c: &TrainConfig) {
+/// The photos, labels (of `classes` classes) and recipe the PyTorch reference of the photo form
+/// trains on.
+fn write_photo_reference_inputs(
+    photos: &PhotoSet,
+    labels: &[usize],
+    classes: usize,
+    c: &TrainConfig,
+) {
     let dir = common::out_dir();
     let bytes: Vec<u8> = photos
         .photos()
@@ -240,7 +246,7 @@ fn write_photo_reference_inputs(photos: &PhotoSet, labels: &[usize], c: &TrainCo
         .collect();
     let recipe = serde_json::json!({
         "images": labels.len(), "warm_up_images": PHOTO_WARM_UP, "size": c.input_size,
-        "classes": labels.iter().max().map_or(0, |&m| usize::from(m) + 1),
+        "classes": classes,
         "unfreeze": c.unfreeze, "augment": c.augment, "augment_style": "photo",
         "batch_size": c.batch_size, "lr": c.lr, "momentum": c.momentum,
         "weight_decay": c.weight_decay, "label_smoothing": c.label_smoothing,
