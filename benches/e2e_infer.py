@@ -3,9 +3,11 @@ JPEGs (data/cifar10/test, 10,000 files) with the infer bench's model (target/ben
 by `cargo bench --bench infer`), records discarded. pipe infer opens the backend as the infer bench
 does (ort, all cores: --threads 0) and reads, decodes and classifies the files in a pipeline (the
 next batch is decoded while the current one runs). The rate is the one pipe infer prints on stderr,
-"ort: N images in T s (R images/s; model load L s)": N / T, the classification alone, without
-loading the model; summary.py compares it with the ort rate on pre-decoded batches (infer bench
-ort_batch256 and benches/reference/ort_infer.py). Writes JSON to --out."""
+"ort: N images in T s (R images/s; backend busy B%; model load L s)": N / T, the classification
+alone, without loading the model; summary.py compares it with the ort rate on pre-decoded batches
+(infer bench ort_batch256 and benches/reference/ort_infer.py, measured minutes apart) and with the
+backend's own rate on the same decoded batches in the same run, N / (T * B / 100), the time spent
+inside the backend's run calls. Writes JSON to --out."""
 import argparse
 import json
 import os
@@ -13,7 +15,8 @@ import re
 import subprocess
 import sys
 
-RATE_LINE = re.compile(r"^(\w+): (\d+) images in ([\d.]+) s \(\d+ images/s; model load ([\d.]+) s\)$", re.M)
+RATE_LINE = re.compile(r"^(\w+): (\d+) images in ([\d.]+) s \(\d+ images/s; backend busy ([\d.]+)%; "
+                       r"model load ([\d.]+) s\)$", re.M)
 
 
 def main():
@@ -36,14 +39,17 @@ def main():
     m = RATE_LINE.search(r.stderr)
     if not m:
         sys.exit(f"no rate line in the stderr of {' '.join(cmd)}:\n{r.stderr[-2000:]}")
-    backend, images, seconds, load_s = m.group(1), int(m.group(2)), float(m.group(3)), float(m.group(4))
+    backend, images, seconds = m.group(1), int(m.group(2)), float(m.group(3))
+    busy, load_s = float(m.group(4)) / 100, float(m.group(5))
     res = {"task": "infer_jpeg", "backend": backend, "batch": a.batch, "images": images, "seconds": seconds,
-           "images_per_s": images / seconds, "model_load_s": load_s, "threads": "all cores (--threads 0)"}
+           "images_per_s": images / seconds, "backend_busy": busy,
+           "backend_images_per_s": images / (seconds * busy) if busy > 0 else None,
+           "model_load_s": load_s, "threads": "all cores (--threads 0)"}
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
     print(f"pipe infer from JPEG ({backend}, batch {a.batch}): {images} images in {seconds:.2f} s, "
-          f"{images / seconds:.1f} images/s (model load {load_s:.2f} s)")
+          f"{images / seconds:.1f} images/s, backend busy {busy:.1%} (model load {load_s:.2f} s)")
 
 
 if __name__ == "__main__":

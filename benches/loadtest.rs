@@ -67,7 +67,7 @@ fn offline_rate(pipe: &Path, s: &Settings, out: &Path) -> f64 {
         .expect("run pipe infer");
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "pipe infer failed: {stderr}");
-    // "<backend>: N images in X s (R images/s; model load L s)"
+    // "<backend>: N images in X s (R images/s; backend busy B%; model load L s)"
     stderr
         .lines()
         .filter_map(|l| {

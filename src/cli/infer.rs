@@ -8,7 +8,8 @@ use anyhow::Result;
 use pipe::contract::Output;
 use pipe::data::{OnError, SkippedFile};
 use pipe::infer::{
-    Backend, ClassifyOptions, InferReport, OutputFormat, Record, ReportStream, WriterContext,
+    Backend, Classified, ClassifyOptions, InferReport, OutputFormat, Record, ReportStream,
+    WriterContext,
 };
 use pipe::onnx::ModelInfo;
 use std::collections::HashSet;
@@ -90,7 +91,7 @@ impl InferArgs {
         let mut write = |out: &mut dyn Write, sink: &Path| {
             job.write(backend.as_mut(), out, sink, &mut named_failed)
         };
-        let report = match &self.output {
+        let (report, classified) = match &self.output {
             Some(path) => pipe::util::write_atomic_with(path, |w| write(w, path), |_| Ok(()))?,
             None => {
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -107,11 +108,12 @@ impl InferArgs {
             eprintln!("{line}");
         }
         eprintln!(
-            "{}: {} images in {:.2} s ({:.0} images/s; model load {:.2} s)",
+            "{}: {} images in {:.2} s ({:.0} images/s; backend busy {:.1}%; model load {:.2} s)",
             backend.name(),
             report.images,
             secs,
             report.images as f64 / secs.max(1e-9),
+            100.0 * classified.backend_seconds / secs.max(1e-9),
             load_s
         );
         refuse_named(&named_failed)?;
@@ -156,7 +158,8 @@ struct Job<'a> {
 impl Job<'_> {
     /// Classifies the files with `backend`, writing every record to `out` (named `sink` in errors)
     /// in the chosen format; a skipped file inside a folder is named on stderr, one named on the
-    /// command line is added to `named_failed` instead. Returns the report.
+    /// command line is added to `named_failed` instead. Returns the report, and the files done with
+    /// the backend's busy time.
     ///
     /// # Errors
     /// As [`pipe::infer::classify`] and [`ReportStream`].
@@ -166,7 +169,7 @@ impl Job<'_> {
         out: &mut dyn Write,
         sink: &Path,
         named_failed: &mut Vec<SkippedFile>,
-    ) -> pipe::Result<InferReport> {
+    ) -> pipe::Result<(InferReport, Classified)> {
         let a = self.args;
         let ctx = WriterContext::new(&a.model, a.engine.backend, self.info, a.top_k);
         let mut stream = ReportStream::new(a.format, out, sink, ctx)?;
@@ -185,8 +188,9 @@ impl Job<'_> {
             stream.push(&r)
         };
         let progress = |done: usize| self.pb.set_position(done as u64);
-        pipe::infer::classify(backend, self.info, self.files, &opts, record, progress)?;
-        stream.finish(self.t0.elapsed().as_secs_f64())
+        let classified =
+            pipe::infer::classify(backend, self.info, self.files, &opts, record, progress)?;
+        Ok((stream.finish(self.t0.elapsed().as_secs_f64())?, classified))
     }
 }
 

@@ -125,10 +125,21 @@ fn decode_batch<'f>(info: &ModelInfo, files: &'f [PathBuf]) -> Result<DecodedBat
     })
 }
 
+/// What [`classify`] did: the files done and the time the backend spent on them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Classified {
+    /// Files done (classified or skipped).
+    pub files: usize,
+    /// Wall-clock seconds spent inside [`Backend::run`], summed over the batches. Divided by the
+    /// whole classification's seconds, it is the share of time the backend was busy: near 1 when
+    /// decoding keeps up with the backend, lower when the backend waits for the decoder.
+    pub backend_seconds: f64,
+}
+
 /// Classifies `files` with `backend` in batches of `opts.batch_size`, decoding each next batch on a
 /// second thread (whose parallel decoding runs on rayon's pool) while the backend runs the current
 /// one. After each batch, `sink` receives one [`Record`] per file, in file order, and `progress` the
-/// number of files done. Returns the number of files done.
+/// number of files done. Returns the files done and the backend's busy time.
 ///
 /// # Errors
 /// With [`OnError::Stop`], the first file of the first batch holding one that cannot be decoded
@@ -142,7 +153,7 @@ pub fn classify(
     opts: &ClassifyOptions,
     mut sink: impl FnMut(Record) -> Result<()>,
     mut progress: impl FnMut(usize),
-) -> Result<usize> {
+) -> Result<Classified> {
     let batches = files.chunks(opts.batch_size.max(1));
     std::thread::scope(|scope| {
         // One batch waits in the channel while the next is decoded and the current one runs.
@@ -157,35 +168,42 @@ pub fn classify(
                 }
             }
         });
-        let mut done = 0;
+        let mut done = Classified {
+            files: 0,
+            backend_seconds: 0.0,
+        };
         for batch in rx {
-            done += run_batch(backend, info, batch?, opts.on_error, &mut sink)?;
-            progress(done);
+            let (files, seconds) = run_batch(backend, info, batch?, opts.on_error, &mut sink)?;
+            done.files += files;
+            done.backend_seconds += seconds;
+            progress(done.files);
         }
         Ok(done)
     })
 }
 
 /// Runs the decoded files of `batch` through `backend` and hands every file's record to `sink`, in
-/// file order; returns the number of files.
+/// file order; returns the number of files and the seconds the backend took.
 fn run_batch(
     backend: &mut dyn Backend,
     info: &ModelInfo,
     batch: DecodedBatch<'_>,
     on_error: OnError,
     sink: &mut impl FnMut(Record) -> Result<()>,
-) -> Result<usize> {
+) -> Result<(usize, f64)> {
     if on_error == OnError::Stop {
         if let Some(s) = batch.failed.iter().flatten().next() {
             return Err(Error::invalid(&s.path, s.message.clone()));
         }
     }
     let decoded = batch.failed.iter().filter(|f| f.is_none()).count();
+    let t = std::time::Instant::now();
     let probs = if decoded == 0 {
         Array2::zeros((0, info.classes.len()))
     } else {
         run_checked(backend, info, &batch.input, decoded)?
     };
+    let seconds = t.elapsed().as_secs_f64();
     // Output row `row` is the `row`-th decoded file's (run_checked made sure there is one each).
     let mut row = 0;
     for (path, failed) in batch.files.iter().zip(batch.failed) {
@@ -198,7 +216,7 @@ fn run_batch(
         };
         sink(record)?;
     }
-    Ok(batch.files.len())
+    Ok((batch.files.len(), seconds))
 }
 
 /// Runs `n` images (`input`: float32 NHWC) through `backend`, checking that the output is
@@ -294,5 +312,63 @@ mod tests {
         }
         let err = decode_image(&model(ResizePolicy::Crop), path, b"").unwrap_err();
         assert!(err.to_string().contains("thirds.png"), "{err}");
+    }
+
+    /// A backend that takes 30 ms per batch and gives every image probability 1 for class 0.
+    struct Slow {
+        runs: usize,
+    }
+
+    impl Backend for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn run(&mut self, images: ndarray::ArrayView4<'_, f32>) -> Result<Array2<f32>> {
+            self.runs += 1;
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            Ok(Array2::ones((images.shape()[0], 1)))
+        }
+    }
+
+    /// Five 4x4 PNGs and an empty file, in batches of 2: three backend runs (the empty file is
+    /// skipped, not run), whose 30 ms each the busy time counts, and no more than the wall time.
+    #[test]
+    fn classify_counts_files_and_the_backend_busy_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for i in 0..6 {
+            let path = dir.path().join(format!("{i}.png"));
+            if i == 3 {
+                std::fs::write(&path, b"").unwrap();
+            } else {
+                image::RgbImage::new(4, 4).save(&path).unwrap();
+            }
+            files.push(path);
+        }
+        let info = model(crate::data::ResizePolicy::Squash);
+        let opts = ClassifyOptions {
+            batch_size: 2,
+            on_error: OnError::Skip,
+        };
+        let (mut backend, mut records) = (Slow { runs: 0 }, Vec::new());
+        let t = std::time::Instant::now();
+        let done = classify(
+            &mut backend,
+            &info,
+            &files,
+            &opts,
+            |r| {
+                records.push(r);
+                Ok(())
+            },
+            |_| {},
+        )
+        .unwrap();
+        let wall = t.elapsed().as_secs_f64();
+        assert_eq!(done.files, 6);
+        assert_eq!(backend.runs, 3);
+        assert!(matches!(records[3], Record::Skipped(_)), "{:?}", records[3]);
+        assert!(done.backend_seconds >= 0.09, "{done:?}");
+        assert!(done.backend_seconds <= wall, "{done:?} in {wall} s");
     }
 }

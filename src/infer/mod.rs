@@ -24,7 +24,8 @@ pub mod tract_backend;
 pub mod writer;
 
 pub use classify::{
-    argmax, classify, decode_files, decode_image, top_k, ClassifyOptions, Prediction, Record,
+    argmax, classify, decode_files, decode_image, top_k, Classified, ClassifyOptions, Prediction,
+    Record,
 };
 pub use report::{folder_label, InferReport, ReportStream};
 pub use writer::{OutputFormat, RecordWriter, WriterContext};
