@@ -186,7 +186,7 @@ fn photo_bench(weights: &Path, out: &Path) {
     let photos = PhotoSet::decode(&images).expect("decode the photos for augmentation");
     let train = &images.train;
     write_photo_reference_inputs(&photos, &train.labels, train.classes.len(), &config);
-    let arch = Arch::vgg16_transfer(config.input_size, train.classes.len());
+    let arch = config.arch(train.classes.len());
     let (w, _) = pipe::weights::load_base(weights, &arch, false).expect("load base weights");
     let n = train.len();
     let set = Images {
@@ -246,7 +246,7 @@ fn write_photo_reference_inputs(
         .collect();
     let recipe = serde_json::json!({
         "images": labels.len(), "warm_up_images": PHOTO_WARM_UP, "size": c.input_size,
-        "classes": classes,
+        "classes": classes, "pooling": c.pooling,
         "unfreeze": c.unfreeze, "augment": c.augment, "augment_style": "photo",
         "batch_size": c.batch_size, "lr": c.lr, "momentum": c.momentum,
         "weight_decay": c.weight_decay, "label_smoothing": c.label_smoothing,

@@ -3,7 +3,8 @@
 //!
 //! The convolutional base is VGG16 (Simonyan & Zisserman, 2014, configuration "D"): 13 3x3 convolutions
 //! with padding 1, each followed by ReLU, in 5 blocks closed by 2x2 max-pooling with stride 2. The head
-//! is the classic Keras transfer-learning head: Flatten → Dense(256, ReLU) → Dropout(0.5) → Dense(classes).
+//! is the classic Keras transfer-learning head: Flatten → Dense(256, ReLU) → Dropout(0.5) → Dense(classes),
+//! or, with [`Pooling::Max`], the same dense layers on the globally max-pooled, L2-normalised map.
 
 /// ImageNet channel means in **BGR** order (B, G, R), in 0..255 pixel units, subtracted by Keras'
 /// "caffe" preprocessing (`keras.applications.vgg16.preprocess_input`), which VGG16's original Caffe
@@ -77,6 +78,49 @@ pub enum HeadLayer {
     },
 }
 
+/// How the base's last map `[C, H, W]` becomes the head's input features.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Flatten in NCHW order: `C·H·W` features (25,088 at 224x224), the Keras recipe's `Flatten`.
+    /// Keeps where in the image each feature was, and grows with the input size.
+    #[default]
+    Flatten,
+    /// Global max pooling over `H, W`, then L2 normalisation scaled to norm `√C`: `C` features (512)
+    /// at every input size, each the strongest response of one channel anywhere in the image, about 1
+    /// in size (the scale the head's initialisation and learning rates expect). Where an object
+    /// appears does not matter, and a larger input costs no head parameters. Normalised CNN features
+    /// are the classic off-the-shelf descriptor (Razavian et al., "CNN Features off-the-shelf", 2014).
+    Max,
+}
+
+impl Pooling {
+    /// The name used on the command line and in `config.json`: `flatten` or `max`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Flatten => "flatten",
+            Pooling::Max => "max",
+        }
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The whole network: input geometry, frozen base and trainable head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Arch {
@@ -84,16 +128,24 @@ pub struct Arch {
     pub input_size: usize,
     /// The frozen VGG16 convolutional base, in execution order.
     pub base: Vec<BaseLayer>,
-    /// The dense head applied to the flattened base output (NCHW flattening order).
+    /// How the base output becomes the head's input.
+    pub pooling: Pooling,
+    /// The dense head applied to the pooled base output ([`Arch::feature_dim`] features).
     pub head: Vec<HeadLayer>,
     /// Number of output classes.
     pub num_classes: usize,
 }
 
 impl Arch {
-    /// VGG16 base plus the Keras transfer-learning head (Dense 256 ReLU, Dropout 0.5, Dense `num_classes`)
-    /// for `input_size`x`input_size` inputs. `input_size` must be a positive multiple of 32.
+    /// VGG16 base plus the Keras transfer-learning head (Flatten, Dense 256 ReLU, Dropout 0.5, Dense
+    /// `num_classes`) for `input_size`x`input_size` inputs. `input_size` must be a positive multiple
+    /// of 32.
     pub fn vgg16_transfer(input_size: usize, num_classes: usize) -> Self {
+        Self::vgg16_pooled(input_size, num_classes, Pooling::Flatten)
+    }
+
+    /// As [`Arch::vgg16_transfer`], with the base output pooled as `pooling` says before the head.
+    pub fn vgg16_pooled(input_size: usize, num_classes: usize, pooling: Pooling) -> Self {
         let mut base = Vec::new();
         let (mut block, mut conv, mut in_ch) = (1, 1, 3);
         for &c in VGG16_CFG.iter() {
@@ -116,6 +168,7 @@ impl Arch {
         let mut arch = Arch {
             input_size,
             base,
+            pooling,
             head: Vec::new(),
             num_classes,
         };
@@ -150,9 +203,15 @@ impl Arch {
         [ch, hw, hw]
     }
 
-    /// Length of the flattened base output per image (512 at 32x32 input, 2,048 at 64x64).
+    /// Features per image the head takes: with [`Pooling::Flatten`], the length of the flattened
+    /// base output (512 at 32x32 input, 2,048 at 64x64, 25,088 at 224x224); with [`Pooling::Max`],
+    /// the base's output channels (512 at every size).
     pub fn feature_dim(&self) -> usize {
-        self.base_output_shape().iter().product()
+        let [c, h, w] = self.base_output_shape();
+        match self.pooling {
+            Pooling::Flatten => c * h * w,
+            Pooling::Max => c,
+        }
     }
 
     /// Names and shapes of the base parameters, in the order of the fingerprint:
@@ -252,14 +311,23 @@ impl Arch {
                 }
             }
         }
-        let mut width = ch * hw * hw;
-        rows.push(SummaryRow {
-            name: "flatten".into(),
-            kind: "Flatten",
-            output_shape: vec![width],
-            parameters: 0,
-            trainable: false,
-        });
+        let mut width = self.feature_dim();
+        let pooled = match self.pooling {
+            Pooling::Flatten => vec![("flatten", "Flatten")],
+            Pooling::Max => vec![
+                ("global_max_pool", "GlobalMaxPooling2D"),
+                ("l2_normalise", "L2Normalisation"),
+            ],
+        };
+        for (name, kind) in pooled {
+            rows.push(SummaryRow {
+                name: name.into(),
+                kind,
+                output_shape: vec![width],
+                parameters: 0,
+                trainable: false,
+            });
+        }
         for (i, l) in self.head.iter().enumerate() {
             let (name, kind, params) = match l {
                 HeadLayer::Linear {
@@ -365,6 +433,28 @@ mod tests {
             Arch::vgg16_transfer(64, 10).head_params()[0].1,
             vec![256, 2048]
         );
+        assert_eq!(Arch::vgg16_transfer(224, 10).feature_dim(), 25_088);
+    }
+
+    /// Global max pooling gives the 512 channels at any input size, and the summary shows the
+    /// pooling and normalisation rows in place of Flatten.
+    #[test]
+    fn max_pooling_gives_512_features_at_every_size() {
+        for size in [32, 224, 448] {
+            let a = Arch::vgg16_pooled(size, 2, Pooling::Max);
+            assert_eq!(a.feature_dim(), 512, "size {size}");
+            assert_eq!(a.head_params()[0].1, vec![256, 512]);
+            let rows = a.summary();
+            let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
+            assert!(!kinds.contains(&"Flatten"), "{kinds:?}");
+            let at = kinds
+                .iter()
+                .position(|k| *k == "GlobalMaxPooling2D")
+                .unwrap();
+            assert_eq!(kinds[at + 1], "L2Normalisation");
+            assert_eq!(rows[at].output_shape, vec![512]);
+            assert_eq!(rows.len(), 1 + 18 + 2 + 4);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!
 //! No libtorch here: the libtorch-free build reads runs through this module.
 
+use crate::arch::{Arch, Pooling};
 use crate::data::{LayoutKind, ResizePolicy};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,11 @@ pub struct TrainConfig {
     /// `Resize` + `CenterCrop`); written into the exported model's metadata, where `pipe infer` reads it.
     #[serde(default)]
     pub resize: ResizePolicy,
+    /// How the base's last map becomes the head's input ([`Pooling`]: `flatten`, the Keras recipe,
+    /// or `max`, global max pooling L2-normalised to 512 features at any input size); built into the
+    /// exported graph. Runs made before it existed read as `flatten`.
+    #[serde(default)]
+    pub pooling: Pooling,
     /// Preprocessing description (`crate::contract::CAFFE_PREPROCESSING`), as in the ONNX metadata.
     pub preprocessing: String,
     /// *Recorded*: training images used (after the validation hold-out).
@@ -302,7 +308,7 @@ pub enum Preset {
     #[value(help = "Fine-tune the whole VGG16 on CIFAR-10 with augmentation (settings above)")]
     Finetune,
     /// A few hundred photos of one's own classes (see [`TrainConfig::photos`]).
-    #[value(help = "A few hundred photos of your own classes at 224 pixels (settings above)")]
+    #[value(help = "A few hundred photos of your own classes at 384 pixels (settings above)")]
     Photos,
 }
 
@@ -328,6 +334,7 @@ impl Default for TrainConfig {
             classes: Vec::new(),
             input_size: 32,
             resize: ResizePolicy::Squash,
+            pooling: Pooling::Flatten,
             preprocessing: crate::contract::CAFFE_PREPROCESSING.into(),
             train_images: 0,
             test_images: 0,
@@ -394,19 +401,23 @@ impl TrainConfig {
         }
     }
 
-    /// The `photos` recipe, for a few hundred photos of one's own classes: VGG16's own input size 224,
-    /// shorter side + centre crop, all images, the frozen base and the dense head (SGD lr 1e-4
-    /// momentum 0.9, batch 32, 10 epochs). With `unfreeze` and `augment`, photo augmentation
-    /// ([`AugmentStyle::Photo`], which `auto` resolves to at 224).
+    /// The `photos` recipe, for a few hundred photos of one's own classes: input 384 (above VGG16's
+    /// own 224), shorter side + centre crop, all images, the frozen base, global max pooling with L2
+    /// normalisation ([`Pooling::Max`]) and the dense head (SGD lr 3e-3 momentum 0.9, batch 32, 10
+    /// epochs). On the ants-and-bees photos it measured best of the variations in the README's
+    /// training results (0.953 mean over 10 seeds, against 0.922 for the flattened head at 224).
+    /// With `unfreeze` and `augment`, photo augmentation ([`AugmentStyle::Photo`], which `auto`
+    /// resolves to above 64 pixels).
     pub fn photos() -> Self {
         TrainConfig {
-            input_size: 224,
+            input_size: 384,
             resize: ResizePolicy::Crop,
+            pooling: Pooling::Max,
             train_limit: 0,
             test_limit: 0,
             epochs: 10,
             batch_size: 32,
-            lr: 1e-4,
+            lr: 3e-3,
             ..Self::default()
         }
     }
@@ -589,6 +600,13 @@ impl TrainConfig {
         } else {
             "VGG16 frozen base + dense head".to_string()
         };
+        let model = match self.pooling {
+            Pooling::Flatten => model,
+            Pooling::Max => model.replace(
+                "dense head",
+                "global max pooling (L2-normalised) + dense head",
+            ),
+        };
         format!(
             "pipe train: data {}, {} train / {} test images (0 = all), {val}{test}, input {}x{} \
              ({}); {model} on {device}; {opt} weight decay {}{smoothing}{schedule}, batch {}, \
@@ -608,6 +626,12 @@ impl TrainConfig {
 }
 
 impl TrainConfig {
+    /// The network this configuration trains, for `num_classes` classes: VGG16 at `input_size`
+    /// with the head after `pooling`.
+    pub fn arch(&self, num_classes: usize) -> Arch {
+        Arch::vgg16_pooled(self.input_size, num_classes, self.pooling)
+    }
+
     /// The validation share: `val_split`, 0 when not given.
     pub fn val_share(&self) -> f64 {
         self.val_split.unwrap_or(0.0)
@@ -719,6 +743,8 @@ overrides! {
     test_split: Option<f64>,
     /// `--resize`.
     resize: ResizePolicy,
+    /// `--pooling`.
+    pooling: Pooling,
     /// `--augment-style`.
     augment_style: AugmentStyle,
     /// `--patience`.
@@ -974,6 +1000,7 @@ mod tests {
             "classes",
             "input_size",
             "resize",
+            "pooling",
             "preprocessing",
             "train_images",
             "test_images",
@@ -1077,14 +1104,19 @@ mod tests {
         assert_eq!(c.augment_style.resolve(c.input_size), AugmentStyle::Cifar);
     }
 
-    /// Photo augmentation is the default above 64 pixels; the photos preset is 224 with crop.
+    /// Photo augmentation is the default above 64 pixels; the photos preset is 384 with crop and
+    /// max pooling.
     #[test]
-    fn augment_style_resolves_by_input_size_and_photos_preset_is_224_crop() {
+    fn augment_style_resolves_by_input_size_and_photos_preset_is_384_crop_max() {
         assert_eq!(AugmentStyle::Auto.resolve(64), AugmentStyle::Cifar);
         assert_eq!(AugmentStyle::Auto.resolve(96), AugmentStyle::Photo);
         assert_eq!(AugmentStyle::Cifar.resolve(224), AugmentStyle::Cifar);
         let p = Preset::Photos.config();
-        assert_eq!((p.input_size, p.resize), (224, ResizePolicy::Crop));
+        assert_eq!(
+            (p.input_size, p.resize, p.pooling),
+            (384, ResizePolicy::Crop, Pooling::Max)
+        );
+        assert_eq!(p.arch(2).feature_dim(), 512);
         assert_eq!((p.train_limit, p.test_limit), (0, 0));
         p.validate().unwrap();
         let started = p.started("r", "cpu", Precision::Fp32);

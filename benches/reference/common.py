@@ -61,9 +61,11 @@ def write_result(path, res):
 VGG16_BLOCKS = [2, 2, 3, 3, 3]  # VGG16: 3x3 convolutions per block, each block ending in 2x2 max pooling
 
 
-def vgg16_features(x, convs):
+def vgg16_features(x, convs, pooling="flatten"):
     """The VGG16 convolutional base on NCHW float32 x with convs a list of 13 (weight, bias) torch
-    tensors: conv 3x3 pad 1 + ReLU, 2x2 max pooling after each block; returns the flattened maps."""
+    tensors: conv 3x3 pad 1 + ReLU, 2x2 max pooling after each block; returns the flattened maps, or
+    with pooling "max" each channel's maximum over the map, L2-normalised (torch's F.normalize) and
+    scaled by the square root of the channel count."""
     import torch.nn.functional as F
     i = 0
     for n in VGG16_BLOCKS:
@@ -71,4 +73,7 @@ def vgg16_features(x, convs):
             x = F.relu(F.conv2d(x, convs[i][0], convs[i][1], padding=1))
             i += 1
         x = F.max_pool2d(x, 2, 2)
+    if pooling == "max":
+        m = x.float().amax((2, 3))
+        return F.normalize(m, dim=1) * m.shape[1] ** 0.5
     return x.flatten(1)

@@ -7,7 +7,8 @@ finetune_photos.u8 (the training photos at pipe's augmentation resolution, RGB u
 recipe) and finetune_photos_labels.u8.
 
 The model: the VGG16 convs from models/vgg16_imagenet.safetensors (the last `unfreeze` trainable, the
-others with requires_grad False), max pooling, then Linear (512 x (size/32)^2)->256, ReLU, Dropout 0.5,
+others with requires_grad False), max pooling, then, as the recipe's `pooling` says, the flattened map
+or its L2-normalised global maximum per channel, then Linear (512 x (size/32)^2, or 512)->256, ReLU, Dropout 0.5,
 Linear 256->classes (PyTorch's default initialisation); batch and weights channels_last; caffe
 preprocessing (RGB->BGR, minus the ImageNet BGR means); with `augment`, random horizontal flips and
 4-pixel pad-and-crop (zero padding, as pipe), or for photos a random resized crop (torchvision's ranges,
@@ -33,7 +34,7 @@ BGR_MEANS = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
 
-def build(w, unfreeze, size=32, classes=10):
+def build(w, unfreeze, size=32, classes=10, pooling="flatten"):
     names = [f"base.block{b}_conv{c}" for b, n in enumerate(VGG16_BLOCKS, 1) for c in range(1, n + 1)]
     convs = []
     for i, k in enumerate(names):
@@ -41,14 +42,15 @@ def build(w, unfreeze, size=32, classes=10):
         wt = torch.from_numpy(w[k + ".weight"].copy()).contiguous(memory_format=torch.channels_last)
         b = torch.from_numpy(w[k + ".bias"].copy())
         convs.append((wt.requires_grad_(trainable), b.requires_grad_(trainable)))
-    features = 512 * (size // 32) ** 2  # flattened 512-channel map after five 2x2 poolings
+    # the flattened 512-channel map after five 2x2 poolings, or its 512 channel maxima
+    features = 512 if pooling == "max" else 512 * (size // 32) ** 2
     head = torch.nn.Sequential(torch.nn.Linear(features, 256), torch.nn.ReLU(), torch.nn.Dropout(0.5),
                                torch.nn.Linear(256, classes))
     return convs, head
 
 
-def forward(convs, head, x):
-    return head(vgg16_features(x, convs))
+def forward(convs, head, x, pooling="flatten"):
+    return head(vgg16_features(x, convs, pooling))
 
 
 def augment(batch, rng, pad=4):
@@ -96,7 +98,8 @@ def epoch(r, w, pixels, labels, n, rng, photos=None):
     """Trains a fresh model for one epoch on the first n images (with photos, photo augmentation
     crops from them); returns the training seconds."""
     torch.manual_seed(r["seed"])
-    convs, head = build(w, r["unfreeze"], r["size"], r.get("classes", 10))
+    pooling = r.get("pooling", "flatten")
+    convs, head = build(w, r["unfreeze"], r["size"], r.get("classes", 10), pooling)
     params = [p for wb in convs for p in wb if p.requires_grad] + list(head.parameters())
     opt = torch.optim.SGD(params, lr=r["lr"], momentum=r["momentum"], weight_decay=r["weight_decay"])
     bs = r["batch_size"]
@@ -118,7 +121,7 @@ def epoch(r, w, pixels, labels, n, rng, photos=None):
         x = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(labels[idx].astype(np.int64))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = forward(convs, head, x)
+            logits = forward(convs, head, x, pooling)
         loss = loss_fn(logits.float(), y)
         opt.zero_grad()
         loss.backward()

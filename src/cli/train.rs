@@ -60,6 +60,14 @@ pub struct TrainArgs {
     /// features). Trains on decoded images every epoch: far slower than the frozen base on a CPU.
     #[arg(long, default_value_t = SEED.unfreeze, value_name = "N")]
     unfreeze: usize,
+    /// How the base's last feature map becomes the head's input: flatten (the Keras recipe: every
+    /// position of the map, 512·(S/32)² features, 25,088 at 224) or max (global max pooling, then
+    /// L2 normalisation: 512 features at any --input-size, each the strongest response of one
+    /// channel anywhere in the image; better on photos at 224 and above, and what --preset photos
+    /// uses). Built into the exported
+    /// model.
+    #[arg(long, value_enum, default_value_t = SEED.pooling, value_name = "flatten|max")]
+    pooling: pipe::arch::Pooling,
     /// Augment training images every epoch (needs --unfreeze), as --augment-style says.
     #[arg(long)]
     augment: bool,
@@ -90,9 +98,9 @@ pub struct TrainArgs {
     /// 10% of training held out for validation, early stopping (patience 4) and --restore-best;
     /// measured at 37 minutes on 2 CPU cores with AMX-BF16 (bf16; early stopping ended it after 17
     /// epochs), hours on CPUs without bf16 (estimated). `photos`: for a few hundred photos of your
-    /// own classes: --input-size 224, --resize crop, all images, the frozen base and the dense head
-    /// (SGD lr 1e-4 momentum 0.9, batch 32, 10 epochs); with --unfreeze N --augment, photo
-    /// augmentation (random resized crops and flips).
+    /// own classes: --input-size 384, --resize crop, --pooling max, all images, the frozen base and
+    /// the dense head (SGD lr 3e-3 momentum 0.9, batch 32, 10 epochs); with --unfreeze N --augment,
+    /// photo augmentation (random resized crops and flips).
     #[arg(long, value_enum)]
     preset: Option<Preset>,
     /// Stop at the first image file that cannot be decoded (exit code 1) instead of skipping it.
@@ -185,6 +193,7 @@ impl TrainArgs {
             seed in sgd,
             input_size in common,
             resize in common,
+            pooling,
         );
         overrides.apply(
             self.preset

@@ -9,14 +9,15 @@
 //!   → Gather(axis 1, [2,1,0])     RGB → BGR
 //!   → Sub(ImageNet BGR means)     caffe preprocessing, no scaling
 //!   → 13 × (Conv 3x3 pad 1 → Relu), 5 × MaxPool 2x2/2     VGG16 base
-//!   → Flatten(axis 1)             [N, 512·(S/32)²]
+//!   → Flatten(axis 1)             [N, 512·(S/32)²]                  (pooling flatten)
+//!     or GlobalMaxPool → Flatten → LpNormalization(p 2) → Mul(√512)  [N, 512]   (pooling max)
 //!   → Gemm(transB) → Relu → Gemm  dense head (Dropout is absent: inference graph)
 //!   → Softmax(axis 1)             probabilities f32 [N, classes]   (or logits with `Output::Logits`)
 //! ```
 //! Node and value names (`base/block1_conv1`, `head/dense1`, ...) follow the layer names of [`Arch`];
 //! parameters are initializers named as in [`Arch::base_params`] and [`Arch::head_params`].
 
-use crate::arch::{Arch, BaseLayer, HeadLayer, IMAGENET_BGR_MEANS};
+use crate::arch::{Arch, BaseLayer, HeadLayer, Pooling, IMAGENET_BGR_MEANS};
 use crate::contract::{self, Output, INPUT_NAME, LOGITS};
 use crate::error::{Error, Result};
 use crate::onnx::build::{
@@ -77,6 +78,9 @@ pub fn build_model(
     }
     let (mut initializer, mut nodes) = parameters(arch, base, head, opts.fp16_weights)?;
     initializer.extend(preprocess_constants());
+    if arch.pooling == Pooling::Max {
+        initializer.push(feature_scale(arch));
+    }
     nodes.extend(layers(arch, opts.output));
     let graph = graph(arch, opts.output, nodes, initializer);
     Ok(pb::ModelProto {
@@ -190,7 +194,7 @@ fn preprocess_constants() -> [pb::TensorProto; 2] {
     ]
 }
 
-/// All nodes from the input to the output, in order: preprocessing, the base, flatten, the head
+/// All nodes from the input to the output, in order: preprocessing, the base, the pooling, the head
 /// and, for probabilities, softmax.
 fn layers(arch: &Arch, output: Output) -> Vec<pb::NodeProto> {
     let mut nodes = preprocess(INPUT_NAME);
@@ -201,7 +205,11 @@ fn layers(arch: &Arch, output: Output) -> Vec<pb::NodeProto> {
             BaseLayer::MaxPool { name } => nodes.push(max_pool(name, &x)),
         }
     }
-    nodes.push(flatten(&last_output(&nodes)));
+    let x = last_output(&nodes);
+    match arch.pooling {
+        Pooling::Flatten => nodes.push(flatten(&x)),
+        Pooling::Max => nodes.extend(global_max_pool_l2(&x)),
+    }
     let last_linear = arch
         .head
         .iter()
@@ -314,6 +322,46 @@ fn flatten(x: &str) -> pb::NodeProto {
         "head/flatten",
         vec![attr_int("axis", 1)],
     )
+}
+
+/// Name of the constant `[1]` float32 `√C` that [`global_max_pool_l2`] scales the unit-norm
+/// features by.
+const FEATURE_SCALE: &str = "head.feature_scale";
+
+/// The constant [`FEATURE_SCALE`] of `arch`: the square root of the base's output channels.
+fn feature_scale(arch: &Arch) -> pb::TensorProto {
+    let [channels, _, _] = arch.base_output_shape();
+    f32_tensor(FEATURE_SCALE, &[1], &[(channels as f32).sqrt()])
+}
+
+/// [`Pooling::Max`]: `[N, C, H, W]` → GlobalMaxPool `[N, C, 1, 1]` → Flatten `[N, C]` →
+/// LpNormalization (p 2, axis 1: unit L2 norm per image) → Mul by [`FEATURE_SCALE`] (norm `√C`);
+/// the last output is `head/pooled`.
+fn global_max_pool_l2(x: &str) -> [pb::NodeProto; 4] {
+    [
+        node(
+            "GlobalMaxPool",
+            "head/global_max_pool",
+            &[x],
+            "head/global_max_pool",
+            vec![],
+        ),
+        flatten("head/global_max_pool"),
+        node(
+            "LpNormalization",
+            "head/l2_normalise",
+            &["head/flatten"],
+            "head/l2_normalise",
+            vec![attr_int("axis", 1), attr_int("p", 2)],
+        ),
+        node(
+            "Mul",
+            "head/pooled",
+            &["head/l2_normalise", FEATURE_SCALE],
+            "head/pooled",
+            vec![],
+        ),
+    ]
 }
 
 /// Dense layer `x · Wᵀ + b` as Gemm with transB (weights `head.<name>.weight|bias`, PyTorch's

@@ -145,7 +145,7 @@ pub fn export_run(
 ) -> Result<ExportSummary> {
     use crate::run::{Predictions, CONFIG_FILE, PREDICTIONS_FILE};
     let config: TrainConfig = crate::util::read_json(&run_dir.join(CONFIG_FILE))?;
-    let arch = Arch::vgg16_transfer(config.input_size, config.classes.len());
+    let arch = config.arch(config.classes.len());
     let (base, fp, head) = run_weights(run_dir, &config, &arch)?;
     // The final model's test accuracy, from tch's test predictions (the last epoch's validation
     // accuracy is another figure with --val-split or --restore-best).

@@ -7,7 +7,6 @@ use super::images::{build_list, read_list, report_skipped, run_spec, RunImages};
 use super::learner::{label_tensor, Learner};
 use super::model::Head;
 use super::resolve_device;
-use crate::arch::Arch;
 use crate::config::{TrainConfig, TrainEnv};
 use crate::data::{DataLayout, OnError, SplitList, SplitPart};
 use crate::error::{Error, Result};
@@ -68,7 +67,7 @@ pub fn evaluate_run(
     let loaded = list.load(SplitPart::Test, &spec, OnError::Skip)?;
     report_skipped(&loaded.skipped);
     let split = loaded.split;
-    let arch = Arch::vgg16_transfer(config.input_size, config.classes.len());
+    let arch = config.arch(config.classes.len());
     let x = split_features(
         &split,
         &spec,
@@ -199,7 +198,7 @@ pub fn sweep(
     let list = build_list(&layout, config)?;
     let images = RunImages::load(list, run_spec(config), OnError::Skip)?;
     let f = prepare_features(&images, config, env, device)?;
-    let arch = Arch::vgg16_transfer(config.input_size, f.classes.len());
+    let arch = config.arch(f.classes.len());
     let mut rows = Vec::new();
     for &lr in lrs {
         for &bs in batch_sizes {

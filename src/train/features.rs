@@ -4,7 +4,7 @@
 
 use super::images::RunImages;
 use super::model::{from_tch, to_tch, Base};
-use crate::arch::Arch;
+use crate::arch::{Arch, Pooling};
 use crate::config::{TrainConfig, TrainEnv};
 use crate::contract::CAFFE_PREPROCESSING;
 use crate::data::{caffe_preprocess, ImageSpec, LoadedSplit};
@@ -59,9 +59,14 @@ pub struct Features {
 }
 
 /// Cache key of a split's features: SHA-256 over a format tag, the weights fingerprint, the
-/// preprocessing description, the input size, the resize policy and filter of `spec`, the image
-/// count and the decoded pixels.
-pub fn cache_key(fingerprint: &str, spec: &ImageSpec, split: &LoadedSplit) -> String {
+/// preprocessing description, the input size, the resize policy and filter of `spec`, the pooling
+/// (other than flatten), the image count and the decoded pixels.
+pub fn cache_key(
+    fingerprint: &str,
+    spec: &ImageSpec,
+    pooling: Pooling,
+    split: &LoadedSplit,
+) -> String {
     let mut h = Sha256::new();
     h.update(b"pipe-features-v2\0");
     h.update(fingerprint.as_bytes());
@@ -70,6 +75,11 @@ pub fn cache_key(fingerprint: &str, spec: &ImageSpec, split: &LoadedSplit) -> St
     for name in [spec.resize.as_str(), spec.filter.as_str()] {
         h.update(name.as_bytes());
         h.update(b"\0");
+    }
+    // Flattened features keep the keys they had before pooling was a choice.
+    if pooling != Pooling::Flatten {
+        h.update(b"pooling\0");
+        h.update(pooling.as_str().as_bytes());
     }
     h.update((split.len() as u64).to_le_bytes());
     h.update(&split.pixels);
@@ -134,6 +144,7 @@ struct CacheSlot<'a> {
     dir: Option<&'a Path>,
     fingerprint: &'a str,
     spec: &'a ImageSpec,
+    pooling: Pooling,
 }
 
 /// The features of `split`: read from `slot` when a valid entry exists, else computed by `make`
@@ -151,7 +162,7 @@ fn cached(
     let key = |d: &Path| {
         d.join(format!(
             "{}.safetensors",
-            cache_key(fingerprint, slot.spec, split)
+            cache_key(fingerprint, slot.spec, slot.pooling, split)
         ))
     };
     let path = slot.dir.map(key);
@@ -186,7 +197,7 @@ pub fn prepare_features(
     env: &TrainEnv,
     device: Device,
 ) -> Result<Features> {
-    let arch = Arch::vgg16_transfer(config.input_size, images.list.classes.len());
+    let arch = config.arch(images.list.classes.len());
     let (weights, fingerprint) = load_base(&config.weights, &arch, env.allow_unverified)?;
     let mut base: Option<Base> = None;
     let t0 = Instant::now();
@@ -195,6 +206,7 @@ pub fn prepare_features(
         dir: env.cache_dir.as_deref(),
         fingerprint: &fingerprint,
         spec: &images.spec,
+        pooling: arch.pooling,
     };
     let mut extracted = 0;
     let mut features = |split: &LoadedSplit| -> Result<Tensor> {
@@ -288,6 +300,7 @@ pub fn split_features(
         dir: env.cache_dir.as_deref(),
         fingerprint: &fingerprint,
         spec,
+        pooling: arch.pooling,
     };
     let (x, _) = cached(split, &slot, arch.feature_dim(), || {
         let base = Base::new(arch, &w, device)?;
@@ -326,13 +339,23 @@ mod tests {
     fn cache_key_changes_with_weights_size_policy_and_pixels() {
         let s = split(32, 4);
         let squash = ImageSpec::new(32, crate::data::ResizePolicy::Squash);
-        let cache_key = |fp: &str, split: &LoadedSplit| cache_key(fp, &squash, split);
+        let cache_key =
+            |fp: &str, split: &LoadedSplit| cache_key(fp, &squash, Pooling::Flatten, split);
         let key = cache_key("fp", &s);
         assert_eq!(key, cache_key("fp", &split(32, 4)));
         assert_eq!(key.len(), 64);
         assert_ne!(key, cache_key("fp2", &s), "weights fingerprint");
         let crop = ImageSpec::new(32, crate::data::ResizePolicy::Crop);
-        assert_ne!(key, super::cache_key("fp", &crop, &s), "resize policy");
+        assert_ne!(
+            key,
+            super::cache_key("fp", &crop, Pooling::Flatten, &s),
+            "resize policy"
+        );
+        assert_ne!(
+            key,
+            super::cache_key("fp", &squash, Pooling::Max, &s),
+            "pooling"
+        );
         // The same bytes read as one 64x64 image instead of four 32x32 ones.
         let mut big = s.clone();
         big.size = 64;

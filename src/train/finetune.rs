@@ -8,8 +8,8 @@
 
 use super::augment::{Augmenter, PhotoSet};
 use super::learner::{label_tensor, EvalSplit, Model, Scores};
-use super::model::{channels_last, conv_relu, from_tch, to_tch, ConvForm, Head};
-use crate::arch::{Arch, BaseLayer};
+use super::model::{channels_last, conv_relu, from_tch, pool, to_tch, ConvForm, Head};
+use crate::arch::{Arch, BaseLayer, Pooling};
 pub use crate::config::VGG16_CONVS;
 use crate::config::{Precision, TrainConfig};
 use crate::data::{caffe_preprocess, LoadedSplit};
@@ -77,6 +77,8 @@ pub struct FineTuneNet {
     first_trainable: usize,
     /// Names (`base.<conv>.weight|bias`) of the trainable conv parameters, in order.
     base_names: Vec<String>,
+    /// How the last map becomes the head's input.
+    pooling: Pooling,
     head: Head,
 }
 
@@ -147,6 +149,7 @@ impl FineTuneNet {
             layers,
             first_trainable,
             base_names,
+            pooling: arch.pooling,
             head: Head::new(root, arch),
         })
     }
@@ -225,7 +228,7 @@ impl FineTuneNet {
         for l in &self.layers[split..] {
             h = l.apply(h, kind)?;
         }
-        let features = h.f_flatten(1, -1)?.f_to_kind(Kind::Float)?;
+        let features = pool(&h.f_to_kind(Kind::Float)?, self.pooling)?;
         self.head.forward(&features, train)
     }
 }

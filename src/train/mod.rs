@@ -246,7 +246,7 @@ fn head_run(start: Start, config: TrainConfig, images: &RunImages) -> Result<Tra
 /// trained with the head (after a head warm-up); the tuned base is written to `base.safetensors` in
 /// the run folder (export and evaluate use it).
 fn finetune_run(start: Start, config: TrainConfig, images: &RunImages) -> Result<TrainOutcome> {
-    let arch = Arch::vgg16_transfer(config.input_size, images.list.classes.len());
+    let arch = config.arch(images.list.classes.len());
     let (weights, fingerprint) = load_base(&config.weights, &arch, start.env.allow_unverified)?;
     start.check_fingerprint(&config, &fingerprint)?;
     report_split(images);
@@ -420,7 +420,7 @@ impl<'a> Run<'a> {
 
     /// The network of the run.
     fn arch(&self) -> Arch {
-        Arch::vgg16_transfer(self.config.input_size, self.config.classes.len())
+        self.config.arch(self.config.classes.len())
     }
 
     /// The metadata of the run's safetensors files: the base-weights fingerprint.

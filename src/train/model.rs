@@ -1,6 +1,6 @@
 //! tch modules built from [`Arch`]: the frozen VGG16 base and the dense head.
 
-use crate::arch::{Arch, BaseLayer, HeadLayer};
+use crate::arch::{Arch, BaseLayer, HeadLayer, Pooling};
 use crate::error::{Error, Result};
 use crate::weights::NamedTensor;
 use tch::{nn, Device, Tensor};
@@ -14,6 +14,32 @@ pub struct Base {
     /// [`Base::features`].
     micro_until: usize,
     micro_batch: usize,
+    /// How the last map becomes features.
+    pooling: Pooling,
+}
+
+/// Norms below this are taken as this in [`pool`]'s L2 normalisation (an all-zero row stays zero
+/// instead of becoming NaN, as ONNX's `LpNormalization` leaves it).
+const NORM_FLOOR: f64 = 1e-12;
+
+/// The head's input from the base output `x` (float32 `[n, C, H, W]`, any memory layout), as
+/// `pooling` says: [`Pooling::Flatten`] gives `[n, C·H·W]` in NCHW order; [`Pooling::Max`] the
+/// maximum over `H, W` of each channel, `[n, C]`, scaled to L2 norm `√C` per image.
+///
+/// # Errors
+/// [`Error::Torch`] on a libtorch failure.
+pub(crate) fn pool(x: &Tensor, pooling: Pooling) -> Result<Tensor> {
+    match pooling {
+        Pooling::Flatten => Ok(x.f_flatten(1, -1)?),
+        Pooling::Max => {
+            let channels = x.size().get(1).copied().unwrap_or(1) as f64;
+            let m = x.f_amax([2, 3], false)?;
+            let norm = m
+                .f_norm_scalaropt_dim(2.0, [1], true)?
+                .f_clamp_min(NORM_FLOOR)?;
+            Ok(m.f_div(&norm)?.f_mul_scalar(channels.sqrt())?)
+        }
+    }
 }
 
 enum BaseOp {
@@ -251,6 +277,7 @@ impl Base {
             layers,
             micro_until,
             micro_batch,
+            pooling: arch.pooling,
         })
     }
 
@@ -271,7 +298,8 @@ impl Base {
     }
 
     /// Features of a preprocessed batch: `x` float32 NCHW BGR `[n, 3, S, S]` (any device) →
-    /// flattened base output `[n, feature_dim]` on the base's device. Call under `no_grad`.
+    /// base output pooled as the architecture says ([`pool`]), `[n, feature_dim]` on the base's
+    /// device. Call under `no_grad`.
     ///
     /// Speed (all exact up to float summation order; measured on this project's 2-core CPU):
     /// - the batch and the conv weights are laid out channels-last in memory (the logical NCHW shape
@@ -303,7 +331,7 @@ impl Base {
             self.run(x, early)?
         };
         let x = self.run(x, late)?;
-        Ok(x.f_flatten(1, -1)?.f_contiguous()?)
+        Ok(pool(&x, self.pooling)?.f_contiguous()?)
     }
 }
 
@@ -474,7 +502,7 @@ pub(crate) mod tests {
     }
 
     /// The base of `arch` as a plain NCHW conv/relu/pool chain on `weights` (the reference the fast
-    /// forms are checked against), flattened to `[n, feature_dim]`; differentiable in `weights`.
+    /// forms are checked against), flattened to `[n, C·H·W]`; differentiable in `weights`.
     pub(crate) fn plain_chain(arch: &Arch, weights: &[Tensor], x: &Tensor) -> Tensor {
         let mut w = weights.iter();
         let mut r = x.shallow_clone();
@@ -488,6 +516,25 @@ pub(crate) mod tests {
             };
         }
         r.flatten(1, -1)
+    }
+
+    /// Global max pooling with L2 normalisation, against values worked by hand: a 2-channel 2x2 map
+    /// whose channel maxima are 3 and 4 (norm 5) gives (3, 4) / 5 · √2; an all-zero map stays zero.
+    #[test]
+    fn max_pooling_normalises_channel_maxima_to_norm_sqrt_c() {
+        let x = Tensor::from_slice(&[
+            1.0f32, 3.0, 0.0, 2.0, /* channel 0 */ -1.0, 0.5, 4.0, 4.0, /* channel 1 */
+            0.0, 0.0, 0.0, 0.0, /* image 2 */ 0.0, 0.0, 0.0, 0.0,
+        ])
+        .view([2, 2, 2, 2]);
+        let got = Vec::<f32>::try_from(pool(&x, Pooling::Max).unwrap().flatten(0, -1)).unwrap();
+        let r2 = 2f32.sqrt();
+        let want = [0.6 * r2, 0.8 * r2, 0.0, 0.0];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        let flat = pool(&x, Pooling::Flatten).unwrap();
+        assert_eq!(flat.size(), vec![2, 8]);
     }
 
     /// The channels-last base, micro-batched in blocks 1-3 and with block5 as matrix products at 32x32
