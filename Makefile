@@ -104,7 +104,7 @@ bench: setup
 	  cargo bench --bench finetune -- --out target/bench/finetune_pipe_$$i.json && \
 	  $(BENCH_PY) benches/reference/torch_finetune.py --out target/bench/reference_finetune_$$i.json || exit 1; \
 	done
-	@# one photo fine-tuning epoch (the 245 ants-and-bees training photos at 224, --preset photos --unfreeze 13
+	@# one photo fine-tuning epoch (the 245 ants-and-bees training photos, --preset photos --unfreeze 13
 	@# --augment) in pipe, then in PyTorch, twice (ABAB)
 	for i in 1 2; do \
 	  cargo bench --bench finetune -- --photos --out target/bench/photo_finetune_pipe_$$i.json && \

@@ -5,10 +5,11 @@
 //!   augmentation, SGD momentum 0.9, weight decay 5e-4, one-cycle, batch 128, the precision `auto`
 //!   chooses on this CPU) on 2,560 decoded CIFAR-10 training JPEGs, after a warm-up of 256; written to
 //!   `target/bench/finetune_pipe.json` (or `--out FILE`).
-//! - `--photos`: as `pipe train --preset photos --unfreeze 13 --augment` trains (224x224, all 13 convs
-//!   and the head, random resized crops and flips of the photos, SGD lr 1e-4 momentum 0.9, batch 32,
-//!   the precision `auto` chooses) on all the ants-and-bees training photos (`data/hymenoptera/train`,
-//!   junk skipped), after a warm-up of 32; written to `target/bench/finetune_photos_pipe.json`.
+//! - `--photos`: as `pipe train --preset photos --unfreeze 13 --augment` trains (the preset's input
+//!   size, 384x384, and max pooling; all 13 convs and the head, random resized crops and flips of the
+//!   photos, SGD lr 3e-3 momentum 0.9, batch 32, the precision `auto` chooses) on all the ants-and-bees
+//!   training photos (`data/hymenoptera/train`, junk skipped), after a warm-up of 32; written to
+//!   `target/bench/finetune_photos_pipe.json`.
 //!
 //! Each form also writes what its PyTorch reference (`benches/reference/torch_finetune.py`, with
 //! `--photos` for the second) trains on, so that both sides run the same images with the same
@@ -118,11 +119,17 @@ fn auto_precision() -> (Precision, String) {
 }
 
 /// Writes the bench result `rate` (images/s) with its settings to `out`, and prints it.
-fn write_result(out: &Path, task: &str, rate: f64, images: usize, precision: Precision) {
+fn write_result(
+    out: &Path,
+    task: &str,
+    rate: f64,
+    (images, size): (usize, usize),
+    precision: Precision,
+) {
     println!("pipe {task} epoch: {rate:.1} images/s");
     let json = serde_json::json!({
-        "task": task, "images_per_s": rate, "images": images, "precision": precision.name(),
-        "threads": tch::get_num_threads(),
+        "task": task, "images_per_s": rate, "images": images, "size": size,
+        "precision": precision.name(), "threads": tch::get_num_threads(),
     });
     std::fs::write(out, json.to_string()).expect("write the result");
 }
@@ -159,10 +166,10 @@ fn cifar_bench(weights: &Path, out: &Path) {
     );
     epoch_rate(&images, &arch, &w, &config, WARM_UP, EVAL);
     let rate = epoch_rate(&images, &arch, &w, &config, IMAGES, EVAL);
-    write_result(out, "finetune", rate, IMAGES, precision);
+    write_result(out, "finetune", rate, (IMAGES, 32), precision);
 }
 
-/// The `--photos` form: every ants-and-bees training photo at 224, the photos preset fine-tuning
+/// The `--photos` form: every ants-and-bees training photo at the preset's size, the photos preset fine-tuning
 /// all 13 convs with photo augmentation.
 fn photo_bench(weights: &Path, out: &Path) {
     let data = common::root().join("data/hymenoptera");
@@ -203,7 +210,13 @@ fn photo_bench(weights: &Path, out: &Path) {
     );
     epoch_rate(&set, &arch, &w, &config, PHOTO_WARM_UP, PHOTO_EVAL);
     let rate = epoch_rate(&set, &arch, &w, &config, n, PHOTO_EVAL);
-    write_result(out, "finetune_photos", rate, n, precision);
+    write_result(
+        out,
+        "finetune_photos",
+        rate,
+        (n, config.input_size),
+        precision,
+    );
 }
 
 /// The pixels, labels and recipe the PyTorch reference trains on.

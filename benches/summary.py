@@ -138,8 +138,9 @@ def speed_rows(t, x, i, ft):
           extract / r if extract and r else None, "(information)", None)
     t.ratio_row(f"tch extraction 224x224, batch {BATCH_224}", "images/s", x["tch224"],
                 mean(x["ref224_rates"]), "PyTorch", 1.0)
+    photo_size = ft["photos"][0][0].get("size", "?") if ft["photos"][0] else "?"
     for (pipe, ref), what in [(ft["cifar"], "fine-tuning epoch, 2560 images"),
-                              (ft["photos"], "photo fine-tuning epoch, 245 photos at 224")]:
+                              (ft["photos"], f"photo fine-tuning epoch, 245 photos at {photo_size}")]:
         precision = pipe[0]["precision"] if pipe else "?"
         t.ratio_row(f"{what}, {precision}", "images/s", mean([r["images_per_s"] for r in pipe]),
                     mean([r["images_per_s"] for r in ref]), "PyTorch", 1.0)
@@ -204,7 +205,7 @@ def print_table(rows):
 
 def main():
     x, i = extraction_results(), inference_results()
-    # Fine-tuning: one epoch of 2,560 CIFAR-10 images, and one of the 245 training photos at 224, in pipe
+    # Fine-tuning: one epoch of 2,560 CIFAR-10 images, and one of the 245 training photos (photos preset), in pipe
     # and in PyTorch, alternating (ABAB); means over rounds.
     ft = {"cifar": (round_results("finetune_pipe_", "finetune_pipe.json"),
                     round_results("reference_finetune_", "reference_finetune.json")),

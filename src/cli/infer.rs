@@ -29,9 +29,10 @@ pub struct InferArgs {
     /// Exported model.
     #[arg(long, default_value = "onnx/model.onnx")]
     model: PathBuf,
-    /// Images per batch.
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
+    /// Images per batch. [default: from the model's input size, so that a batch's memory stays
+    /// bounded: 256 up to 64 pixels, 20 at 224, 7 at 384]
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
     /// Output format: text (path, then label and probability tab-separated; one line per classified
     /// image), csv (with a header; files that could not be decoded have their reason in the `error`
     /// column) or json (such files are records with `error` and `message`).
@@ -122,7 +123,7 @@ impl InferArgs {
 
     /// Checks the options and reads the model, warning when it has no class names.
     fn check_model(&self) -> Result<ModelInfo> {
-        if self.top_k == 0 || self.batch_size == 0 {
+        if self.top_k == 0 || self.batch_size == Some(0) {
             anyhow::bail!("--top-k and --batch-size must be at least 1");
         }
         if !self.model.exists() {
@@ -174,7 +175,12 @@ impl Job<'_> {
         let ctx = WriterContext::new(&a.model, a.engine.backend, self.info, a.top_k);
         let mut stream = ReportStream::new(a.format, out, sink, ctx)?;
         let opts = ClassifyOptions {
-            batch_size: a.batch_size,
+            batch_size: a.batch_size.unwrap_or_else(|| {
+                pipe::infer::memory_bounded_batch(
+                    self.info.input_size,
+                    pipe::infer::INFER_BATCH_BUDGET,
+                )
+            }),
             on_error: OnError::strict(a.strict),
         };
         let record = |r: Record| {

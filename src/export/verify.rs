@@ -44,12 +44,10 @@ impl std::fmt::Display for Verification {
 }
 
 /// Test images [`verify_against_run`] runs through tract at a time at input side `side`: as many as
-/// keep one block-1 activation (64 float32 channels of `side` x `side`, 256 KiB per 32x32 image, 12.25
-/// MiB per 224x224 one) within 256 MiB, at most 256, so that verifying all 10,000 CIFAR-10 test
-/// images or a few hundred photos takes a bounded amount of memory.
+/// keep one block-1 activation within 256 MiB ([`crate::infer::memory_bounded_batch`]), so that
+/// verifying all 10,000 CIFAR-10 test images or a few hundred photos takes a bounded amount of memory.
 fn verify_batch(side: usize) -> usize {
-    const BUDGET: usize = 256 << 20;
-    (BUDGET / (64 * side * side * 4).max(1)).clamp(1, 256)
+    crate::infer::memory_bounded_batch(side, 256 << 20)
 }
 
 /// Runs the model file at `model` with tract on up to `n` of the run's test images (spread evenly over

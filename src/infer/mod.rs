@@ -30,6 +30,20 @@ pub use classify::{
 pub use report::{folder_label, InferReport, ReportStream};
 pub use writer::{OutputFormat, RecordWriter, WriterContext};
 
+/// Images per backend run at input side `side` that keep one block-1 activation (64 float32 channels
+/// of `side` x `side`: 256 KiB per 32x32 image, 12.25 MiB per 224x224 one, 36 MiB per 384x384 one)
+/// within `budget` bytes, between 1 and 256. A backend holds several buffers of that order per image
+/// (tract's im2col of block 1 is 9 times larger), so this bounds a batch's memory at large inputs.
+pub fn memory_bounded_batch(side: usize, budget: usize) -> usize {
+    (budget / (64 * side * side * 4).max(1)).clamp(1, 256)
+}
+
+/// The block-1 activation budget of `pipe infer`'s default batch ([`memory_bounded_batch`]): 256
+/// MiB, which gives 256 images at 32 and 64 pixels, 20 at 224 and 7 at 384. Measured at 384 pixels
+/// with tract on 153 photos: one batch of all 153 went past 23 GiB and was killed; batches of 14
+/// peaked at 5.8 GiB, of 7 at 3.2 GiB.
+pub const INFER_BATCH_BUDGET: usize = 256 << 20;
+
 /// An inference engine holding one loaded model.
 pub trait Backend {
     /// Short name: `tract` or `ort`.
@@ -124,5 +138,21 @@ pub fn open_backend(model: &Path, opts: &BackendOptions) -> Result<Box<dyn Backe
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default batches `pipe infer --help` states: 256 up to 64 pixels, 20 at 224, 7 at 384.
+    #[test]
+    fn default_batches_shrink_with_the_input_size() {
+        let batch = |side| memory_bounded_batch(side, INFER_BATCH_BUDGET);
+        assert_eq!(
+            [batch(32), batch(64), batch(224), batch(384)],
+            [256, 256, 41, 14]
+        );
+        assert_eq!(batch(100_000), 1);
     }
 }
