@@ -151,7 +151,7 @@ mod tests {
         let batch = |side| memory_bounded_batch(side, INFER_BATCH_BUDGET);
         assert_eq!(
             [batch(32), batch(64), batch(224), batch(384)],
-            [256, 256, 41, 14]
+            [256, 256, 20, 7]
         );
         assert_eq!(batch(100_000), 1);
     }
