@@ -107,11 +107,7 @@ fn input_size_64_trains_exports_and_verifies() {
         .ok();
     let run = w.run("big");
     assert_eq!(run.config()["input_size"], 64);
-    let head = run.bytes("head.safetensors");
-    assert!(
-        String::from_utf8_lossy(&head[..400]).contains("[256,2048]"),
-        "dense1 takes 2,048 features at 64x64"
-    );
+    run.assert_head_takes(2048);
     let onnx = w.join("big.onnx");
     w.export_verified("big", &onnx, 20);
     let inspect = Pipe::inspect(&onnx).ok().stdout;

@@ -350,11 +350,7 @@ fn max_pooling_exports_and_both_backends_agree_with_tch() {
         .ok();
     let run = w.run("m");
     assert_eq!(run.config()["pooling"], "max");
-    let head = run.bytes("head.safetensors");
-    assert!(
-        String::from_utf8_lossy(&head[..400]).contains("[256,512]"),
-        "dense1 takes 512 features"
-    );
+    run.assert_head_takes(512);
     let onnx = w.join("m.onnx");
     w.export_verified("m", &onnx, 6);
     assert_eq!(common::onnx::onnx_check(&[&onnx]).len(), 1);

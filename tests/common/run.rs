@@ -170,6 +170,18 @@ impl Run {
         std::fs::read(self.file(name)).unwrap_or_else(|e| panic!("{}: {e}", name))
     }
 
+    /// Asserts that the head's first dense layer takes `features` inputs: its weight is `[256,
+    /// features]` in the header of `head.safetensors`.
+    pub fn assert_head_takes(&self, features: usize) {
+        let head = self.bytes("head.safetensors");
+        let header = String::from_utf8_lossy(&head[..400.min(head.len())]).into_owned();
+        let shape = format!("[256,{features}]");
+        assert!(
+            header.contains(&shape),
+            "dense1 should take {features} features: {header}"
+        );
+    }
+
     /// `config.json`.
     pub fn config(&self) -> Value {
         read_json(&self.file("config.json"))
