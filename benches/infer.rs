@@ -107,6 +107,7 @@ fn metadata(arch: &Arch, fingerprint: String) -> Vec<(String, String)> {
         classes,
         input_size: arch.input_size,
         resize: ResizePolicy::Squash,
+        pooling: arch.pooling,
         output: Output::Probabilities,
         weights_fingerprint: fingerprint,
         fine_tuned_conv_layers: 0,

@@ -140,6 +140,10 @@ pub mod keys {
     pub const RESIZE_FILTER: &str = "resize_filter";
     /// [`super::CAFFE_PREPROCESSING`], noted as inside the graph.
     pub const PREPROCESSING: &str = "preprocessing";
+    /// How the base's last map becomes the head's input, inside the graph: `flatten` or `max`
+    /// ([`crate::arch::Pooling`]). For information: clients need not read it. Absent in models
+    /// exported before it existed, which were all flatten.
+    pub const POOLING: &str = "pooling";
     /// [`super::Output::description`].
     pub const OUTPUT: &str = "output";
     /// SHA-256 fingerprint of the conv-base weights the run started from.
@@ -167,6 +171,8 @@ pub struct ModelMetadata {
     pub input_size: usize,
     /// How images become `input_size` squares (the run's `--resize`).
     pub resize: ResizePolicy,
+    /// The run's `--pooling`.
+    pub pooling: crate::arch::Pooling,
     /// What the output carries.
     pub output: Output,
     /// SHA-256 fingerprint of the conv-base weights (lower-case hex).
@@ -200,6 +206,7 @@ impl ModelMetadata {
                 keys::PREPROCESSING,
                 format!("{CAFFE_PREPROCESSING} (inside the graph)"),
             ),
+            (keys::POOLING, self.pooling.as_str().into()),
             (keys::OUTPUT, self.output.description().into()),
             (keys::WEIGHTS_FINGERPRINT, self.weights_fingerprint.clone()),
             (
@@ -301,6 +308,7 @@ mod tests {
             classes: vec!["cat".into(), "dog".into()],
             input_size: 32,
             resize: ResizePolicy::Crop,
+            pooling: crate::arch::Pooling::Max,
             output: Output::Probabilities,
             weights_fingerprint: "ab".into(),
             fine_tuned_conv_layers: 0,
@@ -323,6 +331,9 @@ mod tests {
         assert_eq!(names[resize - 1], keys::INPUT_SIZE);
         assert_eq!(names[resize + 1], keys::RESIZE_FILTER);
         assert_eq!(props[resize].1, "crop");
+        let pooling = names.iter().position(|k| *k == keys::POOLING).unwrap();
+        assert_eq!(names[pooling - 1], keys::PREPROCESSING);
+        assert_eq!(props[pooling].1, "max");
     }
 
     /// The spec read back is the one written; a model without the keys (exported before they
@@ -341,6 +352,7 @@ mod tests {
                 classes: vec!["a".into()],
                 input_size: 224,
                 resize,
+                pooling: crate::arch::Pooling::Flatten,
                 output: Output::Probabilities,
                 weights_fingerprint: String::new(),
                 fine_tuned_conv_layers: 0,

@@ -167,6 +167,7 @@ fn metadata_props_describe_the_run_the_input_and_the_preprocessing() {
             "caffe: RGB->BGR, subtract ImageNet BGR means [103.939, 116.779, 123.68], no scaling \
              (inside the graph)",
         ),
+        ("pooling", "flatten"),
         ("output", "softmax probabilities"),
         (
             "weights_fingerprint",

@@ -155,6 +155,7 @@ pub fn export_run(
         classes: config.classes.clone(),
         input_size: config.input_size,
         resize: config.resize,
+        pooling: config.pooling,
         output: opts.output,
         weights_fingerprint: fp,
         fine_tuned_conv_layers: config.unfreeze,
