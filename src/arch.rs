@@ -106,6 +106,12 @@ pub enum Pooling {
 }
 
 impl Pooling {
+    /// The L2 norm of each image's features under [`Pooling::Max`], for a map of `channels`
+    /// channels: `√channels` (√512 ≈ 22.6 for VGG16), so that each feature is about 1 in size.
+    pub fn max_feature_norm(channels: usize) -> f64 {
+        (channels as f64).sqrt()
+    }
+
     /// The name used on the command line and in `config.json`: `flatten` or `max`.
     pub fn as_str(self) -> &'static str {
         match self {

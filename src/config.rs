@@ -581,9 +581,13 @@ impl TrainConfig {
         } else {
             String::new()
         };
+        let head = match self.pooling {
+            Pooling::Flatten => "dense head",
+            Pooling::Max => "global max pooling (L2-normalised) + dense head",
+        };
         let model = if self.unfreeze > 0 {
             format!(
-                "VGG16 with its last {} conv layers fine-tuned + dense head{}, {} ({why})",
+                "VGG16 with its last {} conv layers fine-tuned + {head}{}, {} ({why})",
                 self.unfreeze,
                 match (self.augment, self.augment_style.resolve(self.input_size)) {
                     (false, _) => "",
@@ -598,14 +602,7 @@ impl TrainConfig {
                 }
             )
         } else {
-            "VGG16 frozen base + dense head".to_string()
-        };
-        let model = match self.pooling {
-            Pooling::Flatten => model,
-            Pooling::Max => model.replace(
-                "dense head",
-                "global max pooling (L2-normalised) + dense head",
-            ),
+            format!("VGG16 frozen base + {head}")
         };
         format!(
             "pipe train: data {}, {} train / {} test images (0 = all), {val}{test}, input {}x{} \

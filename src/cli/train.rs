@@ -64,8 +64,7 @@ pub struct TrainArgs {
     /// position of the map, 512·(S/32)² features, 25,088 at 224) or max (global max pooling, then
     /// L2 normalisation: 512 features at any --input-size, each the strongest response of one
     /// channel anywhere in the image; better on photos at 224 and above, and what --preset photos
-    /// uses). Built into the exported
-    /// model.
+    /// uses). Built into the exported model.
     #[arg(long, value_enum, default_value_t = SEED.pooling, value_name = "flatten|max")]
     pooling: pipe::arch::Pooling,
     /// Augment training images every epoch (needs --unfreeze), as --augment-style says.

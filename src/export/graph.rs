@@ -331,7 +331,8 @@ const FEATURE_SCALE: &str = "head.feature_scale";
 /// The constant [`FEATURE_SCALE`] of `arch`: the square root of the base's output channels.
 fn feature_scale(arch: &Arch) -> pb::TensorProto {
     let [channels, _, _] = arch.base_output_shape();
-    f32_tensor(FEATURE_SCALE, &[1], &[(channels as f32).sqrt()])
+    let norm = Pooling::max_feature_norm(channels) as f32;
+    f32_tensor(FEATURE_SCALE, &[1], &[norm])
 }
 
 /// [`Pooling::Max`]: `[N, C, H, W]` → GlobalMaxPool `[N, C, 1, 1]` → Flatten `[N, C]` →

@@ -32,12 +32,13 @@ pub(crate) fn pool(x: &Tensor, pooling: Pooling) -> Result<Tensor> {
     match pooling {
         Pooling::Flatten => Ok(x.f_flatten(1, -1)?),
         Pooling::Max => {
-            let channels = x.size().get(1).copied().unwrap_or(1) as f64;
+            let channels = x.size().get(1).copied().unwrap_or(1) as usize;
             let m = x.f_amax([2, 3], false)?;
             let norm = m
                 .f_norm_scalaropt_dim(2.0, [1], true)?
                 .f_clamp_min(NORM_FLOOR)?;
-            Ok(m.f_div(&norm)?.f_mul_scalar(channels.sqrt())?)
+            Ok(m.f_div(&norm)?
+                .f_mul_scalar(Pooling::max_feature_norm(channels))?)
         }
     }
 }
