@@ -36,3 +36,42 @@ pub use error::{Error, Result};
 #[cfg(target_os = "linux")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu", feature = "train"))]
+mod allocator_tests {
+    /// Bytes in the blocks glibc's malloc has mapped with mmap: where it puts any block of 32 MiB
+    /// or more.
+    fn glibc_mapped_bytes() -> usize {
+        // SAFETY: mallinfo2 only reads glibc's allocator statistics.
+        unsafe { libc::mallinfo2() }.hblkhd
+    }
+
+    #[test]
+    fn libtorch_allocates_through_jemalloc_which_keeps_freed_pages() {
+        let before = glibc_mapped_bytes();
+        let t = tch::Tensor::zeros([16 << 20], (tch::Kind::Float, tch::Device::Cpu)); // 64 MiB
+        let during = glibc_mapped_bytes();
+        assert_eq!(t.size(), [16 << 20]);
+        drop(t);
+        assert_eq!(
+            during, before,
+            "a 64 MiB libtorch tensor went to glibc's malloc, not jemalloc"
+        );
+        let (mut decay, mut len) = (0isize, std::mem::size_of::<isize>());
+        // SAFETY: reads one ssize_t option into `decay`, whose size `len` gives.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"opt.dirty_decay_ms".as_ptr(),
+                (&mut decay as *mut isize).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "mallctl opt.dirty_decay_ms");
+        assert_eq!(
+            decay, -1,
+            "jemalloc was built without .cargo/config.toml's options (freed pages are purged)"
+        );
+    }
+}
