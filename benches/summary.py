@@ -151,7 +151,7 @@ def speed_rows(t, x, i, ft):
                 ort_ref.get("batch1_images_per_s"), "onnxruntime-python", 0.95)
     t.ratio_row("pipe infer from JPEG, ort batch 256", "images/s", i["jpeg"], ort256, "pipe ort pre-decoded",
                 0.95)
-    t.ratio_row("pipe infer from JPEG vs its backend on the same batches, same run", "images/s", i["jpeg"],
+    t.ratio_row("pipe infer from JPEG vs its own backend, same run", "images/s", i["jpeg"],
                 i["jpeg_backend"], "ort busy time", 0.95)
     t.ratio_row("pipe infer from JPEG vs onnxruntime-python, batch 256", "images/s", i["jpeg"],
                 ort_ref.get("batch256_images_per_s"), "onnxruntime-python", 0.95)
