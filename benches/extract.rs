@@ -1,5 +1,5 @@
 //! Feature extraction through the frozen VGG16 base with tch (libtorch), the way `pipe train` does
-//! it (`pipe::train::extract`: caffe preprocessing, NCHW tensor, 13 convolutions, 5 poolings,
+//! it (`pipe::train::features::extract`: caffe preprocessing, NCHW tensor, 13 convolutions, 5 poolings,
 //! features back on the CPU), on pseudo-random NHWC RGB `u8` images. Throughput in images/s.
 //! Reference: `benches/reference/torch_extract.py` (PyTorch, same weights, threads, batch and size).
 //!
@@ -11,9 +11,9 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use indicatif::ProgressBar;
 use pipe::arch::Arch;
-use pipe::train::{extract, Base};
+use pipe::train::features::extract;
+use pipe::train::model::Base;
 use std::path::Path;
 
 const BATCH: usize = 128;
@@ -43,10 +43,9 @@ fn bench(c: &mut Criterion) {
     let base = base(&weights, 32);
     let pixels = common::pseudo_random_pixels(BATCH);
     eprintln!("libtorch threads: {}", tch::get_num_threads());
-    let pb = ProgressBar::hidden();
     let mut g = common::flat_group(c, "extract", 10, (3, 12), BATCH as u64);
     g.bench_function("tch_batch128", |b| {
-        b.iter(|| extract(&base, &pixels, BATCH, BATCH, &pb).expect("extract"))
+        b.iter(|| extract(&base, &pixels, BATCH, BATCH, &mut |_| {}).expect("extract"))
     });
     g.finish();
 }
@@ -57,12 +56,11 @@ fn bench_224(c: &mut Criterion) {
     };
     let base = base(&weights, 224);
     let pixels = common::pseudo_random_images(BATCH_224, 224);
-    let pb = ProgressBar::hidden();
     // 10 samples of one batch each (9 s a batch on two busy cores: criterion may warn that 45 s is
     // too short, and takes the 10 samples all the same).
     let mut g = common::flat_group(c, "extract", 10, (3, 45), BATCH_224 as u64);
     g.bench_function("tch_224_batch32", |b| {
-        b.iter(|| extract(&base, &pixels, BATCH_224, BATCH_224, &pb).expect("extract"))
+        b.iter(|| extract(&base, &pixels, BATCH_224, BATCH_224, &mut |_| {}).expect("extract"))
     });
     g.finish();
 }

@@ -21,11 +21,15 @@
 mod common;
 
 use pipe::arch::Arch;
-use pipe::config::{CpuBf16, Precision, Preset, TrainConfig};
+use pipe::config::{Precision, Preset, TrainConfig};
+use pipe::cpu::CpuFeatures;
 use pipe::data::{DataLayout, DataSource, LoadedSplit, OnError, Split};
-use pipe::train::{
-    build_list, run_spec, FineTuneModel, Learner, PhotoSet, PixelSplit, PixelSplits, RunImages,
-};
+use pipe::events::Silent;
+use pipe::train::augment::PhotoSet;
+use pipe::train::finetune::{FineTuneModel, PixelSplits};
+use pipe::train::images::PixelSplit;
+use pipe::train::images::{build_list, run_spec, RunImages};
+use pipe::train::learner::Learner;
 use pipe::weights::NamedTensor;
 use std::path::{Path, PathBuf};
 
@@ -114,7 +118,7 @@ fn auto_precision() -> (Precision, String) {
         .config()
         .precision
         .unwrap_or_default()
-        .resolve(false, CpuBf16::detect());
+        .resolve(false, CpuFeatures::detect());
     (p, why.to_string())
 }
 
@@ -187,9 +191,9 @@ fn photo_bench(weights: &Path, out: &Path) {
         ..Preset::Photos.config()
     };
     let layout = DataLayout::detect(&data).expect("detect the photo folders");
-    let list = build_list(&layout, &config).expect("list the photos");
-    let images =
-        RunImages::load(list, run_spec(&config), OnError::Skip).expect("decode the photos");
+    let list = build_list(&layout, &config, &Silent).expect("list the photos");
+    let images = RunImages::load(list, run_spec(&config), OnError::Skip, &Silent)
+        .expect("decode the photos");
     let photos = PhotoSet::decode(&images).expect("decode the photos for augmentation");
     let train = &images.train;
     write_photo_reference_inputs(&photos, &train.labels, train.classes.len(), &config);

@@ -1,7 +1,7 @@
 //! (b) One epoch of head training on cached features: 5,000 x 512 synthetic features (ReLU'd
 //! pseudo-random values, the shape of the seed recipe's cached VGG16 features), batch 128, SGD with
-//! momentum, plus the end-of-epoch validation on 1,000 test features, via `pipe::train::Learner` over
-//! `pipe::train::HeadModel`.
+//! momentum, plus the end-of-epoch validation on 1,000 test features, via `pipe::train::learner::Learner`
+//! over `pipe::train::head::HeadModel`.
 //! Throughput in training images/s.
 
 mod common;
@@ -9,7 +9,10 @@ mod common;
 use criterion::{criterion_group, criterion_main, Criterion};
 use pipe::arch::Arch;
 use pipe::config::TrainConfig;
-use pipe::train::{Features, HeadModel, Learner, SplitInfo};
+use pipe::train::features::Features;
+use pipe::train::head::HeadModel;
+use pipe::train::images::SplitInfo;
+use pipe::train::learner::Learner;
 use tch::Tensor;
 
 const TRAIN: usize = 5_000;

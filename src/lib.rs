@@ -8,8 +8,10 @@
 pub mod arch;
 pub mod config;
 pub mod contract;
+pub mod cpu;
 pub mod data;
 pub mod error;
+pub mod events;
 pub mod export;
 pub mod infer;
 pub mod onnx;

@@ -1,6 +1,21 @@
-//! Classification reports: accuracy, per-class precision and recall, confusion matrix; text tables.
+//! Classification reports: the predicted class of a row of scores (argmax, top-k), accuracy,
+//! per-class precision and recall, confusion matrix; text tables.
 
 use serde::Serialize;
+
+/// Index of the maximum (first on ties) of a row of scores (probabilities or logits).
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+}
+
+/// The `k` largest values of a row as `(index, value)`, largest first (ties: lower index first).
+pub fn top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, row[i])).collect()
+}
 
 /// Metrics of predictions against true labels.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -149,6 +164,21 @@ impl ClassReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_takes_first_maximum() {
+        assert_eq!(argmax(&[0.1, 0.7, 0.7, 0.2]), 1);
+        assert_eq!(argmax(&[3.0]), 0);
+    }
+
+    #[test]
+    fn top_k_orders_by_value() {
+        assert_eq!(
+            top_k(&[0.1, 0.5, 0.2, 0.5], 3),
+            vec![(1, 0.5), (3, 0.5), (2, 0.2)]
+        );
+        assert_eq!(top_k(&[0.3], 5), vec![(0, 0.3)]);
+    }
 
     #[test]
     fn precision_recall_and_confusion_by_hand() {

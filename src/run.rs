@@ -95,7 +95,7 @@ impl Predictions {
         let correct = self
             .items
             .iter()
-            .filter(|it| crate::infer::argmax(&it.probabilities) == it.label)
+            .filter(|it| crate::report::argmax(&it.probabilities) == it.label)
             .count();
         (!self.items.is_empty()).then(|| correct as f64 / self.items.len() as f64)
     }

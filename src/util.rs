@@ -194,6 +194,19 @@ pub fn plural(n: usize, noun: &str) -> String {
     }
 }
 
+/// A wall time for people: `45 s`, `12 min`, `1 h 05 min` (`seconds` rounded; negative as 0).
+pub fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=89 => format!("{s} s"),
+        90..=5399 => format!("{} min", (s + 30) / 60),
+        _ => {
+            let m = (s + 30) / 60;
+            format!("{} h {:02} min", m / 60, m % 60)
+        }
+    }
+}
+
 /// `n` with thousands separators: 14714688 → "14,714,688".
 pub fn thousands(n: usize) -> String {
     let s = n.to_string();

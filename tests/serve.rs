@@ -353,7 +353,7 @@ fn check_classification(backend: &str, labels: &Value) {
         .iter()
         .zip(&fixture().infer[backend])
     {
-        let top: Vec<(usize, f32)> = pipe::infer::top_k(probs, 3);
+        let top: Vec<(usize, f32)> = pipe::report::top_k(probs, 3);
         for (s, (c, p)) in row.as_array().unwrap().iter().zip(top) {
             let parts: Vec<&str> = s.as_str().unwrap().split(':').collect();
             assert_eq!(

@@ -352,7 +352,7 @@ fn unfreeze_fine_tunes_the_last_convs_exports_and_resumes() {
     assert_eq!(config["augment"], true);
     // --precision auto: bf16 mixed precision where the CPU has AVX512_BF16 (so the export and resume
     // checks below cover bf16 training there), float32 elsewhere; recorded and named in the configuration line.
-    let bf16 = pipe::config::CpuBf16::detect().avx512_bf16;
+    let bf16 = pipe::cpu::CpuFeatures::detect().avx512_bf16;
     assert_eq!(config["precision"], if bf16 { "bf16" } else { "fp32" });
     // The configuration line follows the layout line.
     let first = err

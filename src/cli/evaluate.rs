@@ -1,6 +1,7 @@
 //! `pipe evaluate`: a trained run on its test split.
 
-use super::{ExtractionArgs, RunSelection};
+use super::render::Stderr;
+use super::RunSelection;
 use anyhow::Result;
 use clap::ValueEnum;
 use std::path::PathBuf;
@@ -33,7 +34,7 @@ pub struct EvaluateArgs {
     #[arg(long, value_name = "PNG")]
     confusion_png: Option<PathBuf>,
     #[command(flatten)]
-    common: ExtractionArgs,
+    env: pipe::config::ExtractEnv,
 }
 
 impl EvaluateArgs {
@@ -46,12 +47,16 @@ impl EvaluateArgs {
         if let Some(png) = &self.confusion_png {
             pipe::util::check_output_path(png, false)?;
         }
+        let events = Stderr::new();
         let ev = pipe::train::evaluate_run(
             &run_dir,
             self.data.as_deref(),
             self.test_limit,
-            &self.common.env(),
-        )?;
+            &self.env,
+            &events,
+        );
+        events.clear();
+        let ev = ev?;
         let png = self
             .confusion_png
             .unwrap_or_else(|| run_dir.join(pipe::run::CONFUSION_PNG));

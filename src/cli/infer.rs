@@ -3,6 +3,7 @@
 //! are skipped (named, counted, error records; exit code 3); a file named on the command line that
 //! cannot be decoded is an error (exit code 1) once every other file was written.
 
+use super::render::Stderr;
 use super::{BackendArgs, Outcome};
 use anyhow::Result;
 use pipe::contract::Output;
@@ -85,7 +86,7 @@ impl InferArgs {
                 .filter(|p| !p.is_dir())
                 .map(PathBuf::as_path)
                 .collect(),
-            pb: progress_bar(files.len(), backend.name()),
+            events: Stderr::new(),
             t0: Instant::now(),
         };
         let mut named_failed = Vec::new();
@@ -100,7 +101,7 @@ impl InferArgs {
             }
         };
         let secs = job.t0.elapsed().as_secs_f64();
-        job.pb.finish_and_clear();
+        job.events.clear();
         // On stderr, so that stdout stays one record per file.
         for line in [report.summary(), report.skipped.summary()]
             .into_iter()
@@ -151,7 +152,8 @@ struct Job<'a> {
     files: &'a [PathBuf],
     /// The files named on the command line.
     named: HashSet<&'a Path>,
-    pb: indicatif::ProgressBar,
+    /// Where the progress and the skipped files are shown.
+    events: Stderr,
     /// Start of the classification.
     t0: Instant,
 }
@@ -188,14 +190,13 @@ impl Job<'_> {
                 if self.named.contains(s.path.as_path()) {
                     named_failed.push(s.clone());
                 } else {
-                    self.pb.suspend(|| eprintln!("warning: skipped {s}"));
+                    self.events.line(&format!("warning: skipped {s}"));
                 }
             }
             stream.push(&r)
         };
-        let progress = |done: usize| self.pb.set_position(done as u64);
         let classified =
-            pipe::infer::classify(backend, self.info, self.files, &opts, record, progress)?;
+            pipe::infer::classify(backend, self.info, self.files, &opts, record, &self.events)?;
         Ok((stream.finish(self.t0.elapsed().as_secs_f64())?, classified))
     }
 }
@@ -242,22 +243,4 @@ fn scan(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         eprintln!("warning: {w}");
     }
     Ok(files)
-}
-
-/// A progress bar on stderr for more than 256 images (hidden otherwise, and when stderr is not a
-/// terminal).
-fn progress_bar(images: usize, backend: &str) -> indicatif::ProgressBar {
-    if images <= 256 {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(images as u64);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:32}] {pos}/{len} images  {per_sec}  eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    pb.set_message(format!("infer ({})", backend));
-    pb
 }

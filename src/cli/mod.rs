@@ -7,6 +7,7 @@ mod evaluate;
 mod export;
 mod infer;
 mod inspect;
+mod render;
 #[cfg(feature = "serve")]
 mod serve;
 mod summary;
@@ -138,7 +139,9 @@ impl Command {
             #[cfg(feature = "train")]
             Command::Evaluate(a) => a.run().map(Outcome::from),
             #[cfg(feature = "train")]
-            Command::Sweep(a) => a.run().map(Outcome::from),
+            Command::Sweep(a) => a
+                .run(matches.subcommand_matches("sweep"))
+                .map(Outcome::from),
             Command::Summary(a) => a.run().map(Outcome::from),
             Command::Export(a) => a.run().map(Outcome::from),
             Command::Infer(a) => a.run(),
@@ -149,97 +152,6 @@ impl Command {
         }
     }
 }
-
-/// The data and base weights a training job reads (train, sweep; sweep words `--test-limit` its own
-/// way, having no `--val-split`).
-#[cfg(feature = "train")]
-#[derive(clap::Args)]
-pub struct DataArgs {
-    /// Dataset, its layout detected: train/<class>/* with test/<class>/* (test/ is held out) or
-    /// val/<class>/* (val/ is held out), or both (val/ validates); a single folder of class folders
-    /// (pipe splits it, see --val-split and --test-split); or the CIFAR-10 binary release
-    /// (cifar-10-batches-bin/ with data_batch_1..5.bin and test_batch.bin). Hidden entries
-    /// (.DS_Store, ._*, .ipynb_checkpoints/), __MACOSX/, Thumbs.db and desktop.ini are ignored.
-    #[arg(long, default_value = pipe::config::DEFAULT_DATA)]
-    pub data: PathBuf,
-    /// Conv-base weights written by `pipe weights import` (made by `make setup`).
-    #[arg(long, default_value = pipe::config::DEFAULT_WEIGHTS)]
-    pub weights: PathBuf,
-    /// Training images: a deterministic class-balanced subset of this size (0 = all).
-    #[arg(long, default_value_t = SEED.train_limit)]
-    pub train_limit: usize,
-    /// Test images, class-balanced subset of this size (0 = all); also the validation set unless
-    /// --val-split is given.
-    #[arg(long, default_value_t = SEED.test_limit)]
-    pub test_limit: usize,
-}
-
-/// Hyper-parameters of head training that train and sweep share (sweep uses them for every setting).
-#[cfg(feature = "train")]
-#[derive(clap::Args)]
-pub struct SgdArgs {
-    /// SGD momentum.
-    #[arg(long, default_value_t = SEED.momentum)]
-    pub momentum: f64,
-    /// L2 weight decay (added to the gradient, as PyTorch's SGD weight_decay).
-    #[arg(long, default_value_t = SEED.weight_decay)]
-    pub weight_decay: f64,
-    /// Seed for head initialisation, dropout and shuffling.
-    #[arg(long, default_value_t = SEED.seed)]
-    pub seed: u64,
-}
-
-/// Options shared by the commands that run the frozen base (train, evaluate, sweep).
-#[cfg(feature = "train")]
-#[derive(clap::Args)]
-pub struct ExtractionArgs {
-    /// Device: auto = CUDA when libtorch sees a GPU, else CPU.
-    #[arg(long, value_enum, default_value_t = pipe::config::TrainDevice::Auto)]
-    pub device: pipe::config::TrainDevice,
-    /// Batch size for feature extraction through the frozen base.
-    #[arg(long, default_value_t = 128)]
-    pub extract_batch_size: usize,
-    /// Network input size in pixels (multiple of 32): images are resized to it with a bilinear filter.
-    /// 32 keeps CIFAR-10's size; 64 upsamples 2x (4x the extraction work, 2,048 features per image);
-    /// 224 is VGG16's own, for photos (49x the work of 32, 25,088 features per image).
-    #[arg(long, default_value_t = SEED.input_size)]
-    pub input_size: usize,
-    /// How images of any shape become --input-size squares: squash (stretch the whole image, as
-    /// Keras' load_img) or crop (shorter side to the input size, then the centre square, as
-    /// torchvision's Resize + CenterCrop). Recorded in the run; the exported model carries it.
-    #[arg(long, default_value_t = SEED.resize, value_name = "squash|crop")]
-    pub resize: pipe::data::ResizePolicy,
-    /// Folder of the feature cache (features keyed by weights fingerprint, preprocessing, input size,
-    /// resize policy and filter, and image pixels).
-    #[arg(long, default_value = pipe::config::DEFAULT_CACHE_DIR)]
-    pub cache_dir: PathBuf,
-    /// Neither read nor write the feature cache.
-    #[arg(long)]
-    pub no_cache: bool,
-    /// Accept base weights whose fingerprint is not the ImageNet VGG16 one.
-    #[arg(long)]
-    pub allow_unverified: bool,
-}
-
-#[cfg(feature = "train")]
-impl ExtractionArgs {
-    /// The invocation's choices (progress bars on; no run selection).
-    pub fn env(&self) -> pipe::config::TrainEnv {
-        pipe::config::TrainEnv {
-            device: self.device,
-            cache_dir: (!self.no_cache).then(|| self.cache_dir.clone()),
-            extract_batch_size: self.extract_batch_size,
-            allow_unverified: self.allow_unverified,
-            progress: true,
-            ..Default::default()
-        }
-    }
-}
-
-/// The seed recipe, whose values are the defaults of the training commands' options.
-#[cfg(feature = "train")]
-pub static SEED: std::sync::LazyLock<pipe::config::TrainConfig> =
-    std::sync::LazyLock::new(pipe::config::TrainConfig::seed_recipe);
 
 /// Which training run a command reads (evaluate, export). Commands name what they do with it in
 /// the help of `--run` (`mut_arg`).

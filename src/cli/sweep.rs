@@ -1,47 +1,67 @@
 //! `pipe sweep`: head training over a grid of batch sizes and learning rates from one set of cached
-//! features.
+//! features, with the training settings of `pipe train` (declared once in [`TrainConfig`]).
 
-use super::{DataArgs, ExtractionArgs, SgdArgs};
+use super::render::Stderr;
 use anyhow::{Context, Result};
+use clap::{Arg, ArgMatches, Args, Command};
+use pipe::config::{ExtractEnv, TrainConfig, FINE_TUNING};
 use std::path::PathBuf;
+
+/// Whether `a` is an option of [`TrainConfig`] that a sweep does not take: the batch size and rate,
+/// which --batch-sizes and --lrs give per setting, and the fine-tuning settings (a sweep trains
+/// heads on cached features). Hidden from `pipe sweep --help` and refused when given.
+fn not_for_sweeps(a: &Arg) -> bool {
+    matches!(a.get_id().as_str(), "batch_size" | "lr") || a.get_help_heading() == Some(FINE_TUNING)
+}
 
 /// Arguments of `pipe sweep`.
 #[derive(clap::Args)]
-#[command(mut_arg("test_limit", |a| a.help("Test images, the validation set (0 = all)")))]
+#[command(mut_arg("test_limit", |a| a.help("Test images, class-balanced subset of this size (0 = all); the validation set unless --val-split is given")))]
 #[command(mut_arg("seed", |a| a.help("Seed (the same for every setting)")))]
+#[command(mut_arg("epochs", |a| a.help("Epochs per setting").default_value("15")))]
+#[command(mut_args(|a| if not_for_sweeps(&a) { a.hide(true) } else { a }))]
 pub struct SweepArgs {
-    #[command(flatten)]
-    data: DataArgs,
     /// Batch sizes to try, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "32,64,96,128,256")]
     batch_sizes: Vec<usize>,
     /// Learning rates to try, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1e-4")]
     lrs: Vec<f64>,
-    /// Epochs per setting.
-    #[arg(long, default_value_t = 15)]
-    epochs: usize,
-    #[command(flatten)]
-    sgd: SgdArgs,
     /// Folder to write sweep.json and sweep.png into, replacing any there (default: a new
     /// models/sweeps/<UTC time>).
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]
-    common: ExtractionArgs,
+    config: TrainConfig,
+    #[command(flatten)]
+    env: ExtractEnv,
 }
 
 impl SweepArgs {
-    /// Runs the sweep, writes sweep.json and sweep.png, and prints one row per setting.
+    /// Runs the sweep, writes sweep.json and sweep.png, and prints one row per setting. `matches`
+    /// are the command's parsed arguments (options a sweep does not take are refused).
     ///
     /// # Errors
-    /// As [`pipe::train::sweep`]; an unusable --out.
-    pub fn run(self) -> Result<()> {
+    /// As [`pipe::train::sweep`]; an unusable --out; an option a sweep does not take.
+    pub fn run(self, matches: Option<&ArgMatches>) -> Result<()> {
         let a = self;
-        let config = a.config();
-        let env = a.common.env();
+        let given = super::train::given_ids(matches);
+        let refused: Vec<String> = TrainConfig::augment_args(Command::new("sweep"))
+            .get_arguments()
+            .filter(|a| not_for_sweeps(a))
+            .map(|a| a.get_id().to_string())
+            .collect();
+        if let Some(id) = given.iter().find(|id| refused.iter().any(|r| r == *id)) {
+            anyhow::bail!(
+                "pipe sweep does not take --{}: --batch-sizes and --lrs give each setting's batch \
+                 size and rate, and a sweep trains the head on cached frozen-base features \
+                 (fine-tuning is pipe train's)",
+                id.replace('_', "-")
+            );
+        }
+        let config = &a.config;
         let t0 = std::time::Instant::now();
-        pipe::train::validate_sweep(&config, &env, &a.batch_sizes, &a.lrs)?;
+        pipe::train::validate_sweep(config, &a.env, &a.batch_sizes, &a.lrs)?;
         // The output folder is made before the work, so that an unusable --out fails at once.
         let out_dir = a
             .out
@@ -49,11 +69,14 @@ impl SweepArgs {
             .unwrap_or_else(|| PathBuf::from("models/sweeps").join(pipe::run::timestamp_name()));
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("cannot create {}", out_dir.display()))?;
-        let (rows, extracted) = pipe::train::sweep(&config, &env, &a.batch_sizes, &a.lrs)?;
+        let events = Stderr::new();
+        let swept = pipe::train::sweep(config, &a.env, (&a.batch_sizes, &a.lrs), &events);
+        events.clear();
+        let (rows, extracted) = swept?;
         let doc = serde_json::json!({
-            "data": a.data.data, "train_limit": a.data.train_limit, "test_limit": a.data.test_limit,
-            "epochs": a.epochs, "momentum": a.sgd.momentum, "weight_decay": a.sgd.weight_decay,
-            "seed": a.sgd.seed,
+            "data": config.data, "train_limit": config.train_limit,
+            "test_limit": config.test_limit, "epochs": config.epochs,
+            "momentum": config.momentum, "weight_decay": config.weight_decay, "seed": config.seed,
             "images_extracted": extracted, "seconds": t0.elapsed().as_secs_f64(), "settings": rows,
         });
         pipe::util::write_json_atomic(&out_dir.join("sweep.json"), &doc)?;
@@ -81,24 +104,6 @@ impl SweepArgs {
         );
         Ok(())
     }
-
-    /// The configuration every setting starts from: the seed recipe with this sweep's data,
-    /// epochs and SGD settings (batch size and learning rate are set per setting).
-    fn config(&self) -> pipe::config::TrainConfig {
-        pipe::config::TrainConfig {
-            data: self.data.data.clone(),
-            weights: self.data.weights.clone(),
-            train_limit: self.data.train_limit,
-            test_limit: self.data.test_limit,
-            input_size: self.common.input_size,
-            resize: self.common.resize,
-            epochs: self.epochs,
-            momentum: self.sgd.momentum,
-            weight_decay: self.sgd.weight_decay,
-            seed: self.sgd.seed,
-            ..pipe::config::TrainConfig::seed_recipe()
-        }
-    }
 }
 
 /// The sweep table: one row per setting.
@@ -122,5 +127,61 @@ fn print_rows(rows: &[pipe::train::SweepRow]) {
                 ""
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::{CommandFactory, FromArgMatches};
+
+    /// `pipe sweep ARGS` parsed as `main` parses it: the arguments and the sweep's matches.
+    fn sweep(args: &[&str]) -> (super::SweepArgs, clap::ArgMatches) {
+        let m = Cli::command()
+            .try_get_matches_from(["pipe", "sweep"].iter().chain(args))
+            .unwrap();
+        let Command::Sweep(a) = Cli::from_arg_matches(&m).unwrap().command else {
+            panic!("not sweep");
+        };
+        (a, m.subcommand_matches("sweep").unwrap().clone())
+    }
+
+    /// A sweep takes the head settings of `pipe train` (15 epochs by default), hides the batch size,
+    /// the rate and the fine-tuning settings, and refuses them by name before any work.
+    #[test]
+    fn sweep_takes_the_head_settings_and_refuses_the_others() {
+        let (a, _) = sweep(&["--pooling", "max", "--input-size", "64"]);
+        assert_eq!(a.config.epochs, 15);
+        assert_eq!(
+            (a.config.pooling, a.config.input_size),
+            (pipe::arch::Pooling::Max, 64)
+        );
+        assert_eq!(a.config.lr, pipe::config::TrainConfig::default().lr);
+        let cmd = Cli::command();
+        let help = cmd.find_subcommand("sweep").unwrap();
+        let hidden = |id: &str| {
+            help.get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap()
+                .is_hide_set()
+        };
+        for id in [
+            "batch_size",
+            "lr",
+            "unfreeze",
+            "augment",
+            "precision",
+            "head_lr",
+        ] {
+            assert!(hidden(id), "{id} shown in sweep --help");
+        }
+        for id in ["pooling", "optimizer", "seed", "epochs", "batch_sizes"] {
+            assert!(!hidden(id), "{id} hidden in sweep --help");
+        }
+        for (flag, value) in [("--unfreeze", "2"), ("--lr", "0.1"), ("--head-epochs", "1")] {
+            let (a, m) = sweep(&[flag, value, "--out", "/nonexistent/sweep"]);
+            let err = a.run(Some(&m)).unwrap_err().to_string();
+            assert!(err.contains(&format!("does not take {flag}")), "{err}");
+        }
     }
 }

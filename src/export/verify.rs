@@ -183,7 +183,7 @@ fn softmax(row: &mut [f32]) {
 /// [`Error::InvalidFile`] naming `model` when the labels differ, unless a tolerance looser than
 /// [`VERIFY_TOLERANCE`] makes tch's two most probable classes a near-tie.
 fn compare(model: &Path, p: &[f32], it: &PredictionItem, tolerance: f32) -> Result<f32> {
-    use crate::infer::argmax;
+    use crate::report::argmax;
     let near_tie = || {
         let mut sorted = it.probabilities.clone();
         sorted.sort_by(|a, b| b.total_cmp(a));

@@ -1,13 +1,15 @@
 //! Batched classification of image files, pipelined: a decoding thread reads and decodes the next
 //! batch (as the model's [`ModelInfo::image`] says) while the backend runs the current one, and each
-//! file's [`Record`] goes to a sink as soon as its batch is done, so that the backend never waits for
+//! file's [`Record`] goes to the caller as soon as its batch is done, so that the backend never waits for
 //! the decoder on a large folder and memory does not grow with the number of files (at most three
 //! batches exist at a time: one being decoded, one waiting, one running).
 
 use super::Backend;
 use crate::data::{FileOutcome, OnError, SkippedFile};
 use crate::error::{Error, Result};
+use crate::events::{Event, EventSink, Task};
 use crate::onnx::ModelInfo;
+use crate::report::argmax;
 use ndarray::{Array2, ArrayView4};
 use std::path::{Path, PathBuf};
 
@@ -58,20 +60,6 @@ pub struct ClassifyOptions {
     /// [`OnError::Skip`]: a file that cannot be decoded becomes a [`Record::Skipped`];
     /// [`OnError::Stop`] (`--strict`): its error ends the classification, before its batch's records.
     pub on_error: OnError,
-}
-
-/// Index of the maximum (first on ties) of a row.
-pub fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
-}
-
-/// The `k` largest values of a row as `(index, value)`, largest first (ties: lower index first).
-pub fn top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut idx: Vec<usize> = (0..row.len()).collect();
-    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-    idx.into_iter().take(k).map(|i| (i, row[i])).collect()
 }
 
 /// Decodes the bytes of one image file for `info`'s model: the pixels its input takes, HWC RGB `u8`,
@@ -138,21 +126,46 @@ pub struct Classified {
 
 /// Classifies `files` with `backend` in batches of `opts.batch_size`, decoding each next batch on a
 /// second thread (whose parallel decoding runs on rayon's pool) while the backend runs the current
-/// one. After each batch, `sink` receives one [`Record`] per file, in file order, and `progress` the
-/// number of files done. Returns the files done and the backend's busy time.
+/// one. After each batch, `record` receives one [`Record`] per file, in file order, and `events` the
+/// progress ([`Task::Infer`], files done of all). Returns the files done and the backend's busy time.
 ///
 /// # Errors
 /// With [`OnError::Stop`], the first file of the first batch holding one that cannot be decoded
 /// (named, as [`crate::data::load_image`] says it); a backend failure or an output that is not
-/// `[batch, classes]`; the first error of `sink`. Classification stops there; the decoding thread
+/// `[batch, classes]`; the first error of `record`. Classification stops there; the decoding thread
 /// stops after the batch it is decoding.
 pub fn classify(
     backend: &mut dyn Backend,
     info: &ModelInfo,
     files: &[PathBuf],
     opts: &ClassifyOptions,
-    mut sink: impl FnMut(Record) -> Result<()>,
-    mut progress: impl FnMut(usize),
+    mut record: impl FnMut(Record) -> Result<()>,
+    events: &dyn EventSink,
+) -> Result<Classified> {
+    let task = Task::Infer {
+        backend: backend.name(),
+    };
+    let progress = |done: usize| {
+        events.emit(Event::Progress {
+            task: task.clone(),
+            done: done as u64,
+            total: files.len() as u64,
+        })
+    };
+    progress(0);
+    let done = classify_batches(backend, info, files, opts, &mut record, progress);
+    events.emit(Event::ProgressDone(task.clone()));
+    done
+}
+
+/// The batches of [`classify`], `progress` receiving the files done after each.
+fn classify_batches(
+    backend: &mut dyn Backend,
+    info: &ModelInfo,
+    files: &[PathBuf],
+    opts: &ClassifyOptions,
+    record: &mut impl FnMut(Record) -> Result<()>,
+    progress: impl Fn(usize),
 ) -> Result<Classified> {
     let batches = files.chunks(opts.batch_size.max(1));
     std::thread::scope(|scope| {
@@ -173,7 +186,7 @@ pub fn classify(
             backend_seconds: 0.0,
         };
         for batch in rx {
-            let (files, seconds) = run_batch(backend, info, batch?, opts.on_error, &mut sink)?;
+            let (files, seconds) = run_batch(backend, info, batch?, opts.on_error, record)?;
             done.files += files;
             done.backend_seconds += seconds;
             progress(done.files);
@@ -182,14 +195,14 @@ pub fn classify(
     })
 }
 
-/// Runs the decoded files of `batch` through `backend` and hands every file's record to `sink`, in
+/// Runs the decoded files of `batch` through `backend` and hands every file's record to `record`, in
 /// file order; returns the number of files and the seconds the backend took.
 fn run_batch(
     backend: &mut dyn Backend,
     info: &ModelInfo,
     batch: DecodedBatch<'_>,
     on_error: OnError,
-    sink: &mut impl FnMut(Record) -> Result<()>,
+    record: &mut impl FnMut(Record) -> Result<()>,
 ) -> Result<(usize, f64)> {
     if on_error == OnError::Stop {
         if let Some(s) = batch.failed.iter().flatten().next() {
@@ -207,14 +220,14 @@ fn run_batch(
     // Output row `row` is the `row`-th decoded file's (run_checked made sure there is one each).
     let mut row = 0;
     for (path, failed) in batch.files.iter().zip(batch.failed) {
-        let record = match failed {
+        let rec = match failed {
             Some(skipped) => Record::Skipped(skipped),
             None => {
                 row += 1;
                 Record::Classified(prediction(path, probs.row(row - 1).to_vec(), info))
             }
         };
-        sink(record)?;
+        record(rec)?;
     }
     Ok((batch.files.len(), seconds))
 }
@@ -260,21 +273,6 @@ fn prediction(path: &Path, row: Vec<f32>, info: &ModelInfo) -> Prediction {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn argmax_takes_first_maximum() {
-        assert_eq!(argmax(&[0.1, 0.7, 0.7, 0.2]), 1);
-        assert_eq!(argmax(&[3.0]), 0);
-    }
-
-    #[test]
-    fn top_k_orders_by_value() {
-        assert_eq!(
-            top_k(&[0.1, 0.5, 0.2, 0.5], 3),
-            vec![(1, 0.5), (3, 0.5), (2, 0.2)]
-        );
-        assert_eq!(top_k(&[0.3], 5), vec![(0, 0.3)]);
-    }
 
     /// A model of input side 4 decoding as `resize` says.
     fn model(resize: crate::data::ResizePolicy) -> ModelInfo {
@@ -351,6 +349,7 @@ mod tests {
             on_error: OnError::Skip,
         };
         let (mut backend, mut records) = (Slow { runs: 0 }, Vec::new());
+        let events = crate::events::Collected::default();
         let t = std::time::Instant::now();
         let done = classify(
             &mut backend,
@@ -361,9 +360,21 @@ mod tests {
                 records.push(r);
                 Ok(())
             },
-            |_| {},
+            &events,
         )
         .unwrap();
+        // Progress after each batch of 2, of the 6 files, then the end of the task.
+        let task = Task::Infer { backend: "slow" };
+        let progress: Vec<Event> = [0, 2, 4, 6]
+            .map(|done| Event::Progress {
+                task: task.clone(),
+                done,
+                total: 6,
+            })
+            .into_iter()
+            .chain([Event::ProgressDone(task)])
+            .collect();
+        assert_eq!(events.events(), progress);
         let wall = t.elapsed().as_secs_f64();
         assert_eq!(done.files, 6);
         assert_eq!(backend.runs, 3);

@@ -5,9 +5,9 @@
 //!   backend runs the current one), one [`Record`] per file: a [`Prediction`], or the
 //!   [`crate::data::SkippedFile`] of a file that could not be decoded; [`decode_image`] and
 //!   [`decode_files`], the one decoding for a model's input (its [`crate::onnx::ModelInfo::image`]);
-//! - [`report`]: [`InferReport`] (accuracy and confusion over the images in class folders) and
-//!   [`ReportStream`], which writes records as they come through a [`writer`] of the chosen
-//!   [`OutputFormat`] (text, CSV, JSON).
+//! - [`report`]: [`InferReport`] (accuracy and confusion over the images in class folders);
+//! - [`writer`]: [`ReportStream`], which writes records as they come in the chosen [`OutputFormat`]
+//!   (text, CSV, JSON) and accumulates the report.
 //!
 //! Models are read as [`crate::onnx::ModelInfo`] and fed as [`crate::contract`] says.
 
@@ -24,11 +24,10 @@ pub mod tract_backend;
 pub mod writer;
 
 pub use classify::{
-    argmax, classify, decode_files, decode_image, top_k, Classified, ClassifyOptions, Prediction,
-    Record,
+    classify, decode_files, decode_image, Classified, ClassifyOptions, Prediction, Record,
 };
-pub use report::{folder_label, InferReport, ReportStream};
-pub use writer::{OutputFormat, RecordWriter, WriterContext};
+pub use report::{folder_label, InferReport};
+pub use writer::{OutputFormat, RecordWriter, ReportStream, WriterContext};
 
 /// Images per backend run at input side `side` that keep one block-1 activation (64 float32 channels
 /// of `side` x `side`: 256 KiB per 32x32 image, 12.25 MiB per 224x224 one, 36 MiB per 384x384 one)

@@ -1,15 +1,11 @@
 //! [`InferReport`]: what `pipe infer` computes over the files it reads (images classified, accuracy
 //! and confusion of the images in class folders, files skipped per reason), accumulated one
-//! [`Record`] at a time, and [`ReportStream`], which writes each record in the chosen format as it
-//! accumulates.
+//! [`Record`] at a time.
 
 use super::classify::{Prediction, Record};
-use super::writer::{record_writer, OutputFormat, RecordWriter, WriterContext};
 use crate::data::SkipCounts;
-use crate::error::{Error, Result};
 use crate::report::ClassReport;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The class an image's path claims: the name of its parent folder, when that is one of `classes`.
 pub fn folder_label(path: &Path, classes: &[String]) -> Option<usize> {
@@ -94,63 +90,6 @@ impl InferReport {
             self.labelled,
             self.class_report().summary(3)
         ))
-    }
-}
-
-/// Writes each [`Prediction`] to an output in an [`OutputFormat`] as it comes and accumulates the
-/// [`InferReport`]; [`ReportStream::finish`] closes the output (for JSON: the document's summary
-/// fields) and returns the report.
-pub struct ReportStream<'w> {
-    writer: Box<dyn RecordWriter + 'w>,
-    report: InferReport,
-    sink: PathBuf,
-}
-
-impl<'w> ReportStream<'w> {
-    /// A stream of records in `format` to `out`, named `sink` in I/O errors (the output file, or
-    /// `stdout`).
-    ///
-    /// # Errors
-    /// [`Error::Io`] when the format's buffers cannot be set up (JSON keeps its records in a temporary
-    /// file until the summary fields that precede them are known).
-    pub fn new(
-        format: OutputFormat,
-        out: impl Write + 'w,
-        sink: &Path,
-        ctx: WriterContext,
-    ) -> Result<Self> {
-        let report = InferReport::new(&ctx.classes);
-        let writer = record_writer(format, out, ctx).map_err(|e| Error::io(sink, e))?;
-        Ok(ReportStream {
-            writer,
-            report,
-            sink: sink.to_path_buf(),
-        })
-    }
-
-    /// Counts `r` and writes it: a prediction, or the error record of a skipped file.
-    ///
-    /// # Errors
-    /// [`Error::Io`] naming the sink.
-    pub fn push(&mut self, r: &Record) -> Result<()> {
-        self.report.add_record(r);
-        match r {
-            Record::Classified(p) => self.writer.record(p),
-            Record::Skipped(s) => self.writer.skipped(s),
-        }
-        .map_err(|e| Error::io(&self.sink, e))
-    }
-
-    /// Writes what follows the last record (`seconds`: the classification time, in the JSON
-    /// document), flushes, and returns the report.
-    ///
-    /// # Errors
-    /// [`Error::Io`] naming the sink.
-    pub fn finish(mut self, seconds: f64) -> Result<InferReport> {
-        self.writer
-            .finish(&self.report, seconds)
-            .map_err(|e| Error::io(&self.sink, e))?;
-        Ok(self.report)
     }
 }
 

@@ -5,14 +5,17 @@
 //! when it gets it;
 //! JSON, whose summary fields come before the records in its (alphabetically ordered) document,
 //! keeps its records in a temporary file until [`RecordWriter::finish`], so that memory does not grow
-//! with the number of images either.
+//! with the number of images either. [`ReportStream`] writes each record as it comes and accumulates
+//! the [`InferReport`].
 
-use super::classify::{top_k, Prediction};
+use super::classify::{Prediction, Record};
 use super::report::InferReport;
 use super::BackendKind;
 use crate::contract::Output;
 use crate::data::SkippedFile;
+use crate::error::{Error, Result};
 use crate::onnx::ModelInfo;
+use crate::report::top_k;
 use serde::Serialize;
 use std::io::{self, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -284,6 +287,63 @@ impl<W: Write> RecordWriter for JsonWriter<W> {
         field(out, false, "seconds", &seconds)?;
         out.write_all(b"}\n")?;
         out.flush()
+    }
+}
+
+/// Writes each [`Prediction`] to an output in an [`OutputFormat`] as it comes and accumulates the
+/// [`InferReport`]; [`ReportStream::finish`] closes the output (for JSON: the document's summary
+/// fields) and returns the report.
+pub struct ReportStream<'w> {
+    writer: Box<dyn RecordWriter + 'w>,
+    report: InferReport,
+    sink: PathBuf,
+}
+
+impl<'w> ReportStream<'w> {
+    /// A stream of records in `format` to `out`, named `sink` in I/O errors (the output file, or
+    /// `stdout`).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the format's buffers cannot be set up (JSON keeps its records in a temporary
+    /// file until the summary fields that precede them are known).
+    pub fn new(
+        format: OutputFormat,
+        out: impl Write + 'w,
+        sink: &Path,
+        ctx: WriterContext,
+    ) -> Result<Self> {
+        let report = InferReport::new(&ctx.classes);
+        let writer = record_writer(format, out, ctx).map_err(|e| Error::io(sink, e))?;
+        Ok(ReportStream {
+            writer,
+            report,
+            sink: sink.to_path_buf(),
+        })
+    }
+
+    /// Counts `r` and writes it: a prediction, or the error record of a skipped file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the sink.
+    pub fn push(&mut self, r: &Record) -> Result<()> {
+        self.report.add_record(r);
+        match r {
+            Record::Classified(p) => self.writer.record(p),
+            Record::Skipped(s) => self.writer.skipped(s),
+        }
+        .map_err(|e| Error::io(&self.sink, e))
+    }
+
+    /// Writes what follows the last record (`seconds`: the classification time, in the JSON
+    /// document), flushes, and returns the report.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the sink.
+    pub fn finish(mut self, seconds: f64) -> Result<InferReport> {
+        self.writer
+            .finish(&self.report, seconds)
+            .map_err(|e| Error::io(&self.sink, e))?;
+        Ok(self.report)
     }
 }
 

@@ -4,9 +4,9 @@
 //! through the batching queue.
 
 use super::error::ApiError;
-use super::routes::{body_error, run_images, Deadline, Shared};
-use crate::infer::{argmax, top_k};
+use super::state::{body_error, run_images, Deadline, Shared};
 use crate::onnx::ModelInfo;
+use crate::report::{argmax, top_k};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};

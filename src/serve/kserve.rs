@@ -7,8 +7,8 @@
 //! data length, binary section) and answers with a 400 that says what is wrong.
 
 use super::error::ApiError;
-use crate::infer::top_k;
 use crate::onnx::ModelInfo;
+use crate::report::top_k;
 use ndarray::Array2;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::Deserialize;

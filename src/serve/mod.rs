@@ -13,6 +13,7 @@ pub mod error;
 pub mod kserve;
 pub mod metrics;
 pub mod routes;
+pub mod state;
 
 pub use error::{ApiError, ServeError};
 
@@ -20,7 +21,7 @@ use crate::infer::BackendOptions;
 use crate::onnx::ModelInfo;
 use batcher::{BatchConfig, Batcher};
 use metrics::Metrics;
-use routes::AppState;
+use state::AppState;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

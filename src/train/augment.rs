@@ -11,8 +11,7 @@
 //!   input size, 256 for 224, as torchvision's `Resize(256)` before a 224 crop), so that a crop of a
 //!   small part still has detail and no photo is decoded again per epoch.
 
-use super::finetune::PixelSplit;
-use super::images::RunImages;
+use super::images::{PixelSplit, RunImages};
 use crate::config::{AugmentStyle, TrainConfig};
 use crate::data::resize::shorter_side_to;
 use crate::data::{LayoutKind, MAX_IMAGE_BYTES, RESIZE_FILTER};

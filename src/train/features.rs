@@ -2,31 +2,20 @@
 //! features: base-weights fingerprint, preprocessing, input size, resize policy and filter, and the
 //! decoded pixels themselves.
 
-use super::images::RunImages;
+use super::images::{RunImages, SplitInfo};
 use super::model::{from_tch, to_tch, Base};
 use crate::arch::{Arch, Pooling};
-use crate::config::{TrainConfig, TrainEnv};
+use crate::config::{ExtractEnv, TrainConfig};
 use crate::contract::CAFFE_PREPROCESSING;
 use crate::data::{caffe_preprocess, ImageSpec, LoadedSplit};
 use crate::error::{Error, Result};
+use crate::events::{Event, EventSink, Task, Warning};
 use crate::weights::{hex, load_base, load_safetensors, save_safetensors};
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Tensor};
-
-/// Labels and names of one split's images, without pixels.
-#[derive(Debug, Clone)]
-pub struct SplitInfo {
-    /// Folder the names are relative to.
-    pub root: PathBuf,
-    /// Per image: relative path or `<batch file>#<record>`.
-    pub names: Vec<String>,
-    /// Per image: label.
-    pub labels: Vec<usize>,
-}
 
 /// Base features of the training and test images, on the CPU.
 pub struct Features {
@@ -86,23 +75,49 @@ pub fn cache_key(
     hex(&h.finalize())
 }
 
-fn progress_bar(len: usize, show: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len as u64);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "extracting features [{bar:32}] {pos}/{len} images  {per_sec}  eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    pb
+/// Progress of an extraction over several splits: [`Event::Progress`] of [`Task::Extract`], whose
+/// total grows as each split's extraction starts.
+struct ExtractProgress<'a> {
+    events: &'a dyn EventSink,
+    done: u64,
+    total: u64,
 }
 
-/// Runs the frozen base over `pixels` (NHWC RGB u8, `n` images) in batches, returning features
-/// `[n, feature_dim]` float32 on the CPU.
+impl<'a> ExtractProgress<'a> {
+    fn new(events: &'a dyn EventSink) -> Self {
+        ExtractProgress {
+            events,
+            done: 0,
+            total: 0,
+        }
+    }
+
+    /// `images` more to extract.
+    fn add(&mut self, images: usize) {
+        self.total += images as u64;
+        self.advance(0);
+    }
+
+    /// `images` more extracted.
+    fn advance(&mut self, images: usize) {
+        self.done += images as u64;
+        self.events.emit(Event::Progress {
+            task: Task::Extract,
+            done: self.done,
+            total: self.total,
+        });
+    }
+
+    /// The extraction has ended (only reported when it started).
+    fn finish(&self) {
+        if self.total > 0 {
+            self.events.emit(Event::ProgressDone(Task::Extract));
+        }
+    }
+}
+
+/// Runs the frozen base over `pixels` (NHWC RGB u8, `n` images) in batches of `batch`, returning
+/// features `[n, feature_dim]` float32 on the CPU; `progress` receives the images of each batch done.
 ///
 /// # Errors
 /// [`Error::Torch`] on a libtorch failure.
@@ -111,7 +126,7 @@ pub fn extract(
     pixels: &[u8],
     n: usize,
     batch: usize,
-    pb: &ProgressBar,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<Tensor> {
     let s = base.input_size;
     let per = s * s * 3;
@@ -122,7 +137,7 @@ pub fn extract(
         let x = caffe_preprocess(&pixels[start * per..(start + m) * per], m, s);
         let x = Tensor::f_from_slice(&x)?.f_view([m as i64, 3, s as i64, s as i64])?;
         parts.push(base.features(&x)?.f_to_device(Device::Cpu)?);
-        pb.inc(m as u64);
+        progress(m);
     }
     if parts.is_empty() {
         return Err(Error::Usage("no images to extract features from".into()));
@@ -139,12 +154,13 @@ fn info(s: &LoadedSplit) -> SplitInfo {
 }
 
 /// Where a split's features are cached: the folder (`None`: `--no-cache`), the weights fingerprint
-/// and how the pixels were made.
+/// and how the pixels were made; and where a cache entry that cannot be read is reported.
 struct CacheSlot<'a> {
     dir: Option<&'a Path>,
     fingerprint: &'a str,
     spec: &'a ImageSpec,
     pooling: Pooling,
+    events: &'a dyn EventSink,
 }
 
 /// The features of `split`: read from `slot` when a valid entry exists, else computed by `make`
@@ -169,9 +185,9 @@ fn cached(
     if let Some(p) = path.as_ref().filter(|p| p.is_file()) {
         match load_safetensors(p, &[("features".to_string(), vec![split.len(), dim])]) {
             Ok((t, _)) => return Ok((to_tch(&t[0], Device::Cpu)?, false)),
-            Err(e) => {
-                eprintln!("warning: ignoring unreadable feature cache ({e}); extracting again")
-            }
+            Err(e) => slot.events.warn(Warning::Other(format!(
+                "ignoring unreadable feature cache ({e}); extracting again"
+            ))),
         }
     }
     let x = make()?;
@@ -186,27 +202,29 @@ fn cached(
 }
 
 /// The base features of `images`' splits (training, validation when there is one, test) from `env`'s
-/// cache, or by extraction on `device` in `env`'s batches (then stored in the cache). The tch base is
-/// built only when something must be extracted.
+/// cache, or by extraction on `device` in `env`'s batches (then stored in the cache), reporting the
+/// extraction's progress to `events`. The tch base is built only when something must be extracted.
 ///
 /// # Errors
 /// Weights or libtorch errors; an unwritable cache folder.
 pub fn prepare_features(
     images: &RunImages,
     config: &TrainConfig,
-    env: &TrainEnv,
+    env: &ExtractEnv,
     device: Device,
+    events: &dyn EventSink,
 ) -> Result<Features> {
     let arch = config.arch(images.list.classes.len());
     let (weights, fingerprint) = load_base(&config.weights, &arch, env.allow_unverified)?;
     let mut base: Option<Base> = None;
     let t0 = Instant::now();
-    let pb = progress_bar(0, env.progress);
+    let mut progress = ExtractProgress::new(events);
     let slot = CacheSlot {
-        dir: env.cache_dir.as_deref(),
+        dir: env.cache(),
         fingerprint: &fingerprint,
         spec: &images.spec,
         pooling: arch.pooling,
+        events,
     };
     let mut extracted = 0;
     let mut features = |split: &LoadedSplit| -> Result<Tensor> {
@@ -217,8 +235,14 @@ pub fn prepare_features(
             let b = base
                 .as_ref()
                 .ok_or_else(|| Error::Torch("base not built".into()))?;
-            pb.inc_length(split.len() as u64);
-            extract(b, &split.pixels, split.len(), env.extract_batch_size, &pb)
+            progress.add(split.len());
+            extract(
+                b,
+                &split.pixels,
+                split.len(),
+                env.extract_batch_size,
+                &mut |m| progress.advance(m),
+            )
         })?;
         extracted += usize::from(made) * split.len();
         Ok(x)
@@ -226,7 +250,7 @@ pub fn prepare_features(
     let train_x = features(&images.train)?;
     let val_x = images.val.as_ref().map(&mut features).transpose()?;
     let test_x = features(&images.test)?;
-    pb.finish_and_clear();
+    progress.finish();
     Ok(Features {
         classes: images.list.classes.clone(),
         train: info(&images.train),
@@ -283,7 +307,8 @@ pub fn preview_indices(labels: &[usize], classes: usize, k: usize) -> Vec<usize>
 }
 
 /// Features `[n, feature_dim]` (CPU) of a single split decoded with `spec` (for `pipe evaluate`)
-/// through the base `weights`, from `env`'s cache or by extraction on `device`.
+/// through the base `weights`, from `env`'s cache or by extraction on `device`, reporting the
+/// extraction's progress to `events`.
 ///
 /// # Errors
 /// As [`prepare_features`].
@@ -292,27 +317,29 @@ pub fn split_features(
     spec: &ImageSpec,
     weights: &Path,
     arch: &Arch,
-    env: &TrainEnv,
-    device: Device,
+    env: &ExtractEnv,
+    (device, events): (Device, &dyn EventSink),
 ) -> Result<Tensor> {
     let (w, fingerprint) = load_base(weights, arch, true)?;
     let slot = CacheSlot {
-        dir: env.cache_dir.as_deref(),
+        dir: env.cache(),
         fingerprint: &fingerprint,
         spec,
         pooling: arch.pooling,
+        events,
     };
     let (x, _) = cached(split, &slot, arch.feature_dim(), || {
         let base = Base::new(arch, &w, device)?;
-        let pb = progress_bar(split.len(), env.progress);
+        let mut progress = ExtractProgress::new(events);
+        progress.add(split.len());
         let x = extract(
             &base,
             &split.pixels,
             split.len(),
             env.extract_batch_size,
-            &pb,
+            &mut |m| progress.advance(m),
         );
-        pb.finish_and_clear();
+        progress.finish();
         x
     })?;
     Ok(x)

@@ -7,12 +7,13 @@
 //! epoch checkpoint ends exactly like an uninterrupted one without replaying earlier epochs.
 
 use super::augment::{Augmenter, PhotoSet};
+use super::images::PixelSplit;
 use super::learner::{label_tensor, EvalSplit, Model, Scores};
 use super::model::{channels_last, conv_relu, from_tch, pool, to_tch, ConvForm, Head};
 use crate::arch::{Arch, BaseLayer, Pooling};
 pub use crate::config::VGG16_CONVS;
 use crate::config::{Precision, TrainConfig};
-use crate::data::{caffe_preprocess, LoadedSplit};
+use crate::data::caffe_preprocess;
 use crate::error::{Error, Result};
 use crate::weights::NamedTensor;
 use rand::seq::SliceRandom;
@@ -230,26 +231,6 @@ impl FineTuneNet {
         }
         let features = pool(&h.f_to_kind(Kind::Float)?, self.pooling)?;
         self.head.forward(&features, train)
-    }
-}
-
-/// Images and labels of one split as used by fine-tuning: NHWC RGB `u8` pixels.
-pub struct PixelSplit<'a> {
-    /// Pixels of all images, `labels.len() * size * size * 3` bytes.
-    pub pixels: &'a [u8],
-    /// Labels.
-    pub labels: &'a [usize],
-    /// Image side, pixels.
-    pub size: usize,
-}
-
-impl<'a> From<&'a LoadedSplit> for PixelSplit<'a> {
-    fn from(s: &'a LoadedSplit) -> Self {
-        PixelSplit {
-            pixels: &s.pixels,
-            labels: &s.labels,
-            size: s.size,
-        }
     }
 }
 

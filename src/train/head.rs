@@ -122,7 +122,7 @@ impl Model for HeadModel {
 #[cfg(test)]
 mod tests {
     use super::super::checkpoint::Checkpoint;
-    use super::super::features::SplitInfo;
+    use super::super::images::SplitInfo;
     use super::super::learner::Learner;
     use super::*;
     use crate::config::{Optimizer, TrainConfig};

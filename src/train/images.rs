@@ -5,12 +5,12 @@
 //! Every split is decoded with the run's [`ImageSpec`] ([`run_spec`]: input size, resize policy,
 //! bilinear filter, DCT-scaled JPEG decoding), the spec `pipe infer` applies to an exported model.
 
-use super::features::SplitInfo;
 use crate::config::TrainConfig;
 use crate::data::{
     DataLayout, ImageSpec, LoadedSplit, OnError, SkippedFile, SplitList, SplitPart, SPLIT_FILE,
 };
 use crate::error::Result;
+use crate::events::{EventSink, Warning};
 use std::path::{Path, PathBuf};
 
 /// File of a run that lists the image files training skipped (a JSON array of
@@ -42,11 +42,15 @@ pub fn read_list(run_dir: &Path) -> Result<Option<SplitList>> {
 }
 
 /// The split list of `config`'s data in `layout`, with its shares, seed and limits; what the folder
-/// scan skipped is printed as warnings, one line per folder.
+/// scan skipped goes to `events` as warnings, one per folder.
 ///
 /// # Errors
 /// As [`SplitList::build`].
-pub fn build_list(layout: &DataLayout, config: &TrainConfig) -> Result<SplitList> {
+pub fn build_list(
+    layout: &DataLayout,
+    config: &TrainConfig,
+    events: &dyn EventSink,
+) -> Result<SplitList> {
     let (list, skipped) = SplitList::build(layout, &config.split_options())?;
     let folders = [
         layout.train_dir(),
@@ -58,23 +62,51 @@ pub fn build_list(layout: &DataLayout, config: &TrainConfig) -> Result<SplitList
         dirs => dirs.iter().flatten().map(|d| layout.root.join(d)).collect(),
     };
     for dir in folders {
-        for w in skipped.within(&dir).warnings() {
-            eprintln!("warning: {}: {w}", dir.display());
+        for message in skipped.within(&dir).warnings() {
+            events.warn(Warning::Folder {
+                dir: dir.clone(),
+                message,
+            });
         }
     }
     Ok(list)
 }
 
-/// Names each of `skipped` on stderr with its reason: `warning: skipped <path> (<reason>): <what is
-/// wrong>`.
-pub fn report_skipped(skipped: &[SkippedFile]) {
+/// Reports each of `skipped` to `events` ([`Warning::Skipped`]).
+pub fn report_skipped(skipped: &[SkippedFile], events: &dyn EventSink) {
     for s in skipped {
-        eprintln!(
-            "warning: skipped {} ({}): {}",
-            s.path.display(),
-            s.reason.as_str(),
-            s.message
-        );
+        events.warn(Warning::Skipped(s.clone()));
+    }
+}
+
+/// Labels and names of one split's images, without pixels.
+#[derive(Debug, Clone)]
+pub struct SplitInfo {
+    /// Folder the names are relative to.
+    pub root: PathBuf,
+    /// Per image: relative path or `<batch file>#<record>`.
+    pub names: Vec<String>,
+    /// Per image: label.
+    pub labels: Vec<usize>,
+}
+
+/// Images and labels of one split as used by fine-tuning: NHWC RGB `u8` pixels.
+pub struct PixelSplit<'a> {
+    /// Pixels of all images, `labels.len() * size * size * 3` bytes.
+    pub pixels: &'a [u8],
+    /// Labels.
+    pub labels: &'a [usize],
+    /// Image side, pixels.
+    pub size: usize,
+}
+
+impl<'a> From<&'a LoadedSplit> for PixelSplit<'a> {
+    fn from(s: &'a LoadedSplit) -> Self {
+        PixelSplit {
+            pixels: &s.pixels,
+            labels: &s.labels,
+            size: s.size,
+        }
     }
 }
 
@@ -97,16 +129,21 @@ pub struct RunImages {
 
 impl RunImages {
     /// Decodes every split of `list` with `spec`; a file that cannot be decoded is skipped (and
-    /// named on stderr with its reason) or, with [`OnError::Stop`] (`--strict`), stops the load.
+    /// reported to `events` with its reason) or, with [`OnError::Stop`] (`--strict`), stops the load.
     ///
     /// # Errors
     /// As [`SplitList::load`]; [`crate::Error::InvalidFile`] naming the data when every training or
     /// test image was skipped.
-    pub fn load(list: SplitList, spec: ImageSpec, on_error: OnError) -> Result<RunImages> {
+    pub fn load(
+        list: SplitList,
+        spec: ImageSpec,
+        on_error: OnError,
+        events: &dyn EventSink,
+    ) -> Result<RunImages> {
         let mut skipped = Vec::new();
         let mut load = |part: SplitPart| -> Result<LoadedSplit> {
             let loaded = list.load(part, &spec, on_error)?;
-            report_skipped(&loaded.skipped);
+            report_skipped(&loaded.skipped, events);
             skipped.extend(loaded.skipped);
             if loaded.split.is_empty() && !list.part(part).is_empty() {
                 return Err(crate::Error::invalid(

@@ -1,6 +1,5 @@
 //! The one training loop (a learner, in the fastai/burn sense): epochs, the learning-rate schedule and
-//! optimizer steps, per-epoch metrics and history, the Keras-style epoch line and progress bar,
-//! divergence (a non-finite loss), the best epoch, early stopping, restore-best, and checkpoint/resume.
+//! optimizer steps, per-epoch metrics and history, the epoch and progress events, divergence (a non-finite loss), the best epoch, early stopping, restore-best, and checkpoint/resume.
 //!
 //! What is trained is a [`Model`]: it says how an epoch's examples are ordered (and so owns its
 //! randomness), how a training batch runs forward, and how a split is evaluated. Two models exist: the
@@ -12,9 +11,9 @@ use super::model::from_tch;
 use super::optim::{cross_entropy, lr_at, lr_at_step, optimise_step, OptState};
 use crate::config::{Schedule, TrainConfig};
 use crate::error::{Error, Result};
+use crate::events::{EpochReport, Estimate, Event, EventSink, Silent, Task};
 use crate::run::{EpochMetrics, Phase};
 use crate::weights::NamedTensor;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -139,18 +138,20 @@ pub struct Fitted {
 /// patience, restore-best).
 pub struct Learner<'a> {
     config: &'a TrainConfig,
-    label: Option<&'a str>,
+    events: &'a dyn EventSink,
+    label: &'a str,
     progress: bool,
     phase: Option<Phase>,
     prior: &'a [EpochMetrics],
 }
 
 impl<'a> Learner<'a> {
-    /// A silent learner (no epoch lines, no progress bar) with the settings of `config`.
+    /// A silent learner (its events dropped) with the settings of `config`.
     pub fn new(config: &'a TrainConfig) -> Self {
         Learner {
             config,
-            label: None,
+            events: &Silent,
+            label: "Epoch",
             progress: false,
             phase: None,
             prior: &[],
@@ -175,16 +176,18 @@ impl<'a> Learner<'a> {
         Learner { prior, ..self }
     }
 
-    /// Prints one Keras-style line per epoch on stderr, `<label> <epoch>/<epochs>  loss ...` (e.g.
-    /// "Epoch 2/3"), and the early-stopping and restore-best lines.
-    pub fn log(self, label: &'a str) -> Self {
+    /// Reports to `events`: an [`Event::Epoch`] per epoch, whose line calls the epoch `label`
+    /// (`<label> <epoch>/<epochs>  loss ...`, e.g. "Epoch 2/3"), and the early-stopping and
+    /// restore-best lines.
+    pub fn report(self, events: &'a dyn EventSink, label: &'a str) -> Self {
         Learner {
-            label: Some(label),
+            events,
+            label,
             ..self
         }
     }
 
-    /// Shows a progress bar per epoch (images, images/s, ETA) when `show`.
+    /// Also reports the progress of every epoch ([`Event::Progress`] per batch, in images) when `show`.
     pub fn progress(self, show: bool) -> Self {
         Learner {
             progress: show,
@@ -195,11 +198,12 @@ impl<'a> Learner<'a> {
     /// Trains `model`: from `resume` when given (the epochs after `resume.epoch`, with the earlier
     /// epochs' randomness replayed), calling `on_epoch` with the state after every epoch (to checkpoint
     /// it). Validation after every epoch; early stopping when the validation loss has not improved for
-    /// `patience` epochs; the final scores are on the test split.
+    /// `patience` epochs; the final scores are on the test split. The settings are checked where a
+    /// run or sweep starts ([`TrainConfig::validate`]), not here.
     ///
     /// # Errors
-    /// An invalid configuration ([`TrainConfig::validate`]); [`Error::Diverged`] when the training or
-    /// validation loss becomes NaN or infinite; libtorch errors; `on_epoch`'s errors.
+    /// [`Error::Diverged`] when the training or validation loss becomes NaN or infinite; libtorch
+    /// errors; `on_epoch`'s errors.
     pub fn fit<M: Model + ?Sized>(
         &self,
         model: &mut M,
@@ -207,7 +211,6 @@ impl<'a> Learner<'a> {
         mut on_epoch: impl FnMut(&Checkpoint) -> Result<()>,
     ) -> Result<Fitted> {
         let c = self.config;
-        c.validate()?;
         let params = model.parameters();
         let mut opt = OptState::new(c.optimizer, &params)?;
         let (done, mut history, mut best) = match resume {
@@ -265,25 +268,44 @@ impl<'a> Learner<'a> {
         let n = model.train_len();
         let order = model.epoch_order(epoch);
         let steps = n.div_ceil(c.batch_size);
-        let pb = self.progress_bar(epoch, n);
-        let (mut loss_sum, mut correct) = (0f64, 0i64);
+        let task = Task::Epoch {
+            epoch,
+            epochs: c.epochs,
+        };
+        let progress = |done: usize| {
+            if self.progress {
+                self.events.emit(Event::Progress {
+                    task: task.clone(),
+                    done: done as u64,
+                    total: n as u64,
+                });
+            }
+        };
+        let done = || {
+            if self.progress {
+                self.events.emit(Event::ProgressDone(task.clone()));
+            }
+        };
+        progress(0);
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0i64, 0);
         for (step, batch) in order.chunks(c.batch_size).enumerate() {
             let (loss, right) = model
                 .train_batch(batch)
                 .and_then(|(logits, y)| {
                     optimise_step(&logits, &y, params, opt, c, (epoch, step, steps))
                 })
-                .inspect_err(|_| pb.finish_and_clear())?;
+                .inspect_err(|_| done())?;
             loss_sum += loss * batch.len() as f64;
             correct += right;
-            pb.inc(batch.len() as u64);
+            seen += batch.len();
+            progress(seen);
             if self.phase == Some(Phase::FineTune) {
-                if let Some(note) = timing.first_batches(model, c, (epoch, step + 1), batch.len()) {
-                    pb.suspend(|| eprintln!("{note}"));
+                if let Some(e) = timing.first_batches(model, c, (epoch, step + 1), batch.len()) {
+                    self.events.emit(Event::Estimate(e));
                 }
             }
         }
-        pb.finish_and_clear();
+        done();
         let t_val = Instant::now();
         let val = model.evaluate(EvalSplit::Validation)?;
         if !val.loss.is_finite() {
@@ -307,11 +329,18 @@ impl<'a> Learner<'a> {
             train_seconds: t_val.duration_since(t0).as_secs_f64(),
         };
         timing.epoch_done(m.seconds, t_val.elapsed().as_secs_f64(), model);
-        if let Some(label) = self.label {
-            let left = (self.phase == Some(Phase::FineTune))
-                .then(|| timing.left(c.epochs - epoch, model.eval_len(EvalSplit::Test)));
-            eprintln!("{}", epoch_line(label, c, &m, n, left));
-        }
+        let left = (self.phase == Some(Phase::FineTune))
+            .then(|| timing.left(c.epochs - epoch, model.eval_len(EvalSplit::Test)));
+        let scheduled_lr =
+            (m.lr.is_none() && c.schedule != Schedule::Constant).then(|| lr_at(c, m.epoch));
+        self.events.emit(Event::Epoch(EpochReport {
+            label: self.label.to_string(),
+            metrics: m.clone(),
+            epochs: c.epochs,
+            images: n,
+            scheduled_lr,
+            left_seconds: left,
+        }));
         Ok(m)
     }
 
@@ -325,17 +354,15 @@ impl<'a> Learner<'a> {
         stopped_early: Option<usize>,
     ) -> Result<Fitted> {
         let c = self.config;
-        if let (Some(e), Some(_)) = (stopped_early, self.label) {
-            eprintln!("{}", early_stop_message(e, c, best.as_ref()));
+        if let Some(e) = stopped_early {
+            self.events.info(early_stop_message(e, c, best.as_ref()));
         }
         if let Some(b) = best.as_ref().filter(|_| c.restore_best) {
             model.load(&b.params)?;
-            if self.label.is_some() {
-                eprintln!(
-                    "restoring the parameters of epoch {} (lowest validation loss {:.4})",
-                    b.epoch, b.val_loss
-                );
-            }
+            self.events.info(format!(
+                "restoring the parameters of epoch {} (lowest validation loss {:.4})",
+                b.epoch, b.val_loss
+            ));
         }
         let test = model.evaluate(EvalSplit::Test)?;
         Ok(Fitted {
@@ -348,72 +375,11 @@ impl<'a> Learner<'a> {
             stopped_early,
         })
     }
-
-    fn progress_bar(&self, epoch: usize, images: usize) -> ProgressBar {
-        if !self.progress {
-            return ProgressBar::hidden();
-        }
-        let pb = ProgressBar::new(images as u64);
-        pb.set_style(
-            ProgressStyle::with_template(&format!(
-                "epoch {epoch}/{} [{{bar:32}}] {{pos}}/{{len}} images  {{per_sec}}  eta {{eta}}",
-                self.config.epochs
-            ))
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        pb
-    }
 }
 
 /// The values of `params` as named tensors (copied to the CPU).
 fn named(params: &[(String, Tensor)]) -> Result<Vec<NamedTensor>> {
     params.iter().map(|(name, p)| from_tch(name, p)).collect()
-}
-
-/// The line printed after an epoch of `images` training images: `<label> <epoch>/<epochs>  loss ...
-/// accuracy ...  val_loss ...  val_accuracy ...`, the epoch's learning rate (under a schedule, or the
-/// first and last step's with a phase), and the wall time and rate, and the time `left` when known.
-fn epoch_line(
-    label: &str,
-    c: &TrainConfig,
-    m: &EpochMetrics,
-    images: usize,
-    left: Option<f64>,
-) -> String {
-    let lr_note = match (m.lr, m.lr_end) {
-        (Some(a), Some(b)) if a != b => format!("  lr {a:.2e} -> {b:.2e}"),
-        (Some(a), _) => format!("  lr {a:.2e}"),
-        _ if c.schedule == Schedule::Constant => String::new(),
-        _ => format!("  lr {:.3e}", lr_at(c, m.epoch)),
-    };
-    let left = left
-        .map(|s| format!("; about {} left", duration(s)))
-        .unwrap_or_default();
-    format!(
-        "{label} {}/{}  loss {:.4}  accuracy {:.4}  val_loss {:.4}  val_accuracy {:.4}{lr_note}  ({:.2} s, {:.0} images/s{left})",
-        m.epoch,
-        c.epochs,
-        m.loss,
-        m.accuracy,
-        m.val_loss,
-        m.val_accuracy,
-        m.seconds,
-        images as f64 / m.seconds.max(1e-9)
-    )
-}
-
-/// A wall time for people: `45 s`, `12 min`, `1 h 05 min`.
-pub fn duration(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    match s {
-        0..=89 => format!("{s} s"),
-        90..=5399 => format!("{} min", (s + 30) / 60),
-        _ => {
-            let m = (s + 30) / 60;
-            format!("{} h {:02} min", m / 60, m % 60)
-        }
-    }
 }
 
 /// Batches after the first whose rate gives the expected total time of a fine-tuning run (the first
@@ -439,14 +405,14 @@ struct Timing {
 
 impl Timing {
     /// After batch `step` (from 1) of `epoch` with `images` images, in the first epoch of the call:
-    /// at [`ESTIMATE_AFTER_BATCHES`] batches after the first, the note of the expected total time.
+    /// at [`ESTIMATE_AFTER_BATCHES`] batches after the first, the expected total time.
     fn first_batches<M: Model + ?Sized>(
         &mut self,
         model: &M,
         c: &TrainConfig,
         (epoch, step): (usize, usize),
         images: usize,
-    ) -> Option<String> {
+    ) -> Option<Estimate> {
         if self.epochs > 0 {
             return None;
         }
@@ -465,13 +431,12 @@ impl Timing {
         let train = (n * epochs).saturating_sub(step * c.batch_size) as f64 / rate;
         let val = model.eval_len(EvalSplit::Validation) * epochs;
         let eval = (val + model.eval_len(EvalSplit::Test)) as f64 / (rate * EVAL_SPEEDUP);
-        Some(format!(
-            "expected: about {} for {} at {rate:.0} images/s (from the first {} batches; \
-             validation and the final test included)",
-            duration(train + eval),
-            crate::util::plural(epochs, "epoch"),
-            ESTIMATE_AFTER_BATCHES + 1
-        ))
+        Some(Estimate {
+            seconds: train + eval,
+            epochs,
+            images_per_second: rate,
+            batches: ESTIMATE_AFTER_BATCHES + 1,
+        })
     }
 
     /// Records an epoch of `seconds` whose validation took `val_seconds`.

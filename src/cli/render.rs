@@ -1,0 +1,85 @@
+//! How the command line shows the library's events on stderr: one progress bar at a time (the one
+//! style of every bar, made in [`bar`]), and every other event as its line, printed above the bar.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pipe::events::{Event, EventSink, Task};
+use std::sync::Mutex;
+
+/// Classifications of at most this many images show no progress bar (they end in moments).
+const INFER_BAR_MIN_IMAGES: u64 = 256;
+
+/// The stderr renderer of [`Event`]s.
+#[derive(Default)]
+pub struct Stderr {
+    /// The task whose bar is shown, and the bar.
+    bar: Mutex<Option<(Task, ProgressBar)>>,
+}
+
+impl Stderr {
+    /// A renderer with no bar shown yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Prints `line` on stderr, above the progress bar when one is shown.
+    pub fn line(&self, line: &str) {
+        let bar = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+        match bar.as_ref() {
+            Some((_, pb)) => pb.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// Clears the progress bar, if any.
+    pub fn clear(&self) {
+        let mut bar = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, pb)) = bar.take() {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+impl EventSink for Stderr {
+    fn emit(&self, event: Event) {
+        match event {
+            Event::Progress { task, done, total } => {
+                let mut bar = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+                if bar.as_ref().is_none_or(|(t, _)| *t != task) {
+                    if let Some((_, old)) = bar.take() {
+                        old.finish_and_clear();
+                    }
+                    *bar = Some((task.clone(), self::bar(&task, total)));
+                }
+                if let Some((_, pb)) = bar.as_ref() {
+                    pb.set_length(total);
+                    pb.set_position(done);
+                }
+            }
+            Event::ProgressDone(task) => {
+                let mut bar = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+                if bar.as_ref().is_some_and(|(t, _)| *t == task) {
+                    if let Some((_, pb)) = bar.take() {
+                        pb.finish_and_clear();
+                    }
+                }
+            }
+            other => self.line(&other.to_string()),
+        }
+    }
+}
+
+/// The progress bar of `task` with `total` images: `<task> [====>   ] 120/5000 images  300/s  eta
+/// 16s`; hidden for a classification of few images (and by indicatif when stderr is not a terminal).
+fn bar(task: &Task, total: u64) -> ProgressBar {
+    if matches!(task, Task::Infer { .. }) && total <= INFER_BAR_MIN_IMAGES {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:32}] {pos}/{len} images  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(task.to_string());
+    pb
+}

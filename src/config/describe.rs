@@ -1,0 +1,86 @@
+//! The settings line that `pipe train` prints first.
+
+use super::{AugmentStyle, Optimizer, Precision, Schedule, TrainConfig};
+use crate::arch::Pooling;
+use crate::data::LayoutKind;
+
+impl TrainConfig {
+    /// One line echoing the configuration at the start of training, on `device` (`cpu`, `cuda:0`);
+    /// a fine-tuning run also names its precision and `why` it was chosen.
+    pub fn describe(&self, device: &str, why: &str) -> String {
+        let opt = match self.optimizer {
+            Optimizer::Sgd => format!("SGD lr {} momentum {}", self.lr, self.momentum),
+            Optimizer::Adam => format!("Adam lr {}", self.lr),
+        };
+        let schedule = match self.schedule {
+            Schedule::Constant => String::new(),
+            Schedule::Cosine => ", cosine schedule".into(),
+            Schedule::Step => format!(
+                ", lr /10 every {}",
+                crate::util::plural(self.lr_step_epochs, "epoch")
+            ),
+            Schedule::OneCycle => ", one-cycle schedule".into(),
+        };
+        let val = match self.val_share() {
+            v if v > 0.0 => format!("validation {:.0}% of train", v * 100.0),
+            _ if self.layout == Some(LayoutKind::TrainValTest) => "validation = val/".into(),
+            _ => "validation = test split".into(),
+        };
+        let test = match self.test_split {
+            Some(t) if t > 0.0 => format!(", test {:.0}% of each class", t * 100.0),
+            _ => String::new(),
+        };
+        let stop = self
+            .patience
+            .map(|p| format!(", early stopping (patience {p})"))
+            .unwrap_or_default();
+        let best = if self.restore_best {
+            ", restore best"
+        } else {
+            ""
+        };
+        let smoothing = if self.label_smoothing > 0.0 {
+            format!(", label smoothing {}", self.label_smoothing)
+        } else {
+            String::new()
+        };
+        let head = match self.pooling {
+            Pooling::Flatten => "dense head",
+            Pooling::Max => "global max pooling (L2-normalised) + dense head",
+        };
+        let model = if self.unfreeze > 0 {
+            format!(
+                "VGG16 with its last {} conv layers fine-tuned + {head}{}, {} ({why})",
+                self.unfreeze,
+                match (self.augment, self.augment_style.resolve(self.input_size)) {
+                    (false, _) => "",
+                    (true, AugmentStyle::Photo) =>
+                        ", photo augmentation (random resized crops, flips)",
+                    (true, _) => ", augmented images",
+                },
+                match self.precision.unwrap_or_default() {
+                    Precision::Bf16 => "bf16 mixed precision",
+                    Precision::Fp32 => "float32",
+                    Precision::Auto => "precision auto",
+                }
+            )
+        } else {
+            format!("VGG16 frozen base + {head}")
+        };
+        format!(
+            "pipe train: data {}, {} train / {} test images (0 = all), {val}{test}, input {}x{} \
+             ({}); {model} on {device}; {opt} weight decay {}{smoothing}{schedule}, batch {}, \
+             {}{stop}{best}, seed {}",
+            self.data.display(),
+            self.train_limit,
+            self.test_limit,
+            self.input_size,
+            self.input_size,
+            self.resize,
+            self.weight_decay,
+            self.batch_size,
+            crate::util::plural(self.epochs, "epoch"),
+            self.seed
+        )
+    }
+}

@@ -1,0 +1,86 @@
+//! What the handlers share: the server's state, the request deadline, and the two steps every
+//! inference route takes (reading the body, running images through the batcher).
+
+use super::batcher::Batcher;
+use super::error::ApiError;
+use super::metrics::Metrics;
+use crate::onnx::ModelInfo;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use ndarray::Array2;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// The name clients use for the model (`pipe_vgg16`, as `pipe export --triton` names it).
+    pub model_name: String,
+    /// The served model's input size, classes and output name.
+    pub info: ModelInfo,
+    /// The batching queue and model workers.
+    pub batcher: Batcher,
+    /// Server metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set on SIGTERM/SIGINT: readiness turns false and new inference requests get 503.
+    pub draining: AtomicBool,
+    /// Longest time a request may take, from its arrival to its response.
+    pub request_timeout: Duration,
+    /// Largest request body, bytes.
+    pub max_body: usize,
+}
+
+/// Shared handle to the state.
+pub type Shared = Arc<AppState>;
+
+/// When the request must be answered: its arrival plus the request timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Instant);
+
+/// Maps a body that could not be read (too large, aborted) to a JSON error.
+pub fn body_error(r: BytesRejection, max_body: usize) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body over the server's limit of {max_body} bytes (--max-body-mb)"),
+        )
+    } else {
+        ApiError::new(
+            r.status(),
+            "body",
+            format!("cannot read the request body: {}", r.body_text()),
+        )
+    }
+}
+
+/// Queues `n` images and waits for their output rows, at most until `deadline`.
+///
+/// # Errors
+/// 503 while shutting down, when the queue is full or the deadline passes; 500 when the backend fails.
+pub async fn run_images(
+    st: &AppState,
+    pixels: Vec<f32>,
+    n: usize,
+    deadline: Instant,
+) -> Result<Array2<f32>, ApiError> {
+    if st.draining.load(Ordering::Acquire) {
+        return Err(ApiError::shutting_down());
+    }
+    let rx = st.batcher.submit(pixels, n)?;
+    match tokio::time::timeout_at(deadline.into(), rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(ApiError::backend("the model worker stopped")),
+        Err(_) => Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "inference_timeout",
+                format!(
+                    "inference not finished within the request timeout of {:.1} s; the server is overloaded",
+                    st.request_timeout.as_secs_f64()
+                ),
+            )
+        }),
+    }
+}

@@ -1,0 +1,233 @@
+//! What a finished run writes into its folder: `skipped.json`, `head.safetensors` (and
+//! `best.safetensors`), `history.json`, `predictions.json` (tch's test-set probabilities) and the
+//! figures (`accuracy.png`, `loss.png`, `lr.png` when fine-tuned, `predictions.png`,
+//! `confusion.png`); then `models/runs/latest` points at the run.
+
+use super::images::SplitInfo;
+use super::images::SKIPPED_FILE;
+use super::learner::Fitted;
+use super::model::from_tch;
+use super::optim::lr_at_step;
+use crate::config::TrainConfig;
+use crate::data::SkippedFile;
+use crate::error::Result;
+use crate::events::{EventSink, Warning};
+use crate::run::{self, EpochMetrics, Phase, PredictionItem, Predictions};
+use crate::util::write_json_atomic;
+use crate::weights::{save_safetensors, NamedTensor, FINGERPRINT_KEY};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Kind;
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Per-epoch metrics.
+    pub history: Vec<EpochMetrics>,
+    /// Test-set loss (mean categorical cross-entropy) at the end of training.
+    pub test_loss: f64,
+    /// Test-set accuracy in 0..1 at the end of training.
+    pub test_accuracy: f64,
+    /// Image files left out because they could not be decoded (also in the run's `skipped.json`).
+    pub skipped: Vec<SkippedFile>,
+}
+
+/// A run whose training has ended: its folder, configuration, folder of runs and start time.
+pub struct FinishedRun<'a> {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// The run's configuration (as in its `config.json`).
+    pub config: &'a TrainConfig,
+    /// The folder of runs, whose `latest` link is updated.
+    pub runs_dir: &'a Path,
+    /// When the run (this invocation) started.
+    pub t0: Instant,
+}
+
+/// The metadata of a run's safetensors files: the base-weights fingerprint of `config`.
+pub fn fingerprint_meta(config: &TrainConfig) -> HashMap<String, String> {
+    HashMap::from([(
+        FINGERPRINT_KEY.to_string(),
+        config.weights_fingerprint.clone(),
+    )])
+}
+
+/// Writes the outputs of a finished run: the `skipped` image files, head (and best epoch) weights,
+/// history, tch's predictions on the `test` images, figures (with the `preview` images of side
+/// `preview_size`); then points `latest` at the run. A test accuracy at chance level is reported to
+/// `events` as a warning, and the folder written as a line.
+///
+/// # Errors
+/// Unwritable run folder; libtorch errors.
+pub fn finish(
+    run: FinishedRun,
+    fitted: Fitted,
+    test: &SplitInfo,
+    (preview, preview_size): (&[(usize, Vec<u8>)], usize),
+    skipped: &[SkippedFile],
+    events: &dyn EventSink,
+) -> Result<TrainOutcome> {
+    let c = run.config;
+    let dir = &run.dir;
+    SkippedFile::write_list(&dir.join(SKIPPED_FILE), skipped)?;
+    let chance = 1.0 / c.classes.len() as f64;
+    if fitted.test_accuracy <= 1.5 * chance {
+        events.warn(Warning::Other(format!(
+            "test accuracy {:.3} is at chance level ({chance:.3}); the run has not learned \
+             (learning rate too high or too low?)",
+            fitted.test_accuracy
+        )));
+    }
+    let predictions = predictions(test, &fitted, &c.classes)?;
+    let head_names: Vec<String> = c
+        .arch(c.classes.len())
+        .head_params()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let head: Vec<NamedTensor> = fitted
+        .params
+        .iter()
+        .filter(|t| head_names.contains(&t.name))
+        .cloned()
+        .collect();
+    save_safetensors(&dir.join(run::HEAD_FILE), &head, fingerprint_meta(c))?;
+    if let Some(b) = &fitted.best {
+        let mut meta = fingerprint_meta(c);
+        meta.insert("epoch".to_string(), b.epoch.to_string());
+        meta.insert("val_loss".to_string(), b.val_loss.to_string());
+        save_safetensors(&dir.join(run::BEST_FILE), &b.params, meta)?;
+    }
+    write_json_atomic(&dir.join(run::HISTORY_FILE), &fitted.history)?;
+    write_json_atomic(&dir.join(run::PREDICTIONS_FILE), &predictions)?;
+    write_figures(dir, c, preview, preview_size, &fitted.history, &predictions)?;
+    run::set_latest(run.runs_dir, &c.name)?;
+    events.info(format!(
+        "run written to {} in {:.1} s",
+        dir.display(),
+        run.t0.elapsed().as_secs_f64()
+    ));
+    Ok(TrainOutcome {
+        run_dir: run.dir,
+        history: fitted.history,
+        test_loss: fitted.test_loss,
+        test_accuracy: fitted.test_accuracy,
+        skipped: skipped.to_vec(),
+    })
+}
+
+/// `predictions.json`: tch's softmax probabilities of the `test` images from the final test logits.
+///
+/// # Errors
+/// [`Error::Torch`] on a libtorch failure.
+fn predictions(test: &SplitInfo, fitted: &Fitted, classes: &[String]) -> Result<Predictions> {
+    let probs = fitted.test_logits.f_softmax(-1, Kind::Float)?;
+    let probs = from_tch("probabilities", &probs)?.data;
+    let items = test
+        .names
+        .iter()
+        .zip(&test.labels)
+        .zip(probs.chunks_exact(classes.len()))
+        .map(|((file, &label), p)| PredictionItem {
+            file: file.clone(),
+            label,
+            probabilities: p.to_vec(),
+        })
+        .collect();
+    Ok(Predictions {
+        data_root: test.root.clone(),
+        classes: classes.to_vec(),
+        items,
+    })
+}
+
+/// Writes the run's figures: `accuracy.png` and `loss.png` (training and validation per epoch),
+/// `predictions.png` (a grid of test images with tch's predicted labels, wrong ones in red) and
+/// `confusion.png` (test confusion matrix).
+///
+/// # Errors
+/// [`Error::Io`] naming the figure when it cannot be drawn or written.
+fn write_figures(
+    run_dir: &Path,
+    config: &TrainConfig,
+    preview: &[(usize, Vec<u8>)],
+    preview_size: usize,
+    history: &[EpochMetrics],
+    predictions: &Predictions,
+) -> Result<()> {
+    use crate::plot;
+    let val_name = if config.holds_out_validation() {
+        "validation"
+    } else {
+        "validation (test split)"
+    };
+    for (curve, file) in [
+        (plot::Curve::Accuracy, run::ACCURACY_PNG),
+        (plot::Curve::Loss, run::LOSS_PNG),
+    ] {
+        plot::training_curves(history, curve, val_name, &run_dir.join(file))?;
+    }
+    if config.unfreeze > 0 {
+        let (warm_up, fine_tune) = lr_curve(config, history);
+        plot::learning_rate(warm_up, fine_tune, &run_dir.join(run::LR_PNG))?;
+    }
+    let predicted: Vec<usize> = predictions
+        .items
+        .iter()
+        .map(|it| crate::report::argmax(&it.probabilities))
+        .collect();
+    let tiles: Vec<plot::PredictionTile> = preview
+        .iter()
+        .filter_map(|(i, px)| {
+            let item = predictions.items.get(*i)?;
+            let p = *predicted.get(*i)?;
+            Some(plot::PredictionTile {
+                pixels: px.clone(),
+                size: preview_size,
+                label: item.label,
+                predicted: p,
+                probability: item.probabilities.get(p).copied().unwrap_or(0.0),
+            })
+        })
+        .collect();
+    if !tiles.is_empty() {
+        plot::prediction_grid(&tiles, &config.classes, &run_dir.join(run::PREDICTIONS_PNG))?;
+    }
+    let truth: Vec<usize> = predictions.items.iter().map(|it| it.label).collect();
+    let report = crate::report::ClassReport::new(&config.classes, &truth, &predicted);
+    plot::confusion_matrix(&report, &run_dir.join(run::CONFUSION_PNG))
+}
+
+/// Points (x, y) of a plotted line.
+type Curve = Vec<(f64, f64)>;
+
+/// The learning rate of a fine-tuning run with `history` as (epoch, rate) points, x from the start of
+/// the head warm-up: the warm-up's constant rate, then the rate of every fine-tuning step (the
+/// schedule's, as [`optimise_step`] used it) up to the last epoch run.
+fn lr_curve(c: &TrainConfig, history: &[EpochMetrics]) -> (Curve, Curve) {
+    let warm = history
+        .iter()
+        .filter(|m| m.phase == Some(Phase::WarmUp))
+        .count() as f64;
+    let warm_up = if warm > 0.0 {
+        vec![(0.0, c.head_lr), (warm, c.head_lr)]
+    } else {
+        Vec::new()
+    };
+    let epochs = history
+        .iter()
+        .filter(|m| m.phase == Some(Phase::FineTune))
+        .count();
+    let steps = c.train_images.div_ceil(c.batch_size).max(1);
+    let fine_tune = (1..=epochs)
+        .flat_map(|e| (0..steps).map(move |s| (e, s)))
+        .map(|(e, s)| {
+            let x = warm + (e - 1) as f64 + s as f64 / steps as f64;
+            (x, lr_at_step(c, e, s, steps))
+        })
+        .collect();
+    (warm_up, fine_tune)
+}
