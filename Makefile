@@ -5,18 +5,43 @@ export PATH := $(ROOT)/.venv/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 PIPE := target/release/pipe
 INFER_ONLY := target/release/pipe-infer
+# Where make setup finds the CIFAR-10 tarballs and the ants-and-bees photos (scripts/setup.sh reads it too).
+export SHARED_DATA ?= $(ROOT)/../shared/data
 
-.PHONY: setup build infer-only demo demo-photos test bench loadtest keras-venv fmt clippy check
+.PHONY: setup build infer-only demo demo-photos test bench loadtest keras-venv fmt clippy check \
+	need-cifar10 need-photos
 
-## setup: virtualenv (torch, onnxruntime), release build, ImageNet VGG16 weights, CIFAR-10 (idempotent)
+## setup: virtualenv (torch, onnxruntime), release build, ImageNet VGG16 weights; CIFAR-10 and the
+## ants-and-bees photos when $(SHARED_DATA) has them (idempotent; succeeds without them)
 setup:
 	bash scripts/setup.sh
+
+## need-cifar10: stops at once, before the set-up, when CIFAR-10 is neither extracted nor extractable;
+## $(HAVE_CIFAR10), the first line of the targets that use it: stops when it is still missing
+HAVE_CIFAR10 = @[ -f data/cifar10/.complete ] || { echo "error: make $@ needs CIFAR-10, and" \
+  "data/cifar10/.complete is missing; put CIFAR-10 in data/cifar10/{train,test}/<class>/ and touch" \
+  "data/cifar10/.complete (docs/GUIDE.md, 'Data and weights')" >&2; exit 1; }
+need-cifar10:
+	@if [ ! -f data/cifar10/.complete ] && [ ! -d "$(SHARED_DATA)/cifar10-jpeg" ]; then \
+	  echo "error: make $(MAKECMDGOALS) needs CIFAR-10, and data/cifar10/.complete is missing (nor is there" \
+	    "$(SHARED_DATA)/cifar10-jpeg to extract it from). Put CIFAR-10 in data/cifar10/{train,test}/<class>/" \
+	    "and touch data/cifar10/.complete (docs/GUIDE.md, 'Data and weights'). Your own photos need no" \
+	    "CIFAR-10: see the README; cargo test --release --test readme runs its own-photos session." >&2; \
+	  exit 1; \
+	fi
+need-photos:
+	@if [ ! -f data/hymenoptera/.complete ] && [ ! -d data/hymenoptera/val ] && [ ! -d "$(SHARED_DATA)/hymenoptera" ]; then \
+	  echo "error: make demo-photos needs the ants-and-bees photos in data/hymenoptera/{train,val}/<class>/" \
+	    "(make setup extracts them from $(SHARED_DATA)/hymenoptera/hymenoptera.tar.gz)" >&2; \
+	  exit 1; \
+	fi
 
 build:
 	cargo build --release
 
 ## demo: the main job end to end: train (seed recipe), export ONNX, classify the 10,000 test images with tract and ort
-demo: setup
+demo: need-cifar10 setup
+	$(HAVE_CIFAR10)
 	$(PIPE) train
 	$(PIPE) export onnx/model.onnx
 	@echo; echo "== pipe infer --backend tract data/cifar10/test"
@@ -39,7 +64,7 @@ demo: setup
 ## --preset photos, export ONNX, classify the val/ photos with tract and ort, check both agree. Exit
 ## code 3 (some image files skipped, each named) does not stop it.
 PHOTOS := data/hymenoptera
-demo-photos: setup
+demo-photos: need-photos setup
 	$(PIPE) train --data $(PHOTOS) --preset photos || [ $$? -eq 3 ]
 	$(PIPE) export onnx/photos.onnx
 	@echo; echo "== pipe infer --backend tract $(PHOTOS)/val"
@@ -62,7 +87,8 @@ infer-only:
 ## the tests a plain `cargo test` ignores because they need the libtorch-free build, or a GPU where
 ## nvidia-smi sees one. tests/README.md says what runs where.
 LIBTORCH_FREE_TEST := libtorch_free_build_links_no_libtorch_and_gives_the_same_results
-test: setup
+test: need-cifar10 setup
+	$(HAVE_CIFAR10)
 	cargo fmt --all -- --check
 	cargo clippy --release --all-targets -- -D warnings
 	$(MAKE) infer-only
@@ -71,11 +97,11 @@ test: setup
 	if nvidia-smi > /dev/null 2>&1; then cargo test --release -- --ignored _when_a_gpu_is_present; fi
 
 ## bench: criterion benches, the PyTorch/onnxruntime references (benches/reference/) and end-to-end
-## times and the Keras seed job in one run, then one table (also target/bench/summary.json). About 35
-## minutes here, plus about 8 for the 224-pixel extraction and the JPEG inference runs (timed by hand
-## on busy cores).
+## times and the Keras seed job in one run, then one table (also target/bench/summary.json). About 30
+## minutes on an idle 2-core machine (docs/RESULTS.md), plus about 3 the first time to install TensorFlow.
 BENCH_PY := $(ROOT)/.venv/bin/python
-bench: setup
+bench: need-cifar10 setup
+	$(HAVE_CIFAR10)
 	rm -rf target/criterion/extract target/criterion/infer target/criterion/decode target/criterion/head target/criterion/export target/bench/*.json
 	cargo build --release
 	@# pipe and PyTorch alternate twice (ABAB), so that a change of load on the shared cores hits both;
@@ -125,6 +151,7 @@ bench: setup
 LOADTEST_BACKEND ?= ort
 LOADTEST_MODEL ?= onnx/model.onnx
 loadtest: build
+	$(HAVE_CIFAR10)
 	@model=$(LOADTEST_MODEL); \
 	if [ ! -f $$model ]; then \
 	  model=target/loadtest/model.onnx; \
