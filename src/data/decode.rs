@@ -70,20 +70,13 @@ impl SkipReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedFile {
     /// The file, as it was given (serialised as lossy UTF-8).
-    #[serde(serialize_with = "serialize_lossy_path")]
+    #[serde(serialize_with = "crate::util::serialize_lossy_path")]
     pub path: PathBuf,
     /// The kind of failure.
     pub reason: SkipReason,
     /// What is wrong, without the path: the text of the error [`decode_image`] returns for it, e.g.
     /// `truncated JPEG: the image data ends without the end-of-image marker (…)`.
     pub message: String,
-}
-
-fn serialize_lossy_path<S: serde::Serializer>(
-    path: &Path,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&path.to_string_lossy())
 }
 
 impl std::fmt::Display for SkippedFile {

@@ -280,7 +280,7 @@ pub struct SplitList {
     /// The layout the list was made from.
     pub layout: LayoutKind,
     /// The folder the entries are relative to ([`DataLayout::root`]).
-    #[serde(serialize_with = "serialize_lossy_path")]
+    #[serde(serialize_with = "crate::util::serialize_lossy_path")]
     pub root: PathBuf,
     /// Class names of the training split, in order: index = label.
     pub classes: Vec<String>,
@@ -296,13 +296,6 @@ pub struct SplitList {
     pub val: Vec<SplitEntry>,
     /// Held-out images.
     pub test: Vec<SplitEntry>,
-}
-
-fn serialize_lossy_path<S: serde::Serializer>(
-    path: &Path,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&path.to_string_lossy())
 }
 
 /// Decoded images of one split, and the files that were skipped.
