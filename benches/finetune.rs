@@ -22,7 +22,9 @@ mod common;
 
 use pipe::arch::Arch;
 use pipe::config::{CpuBf16, Precision, Preset, TrainConfig};
-use pipe::data::{DataLayout, DataSource, LoadedSplit, OnError, Split};
+use pipe::data::{
+    DataLayout, ImageSpec, LoadedSplit, OnError, ResizePolicy, SplitList, SplitOptions, SplitPart,
+};
 use pipe::train::{
     build_list, run_spec, FineTuneModel, Learner, PhotoSet, PixelSplit, PixelSplits, RunImages,
 };
@@ -141,9 +143,18 @@ fn cifar_bench(weights: &Path, out: &Path) {
         common::skip("finetune", &data.join("train"));
         return;
     }
-    let split = DataSource::detect(&data)
-        .and_then(|s| s.load(Split::Train, IMAGES, 32))
-        .expect("decode the training JPEGs");
+    // IMAGES training JPEGs, the first of each class in equal shares, squashed to 32x32 with the
+    // full decode.
+    let limit = SplitOptions {
+        train_limit: IMAGES,
+        ..SplitOptions::default()
+    };
+    let squash = ImageSpec::new(32, ResizePolicy::Squash).full_decode();
+    let split = DataLayout::detect(&data)
+        .and_then(|layout| SplitList::build(&layout, &limit))
+        .and_then(|(list, _)| list.load(SplitPart::Train, &squash, OnError::Stop))
+        .expect("decode the training JPEGs")
+        .split;
     let (precision, why) = auto_precision();
     let config = TrainConfig {
         epochs: 1,

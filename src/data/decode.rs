@@ -475,25 +475,6 @@ pub fn load_image(path: &Path, spec: &ImageSpec) -> Result<Vec<u8>> {
         .map_err(|f| f.error)
 }
 
-/// Decodes one image file, squashed to `size`x`size` with a full decode (pipe's pixels before resize
-/// policies existed). Returns `size*size*3` bytes, HWC RGB. New callers use [`load_image`] with an
-/// [`ImageSpec`].
-///
-/// # Errors
-/// As [`load_image`].
-pub fn load_rgb(path: &Path, size: usize) -> Result<Vec<u8>> {
-    load_image(path, &ImageSpec::exact_squash(size))
-}
-
-/// As [`load_rgb`], for the bytes of an image file already in memory. New callers use
-/// [`decode_image`].
-///
-/// # Errors
-/// As [`decode_image`].
-pub fn decode_rgb(path: &Path, bytes: &[u8], size: usize) -> Result<Vec<u8>> {
-    decode_image(path, bytes, &ImageSpec::exact_squash(size))
-}
-
 /// Per file of a batch: its pixels (`spec.size * spec.size * 3` bytes, HWC RGB), or why it was skipped.
 pub type FileOutcome = std::result::Result<Vec<u8>, SkippedFile>;
 
@@ -609,16 +590,6 @@ pub fn load_images(paths: &[&Path], spec: &ImageSpec, on_error: OnError) -> Resu
     })
 }
 
-/// Decodes `paths` in parallel (all cores) into one NHWC RGB `u8` buffer of `paths.len()*size*size*3`
-/// bytes, squashed with a full decode as [`load_rgb`]. New callers use [`load_images`] (policy, DCT
-/// scaling, skipped files as values).
-///
-/// # Errors
-/// The first file (in `paths` order) that fails, as in [`load_rgb`].
-pub fn load_batch(paths: &[&Path], size: usize) -> Result<Vec<u8>> {
-    Ok(load_images(paths, &ImageSpec::exact_squash(size), OnError::Stop)?.pixels)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,18 +666,19 @@ mod tests {
     }
 
     #[test]
-    fn load_rgb_converts_gray_and_resizes() {
+    fn load_image_converts_gray_and_resizes() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.png");
         image::GrayImage::from_pixel(64, 48, image::Luma([77]))
             .save(&p)
             .unwrap();
-        let px = load_rgb(&p, 32).unwrap();
+        let squash = ImageSpec::new(32, ResizePolicy::Squash).full_decode();
+        let px = load_image(&p, &squash).unwrap();
         assert_eq!(px.len(), 32 * 32 * 3);
         assert!(px.iter().all(|&v| v == 77));
         let q = dir.path().join("c.png");
         write_png(&q, 32, 32, [1, 2, 3]);
-        assert_eq!(&load_rgb(&q, 32).unwrap()[..6], &[1, 2, 3, 1, 2, 3]);
+        assert_eq!(&load_image(&q, &squash).unwrap()[..6], &[1, 2, 3, 1, 2, 3]);
     }
 
     /// Lenient: every good file kept, every bad one reported once with its reason and the error's
@@ -785,17 +757,22 @@ mod tests {
     }
 
     #[test]
-    fn strict_batch_matches_the_old_loader_and_zero_size_is_refused() {
+    fn strict_batch_matches_single_files_and_zero_size_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.png");
         write_png(&a, 50, 30, [200, 100, 0]);
         let b = dir.path().join("b.jpg");
         std::fs::write(&b, jpeg_bytes(300, 200)).unwrap();
         let paths = [a.as_path(), b.as_path()];
-        let batch = load_batch(&paths, 24).unwrap();
-        let mut want = load_rgb(&a, 24).unwrap();
-        want.extend(load_rgb(&b, 24).unwrap());
-        assert_eq!(batch, want);
+        for spec in [
+            ImageSpec::new(24, ResizePolicy::Squash).full_decode(),
+            ImageSpec::new(24, ResizePolicy::Crop),
+        ] {
+            let batch = load_images(&paths, &spec, OnError::Stop).unwrap();
+            let mut want = load_image(&a, &spec).unwrap();
+            want.extend(load_image(&b, &spec).unwrap());
+            assert_eq!((batch.pixels, batch.kept), (want, vec![0, 1]));
+        }
         assert!(load_images(
             &paths,
             &ImageSpec::new(0, ResizePolicy::Crop),

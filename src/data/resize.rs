@@ -138,12 +138,6 @@ impl ImageSpec {
         }
     }
 
-    /// Squash to `size`, bilinear, full decode: exactly what [`load_rgb`](super::load_rgb) did
-    /// before policies existed (kept for its callers).
-    pub fn exact_squash(size: usize) -> Self {
-        ImageSpec::new(size, ResizePolicy::Squash).full_decode()
-    }
-
     /// The same spec with DCT scaling off: every image takes the full decode.
     pub fn full_decode(self) -> Self {
         ImageSpec {
@@ -224,27 +218,6 @@ pub fn centre_offset(len: u32, crop: u32) -> u32 {
     } else {
         half
     }
-}
-
-/// Resizes one square HWC RGB image of `from`x`from` pixels to `to`x`to` with [`RESIZE_FILTER`]
-/// (a copy when the sizes are equal), as [`load_rgb`](super::load_rgb) does for image files. New
-/// callers use [`ImageSpec::fit`], which also handles non-square images.
-///
-/// # Panics
-/// If `pixels.len() != from*from*3` (a programming error).
-pub fn resize_rgb(pixels: &[u8], from: usize, to: usize) -> Vec<u8> {
-    assert_eq!(
-        pixels.len(),
-        from * from * 3,
-        "not a {from}x{from} RGB image"
-    );
-    if from == to {
-        return pixels.to_vec();
-    }
-    // The length was checked above, so the buffer always fits.
-    image::RgbImage::from_raw(from as u32, from as u32, pixels.to_vec())
-        .map(|img| image::imageops::resize(&img, to as u32, to as u32, RESIZE_FILTER).into_raw())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -364,15 +337,10 @@ mod tests {
         );
         let old: ImageSpec = serde_json::from_str(r#"{"size":32}"#).unwrap();
         assert_eq!(old, ImageSpec::new(32, ResizePolicy::Squash));
-        assert!(!ImageSpec::exact_squash(32).dct_scaling);
-    }
-
-    #[test]
-    fn resize_rgb_is_squash() {
-        let px: Vec<u8> = (0..16 * 16 * 3).map(|i| (i % 251) as u8).collect();
-        let img = RgbImage::from_raw(16, 16, px.clone()).unwrap();
-        let want = ImageSpec::exact_squash(8).fit(img).unwrap().into_raw();
-        assert_eq!(resize_rgb(&px, 16, 8), want);
-        assert_eq!(resize_rgb(&px, 16, 16), px);
+        assert!(
+            !ImageSpec::new(32, ResizePolicy::Squash)
+                .full_decode()
+                .dct_scaling
+        );
     }
 }
