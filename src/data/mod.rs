@@ -17,19 +17,23 @@
 //! Files outside a split list are decoded with the same [`ImageSpec`]: [`load_images`] (a batch, one
 //! NHWC buffer), [`decode_files`] (one outcome per file: `pipe infer` expands its inputs with
 //! [`scan_image_files`] and decodes each batch so, with the spec the model's metadata gives),
-//! [`load_image`] / [`decode_image`] (one file, or its bytes). The pixels of pipe's first versions
-//! are `ImageSpec::new(size, ResizePolicy::Squash).full_decode()`.
+//! [`load_image`] / [`decode_image`] (one file, or its bytes). [`load_full_image`] decodes a file
+//! whole (the photos that photo augmentation crops from) through the same checks. The pixels of
+//! pipe's first versions are `ImageSpec::new(size, ResizePolicy::Squash).full_decode()`. The
+//! geometry of every resize and crop is in [`geometry`].
 
 pub mod cifar;
 pub mod decode;
+pub mod geometry;
 pub mod layout;
 pub mod resize;
 pub mod scan;
 pub mod split;
 
 pub use decode::{
-    decode_files, decode_image, load_image, load_images, DecodedImages, FileOutcome, OnError,
-    SkipCounts, SkipReason, SkippedFile, MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, SUPPORTED_FORMATS,
+    decode_files, decode_image, load_full_image, load_image, load_images, DecodedImages,
+    FileOutcome, OnError, SkipCounts, SkipReason, SkippedFile, MAX_IMAGE_BYTES, MAX_IMAGE_SIDE,
+    SUPPORTED_FORMATS,
 };
 pub use layout::{DataLayout, LayoutKind};
 pub use resize::{ImageSpec, ResizeFilter, ResizePolicy, RESIZE_FILTER};

@@ -2,6 +2,7 @@
 //! (squash or shorter side + centre crop), the filter, and [`ImageSpec`], which bundles them with the
 //! size so that training, export (ONNX metadata) and inference apply exactly the same steps.
 
+use super::geometry::{centre_offset, shorter_side_to};
 use crate::error::{Error, Result};
 use image::imageops::FilterType;
 use image::RgbImage;
@@ -194,32 +195,6 @@ impl ImageSpec {
     }
 }
 
-/// Size after torchvision's `Resize(s)` of a `w`x`h` image: the shorter side becomes `s`, the longer
-/// `floor(s * long / short)`.
-pub fn shorter_side_to(w: u32, h: u32, s: u32) -> (u32, u32) {
-    let long_to = |long: u32, short: u32| {
-        u32::try_from(u64::from(s) * u64::from(long) / u64::from(short.max(1))).unwrap_or(u32::MAX)
-    };
-    if w <= h {
-        (s, long_to(h, w).max(s))
-    } else {
-        (long_to(w, h).max(s), s)
-    }
-}
-
-/// Offset of a centred crop of `crop` out of `len` as torchvision's `CenterCrop` computes it:
-/// `int(round((len - crop) / 2))` with Python's round-half-to-even.
-pub fn centre_offset(len: u32, crop: u32) -> u32 {
-    let d = len.saturating_sub(crop);
-    let half = d / 2;
-    // d odd: (d / 2) ends in .5 and rounds to the even neighbour.
-    if d % 2 == 1 && half % 2 == 1 {
-        half + 1
-    } else {
-        half
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,20 +264,6 @@ mod tests {
         let out = ImageSpec::new(20, ResizePolicy::Crop).fit(img).unwrap();
         assert_eq!(out.dimensions(), (20, 20));
         assert!(out.pixels().all(|p| p.0 == GREEN));
-    }
-
-    #[test]
-    fn torchvision_sizes_and_offsets() {
-        assert_eq!(shorter_side_to(500, 375, 224), (298, 224));
-        assert_eq!(shorter_side_to(375, 500, 224), (224, 298));
-        assert_eq!(shorter_side_to(32, 32, 224), (224, 224));
-        assert_eq!(shorter_side_to(64, 32, 32), (64, 32));
-        // int(round(x / 2)) with half to even: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, 37 -> 37.
-        assert_eq!(centre_offset(225, 224), 0);
-        assert_eq!(centre_offset(227, 224), 2);
-        assert_eq!(centre_offset(229, 224), 2);
-        assert_eq!(centre_offset(298, 224), 37);
-        assert_eq!(centre_offset(224, 224), 0);
     }
 
     #[test]
