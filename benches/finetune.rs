@@ -23,12 +23,13 @@ mod common;
 use pipe::arch::Arch;
 use pipe::config::{Precision, Preset, TrainConfig};
 use pipe::cpu::CpuFeatures;
-use pipe::data::{DataLayout, DataSource, LoadedSplit, OnError, Split};
+use pipe::data::{
+    DataLayout, ImageSpec, LoadedSplit, OnError, ResizePolicy, SplitList, SplitOptions, SplitPart,
+};
 use pipe::events::Silent;
 use pipe::train::augment::PhotoSet;
 use pipe::train::finetune::{FineTuneModel, PixelSplits};
-use pipe::train::images::PixelSplit;
-use pipe::train::images::{build_list, run_spec, RunImages};
+use pipe::train::images::{build_list, run_spec, PixelSplit, RunImages};
 use pipe::train::learner::Learner;
 use pipe::weights::NamedTensor;
 use std::path::{Path, PathBuf};
@@ -145,9 +146,18 @@ fn cifar_bench(weights: &Path, out: &Path) {
         common::skip("finetune", &data.join("train"));
         return;
     }
-    let split = DataSource::detect(&data)
-        .and_then(|s| s.load(Split::Train, IMAGES, 32))
-        .expect("decode the training JPEGs");
+    // IMAGES training JPEGs, the first of each class in equal shares, squashed to 32x32 with the
+    // full decode.
+    let limit = SplitOptions {
+        train_limit: IMAGES,
+        ..SplitOptions::default()
+    };
+    let squash = ImageSpec::new(32, ResizePolicy::Squash).full_decode();
+    let split = DataLayout::detect(&data)
+        .and_then(|layout| SplitList::build(&layout, &limit))
+        .and_then(|(list, _)| list.load(SplitPart::Train, &squash, OnError::Stop))
+        .expect("decode the training JPEGs")
+        .split;
     let (precision, why) = auto_precision();
     let config = TrainConfig {
         epochs: 1,

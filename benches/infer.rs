@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use ndarray::{Array4, Axis};
 use pipe::arch::Arch;
 use pipe::contract::{ModelMetadata, Output};
-use pipe::data::{DataSource, ResizePolicy, Split};
+use pipe::data::{DataLayout, ImageSpec, OnError, ResizePolicy, SplitList, SplitOptions};
 use pipe::export::{build_model, write_model, ExportOptions};
 use pipe::infer::{open_backend, BackendKind, BackendOptions, InferDevice};
 use std::path::Path;
@@ -43,7 +43,10 @@ fn bench(c: &mut Criterion) {
         build_model(&arch, &base, &common::synthetic_head(&arch), &opts).expect("build_model");
     write_model(&model_path, &model).expect("write model");
     let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let pixels = pipe::data::load_batch(&paths, 32).expect("decode the test images");
+    let squash = ImageSpec::new(32, ResizePolicy::Squash).full_decode();
+    let pixels = pipe::data::load_images(&paths, &squash, OnError::Stop)
+        .expect("decode the test images")
+        .pixels;
     pipe::util::write_atomic(&out.join("batch256.u8"), |w| w.write_all(&pixels))
         .expect("write batch");
     let images = Array4::from_shape_vec(
@@ -89,14 +92,16 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// The metadata `pipe export` writes, for the synthetic model: the class names of the CIFAR-10 test
-/// folder (as `pipe train` names and orders them), squashed 32x32 input (the JPEGs are 32x32
-/// already), probabilities, the base weights' fingerprint, run name `bench`.
+/// The metadata `pipe export` writes, for the synthetic model: the class names of `data/cifar10` as
+/// `pipe train` names and orders them (its split list's classes), squashed 32x32 input (the JPEGs are
+/// 32x32 already), probabilities, the base weights' fingerprint, run name `bench`.
 fn metadata(arch: &Arch, fingerprint: String) -> Vec<(String, String)> {
     let data = common::root().join("data/cifar10");
-    let classes = DataSource::detect(&data)
-        .and_then(|s| s.classes(Split::Test))
-        .expect("class folders of data/cifar10/test");
+    let classes = DataLayout::detect(&data)
+        .and_then(|layout| SplitList::build(&layout, &SplitOptions::default()))
+        .expect("class folders of data/cifar10")
+        .0
+        .classes;
     assert_eq!(
         classes.len(),
         arch.num_classes,

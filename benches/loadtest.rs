@@ -409,7 +409,10 @@ fn main() {
     let files =
         pipe::data::collect_image_files(std::slice::from_ref(&s.data)).expect("image folder");
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let pixels = pipe::data::load_batch(&paths, info.input_size).expect("decode images");
+    let squash = pipe::data::ImageSpec::new(info.input_size, pipe::data::ResizePolicy::Squash);
+    let pixels = pipe::data::load_images(&paths, &squash.full_decode(), pipe::data::OnError::Stop)
+        .expect("decode images")
+        .pixels;
     let bodies = Arc::new(bodies(&pixels, info.input_size));
     eprintln!(
         "loadtest: {} images, backend {}, model {}",

@@ -184,6 +184,19 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_slice(&bytes).map_err(|e| Error::invalid(path, format!("invalid JSON: {e}")))
 }
 
+/// Serialises `path` as a string in lossy UTF-8 (a name that is not UTF-8 shows U+FFFD in place of
+/// its invalid bytes), for `#[serde(serialize_with = "crate::util::serialize_lossy_path")]` on the
+/// paths of records written as JSON or CSV (`skipped.json`, `split.json`, `pipe infer`'s records).
+///
+/// # Errors
+/// The serializer's error, as its `serialize_str` returns it.
+pub fn serialize_lossy_path<S: serde::Serializer>(
+    path: &Path,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
 /// `n` followed by `noun`, with an English plural `s` unless `n` is 1: `plural(1, "epoch")` is
 /// "1 epoch", `plural(3, "epoch")` is "3 epochs". For messages only (regular nouns).
 pub fn plural(n: usize, noun: &str) -> String {
@@ -307,5 +320,22 @@ mod tests {
         let p = dir.path().join("missing/out.bin");
         let err = write_atomic(&p, |w| w.write_all(b"x")).unwrap_err();
         assert!(err.to_string().contains("missing/out.bin"), "{err}");
+    }
+
+    /// A path serialises as its string, with U+FFFD for bytes that are not UTF-8.
+    #[test]
+    fn paths_serialise_as_lossy_utf8() {
+        let json = |p: &Path| {
+            serialize_lossy_path(p, serde_json::value::Serializer)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(json(Path::new("a/b.jpg")), r#""a/b.jpg""#);
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let bad = Path::new(std::ffi::OsStr::from_bytes(b"x\xffy.jpg"));
+            assert_eq!(json(bad), "\"x\u{fffd}y.jpg\"");
+        }
     }
 }

@@ -72,9 +72,10 @@ fn fixture() -> &'static Fixture {
             names.sort();
             files.extend(names.into_iter().take(4));
         }
+        let squash = pipe::data::ImageSpec::new(32, pipe::data::ResizePolicy::Squash).full_decode();
         let pixels: Vec<u8> = files
             .iter()
-            .flat_map(|f| pipe::data::load_rgb(f, 32).unwrap())
+            .flat_map(|f| pipe::data::load_image(f, &squash).unwrap())
             .collect();
         let infer = ["tract", "ort"]
             .into_iter()

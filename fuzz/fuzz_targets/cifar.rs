@@ -1,9 +1,11 @@
 //! Arbitrary bytes as a CIFAR-10 binary batch file (`data_batch_N.bin`, `test_batch.bin`) through the
-//! reader and the resize the loader applies; the first byte chooses the number of classes (0..=11).
+//! reader and the resize the split loader applies (`Record::fitted`); the first byte chooses the
+//! number of classes (0..=11).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use pipe::data::cifar::{parse_batch, CIFAR_SIZE, RECORD_BYTES};
+use pipe::data::{ImageSpec, ResizePolicy};
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,7 +20,8 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(r.pixels.len(), CIFAR_SIZE * CIFAR_SIZE * 3);
         }
         if let Some(r) = records.first() {
-            let big = pipe::data::resize_rgb(&r.pixels, CIFAR_SIZE, 64);
+            let spec = ImageSpec::new(64, ResizePolicy::Squash);
+            let big = r.fitted(Path::new("fuzz_batch.bin"), &spec).expect("a parsed record fits");
             assert_eq!(big.len(), 64 * 64 * 3);
         }
     }

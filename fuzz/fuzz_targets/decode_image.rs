@@ -4,12 +4,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use pipe::data::{decode_image, ImageSpec, ResizePolicy};
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
     // `.tga`: bytes without a known signature go to the TGA decoder instead of being refused at once.
     for (name, size) in [("fuzz.tga", 32), ("fuzz.jpg", 64)] {
-        if let Ok(px) = pipe::data::decode_rgb(Path::new(name), data, size) {
+        let spec = ImageSpec::new(size, ResizePolicy::Squash).full_decode();
+        if let Ok(px) = decode_image(Path::new(name), data, &spec) {
             assert_eq!(px.len(), size * size * 3);
             let x = pipe::data::caffe_preprocess(&px, 1, size);
             assert!(x.iter().all(|v| v.is_finite()));

@@ -264,6 +264,34 @@ pub(crate) mod tests {
         assert!(parse_batch(&p, &[], 10).is_err());
     }
 
+    /// A record fitted to a spec: a copy at 32, the image crate's bilinear resize of the 32x32 image
+    /// otherwise (a square squashes with no crop), and a record that is not 32x32 RGB is refused
+    /// naming its batch file.
+    #[test]
+    fn fitted_record_is_the_resized_record() {
+        let pixels: Vec<u8> = (0..3 * 32 * 32).map(|i| (i % 251) as u8).collect();
+        let record = Record {
+            name: "test_batch.bin#0".into(),
+            label: 0,
+            pixels: pixels.clone(),
+        };
+        let file = Path::new("test_batch.bin");
+        let spec = |size| crate::data::ImageSpec::new(size, crate::data::ResizePolicy::Crop);
+        assert_eq!(record.fitted(file, &spec(32)).unwrap(), pixels);
+        let img = image::RgbImage::from_raw(32, 32, pixels).unwrap();
+        let want = image::imageops::resize(&img, 64, 64, crate::data::RESIZE_FILTER);
+        assert_eq!(record.fitted(file, &spec(64)).unwrap(), want.into_raw());
+        let short = Record {
+            pixels: vec![0; 100],
+            ..record
+        };
+        let err = short.fitted(file, &spec(64)).unwrap_err().to_string();
+        assert!(
+            err.contains("test_batch.bin: record test_batch.bin#0 is not a 32x32"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn nested_release_folder_is_found() {
         let dir = tempfile::tempdir().unwrap();

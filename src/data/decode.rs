@@ -1,4 +1,10 @@
-//! Decoding image files to `size`x`size` HWC RGB `u8`, one file or many in parallel.
+//! Decoding image files to `size`x`size` HWC RGB `u8`, one file or many in parallel, and to whole
+//! images ([`load_full_image`], the photos that photo augmentation crops from).
+//!
+//! Every decode takes the same three steps: the header, read and checked before any pixel buffer
+//! exists (format sniffing, the size limits, a JPEG's end-of-image marker, the EXIF orientation);
+//! the pixels, the only step that runs a decoder over the image data; then the geometry (EXIF
+//! orientation, the resize policy, see [`super::geometry`]).
 //!
 //! A file that cannot be decoded is a value, not a batch error: [`decode_files`] and
 //! [`load_images`] with [`OnError::Skip`] return a [`SkippedFile`] (path, [`SkipReason`], message)
@@ -10,9 +16,11 @@
 //! Format sniffing, the size limits, truncation checks and EXIF orientation are the same on both
 //! paths; JPEGs with 4 components (CMYK, YCCK) or 16-bit samples always take the full decode.
 
-use super::resize::{centre_offset, shorter_side_to, ImageSpec, ResizePolicy};
+use super::geometry::{orientation_swaps_sides, resize_box, shorter_side_to, stored_box};
+use super::resize::{ImageSpec, ResizePolicy, RESIZE_FILTER};
 use crate::error::{Error, Result};
-use image::{ImageDecoder, ImageFormat, RgbImage};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -70,20 +78,13 @@ impl SkipReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedFile {
     /// The file, as it was given (serialised as lossy UTF-8).
-    #[serde(serialize_with = "serialize_lossy_path")]
+    #[serde(serialize_with = "crate::util::serialize_lossy_path")]
     pub path: PathBuf,
     /// The kind of failure.
     pub reason: SkipReason,
     /// What is wrong, without the path: the text of the error [`decode_image`] returns for it, e.g.
     /// `truncated JPEG: the image data ends without the end-of-image marker (…)`.
     pub message: String,
-}
-
-fn serialize_lossy_path<S: serde::Serializer>(
-    path: &Path,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&path.to_string_lossy())
 }
 
 impl std::fmt::Display for SkippedFile {
@@ -160,6 +161,7 @@ impl SkipCounts {
 }
 
 /// A failed decode: the reason and the error [`decode_image`] returns for it.
+#[derive(Debug)]
 struct Failure {
     reason: SkipReason,
     error: Error,
@@ -266,13 +268,26 @@ fn check_size(path: &Path, w: u32, h: u32, total: u64) -> std::result::Result<()
     Ok(())
 }
 
-/// Decodes `bytes` (the contents of `path`) to RGB at `spec.size` (`s`, already checked).
-fn decode_classified(
+/// An image file's header, read and checked: step 1 of every decode.
+struct Header<D> {
+    /// The format, from the contents ([`sniff_format`]).
+    format: ImageFormat,
+    /// The image crate's decoder, positioned after the header: no pixel has been decoded yet.
+    decoder: D,
+    /// Width and height as stored (before EXIF orientation), pixels.
+    size: (u32, u32),
+    /// The EXIF orientation (no transform when there is none).
+    orientation: Orientation,
+}
+
+/// Step 1 of every decode: the format from the contents, the image crate's reader for it with
+/// pipe's allocation limit ([`MAX_IMAGE_BYTES`]), the header only, then the checks that need no
+/// pixel buffer: the announced size ([`check_size`]), a JPEG's end-of-image marker
+/// ([`jpeg_is_truncated`]), and the EXIF orientation.
+fn read_header<'a>(
     path: &Path,
-    bytes: &[u8],
-    spec: &ImageSpec,
-    s: u32,
-) -> std::result::Result<RgbImage, Failure> {
+    bytes: &'a [u8],
+) -> std::result::Result<Header<impl ImageDecoder + 'a>, Failure> {
     let format = sniff_format(path, bytes)?;
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
@@ -293,47 +308,56 @@ fn decode_classified(
              (an incomplete download or copy?)",
         ));
     }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    if spec.dct_scaling && format == ImageFormat::Jpeg {
-        if let Some(rgb) = decode_jpeg_scaled(bytes, (w, h), orientation, spec, s) {
-            return Ok(rgb);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    Ok(Header {
+        format,
+        decoder,
+        size: (w, h),
+        orientation,
+    })
+}
+
+/// Pixels as the decoder gives them: as stored, before EXIF orientation.
+struct Stored {
+    /// The pixels, in the decoder's own type (8- or 16-bit, gray, RGB, with alpha, ...).
+    image: DynamicImage,
+    /// The JPEG DCT reduction they were decoded at: 1 for the full size, else 2, 4 or 8 (8-bit RGB
+    /// of `ceil(w / r)` x `ceil(h / r)`).
+    reduction: u32,
+}
+
+/// Step 2 of every decode, and the only one that depends on the decoders: the pixels of the image
+/// `header` describes. With `reduction` > 1, a JPEG of 8-bit RGB or gray samples is decoded at that
+/// DCT reduction (`jpeg-decoder`); any other image, or a JPEG that reduced decoding cannot take
+/// (4 components, 16-bit samples, a decoder error), is decoded in full by the image crate, whose
+/// errors are the ones reported.
+fn decode_pixels<D: ImageDecoder>(
+    path: &Path,
+    bytes: &[u8],
+    header: Header<D>,
+    reduction: u32,
+) -> std::result::Result<Stored, Failure> {
+    if reduction > 1 && header.format == ImageFormat::Jpeg {
+        if let Some(rgb) = decode_jpeg_reduced(bytes, header.size, reduction) {
+            return Ok(Stored {
+                image: DynamicImage::ImageRgb8(rgb),
+                reduction,
+            });
         }
     }
-    let mut img =
-        image::DynamicImage::from_decoder(decoder).map_err(|e| image_failure(path, format, e))?;
-    img.apply_orientation(orientation);
-    Ok(spec.fit_side(img.into_rgb8(), s))
+    let format = header.format;
+    let image =
+        DynamicImage::from_decoder(header.decoder).map_err(|e| image_failure(path, format, e))?;
+    Ok(Stored {
+        image,
+        reduction: 1,
+    })
 }
 
-/// The largest JPEG DCT reduction (2, 4 or 8) that leaves both sides of a `w`x`h` image at least
-/// `s`, or 1 when none does.
-pub fn jpeg_reduction(w: u32, h: u32, s: u32) -> u32 {
-    [8, 4, 2]
-        .into_iter()
-        .find(|&r| w.div_ceil(r) >= s && h.div_ceil(r) >= s)
-        .unwrap_or(1)
-}
-
-/// Decodes a JPEG of `w`x`h` (as stored) at the reduced size [`jpeg_reduction`] allows, then
-/// resizes the part `spec`'s policy keeps to `s`x`s` and applies `orientation`. The policy's box is
-/// computed on the full-size oriented image and mapped onto the reduced one with fractional
-/// coordinates, so that a partial last block row or column (a side not divisible by the reduction)
-/// does not stretch the result. `None` when no reduction applies, the image has 4 components or
-/// 16-bit samples, or a step fails: the caller then takes the full decode, whose errors are the ones
-/// reported.
-fn decode_jpeg_scaled(
-    bytes: &[u8],
-    (w, h): (u32, u32),
-    orientation: image::metadata::Orientation,
-    spec: &ImageSpec,
-    s: u32,
-) -> Option<RgbImage> {
-    let r = jpeg_reduction(w, h, s);
-    if r == 1 {
-        return None;
-    }
+/// A JPEG of `w`x`h` (as stored) decoded at `1 / r` of its size by DCT scaling: 8-bit RGB of
+/// `ceil(w / r)` x `ceil(h / r)`, gray replicated. `None` when the image has 4 components or 16-bit
+/// samples, or a step fails.
+fn decode_jpeg_reduced(bytes: &[u8], (w, h): (u32, u32), r: u32) -> Option<RgbImage> {
     let mut dec = jpeg_decoder::Decoder::new(bytes);
     dec.set_max_decoding_buffer_size(usize::try_from(MAX_IMAGE_BYTES).ok()?);
     let (sw, sh) = (w.div_ceil(r), h.div_ceil(r));
@@ -348,86 +372,107 @@ fn decode_jpeg_scaled(
         jpeg_decoder::PixelFormat::L8 => dec.decode().ok()?.iter().flat_map(|&v| [v; 3]).collect(),
         _ => return None,
     };
+    RgbImage::from_raw(sw, sh, rgb)
+}
+
+/// `image` with the EXIF orientation `o` applied, as 8-bit RGB (grayscale replicated, alpha dropped,
+/// 16-bit scaled).
+fn oriented_rgb(mut image: DynamicImage, o: Orientation) -> RgbImage {
+    image.apply_orientation(o);
+    image.into_rgb8()
+}
+
+/// What a decode makes of an image file.
+#[derive(Debug, Clone, Copy)]
+enum Target<'a> {
+    /// The `s`x`s` square of the spec (`s` its checked [`ImageSpec::side`]).
+    Fitted(&'a ImageSpec, u32),
+    /// The whole image; with a side, resized to that shorter side when its own is longer.
+    Whole(Option<u32>),
+}
+
+/// The largest JPEG DCT reduction (2, 4 or 8) that leaves both sides of a `w`x`h` image at least
+/// `s`, or 1 when none does.
+pub fn jpeg_reduction(w: u32, h: u32, s: u32) -> u32 {
+    [8, 4, 2]
+        .into_iter()
+        .find(|&r| w.div_ceil(r) >= s && h.div_ceil(r) >= s)
+        .unwrap_or(1)
+}
+
+/// Decodes `bytes` (the contents of `path`) to 8-bit RGB, EXIF orientation applied, as `target`
+/// says: [`read_header`], [`decode_pixels`], then the geometry. A fitted spec with DCT scaling asks
+/// a JPEG for its [`jpeg_reduction`]; a reduced image is resized by [`fit_reduced`], and when that
+/// fails the file is decoded again in full.
+fn decode_classified(
+    path: &Path,
+    bytes: &[u8],
+    target: Target<'_>,
+) -> std::result::Result<RgbImage, Failure> {
+    let header = read_header(path, bytes)?;
+    let (size, orientation) = (header.size, header.orientation);
+    let reduction = match target {
+        Target::Fitted(spec, s) if spec.dct_scaling => jpeg_reduction(size.0, size.1, s),
+        _ => 1,
+    };
+    let stored = decode_pixels(path, bytes, header, reduction)?;
+    match target {
+        Target::Fitted(spec, s) if stored.reduction > 1 => {
+            match fit_reduced(&stored, size, orientation, spec.resize, s) {
+                Some(img) => Ok(img),
+                None => decode_classified(path, bytes, Target::Fitted(&spec.full_decode(), s)),
+            }
+        }
+        Target::Fitted(spec, s) => Ok(spec.fit_side(oriented_rgb(stored.image, orientation), s)),
+        Target::Whole(None) => Ok(oriented_rgb(stored.image, orientation)),
+        Target::Whole(Some(side)) => Ok(shrink_to_shorter_side(
+            oriented_rgb(stored.image, orientation),
+            side,
+        )),
+    }
+}
+
+/// Resizes the part of a reduced decode (`stored`, of an image `w`x`h` as stored) that `policy`
+/// keeps to `s`x`s`, then applies `orientation`. The policy's box is computed on the full-size
+/// oriented image ([`ResizePolicy::source_box`]), mapped onto the stored image ([`stored_box`]) and onto the
+/// reduced one with fractional coordinates, so that a partial last block row or column (a side not
+/// divisible by the reduction) does not stretch the result. `None` when the box resize fails (the
+/// box off the reduced image by rounding).
+fn fit_reduced(
+    stored: &Stored,
+    (w, h): (u32, u32),
+    orientation: Orientation,
+    policy: ResizePolicy,
+    s: u32,
+) -> Option<RgbImage> {
+    let reduced = stored.image.as_rgb8()?;
     let (ow, oh) = if orientation_swaps_sides(orientation) {
         (h, w)
     } else {
         (w, h)
     };
-    let [left, top, bw, bh] = stored_box(orientation, policy_box(spec, ow, oh, s), w, h);
-    let r = f64::from(r);
-    let out = resize_box(sw, sh, rgb, [left / r, top / r, bw / r, bh / r], s)?;
-    let mut img = image::DynamicImage::ImageRgb8(out);
-    img.apply_orientation(orientation);
-    Some(img.into_rgb8())
+    let [left, top, bw, bh] = stored_box(orientation, policy.source_box(ow, oh, s), w, h);
+    let r = f64::from(stored.reduction);
+    let (sw, sh) = reduced.dimensions();
+    let out = resize_box(
+        sw,
+        sh,
+        reduced.as_raw(),
+        [left / r, top / r, bw / r, bh / r],
+        s,
+    )?;
+    Some(oriented_rgb(DynamicImage::ImageRgb8(out), orientation))
 }
 
-/// Resizes the box `[left, top, width, height]` (fractional pixels) of a `w`x`h` RGB image to
-/// `s`x`s`, bilinear (`fast_image_resize`, the same triangle filter as [`super::RESIZE_FILTER`]).
-fn resize_box(
-    w: u32,
-    h: u32,
-    rgb: Vec<u8>,
-    [left, top, bw, bh]: [f64; 4],
-    s: u32,
-) -> Option<RgbImage> {
-    use fast_image_resize as fir;
-    let src = fir::images::Image::from_vec_u8(w, h, rgb, fir::PixelType::U8x3).ok()?;
-    let options = fir::ResizeOptions::new()
-        .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear))
-        .crop(left, top, bw, bh);
-    let mut dst = fir::images::Image::new(s, s, fir::PixelType::U8x3);
-    fir::Resizer::new().resize(&src, &mut dst, &options).ok()?;
-    RgbImage::from_raw(s, s, dst.into_vec())
-}
-
-/// The part of a `w`x`h` (oriented) image that `spec`'s policy resizes to `s`x`s`, as `[left, top,
-/// width, height]` in its pixels: all of it (squash), or the box that torchvision's `Resize(s)` +
-/// `CenterCrop(s)` keeps (crop).
-fn policy_box(spec: &ImageSpec, w: u32, h: u32, s: u32) -> [f64; 4] {
-    match spec.resize {
-        ResizePolicy::Squash => [0.0, 0.0, f64::from(w), f64::from(h)],
-        ResizePolicy::Crop => {
-            let (rw, rh) = shorter_side_to(w, h, s);
-            let (fx, fy) = (f64::from(w) / f64::from(rw), f64::from(h) / f64::from(rh));
-            [
-                f64::from(centre_offset(rw, s)) * fx,
-                f64::from(centre_offset(rh, s)) * fy,
-                f64::from(s) * fx,
-                f64::from(s) * fy,
-            ]
-        }
+/// `img` resized to a shorter side of `side` ([`shorter_side_to`], aspect ratio kept, the image
+/// crate's resize with [`RESIZE_FILTER`]) when its shorter side is longer; else `img` unchanged.
+fn shrink_to_shorter_side(img: RgbImage, side: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if w.min(h) <= side {
+        return img;
     }
-}
-
-/// Whether `o` turns a `w`x`h` image into an `h`x`w` one.
-fn orientation_swaps_sides(o: image::metadata::Orientation) -> bool {
-    use image::metadata::Orientation as O;
-    matches!(
-        o,
-        O::Rotate90 | O::Rotate270 | O::Rotate90FlipH | O::Rotate270FlipH
-    )
-}
-
-/// Maps a box `[left, top, width, height]` of the image that `apply_orientation(o)` makes from a
-/// `w`x`h` stored image back onto the stored image.
-fn stored_box(
-    o: image::metadata::Orientation,
-    [x, y, bw, bh]: [f64; 4],
-    w: u32,
-    h: u32,
-) -> [f64; 4] {
-    use image::metadata::Orientation as O;
-    let (w, h) = (f64::from(w), f64::from(h));
-    match o {
-        O::NoTransforms => [x, y, bw, bh],
-        O::FlipHorizontal => [w - x - bw, y, bw, bh],
-        O::FlipVertical => [x, h - y - bh, bw, bh],
-        O::Rotate180 => [w - x - bw, h - y - bh, bw, bh],
-        O::Rotate90 => [y, h - x - bw, bh, bw],
-        O::Rotate270 => [w - y - bh, x, bh, bw],
-        O::Rotate90FlipH => [y, x, bh, bw],
-        O::Rotate270FlipH => [w - y - bh, h - x - bw, bh, bw],
-    }
+    let (rw, rh) = shorter_side_to(w, h, side);
+    image::imageops::resize(&img, rw, rh, RESIZE_FILTER)
 }
 
 /// Whether a JPEG stream lacks its end-of-image marker (`FF D9`) after the start of its last scan
@@ -443,16 +488,12 @@ fn jpeg_is_truncated(bytes: &[u8]) -> bool {
 }
 
 /// Reads and decodes one file.
-fn load_classified(
-    path: &Path,
-    spec: &ImageSpec,
-    s: u32,
-) -> std::result::Result<RgbImage, Failure> {
+fn load_classified(path: &Path, target: Target<'_>) -> std::result::Result<RgbImage, Failure> {
     let bytes = std::fs::read(path).map_err(|e| Failure {
         reason: SkipReason::Unreadable,
         error: Error::io(path, e),
     })?;
-    decode_classified(path, &bytes, spec, s)
+    decode_classified(path, &bytes, target)
 }
 
 /// Decodes the bytes of one image file (any format the image crate reads, detected from content;
@@ -466,7 +507,7 @@ fn load_classified(
 /// [`MAX_IMAGE_SIDE`] / [`MAX_IMAGE_BYTES`] (the kinds of [`SkipReason`]).
 pub fn decode_image(path: &Path, bytes: &[u8], spec: &ImageSpec) -> Result<Vec<u8>> {
     let s = spec.side()?;
-    decode_classified(path, bytes, spec, s)
+    decode_classified(path, bytes, Target::Fitted(spec, s))
         .map(RgbImage::into_raw)
         .map_err(|f| f.error)
 }
@@ -477,28 +518,25 @@ pub fn decode_image(path: &Path, bytes: &[u8], spec: &ImageSpec) -> Result<Vec<u
 /// [`Error::Io`] when the file cannot be read; otherwise as [`decode_image`].
 pub fn load_image(path: &Path, spec: &ImageSpec) -> Result<Vec<u8>> {
     let s = spec.side()?;
-    load_classified(path, spec, s)
+    load_classified(path, Target::Fitted(spec, s))
         .map(RgbImage::into_raw)
         .map_err(|f| f.error)
 }
 
-/// Decodes one image file, squashed to `size`x`size` with a full decode (pipe's pixels before resize
-/// policies existed). Returns `size*size*3` bytes, HWC RGB. New callers use [`load_image`] with an
-/// [`ImageSpec`].
+/// Reads and decodes one image file whole, with the same reader, limits, checks and errors as
+/// [`load_image`]: 8-bit RGB at its own size (HWC, `width * height * 3` bytes), EXIF orientation
+/// applied, always the full decode (no DCT scaling). With `shorter_side`, an image whose shorter side
+/// is longer is resized to that shorter side (aspect ratio kept: [`shorter_side_to`], the image
+/// crate's resize with [`RESIZE_FILTER`]); a smaller one is returned as decoded. The photos that
+/// photo augmentation crops from.
 ///
 /// # Errors
-/// As [`load_image`].
-pub fn load_rgb(path: &Path, size: usize) -> Result<Vec<u8>> {
-    load_image(path, &ImageSpec::exact_squash(size))
-}
-
-/// As [`load_rgb`], for the bytes of an image file already in memory. New callers use
-/// [`decode_image`].
-///
-/// # Errors
-/// As [`decode_image`].
-pub fn decode_rgb(path: &Path, bytes: &[u8], size: usize) -> Result<Vec<u8>> {
-    decode_image(path, bytes, &ImageSpec::exact_squash(size))
+/// [`Error::Usage`] for a shorter side of 0; otherwise as [`load_image`].
+pub fn load_full_image(path: &Path, shorter_side: Option<u32>) -> Result<RgbImage> {
+    if shorter_side == Some(0) {
+        return Err(Error::Usage("shorter side 0 is not usable".into()));
+    }
+    load_classified(path, Target::Whole(shorter_side)).map_err(|f| f.error)
 }
 
 /// Per file of a batch: its pixels (`spec.size * spec.size * 3` bytes, HWC RGB), or why it was skipped.
@@ -515,7 +553,7 @@ pub fn decode_files(paths: &[&Path], spec: &ImageSpec) -> Result<Vec<FileOutcome
     Ok(paths
         .par_iter()
         .map(|p| {
-            load_classified(p, spec, s)
+            load_classified(p, Target::Fitted(spec, s))
                 .map(RgbImage::into_raw)
                 .map_err(|f| f.into_skipped(p))
         })
@@ -578,7 +616,7 @@ pub fn load_images(paths: &[&Path], spec: &ImageSpec, on_error: OnError) -> Resu
             if stop && i > first_failure.load(Ordering::Relaxed) {
                 return None;
             }
-            match load_classified(p, spec, s) {
+            match load_classified(p, Target::Fitted(spec, s)) {
                 Ok(img) => {
                     dst.copy_from_slice(img.as_raw());
                     None
@@ -614,16 +652,6 @@ pub fn load_images(paths: &[&Path], spec: &ImageSpec, on_error: OnError) -> Resu
         skipped,
         size: spec.size,
     })
-}
-
-/// Decodes `paths` in parallel (all cores) into one NHWC RGB `u8` buffer of `paths.len()*size*size*3`
-/// bytes, squashed with a full decode as [`load_rgb`]. New callers use [`load_images`] (policy, DCT
-/// scaling, skipped files as values).
-///
-/// # Errors
-/// The first file (in `paths` order) that fails, as in [`load_rgb`].
-pub fn load_batch(paths: &[&Path], size: usize) -> Result<Vec<u8>> {
-    Ok(load_images(paths, &ImageSpec::exact_squash(size), OnError::Stop)?.pixels)
 }
 
 #[cfg(test)]
@@ -702,18 +730,19 @@ mod tests {
     }
 
     #[test]
-    fn load_rgb_converts_gray_and_resizes() {
+    fn load_image_converts_gray_and_resizes() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.png");
         image::GrayImage::from_pixel(64, 48, image::Luma([77]))
             .save(&p)
             .unwrap();
-        let px = load_rgb(&p, 32).unwrap();
+        let squash = ImageSpec::new(32, ResizePolicy::Squash).full_decode();
+        let px = load_image(&p, &squash).unwrap();
         assert_eq!(px.len(), 32 * 32 * 3);
         assert!(px.iter().all(|&v| v == 77));
         let q = dir.path().join("c.png");
         write_png(&q, 32, 32, [1, 2, 3]);
-        assert_eq!(&load_rgb(&q, 32).unwrap()[..6], &[1, 2, 3, 1, 2, 3]);
+        assert_eq!(&load_image(&q, &squash).unwrap()[..6], &[1, 2, 3, 1, 2, 3]);
     }
 
     /// Lenient: every good file kept, every bad one reported once with its reason and the error's
@@ -792,17 +821,22 @@ mod tests {
     }
 
     #[test]
-    fn strict_batch_matches_the_old_loader_and_zero_size_is_refused() {
+    fn strict_batch_matches_single_files_and_zero_size_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.png");
         write_png(&a, 50, 30, [200, 100, 0]);
         let b = dir.path().join("b.jpg");
         std::fs::write(&b, jpeg_bytes(300, 200)).unwrap();
         let paths = [a.as_path(), b.as_path()];
-        let batch = load_batch(&paths, 24).unwrap();
-        let mut want = load_rgb(&a, 24).unwrap();
-        want.extend(load_rgb(&b, 24).unwrap());
-        assert_eq!(batch, want);
+        for spec in [
+            ImageSpec::new(24, ResizePolicy::Squash).full_decode(),
+            ImageSpec::new(24, ResizePolicy::Crop),
+        ] {
+            let batch = load_images(&paths, &spec, OnError::Stop).unwrap();
+            let mut want = load_image(&a, &spec).unwrap();
+            want.extend(load_image(&b, &spec).unwrap());
+            assert_eq!((batch.pixels, batch.kept), (want, vec![0, 1]));
+        }
         assert!(load_images(
             &paths,
             &ImageSpec::new(0, ResizePolicy::Crop),
@@ -838,11 +872,32 @@ mod tests {
             let d = mean_abs_diff(&a, &b);
             assert!(d < 1.5, "{policy}: mean |diff| {d}");
         }
-        let none = image::metadata::Orientation::NoTransforms;
-        let spec = ImageSpec::new(64, ResizePolicy::Crop);
-        assert!(decode_jpeg_scaled(&bytes, (640, 400), none, &spec, 64).is_some());
-        let spec = ImageSpec::new(300, ResizePolicy::Crop);
-        assert!(decode_jpeg_scaled(&bytes, (640, 400), none, &spec, 300).is_none());
+        let reduced = |s| {
+            let header = read_header(path, &bytes).unwrap();
+            let r = jpeg_reduction(640, 400, s);
+            let stored = decode_pixels(path, &bytes, header, r).unwrap();
+            let image = &stored.image;
+            (stored.reduction, image.width(), image.height())
+        };
+        assert_eq!(reduced(64), (4, 160, 100));
+        assert_eq!(reduced(300), (1, 640, 400));
+    }
+
+    /// A crop box that rounding puts a hair past the reduced image (the shorter side 464, halved to
+    /// 232, at 224: 224 * (464 / 224) > 464 in floating point) is not resized there: the image takes
+    /// the full decode and gives its pixels exactly.
+    #[test]
+    fn a_box_off_the_reduced_image_takes_the_full_decode() {
+        let path = Path::new("tall.jpg");
+        let bytes = jpeg_bytes(464, 600);
+        let spec = ImageSpec::new(224, ResizePolicy::Crop);
+        let header = read_header(path, &bytes).unwrap();
+        let none = header.orientation;
+        let stored = decode_pixels(path, &bytes, header, jpeg_reduction(464, 600, 224)).unwrap();
+        assert_eq!(stored.reduction, 2);
+        assert!(fit_reduced(&stored, (464, 600), none, spec.resize, 224).is_none());
+        let (scaled, full) = both_paths(path, &bytes, spec);
+        assert_eq!(scaled, full);
     }
 
     /// `jpeg` with an APP1 Exif segment holding one IFD entry: Orientation (0x0112) = `value`.
@@ -885,6 +940,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The whole image: EXIF orientation applied (a "rotate 90" tag turns 330x210 into 210x330), the
+    /// pixels of the full decode, the shorter side reduced only when it is longer than asked; the
+    /// checks and named errors of `load_image` (truncated, oversized, not an image).
+    #[test]
+    fn full_image_is_oriented_reduced_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = jpeg_bytes(330, 210);
+        let rotated = dir.path().join("rotated.jpg");
+        std::fs::write(&rotated, with_orientation(&plain, 6)).unwrap();
+        let whole = load_full_image(&rotated, None).unwrap();
+        let want = image::load_from_memory(&plain)
+            .unwrap()
+            .rotate90()
+            .into_rgb8();
+        assert_eq!(whole, want);
+        assert_eq!(whole.dimensions(), (210, 330));
+        assert_eq!(load_full_image(&rotated, Some(210)).unwrap(), whole);
+        let small = load_full_image(&rotated, Some(105)).unwrap();
+        assert_eq!(small.dimensions(), (105, 165));
+        assert_eq!(
+            small,
+            image::imageops::resize(&whole, 105, 165, RESIZE_FILTER)
+        );
+
+        let photo = jpeg_bytes(640, 480);
+        let bad = [
+            (
+                "cut.jpg",
+                photo[..photo.len() - 300].to_vec(),
+                "cut.jpg: truncated JPEG",
+            ),
+            ("bomb.jpg", jpeg_claiming_60000(&photo), "over pipe's limit"),
+            ("notes.png", b"hello".to_vec(), "notes.png: not an image"),
+        ];
+        for (name, bytes, want) in bad {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let err = load_full_image(&path, Some(146)).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        let err = load_full_image(&rotated, Some(0)).unwrap_err().to_string();
+        assert!(err.contains("shorter side 0"), "{err}");
     }
 
     /// Grayscale and CMYK JPEGs decode to the same pixels with and without DCT scaling (CMYK takes

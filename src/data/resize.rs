@@ -2,6 +2,7 @@
 //! (squash or shorter side + centre crop), the filter, and [`ImageSpec`], which bundles them with the
 //! size so that training, export (ONNX metadata) and inference apply exactly the same steps.
 
+use super::geometry::{centre_offset, shorter_side_to};
 use crate::error::{Error, Result};
 use image::imageops::FilterType;
 use image::RgbImage;
@@ -35,6 +36,26 @@ impl ResizePolicy {
         match self {
             ResizePolicy::Squash => "squash",
             ResizePolicy::Crop => "crop",
+        }
+    }
+
+    /// The part of a `w`x`h` (oriented) image that this policy resizes to `s`x`s`, as `[left, top,
+    /// width, height]` in its pixels (fractional): all of it ([`ResizePolicy::Squash`]), or the box
+    /// that torchvision's `Resize(s)` + `CenterCrop(s)` keeps ([`ResizePolicy::Crop`]:
+    /// [`shorter_side_to`] and [`centre_offset`] scaled back to the image).
+    pub fn source_box(self, w: u32, h: u32, s: u32) -> [f64; 4] {
+        match self {
+            ResizePolicy::Squash => [0.0, 0.0, f64::from(w), f64::from(h)],
+            ResizePolicy::Crop => {
+                let (rw, rh) = shorter_side_to(w, h, s);
+                let (fx, fy) = (f64::from(w) / f64::from(rw), f64::from(h) / f64::from(rh));
+                [
+                    f64::from(centre_offset(rw, s)) * fx,
+                    f64::from(centre_offset(rh, s)) * fy,
+                    f64::from(s) * fx,
+                    f64::from(s) * fy,
+                ]
+            }
         }
     }
 }
@@ -138,12 +159,6 @@ impl ImageSpec {
         }
     }
 
-    /// Squash to `size`, bilinear, full decode: exactly what [`load_rgb`](super::load_rgb) did
-    /// before policies existed (kept for its callers).
-    pub fn exact_squash(size: usize) -> Self {
-        ImageSpec::new(size, ResizePolicy::Squash).full_decode()
-    }
-
     /// The same spec with DCT scaling off: every image takes the full decode.
     pub fn full_decode(self) -> Self {
         ImageSpec {
@@ -200,56 +215,27 @@ impl ImageSpec {
     }
 }
 
-/// Size after torchvision's `Resize(s)` of a `w`x`h` image: the shorter side becomes `s`, the longer
-/// `floor(s * long / short)`.
-pub fn shorter_side_to(w: u32, h: u32, s: u32) -> (u32, u32) {
-    let long_to = |long: u32, short: u32| {
-        u32::try_from(u64::from(s) * u64::from(long) / u64::from(short.max(1))).unwrap_or(u32::MAX)
-    };
-    if w <= h {
-        (s, long_to(h, w).max(s))
-    } else {
-        (long_to(w, h).max(s), s)
-    }
-}
-
-/// Offset of a centred crop of `crop` out of `len` as torchvision's `CenterCrop` computes it:
-/// `int(round((len - crop) / 2))` with Python's round-half-to-even.
-pub fn centre_offset(len: u32, crop: u32) -> u32 {
-    let d = len.saturating_sub(crop);
-    let half = d / 2;
-    // d odd: (d / 2) ends in .5 and rounds to the even neighbour.
-    if d % 2 == 1 && half % 2 == 1 {
-        half + 1
-    } else {
-        half
-    }
-}
-
-/// Resizes one square HWC RGB image of `from`x`from` pixels to `to`x`to` with [`RESIZE_FILTER`]
-/// (a copy when the sizes are equal), as [`load_rgb`](super::load_rgb) does for image files. New
-/// callers use [`ImageSpec::fit`], which also handles non-square images.
-///
-/// # Panics
-/// If `pixels.len() != from*from*3` (a programming error).
-pub fn resize_rgb(pixels: &[u8], from: usize, to: usize) -> Vec<u8> {
-    assert_eq!(
-        pixels.len(),
-        from * from * 3,
-        "not a {from}x{from} RGB image"
-    );
-    if from == to {
-        return pixels.to_vec();
-    }
-    // The length was checked above, so the buffer always fits.
-    image::RgbImage::from_raw(from as u32, from as u32, pixels.to_vec())
-        .map(|img| image::imageops::resize(&img, to as u32, to as u32, RESIZE_FILTER).into_raw())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Squash keeps the whole image; crop keeps the central square of the shorter side, scaled back
+    /// from the resized image (500x375 to 224: Resize gives 298x224, the crop starts at column 37).
+    #[test]
+    fn policy_boxes_of_squash_and_crop() {
+        assert_eq!(
+            ResizePolicy::Squash.source_box(500, 375, 224),
+            [0.0, 0.0, 500.0, 375.0]
+        );
+        let [left, top, bw, bh] = ResizePolicy::Crop.source_box(500, 375, 224);
+        let fx = 500.0 / 298.0;
+        assert_eq!([left, bw], [37.0 * fx, 224.0 * fx]);
+        assert!((bw - 375.84).abs() < 0.01, "{bw}");
+        assert_eq!(top, 0.0);
+        assert!((bh - 375.0).abs() < 1e-9, "{bh}");
+        let [left, top, ..] = ResizePolicy::Crop.source_box(375, 500, 224);
+        assert_eq!((left, top), (0.0, 37.0 * 500.0 / 298.0));
+    }
 
     const RED: [u8; 3] = [255, 0, 0];
     const GREEN: [u8; 3] = [0, 255, 0];
@@ -319,20 +305,6 @@ mod tests {
     }
 
     #[test]
-    fn torchvision_sizes_and_offsets() {
-        assert_eq!(shorter_side_to(500, 375, 224), (298, 224));
-        assert_eq!(shorter_side_to(375, 500, 224), (224, 298));
-        assert_eq!(shorter_side_to(32, 32, 224), (224, 224));
-        assert_eq!(shorter_side_to(64, 32, 32), (64, 32));
-        // int(round(x / 2)) with half to even: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, 37 -> 37.
-        assert_eq!(centre_offset(225, 224), 0);
-        assert_eq!(centre_offset(227, 224), 2);
-        assert_eq!(centre_offset(229, 224), 2);
-        assert_eq!(centre_offset(298, 224), 37);
-        assert_eq!(centre_offset(224, 224), 0);
-    }
-
-    #[test]
     fn same_size_is_untouched_and_zero_is_refused() {
         let img = quarters();
         let square = image::imageops::crop_imm(&img, 0, 0, 32, 32).to_image();
@@ -364,15 +336,10 @@ mod tests {
         );
         let old: ImageSpec = serde_json::from_str(r#"{"size":32}"#).unwrap();
         assert_eq!(old, ImageSpec::new(32, ResizePolicy::Squash));
-        assert!(!ImageSpec::exact_squash(32).dct_scaling);
-    }
-
-    #[test]
-    fn resize_rgb_is_squash() {
-        let px: Vec<u8> = (0..16 * 16 * 3).map(|i| (i % 251) as u8).collect();
-        let img = RgbImage::from_raw(16, 16, px.clone()).unwrap();
-        let want = ImageSpec::exact_squash(8).fit(img).unwrap().into_raw();
-        assert_eq!(resize_rgb(&px, 16, 8), want);
-        assert_eq!(resize_rgb(&px, 16, 16), px);
+        assert!(
+            !ImageSpec::new(32, ResizePolicy::Squash)
+                .full_decode()
+                .dct_scaling
+        );
     }
 }

@@ -280,7 +280,7 @@ pub struct SplitList {
     /// The layout the list was made from.
     pub layout: LayoutKind,
     /// The folder the entries are relative to ([`DataLayout::root`]).
-    #[serde(serialize_with = "serialize_lossy_path")]
+    #[serde(serialize_with = "crate::util::serialize_lossy_path")]
     pub root: PathBuf,
     /// Class names of the training split, in order: index = label.
     pub classes: Vec<String>,
@@ -296,13 +296,6 @@ pub struct SplitList {
     pub val: Vec<SplitEntry>,
     /// Held-out images.
     pub test: Vec<SplitEntry>,
-}
-
-fn serialize_lossy_path<S: serde::Serializer>(
-    path: &Path,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&path.to_string_lossy())
 }
 
 /// Decoded images of one split, and the files that were skipped.
@@ -948,8 +941,9 @@ mod tests {
         );
     }
 
-    /// The binary release as a split list: the same images and pixels as the loader of before, and
-    /// a record that changed label since the list was written is refused.
+    /// The binary release as a split list: limits balance the classes in record order, the records
+    /// load with their own pixels (a uniform record stays uniform when resized), a limit over the
+    /// records is refused, and a record that changed label since the list was written is refused.
     #[test]
     fn binary_release_lists_records_and_loads_them() {
         let tmp = tempfile::tempdir().unwrap();
@@ -961,20 +955,41 @@ mod tests {
         };
         let list = build(tmp.path(), limits).unwrap();
         assert_eq!(list.layout, LayoutKind::CifarBinary);
+        assert_eq!((list.train.len(), list.test.len()), (20, 10));
         assert_eq!(
             files(&list.train)[..2],
             ["data_batch_1.bin#0", "data_batch_1.bin#10"]
         );
-        let spec = ImageSpec::exact_squash(64);
+        assert_eq!(labels_of(&list.train)[..3], [0, 0, 1]);
+        let spec = ImageSpec::new(64, ResizePolicy::Squash).full_decode();
         let ours = list
             .load(SplitPart::Train, &spec, OnError::Skip)
             .unwrap()
             .split;
-        let source = crate::data::DataSource::detect(tmp.path()).unwrap();
-        let old = source.load(crate::data::Split::Train, 20, 64).unwrap();
-        assert_eq!(
-            (ours.names, ours.labels, ours.pixels),
-            (old.names, old.labels, old.pixels)
+        assert_eq!(ours.names, files(&list.train));
+        assert_eq!(ours.labels, labels_of(&list.train));
+        assert_eq!(ours.pixels.len(), 20 * 64 * 64 * 3);
+        // write_fake_release: record i of a file has R = label, G = i, B = 255 - label.
+        for (k, image) in ours.pixels.chunks_exact(64 * 64 * 3).enumerate() {
+            let index: u8 = ours.names[k].rsplit_once('#').unwrap().1.parse().unwrap();
+            let label = ours.labels[k] as u8;
+            let want = [label, index, 255 - label];
+            assert!(
+                image.chunks_exact(3).all(|p| p == want),
+                "{}",
+                ours.names[k]
+            );
+        }
+        let all = build(tmp.path(), SplitOptions::default()).unwrap();
+        assert_eq!((all.train.len(), all.test.len()), (150, 30));
+        let too_many = SplitOptions {
+            test_limit: 31,
+            ..SplitOptions::default()
+        };
+        refused(
+            tmp.path(),
+            too_many,
+            &["--test-limit 31 exceeds the 30 images"],
         );
         let mut bad = list.clone();
         bad.train[0].label = 5;
@@ -985,6 +1000,72 @@ mod tests {
         assert!(
             err.contains("data_batch_1.bin#0") && err.contains("relabelled"),
             "{err}"
+        );
+    }
+
+    /// Split folders: classes are the training folder's sub-folders in byte order (junk and
+    /// non-image files left out), entries grouped by class with sorted names, and a limit takes the
+    /// same class-balanced subset every time (7 of 4 + 5 + 3: 3, 2, 2).
+    #[test]
+    fn split_folders_give_sorted_classes_and_a_balanced_limit() {
+        let tmp = dataset("train/b_cls:5 train/a_cls:4 train/c_cls:3 test/a_cls:1");
+        let root = tmp.path();
+        std::fs::write(root.join("train/a_cls/notes.txt"), "not an image").unwrap();
+        let layout = DataLayout::detect(root).unwrap();
+        let (all, skipped) = SplitList::build(&layout, &SplitOptions::default()).unwrap();
+        assert_eq!(all.classes, vec!["a_cls", "b_cls", "c_cls"]);
+        assert_eq!(all.train.len(), 12);
+        assert_eq!(skipped.non_images, vec![root.join("train/a_cls/notes.txt")]);
+        assert_eq!(
+            files(&all.train)[..2],
+            ["train/a_cls/00.png", "train/a_cls/01.png"]
+        );
+        assert_eq!(labels_of(&all.train)[4], 1);
+        let limited = SplitOptions {
+            train_limit: 7,
+            ..SplitOptions::default()
+        };
+        let list = build(root, limited).unwrap();
+        let counts: Vec<usize> = (0..3)
+            .map(|c| labels_of(&list.train).iter().filter(|&&l| l == c).count())
+            .collect();
+        assert_eq!(counts, [3, 2, 2]);
+        assert_eq!(list.train[3].file, "train/b_cls/00.png");
+        assert_eq!(build(root, limited).unwrap(), list);
+    }
+
+    /// Without `test/`, `val/` is the held-out split; a junk folder in it is no class, a junk file
+    /// no image, and its images keep the training labels.
+    #[test]
+    fn val_folder_is_the_held_out_split_without_test() {
+        let tmp = dataset("train/ants:1 train/bees:1 val/bees:1 val/__MACOSX:1");
+        let root = tmp.path();
+        std::fs::write(root.join("val/bees/.DS_Store"), b"x").unwrap();
+        let layout = DataLayout::detect(root).unwrap();
+        let (list, skipped) = SplitList::build(&layout, &SplitOptions::default()).unwrap();
+        assert_eq!(list.classes, vec!["ants", "bees"]);
+        assert_eq!(files(&list.test), ["val/bees/00.png"]);
+        assert_eq!(labels_of(&list.test), [1]);
+        assert!(skipped.ignored.contains(&root.join("val/__MACOSX")));
+        assert!(skipped.ignored.contains(&root.join("val/bees/.DS_Store")));
+        let spec = ImageSpec::new(8, ResizePolicy::Squash).full_decode();
+        let test = list
+            .load(SplitPart::Test, &spec, OnError::Stop)
+            .unwrap()
+            .split;
+        assert_eq!(test.root, root);
+        // dataset(): the third folder's first image is [2, 0, 7].
+        assert_eq!(&test.pixels[..3], &[2, 0, 7]);
+    }
+
+    #[test]
+    fn empty_training_folder_is_refused() {
+        let tmp = dataset("test/a:1");
+        std::fs::create_dir(tmp.path().join("train")).unwrap();
+        refused(
+            tmp.path(),
+            SplitOptions::default(),
+            &["train: no class sub-folders"],
         );
     }
 

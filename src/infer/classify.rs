@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Prediction {
     /// The image file (serialised as lossy UTF-8: a name that is not UTF-8 shows U+FFFD).
-    #[serde(serialize_with = "serialize_lossy_path")]
+    #[serde(serialize_with = "crate::util::serialize_lossy_path")]
     pub path: PathBuf,
     /// Index of the most probable class.
     pub class_index: usize,
@@ -27,10 +27,6 @@ pub struct Prediction {
     pub probability: f32,
     /// The full output row, `[classes]`.
     pub probabilities: Vec<f32>,
-}
-
-fn serialize_lossy_path<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&path.to_string_lossy())
 }
 
 /// What became of one input file: its prediction, or why it could not be decoded.

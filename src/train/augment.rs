@@ -13,20 +13,14 @@
 
 use super::images::{PixelSplit, RunImages};
 use crate::config::{AugmentStyle, TrainConfig};
-use crate::data::resize::shorter_side_to;
-use crate::data::{LayoutKind, MAX_IMAGE_BYTES, RESIZE_FILTER};
+use crate::data::geometry::resize_box;
+use crate::data::{load_full_image, LayoutKind, RESIZE_FILTER};
 use crate::error::{Error, Result};
 use image::RgbImage;
 use rand::RngExt;
 use rayon::prelude::*;
-use std::path::Path;
 
-/// Share of the photo's area a [`random_resized_crop`] keeps, drawn uniformly from this range
-/// (torchvision's default is 0.08 to 1).
-pub const PHOTO_CROP_SCALE: (f64, f64) = (0.08, 1.0);
-/// Aspect ratios (width / height) of the crops, drawn log-uniformly from this range (torchvision's
-/// default).
-pub const PHOTO_CROP_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
+pub use crate::data::geometry::{crop_box, PHOTO_CROP_RATIO, PHOTO_CROP_SCALE};
 
 /// The training photos decoded once for [`AugmentStyle::Photo`]: each at a shorter side of 8/7 of
 /// the input size (smaller photos as they are), in the order of the training split.
@@ -39,7 +33,8 @@ impl PhotoSet {
     /// binary release, whose records are 32x32, the training pixels at the input size are the photos.
     ///
     /// # Errors
-    /// A training file that can no longer be decoded, named.
+    /// As [`load_full_image`]: a training file that can no longer be decoded (missing, truncated, over
+    /// the size limits, ...), named.
     pub fn decode(images: &RunImages) -> Result<PhotoSet> {
         let train = &images.train;
         let side = u32::try_from(train.size * 8 / 7).unwrap_or(u32::MAX);
@@ -57,7 +52,7 @@ impl PhotoSet {
         let photos = train
             .names
             .par_iter()
-            .map(|name| decode_photo(&images.list.root.join(name), side))
+            .map(|name| load_full_image(&images.list.root.join(name), Some(side)))
             .collect::<Result<Vec<_>>>()?;
         Ok(PhotoSet { photos })
     }
@@ -76,39 +71,6 @@ impl PhotoSet {
     pub fn is_empty(&self) -> bool {
         self.photos.is_empty()
     }
-}
-
-/// Decodes the image file `path` to RGB with its EXIF orientation applied and, when its shorter side
-/// is above `side`, resizes it to that shorter side (aspect ratio kept, bilinear).
-fn decode_photo(path: &Path, side: u32) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    if reader.format().is_none() {
-        if let Ok(format) = image::ImageFormat::from_path(path) {
-            reader.set_format(format);
-        }
-    }
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_IMAGE_BYTES);
-    reader.limits(limits);
-    let image_error = |error| Error::Image {
-        path: path.to_path_buf(),
-        error,
-    };
-    let mut decoder = reader.into_decoder().map_err(image_error)?;
-    let orientation = image::ImageDecoder::orientation(&mut decoder)
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(image_error)?;
-    img.apply_orientation(orientation);
-    let img = img.into_rgb8();
-    let (w, h) = img.dimensions();
-    if w.min(h) <= side {
-        return Ok(img);
-    }
-    let (rw, rh) = shorter_side_to(w, h, side);
-    Ok(image::imageops::resize(&img, rw, rh, RESIZE_FILTER))
 }
 
 /// How a fine-tuning run's training images are augmented: the [`super::Model`] of `--unfreeze N`
@@ -215,63 +177,15 @@ pub fn flip_horizontally(img: &mut [u8], size: usize) {
     }
 }
 
-/// The box `[left, top, width, height]` (pixels) of a `w`x`h` image that torchvision's
-/// `RandomResizedCrop.get_params` draws with [`PHOTO_CROP_SCALE`] and [`PHOTO_CROP_RATIO`]: up to 10
-/// tries of an area share and a log-uniform aspect ratio whose box fits, placed uniformly; else the
-/// central box of the image clamped to the ratio range.
-pub fn crop_box(w: u32, h: u32, rng: &mut impl rand::Rng) -> [u32; 4] {
-    let area = f64::from(w) * f64::from(h);
-    let (lo, hi) = (PHOTO_CROP_RATIO.0.ln(), PHOTO_CROP_RATIO.1.ln());
-    for _ in 0..10 {
-        let target = area * rng.random_range(PHOTO_CROP_SCALE.0..PHOTO_CROP_SCALE.1);
-        let ratio = rng.random_range(lo..hi).exp();
-        let cw = (target * ratio).sqrt().round() as u32;
-        let ch = (target / ratio).sqrt().round() as u32;
-        if cw > 0 && cw <= w && ch > 0 && ch <= h {
-            let top = rng.random_range(0..=h - ch);
-            let left = rng.random_range(0..=w - cw);
-            return [left, top, cw, ch];
-        }
-    }
-    let in_ratio = f64::from(w) / f64::from(h.max(1));
-    let (cw, ch) = if in_ratio < PHOTO_CROP_RATIO.0 {
-        (w, (f64::from(w) / PHOTO_CROP_RATIO.0).round() as u32)
-    } else if in_ratio > PHOTO_CROP_RATIO.1 {
-        ((f64::from(h) * PHOTO_CROP_RATIO.1).round() as u32, h)
-    } else {
-        (w, h)
-    };
-    [
-        (w - cw.min(w)) / 2,
-        (h - ch.min(h)) / 2,
-        cw.min(w),
-        ch.min(h),
-    ]
-}
-
 /// A random resized crop of `photo` ([`crop_box`]) resized to `size`x`size` with a bilinear filter
 /// (antialiased when shrinking, as torchvision's on PIL images): HWC RGB `u8`, `size * size * 3`
 /// bytes.
 pub fn random_resized_crop(photo: &RgbImage, size: u32, rng: &mut impl rand::Rng) -> Vec<u8> {
-    use fast_image_resize as fir;
     let (w, h) = photo.dimensions();
     let [left, top, cw, ch] = crop_box(w, h, rng);
-    let mut dst = fir::images::Image::new(size, size, fir::PixelType::U8x3);
-    let resized = fir::images::ImageRef::new(w, h, photo.as_raw(), fir::PixelType::U8x3)
-        .ok()
-        .and_then(|src| {
-            let options = fir::ResizeOptions::new()
-                .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear))
-                .crop(
-                    f64::from(left),
-                    f64::from(top),
-                    f64::from(cw),
-                    f64::from(ch),
-                );
-            fir::Resizer::new().resize(&src, &mut dst, &options).ok()
-        });
-    match resized {
-        Some(()) => dst.into_vec(),
+    let crop = [left, top, cw, ch].map(f64::from);
+    match resize_box(w, h, photo.as_raw(), crop, size) {
+        Some(img) => img.into_raw(),
         // Cannot happen for an RgbImage's own buffer; fall back to the image crate.
         None => {
             let part = image::imageops::crop_imm(photo, left, top, cw, ch).to_image();
@@ -319,32 +233,6 @@ mod tests {
             seen_shift |= dx != 0 || dy != 0;
         }
         assert!(seen_flip && seen_shift);
-    }
-
-    /// Crop boxes fit the image, cover the scale and ratio ranges, and repeat with the seed; an image
-    /// far outside the ratio range falls back to its central box.
-    #[test]
-    fn crop_boxes_follow_torchvision_ranges() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let (w, h) = (400u32, 300u32);
-        let mut shares = Vec::new();
-        for _ in 0..500 {
-            let [l, t, cw, ch] = crop_box(w, h, &mut rng);
-            assert!(l + cw <= w && t + ch <= h && cw > 0 && ch > 0);
-            let share = f64::from(cw * ch) / f64::from(w * h);
-            shares.push(share);
-            let ratio = f64::from(cw) / f64::from(ch);
-            assert!((0.7..1.4).contains(&ratio) || share > 0.5, "{ratio}");
-        }
-        let min = shares.iter().cloned().fold(1.0, f64::min);
-        let max = shares.iter().cloned().fold(0.0, f64::max);
-        assert!(min < 0.12 && max > 0.9, "{min} {max}");
-        let again = |seed| crop_box(w, h, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-        assert_eq!(again(7), again(7));
-        // A 1000x10 strip: no random box fits its ratio range in 10 tries; the centre is kept.
-        let [l, t, cw, ch] = crop_box(1000, 10, &mut rng);
-        assert_eq!((t, ch, cw), (0, 10, 13));
-        assert_eq!(l, (1000 - 13) / 2);
     }
 
     /// A crop of a two-coloured photo shows its colours, is `size`x`size`, and a flip mirrors it.
