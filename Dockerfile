@@ -10,7 +10,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --no-default-features --features tract,ort,serve \
+RUN cargo build --release --locked --no-default-features --features ort,serve \
  && cp target/release/pipe /usr/local/bin/pipe
 
 FROM python:3.11-slim-bookworm AS onnxruntime

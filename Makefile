@@ -76,7 +76,7 @@ demo-photos: need-photos setup
 
 ## infer-only: a pipe without libtorch (infer, serve, inspect, export, weights import): tract + ort + serve
 infer-only:
-	cargo build --release --no-default-features --features tract,ort,serve
+	cargo build --release --no-default-features --features ort,serve
 	cp target/release/pipe $(INFER_ONLY)
 	cargo build --release
 	@if readelf -d $(INFER_ONLY) | grep -E 'torch|c10'; then echo "error: $(INFER_ONLY) links libtorch" >&2; exit 1; fi

@@ -2,12 +2,7 @@
 //! (regenerated here; `PIPE_UPDATE_DOCS=1` rewrites the file), every `--flag` that README.md and
 //! docs/*.md name exists in the `--help` of its command, and every relative link and anchor between
 //! them leads somewhere.
-#![cfg(all(
-    feature = "train",
-    feature = "tract",
-    feature = "ort",
-    feature = "serve"
-))]
+#![cfg(all(feature = "train", feature = "ort", feature = "serve"))]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

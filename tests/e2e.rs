@@ -139,7 +139,7 @@ fn train_export_and_both_backends_agree_with_tch() {
 }
 
 /// The libtorch-free build (`make infer-only`: `target/release/pipe-infer`, built with
-/// `--no-default-features --features tract,ort`) links no libtorch, and its `export`, `inspect` and
+/// `--no-default-features --features ort,serve`) links no libtorch, and its `export`, `inspect` and
 /// `infer` give what the full build gives. Ignored by a plain `cargo test`, which does not build that
 /// binary; `make test` builds it and runs this test with `PIPE_INFER_ONLY_BIN` set.
 #[test]

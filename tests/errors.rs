@@ -6,7 +6,7 @@
 //! (`images` [N,4,4,3] → Flatten → [N,48]): `--format json` then shows exactly the pixels pipe decoded,
 //! converted and resized. Training cases use a generated CIFAR-10 binary release or generated image
 //! folders (and the real VGG16 weights of `make setup` where training has to start).
-#![cfg(all(feature = "train", feature = "tract", feature = "ort"))]
+#![cfg(all(feature = "train", feature = "ort"))]
 
 mod common;
 

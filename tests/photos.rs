@@ -6,7 +6,7 @@
 //! verified; photo augmentation resumed exactly), `--pooling max` exported and agreeing on both
 //! backends, and `--preset photos` at 384 on a handful of photos.
 //! Small generated photos and the real VGG16 weights of `make setup`.
-#![cfg(all(feature = "train", feature = "tract"))]
+#![cfg(feature = "train")]
 
 mod common;
 

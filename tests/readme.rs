@@ -13,7 +13,7 @@
 //! It checks that each step succeeds, that the model file the session exports exists, that the answer
 //! of `/v1/classify` for the photo sent gives the label and probability `pipe infer` printed for that
 //! photo (and `pipe infer --format json`'s, to 1e-5), and that the server exits 0 after SIGTERM.
-#![cfg(all(feature = "train", feature = "tract", feature = "serve"))]
+#![cfg(all(feature = "train", feature = "serve"))]
 
 use std::collections::HashMap;
 use std::ffi::OsString;

@@ -3,12 +3,7 @@
 //! (`tritonclient[http]` in `.venv`, via `tests/serve_client.py`) and with plain HTTP against
 //! `pipe infer --format json` on the same files and backend; then faults (bad requests of every kind,
 //! slow and aborted clients, a full queue) and SIGTERM during a burst of requests.
-#![cfg(all(
-    feature = "train",
-    feature = "serve",
-    feature = "tract",
-    feature = "ort"
-))]
+#![cfg(all(feature = "train", feature = "serve", feature = "ort"))]
 
 mod common;
 

@@ -12,9 +12,7 @@ pub mod verify;
 
 pub use graph::{build_model, ExportOptions, DEFAULT_OPSET};
 pub use triton::{write_triton_config, TritonLayout};
-#[cfg(feature = "tract")]
-pub use verify::verify_against_run;
-pub use verify::{Verification, FP16_VERIFY_TOLERANCE, VERIFY_TOLERANCE};
+pub use verify::{verify_against_run, Verification, FP16_VERIFY_TOLERANCE, VERIFY_TOLERANCE};
 
 use crate::arch::Arch;
 use crate::config::TrainConfig;
@@ -251,10 +249,8 @@ fn write_verified(
     run_dir: &Path,
     opts: &RunExportOptions,
 ) -> Result<Option<Verification>> {
-    #[cfg_attr(not(feature = "tract"), allow(unused_mut))]
     let mut verification = None;
     write_model_checked(output, model, |tmp| {
-        #[cfg(feature = "tract")]
         if opts.verify_images > 0 {
             let tolerance = if opts.fp16_weights {
                 FP16_VERIFY_TOLERANCE
@@ -269,8 +265,6 @@ fn write_verified(
                 tolerance,
             )?);
         }
-        #[cfg(not(feature = "tract"))]
-        let _ = (tmp, run_dir, opts);
         Ok(())
     })?;
     Ok(verification)

@@ -1,9 +1,6 @@
 //! Verification of an exported model against the run that made it: the model file is run with tract
 //! on the run's test images and its probabilities are compared with those tch computed at the end of
 //! training (`predictions.json`).
-// Without tract nothing runs a model, so only the constants and `Verification` are used.
-#![cfg_attr(not(feature = "tract"), allow(dead_code, unused_imports))]
-
 use crate::contract::Output;
 use crate::data::ImageSpec;
 use crate::error::{Error, Result};
@@ -58,7 +55,6 @@ fn verify_batch(side: usize) -> usize {
 /// # Errors
 /// [`Error::InvalidFile`] naming the model when an argmax differs or max |Δp| > `tolerance`;
 /// the run's predictions or images cannot be read; tract fails.
-#[cfg(feature = "tract")]
 pub fn verify_against_run(
     model: &Path,
     run_dir: &Path,

@@ -19,7 +19,6 @@ pub mod classify;
 #[cfg(feature = "ort")]
 pub mod ort_backend;
 pub mod report;
-#[cfg(feature = "tract")]
 pub mod tract_backend;
 pub mod writer;
 
@@ -108,16 +107,7 @@ pub fn open_backend(model: &Path, opts: &BackendOptions) -> Result<Box<dyn Backe
                         .into(),
                 ));
             }
-            #[cfg(feature = "tract")]
-            {
-                Ok(Box::new(tract_backend::TractBackend::open(model, threads)?))
-            }
-            #[cfg(not(feature = "tract"))]
-            {
-                Err(Error::Usage(
-                    "this pipe was built without the `tract` feature".into(),
-                ))
-            }
+            Ok(Box::new(tract_backend::TractBackend::open(model, threads)?))
         }
         BackendKind::Ort => {
             #[cfg(feature = "ort")]
