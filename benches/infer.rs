@@ -119,6 +119,7 @@ fn metadata(arch: &Arch, fingerprint: String) -> Vec<(String, String)> {
         run: "bench".into(),
         fp16_weights: false,
         test_accuracy: None,
+        int8: None,
     }
     .to_props()
 }

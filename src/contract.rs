@@ -152,8 +152,20 @@ pub mod keys {
     pub const FINE_TUNED_CONV_LAYERS: &str = "fine_tuned_conv_layers";
     /// Name of the training run.
     pub const RUN: &str = "run";
-    /// `float32`, or `float16` for weights stored as float16.
+    /// `float32`, `float16` for weights stored as float16, `int8` for an int8 export.
     pub const WEIGHTS_DTYPE: &str = "weights_dtype";
+    /// The arithmetic of the conv and dense layers: `float32`, or `int8` for an int8 export (QDQ form:
+    /// int8 weights per output channel, uint8 activations). Absent in models exported before it
+    /// existed, which were all float32.
+    pub const PRECISION: &str = "precision";
+    /// An int8 export's calibration method (`minmax`, `percentile`, `entropy`).
+    pub const CALIBRATION: &str = "calibration";
+    /// An int8 export's number of calibration images (from the run's training split).
+    pub const CALIBRATION_IMAGES: &str = "calibration_images";
+    /// An int8 export's seed of the choice of calibration images.
+    pub const CALIBRATION_SEED: &str = "calibration_seed";
+    /// An int8 export's weight bits: `8`, or `7` with `--reduce-range`.
+    pub const WEIGHT_BITS: &str = "weight_bits";
     /// Version of pipe that exported the model.
     pub const PIPE_VERSION: &str = "pipe_version";
     /// Last epoch's validation accuracy, 4 decimals (absent when the run has no history).
@@ -185,7 +197,27 @@ pub struct ModelMetadata {
     pub fp16_weights: bool,
     /// Last epoch's validation accuracy, 0..1.
     pub test_accuracy: Option<f64>,
+    /// How the model was quantized, for an int8 export.
+    pub int8: Option<Int8Quantization>,
 }
+
+/// How an int8 export was quantized, as its metadata records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Quantization {
+    /// Calibration method (`minmax`, `percentile`, `entropy`).
+    pub calibration: String,
+    /// Calibration images.
+    pub images: usize,
+    /// Seed of the choice of calibration images.
+    pub seed: u64,
+    /// Weights quantized to 7 bits instead of 8.
+    pub reduce_range: bool,
+}
+
+/// The value of [`keys::PRECISION`] for an int8 export.
+pub const INT8: &str = "int8";
+/// The value of [`keys::PRECISION`] for a float export.
+pub const FLOAT32: &str = "float32";
 
 impl ModelMetadata {
     /// The `(key, value)` pairs of `metadata_props`, in file order (the keys of [`keys`], in order).
@@ -216,19 +248,43 @@ impl ModelMetadata {
             (keys::RUN, self.run.clone()),
             (
                 keys::WEIGHTS_DTYPE,
-                if self.fp16_weights {
-                    "float16"
-                } else {
-                    "float32"
+                match (&self.int8, self.fp16_weights) {
+                    (Some(_), _) => INT8,
+                    (None, true) => "float16",
+                    (None, false) => FLOAT32,
                 }
                 .into(),
             ),
-            (keys::PIPE_VERSION, env!("CARGO_PKG_VERSION").into()),
+            (
+                keys::PRECISION,
+                if self.int8.is_some() { INT8 } else { FLOAT32 }.into(),
+            ),
         ];
+        if let Some(q) = &self.int8 {
+            props.extend([
+                (keys::CALIBRATION, q.calibration.clone()),
+                (keys::CALIBRATION_IMAGES, q.images.to_string()),
+                (keys::CALIBRATION_SEED, q.seed.to_string()),
+                (
+                    keys::WEIGHT_BITS,
+                    if q.reduce_range { "7" } else { "8" }.into(),
+                ),
+            ]);
+        }
+        props.push((keys::PIPE_VERSION, env!("CARGO_PKG_VERSION").into()));
         if let Some(acc) = self.test_accuracy {
             props.push((keys::TEST_ACCURACY, format!("{acc:.4}")));
         }
         props.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// The precision recorded under [`keys::PRECISION`] of `props`: `int8` or `float32` (also when the
+    /// key is absent, as in every model exported before it).
+    pub fn precision_from_props(props: &[(String, String)]) -> &str {
+        props
+            .iter()
+            .find(|(k, _)| k == keys::PRECISION)
+            .map_or(FLOAT32, |(_, v)| v.as_str())
     }
 
     /// The class names stored under [`keys::CLASSES`] of `props`, when present, a JSON array of
@@ -315,6 +371,7 @@ mod tests {
             run: "seed".into(),
             fp16_weights: false,
             test_accuracy: Some(0.456),
+            int8: None,
         };
         let props = m.to_props();
         let names: Vec<&str> = props.iter().map(|(k, _)| k.as_str()).collect();
@@ -334,6 +391,46 @@ mod tests {
         let pooling = names.iter().position(|k| *k == keys::POOLING).unwrap();
         assert_eq!(names[pooling - 1], keys::PREPROCESSING);
         assert_eq!(props[pooling].1, "max");
+        let value = |props: &[(String, String)], key: &str| {
+            props.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        };
+        assert_eq!(value(&props, keys::PRECISION).as_deref(), Some(FLOAT32));
+        assert_eq!(ModelMetadata::precision_from_props(&props), FLOAT32);
+        assert_eq!(value(&props, keys::CALIBRATION), None);
+        // An int8 export records its precision and how it was calibrated, after the weights' dtype.
+        let q = ModelMetadata {
+            int8: Some(Int8Quantization {
+                calibration: "percentile".into(),
+                images: 256,
+                seed: 7,
+                reduce_range: true,
+            }),
+            ..m
+        }
+        .to_props();
+        let names: Vec<&str> = q.iter().map(|(k, _)| k.as_str()).collect();
+        let dtype = names
+            .iter()
+            .position(|k| *k == keys::WEIGHTS_DTYPE)
+            .unwrap();
+        assert_eq!(
+            names[dtype..dtype + 6],
+            [
+                keys::WEIGHTS_DTYPE,
+                keys::PRECISION,
+                keys::CALIBRATION,
+                keys::CALIBRATION_IMAGES,
+                keys::CALIBRATION_SEED,
+                keys::WEIGHT_BITS
+            ]
+        );
+        let got: Vec<&str> = q[dtype..dtype + 6]
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(got, ["int8", "int8", "percentile", "256", "7", "7"]);
+        assert_eq!(ModelMetadata::precision_from_props(&q), INT8);
+        assert_eq!(ModelMetadata::precision_from_props(&[]), FLOAT32);
     }
 
     /// The spec read back is the one written; a model without the keys (exported before they
@@ -359,6 +456,7 @@ mod tests {
                 run: "r".into(),
                 fp16_weights: false,
                 test_accuracy: None,
+                int8: None,
             };
             let spec = ModelMetadata::image_spec_from_props(model, &m.to_props(), 224).unwrap();
             assert_eq!(spec, ImageSpec::new(224, resize));

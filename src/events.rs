@@ -30,6 +30,10 @@ pub enum Task {
         /// The backend's short name.
         backend: &'static str,
     },
+    /// Calibration of an int8 export: the float model run on the calibration images.
+    Calibrate,
+    /// Verification of an exported model on the run's test images.
+    Verify,
 }
 
 impl fmt::Display for Task {
@@ -39,6 +43,8 @@ impl fmt::Display for Task {
             Task::Extract => f.write_str("extracting features"),
             Task::Epoch { epoch, epochs } => write!(f, "epoch {epoch}/{epochs}"),
             Task::Infer { backend } => write!(f, "infer ({backend})"),
+            Task::Calibrate => f.write_str("calibrating"),
+            Task::Verify => f.write_str("verifying"),
         }
     }
 }

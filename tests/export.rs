@@ -439,3 +439,134 @@ fn max_delta(text: &str) -> f64 {
         .unwrap_or_else(|| panic!("no |Δprobability| in {text}"));
     rest.split_whitespace().next().unwrap().parse().unwrap()
 }
+
+/// Operators an int8 export must not use: the integer-only forms (onnxruntime's CPU provider refuses
+/// `ConvInteger` and `MatMulInteger` in such graphs) and the fused quantized operators that not every
+/// runtime has. The QDQ form keeps float operators between QuantizeLinear and DequantizeLinear.
+const INTEGER_ONLY_OPS: [&str; 5] = [
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "DynamicQuantizeLinear",
+];
+
+/// `pipe export MODEL --quantize int8` with a calibration of 40 training images.
+fn int8_export(w: &Workdir, run: &str, model: &Path) -> Pipe {
+    w.export(run, model)
+        .arg("--quantize", "int8")
+        .arg("--calibration-images", "40")
+}
+
+/// An int8 export of a small run: the reference checker passes it (full check); its operators are
+/// the float graph's plus QuantizeLinear and DequantizeLinear, none integer-only; its weights are
+/// int8 (a quarter of the float file); its metadata says how it was quantized and `inspect` shows
+/// it; the same run and options give the same bytes, another calibration other bytes; a bound the
+/// model cannot meet refuses it and leaves no file; and it goes into a Triton repository as a float
+/// model does.
+#[test]
+fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
+    let w = Workdir::binary_release(20);
+    small_run(&w, "r");
+    let (a, b, c) = (w.join("a.onnx"), w.join("b.onnx"), w.join("c.onnx"));
+    let out = int8_export(&w, "r", &a).ok().stdout;
+    assert!(
+        out.contains("int8 verified with tract on 20 test images: accuracy "),
+        "{out}"
+    );
+    int8_export(&w, "r", &b).ok();
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "same bytes"
+    );
+    int8_export(&w, "r", &c).arg("--calibration", "minmax").ok();
+    assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&c).unwrap());
+    let float = w.join("float.onnx");
+    w.export_verified("r", &float, 20);
+    let [q, m, f] = onnx_check(&[&a, &c, &float]).try_into().unwrap();
+    assert_interface(&q, 32, "probabilities", 10);
+    let mut ops = f.op_types.clone();
+    ops.retain(|o| o != "Relu");
+    ops.extend(["DequantizeLinear".into(), "QuantizeLinear".into()]);
+    ops.sort();
+    assert_eq!(
+        q.op_types, ops,
+        "the float graph's operators, ReLU folded, plus QDQ"
+    );
+    for op in INTEGER_ONLY_OPS {
+        assert!(
+            !q.op_types.contains(&op.to_string()),
+            "{op}: {:?}",
+            q.op_types
+        );
+    }
+    // Every conv and dense weight is int8: more INT8 elements than the conv base has, float32
+    // only for scales, means and biases' scales.
+    let e = &q.initializer_elements;
+    assert!(e["INT8"] > VGG16_BASE_PARAMETERS, "{e:?}");
+    assert!(e["FLOAT"] < 10_000, "{e:?}");
+    let (qa, fa) = (
+        std::fs::metadata(&a).unwrap().len(),
+        std::fs::metadata(&float).unwrap().len(),
+    );
+    assert!(qa * 3 < fa, "int8 {qa} bytes against float {fa}");
+    for (key, value) in [
+        ("precision", "int8"),
+        ("weights_dtype", "int8"),
+        ("calibration", "percentile"),
+        ("calibration_images", "40"),
+        ("calibration_seed", "0"),
+        ("weight_bits", "8"),
+    ] {
+        assert_eq!(
+            q.metadata.get(key).map(String::as_str),
+            Some(value),
+            "{key}"
+        );
+    }
+    assert_eq!(m.metadata["calibration"], "minmax");
+    assert_eq!(f.metadata["precision"], "float32");
+    assert!(!f.metadata.contains_key("calibration"));
+    let inspect = Pipe::inspect(&a).ok().stdout;
+    assert!(
+        inspect.contains("precision:  int8 (QDQ: int8 weights per output channel, 8-bit; uint8 activations, percentile calibration on 40 training images, seed 0)"),
+        "{inspect}"
+    );
+    // A bound no model meets (int8 100 points more accurate than float): refused, nothing written.
+    let refused = w.join("refused.onnx");
+    let err = int8_export(&w, "r", &refused)
+        .arg("--max-accuracy-drop", "-100")
+        .fails();
+    assert_contains(
+        &err,
+        &[
+            "int8 verification failed: test accuracy",
+            "--max-accuracy-drop",
+            "--calibration",
+        ],
+    );
+    assert!(!refused.exists() && tmp_files(w.path()).is_empty(), "{err}");
+    // Options that need --quantize are refused without it; float16 and int8 exclude each other.
+    let err = w
+        .export("r", w.join("x.onnx"))
+        .arg("--calibration", "minmax")
+        .fails_with(2);
+    assert_contains(&err, &["--quantize"]);
+    let err = int8_export(&w, "r", &w.join("y.onnx"))
+        .flag("--fp16")
+        .fails();
+    assert_contains(&err, &["--fp16 and --quantize int8"]);
+    // The Triton repository of an int8 model.
+    let repo = w.join("triton");
+    Pipe::new("export")
+        .run("r")
+        .runs(&w.runs)
+        .arg("--triton", &repo)
+        .arg("--quantize", "int8")
+        .arg("--calibration-images", "40")
+        .ok();
+    let model = repo.join("pipe_vgg16/1/model.onnx");
+    assert_eq!(std::fs::read(&model).unwrap(), std::fs::read(&a).unwrap());
+    assert!(repo.join("pipe_vgg16/config.pbtxt").is_file());
+}

@@ -1,10 +1,22 @@
 //! `pipe export`: a training run as a verified ONNX model file, or a Triton model repository.
 
+use super::render::Stderr;
 use super::RunSelection;
 use anyhow::Result;
 use pipe::contract::Output;
+use pipe::export::calibrate::Calibration;
+use pipe::export::quantize::{
+    QuantizeOptions, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_ACCURACY_DROP,
+};
 use pipe::export::{Destination, RunExportOptions, TritonLayout};
 use std::path::PathBuf;
+
+/// The arithmetic of an exported model (`--quantize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Quantize {
+    /// Static int8 quantization (QDQ): int8 weights per output channel, uint8 activations.
+    Int8,
+}
 
 /// Where `pipe export` writes the model when no output is named.
 const DEFAULT_OUTPUT: &str = "onnx/model.onnx";
@@ -32,12 +44,45 @@ pub struct ExportArgs {
     fp16: bool,
     /// Before the file is put in place, run it with tract on this many of the run's test images and
     /// compare with the probabilities the training run computed with libtorch (0 = skip). A mismatch
-    /// (an argmax differs or |Δp| > 1e-4) fails the export and leaves no file.
+    /// (an argmax differs or |Δp| > 1e-4) fails the export and leaves no file. With --quantize int8,
+    /// every test image is run instead, and any value but 0 verifies.
     #[arg(long, default_value_t = 256)]
     verify_images: usize,
+    /// Quantize the model: int8 = static quantization in QDQ form (standard ONNX QuantizeLinear and
+    /// DequantizeLinear around the float operators): int8 weights, symmetric per output channel, for
+    /// every conv and dense layer; uint8 activations with ranges calibrated on the run's training
+    /// images. Input and output stay float (the same pixels in, probabilities or logits out), so
+    /// every client and server works unchanged. The file is about a quarter of the float one and runs
+    /// several times faster in ONNX Runtime on CPUs with int8 dot-product instructions (AVX-512 VNNI,
+    /// AVX-VNNI). It is verified on every test image of the run: its accuracy and the share of labels
+    /// it keeps are printed, and the export is refused (no file) when the accuracy drops by more than
+    /// --max-accuracy-drop.
+    #[arg(long, value_enum, value_name = "int8")]
+    quantize: Option<Quantize>,
+    /// With --quantize: how the activation ranges are calibrated: minmax (the largest value seen),
+    /// percentile (the 99.999th percentile, clipping rare outliers) or entropy (the range whose
+    /// quantized histogram is closest to the float one, TensorRT's method).
+    #[arg(long, value_enum, default_value_t = Calibration::Percentile, requires = "quantize")]
+    calibration: Calibration,
+    /// With --quantize: training images of the run to calibrate on (class-balanced, chosen with
+    /// --calibration-seed; all of them when the run has fewer).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CALIBRATION_IMAGES, requires = "quantize")]
+    calibration_images: usize,
+    /// With --quantize: seed of the choice of calibration images.
+    #[arg(long, value_name = "SEED", default_value_t = 0, requires = "quantize")]
+    calibration_seed: u64,
+    /// With --quantize: weights in 7 bits instead of 8, for CPUs without int8 dot-product
+    /// instructions (AVX2 without VNNI), where ONNX Runtime's int8 kernels can overflow.
+    #[arg(long, requires = "quantize")]
+    reduce_range: bool,
+    /// With --quantize: refuse the export when the int8 model's test accuracy is more than this many
+    /// points (percentage points) below the float model's (a negative bound asks int8 to be that much
+    /// more accurate).
+    #[arg(long, value_name = "POINTS", default_value_t = DEFAULT_MAX_ACCURACY_DROP, requires = "quantize", allow_negative_numbers = true)]
+    max_accuracy_drop: f64,
     /// Also lay the model out as a Triton Inference Server model repository in this folder:
-    /// DIR/<triton-name>/1/model.onnx, config.pbtxt (dynamic batching) and labels.txt, instead of the
-    /// ONNX file (naming both is refused).
+    /// DIR/<triton-name>/1/model.onnx, config.pbtxt (dynamic batching) and labels.txt. The ONNX file
+    /// is then written only there (naming an output file as well is refused).
     #[arg(long, value_name = "DIR")]
     triton: Option<PathBuf>,
     /// Model name inside the Triton repository.
@@ -64,14 +109,37 @@ impl ExportArgs {
             None => Destination::File(self.output.unwrap_or_else(|| PathBuf::from(DEFAULT_OUTPUT))),
         };
         pipe::util::check_output_path(&destination.model_file(), true)?;
+        if self.quantize.is_some() {
+            if self.fp16 {
+                anyhow::bail!("--fp16 and --quantize int8 exclude each other: an int8 model stores int8 weights");
+            }
+            if self.calibration_images == 0 {
+                anyhow::bail!("--calibration-images must be at least 1");
+            }
+            if !self.max_accuracy_drop.is_finite() {
+                anyhow::bail!(
+                    "--max-accuracy-drop must be a number of points, got {}",
+                    self.max_accuracy_drop
+                );
+            }
+        }
         let opts = RunExportOptions {
             opset: self.opset,
             output: Output::logits(self.logits),
             verify_images: self.verify_images,
             fp16_weights: self.fp16,
+            quantize: self.quantize.map(|Quantize::Int8| QuantizeOptions {
+                calibration: self.calibration,
+                images: self.calibration_images,
+                seed: self.calibration_seed,
+                reduce_range: self.reduce_range,
+                max_accuracy_drop: self.max_accuracy_drop,
+            }),
         };
-        let summary = pipe::export::export_run(&run_dir, &destination, &opts)?;
-        println!("{summary}");
+        let events = Stderr::new();
+        let summary = pipe::export::export_run(&run_dir, &destination, &opts, &events);
+        events.clear();
+        println!("{}", summary?);
         Ok(())
     }
 }

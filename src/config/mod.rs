@@ -583,11 +583,12 @@ mod tests {
         let none = CpuFeatures::default();
         let avx = CpuFeatures {
             avx512_bf16: true,
-            amx_bf16: false,
+            ..CpuFeatures::default()
         };
         let amx = CpuFeatures {
             avx512_bf16: true,
             amx_bf16: true,
+            ..CpuFeatures::default()
         };
         let auto = |cuda, cpu| Precision::Auto.resolve(cuda, cpu);
         assert_eq!(auto(false, amx).0, Precision::Bf16);

@@ -1,12 +1,17 @@
 //! Native ONNX export: the [`Arch`] description plus a run's weights become an ONNX model file with
 //! the Keras "caffe" preprocessing inside the graph, keeping the contract of [`crate::contract`].
 //!
-//! - [`graph`]: the graph builder, one function per layer kind ([`build_model`]);
+//! - [`graph`]: the graph builder, one function per layer kind ([`build_model`]), float32 or int8;
+//! - [`quantize`], [`calibrate`], [`int8`]: static int8 quantization in QDQ form, calibrated on the
+//!   run's training images and verified on its test images;
 //! - [`verify`]: the written file run with tract against the run's tch probabilities;
 //! - [`triton`]: the Triton Inference Server repository layout and `config.pbtxt`;
 //! - here: [`export_run`] (run folder → verified model file) and [`write_model`].
 
+pub mod calibrate;
 pub mod graph;
+pub mod int8;
+pub mod quantize;
 pub mod triton;
 pub mod verify;
 
@@ -16,10 +21,13 @@ pub use verify::{verify_against_run, Verification, FP16_VERIFY_TOLERANCE, VERIFY
 
 use crate::arch::Arch;
 use crate::config::TrainConfig;
-use crate::contract::{ModelMetadata, Output};
+use crate::contract::{Int8Quantization, ModelMetadata, Output};
 use crate::error::{Error, Result};
+use crate::events::EventSink;
 use crate::weights::NamedTensor;
+use int8::Int8Verification;
 use prost::Message;
+use quantize::{QuantPlan, QuantizeOptions};
 use std::path::{Path, PathBuf};
 use tract_onnx::pb;
 
@@ -79,6 +87,8 @@ pub struct RunExportOptions {
     pub verify_images: usize,
     /// Store the weights as float16 (verified with [`FP16_VERIFY_TOLERANCE`]).
     pub fp16_weights: bool,
+    /// Quantize to int8 (calibrated on the run's training images, verified on all its test images).
+    pub quantize: Option<QuantizeOptions>,
 }
 
 /// Summary of an export.
@@ -89,9 +99,11 @@ pub struct ExportSummary {
     /// The ONNX file written: the file asked for, or `DIR/<name>/1/model.onnx` in a Triton
     /// repository.
     pub path: PathBuf,
-    /// Verification against tch's test-set probabilities, when it ran (with test images to verify
-    /// on and the `tract` feature).
+    /// Verification against tch's test-set probabilities, when it ran (a float export with test
+    /// images to verify on).
     pub verification: Option<Verification>,
+    /// Verification of an int8 export on the run's test images.
+    pub int8: Option<Int8Verification>,
     /// Size of the file in bytes (MB = 10⁶ bytes in the printed summary).
     pub bytes: u64,
     /// ONNX opset of the default domain (`ai.onnx`).
@@ -114,6 +126,9 @@ impl std::fmt::Display for ExportSummary {
         if let Some(v) = &self.verification {
             writeln!(f, "{v}")?;
         }
+        if let Some(v) = &self.int8 {
+            writeln!(f, "{v}")?;
+        }
         write!(
             f,
             "exported run {} to {} ({:.1} MB, opset {})",
@@ -134,12 +149,15 @@ impl std::fmt::Display for ExportSummary {
 /// # Errors
 /// A missing or incomplete run, base weights that changed since training, or an unwritable
 /// destination; nothing is left at the model file on error.
-/// With `verify_images > 0` (and the `tract` feature), the written model is first checked with
-/// [`verify_against_run`] and only renamed into place when it passes.
+/// With `verify_images > 0`, the written model is first checked with [`verify_against_run`] and only
+/// renamed into place when it passes. An int8 export ([`RunExportOptions::quantize`]) is calibrated
+/// on the run's training images ([`int8::calibrate`]) and verified on all its test images
+/// ([`int8::verify_int8`]) instead; the progress of both goes to `events`.
 pub fn export_run(
     run_dir: &Path,
     destination: &Destination,
     opts: &RunExportOptions,
+    events: &dyn EventSink,
 ) -> Result<ExportSummary> {
     use crate::run::{Predictions, CONFIG_FILE, PREDICTIONS_FILE};
     let config: TrainConfig = crate::util::read_json(&run_dir.join(CONFIG_FILE))?;
@@ -160,20 +178,58 @@ pub fn export_run(
         run: config.name.clone(),
         fp16_weights: opts.fp16_weights,
         test_accuracy: predictions.as_ref().and_then(Predictions::accuracy),
+        int8: opts.quantize.as_ref().map(|q| Int8Quantization {
+            calibration: q.calibration.as_str().into(),
+            images: q.images,
+            seed: q.seed,
+            reduce_range: q.reduce_range,
+        }),
     };
-    let model = build_model(
-        &arch,
-        &base,
-        &head,
-        &ExportOptions {
-            opset: opts.opset,
-            output: opts.output,
-            metadata: metadata.to_props(),
-            fp16_weights: opts.fp16_weights,
-        },
-    )?;
+    let mut export = ExportOptions {
+        opset: opts.opset,
+        output: opts.output,
+        metadata: metadata.to_props(),
+        fp16_weights: opts.fp16_weights,
+        quantization: None,
+    };
+    let float = build_model(&arch, &base, &head, &export)?;
     let output = destination.model_file();
-    let verification = write_verified(&output, &model, run_dir, opts)?;
+    let (verification, int8) = match &opts.quantize {
+        None => (write_verified(&output, &float, run_dir, opts)?, None),
+        Some(q) => {
+            let spec = crate::data::ImageSpec::new(config.input_size, config.resize);
+            let images = int8::calibration_images(run_dir, q.images, q.seed, &spec)?;
+            let (points, stats) = int8::calibrate(&float, &arch, &images, q.calibration, events)?;
+            export.quantization = Some(QuantPlan::new(
+                &points,
+                &stats,
+                q.calibration,
+                q.reduce_range,
+            )?);
+            export.metadata = ModelMetadata {
+                int8: metadata.int8.clone().map(|i| Int8Quantization {
+                    images: images.len(),
+                    ..i
+                }),
+                ..metadata
+            }
+            .to_props();
+            let model = build_model(&arch, &base, &head, &export)?;
+            let mut found = None;
+            write_model_checked(&output, &model, |tmp| {
+                if opts.verify_images > 0 {
+                    found = Some(int8::verify_int8(
+                        tmp,
+                        run_dir,
+                        q.max_accuracy_drop,
+                        events,
+                    )?);
+                }
+                Ok(())
+            })?;
+            (None, found)
+        }
+    };
     let bytes = std::fs::metadata(&output)
         .map_err(|e| Error::io(&output, e))?
         .len();
@@ -196,6 +252,7 @@ pub fn export_run(
         bytes,
         opset: opts.opset,
         verification,
+        int8,
         triton_model_dir,
     })
 }
@@ -238,8 +295,8 @@ fn run_weights(
     Ok((base, fp, head))
 }
 
-/// Writes `model` to `output`, verified first against the run when `opts.verify_images > 0` and
-/// the `tract` feature is on; returns the verification when it ran.
+/// Writes `model` to `output`, verified first against the run when `opts.verify_images > 0`; returns
+/// the verification when it ran.
 ///
 /// # Errors
 /// As [`write_model_checked`] and [`verify_against_run`].

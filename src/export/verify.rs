@@ -43,7 +43,7 @@ impl std::fmt::Display for Verification {
 /// Test images [`verify_against_run`] runs through tract at a time at input side `side`: as many as
 /// keep one block-1 activation within 256 MiB ([`crate::infer::memory_bounded_batch`]), so that
 /// verifying all 10,000 CIFAR-10 test images or a few hundred photos takes a bounded amount of memory.
-fn verify_batch(side: usize) -> usize {
+pub(super) fn verify_batch(side: usize) -> usize {
     crate::infer::memory_bounded_batch(side, 256 << 20)
 }
 
@@ -113,14 +113,14 @@ pub fn verify_against_run(
 
 /// The test records of a run trained on the CIFAR-10 binary release, by name (`test_batch.bin#17`);
 /// empty for a run trained on image files.
-struct Records(std::collections::HashMap<String, crate::data::cifar::Record>);
+pub(super) struct Records(std::collections::HashMap<String, crate::data::cifar::Record>);
 
 impl Records {
     /// Reads the binary release's test records when `preds` names records.
     ///
     /// # Errors
     /// The release's class list or test batch cannot be read.
-    fn read(preds: &Predictions) -> Result<Self> {
+    pub(super) fn read(preds: &Predictions) -> Result<Self> {
         use crate::data::cifar;
         if !preds.items.iter().any(|it| it.file.contains(".bin#")) {
             return Ok(Records(Default::default()));
@@ -139,7 +139,7 @@ impl Records {
 ///
 /// # Errors
 /// An image or record that cannot be read.
-fn pixels(
+pub(super) fn pixels(
     preds: &Predictions,
     records: &Records,
     picked: &[&PredictionItem],

@@ -82,6 +82,24 @@ pub fn f16_tensor(name: &str, shape: &[usize], data: &[f32]) -> pb::TensorProto 
     raw_tensor(name, shape, DataType::Float16, raw)
 }
 
+/// An int8 tensor (`raw_data`), `data` row-major of `shape` (the quantized weights of an int8 export).
+pub fn i8_tensor(name: &str, shape: &[usize], data: &[i8]) -> pb::TensorProto {
+    let raw = data.iter().map(|&v| v as u8).collect();
+    raw_tensor(name, shape, DataType::Int8, raw)
+}
+
+/// A uint8 tensor (`raw_data`), `data` row-major of `shape` (`[]` for a scalar): the zero points of
+/// uint8 activations.
+pub fn u8_tensor(name: &str, shape: &[usize], data: &[u8]) -> pb::TensorProto {
+    raw_tensor(name, shape, DataType::Uint8, data.to_vec())
+}
+
+/// An int32 tensor (`raw_data`, little-endian), `data` row-major of `shape` (quantized biases).
+pub fn i32_tensor(name: &str, shape: &[usize], data: &[i32]) -> pb::TensorProto {
+    let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    raw_tensor(name, shape, DataType::Int32, raw)
+}
+
 /// A one-dimensional int64 tensor (`int64_data`).
 pub fn i64_tensor(name: &str, data: &[i64]) -> pb::TensorProto {
     pb::TensorProto {

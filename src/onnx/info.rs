@@ -162,6 +162,29 @@ impl ModelInfo {
         })
     }
 
+    /// The model's arithmetic, from its metadata: `int8` (QDQ: int8 weights, uint8 activations,
+    /// with how it was calibrated) or `float32`.
+    pub fn precision(&self) -> String {
+        let value = |key: &str| {
+            self.metadata
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or("?", |(_, v)| v.as_str())
+        };
+        use crate::contract::keys;
+        match ModelMetadata::precision_from_props(&self.metadata) {
+            crate::contract::INT8 => format!(
+                "int8 (QDQ: int8 weights per output channel, {}-bit; uint8 activations, {} \
+                 calibration on {} training images, seed {})",
+                value(keys::WEIGHT_BITS),
+                value(keys::CALIBRATION),
+                value(keys::CALIBRATION_IMAGES),
+                value(keys::CALIBRATION_SEED)
+            ),
+            other => other.to_string(),
+        }
+    }
+
     /// What the output carries, from its name ([`Output::from_name`]).
     pub fn output_kind(&self) -> Output {
         Output::from_name(&self.output_name)
@@ -180,6 +203,7 @@ impl ModelInfo {
              input:      {INPUT_NAME}  float32 [N, {s}, {s}, 3]  (NHWC, RGB, 0..255)\n\
              resize:     {} ({resize}), {} filter\n\
              output:     {}  float32 [N, {}]\n\
+             precision:  {}\n\
              opset:      {}\n\
              parameters: {} (elements of all initializers)\n\
              metadata:\n",
@@ -188,6 +212,7 @@ impl ModelInfo {
             self.image.filter,
             self.output_name,
             self.classes.len(),
+            self.precision(),
             self.opset,
             crate::util::thousands(self.parameters),
         );

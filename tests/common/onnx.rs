@@ -22,6 +22,8 @@ pub struct OnnxModel {
     pub metadata: BTreeMap<String, String>,
     /// Elements of the initializers per element type (`FLOAT`, `FLOAT16`, `INT64`, …).
     pub initializer_elements: BTreeMap<String, u64>,
+    /// The operator types of the graph's nodes, sorted, each once.
+    pub op_types: Vec<String>,
 }
 
 /// A graph input or output.
@@ -61,6 +63,7 @@ for path in sys.argv[1:]:
         "outputs": [info(v) for v in m.graph.output],
         "metadata": {p.key: p.value for p in m.metadata_props},
         "initializer_elements": elements(m.graph.initializer),
+        "op_types": sorted({n.op_type for n in m.graph.node}),
     })
 print(json.dumps(out))
 "#;

@@ -1,0 +1,316 @@
+//! The int8 export of a run: the calibration images (a class-balanced, seeded choice of the run's
+//! training images, decoded as the model decodes), the calibration itself (the float model run with
+//! tract, its calibration points as extra outputs, their values summarised), and the verification
+//! that fits int8: the quantized model run on every test image of the run, its accuracy against the
+//! float model's (tch's `predictions.json`) and the share of labels it keeps, refused when the
+//! accuracy drops by more than allowed.
+
+use super::calibrate::{calibration_points, Calibration, CalibrationPoint, Stats};
+use super::verify::{pixels, verify_batch, Records};
+use crate::arch::Arch;
+use crate::data::{ImageSpec, LoadedSplit, OnError, SplitList, SplitPart, SPLIT_FILE};
+use crate::error::{Error, Result};
+use crate::events::{Event, EventSink, Task};
+use crate::infer::tract_backend::TractBackend;
+use crate::infer::Backend;
+use crate::report::argmax;
+use crate::run::{PredictionItem, Predictions};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::path::Path;
+use tract_onnx::pb;
+
+/// What the verification of an int8 export found on the run's test images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Verification {
+    /// Test images run.
+    pub images: usize,
+    /// Accuracy of the float model (tch's predictions), 0..1.
+    pub float_accuracy: f64,
+    /// Accuracy of the int8 model, 0..1.
+    pub int8_accuracy: f64,
+    /// Share of the images whose int8 label is the float model's, 0..1.
+    pub agreement: f64,
+    /// The largest drop allowed, in points (`--max-accuracy-drop`).
+    pub max_drop: f64,
+}
+
+impl Int8Verification {
+    /// Accuracy lost to int8, in points (percentage points: 0.5 = half a point); negative when int8
+    /// is more accurate.
+    pub fn drop_points(&self) -> f64 {
+        (self.float_accuracy - self.int8_accuracy) * 100.0
+    }
+}
+
+impl std::fmt::Display for Int8Verification {
+    /// `int8 verified with tract on 1000 test images: accuracy 0.4550 against float 0.4560 (-0.10
+    /// points; at most 0.50 allowed), the float model's label on 96.5% of them`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "int8 verified with tract on {} test images: accuracy {:.4} against float {:.4} ({:+.2} \
+             points; at most -{:.2} allowed), the float model's label on {:.1}% of them",
+            self.images,
+            self.int8_accuracy,
+            self.float_accuracy,
+            -self.drop_points(),
+            self.max_drop,
+            self.agreement * 100.0
+        )
+    }
+}
+
+/// Up to `n` of the run's training images (from its `split.json`), class-balanced and chosen with
+/// `seed` (each class's images shuffled with the seed, then taken in turn from each class), decoded
+/// with `spec`. Images that cannot be decoded any more are left out.
+///
+/// # Errors
+/// A run without `split.json` (trained by an earlier pipe), or one whose training images cannot be
+/// read at all.
+pub fn calibration_images(
+    run_dir: &Path,
+    n: usize,
+    seed: u64,
+    spec: &ImageSpec,
+) -> Result<LoadedSplit> {
+    let path = run_dir.join(SPLIT_FILE);
+    if !path.is_file() {
+        return Err(Error::invalid(
+            run_dir,
+            format!(
+                "no {SPLIT_FILE}: the run was trained by an earlier pipe, and an int8 export \
+                 calibrates on its training images; train it again"
+            ),
+        ));
+    }
+    let list = SplitList::read(&path)?;
+    let classes = list.classes.len();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, e) in list.train.iter().enumerate() {
+        if let Some(c) = by_class.get_mut(e.label) {
+            c.push(i);
+        }
+    }
+    for c in &mut by_class {
+        c.shuffle(&mut rng);
+    }
+    let mut picked = Vec::with_capacity(n);
+    for round in 0.. {
+        let before = picked.len();
+        for c in &by_class {
+            if picked.len() < n {
+                picked.extend(c.get(round).copied());
+            }
+        }
+        if picked.len() == n || picked.len() == before {
+            break;
+        }
+    }
+    let sub = SplitList {
+        train: picked.iter().map(|&i| list.train[i].clone()).collect(),
+        val: Vec::new(),
+        test: Vec::new(),
+        ..list
+    };
+    let loaded = sub.load(SplitPart::Train, spec, OnError::Skip)?;
+    if loaded.split.is_empty() {
+        return Err(Error::invalid(
+            &sub.root,
+            "none of the calibration images (the run's training images) could be decoded",
+        ));
+    }
+    Ok(loaded.split)
+}
+
+/// `float` with the calibration `points` added as graph outputs (after its own output), so that a
+/// run of it gives their values.
+fn with_point_outputs(float: &pb::ModelProto, points: &[CalibrationPoint]) -> pb::ModelProto {
+    let mut model = float.clone();
+    if let Some(graph) = model.graph.as_mut() {
+        graph
+            .output
+            .extend(points.iter().map(|p| pb::ValueInfoProto {
+                name: p.name.clone(),
+                r#type: Some(pb::TypeProto {
+                    value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                        elem_type: pb::tensor_proto::DataType::Float as i32,
+                        shape: None,
+                    })),
+                    ..Default::default()
+                }),
+                doc_string: String::new(),
+            }));
+    }
+    model
+}
+
+/// Runs `float` (the float export of `arch`) with tract on `images`, in batches that bound the
+/// memory of the intermediate tensors, and summarises the values of each calibration point of `arch`
+/// with `method`; progress goes to `events`. Returns the points and their summaries, in order.
+///
+/// # Errors
+/// tract failures; a value that is not finite.
+pub fn calibrate(
+    float: &pb::ModelProto,
+    arch: &Arch,
+    images: &LoadedSplit,
+    method: Calibration,
+    events: &dyn EventSink,
+) -> Result<(Vec<CalibrationPoint>, Vec<Stats>)> {
+    let points = calibration_points(arch);
+    let model = with_point_outputs(float, &points);
+    let backend = TractBackend::open_proto(&model, "the calibration model", 0)?;
+    let s = images.size;
+    let per = s * s * 3;
+    let n = images.len();
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    // Every intermediate tensor of an image is kept for its statistics: about 4.5 times the block-1
+    // activation per image, so half the inference budget per batch, but one image per thread.
+    let batch = crate::infer::memory_bounded_batch(s, 128 << 20).max(threads);
+    let mut stats: Vec<Stats> = points.iter().map(|_| Stats::new(method)).collect();
+    let progress = |done: usize| {
+        events.emit(Event::Progress {
+            task: Task::Calibrate,
+            done: done as u64,
+            total: n as u64,
+        })
+    };
+    progress(0);
+    let mut run = || -> Result<()> {
+        for start in (0..n).step_by(batch) {
+            let m = batch.min(n - start);
+            let input: Vec<f32> = images.pixels[start * per..(start + m) * per]
+                .iter()
+                .map(|&v| f32::from(v))
+                .collect();
+            let view = ndarray::ArrayView4::from_shape((m, s, s, 3), &input).map_err(|e| {
+                Error::Backend {
+                    backend: "tract",
+                    message: e.to_string(),
+                }
+            })?;
+            let outputs = backend.run_outputs(view)?;
+            for (st, out) in stats.iter_mut().zip(outputs.iter().skip(1)) {
+                let values = out.as_slice().ok_or_else(|| Error::Backend {
+                    backend: "tract",
+                    message: "a calibration output is not contiguous".into(),
+                })?;
+                st.add(values)?;
+            }
+            progress(start + m);
+        }
+        Ok(())
+    };
+    let done = run();
+    events.emit(Event::ProgressDone(Task::Calibrate));
+    done?;
+    Ok((points, stats))
+}
+
+/// Runs the int8 model at `model` with tract on every test image of the run (its
+/// `predictions.json`), in bounded batches, and compares its labels with the true labels and with
+/// the float model's (tch's probabilities); progress goes to `events`.
+///
+/// # Errors
+/// [`Error::InvalidFile`] naming the model when its accuracy is more than `max_drop` points below
+/// the float model's, saying by how much and what to try; the run's predictions or images cannot be
+/// read; tract fails.
+pub fn verify_int8(
+    model: &Path,
+    run_dir: &Path,
+    max_drop: f64,
+    events: &dyn EventSink,
+) -> Result<Int8Verification> {
+    let preds: Predictions = crate::util::read_json(&run_dir.join(crate::run::PREDICTIONS_FILE))?;
+    let spec = crate::onnx::ModelInfo::read(model)?.image;
+    let s = spec.size;
+    let records = Records::read(&preds)?;
+    let mut backend = TractBackend::open(model, 0)?;
+    let items: Vec<&PredictionItem> = preds.items.iter().collect();
+    let n = items.len();
+    let (mut right, mut float_right, mut same) = (0usize, 0usize, 0usize);
+    let progress = |done: usize| {
+        events.emit(Event::Progress {
+            task: Task::Verify,
+            done: done as u64,
+            total: n as u64,
+        })
+    };
+    progress(0);
+    let mut run =
+        || -> Result<()> {
+            for (k, chunk) in items.chunks(verify_batch(s)).enumerate() {
+                let input: Vec<f32> = pixels(&preds, &records, chunk, &spec)?
+                    .iter()
+                    .map(|&v| f32::from(v))
+                    .collect();
+                let view = ndarray::ArrayView4::from_shape((chunk.len(), s, s, 3), &input)
+                    .map_err(|e| Error::Backend {
+                        backend: "tract",
+                        message: e.to_string(),
+                    })?;
+                let out = backend.run(view)?;
+                for (row, it) in out.rows().into_iter().zip(chunk) {
+                    let label = argmax(row.as_slice().unwrap_or(&row.to_vec()));
+                    let float = argmax(&it.probabilities);
+                    right += usize::from(label == it.label);
+                    float_right += usize::from(float == it.label);
+                    same += usize::from(label == float);
+                }
+                progress((k * verify_batch(s) + chunk.len()).min(n));
+            }
+            Ok(())
+        };
+    let done = run();
+    events.emit(Event::ProgressDone(Task::Verify));
+    done?;
+    let share = |k: usize| k as f64 / n.max(1) as f64;
+    let v = Int8Verification {
+        images: n,
+        float_accuracy: share(float_right),
+        int8_accuracy: share(right),
+        agreement: share(same),
+        max_drop,
+    };
+    if v.drop_points() > max_drop {
+        return Err(Error::invalid(
+            model,
+            format!(
+                "int8 verification failed: test accuracy {:.4} is {:.2} points below the float \
+                 model's {:.4} (at most {:.2} allowed, --max-accuracy-drop), on {} test images; \
+                 try another --calibration (minmax, percentile, entropy) or more \
+                 --calibration-images, or export float32",
+                v.int8_accuracy,
+                v.drop_points(),
+                v.float_accuracy,
+                max_drop,
+                n
+            ),
+        ));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verification_line_gives_both_accuracies_and_the_agreement() {
+        let v = Int8Verification {
+            images: 1000,
+            float_accuracy: 0.456,
+            int8_accuracy: 0.455,
+            agreement: 0.965,
+            max_drop: 0.5,
+        };
+        assert!((v.drop_points() - 0.1).abs() < 1e-9);
+        assert_eq!(
+            v.to_string(),
+            "int8 verified with tract on 1000 test images: accuracy 0.4550 against float 0.4560 \
+             (-0.10 points; at most -0.50 allowed), the float model's label on 96.5% of them"
+        );
+    }
+}
