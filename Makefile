@@ -8,7 +8,7 @@ INFER_ONLY := target/release/pipe-infer
 # Where make setup finds the CIFAR-10 tarballs and the ants-and-bees photos (scripts/setup.sh reads it too).
 export SHARED_DATA ?= $(ROOT)/../shared/data
 
-.PHONY: setup build infer-only demo demo-photos test bench loadtest keras-venv fmt clippy check \
+.PHONY: setup build infer-only demo demo-photos test bench bench-int8 loadtest keras-venv fmt clippy check \
 	need-cifar10 need-photos
 
 ## setup: virtualenv (torch, onnxruntime), release build, ImageNet VGG16 weights; CIFAR-10 and the
@@ -140,9 +140,20 @@ bench: need-cifar10 setup
 	cargo bench --bench head
 	cargo bench --bench export
 	$(BENCH_PY) benches/e2e.py
+	$(BENCH_PY) benches/int8.py --fresh
 	$(MAKE) keras-venv
 	$(KERAS_PY) benches/reference/keras_seed.py
 	$(BENCH_PY) benches/summary.py
+
+## bench-int8: int8 against float32 and against onnxruntime's own quantizer (benches/int8.py): trains the
+## CIFAR-10 seed run, the photos preset on the ants-and-bees photos and the full-data frozen run in
+## target/bench/int8/ when missing, exports each float32 and int8, quantizes the float32 file with
+## onnxruntime's quantize_static on the same calibration pixels, then accuracy and speed of the three;
+## exits non-zero below the goals. Part of make bench.
+bench-int8: need-cifar10 need-photos setup
+	$(HAVE_CIFAR10)
+	cargo build --release
+	$(BENCH_PY) benches/int8.py
 
 ## loadtest: pipe serve under 64 concurrent clients (10,000 single-image binary requests) against pipe infer
 ## offline, same model and backend (LOADTEST_BACKEND=ort|tract), in one run; table and target/loadtest/summary-*.json.

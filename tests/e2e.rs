@@ -138,13 +138,14 @@ fn train_export_and_both_backends_agree_with_tch() {
     }
 }
 
-/// An int8 export of a small run on real CIFAR-10 images, calibrated on 100 of its training images:
-/// the verification line export prints is recomputed here from `pipe infer --backend tract` on the
+/// An int8 export of a small run on real CIFAR-10 images, calibrated on 100 of its training images,
+/// once with ONNX Runtime (the default) and once with tract running the calibration and verification:
+/// each verification line export prints is recomputed here from `pipe infer` with that engine on the
 /// same test images (the same int8 accuracy, the same share of the float model's labels), int8 keeps
-/// most of the float labels, and ONNX Runtime gives tract's label on every image but near-ties (the
-/// top two probabilities within 0.1: ONNX Runtime requantizes in its integer kernels, tract in float
-/// arithmetic, so a value on a rounding boundary may land one step apart; measured on the 10,000
-/// test images of a seed run: 57 labels apart, all with a margin under 0.075).
+/// most of the float labels, and on one file ONNX Runtime gives tract's label on every image but
+/// near-ties (the top two probabilities within 0.1: ONNX Runtime requantizes in its integer kernels,
+/// tract in float arithmetic, so a value on a rounding boundary may land one step apart; measured on
+/// the 10,000 test images of a seed run: 57 labels apart, all with a margin under 0.075).
 #[test]
 fn int8_export_classifies_in_both_backends_as_its_verification_says() {
     let w = Workdir::cifar10();
@@ -154,13 +155,6 @@ fn int8_export_classifies_in_both_backends_as_its_verification_says() {
         .epochs(3)
         .batch(16)
         .ok();
-    let model = w.join("q.onnx");
-    let out = w
-        .export("q", &model)
-        .arg("--quantize", "int8")
-        .arg("--calibration-images", "100")
-        .ok()
-        .stdout;
     let preds = w.run("q").predictions();
     let files = preds.paths();
     let tch = preds.by_path();
@@ -169,34 +163,47 @@ fn int8_export_classifies_in_both_backends_as_its_verification_says() {
         .cloned()
         .zip(preds.items.iter().map(|i| i.label))
         .collect();
-    let tract = infer("tract", &model, &files);
-    let ort = infer("ort", &model, &files);
     let n = files.len();
-    let right = tract
-        .predictions
-        .iter()
-        .filter(|r| r.class_index == truth[&r.path])
-        .count();
-    let same = tract
-        .predictions
-        .iter()
-        .filter(|r| r.class_index == argmax(tch[&r.path]))
-        .count();
-    let line = format!(
-        "int8 verified with tract on {n} test images: accuracy {:.4} against float {:.4}",
-        right as f64 / n as f64,
-        preds.correct() as f64 / n as f64
-    );
-    assert!(out.contains(&line), "{line}\n{out}");
-    let share = format!(
-        "the float model's label on {:.1}% of them",
-        100.0 * same as f64 / n as f64
-    );
-    assert!(out.contains(&share), "{share}\n{out}");
-    assert!(
-        same * 100 >= 85 * n,
-        "int8 keeps {same} of {n} float labels"
-    );
+    let mut results = Vec::new();
+    for engine in ["ort", "tract"] {
+        let model = w.join(format!("q-{engine}.onnx"));
+        let out = w
+            .export("q", &model)
+            .arg("--quantize", "int8")
+            .arg("--calibration-images", "100")
+            .arg("--calibration-backend", engine)
+            .ok()
+            .stdout;
+        let got = infer(engine, &model, &files);
+        let right = got
+            .predictions
+            .iter()
+            .filter(|r| r.class_index == truth[&r.path])
+            .count();
+        let same = got
+            .predictions
+            .iter()
+            .filter(|r| r.class_index == argmax(tch[&r.path]))
+            .count();
+        let line = format!(
+            "int8 verified with {engine} on {n} test images: accuracy {:.4} against float {:.4}",
+            right as f64 / n as f64,
+            preds.correct() as f64 / n as f64
+        );
+        assert!(out.contains(&line), "{line}\n{out}");
+        let share = format!(
+            "the float model's label on {:.1}% of them",
+            100.0 * same as f64 / n as f64
+        );
+        assert!(out.contains(&share), "{share}\n{out}");
+        assert!(
+            same * 100 >= 85 * n,
+            "{engine}: int8 keeps {same} of {n} float labels"
+        );
+        results.push((model, got));
+    }
+    let (model, ort) = &results[0];
+    let tract = infer("tract", model, &files);
     let mut apart = 0;
     for (t, o) in tract.predictions.iter().zip(&ort.predictions) {
         assert_eq!(t.path, o.path);

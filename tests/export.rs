@@ -471,7 +471,7 @@ fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
     let (a, b, c) = (w.join("a.onnx"), w.join("b.onnx"), w.join("c.onnx"));
     let out = int8_export(&w, "r", &a).ok().stdout;
     assert!(
-        out.contains("int8 verified with tract on 20 test images: accuracy "),
+        out.contains("int8 verified with ort on 20 test images: accuracy "),
         "{out}"
     );
     int8_export(&w, "r", &b).ok();
@@ -557,16 +557,36 @@ fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
         .flag("--fp16")
         .fails();
     assert_contains(&err, &["--fp16 and --quantize int8"]);
-    // The Triton repository of an int8 model.
+    // The Triton repository of an int8 model, and its calibration pixels saved: 40 images of 32x32x3
+    // bytes, each one of the run's training images as pipe decodes it.
     let repo = w.join("triton");
+    let saved = w.join("calibration.u8");
     Pipe::new("export")
         .run("r")
         .runs(&w.runs)
         .arg("--triton", &repo)
         .arg("--quantize", "int8")
         .arg("--calibration-images", "40")
+        .arg("--save-calibration", &saved)
         .ok();
     let model = repo.join("pipe_vgg16/1/model.onnx");
     assert_eq!(std::fs::read(&model).unwrap(), std::fs::read(&a).unwrap());
     assert!(repo.join("pipe_vgg16/config.pbtxt").is_file());
+    let pixels = std::fs::read(&saved).unwrap();
+    assert_eq!(pixels.len(), 40 * 32 * 32 * 3);
+    let squash = pipe::data::ImageSpec::new(32, pipe::data::ResizePolicy::Squash).full_decode();
+    let list = pipe::data::SplitList::read(&w.run("r").file("split.json")).unwrap();
+    let train = list
+        .load(
+            pipe::data::SplitPart::Train,
+            &squash,
+            pipe::data::OnError::Stop,
+        )
+        .unwrap()
+        .split
+        .pixels;
+    let train: Vec<&[u8]> = train.chunks(32 * 32 * 3).collect();
+    for image in pixels.chunks(32 * 32 * 3) {
+        assert!(train.contains(&image), "a saved image is no training image");
+    }
 }

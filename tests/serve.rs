@@ -119,21 +119,11 @@ fn floats(v: &Value) -> Vec<f32> {
 
 /// Checks `rows` (one probability row per image) against `pipe infer`'s for `backend`.
 fn assert_matches_infer(backend: &str, rows: &[Vec<f32>], what: &str) {
-    let expected = &fixture().infer[backend];
-    assert_eq!(rows.len(), expected.len(), "{what}: number of images");
-    let mut max = 0f32;
-    for (i, (row, (label, probs))) in rows.iter().zip(expected).enumerate() {
-        assert_eq!(row.len(), probs.len(), "{what}: image {i}");
-        assert_eq!(argmax(row), *label, "{what}: label of image {i}");
-        for (a, b) in row.iter().zip(probs) {
-            max = max.max((a - b).abs());
-        }
-    }
-    assert!(
-        max <= TOLERANCE,
-        "{what} ({backend}): max |Δp| {max:e} > {TOLERANCE:e}"
+    assert_rows_match(
+        &fixture().infer[backend],
+        rows,
+        &format!("{what} ({backend})"),
     );
-    eprintln!("{what} ({backend}): same labels as pipe infer, max |Δp| {max:.1e}");
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -152,10 +142,15 @@ struct Server {
 
 impl Server {
     fn start(backend: &str, extra: &[&str]) -> Server {
+        Server::start_model(&fixture().model, backend, extra)
+    }
+
+    /// `pipe serve` of `model` with `backend` and the `extra` arguments.
+    fn start_model(model: &Path, backend: &str, extra: &[&str]) -> Server {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("serve.log");
         let mut serve = Pipe::new("serve --port 0")
-            .arg("--model", &fixture().model)
+            .arg("--model", model)
             .backend(backend);
         for word in extra {
             serve = serve.path(word);
@@ -465,6 +460,105 @@ fn plain_http_and_classify_match_pipe_infer() {
         );
         server.stop();
     }
+}
+
+/// An int8 export (`--quantize int8`) of the fixture's run, calibrated on 100 of its training images
+/// and exported whatever its accuracy.
+fn int8_model() -> &'static Path {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let fx = fixture();
+        let model = fx._dir.path().join("int8.onnx");
+        Pipe::export(&model)
+            .run("serve")
+            .runs(fx._dir.path().join("runs"))
+            .arg("--quantize", "int8")
+            .arg("--calibration-images", "100")
+            // A small run's test split is 120 images, a point is less than two: the bound is not
+            // what this model is for.
+            .arg("--max-accuracy-drop", "100")
+            .ok();
+        model
+    })
+}
+
+/// The server classifies with an int8 model exactly as `pipe infer` does with it, on each backend:
+/// the same labels and probabilities within the float tolerance, through the binary tensor protocol
+/// (all images in one request) and `/v1/classify` (one file per request).
+#[test]
+fn an_int8_model_serves_what_pipe_infer_gives_with_it() {
+    let fx = fixture();
+    let model = int8_model();
+    let n = fx.files.len();
+    for backend in ["tract", "ort"] {
+        let expected = infer_json(backend, model, &fx.files);
+        let float = &fx.infer[backend];
+        let kept = expected
+            .iter()
+            .zip(float)
+            .filter(|(q, f)| q.0 == f.0)
+            .count();
+        assert!(
+            kept * 10 >= 8 * n,
+            "{backend}: int8 keeps {kept} of {n} float labels"
+        );
+        let server = Server::start_model(model, backend, &["--max-batch", "16"]);
+        let meta: Value = client()
+            .get(server.url(&format!("/v2/models/{MODEL}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(meta["outputs"][0]["shape"], json!([-1, 10]), "{meta}");
+        let outputs = json!([{"name": "probabilities", "parameters": {"binary_data": true}}]);
+        let (_, binary) = split_binary(binary_request(&server, 0..n, outputs));
+        let probs: Vec<f32> = binary
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_rows_match(
+            &expected,
+            &rows(&probs, 10),
+            &format!("int8 binary ({backend})"),
+        );
+        let http = client();
+        let classified: Vec<Vec<f32>> = fx
+            .files
+            .iter()
+            .map(|f| {
+                let resp = http
+                    .post(server.url("/v1/classify"))
+                    .body(std::fs::read(f).unwrap())
+                    .send()
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::OK, "{}", s(f));
+                let doc: Value = resp.json().unwrap();
+                floats(&doc["predictions"][0]["probabilities"])
+            })
+            .collect();
+        assert_rows_match(
+            &expected,
+            &classified,
+            &format!("int8 /v1/classify ({backend})"),
+        );
+        server.stop();
+    }
+}
+
+/// Checks `rows` against `expected` ((label, probabilities) per image from `pipe infer`): the same
+/// labels and every probability within [`TOLERANCE`].
+fn assert_rows_match(expected: &[(usize, Vec<f32>)], rows: &[Vec<f32>], what: &str) {
+    assert_eq!(rows.len(), expected.len(), "{what}: number of images");
+    let mut max = 0f32;
+    for (i, (row, (label, probs))) in rows.iter().zip(expected).enumerate() {
+        assert_eq!(row.len(), probs.len(), "{what}: image {i}");
+        assert_eq!(argmax(row), *label, "{what}: label of image {i}");
+        for (a, b) in row.iter().zip(probs) {
+            max = max.max((a - b).abs());
+        }
+    }
+    assert!(max <= TOLERANCE, "{what}: max |Δp| {max:e} > {TOLERANCE:e}");
+    eprintln!("{what}: same labels as pipe infer, max |Δp| {max:.1e}");
 }
 
 /// Fetches `/metrics` and checks that it holds every one of `needles`.

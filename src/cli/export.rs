@@ -6,9 +6,10 @@ use anyhow::Result;
 use pipe::contract::Output;
 use pipe::export::calibrate::Calibration;
 use pipe::export::quantize::{
-    QuantizeOptions, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_ACCURACY_DROP,
+    QuantizeOptions, DEFAULT_CALIBRATION_IMAGES, DEFAULT_INT8_BACKEND, DEFAULT_MAX_ACCURACY_DROP,
 };
 use pipe::export::{Destination, RunExportOptions, TritonLayout};
+use pipe::infer::BackendKind;
 use std::path::PathBuf;
 
 /// The arithmetic of an exported model (`--quantize`).
@@ -80,6 +81,16 @@ pub struct ExportArgs {
     /// more accurate).
     #[arg(long, value_name = "POINTS", default_value_t = DEFAULT_MAX_ACCURACY_DROP, requires = "quantize", allow_negative_numbers = true)]
     max_accuracy_drop: f64,
+    /// With --quantize: also write the calibration images' pixels to this file (raw uint8, NHWC RGB,
+    /// N x size x size x 3 bytes, in the order calibrated), to calibrate another quantizer on the
+    /// very same pixels.
+    #[arg(long, value_name = "FILE", requires = "quantize")]
+    save_calibration: Option<PathBuf>,
+    /// With --quantize: the engine that runs the float model on the calibration images and the int8
+    /// model on the test images: ort (ONNX Runtime, the default where this pipe has it; several times
+    /// faster at large input sizes) or tract.
+    #[arg(long, value_enum, value_name = "ENGINE", default_value_t = DEFAULT_INT8_BACKEND, requires = "quantize")]
+    calibration_backend: BackendKind,
     /// Also lay the model out as a Triton Inference Server model repository in this folder:
     /// DIR/<triton-name>/1/model.onnx, config.pbtxt (dynamic batching) and labels.txt. The ONNX file
     /// is then written only there (naming an output file as well is refused).
@@ -134,6 +145,8 @@ impl ExportArgs {
                 seed: self.calibration_seed,
                 reduce_range: self.reduce_range,
                 max_accuracy_drop: self.max_accuracy_drop,
+                save_calibration: self.save_calibration,
+                backend: self.calibration_backend,
             }),
         };
         let events = Stderr::new();

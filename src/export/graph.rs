@@ -815,6 +815,7 @@ mod tests {
             &arch,
             &images,
             Calibration::MinMax,
+            crate::infer::BackendKind::Tract,
             &crate::events::Silent,
         )
         .unwrap();

@@ -1,6 +1,7 @@
 //! The int8 export of a run: the calibration images (a class-balanced, seeded choice of the run's
 //! training images, decoded as the model decodes), the calibration itself (the float model run with
-//! tract, its calibration points as extra outputs, their values summarised), and the verification
+//! ONNX Runtime or tract, its calibration points as extra outputs, their values summarised), and the
+//! verification
 //! that fits int8: the quantized model run on every test image of the run, its accuracy against the
 //! float model's (tch's `predictions.json`) and the share of labels it keeps, refused when the
 //! accuracy drops by more than allowed.
@@ -12,7 +13,7 @@ use crate::data::{ImageSpec, LoadedSplit, OnError, SplitList, SplitPart, SPLIT_F
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSink, Task};
 use crate::infer::tract_backend::TractBackend;
-use crate::infer::Backend;
+use crate::infer::{BackendKind, BackendOptions, InferDevice};
 use crate::report::argmax;
 use crate::run::{PredictionItem, Predictions};
 use rand::seq::SliceRandom;
@@ -23,6 +24,8 @@ use tract_onnx::pb;
 /// What the verification of an int8 export found on the run's test images.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Int8Verification {
+    /// The engine that ran the int8 model: `ort` or `tract`.
+    pub backend: &'static str,
     /// Test images run.
     pub images: usize,
     /// Accuracy of the float model (tch's predictions), 0..1.
@@ -44,17 +47,18 @@ impl Int8Verification {
 }
 
 impl std::fmt::Display for Int8Verification {
-    /// `int8 verified with tract on 1000 test images: accuracy 0.4550 against float 0.4560 (-0.10
-    /// points; at most 0.50 allowed), the float model's label on 96.5% of them`.
+    /// `int8 verified with ort on 1000 test images: accuracy 0.4550 against float 0.4560 (-0.10
+    /// points; at most -0.50 allowed), the float model's label on 96.5% of them`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "int8 verified with tract on {} test images: accuracy {:.4} against float {:.4} ({:+.2} \
+            "int8 verified with {} on {} test images: accuracy {:.4} against float {:.4} ({:+.2} \
              points; at most -{:.2} allowed), the float model's label on {:.1}% of them",
+            self.backend,
             self.images,
             self.int8_accuracy,
             self.float_accuracy,
-            -self.drop_points(),
+            0.0 - self.drop_points(),
             self.max_drop,
             self.agreement * 100.0
         )
@@ -146,22 +150,24 @@ fn with_point_outputs(float: &pb::ModelProto, points: &[CalibrationPoint]) -> pb
     model
 }
 
-/// Runs `float` (the float export of `arch`) with tract on `images`, in batches that bound the
+/// Runs `float` (the float export of `arch`) with `engine` on `images`, in batches that bound the
 /// memory of the intermediate tensors, and summarises the values of each calibration point of `arch`
 /// with `method`; progress goes to `events`. Returns the points and their summaries, in order.
 ///
 /// # Errors
-/// tract failures; a value that is not finite.
+/// The engine cannot be opened (ONNX Runtime's library missing) or fails; a value that is not finite.
 pub fn calibrate(
     float: &pb::ModelProto,
     arch: &Arch,
     images: &LoadedSplit,
     method: Calibration,
+    engine: BackendKind,
     events: &dyn EventSink,
 ) -> Result<(Vec<CalibrationPoint>, Vec<Stats>)> {
     let points = calibration_points(arch);
     let model = with_point_outputs(float, &points);
-    let backend = TractBackend::open_proto(&model, "the calibration model", 0)?;
+    let mut backend = Runner::open(&model, engine)?;
+    let engine = backend.name();
     let s = images.size;
     let per = s * s * 3;
     let n = images.len();
@@ -187,14 +193,14 @@ pub fn calibrate(
                 .collect();
             let view = ndarray::ArrayView4::from_shape((m, s, s, 3), &input).map_err(|e| {
                 Error::Backend {
-                    backend: "tract",
+                    backend: engine,
                     message: e.to_string(),
                 }
             })?;
             let outputs = backend.run_outputs(view)?;
             for (st, out) in stats.iter_mut().zip(outputs.iter().skip(1)) {
                 let values = out.as_slice().ok_or_else(|| Error::Backend {
-                    backend: "tract",
+                    backend: engine,
                     message: "a calibration output is not contiguous".into(),
                 })?;
                 st.add(values)?;
@@ -209,25 +215,87 @@ pub fn calibrate(
     Ok((points, stats))
 }
 
-/// Runs the int8 model at `model` with tract on every test image of the run (its
+/// The engine that runs the calibration model: every output of a model held in memory.
+enum Runner {
+    Tract(TractBackend),
+    #[cfg(feature = "ort")]
+    Ort(crate::infer::ort_backend::OrtBackend),
+}
+
+impl Runner {
+    /// Opens the calibration model `model` with `engine` on all cores.
+    fn open(model: &pb::ModelProto, engine: BackendKind) -> Result<Self> {
+        const NAME: &str = "the calibration model";
+        match engine {
+            BackendKind::Tract => Ok(Runner::Tract(TractBackend::open_proto(model, NAME, 0)?)),
+            #[cfg(feature = "ort")]
+            BackendKind::Ort => {
+                use prost::Message;
+                Ok(Runner::Ort(
+                    crate::infer::ort_backend::OrtBackend::open_bytes(
+                        &model.encode_to_vec(),
+                        NAME,
+                        0,
+                    )?,
+                ))
+            }
+            #[cfg(not(feature = "ort"))]
+            BackendKind::Ort => Err(Error::Usage(
+                "this pipe was built without the `ort` feature; use --calibration-backend tract"
+                    .into(),
+            )),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Runner::Tract(_) => "tract",
+            #[cfg(feature = "ort")]
+            Runner::Ort(_) => "ort",
+        }
+    }
+
+    fn run_outputs(
+        &mut self,
+        images: ndarray::ArrayView4<'_, f32>,
+    ) -> Result<Vec<ndarray::ArrayD<f32>>> {
+        match self {
+            Runner::Tract(b) => b.run_outputs(images),
+            #[cfg(feature = "ort")]
+            Runner::Ort(b) => b.run_outputs(images),
+        }
+    }
+}
+
+/// Runs the int8 model at `model` with `engine` on every test image of the run (its
 /// `predictions.json`), in bounded batches, and compares its labels with the true labels and with
 /// the float model's (tch's probabilities); progress goes to `events`.
 ///
 /// # Errors
 /// [`Error::InvalidFile`] naming the model when its accuracy is more than `max_drop` points below
 /// the float model's, saying by how much and what to try; the run's predictions or images cannot be
-/// read; tract fails.
+/// read; the engine cannot be opened or fails.
 pub fn verify_int8(
     model: &Path,
     run_dir: &Path,
     max_drop: f64,
+    engine: BackendKind,
     events: &dyn EventSink,
 ) -> Result<Int8Verification> {
     let preds: Predictions = crate::util::read_json(&run_dir.join(crate::run::PREDICTIONS_FILE))?;
     let spec = crate::onnx::ModelInfo::read(model)?.image;
     let s = spec.size;
     let records = Records::read(&preds)?;
-    let mut backend = TractBackend::open(model, 0)?;
+    let mut backend = crate::infer::open_backend(
+        model,
+        &BackendOptions {
+            kind: engine,
+            device: InferDevice::Cpu,
+            threads: 0,
+            ort_lib: None,
+        },
+    )?;
+    let engine = backend.name();
     let items: Vec<&PredictionItem> = preds.items.iter().collect();
     let n = items.len();
     let (mut right, mut float_right, mut same) = (0usize, 0usize, 0usize);
@@ -248,7 +316,7 @@ pub fn verify_int8(
                     .collect();
                 let view = ndarray::ArrayView4::from_shape((chunk.len(), s, s, 3), &input)
                     .map_err(|e| Error::Backend {
-                        backend: "tract",
+                        backend: engine,
                         message: e.to_string(),
                     })?;
                 let out = backend.run(view)?;
@@ -268,6 +336,7 @@ pub fn verify_int8(
     done?;
     let share = |k: usize| k as f64 / n.max(1) as f64;
     let v = Int8Verification {
+        backend: engine,
         images: n,
         float_accuracy: share(float_right),
         int8_accuracy: share(right),
@@ -300,6 +369,7 @@ mod tests {
     #[test]
     fn the_verification_line_gives_both_accuracies_and_the_agreement() {
         let v = Int8Verification {
+            backend: "ort",
             images: 1000,
             float_accuracy: 0.456,
             int8_accuracy: 0.455,
@@ -309,7 +379,7 @@ mod tests {
         assert!((v.drop_points() - 0.1).abs() < 1e-9);
         assert_eq!(
             v.to_string(),
-            "int8 verified with tract on 1000 test images: accuracy 0.4550 against float 0.4560 \
+            "int8 verified with ort on 1000 test images: accuracy 0.4550 against float 0.4560 \
              (-0.10 points; at most -0.50 allowed), the float model's label on 96.5% of them"
         );
     }

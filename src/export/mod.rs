@@ -199,7 +199,11 @@ pub fn export_run(
         Some(q) => {
             let spec = crate::data::ImageSpec::new(config.input_size, config.resize);
             let images = int8::calibration_images(run_dir, q.images, q.seed, &spec)?;
-            let (points, stats) = int8::calibrate(&float, &arch, &images, q.calibration, events)?;
+            if let Some(path) = &q.save_calibration {
+                crate::util::write_atomic(path, |w| std::io::Write::write_all(w, &images.pixels))?;
+            }
+            let (points, stats) =
+                int8::calibrate(&float, &arch, &images, q.calibration, q.backend, events)?;
             export.quantization = Some(QuantPlan::new(
                 &points,
                 &stats,
@@ -222,6 +226,7 @@ pub fn export_run(
                         tmp,
                         run_dir,
                         q.max_accuracy_drop,
+                        q.backend,
                         events,
                     )?);
                 }

@@ -3,7 +3,7 @@
 
 use super::{Backend, InferDevice};
 use crate::error::{Error, Result};
-use ndarray::{Array2, ArrayView4, Ix2};
+use ndarray::{Array2, ArrayD, ArrayView4, Ix2};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -149,6 +149,59 @@ impl OrtBackend {
             .map(|o| o.name().to_string())
             .ok_or_else(|| err("model has no output"))?;
         Ok(OrtBackend { session, output })
+    }
+}
+
+impl OrtBackend {
+    /// As [`OrtBackend::open`] on the CPU, for a model in memory (`name` names it in errors), whose
+    /// outputs may be several ([`OrtBackend::run_outputs`]).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when libonnxruntime cannot be loaded or refuses the model.
+    pub fn open_bytes(bytes: &[u8], name: &str, threads: usize) -> Result<Self> {
+        let env = environment(None)?;
+        let session = Session::builder(env)
+            .map_err(err)?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(err)?
+            .with_intra_threads(threads)
+            .map_err(err)?
+            .commit_from_memory(bytes)
+            .map_err(|e| err(format!("cannot load {name}: {e}")))?;
+        let output = session
+            .outputs()
+            .first()
+            .map(|o| o.name().to_string())
+            .ok_or_else(|| err("model has no output"))?;
+        Ok(OrtBackend { session, output })
+    }
+
+    /// Every output of the model for `images` (float32 NHWC `[n, S, S, 3]`), in the model's output
+    /// order, each float32 with the batch as its first dimension.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when ONNX Runtime fails or an output is not float32.
+    pub fn run_outputs(&mut self, images: ArrayView4<'_, f32>) -> Result<Vec<ArrayD<f32>>> {
+        let names: Vec<String> = self
+            .session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let input = TensorRef::from_array_view(images).map_err(err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![crate::contract::INPUT_NAME => input])
+            .map_err(err)?;
+        names
+            .iter()
+            .map(|name| {
+                let value = outputs
+                    .get(name.as_str())
+                    .ok_or_else(|| err(format!("output {name} missing")))?;
+                Ok(value.try_extract_array::<f32>().map_err(err)?.to_owned())
+            })
+            .collect()
     }
 }
 

@@ -1,0 +1,212 @@
+"""int8 against float32, and pipe's int8 against onnxruntime's own quantizer, on three trained models:
+the CIFAR-10 seed run (32x32, batch 256), the photos preset on the ants-and-bees photos (384x384,
+batch 8) and the full CIFAR-10 training set with the base frozen (`full`).
+
+For each model:
+1. `pipe train` (the seed recipe; `--preset photos` on data/hymenoptera), into target/bench/int8/runs,
+   unless that run is already there (--fresh trains again).
+2. `pipe export` of the float32 model, and `pipe export --quantize int8 --save-calibration`, whose own
+   verification refuses the export when int8 loses more than allowed on the run's test split (0.5
+   points on CIFAR-10; one photo on the photos).
+3. The reference: onnxruntime's `quantize_static` (QDQ, per-channel int8 weights, uint8 activations,
+   its default MinMax calibration) of the same float32 file, calibrated on the very same pixels
+   (pipe's --save-calibration file), with pipe's metadata copied in so that `pipe infer` reads it.
+4. Accuracy: `pipe infer --backend ort` with each of the three files on the evaluation folder (the
+   10,000 CIFAR-10 test JPEGs; the 153 ants-and-bees val/ photos), the truth from the folder names.
+5. Speed: the three files in onnxruntime's Python API (all cores), on the first batch of calibration
+   pixels, rounds alternating (ABCABC), images/s at the median sample; tract's rate from `pipe infer
+   --backend tract` on the first files of the evaluation folder, float32 then int8.
+
+Fails (exit 1) when ort int8 is under 3.0x ort float32, pipe's int8 under 0.95x the speed of
+onnxruntime's, less accurate than onnxruntime's, or more than the allowed loss below float32. Writes
+target/bench/int8.json and prints a table. About 15 minutes on a 2-core machine with the runs trained,
+about 6 more to train them."""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
+from common import median_rate, write_result  # noqa: E402
+
+RATE_LINE = re.compile(r"^(\w+): (\d+) images in ([\d.]+) s \(", re.M)
+
+CASES = {
+    "seed": dict(train=[], data="data/cifar10", evaluate="data/cifar10/test", size=32, batch=256,
+                 tract_images=1000),
+    "photos": dict(train=["--data", "data/hymenoptera", "--preset", "photos"], data="data/hymenoptera",
+                   evaluate="data/hymenoptera/val", size=384, batch=8, tract_images=16),
+    # The full training set, frozen base (the head's settings of docs/RESULTS.md's full-data run).
+    "full": dict(train=["--train-limit", "0", "--test-limit", "0", "--epochs", "15", "--lr", "1e-3"],
+                 data="data/cifar10", evaluate="data/cifar10/test", size=32, batch=256, tract_images=1000),
+}
+
+
+def run(cmd, ok=(0,)):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode not in ok:
+        sys.exit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return r
+
+
+def evaluation_files(folder):
+    """(path, class name) of every file in folder/<class>/, sorted."""
+    out = []
+    for c in sorted(os.listdir(folder)):
+        d = os.path.join(folder, c)
+        if os.path.isdir(d):
+            out += [(os.path.join(d, f), c) for f in sorted(os.listdir(d))]
+    return out
+
+
+def accuracy(pipe, model, folder):
+    """(right, classified) of `pipe infer --backend ort` with model on folder (skipped files, exit 3,
+    do not count)."""
+    r = run([pipe, "infer", "--backend", "ort", "--format", "json", "--model", model, folder], ok=(0, 3))
+    preds = json.loads(r.stdout)["predictions"]
+    right = sum(1 for p in preds if os.path.basename(os.path.dirname(p["path"])) == p["label"])
+    return right, len(preds)
+
+
+def tract_rate(pipe, model, files):
+    r = run([pipe, "infer", "--backend", "tract", "--model", model] + files, ok=(0, 3))
+    m = RATE_LINE.search(r.stderr)
+    if not m:
+        sys.exit(f"no rate line from pipe infer --backend tract:\n{r.stderr[-2000:]}")
+    return int(m.group(2)) / float(m.group(3))
+
+
+def ort_quantize(float_model, int8_model, pixels):
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"images": pixels[i:i + 8]} for i in range(0, len(pixels), 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(float_model, int8_model, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    src, dst = onnx.load(float_model), onnx.load(int8_model)
+    del dst.metadata_props[:]
+    dst.metadata_props.extend(src.metadata_props)
+    onnx.save(dst, int8_model)
+
+
+def case(name, spec, a, out):
+    pipe = a.pipe
+    runs = os.path.join(out, "runs")
+    run_dir = os.path.join(runs, name)
+    if a.fresh or not os.path.exists(os.path.join(run_dir, "predictions.json")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"== training the {name} run", flush=True)
+        run([pipe, "train", "--name", name, "--runs-dir", runs, "--cache-dir", os.path.join(out, "cache")]
+            + spec["train"], ok=(0, 3))
+    with open(os.path.join(run_dir, "predictions.json")) as f:
+        tests = len(json.load(f)["items"])
+    # CIFAR-10: 0.5 points; the photos: one photo of the test split, as points.
+    max_drop = 0.5 if spec["size"] == 32 else 100.0 / tests + 1e-6
+    float_model, pipe_int8, ort_int8 = (os.path.join(out, f"{name}-{k}.onnx") for k in
+                                        ("float32", "int8", "ort-int8"))
+    cal = os.path.join(out, f"{name}-calibration.u8")
+    print(f"== {name}: exports", flush=True)
+    run([pipe, "export", float_model, "--run", name, "--runs-dir", runs])
+    r = run([pipe, "export", pipe_int8, "--run", name, "--runs-dir", runs, "--quantize", "int8",
+             "--save-calibration", cal, "--max-accuracy-drop", str(max_drop)])
+    print(r.stdout.strip(), flush=True)
+    s = spec["size"]
+    pixels = np.fromfile(cal, dtype=np.uint8).reshape(-1, s, s, 3).astype(np.float32)
+    ort_quantize(float_model, ort_int8, pixels)
+    res = {"size": s, "batch": spec["batch"], "calibration_images": len(pixels), "max_drop_points": max_drop,
+           "models": {}}
+    files = evaluation_files(spec["evaluate"])
+    for k, m in (("float32", float_model), ("pipe_int8", pipe_int8), ("ort_int8", ort_int8)):
+        right, n = accuracy(pipe, m, spec["evaluate"])
+        res["models"][k] = {"file": m, "bytes": os.path.getsize(m), "right": right, "classified": n,
+                            "accuracy": right / n, "ort_images_per_s": []}
+        print(f"{name} {k}: accuracy {right}/{n} = {right / n:.4f}", flush=True)
+    import onnxruntime as ort
+    batch = pixels[:spec["batch"]]
+    sessions = {k: ort.InferenceSession(v["file"], providers=["CPUExecutionProvider"])
+                for k, v in res["models"].items()}
+    for _ in range(2):
+        for k, sess in sessions.items():
+            rate, _ = median_rate(lambda: sess.run(None, {"images": batch}), len(batch),
+                                  warmup_s=2.0, measure_s=a.measure_s, min_samples=5)
+            res["models"][k]["ort_images_per_s"].append(rate)
+            print(f"{name} {k}: ort {rate:.1f} images/s", flush=True)
+    del sessions
+    subset = [f for f, _ in files[::max(1, len(files) // spec["tract_images"])][:spec["tract_images"]]]
+    res["tract_images_per_s"] = {k: tract_rate(pipe, res["models"][k]["file"], subset)
+                                 for k in ("float32", "pipe_int8")}
+    return res
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pipe", default="target/release/pipe")
+    p.add_argument("--out", default="target/bench/int8")
+    p.add_argument("--cases", default="seed,photos,full")
+    p.add_argument("--fresh", action="store_true", help="train the runs again")
+    p.add_argument("--measure-s", type=float, default=10.0)
+    a = p.parse_args()
+    if not os.path.exists(a.pipe):
+        sys.exit(f"{a.pipe} not found; run `make build`")
+    os.makedirs(a.out, exist_ok=True)
+    results, failures = {}, []
+    for name in a.cases.split(","):
+        spec = CASES[name]
+        if not os.path.isdir(spec["data"]):
+            sys.exit(f"{spec['data']} not found; see ../shared/data/README.md (make setup links it)")
+        r = results[name] = case(name, spec, a, a.out)
+        m = r["models"]
+        speed = {k: max(v["ort_images_per_s"]) for k, v in m.items()}
+        r["ort_int8_vs_float32"] = speed["pipe_int8"] / speed["float32"]
+        r["pipe_vs_ort_quantizer_speed"] = speed["pipe_int8"] / speed["ort_int8"]
+        r["tract_int8_vs_float32"] = r["tract_images_per_s"]["pipe_int8"] / r["tract_images_per_s"]["float32"]
+        f, q, o = m["float32"], m["pipe_int8"], m["ort_int8"]
+        r["drop_points"] = 100 * (f["accuracy"] - q["accuracy"])
+        if r["ort_int8_vs_float32"] < 3.0:
+            failures.append(f"{name}: ort int8 {r['ort_int8_vs_float32']:.2f}x float32 (goal >= 3.0x)")
+        if r["pipe_vs_ort_quantizer_speed"] < 0.95:
+            failures.append(f"{name}: pipe int8 {r['pipe_vs_ort_quantizer_speed']:.2f}x the speed of "
+                            "onnxruntime's quantize_static model (goal >= 0.95x)")
+        if q["right"] < o["right"]:
+            failures.append(f"{name}: pipe int8 right on {q['right']}, onnxruntime's quantizer on {o['right']}")
+        if spec["size"] == 32 and r["drop_points"] > 0.5:
+            failures.append(f"{name}: int8 {r['drop_points']:.2f} points below float32 (at most 0.5)")
+        if spec["size"] != 32 and f["right"] - q["right"] > 1:
+            failures.append(f"{name}: int8 wrong on {f['right'] - q['right']} more photos (at most 1)")
+    write_result(os.path.join(os.path.dirname(a.out.rstrip("/")), "int8.json"), results)
+    print("\n| model | float32 | pipe int8 | onnxruntime quantize_static |")
+    print("|---|---|---|---|")
+    for name, r in results.items():
+        m = r["models"]
+        print(f"| {name} ({r['size']} px) accuracy | {m['float32']['right']}/{m['float32']['classified']} | "
+              f"{m['pipe_int8']['right']}/{m['pipe_int8']['classified']} | "
+              f"{m['ort_int8']['right']}/{m['ort_int8']['classified']} |")
+        print(f"| {name} ort images/s (batch {r['batch']}) | "
+              + " | ".join(f"{max(m[k]['ort_images_per_s']):.1f}" for k in ("float32", "pipe_int8", "ort_int8"))
+              + " |")
+        print(f"| {name} file MB | " + " | ".join(f"{m[k]['bytes'] / 1e6:.1f}" for k in
+                                                 ("float32", "pipe_int8", "ort_int8")) + " |")
+        print(f"| {name} tract images/s | {r['tract_images_per_s']['float32']:.1f} | "
+              f"{r['tract_images_per_s']['pipe_int8']:.1f} | |")
+    for name, r in results.items():
+        print(f"{name}: ort int8/float32 {r['ort_int8_vs_float32']:.2f}x (goal >= 3.0x); pipe/onnxruntime "
+              f"quantizer speed {r['pipe_vs_ort_quantizer_speed']:.2f}x (goal >= 0.95x); tract int8/float32 "
+              f"{r['tract_int8_vs_float32']:.2f}x; int8 {r['drop_points']:+.2f} points below float32")
+    if failures:
+        print("\n".join(["FAILED:"] + failures), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
