@@ -14,8 +14,10 @@ For each model:
 4. Accuracy: `pipe infer --backend ort` with each of the three files on the evaluation folder (the
    10,000 CIFAR-10 test JPEGs; the 153 ants-and-bees val/ photos), the truth from the folder names.
 5. Speed: the three files in onnxruntime's Python API (all cores), on the first batch of calibration
-   pixels, rounds alternating (ABCABC), images/s at the median sample; tract's rate from `pipe infer
-   --backend tract` on the first files of the evaluation folder, float32 then int8.
+   pixels, rounds alternating (ABCABC), images/s at the median sample, each ratio the mean of its
+   per-round ratios; tract's rate from `pipe infer --backend tract` on files spread over the
+   evaluation folder, float32 then int8. The full-data run measures accuracy only (the seed run's
+   network at the seed run's size).
 
 Fails (exit 1) when ort int8 is under 3.0x ort float32, pipe's int8 under 0.95x the speed of
 onnxruntime's, less accurate than onnxruntime's, or more than the allowed loss below float32. Writes
@@ -42,8 +44,10 @@ CASES = {
     "photos": dict(train=["--data", "data/hymenoptera", "--preset", "photos"], data="data/hymenoptera",
                    evaluate="data/hymenoptera/val", size=384, batch=8, tract_images=16),
     # The full training set, frozen base (the head's settings of docs/RESULTS.md's full-data run).
+    # Accuracy only: the same network at the same size as the seed run, so the same speed.
     "full": dict(train=["--train-limit", "0", "--test-limit", "0", "--epochs", "15", "--lr", "1e-3"],
-                 data="data/cifar10", evaluate="data/cifar10/test", size=32, batch=256, tract_images=1000),
+                 data="data/cifar10", evaluate="data/cifar10/test", size=32, batch=256, tract_images=1000,
+                 speed=False),
 }
 
 
@@ -117,7 +121,9 @@ def case(name, spec, a, out):
                                         ("float32", "int8", "ort-int8"))
     cal = os.path.join(out, f"{name}-calibration.u8")
     print(f"== {name}: exports", flush=True)
-    run([pipe, "export", float_model, "--run", name, "--runs-dir", runs])
+    # The float file's own check (tract against tch) on a few images: tract takes about a second a
+    # photo at 384 pixels, and the float file is not what this bench measures.
+    run([pipe, "export", float_model, "--run", name, "--runs-dir", runs, "--verify-images", "16"])
     r = run([pipe, "export", pipe_int8, "--run", name, "--runs-dir", runs, "--quantize", "int8",
              "--save-calibration", cal, "--max-accuracy-drop", str(max_drop)])
     print(r.stdout.strip(), flush=True)
@@ -132,6 +138,8 @@ def case(name, spec, a, out):
         res["models"][k] = {"file": m, "bytes": os.path.getsize(m), "right": right, "classified": n,
                             "accuracy": right / n, "ort_images_per_s": []}
         print(f"{name} {k}: accuracy {right}/{n} = {right / n:.4f}", flush=True)
+    if not spec.get("speed", True):
+        return res
     import onnxruntime as ort
     batch = pixels[:spec["batch"]]
     sessions = {k: ort.InferenceSession(v["file"], providers=["CPUExecutionProvider"])
@@ -167,17 +175,22 @@ def main():
             sys.exit(f"{spec['data']} not found; see ../shared/data/README.md (make setup links it)")
         r = results[name] = case(name, spec, a, a.out)
         m = r["models"]
-        speed = {k: max(v["ort_images_per_s"]) for k, v in m.items()}
-        r["ort_int8_vs_float32"] = speed["pipe_int8"] / speed["float32"]
-        r["pipe_vs_ort_quantizer_speed"] = speed["pipe_int8"] / speed["ort_int8"]
-        r["tract_int8_vs_float32"] = r["tract_images_per_s"]["pipe_int8"] / r["tract_images_per_s"]["float32"]
         f, q, o = m["float32"], m["pipe_int8"], m["ort_int8"]
         r["drop_points"] = 100 * (f["accuracy"] - q["accuracy"])
-        if r["ort_int8_vs_float32"] < 3.0:
-            failures.append(f"{name}: ort int8 {r['ort_int8_vs_float32']:.2f}x float32 (goal >= 3.0x)")
-        if r["pipe_vs_ort_quantizer_speed"] < 0.95:
-            failures.append(f"{name}: pipe int8 {r['pipe_vs_ort_quantizer_speed']:.2f}x the speed of "
-                            "onnxruntime's quantize_static model (goal >= 0.95x)")
+        if spec.get("speed", True):
+            # Ratios within each round (the three files measured back to back), then their mean.
+            def ratio(a_, b_):
+                pairs = list(zip(m[a_]["ort_images_per_s"], m[b_]["ort_images_per_s"]))
+                return sum(x / y for x, y in pairs) / len(pairs)
+            r["ort_int8_vs_float32"] = ratio("pipe_int8", "float32")
+            r["pipe_vs_ort_quantizer_speed"] = ratio("pipe_int8", "ort_int8")
+            t = r["tract_images_per_s"]
+            r["tract_int8_vs_float32"] = t["pipe_int8"] / t["float32"]
+            if r["ort_int8_vs_float32"] < 3.0:
+                failures.append(f"{name}: ort int8 {r['ort_int8_vs_float32']:.2f}x float32 (goal >= 3.0x)")
+            if r["pipe_vs_ort_quantizer_speed"] < 0.95:
+                failures.append(f"{name}: pipe int8 {r['pipe_vs_ort_quantizer_speed']:.2f}x the speed of "
+                                "onnxruntime's quantize_static model (goal >= 0.95x)")
         if q["right"] < o["right"]:
             failures.append(f"{name}: pipe int8 right on {q['right']}, onnxruntime's quantizer on {o['right']}")
         if spec["size"] == 32 and r["drop_points"] > 0.5:
@@ -192,17 +205,22 @@ def main():
         print(f"| {name} ({r['size']} px) accuracy | {m['float32']['right']}/{m['float32']['classified']} | "
               f"{m['pipe_int8']['right']}/{m['pipe_int8']['classified']} | "
               f"{m['ort_int8']['right']}/{m['ort_int8']['classified']} |")
-        print(f"| {name} ort images/s (batch {r['batch']}) | "
-              + " | ".join(f"{max(m[k]['ort_images_per_s']):.1f}" for k in ("float32", "pipe_int8", "ort_int8"))
-              + " |")
         print(f"| {name} file MB | " + " | ".join(f"{m[k]['bytes'] / 1e6:.1f}" for k in
                                                  ("float32", "pipe_int8", "ort_int8")) + " |")
+        if "tract_images_per_s" not in r:
+            continue
+        print(f"| {name} ort images/s (batch {r['batch']}; rounds) | "
+              + " | ".join(" and ".join(f"{v:.1f}" for v in m[k]["ort_images_per_s"])
+                           for k in ("float32", "pipe_int8", "ort_int8")) + " |")
         print(f"| {name} tract images/s | {r['tract_images_per_s']['float32']:.1f} | "
               f"{r['tract_images_per_s']['pipe_int8']:.1f} | |")
     for name, r in results.items():
-        print(f"{name}: ort int8/float32 {r['ort_int8_vs_float32']:.2f}x (goal >= 3.0x); pipe/onnxruntime "
-              f"quantizer speed {r['pipe_vs_ort_quantizer_speed']:.2f}x (goal >= 0.95x); tract int8/float32 "
-              f"{r['tract_int8_vs_float32']:.2f}x; int8 {r['drop_points']:+.2f} points below float32")
+        line = f"{name}: int8 {r['drop_points']:+.2f} points below float32"
+        if "ort_int8_vs_float32" in r:
+            line += (f"; ort int8/float32 {r['ort_int8_vs_float32']:.2f}x (goal >= 3.0x); pipe/onnxruntime "
+                     f"quantizer speed {r['pipe_vs_ort_quantizer_speed']:.2f}x (goal >= 0.95x); tract "
+                     f"int8/float32 {r['tract_int8_vs_float32']:.2f}x")
+        print(line)
     if failures:
         print("\n".join(["FAILED:"] + failures), file=sys.stderr)
         sys.exit(1)

@@ -214,6 +214,15 @@ pub trait EventSink: Sync {
     fn warn(&self, warning: Warning) {
         self.emit(Event::Warning(warning));
     }
+
+    /// Emits [`Event::Progress`]: `done` of `total` items of `task`.
+    fn progress(&self, task: Task, done: usize, total: usize) {
+        self.emit(Event::Progress {
+            task,
+            done: done as u64,
+            total: total as u64,
+        });
+    }
 }
 
 impl<F: Fn(Event) + Sync> EventSink for F {

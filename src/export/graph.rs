@@ -161,23 +161,11 @@ fn parameters(
     head: &[NamedTensor],
     fp16: bool,
 ) -> Result<(Vec<pb::TensorProto>, Vec<pb::NodeProto>)> {
-    let params: HashMap<&str, &NamedTensor> = base
-        .iter()
-        .chain(head)
-        .map(|t| (t.name.as_str(), t))
-        .collect();
+    let get = parameter_lookup(base, head);
     let mut initializer = Vec::new();
     let mut casts = Vec::new();
     for (name, shape) in arch.base_params().into_iter().chain(arch.head_params()) {
-        let t = params
-            .get(name.as_str())
-            .ok_or_else(|| Error::Usage(format!("export: weight {name} is missing")))?;
-        if t.shape != shape {
-            return Err(Error::Usage(format!(
-                "export: weight {name} has shape {:?}, expected {shape:?}",
-                t.shape
-            )));
-        }
+        let t = get(&name, &shape)?;
         if fp16 {
             let (tensor, cast) = fp16_weight(&name, &shape, &t.data);
             initializer.push(tensor);
@@ -187,6 +175,31 @@ fn parameters(
         }
     }
     Ok((initializer, casts))
+}
+
+/// Finds a parameter of `base` or `head` by name, checking its shape: an [`Error::Usage`] names a
+/// missing parameter or one of the wrong shape.
+fn parameter_lookup<'a>(
+    base: &'a [NamedTensor],
+    head: &'a [NamedTensor],
+) -> impl Fn(&str, &[usize]) -> Result<&'a NamedTensor> {
+    let params: HashMap<&str, &NamedTensor> = base
+        .iter()
+        .chain(head)
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    move |name, shape| {
+        let t = params
+            .get(name)
+            .ok_or_else(|| Error::Usage(format!("export: weight {name} is missing")))?;
+        if t.shape != shape {
+            return Err(Error::Usage(format!(
+                "export: weight {name} has shape {:?}, expected {shape:?}",
+                t.shape
+            )));
+        }
+        Ok(t)
+    }
 }
 
 /// A weight stored as float16: the initializer `<name>.float16` and the `Cast` node
@@ -218,23 +231,7 @@ fn quantized_parameters(
     head: &[NamedTensor],
     plan: &QuantPlan,
 ) -> Result<(Vec<pb::TensorProto>, Vec<pb::NodeProto>)> {
-    let params: HashMap<&str, &NamedTensor> = base
-        .iter()
-        .chain(head)
-        .map(|t| (t.name.as_str(), t))
-        .collect();
-    let get = |name: &str, shape: &[usize]| -> Result<&NamedTensor> {
-        let t = params
-            .get(name)
-            .ok_or_else(|| Error::Usage(format!("export: weight {name} is missing")))?;
-        if t.shape != shape {
-            return Err(Error::Usage(format!(
-                "export: weight {name} has shape {:?}, expected {shape:?}",
-                t.shape
-            )));
-        }
-        Ok(t)
-    };
+    let get = parameter_lookup(base, head);
     let mut layers: Vec<(String, String)> = Vec::new(); // (parameter prefix, input point)
     let mut input = "preprocess/out".to_string();
     for layer in &arch.base {

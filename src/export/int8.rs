@@ -48,12 +48,12 @@ impl Int8Verification {
 
 impl std::fmt::Display for Int8Verification {
     /// `int8 verified with ort on 1000 test images: accuracy 0.4550 against float 0.4560 (-0.10
-    /// points; at most -0.50 allowed), the float model's label on 96.5% of them`.
+    /// points; a loss of at most 0.50 allowed), the float model's label on 96.5% of them`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "int8 verified with {} on {} test images: accuracy {:.4} against float {:.4} ({:+.2} \
-             points; at most -{:.2} allowed), the float model's label on {:.1}% of them",
+             points; a loss of at most {:.2} allowed), the float model's label on {:.1}% of them",
             self.backend,
             self.images,
             self.int8_accuracy,
@@ -176,13 +176,7 @@ pub fn calibrate(
     // activation per image, so half the inference budget per batch, but one image per thread.
     let batch = crate::infer::memory_bounded_batch(s, 128 << 20).max(threads);
     let mut stats: Vec<Stats> = points.iter().map(|_| Stats::new(method)).collect();
-    let progress = |done: usize| {
-        events.emit(Event::Progress {
-            task: Task::Calibrate,
-            done: done as u64,
-            total: n as u64,
-        })
-    };
+    let progress = |done: usize| events.progress(Task::Calibrate, done, n);
     progress(0);
     let mut run = || -> Result<()> {
         for start in (0..n).step_by(batch) {
@@ -299,13 +293,7 @@ pub fn verify_int8(
     let items: Vec<&PredictionItem> = preds.items.iter().collect();
     let n = items.len();
     let (mut right, mut float_right, mut same) = (0usize, 0usize, 0usize);
-    let progress = |done: usize| {
-        events.emit(Event::Progress {
-            task: Task::Verify,
-            done: done as u64,
-            total: n as u64,
-        })
-    };
+    let progress = |done: usize| events.progress(Task::Verify, done, n);
     progress(0);
     let mut run =
         || -> Result<()> {
@@ -380,7 +368,7 @@ mod tests {
         assert_eq!(
             v.to_string(),
             "int8 verified with ort on 1000 test images: accuracy 0.4550 against float 0.4560 \
-             (-0.10 points; at most -0.50 allowed), the float model's label on 96.5% of them"
+             (-0.10 points; a loss of at most 0.50 allowed), the float model's label on 96.5% of them"
         );
     }
 }

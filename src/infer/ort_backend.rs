@@ -110,6 +110,20 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static ort::environment:
     }
 }
 
+/// A session builder on the environment of `ort_lib` (see [`environment`]) with full graph
+/// optimisation and `threads` intra-op threads (0 = ONNX Runtime's default, all cores).
+fn builder(
+    ort_lib: Option<&Path>,
+    threads: usize,
+) -> Result<ort::session::builder::SessionBuilder> {
+    Session::builder(environment(ort_lib)?)
+        .map_err(err)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(err)?
+        .with_intra_threads(threads)
+        .map_err(err)
+}
+
 impl OrtBackend {
     /// Opens `model` in a session with full graph optimisation and `threads` intra-op threads, on the
     /// CPU or with the CUDA execution provider (an error, not a silent CPU fallback, when CUDA cannot be used).
@@ -123,13 +137,7 @@ impl OrtBackend {
         threads: usize,
         ort_lib: Option<&Path>,
     ) -> Result<Self> {
-        let env = environment(ort_lib)?;
-        let mut builder = Session::builder(env)
-            .map_err(err)?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(err)?
-            .with_intra_threads(threads)
-            .map_err(err)?;
+        let mut builder = builder(ort_lib, threads)?;
         if device == InferDevice::Cuda {
             builder = builder
                 .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
@@ -143,6 +151,13 @@ impl OrtBackend {
         let session = builder.commit_from_file(model).map_err(|e| {
             Error::invalid(model, format!("ONNX Runtime cannot load the model: {e}"))
         })?;
+        OrtBackend::with_session(session)
+    }
+}
+
+impl OrtBackend {
+    /// The backend of `session`, whose first output [`Backend::run`] returns.
+    fn with_session(session: Session) -> Result<Self> {
         let output = session
             .outputs()
             .first()
@@ -150,30 +165,17 @@ impl OrtBackend {
             .ok_or_else(|| err("model has no output"))?;
         Ok(OrtBackend { session, output })
     }
-}
 
-impl OrtBackend {
     /// As [`OrtBackend::open`] on the CPU, for a model in memory (`name` names it in errors), whose
     /// outputs may be several ([`OrtBackend::run_outputs`]).
     ///
     /// # Errors
     /// [`Error::Backend`] when libonnxruntime cannot be loaded or refuses the model.
     pub fn open_bytes(bytes: &[u8], name: &str, threads: usize) -> Result<Self> {
-        let env = environment(None)?;
-        let session = Session::builder(env)
-            .map_err(err)?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(err)?
-            .with_intra_threads(threads)
-            .map_err(err)?
+        let session = builder(None, threads)?
             .commit_from_memory(bytes)
             .map_err(|e| err(format!("cannot load {name}: {e}")))?;
-        let output = session
-            .outputs()
-            .first()
-            .map(|o| o.name().to_string())
-            .ok_or_else(|| err("model has no output"))?;
-        Ok(OrtBackend { session, output })
+        OrtBackend::with_session(session)
     }
 
     /// Every output of the model for `images` (float32 NHWC `[n, S, S, 3]`), in the model's output
