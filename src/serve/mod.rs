@@ -2,12 +2,14 @@
 //! protocol (health, metadata, JSON and binary tensors, classification), offers `POST /v1/classify`
 //! for image files, batches concurrent requests dynamically, and exports Prometheus metrics.
 //!
-//! Layout: [`batcher`] (bounded queue, model workers), [`kserve`] (protocol messages), [`routes`]
-//! (HTTP routes and middleware), [`classify`] (`/v1/classify`), [`metrics`], [`error`], [`cli`] (the
-//! command-line options). [`serve`] runs it all until SIGTERM or SIGINT, then drains: readiness turns
+//! Layout: [`batcher`] (bounded queue, model workers), [`bounds`] (the batch limit by memory and by
+//! time, the estimate of seconds per image, which queued requests are still run), [`kserve`]
+//! (protocol messages), [`routes`] (HTTP routes and middleware), [`classify`] (`/v1/classify`),
+//! [`metrics`], [`error`], [`cli`] (the command-line options). [`serve`] runs it all until SIGTERM or SIGINT, then drains: readiness turns
 //! false, new requests get 503, requests in flight are answered, and it returns.
 
 pub mod batcher;
+pub mod bounds;
 pub mod classify;
 pub mod error;
 pub mod kserve;
