@@ -159,22 +159,40 @@ bench-int8: need-cifar10 need-photos setup
 ## offline, same model and backend (LOADTEST_BACKEND=ort|tract), in one run; table and target/loadtest/summary-*.json.
 ## Uses onnx/model.onnx (make demo), else trains and exports a small model into target/loadtest/ (inference
 ## costs the same whatever the training).
+## LOADTEST_PHOTOS=1: the same with photos: 32 concurrent clients post the ants-and-bees photos of
+## data/hymenoptera/val (real photos of any size; files pipe cannot decode are left out and counted) to
+## /v1/classify, one photo per request, each photo once after one warm-up request per client, against pipe infer
+## on the same photos with the same model; reports errors and the throughput ratio (targets: zero errors,
+## >= 0.9x). Uses onnx/photos.onnx (make demo-photos), else trains and exports a small --preset photos model
+## (384 pixels) into target/loadtest/; writes target/loadtest/summary-<backend>-photos.json.
 LOADTEST_BACKEND ?= ort
-LOADTEST_MODEL ?= onnx/model.onnx
+LOADTEST_PHOTOS ?= 0
+LOADTEST_MODEL ?= $(if $(filter 1,$(LOADTEST_PHOTOS)),onnx/photos.onnx,onnx/model.onnx)
 loadtest: build
-	$(HAVE_CIFAR10)
-	@model=$(LOADTEST_MODEL); \
+	@if [ "$(LOADTEST_PHOTOS)" = 1 ]; then \
+	  [ -d data/hymenoptera/val ] || { echo "error: LOADTEST_PHOTOS=1 needs the ants-and-bees photos in" \
+	    "data/hymenoptera/{train,val}/<class>/ (make setup extracts them from $(SHARED_DATA)/hymenoptera)" >&2; exit 1; }; \
+	  fallback=target/loadtest/photos.onnx; name=loadtest-photos; \
+	  train="--data $(PHOTOS) --preset photos --epochs 1 --train-limit 64 --test-limit 32"; \
+	else \
+	  [ -f data/cifar10/.complete ] || { echo "error: make loadtest needs CIFAR-10, and data/cifar10/.complete" \
+	    "is missing (docs/GUIDE.md, 'Data and weights'); LOADTEST_PHOTOS=1 uses the ants-and-bees photos" >&2; exit 1; }; \
+	  fallback=target/loadtest/model.onnx; name=loadtest; \
+	  train="--train-limit 300 --test-limit 100 --epochs 1"; \
+	fi; \
+	model=$(LOADTEST_MODEL); \
 	if [ ! -f $$model ]; then \
-	  model=target/loadtest/model.onnx; \
+	  model=$$fallback; \
 	  if [ ! -f $$model ]; then \
 	    echo "no $(LOADTEST_MODEL): training a small model for the load test"; \
-	    rm -rf target/loadtest/runs; \
-	    $(PIPE) train --train-limit 300 --test-limit 100 --epochs 1 --device cpu --no-cache \
-	      --runs-dir target/loadtest/runs --name loadtest && \
-	    $(PIPE) export $$model --run loadtest --runs-dir target/loadtest/runs --verify-images 0 || exit 1; \
+	    rm -rf target/loadtest/runs/$$name; \
+	    $(PIPE) train $$train --device cpu --no-cache --runs-dir target/loadtest/runs --name $$name; \
+	    rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ] || exit 1; \
+	    $(PIPE) export $$model --run $$name --runs-dir target/loadtest/runs --verify-images 0 || exit 1; \
 	  fi; \
 	fi; \
-	LOADTEST_MODEL=$$model LOADTEST_BACKEND=$(LOADTEST_BACKEND) cargo bench --bench loadtest
+	LOADTEST_PHOTOS=$(LOADTEST_PHOTOS) LOADTEST_MODEL=$$model LOADTEST_BACKEND=$(LOADTEST_BACKEND) \
+	  cargo bench --bench loadtest
 
 ## keras-venv: TensorFlow + Keras for the Keras seed reference (benches/reference/keras_seed.py), in its
 ## own virtualenv so that the project's stays free of them (about 600 MB, installed once)

@@ -1,16 +1,28 @@
 //! `make loadtest`: `pipe serve` under load on localhost, against `pipe infer` offline with the same
 //! model and backend, in the same run.
 //!
-//! 1. `pipe infer` classifies the image folder offline (decode + batches of 256) and reports images/s.
-//! 2. `pipe serve` starts on a free port; a warm-up of 1,000 requests; the server's RSS is read.
-//! 3. 64 concurrent clients send 10,000 single-image requests with binary tensors (the images of the
-//!    same folder, decoded as pipe decodes them); per-request latency, statuses and errors are kept.
-//! 4. The server's RSS again, the batch-size histogram from `/metrics`, then SIGTERM (exit code checked).
+//! 1. `pipe infer` classifies the image folder offline (decode + its default batches) and reports its
+//!    images and seconds.
+//! 2. `pipe serve` starts on a free port; a warm-up; the server's RSS is read.
+//! 3. Concurrent clients send single-image requests; per-request latency, statuses and errors are kept.
+//! 4. The server's RSS again (and its peak), the batch-size histogram from `/metrics`, then SIGTERM
+//!    (exit code checked).
 //!
-//! Prints one table and writes `target/loadtest/summary-<backend>.json`. Settings from the environment:
-//! `LOADTEST_BACKEND` (ort), `LOADTEST_MODEL` (onnx/model.onnx), `LOADTEST_DATA` (data/cifar10/test),
-//! `LOADTEST_REQUESTS` (10000), `LOADTEST_CLIENTS` (64), `LOADTEST_SERVE_ARGS` (extra `pipe serve`
-//! options, space-separated). Every request goes to 127.0.0.1; the run is bounded by its request count.
+//! Two kinds of load:
+//! - tensors (default): 64 clients send 10,000 KServe requests with binary tensors (the images of the
+//!   folder, decoded as pipe decodes them), after 1,000 warm-up requests;
+//! - photos (`LOADTEST_PHOTOS=1`): 32 clients post the photo files themselves to `/v1/classify`, one
+//!   photo per request (the server decodes them, as `pipe infer` does), each photo of the folder once
+//!   after one warm-up request per client; files that pipe cannot decode are left out (and counted),
+//!   as `pipe infer` skips them. Meant for the ants-and-bees photos and a `--preset photos` model
+//!   (384 pixels).
+//!
+//! Prints one table and writes `target/loadtest/summary-<backend>[-photos].json`. Settings from the
+//! environment: `LOADTEST_PHOTOS` (0), `LOADTEST_BACKEND` (ort), `LOADTEST_MODEL` (onnx/model.onnx;
+//! with photos onnx/photos.onnx), `LOADTEST_DATA` (data/cifar10/test; with photos
+//! data/hymenoptera/val), `LOADTEST_REQUESTS` (10000; with photos the number of photos),
+//! `LOADTEST_CLIENTS` (64; with photos 32), `LOADTEST_SERVE_ARGS` (extra `pipe serve` options,
+//! space-separated). Every request goes to 127.0.0.1; the run is bounded by its request count.
 
 use serde_json::json;
 use std::io::{BufRead, BufReader};
@@ -21,10 +33,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Settings {
+    /// Photo files to `/v1/classify` rather than tensors to the KServe route.
+    photos: bool,
     backend: String,
     model: PathBuf,
     data: PathBuf,
-    requests: usize,
+    /// Timed requests (`None`: 10,000 tensors, or each photo once).
+    requests: Option<usize>,
     clients: usize,
     serve_args: Vec<String>,
 }
@@ -42,12 +57,25 @@ fn settings() -> Settings {
             .parse()
             .unwrap_or_else(|_| panic!("{key} must be a number"))
     };
+    let photos = !matches!(
+        env_or("LOADTEST_PHOTOS", "0").as_str(),
+        "0" | "false" | "no"
+    );
+    let (model, data, clients) = if photos {
+        ("onnx/photos.onnx", "data/hymenoptera/val", "32")
+    } else {
+        ("onnx/model.onnx", "data/cifar10/test", "64")
+    };
     Settings {
+        photos,
         backend: env_or("LOADTEST_BACKEND", "ort"),
-        model: env_or("LOADTEST_MODEL", "onnx/model.onnx").into(),
-        data: env_or("LOADTEST_DATA", "data/cifar10/test").into(),
-        requests: num("LOADTEST_REQUESTS", "10000"),
-        clients: num("LOADTEST_CLIENTS", "64"),
+        model: env_or("LOADTEST_MODEL", model).into(),
+        data: env_or("LOADTEST_DATA", data).into(),
+        requests: std::env::var("LOADTEST_REQUESTS")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|_| num("LOADTEST_REQUESTS", "")),
+        clients: num("LOADTEST_CLIENTS", clients),
         serve_args: env_or("LOADTEST_SERVE_ARGS", "")
             .split_whitespace()
             .map(str::to_string)
@@ -55,7 +83,7 @@ fn settings() -> Settings {
     }
 }
 
-/// `pipe infer` on the folder, offline: its images/s as it reports them.
+/// `pipe infer` on the folder, offline: its images/s, from the images and seconds it reports.
 fn offline_rate(pipe: &Path, s: &Settings, out: &Path) -> f64 {
     let run = Command::new(pipe)
         .args(["infer", "--backend", &s.backend, "--model"])
@@ -66,20 +94,22 @@ fn offline_rate(pipe: &Path, s: &Settings, out: &Path) -> f64 {
         .output()
         .expect("run pipe infer");
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "pipe infer failed: {stderr}");
-    // "<backend>: N images in X s (R images/s; backend busy B%; model load L s)"
+    // Exit code 3: some files were skipped (named on stderr), the others classified.
+    assert!(
+        run.status.success() || run.status.code() == Some(3),
+        "pipe infer failed: {stderr}"
+    );
+    // "<backend>: N images in X s (R images/s; ...)": N / X, as R is rounded to whole images.
     stderr
         .lines()
         .filter_map(|l| {
-            l.split(" s (")
-                .nth(1)?
-                .split(" images/s")
-                .next()?
-                .parse()
-                .ok()
+            let (_, rest) = l.split_once(": ")?;
+            let (images, rest) = rest.split_once(" images in ")?;
+            let (secs, _) = rest.split_once(" s (")?;
+            Some(images.parse::<f64>().ok()? / secs.parse::<f64>().ok()?)
         })
         .next_back()
-        .unwrap_or_else(|| panic!("no images/s in: {stderr}"))
+        .unwrap_or_else(|| panic!("no \"N images in X s\" in: {stderr}"))
 }
 
 fn start_server(pipe: &Path, s: &Settings) -> (Child, String) {
@@ -112,11 +142,22 @@ fn start_server(pipe: &Path, s: &Settings) -> (Child, String) {
     (child, addr)
 }
 
+/// The resident memory of process `pid` now, MiB.
 fn rss_mib(pid: u32) -> f64 {
+    proc_status_mib(pid, "VmRSS:")
+}
+
+/// The peak resident memory of process `pid` so far, MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    proc_status_mib(pid, "VmHWM:")
+}
+
+/// A `kB` line of `/proc/<pid>/status`, MiB (0 when missing).
+fn proc_status_mib(pid: u32, key: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -140,13 +181,15 @@ struct Outcome {
     errors: std::collections::BTreeMap<String, usize>,
 }
 
-/// Sends `total` single-image binary requests from `clients` concurrent tasks.
-async fn hammer(
-    url: String,
-    bodies: Arc<Vec<(usize, Vec<u8>)>>,
-    total: usize,
-    clients: usize,
-) -> Outcome {
+/// One request's body: a KServe binary request (with the length of its JSON header), or a photo file.
+struct Body {
+    /// `Inference-Header-Content-Length` (binary tensors), or `None` for a file to `/v1/classify`.
+    header_len: Option<usize>,
+    bytes: Vec<u8>,
+}
+
+/// Sends `total` single-image requests from `clients` concurrent tasks, cycling through `bodies`.
+async fn hammer(url: String, bodies: Arc<Vec<Body>>, total: usize, clients: usize) -> Outcome {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .timeout(Duration::from_secs(60))
@@ -164,14 +207,13 @@ async fn hammer(
                     if i >= total {
                         return out;
                     }
-                    let (json_len, body) = &bodies[i % bodies.len()];
+                    let body = &bodies[i % bodies.len()];
                     let start = Instant::now();
-                    let sent = http
-                        .post(&url)
-                        .header("Inference-Header-Content-Length", *json_len)
-                        .body(body.clone())
-                        .send()
-                        .await;
+                    let mut req = http.post(&url).body(body.bytes.clone());
+                    if let Some(len) = body.header_len {
+                        req = req.header("Inference-Header-Content-Length", len);
+                    }
+                    let sent = req.send().await;
                     let result = match sent {
                         Ok(r) if r.status().is_success() => {
                             r.bytes().await.map(|_| ()).map_err(|e| e.to_string())
@@ -199,7 +241,7 @@ async fn hammer(
 }
 
 /// The request bodies: JSON header + the image as little-endian FP32, one per image.
-fn bodies(pixels: &[u8], size: usize) -> Vec<(usize, Vec<u8>)> {
+fn tensor_bodies(pixels: &[u8], size: usize) -> Vec<Body> {
     let per = size * size * 3;
     pixels
         .chunks(per)
@@ -207,12 +249,36 @@ fn bodies(pixels: &[u8], size: usize) -> Vec<(usize, Vec<u8>)> {
             let header = json!({"inputs": [{"name": "images", "shape": [1, size, size, 3], "datatype": "FP32",
                 "parameters": {"binary_data_size": per * 4}}],
                 "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}]});
-            let mut body = serde_json::to_vec(&header).expect("json");
-            let len = body.len();
-            body.extend(img.iter().flat_map(|&v| f32::from(v).to_le_bytes()));
-            (len, body)
+            let mut bytes = serde_json::to_vec(&header).expect("json");
+            let len = bytes.len();
+            bytes.extend(img.iter().flat_map(|&v| f32::from(v).to_le_bytes()));
+            Body {
+                header_len: Some(len),
+                bytes,
+            }
         })
         .collect()
+}
+
+/// The photo files of the folder that pipe decodes for the model, each a `/v1/classify` body; and
+/// the number of image files left out because they cannot be decoded (`pipe infer` skips them too).
+fn photo_bodies(files: &[PathBuf], info: &pipe::onnx::ModelInfo) -> (Vec<Body>, usize) {
+    let mut bodies = Vec::new();
+    let mut skipped = 0;
+    for f in files {
+        let bytes = std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        match pipe::infer::decode_image(info, f, &bytes) {
+            Ok(_) => bodies.push(Body {
+                header_len: None,
+                bytes,
+            }),
+            Err(e) => {
+                eprintln!("loadtest: left out {}: {e}", f.display());
+                skipped += 1;
+            }
+        }
+    }
+    (bodies, skipped)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -225,6 +291,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 /// Everything one load test measured.
 struct Measured {
+    /// Timed requests sent.
+    requests: usize,
     offline: f64,
     wall: f64,
     /// Latencies of the answered requests, sorted.
@@ -232,26 +300,35 @@ struct Measured {
     errors: std::collections::BTreeMap<String, usize>,
     rss_before: f64,
     rss_after: f64,
+    /// The server's peak resident memory over the whole run (warm-up included), MiB.
+    rss_peak: f64,
     /// (upper bound, backend runs) of the batch sizes during the timed run.
     batches: Vec<(String, u64)>,
     exit_code: Option<i32>,
 }
 
-/// Runs `pipe infer` offline, then the server: warm-up, timed run, SIGTERM.
+/// Runs `pipe infer` offline, then the server: warm-up, `requests` timed requests, SIGTERM.
 fn measure(
     s: &Settings,
     pipe: &Path,
-    bodies: Arc<Vec<(usize, Vec<u8>)>>,
+    bodies: Arc<Vec<Body>>,
+    requests: usize,
     out_dir: &Path,
 ) -> Measured {
     let t = Instant::now();
-    let offline = offline_rate(pipe, s, &out_dir.join(format!("infer-{}.tsv", s.backend)));
+    let offline = offline_rate(pipe, s, &out_dir.join(format!("infer-{}.tsv", label(s))));
     eprintln!(
         "pipe infer offline: {offline:.1} images/s ({:.1} s)",
         t.elapsed().as_secs_f64()
     );
     let (mut server, addr) = start_server(pipe, s);
-    let url = format!("http://{addr}/v2/models/pipe_vgg16/infer");
+    let url = if s.photos {
+        format!("http://{addr}/v1/classify")
+    } else {
+        format!("http://{addr}/v2/models/pipe_vgg16/infer")
+    };
+    // One request per client for photos (each takes about a second); 1,000 for tensors.
+    let warm_up = if s.photos { s.clients } else { 1000 };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -259,7 +336,7 @@ fn measure(
     let warm = runtime.block_on(hammer(
         url.clone(),
         bodies.clone(),
-        1000.min(s.requests),
+        warm_up.min(requests),
         s.clients,
     ));
     assert!(warm.errors.is_empty(), "warm-up errors: {:?}", warm.errors);
@@ -271,10 +348,11 @@ fn measure(
     let before = scrape();
     let rss_before = rss_mib(server.id());
     let t = Instant::now();
-    let mut run = runtime.block_on(hammer(url, bodies, s.requests, s.clients));
+    let mut run = runtime.block_on(hammer(url, bodies, requests, s.clients));
     let wall = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
     let rss_after = rss_mib(server.id());
+    let rss_peak = peak_rss_mib(server.id());
     let after = scrape();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) };
@@ -290,12 +368,14 @@ fn measure(
         prev = cumulative;
     }
     Measured {
+        requests,
         offline,
         wall,
         latencies: run.latencies,
         errors: run.errors,
         rss_before,
         rss_after,
+        rss_peak,
         batches,
         exit_code: exit.code(),
     }
@@ -312,12 +392,13 @@ fn report(s: &Settings, m: &Measured, out_dir: &Path) {
         percentile(&m.latencies, 0.5),
         percentile(&m.latencies, 0.99),
     );
+    let kind = if s.photos {
+        "requests (1 photo file each, /v1/classify)"
+    } else {
+        "requests (1 image each, binary FP32)"
+    };
     let rows = [
-        (
-            "requests (1 image each, binary FP32)",
-            s.requests.to_string(),
-            String::new(),
-        ),
+        (kind, m.requests.to_string(), String::new()),
         ("concurrent clients", s.clients.to_string(), String::new()),
         (
             "answered / errors",
@@ -355,13 +436,19 @@ fn report(s: &Settings, m: &Measured, out_dir: &Path) {
             pass(rss_change.abs() <= 0.10, "within 10%"),
         ),
         (
+            "server peak RSS (MiB)",
+            format!("{:.1}", m.rss_peak),
+            String::new(),
+        ),
+        (
             "exit code after SIGTERM",
             format!("{:?}", m.exit_code),
             pass(m.exit_code == Some(0), "0"),
         ),
     ];
     println!(
-        "\nload test: backend {}, model {}, wall {:.1} s",
+        "\nload test{}: backend {}, model {}, wall {:.1} s",
+        if s.photos { " (photos)" } else { "" },
         s.backend,
         s.model.display(),
         m.wall
@@ -382,15 +469,26 @@ fn report(s: &Settings, m: &Measured, out_dir: &Path) {
     write_summary(s, m, stats, out_dir);
 }
 
-/// Writes `target/loadtest/summary-<backend>.json`: the settings, `stats` and the raw measures.
+/// `<backend>`, or `<backend>-photos`: names the run's files.
+fn label(s: &Settings) -> String {
+    if s.photos {
+        format!("{}-photos", s.backend)
+    } else {
+        s.backend.clone()
+    }
+}
+
+/// Writes `target/loadtest/summary-<label>.json`: the settings, `stats` and the raw measures.
 fn write_summary(s: &Settings, m: &Measured, stats: serde_json::Value, out_dir: &Path) {
     let summary = json!({
-        "backend": s.backend, "model": s.model, "requests": s.requests, "clients": s.clients,
+        "photos": s.photos, "data": s.data,
+        "backend": s.backend, "model": s.model, "requests": m.requests, "clients": s.clients,
         "serve_args": s.serve_args, "stats": stats, "errors": m.errors, "wall_s": m.wall,
         "offline_images_per_s": m.offline, "rss_before_mib": m.rss_before,
-        "rss_after_mib": m.rss_after, "batch_sizes": m.batches, "exit_code": m.exit_code,
+        "rss_after_mib": m.rss_after, "rss_peak_mib": m.rss_peak, "batch_sizes": m.batches,
+        "exit_code": m.exit_code,
     });
-    let path = out_dir.join(format!("summary-{}.json", s.backend));
+    let path = out_dir.join(format!("summary-{}.json", label(s)));
     std::fs::write(&path, serde_json::to_vec_pretty(&summary).expect("json"))
         .expect("write summary");
     println!("written to {}", path.display());
@@ -408,18 +506,28 @@ fn main() {
     let info = pipe::onnx::ModelInfo::read(&s.model).expect("read the model (LOADTEST_MODEL)");
     let files =
         pipe::data::collect_image_files(std::slice::from_ref(&s.data)).expect("image folder");
-    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let squash = pipe::data::ImageSpec::new(info.input_size, pipe::data::ResizePolicy::Squash);
-    let pixels = pipe::data::load_images(&paths, &squash.full_decode(), pipe::data::OnError::Stop)
-        .expect("decode images")
-        .pixels;
-    let bodies = Arc::new(bodies(&pixels, info.input_size));
+    let (bodies, skipped) = if s.photos {
+        photo_bodies(&files, &info)
+    } else {
+        let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        let squash = pipe::data::ImageSpec::new(info.input_size, pipe::data::ResizePolicy::Squash);
+        let pixels =
+            pipe::data::load_images(&paths, &squash.full_decode(), pipe::data::OnError::Stop)
+                .expect("decode images")
+                .pixels;
+        (tensor_bodies(&pixels, info.input_size), 0)
+    };
+    assert!(!bodies.is_empty(), "no images in {}", s.data.display());
+    let requests = s
+        .requests
+        .unwrap_or(if s.photos { bodies.len() } else { 10_000 });
     eprintln!(
-        "loadtest: {} images, backend {}, model {}",
-        files.len(),
+        "loadtest: {} images ({skipped} files left out that pipe cannot decode), input {side}x{side}, backend {}, model {}",
+        bodies.len(),
         s.backend,
-        s.model.display()
+        s.model.display(),
+        side = info.input_size
     );
-    let m = measure(&s, &pipe, bodies, &out_dir);
+    let m = measure(&s, &pipe, Arc::new(bodies), requests, &out_dir);
     report(&s, &m, &out_dir);
 }

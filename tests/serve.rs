@@ -136,6 +136,8 @@ fn argmax(v: &[f32]) -> usize {
 struct Server {
     child: Child,
     addr: String,
+    /// The line the server printed on stdout when it started listening.
+    banner: String,
     log: PathBuf,
     _log_dir: tempfile::TempDir,
 }
@@ -179,6 +181,7 @@ impl Server {
         Server {
             child,
             addr,
+            banner: line,
             log,
             _log_dir: log_dir,
         }
@@ -574,6 +577,22 @@ fn assert_metrics_contain(server: &Server, needles: &[&str]) {
     }
 }
 
+/// Fetches `/metrics` and checks that each of `lines` is one of its lines, exactly.
+fn assert_metric_lines(server: &Server, lines: &[&str]) {
+    let metrics = client()
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for line in lines {
+        assert!(
+            metrics.lines().any(|l| l == *line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+}
+
 /// `/v1/classify` with raw bodies and a multipart form equals `pipe infer` on the same files.
 fn check_classify(server: &Server, backend: &str) {
     let fx = fixture();
@@ -830,6 +849,109 @@ fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
             "pipe_errors_total{kind=\"body_too_large\"} 1",
             "pipe_errors_total{kind=\"request_timeout\"} 1",
             "pipe_errors_total{kind=\"model_not_found\"} 3",
+        ],
+    );
+    server.stop();
+}
+
+#[test]
+fn max_batch_is_bounded_by_the_memory_bound_of_the_input_size() {
+    // At 32 pixels pipe infer's batch is 256 images: --max-batch 300 is lowered to it, with a warning.
+    let server = Server::start("tract", &["--max-batch", "300"]);
+    assert!(
+        server.banner.contains("max batch 256)"),
+        "{}",
+        server.banner
+    );
+    let config: Value = client()
+        .get(server.url(&format!("/v2/models/{MODEL}/config")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(config["max_batch_size"], json!(256));
+    assert_metric_lines(&server, &["pipe_batch_limit_images 256"]);
+    let log = server.stop();
+    assert!(
+        log.contains("--max-batch 300 is over the memory bound of 256 images per batch at 32x32"),
+        "{log}"
+    );
+    assert!(log.contains("at most 256 images per backend run"), "{log}");
+    // Not given: 32, silently.
+    let server = Server::start("tract", &[]);
+    assert!(server.banner.contains("max batch 32)"), "{}", server.banner);
+    assert!(!server.stop().contains("WARN"));
+}
+
+#[test]
+fn expired_requests_are_answered_and_never_run() {
+    let fx = fixture();
+    // One model instance; a batch of up to 2 images waits up to 10 minutes for its second image,
+    // while requests time out after 2 s.
+    let server = Server::start(
+        "tract",
+        &[
+            "--instances",
+            "1",
+            "--max-batch",
+            "2",
+            "--max-delay-ms",
+            "600000",
+            "--request-timeout-ms",
+            "2000",
+        ],
+    );
+    let http = client();
+    // One image: the worker takes it and waits for a second one until the request times out.
+    let resp = http
+        .post(server.url("/v1/classify"))
+        .body(std::fs::read(&fx.files[0]).unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let doc: Value = resp.json().unwrap();
+    assert!(
+        doc["error"].as_str().unwrap().contains("request timeout"),
+        "{doc}"
+    );
+    // Two images fill a batch: the expired image, still waiting in the batch being gathered, is
+    // dropped, and the batch runs the two new images alone.
+    let form = reqwest::blocking::multipart::Form::new()
+        .file("image", &fx.files[1])
+        .unwrap()
+        .file("image", &fx.files[2])
+        .unwrap();
+    let resp = http
+        .post(server.url("/v1/classify"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let doc: Value = resp.json().unwrap();
+    let labels: Vec<u64> = doc["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["class_index"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = fx.infer["tract"][1..3]
+        .iter()
+        .map(|(l, _)| *l as u64)
+        .collect();
+    assert_eq!(labels, expected);
+    // Counted once as a timeout, dropped unrun: one backend run of 2 images in all.
+    assert_metric_lines(
+        &server,
+        &[
+            "pipe_errors_total{kind=\"inference_timeout\"} 1",
+            "pipe_requests_dropped_total{reason=\"deadline_passed\"} 1",
+            "pipe_images_total 2",
+            "pipe_batch_size_count 1",
+            "pipe_batch_size_bucket{le=\"1\"} 0",
+            "pipe_batch_size_bucket{le=\"2\"} 1",
+            "pipe_queue_depth 0",
+            "pipe_inflight_images 0",
         ],
     );
     server.stop();

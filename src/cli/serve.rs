@@ -40,9 +40,13 @@ pub struct ServeArgs {
     /// The model's name in /v2/models/<name>/... URLs (the name `pipe export --triton` gives it).
     #[arg(long, default_value = DEFAULT_MODEL_NAME)]
     pub model_name: String,
-    /// Most images per backend run: concurrent requests are gathered into batches up to this size.
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    pub max_batch: usize,
+    /// Most images per backend run (default 32): concurrent requests are gathered into batches up to
+    /// this size, lowered to the memory bound of the model's input size (pipe infer's batch: 256 up to
+    /// 64 pixels, 20 at 224, 7 at 384; a larger value given is lowered with a warning) and, batch by
+    /// batch, to the images the backend is expected to run in half of --request-timeout-ms (by a
+    /// warm-up at start, then the real batches). The startup log says the values.
+    #[arg(long, value_name = "N")]
+    pub max_batch: Option<usize>,
     /// Longest time a batch waits for more requests after its oldest image arrived, milliseconds.
     #[arg(long, default_value_t = 5, value_name = "MS")]
     pub max_delay_ms: u64,
@@ -85,12 +89,13 @@ impl ServeArgs {
         let opts = self.into_options()?;
         let summary = pipe::serve::serve(&opts, |l| {
             println!(
-                "pipe serve: listening on http://{} (model '{}' from {}, backend {}, input {s}x{s}, {} classes)",
+                "pipe serve: listening on http://{} (model '{}' from {}, backend {}, input {s}x{s}, {} classes, max batch {})",
                 l.addr,
                 opts.model_name,
                 opts.model.display(),
                 l.backend,
                 l.classes,
+                l.max_batch,
                 s = l.input_size
             );
             let _ = std::io::stdout().flush();
@@ -109,7 +114,7 @@ impl ServeArgs {
     /// # Errors
     /// [`Error::Usage`] for a zero size or count, or a missing model file.
     fn into_options(self) -> pipe::Result<ServeOptions> {
-        if self.max_batch == 0 || self.queue == 0 || self.instances == 0 {
+        if self.max_batch == Some(0) || self.queue == 0 || self.instances == 0 {
             return Err(Error::Usage(
                 "--max-batch, --queue and --instances must be at least 1".into(),
             ));

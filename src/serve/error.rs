@@ -103,6 +103,22 @@ impl ApiError {
         }
     }
 
+    /// A 503 with `Retry-After`: the request's images were not inferred within the request timeout
+    /// (`timeout`), or were dropped unrun because they could not be (see [`super::bounds::verdict`]).
+    pub fn inference_timeout(timeout: std::time::Duration) -> Self {
+        ApiError {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "inference_timeout",
+                format!(
+                    "inference not finished within the request timeout of {:.1} s; the server is overloaded",
+                    timeout.as_secs_f64()
+                ),
+            )
+        }
+    }
+
     /// A 500 for a backend failure.
     pub fn backend(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "backend", message)

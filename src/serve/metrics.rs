@@ -97,6 +97,8 @@ struct Labelled {
     errors: BTreeMap<&'static str, u64>,
     batch_size: Option<Histogram>,
     batch_seconds: Option<Histogram>,
+    /// reason → requests taken off the queue and not run.
+    dropped: BTreeMap<&'static str, u64>,
 }
 
 /// All metrics of one server. Cheap to update from many threads (one short lock per request).
@@ -111,6 +113,10 @@ pub struct Metrics {
     images: AtomicU64,
     /// Successful inference requests (KServe and /v1/classify).
     answered: AtomicU64,
+    /// The batcher's estimate of the backend's seconds per image, as `f64` bits.
+    secs_per_image: AtomicU64,
+    /// The most images the batcher gathers into one batch now, by memory and by time.
+    batch_limit: AtomicI64,
 }
 
 impl Metrics {
@@ -153,9 +159,34 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Counts one request taken off the queue and not run, for `reason` (`deadline_passed`,
+    /// `cannot_finish`, `abandoned`).
+    pub fn record_dropped(&self, reason: &'static str) {
+        *self.lock().dropped.entry(reason).or_default() += 1;
+    }
+
+    /// Requests taken off the queue and not run for `reason` so far.
+    pub fn dropped(&self, reason: &str) -> u64 {
+        self.lock().dropped.get(reason).copied().unwrap_or(0)
+    }
+
+    /// Sets the gauges of the batcher's bounds: its estimate of the backend's seconds per image and
+    /// the most images it gathers into a batch now.
+    pub fn set_batch_bounds(&self, secs_per_image: f64, batch_limit: usize) {
+        self.secs_per_image
+            .store(secs_per_image.to_bits(), Ordering::Relaxed);
+        self.batch_limit
+            .store(batch_limit.min(i64::MAX as usize) as i64, Ordering::Relaxed);
+    }
+
     /// Adds `delta` images to the queue-depth gauge (negative when a batch takes them).
     pub fn add_queued(&self, delta: i64) {
         self.queue_depth.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Images admitted and waiting for a batch now.
+    pub fn queued(&self) -> i64 {
+        self.queue_depth.load(Ordering::Relaxed)
     }
 
     /// Adds `delta` images to the in-flight gauge (negative when they are answered or abandoned).
@@ -222,6 +253,23 @@ impl Metrics {
             family(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        let name = "pipe_batch_limit_images";
+        family(
+            &mut out,
+            name,
+            "gauge",
+            "Most images the batcher gathers into one backend run now (--max-batch bounded by memory and by time).",
+        );
+        let _ = writeln!(out, "{name} {}", self.batch_limit.load(Ordering::Relaxed));
+        let name = "pipe_backend_seconds_per_image";
+        family(
+            &mut out,
+            name,
+            "gauge",
+            "The batcher's running estimate of the backend's seconds per image.",
+        );
+        let secs = f64::from_bits(self.secs_per_image.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name} {secs}");
         out
     }
 }
@@ -257,6 +305,16 @@ impl Labelled {
         family(out, name, "counter", "Failed requests by kind of error.");
         for (kind, n) in &self.errors {
             let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {n}");
+        }
+        let name = "pipe_requests_dropped_total";
+        family(
+            out,
+            name,
+            "counter",
+            "Requests taken off the queue and not run, by reason (deadline_passed, cannot_finish: answered 503 inference_timeout; abandoned: the client had gone).",
+        );
+        for (reason, n) in &self.dropped {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
         }
         let histograms = [
             (
@@ -331,6 +389,9 @@ mod tests {
         );
         m.record_batch(3, Duration::from_millis(20));
         m.add_inflight(2);
+        m.record_dropped("deadline_passed");
+        m.record_dropped("deadline_passed");
+        m.set_batch_bounds(0.25, 7);
         let text = m.render();
         for line in [
             "pipe_http_requests_total{endpoint=\"/v2/health/live\",code=\"200\"} 1",
@@ -340,11 +401,18 @@ mod tests {
             "pipe_batch_size_count 1",
             "pipe_inflight_images 2",
             "pipe_images_total 3",
+            "pipe_requests_dropped_total{reason=\"deadline_passed\"} 2",
+            "pipe_backend_seconds_per_image 0.25",
+            "pipe_batch_limit_images 7",
             "pipe_http_request_duration_seconds_count{endpoint=\"/v2/models/{name}/infer\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
         assert_eq!(text.matches("# TYPE pipe_batch_size histogram").count(), 1);
         assert_eq!(m.requests_with_status(400), 1);
+        assert_eq!(
+            (m.dropped("deadline_passed"), m.dropped("abandoned")),
+            (2, 0)
+        );
     }
 }

@@ -2,12 +2,14 @@
 //! protocol (health, metadata, JSON and binary tensors, classification), offers `POST /v1/classify`
 //! for image files, batches concurrent requests dynamically, and exports Prometheus metrics.
 //!
-//! Layout: [`batcher`] (bounded queue, model workers), [`kserve`] (protocol messages), [`routes`]
-//! (HTTP routes and middleware), [`classify`] (`/v1/classify`), [`metrics`], [`error`], [`cli`] (the
-//! command-line options). [`serve`] runs it all until SIGTERM or SIGINT, then drains: readiness turns
+//! Layout: [`batcher`] (bounded queue, model workers), [`bounds`] (the batch limit by memory and by
+//! time, the estimate of seconds per image, which queued requests are still run), [`kserve`]
+//! (protocol messages), [`routes`] (HTTP routes and middleware), [`classify`] (`/v1/classify`),
+//! [`metrics`], [`error`], [`cli`] (the command-line options). [`serve`] runs it all until SIGTERM or SIGINT, then drains: readiness turns
 //! false, new requests get 503, requests in flight are answered, and it returns.
 
 pub mod batcher;
+pub mod bounds;
 pub mod classify;
 pub mod error;
 pub mod kserve;
@@ -20,6 +22,7 @@ pub use error::{ApiError, ServeError};
 use crate::infer::BackendOptions;
 use crate::onnx::ModelInfo;
 use batcher::{BatchConfig, Batcher};
+use bounds::MaxBatch;
 use metrics::Metrics;
 use state::AppState;
 use std::net::SocketAddr;
@@ -46,8 +49,10 @@ pub struct ServeOptions {
     pub port: u16,
     /// The model's name in URLs.
     pub model_name: String,
-    /// Largest batch per backend run, images.
-    pub max_batch: usize,
+    /// Largest batch per backend run, images, as given by `--max-batch` (`None`: not given,
+    /// [`bounds::DEFAULT_MAX_BATCH`]); the server lowers it to the memory bound of the model's input
+    /// size ([`MaxBatch`]) and, batch by batch, to what runs in half the request timeout.
+    pub max_batch: Option<usize>,
     /// Longest wait for a batch to fill after its oldest image was queued.
     pub max_delay: Duration,
     /// Most images admitted and not yet answered.
@@ -89,6 +94,8 @@ pub struct Listening {
     pub classes: usize,
     /// The model's input side, pixels.
     pub input_size: usize,
+    /// Most images per backend run: `--max-batch` lowered to the memory bound of the input size.
+    pub max_batch: usize,
 }
 
 fn init_logging(level: tracing::Level, json: bool) {
@@ -121,15 +128,44 @@ pub fn serve(
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         backend.threads = (cores / opts.instances).max(1);
     }
+    let max_batch = MaxBatch::new(opts.max_batch, info.input_size);
+    if max_batch.lowered_from_explicit() {
+        tracing::warn!(
+            max_batch = max_batch.requested,
+            memory_bound = max_batch.memory_bound,
+            input_size = info.input_size,
+            "--max-batch {} is over the memory bound of {} images per batch at {s}x{s} pixels (the batch of pipe infer); batches hold at most {}",
+            max_batch.requested,
+            max_batch.memory_bound,
+            max_batch.effective,
+            s = info.input_size
+        );
+    }
     let cfg = BatchConfig {
-        max_batch: opts.max_batch,
+        max_batch: max_batch.effective,
         max_delay: opts.max_delay,
         queue: opts.queue,
         instances: opts.instances,
         input_size: info.input_size,
         classes: info.classes.len(),
+        request_timeout: opts.request_timeout,
     };
     let batcher = Batcher::start(&opts.model, &backend, cfg, metrics.clone())?;
+    tracing::info!(
+        max_batch = max_batch.effective,
+        requested = max_batch.requested,
+        memory_bound = max_batch.memory_bound,
+        secs_per_image = batcher.pace().secs_per_image(),
+        batch_limit = batcher.batch_limit(),
+        "batching: at most {} images per backend run (--max-batch {}, memory bound {} at {s}x{s}); by the warm-up's {:.4} s per image, {} fit in half the request timeout of {:.1} s",
+        max_batch.effective,
+        max_batch.requested,
+        max_batch.memory_bound,
+        batcher.pace().secs_per_image(),
+        bounds::batch_cap(usize::MAX, opts.request_timeout, &batcher.pace()),
+        opts.request_timeout.as_secs_f64(),
+        s = info.input_size
+    );
     let state = Arc::new(AppState {
         model_name: opts.model_name.clone(),
         info,
@@ -173,8 +209,9 @@ async fn serve_http(
         backend: state.batcher.backend_name(),
         classes: state.info.classes.len(),
         input_size: state.info.input_size,
+        max_batch: state.batcher.config().max_batch,
     };
-    tracing::info!(addr = %listening.addr, model = %opts.model.display(), backend = listening.backend, "listening");
+    tracing::info!(addr = %listening.addr, model = %opts.model.display(), backend = listening.backend, max_batch = listening.max_batch, "listening");
     on_listening(&listening);
     let app = routes::router(state.clone());
     axum::serve(listener, app)

@@ -54,10 +54,12 @@ pub fn body_error(r: BytesRejection, max_body: usize) -> ApiError {
     }
 }
 
-/// Queues `n` images and waits for their output rows, at most until `deadline`.
+/// Queues `n` images with the request's `deadline` and waits for their output rows, at most until
+/// the deadline.
 ///
 /// # Errors
-/// 503 while shutting down, when the queue is full or the deadline passes; 500 when the backend fails.
+/// 503 while shutting down, when the queue is full, when the deadline passes or when the batcher
+/// drops the images unrun because they cannot be inferred by then; 500 when the backend fails.
 pub async fn run_images(
     st: &AppState,
     pixels: Vec<f32>,
@@ -67,20 +69,10 @@ pub async fn run_images(
     if st.draining.load(Ordering::Acquire) {
         return Err(ApiError::shutting_down());
     }
-    let rx = st.batcher.submit(pixels, n)?;
+    let rx = st.batcher.submit(pixels, n, deadline)?;
     match tokio::time::timeout_at(deadline.into(), rx).await {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => Err(ApiError::backend("the model worker stopped")),
-        Err(_) => Err(ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "inference_timeout",
-                format!(
-                    "inference not finished within the request timeout of {:.1} s; the server is overloaded",
-                    st.request_timeout.as_secs_f64()
-                ),
-            )
-        }),
+        Err(_) => Err(ApiError::inference_timeout(st.request_timeout)),
     }
 }
