@@ -176,6 +176,7 @@ fn metadata_props_describe_the_run_the_input_and_the_preprocessing() {
         ("fine_tuned_conv_layers", "0"),
         ("run", "meta"),
         ("weights_dtype", "float32"),
+        ("precision", "float32"),
         ("pipe_version", env!("CARGO_PKG_VERSION")),
         (
             "test_accuracy",
