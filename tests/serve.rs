@@ -564,14 +564,19 @@ fn assert_rows_match(expected: &[(usize, Vec<f32>)], rows: &[Vec<f32>], what: &s
     eprintln!("{what}: same labels as pipe infer, max |Δp| {max:.1e}");
 }
 
-/// Fetches `/metrics` and checks that it holds every one of `needles`.
-fn assert_metrics_contain(server: &Server, needles: &[&str]) {
-    let metrics = client()
+/// The text of the server's `/metrics`.
+fn metrics_text(server: &Server) -> String {
+    client()
         .get(server.url("/metrics"))
         .send()
         .unwrap()
         .text()
-        .unwrap();
+        .unwrap()
+}
+
+/// Fetches `/metrics` and checks that it holds every one of `needles`.
+fn assert_metrics_contain(server: &Server, needles: &[&str]) {
+    let metrics = metrics_text(server);
     for needle in needles {
         assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
     }
@@ -579,12 +584,7 @@ fn assert_metrics_contain(server: &Server, needles: &[&str]) {
 
 /// Fetches `/metrics` and checks that each of `lines` is one of its lines, exactly.
 fn assert_metric_lines(server: &Server, lines: &[&str]) {
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_text(server);
     for line in lines {
         assert!(
             metrics.lines().any(|l| l == *line),
