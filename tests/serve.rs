@@ -574,6 +574,23 @@ fn metrics_text(server: &Server) -> String {
         .unwrap()
 }
 
+/// Waits (at most 60 s) until each of `lines` is one of the lines of `/metrics`, exactly: the test
+/// synchronises on the server's own counters and gauges, not on a pause.
+fn wait_for_metric_lines(server: &Server, lines: &[&str]) {
+    let start = Instant::now();
+    loop {
+        let metrics = metrics_text(server);
+        if lines.iter().all(|line| metrics.lines().any(|l| l == *line)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{lines:?} not all seen within 60 s:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Fetches `/metrics` and checks that it holds every one of `needles`.
 fn assert_metrics_contain(server: &Server, needles: &[&str]) {
     let metrics = metrics_text(server);
@@ -840,7 +857,7 @@ fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
             .status(),
         StatusCode::OK
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_metric_lines(&server, &["pipe_inflight_images 0"]);
     assert_metrics_contain(
         &server,
         &[
@@ -969,7 +986,8 @@ fn a_full_queue_answers_503_with_retry_after_at_once() {
         let req = json!({"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "FP32", "data": pixels_f32(0..1)}]});
         std::thread::spawn(move || client().post(url).json(&req).send().unwrap().status())
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // The waiting image is admitted (and gathering company) before the full request comes.
+    wait_for_metric_lines(&server, &["pipe_inflight_images 1"]);
     let start = Instant::now();
     let resp = binary_request(&server, 0..8, Value::Null);
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -1003,10 +1021,13 @@ fn sigterm_during_a_burst_answers_or_refuses_every_request() {
     let fx = fixture();
     let server = Server::start("tract", &["--drain-ms", "1500", "--log-level", "warn"]);
     let expected: Vec<usize> = fx.infer["tract"].iter().map(|(l, _)| *l).collect();
+    // Each client says when its second answer came, so that SIGTERM falls in a burst under way.
+    let (first_answer, first_answers) = std::sync::mpsc::channel::<usize>();
     let clients: Vec<_> = (0..16)
         .map(|c| {
             let url = server.url(&format!("/v2/models/{MODEL}/infer"));
             let expected = expected.clone();
+            let first_answer = first_answer.clone();
             std::thread::spawn(move || {
                 let http = client();
                 let (mut answered, mut refused) = (0usize, 0usize);
@@ -1026,6 +1047,9 @@ fn sigterm_during_a_burst_answers_or_refuses_every_request() {
                             let label = doc["outputs"][0]["data"][0].as_str().unwrap().to_string();
                             assert_eq!(label.split(':').nth(1).unwrap(), expected[k].to_string(), "{label}");
                             answered += 1;
+                            if answered == 2 {
+                                let _ = first_answer.send(c);
+                            }
                         }
                         StatusCode::SERVICE_UNAVAILABLE => {
                             refused += 1;
@@ -1038,7 +1062,11 @@ fn sigterm_during_a_burst_answers_or_refuses_every_request() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(2000));
+    for _ in 0..16 {
+        first_answers
+            .recv_timeout(Duration::from_secs(120))
+            .expect("every client gets two answers");
+    }
     let (status, log) = server.stop_with(libc::SIGTERM);
     let (answered, refused) = clients
         .into_iter()
