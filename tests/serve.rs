@@ -610,6 +610,25 @@ fn assert_metric_lines(server: &Server, lines: &[&str]) {
     }
 }
 
+/// Posts `form` with each of `files` added as an `image` part to `/v1/classify`, expects 200 and
+/// returns the JSON answer.
+fn classify_multipart(
+    server: &Server,
+    mut form: reqwest::blocking::multipart::Form,
+    files: &[PathBuf],
+) -> Value {
+    for f in files {
+        form = form.file("image", f).unwrap();
+    }
+    let resp = client()
+        .post(server.url("/v1/classify"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().unwrap()
+}
+
 /// `/v1/classify` with raw bodies and a multipart form equals `pipe infer` on the same files.
 fn check_classify(server: &Server, backend: &str) {
     let fx = fixture();
@@ -631,17 +650,8 @@ fn check_classify(server: &Server, backend: &str) {
         );
         got.push(floats(&p["probabilities"]));
     }
-    let mut form = reqwest::blocking::multipart::Form::new().text("note", "not a file");
-    for f in &fx.files[5..] {
-        form = form.file("image", f).unwrap();
-    }
-    let resp = http
-        .post(server.url("/v1/classify"))
-        .multipart(form)
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let doc: Value = resp.json().unwrap();
+    let form = reqwest::blocking::multipart::Form::new().text("note", "not a file");
+    let doc = classify_multipart(server, form, &fx.files[5..]);
     for (p, f) in doc["predictions"]
         .as_array()
         .unwrap()
@@ -934,18 +944,8 @@ fn expired_requests_are_answered_and_never_run() {
     );
     // Two images fill a batch: the expired image, still waiting in the batch being gathered, is
     // dropped, and the batch runs the two new images alone.
-    let form = reqwest::blocking::multipart::Form::new()
-        .file("image", &fx.files[1])
-        .unwrap()
-        .file("image", &fx.files[2])
-        .unwrap();
-    let resp = http
-        .post(server.url("/v1/classify"))
-        .multipart(form)
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let doc: Value = resp.json().unwrap();
+    let form = reqwest::blocking::multipart::Form::new();
+    let doc = classify_multipart(&server, form, &fx.files[1..3]);
     let labels: Vec<u64> = doc["predictions"]
         .as_array()
         .unwrap()
