@@ -7,7 +7,7 @@
 //! accuracy drops by more than allowed.
 
 use super::calibrate::{calibration_points, Calibration, CalibrationPoint, Stats};
-use super::verify::{pixels, verify_batch, Records};
+use super::verify::{run_test_images, Records};
 use crate::arch::Arch;
 use crate::data::{ImageSpec, LoadedSplit, OnError, SplitList, SplitPart, SPLIT_FILE};
 use crate::error::{Error, Result};
@@ -278,7 +278,6 @@ pub fn verify_int8(
 ) -> Result<Int8Verification> {
     let preds: Predictions = crate::util::read_json(&run_dir.join(crate::run::PREDICTIONS_FILE))?;
     let spec = crate::onnx::ModelInfo::read(model)?.image;
-    let s = spec.size;
     let records = Records::read(&preds)?;
     let mut backend = crate::infer::open_backend(
         model,
@@ -295,31 +294,22 @@ pub fn verify_int8(
     let (mut right, mut float_right, mut same) = (0usize, 0usize, 0usize);
     let progress = |done: usize| events.progress(Task::Verify, done, n);
     progress(0);
-    let mut run =
-        || -> Result<()> {
-            for (k, chunk) in items.chunks(verify_batch(s)).enumerate() {
-                let input: Vec<f32> = pixels(&preds, &records, chunk, &spec)?
-                    .iter()
-                    .map(|&v| f32::from(v))
-                    .collect();
-                let view = ndarray::ArrayView4::from_shape((chunk.len(), s, s, 3), &input)
-                    .map_err(|e| Error::Backend {
-                        backend: engine,
-                        message: e.to_string(),
-                    })?;
-                let out = backend.run(view)?;
-                for (row, it) in out.rows().into_iter().zip(chunk) {
-                    let label = argmax(row.as_slice().unwrap_or(&row.to_vec()));
-                    let float = argmax(&it.probabilities);
-                    right += usize::from(label == it.label);
-                    float_right += usize::from(float == it.label);
-                    same += usize::from(label == float);
-                }
-                progress((k * verify_batch(s) + chunk.len()).min(n));
-            }
+    let done = run_test_images(
+        backend.as_mut(),
+        &preds,
+        &records,
+        &items,
+        &spec,
+        |row, it| {
+            let label = argmax(row);
+            let float = argmax(&it.probabilities);
+            right += usize::from(label == it.label);
+            float_right += usize::from(float == it.label);
+            same += usize::from(label == float);
             Ok(())
-        };
-    let done = run();
+        },
+        progress,
+    );
     events.emit(Event::ProgressDone(Task::Verify));
     done?;
     let share = |k: usize| k as f64 / n.max(1) as f64;

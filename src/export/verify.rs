@@ -4,6 +4,7 @@
 use crate::contract::Output;
 use crate::data::ImageSpec;
 use crate::error::{Error, Result};
+use crate::infer::Backend;
 use crate::run::{PredictionItem, Predictions};
 use std::path::Path;
 
@@ -62,7 +63,7 @@ pub fn verify_against_run(
     kind: Output,
     tolerance: f32,
 ) -> Result<Verification> {
-    use crate::infer::{tract_backend::TractBackend, Backend};
+    use crate::infer::tract_backend::TractBackend;
     let preds: Predictions = crate::util::read_json(&run_dir.join(crate::run::PREDICTIONS_FILE))?;
     let total = preds.items.len();
     let take = n.min(total);
@@ -70,31 +71,25 @@ pub fn verify_against_run(
         .map(|i| &preds.items[i * total / take.max(1)])
         .collect();
     let spec = crate::onnx::ModelInfo::read(model)?.image;
-    let s = spec.size;
     let records = Records::read(&preds)?;
     let mut backend = TractBackend::open(model, 0)?;
     let mut worst = 0f32;
-    for chunk in picked.chunks(verify_batch(s)) {
-        let input: Vec<f32> = pixels(&preds, &records, chunk, &spec)?
-            .iter()
-            .map(|&v| f32::from(v))
-            .collect();
-        let view =
-            ndarray::ArrayView4::from_shape((chunk.len(), s, s, 3), &input).map_err(|e| {
-                Error::Backend {
-                    backend: "tract",
-                    message: e.to_string(),
-                }
-            })?;
-        let out = backend.run(view)?;
-        for (row, it) in out.rows().into_iter().zip(chunk) {
+    run_test_images(
+        &mut backend,
+        &preds,
+        &records,
+        &picked,
+        &spec,
+        |row, it| {
             let mut p = row.to_vec();
             if kind == Output::Logits {
                 softmax(&mut p);
             }
             worst = worst.max(compare(model, &p, it, tolerance)?);
-        }
-    }
+            Ok(())
+        },
+        |_| {},
+    )?;
     if worst > tolerance {
         return Err(Error::invalid(
             model,
@@ -131,6 +126,45 @@ impl Records {
             records.into_iter().map(|r| (r.name.clone(), r)).collect(),
         ))
     }
+}
+
+/// Runs `backend` on the `picked` test images, decoded as `spec` says ([`pixels`]), [`verify_batch`]
+/// images at a time: `each` gets every image's output row (float32, the model's output) with its
+/// item, in order, and `done` the count of images run after each batch.
+///
+/// # Errors
+/// An image that cannot be read; the backend fails; the first error `each` returns.
+pub(super) fn run_test_images(
+    backend: &mut dyn Backend,
+    preds: &Predictions,
+    records: &Records,
+    picked: &[&PredictionItem],
+    spec: &ImageSpec,
+    mut each: impl FnMut(&[f32], &PredictionItem) -> Result<()>,
+    mut done: impl FnMut(usize),
+) -> Result<()> {
+    let s = spec.size;
+    let mut count = 0;
+    for chunk in picked.chunks(verify_batch(s)) {
+        let input: Vec<f32> = pixels(preds, records, chunk, spec)?
+            .iter()
+            .map(|&v| f32::from(v))
+            .collect();
+        let view =
+            ndarray::ArrayView4::from_shape((chunk.len(), s, s, 3), &input).map_err(|e| {
+                Error::Backend {
+                    backend: backend.name(),
+                    message: e.to_string(),
+                }
+            })?;
+        let out = backend.run(view)?;
+        for (row, it) in out.rows().into_iter().zip(chunk) {
+            each(&row.to_vec(), it)?;
+        }
+        count += chunk.len();
+        done(count);
+    }
+    Ok(())
 }
 
 /// The pixels of the `picked` images as the model's `spec` ([`crate::onnx::ModelInfo::image`])
