@@ -528,6 +528,14 @@ fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
     }
     assert_eq!(m.metadata["calibration"], "minmax");
     assert_eq!(f.metadata["precision"], "float32");
+    // pipe infer's closing line names the precision, and for int8 whether this CPU has int8 dot
+    // products (either answer starts the same way).
+    let img = w.join("one.png");
+    png(&img, 32, 32, |_, _| [10, 20, 30]);
+    for (model, says) in [(&a, "int8 model; this CPU has"), (&float, "float32 model")] {
+        let err = Pipe::infer(model).path(&img).ok().stderr;
+        assert!(err.contains(says), "{says}: {err}");
+    }
     assert!(!f.metadata.contains_key("calibration"));
     let inspect = Pipe::inspect(&a).ok().stdout;
     assert!(
