@@ -11,10 +11,12 @@
 //! for it and go on; [`OnError::Stop`] (`--strict`) returns the first failure in input order as an
 //! [`Error`]. The messages are those of [`decode_image`]'s errors.
 //!
-//! Big JPEGs are decoded at 1/2, 1/4 or 1/8 of their size (DCT scaling, `jpeg-decoder`) when both
-//! sides stay at least the output size, then resized like any image ([`ImageSpec::dct_scaling`]).
-//! Format sniffing, the size limits, truncation checks and EXIF orientation are the same on both
-//! paths; JPEGs with 4 components (CMYK, YCCK) or 16-bit samples always take the full decode.
+//! JPEGs are decoded by libjpeg-turbo, with the defaults PIL uses, so that pipe's pixels are those of
+//! the clients that decode images themselves (PIL, OpenCV, torchvision, TensorFlow); big ones at
+//! 1/2, 1/4 or 1/8 of their size (DCT scaling, as PIL's `draft`) when both sides stay at least the
+//! output size, then resized like any image ([`ImageSpec::dct_scaling`]). Format sniffing, the size
+//! limits, truncation checks and EXIF orientation are the same on both paths; JPEGs libjpeg-turbo
+//! cannot give as RGB (CMYK, YCCK, 12-bit samples) and other formats are decoded by the image crate.
 
 use super::geometry::{orientation_swaps_sides, resize_box, shorter_side_to, stored_box};
 use super::resize::{ImageSpec, ResizePolicy, RESIZE_FILTER};
@@ -327,18 +329,19 @@ struct Stored {
 }
 
 /// Step 2 of every decode, and the only one that depends on the decoders: the pixels of the image
-/// `header` describes. With `reduction` > 1, a JPEG of 8-bit RGB or gray samples is decoded at that
-/// DCT reduction (`jpeg-decoder`); any other image, or a JPEG that reduced decoding cannot take
-/// (4 components, 16-bit samples, a decoder error), is decoded in full by the image crate, whose
-/// errors are the ones reported.
+/// `header` describes. A JPEG is decoded by libjpeg-turbo ([`decode_jpeg_libjpeg`]: the decoder of
+/// PIL, OpenCV, torchvision and TensorFlow, so that pipe's pixels are theirs), at the DCT reduction
+/// `reduction` (1 for the full size, else 2, 4 or 8); a JPEG libjpeg-turbo cannot give as RGB
+/// (CMYK or YCCK, 12-bit samples, a decoder error) and any other format are decoded in full by the
+/// image crate, whose errors are the ones reported.
 fn decode_pixels<D: ImageDecoder>(
     path: &Path,
     bytes: &[u8],
     header: Header<D>,
     reduction: u32,
 ) -> std::result::Result<Stored, Failure> {
-    if reduction > 1 && header.format == ImageFormat::Jpeg {
-        if let Some(rgb) = decode_jpeg_reduced(bytes, header.size, reduction) {
+    if header.format == ImageFormat::Jpeg {
+        if let Some(rgb) = decode_jpeg_libjpeg(bytes, header.size, reduction) {
             return Ok(Stored {
                 image: DynamicImage::ImageRgb8(rgb),
                 reduction,
@@ -354,25 +357,34 @@ fn decode_pixels<D: ImageDecoder>(
     })
 }
 
-/// A JPEG of `w`x`h` (as stored) decoded at `1 / r` of its size by DCT scaling: 8-bit RGB of
-/// `ceil(w / r)` x `ceil(h / r)`, gray replicated. `None` when the image has 4 components or 16-bit
-/// samples, or a step fails.
-fn decode_jpeg_reduced(bytes: &[u8], (w, h): (u32, u32), r: u32) -> Option<RgbImage> {
-    let mut dec = jpeg_decoder::Decoder::new(bytes);
-    dec.set_max_decoding_buffer_size(usize::try_from(MAX_IMAGE_BYTES).ok()?);
-    let (sw, sh) = (w.div_ceil(r), h.div_ceil(r));
-    let got = dec
-        .scale(u16::try_from(sw).ok()?, u16::try_from(sh).ok()?)
-        .ok()?;
-    if (u32::from(got.0), u32::from(got.1)) != (sw, sh) {
+/// A JPEG of `w`x`h` (as stored) decoded by libjpeg-turbo (the `mozjpeg` crate builds its sources,
+/// the libjpeg-turbo decoder unchanged) with libjpeg's defaults, as PIL's `Image.open` + `convert`
+/// uses them: the accurate integer IDCT (`JDCT_ISLOW`), fancy (triangle-filter) chroma upsampling,
+/// conversion to RGB inside libjpeg (gray replicated). With `r` > 1, the DCT-domain reduction to
+/// `1 / r` (libjpeg's `scale_num / scale_denom`, as PIL's `Image.draft`): `ceil(w / r)` x
+/// `ceil(h / r)`. `None` when libjpeg-turbo refuses the file or cannot give it as RGB.
+fn decode_jpeg_libjpeg(bytes: &[u8], (w, h): (u32, u32), r: u32) -> Option<RgbImage> {
+    let numerator = u8::try_from(8 / r)
+        .ok()
+        .filter(|n| [1, 2, 4, 8].contains(n))?;
+    // libjpeg reports errors by unwinding out of its error handler (mozjpeg's error manager).
+    let decoded = std::panic::catch_unwind(|| -> std::io::Result<(usize, usize, Vec<u8>)> {
+        let mut d = mozjpeg::Decompress::new_mem(bytes)?;
+        d.dct_method(mozjpeg::DctMethod::IntegerSlow);
+        d.do_fancy_upsampling(true);
+        d.scale(numerator);
+        let mut started = d.rgb()?;
+        let (ow, oh) = (started.width(), started.height());
+        let pixels = started.read_scanlines::<u8>()?;
+        started.finish()?;
+        Ok((ow, oh, pixels))
+    });
+    let (ow, oh, pixels) = decoded.ok()?.ok()?;
+    let (ow, oh) = (u32::try_from(ow).ok()?, u32::try_from(oh).ok()?);
+    if (ow, oh) != (w.div_ceil(r), h.div_ceil(r)) {
         return None;
     }
-    let rgb = match dec.info()?.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => dec.decode().ok()?,
-        jpeg_decoder::PixelFormat::L8 => dec.decode().ok()?.iter().flat_map(|&v| [v; 3]).collect(),
-        _ => return None,
-    };
-    RgbImage::from_raw(sw, sh, rgb)
+    RgbImage::from_raw(ow, oh, pixels)
 }
 
 /// `image` with the EXIF orientation `o` applied, as 8-bit RGB (grayscale replicated, alpha dropped,
@@ -537,6 +549,31 @@ pub fn load_full_image(path: &Path, shorter_side: Option<u32>) -> Result<RgbImag
         return Err(Error::Usage("shorter side 0 is not usable".into()));
     }
     load_classified(path, Target::Whole(shorter_side)).map_err(|f| f.error)
+}
+
+/// The pixels of an image file (`bytes`, the contents of `path`) as its decoder gives them, before
+/// EXIF orientation and resizing: 8-bit RGB, HWC. A JPEG is decoded by libjpeg-turbo at the DCT
+/// reduction `reduction`: 1 for the full size; 2, 4 or 8 for `ceil(w / r)` x `ceil(h / r)`, PIL's
+/// `Image.draft`. What the tests compare with PIL's pixels.
+///
+/// # Errors
+/// As [`decode_image`]; [`Error::Usage`] for a reduction other than 1, 2, 4 or 8, or a reduction
+/// above 1 that the file cannot be decoded at (not a JPEG, or one libjpeg-turbo cannot give as RGB).
+pub fn decode_stored(path: &Path, bytes: &[u8], reduction: u32) -> Result<RgbImage> {
+    if ![1, 2, 4, 8].contains(&reduction) {
+        return Err(Error::Usage(format!(
+            "DCT reduction {reduction}: 1, 2, 4 or 8"
+        )));
+    }
+    let header = read_header(path, bytes).map_err(|f| f.error)?;
+    let stored = decode_pixels(path, bytes, header, reduction).map_err(|f| f.error)?;
+    if stored.reduction != reduction {
+        return Err(Error::Usage(format!(
+            "{}: cannot be decoded at 1/{reduction} (DCT scaling takes JPEGs of RGB or gray)",
+            path.display()
+        )));
+    }
+    Ok(stored.image.into_rgb8())
 }
 
 /// Per file of a batch: its pixels (`spec.size * spec.size * 3` bytes, HWC RGB), or why it was skipped.
@@ -952,10 +989,8 @@ mod tests {
         let rotated = dir.path().join("rotated.jpg");
         std::fs::write(&rotated, with_orientation(&plain, 6)).unwrap();
         let whole = load_full_image(&rotated, None).unwrap();
-        let want = image::load_from_memory(&plain)
-            .unwrap()
-            .rotate90()
-            .into_rgb8();
+        let stored = decode_stored(Path::new("plain.jpg"), &plain, 1).unwrap();
+        let want = image::imageops::rotate90(&stored);
         assert_eq!(whole, want);
         assert_eq!(whole.dimensions(), (210, 330));
         assert_eq!(load_full_image(&rotated, Some(210)).unwrap(), whole);
