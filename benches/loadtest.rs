@@ -5,15 +5,18 @@
 //!    images and seconds.
 //! 2. `pipe serve` starts on a free port; a warm-up; the server's RSS is read.
 //! 3. Concurrent clients send single-image requests; per-request latency, statuses and errors are kept.
-//! 4. The server's RSS again (and its peak), the batch-size histogram from `/metrics`, then SIGTERM
-//!    (exit code checked).
+//! 4. The server's RSS again (and its peak), its CPU seconds over the timed requests (from
+//!    `/proc/<pid>/stat`, against `pipe infer`'s own per image), the batch-size histogram from
+//!    `/metrics`, then SIGTERM (exit code checked).
+//!
+//! Exits 1 when a row misses its target.
 //!
 //! Two kinds of load:
 //! - tensors (default): 64 clients send 10,000 KServe requests with binary tensors (the images of the
 //!   folder, decoded as pipe decodes them), after 1,000 warm-up requests;
 //! - photos (`LOADTEST_PHOTOS=1`): 32 clients post the photo files themselves to `/v1/classify`, one
 //!   photo per request (the server decodes them, as `pipe infer` does), each photo of the folder once
-//!   after one warm-up request per client; files that pipe cannot decode are left out (and counted),
+//!   after a warm-up pass over every photo; files that pipe cannot decode are left out (and counted),
 //!   as `pipe infer` skips them. Meant for the ants-and-bees photos and a `--preset photos` model
 //!   (384 pixels).
 //!
@@ -83,8 +86,39 @@ fn settings() -> Settings {
     }
 }
 
-/// `pipe infer` on the folder, offline: its images/s, from the images and seconds it reports.
-fn offline_rate(pipe: &Path, s: &Settings, out: &Path) -> f64 {
+/// CPU seconds (user + system) used so far by this process's waited-for children.
+fn children_cpu_s() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(rc, 0, "getrusage(RUSAGE_CHILDREN)");
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from `/proc/<pid>/stat`.
+fn process_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    // Fields after the command name (which may hold spaces) start at field 3 (state); utime and
+    // stime are fields 14 and 15, in clock ticks.
+    let after = &stat[stat.rfind(')').expect("')' in /proc/<pid>/stat") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// What `pipe infer` on the folder, offline, measured: its images/s (from the images and seconds it
+/// reports), and its CPU seconds per image (the whole process: start, model load, decoding and
+/// inference, over the images it classified).
+struct Offline {
+    rate: f64,
+    cpu_per_image: f64,
+}
+
+fn offline_rate(pipe: &Path, s: &Settings, out: &Path) -> Offline {
+    let cpu_before = children_cpu_s();
     let run = Command::new(pipe)
         .args(["infer", "--backend", &s.backend, "--model"])
         .arg(&s.model)
@@ -99,17 +133,22 @@ fn offline_rate(pipe: &Path, s: &Settings, out: &Path) -> f64 {
         run.status.success() || run.status.code() == Some(3),
         "pipe infer failed: {stderr}"
     );
+    let cpu = children_cpu_s() - cpu_before;
     // "<backend>: N images in X s (R images/s; ...)": N / X, as R is rounded to whole images.
-    stderr
+    let (images, secs) = stderr
         .lines()
         .filter_map(|l| {
             let (_, rest) = l.split_once(": ")?;
             let (images, rest) = rest.split_once(" images in ")?;
             let (secs, _) = rest.split_once(" s (")?;
-            Some(images.parse::<f64>().ok()? / secs.parse::<f64>().ok()?)
+            Some((images.parse::<f64>().ok()?, secs.parse::<f64>().ok()?))
         })
         .next_back()
-        .unwrap_or_else(|| panic!("no \"N images in X s\" in: {stderr}"))
+        .unwrap_or_else(|| panic!("no \"N images in X s\" in: {stderr}"));
+    Offline {
+        rate: images / secs,
+        cpu_per_image: cpu / images,
+    }
 }
 
 fn start_server(pipe: &Path, s: &Settings) -> (Child, String) {
@@ -293,8 +332,10 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 struct Measured {
     /// Timed requests sent.
     requests: usize,
-    offline: f64,
+    offline: Offline,
     wall: f64,
+    /// The server's CPU seconds (user + system) over the timed requests.
+    server_cpu: f64,
     /// Latencies of the answered requests, sorted.
     latencies: Vec<Duration>,
     errors: std::collections::BTreeMap<String, usize>,
@@ -318,7 +359,9 @@ fn measure(
     let t = Instant::now();
     let offline = offline_rate(pipe, s, &out_dir.join(format!("infer-{}.tsv", label(s))));
     eprintln!(
-        "pipe infer offline: {offline:.1} images/s ({:.1} s)",
+        "pipe infer offline: {:.1} images/s, {:.1} CPU ms per image ({:.1} s)",
+        offline.rate,
+        offline.cpu_per_image * 1e3,
         t.elapsed().as_secs_f64()
     );
     let (mut server, addr) = start_server(pipe, s);
@@ -327,8 +370,9 @@ fn measure(
     } else {
         format!("http://{addr}/v2/models/pipe_vgg16/infer")
     };
-    // One request per client for photos (each takes about a second); 1,000 for tensors.
-    let warm_up = if s.photos { s.clients } else { 1000 };
+    // Warm-up: every photo once (so that the allocator has met every batch shape before the RSS
+    // is read: a later growth is then a leak, not a first use); 1,000 tensors.
+    let warm_up = if s.photos { bodies.len() } else { 1000 };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -347,9 +391,11 @@ fn measure(
     };
     let before = scrape();
     let rss_before = rss_mib(server.id());
+    let cpu_before = process_cpu_s(server.id());
     let t = Instant::now();
     let mut run = runtime.block_on(hammer(url, bodies, requests, s.clients));
     let wall = t.elapsed().as_secs_f64();
+    let server_cpu = process_cpu_s(server.id()) - cpu_before;
     std::thread::sleep(Duration::from_millis(500));
     let rss_after = rss_mib(server.id());
     let rss_peak = peak_rss_mib(server.id());
@@ -371,6 +417,7 @@ fn measure(
         requests,
         offline,
         wall,
+        server_cpu,
         latencies: run.latencies,
         errors: run.errors,
         rss_before,
@@ -381,12 +428,15 @@ fn measure(
     }
 }
 
-/// Prints the table and writes the summary JSON.
-fn report(s: &Settings, m: &Measured, out_dir: &Path) {
+/// Prints the table and writes the summary JSON; whether every target passed.
+fn report(s: &Settings, m: &Measured, out_dir: &Path) -> bool {
     let ok = m.latencies.len();
     let errors: usize = m.errors.values().sum();
     let throughput = ok as f64 / m.wall;
-    let ratio = throughput / m.offline;
+    let ratio = throughput / m.offline.rate;
+    // CPU per image: offline's over the server's (1.0: the server spends what pipe infer does).
+    let serve_cpu_per_image = m.server_cpu / ok.max(1) as f64;
+    let cpu_ratio = m.offline.cpu_per_image / serve_cpu_per_image;
     let rss_change = (m.rss_after - m.rss_before) / m.rss_before;
     let (p50, p99) = (
         percentile(&m.latencies, 0.5),
@@ -412,13 +462,27 @@ fn report(s: &Settings, m: &Measured, out_dir: &Path) {
         ),
         (
             "pipe infer offline, same backend (images/s)",
-            format!("{:.1}", m.offline),
+            format!("{:.1}", m.offline.rate),
             String::new(),
         ),
         (
             "serve / offline",
             format!("{ratio:.2}x"),
             pass(ratio >= 0.9, ">= 0.9x"),
+        ),
+        (
+            "CPU ms per image: serve / pipe infer",
+            format!(
+                "{:.1} / {:.1}",
+                serve_cpu_per_image * 1e3,
+                m.offline.cpu_per_image * 1e3
+            ),
+            String::new(),
+        ),
+        (
+            "CPU efficiency (infer's CPU/image over serve's)",
+            format!("{cpu_ratio:.2}x"),
+            pass(cpu_ratio >= 0.95, ">= 0.95x"),
         ),
         (
             "latency p50 / p99 (ms)",
@@ -465,8 +529,19 @@ fn report(s: &Settings, m: &Measured, out_dir: &Path) {
     if !m.errors.is_empty() {
         println!("errors: {:?}", m.errors);
     }
-    let stats = json!({"answered": ok, "throughput": throughput, "ratio": ratio, "p50_ms": p50, "p99_ms": p99});
+    let stats = json!({"answered": ok, "throughput": throughput, "ratio": ratio, "p50_ms": p50, "p99_ms": p99,
+        "serve_cpu_ms_per_image": serve_cpu_per_image * 1e3,
+        "offline_cpu_ms_per_image": m.offline.cpu_per_image * 1e3, "cpu_ratio": cpu_ratio});
     write_summary(s, m, stats, out_dir);
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|(_, _, target)| target.ends_with("FAIL"))
+        .map(|(what, _, _)| *what)
+        .collect();
+    if !failed.is_empty() {
+        println!("FAILED: {}", failed.join("; "));
+    }
+    failed.is_empty()
 }
 
 /// `<backend>`, or `<backend>-photos`: names the run's files.
@@ -484,7 +559,7 @@ fn write_summary(s: &Settings, m: &Measured, stats: serde_json::Value, out_dir: 
         "photos": s.photos, "data": s.data,
         "backend": s.backend, "model": s.model, "requests": m.requests, "clients": s.clients,
         "serve_args": s.serve_args, "stats": stats, "errors": m.errors, "wall_s": m.wall,
-        "offline_images_per_s": m.offline, "rss_before_mib": m.rss_before,
+        "offline_images_per_s": m.offline.rate, "server_cpu_s": m.server_cpu, "rss_before_mib": m.rss_before,
         "rss_after_mib": m.rss_after, "rss_peak_mib": m.rss_peak, "batch_sizes": m.batches,
         "exit_code": m.exit_code,
     });
@@ -529,5 +604,7 @@ fn main() {
         side = info.input_size
     );
     let m = measure(&s, &pipe, Arc::new(bodies), requests, &out_dir);
-    report(&s, &m, &out_dir);
+    if !report(&s, &m, &out_dir) {
+        std::process::exit(1);
+    }
 }
