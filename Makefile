@@ -8,7 +8,7 @@ INFER_ONLY := target/release/pipe-infer
 # Where make setup finds the CIFAR-10 tarballs and the ants-and-bees photos (scripts/setup.sh reads it too).
 export SHARED_DATA ?= $(ROOT)/../shared/data
 
-.PHONY: setup build infer-only demo demo-photos test bench bench-int8 loadtest keras-venv fmt clippy check \
+.PHONY: setup build infer-only demo demo-photos test bench bench-int8 results loadtest keras-venv fmt clippy check \
 	need-cifar10 need-photos
 
 ## setup: virtualenv (torch, onnxruntime), release build, ImageNet VGG16 weights; CIFAR-10 and the
@@ -93,8 +93,15 @@ test: need-cifar10 setup
 	cargo clippy --release --all-targets -- -D warnings
 	$(MAKE) infer-only
 	cargo test --release
-	PIPE_INFER_ONLY_BIN=$(ROOT)/$(INFER_ONLY) cargo test --release --test e2e -- --ignored --exact $(LIBTORCH_FREE_TEST)
-	if nvidia-smi > /dev/null 2>&1; then cargo test --release -- --ignored _when_a_gpu_is_present; fi
+	set -o pipefail; \
+	  PIPE_INFER_ONLY_BIN=$(ROOT)/$(INFER_ONLY) cargo test --release --test e2e -- --ignored --exact $(LIBTORCH_FREE_TEST) \
+	  | tee target/libtorch-free-test.log && \
+	  grep -q '^test result: ok. 1 passed' target/libtorch-free-test.log || \
+	  { echo "error: $(LIBTORCH_FREE_TEST) did not run and pass (renamed?)" >&2; exit 1; }
+	set -o pipefail; if nvidia-smi > /dev/null 2>&1; then \
+	  cargo test --release -- --ignored _when_a_gpu_is_present | tee target/gpu-tests.log && \
+	  grep -q '^test result: ok. [1-9][0-9]* passed' target/gpu-tests.log || \
+	  { echo "error: no _when_a_gpu_is_present test ran and passed" >&2; exit 1; }; fi
 
 ## bench: criterion benches, the PyTorch/onnxruntime references (benches/reference/) and end-to-end
 ## times and the Keras seed job in one run, then one table (also target/bench/summary.json). About 30
@@ -154,6 +161,15 @@ bench-int8: need-cifar10 need-photos setup
 	$(HAVE_CIFAR10)
 	cargo build --release
 	$(BENCH_PY) benches/int8.py
+
+## results: re-runs the recipes behind the README's accuracy figures (benches/results.py: the seed recipe,
+## a PIL-decoding client on the 10,000 test JPEGs, the photos preset, the full-data frozen run) and checks
+## each against its floor; exits non-zero on a miss. RESULTS_ARGS passes options: --finetune (the long
+## fine-tuning preset), --floor NAME=VALUE, --only NAME,... About 12 minutes; not part of make test.
+results: need-cifar10 need-photos setup
+	$(HAVE_CIFAR10)
+	cargo build --release
+	$(BENCH_PY) benches/results.py $(RESULTS_ARGS)
 
 ## loadtest: pipe serve under 64 concurrent clients (10,000 single-image binary requests) against pipe infer
 ## offline, same model and backend (LOADTEST_BACKEND=ort|tract), in one run; table and target/loadtest/summary-*.json.

@@ -66,8 +66,25 @@ pub fn write_atomic_with<T>(
     // Temporary files are created 0600; give the result the usual permissions of a new file.
     set_mode(tmp.path(), 0o666).map_err(|e| Error::io(path, e))?;
     check(tmp.path())?;
+    pause_point(&format!("before-rename:{name}"));
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(value)
+}
+
+/// The environment variable of [`pause_point`].
+pub const PAUSE_ENV: &str = "PIPE_TEST_PAUSE";
+
+/// A test hook: when the environment variable [`PAUSE_ENV`] equals `point`, the calling thread
+/// stops here for good, so that a test can signal or kill the process at exactly this point (after
+/// a training checkpoint, before an atomic write's rename) instead of racing it. The points:
+/// `after-checkpoint`, and `before-rename:<file name>` for every [`write_atomic`] family write. Unset
+/// (normal use), it does nothing.
+pub fn pause_point(point: &str) {
+    if std::env::var_os(PAUSE_ENV).is_some_and(|v| v == point) {
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 /// Removes the temporary files `.<name>.<pid>.<random>.tmp` that [`write_atomic`] left in `dir` when

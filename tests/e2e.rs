@@ -47,6 +47,18 @@ fn assert_matches_tch(
     );
 }
 
+/// The first `n` image files of CIFAR-10's test folder, sorted by path.
+fn cifar_test_files(n: usize) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(cifar10().join("test"))
+        .unwrap()
+        .flat_map(|class| std::fs::read_dir(class.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    files.truncate(n);
+    files
+}
+
 #[test]
 fn train_export_and_both_backends_agree_with_tch() {
     let w = Workdir::cifar10();
@@ -76,11 +88,13 @@ fn train_export_and_both_backends_agree_with_tch() {
     for c in 0..10 {
         assert_eq!(preds.items.iter().filter(|i| i.label == c).count(), 12);
     }
-    // The head learned something real from ImageNet features: chance is 12 of 120. These settings
-    // gave 36-48 right with seeds 1-7 and 42 (48 with the test's seed 42).
+    // The head learned something real from ImageNet features. Chance is 12 of 120 (binomial, sd 3.3):
+    // 30 is more than 5 sd above it, and 6 below the lowest of these settings with seeds 1-7 and 42
+    // (36-48 right; 48 with the test's seed 42), so a slower CPU's rounding cannot fail it while a
+    // head that learned nothing (wrong features, labels shuffled against images) cannot pass.
     let correct = preds.correct();
     assert!(
-        correct >= 36,
+        correct >= 30,
         "only {correct}/120 test images right after training"
     );
 
@@ -102,6 +116,50 @@ fn train_export_and_both_backends_agree_with_tch() {
         assert_matches_tch(backend, got, &tch, 1e-4);
     }
     assert_eq!(tract.labels(), ort.labels(), "tract and ort disagree");
+
+    // A client that decodes the JPEGs itself with PIL (libjpeg-turbo) and runs the model in
+    // onnxruntime gets pipe infer's label for each of 300 test images, and its probabilities within
+    // 1e-5: the same pixels reach the model.
+    let some: Vec<String> = cifar_test_files(300);
+    let listing = w.join("pil-list.txt");
+    std::fs::write(&listing, some.join("\n")).unwrap();
+    let pil_out = w.join("pil.json");
+    let run = Command::new(common::root().join(".venv/bin/python"))
+        .arg(common::root().join("tests/python/pil_client.py"))
+        .args([&model, &listing, &pil_out])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "pil_client.py: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let pil: serde_json::Value = serde_json::from_slice(&std::fs::read(&pil_out).unwrap()).unwrap();
+    let pipe_ort = infer("ort", &model, &some);
+    let mut worst = 0f64;
+    for (k, r) in pipe_ort.predictions.iter().enumerate() {
+        assert_eq!(pil["paths"][k], r.path.as_str());
+        let p: Vec<f64> = pil["probabilities"][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let label = argmax(&p.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        assert_eq!(
+            label, r.class_index,
+            "{}: PIL client against pipe infer",
+            r.path
+        );
+        for (a, b) in p.iter().zip(&r.probabilities) {
+            worst = worst.max((a - f64::from(*b)).abs());
+        }
+    }
+    assert_eq!(pipe_ort.predictions.len(), 300);
+    assert!(
+        worst <= 1e-5,
+        "PIL client against pipe infer: max |Δp| {worst:e}"
+    );
 
     // Output formats: csv with top-3 written atomically to a file; its first label is the json label.
     let csv_path = w.join("out/preds.csv");
@@ -287,6 +345,42 @@ fn libtorch_free_build_links_no_libtorch_and_gives_the_same_results() {
             .ok()
             .stdout
             .replace(s(&light), "")
+    );
+    // Its server (what the Dockerfile ships) answers with pipe infer's label.
+    let want = infer("ort", &full, &files[..1]);
+    let mut serve = Pipe::new("serve --port 0 --log-level warn")
+        .bin(&bin)
+        .arg("--model", &full)
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .split("listening on http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let answer: serde_json::Value = reqwest::blocking::Client::new()
+        .post(format!("http://{addr}/v1/classify"))
+        .body(std::fs::read(&files[0]).unwrap())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(serve.wait().unwrap().success());
+    assert_eq!(
+        answer["predictions"][0]["label"],
+        cifar10_names()[want.predictions[0].class_index],
+        "{answer}"
     );
     for backend in ["tract", "ort"] {
         let want = infer(backend, &full, &files);

@@ -167,15 +167,16 @@ fn junk_is_ignored_and_broken_files_are_skipped_named_counted_and_listed() {
     let w = photo_data("train:4 test:2");
     let d = &w.data;
     // Hidden and system entries: never classes nor samples, no warning.
-    for junk in [
+    let junk = [
         "train/.DS_Store",
         "train/ants/._00.png",
         "train/ants/Thumbs.db",
         "train/bees/desktop.ini",
         "train/__MACOSX/ants/._01.png",
         "train/.ipynb_checkpoints/ants/00-checkpoint.png",
-    ] {
-        w.write(Path::new("data").join(junk), b"junk");
+    ];
+    for f in junk {
+        w.write(Path::new("data").join(f), b"junk");
     }
     // Broken files: empty, text named .jpg, a JPEG cut in its image data, a header announcing
     // 60000x60000.
@@ -222,10 +223,23 @@ fn junk_is_ignored_and_broken_files_are_skipped_named_counted_and_listed() {
         let line = format!("warning: skipped {} ({reason})", d.join(f).display());
         assert_eq!(stderr.matches(&line).count(), 1, "{line} once: {stderr}");
     }
-    assert!(
-        !stderr.contains("junk") && !stderr.contains("MACOSX"),
-        "{stderr}"
-    );
+    // No junk entry is named anywhere (a warning, a "not an image" line, a class).
+    for name in [
+        ".DS_Store",
+        "._00.png",
+        "Thumbs.db",
+        "desktop.ini",
+        "__MACOSX",
+        "._01.png",
+        ".ipynb_checkpoints",
+        "00-checkpoint.png",
+    ] {
+        assert!(
+            !stderr.contains(name) && !stdout.contains(name),
+            "{name} is named: {stderr}{stdout}"
+        );
+    }
+    assert_eq!(junk.len(), 6);
     assert_contains(
         &stdout,
         &[

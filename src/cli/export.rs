@@ -91,9 +91,9 @@ pub struct ExportArgs {
     /// faster at large input sizes) or tract.
     #[arg(long, value_enum, value_name = "ENGINE", default_value_t = DEFAULT_INT8_BACKEND, requires = "quantize")]
     calibration_backend: BackendKind,
-    /// Also lay the model out as a Triton Inference Server model repository in this folder:
+    /// Write a Triton Inference Server model repository in this folder instead of a single file:
     /// DIR/<triton-name>/1/model.onnx, config.pbtxt (dynamic batching) and labels.txt. The ONNX file
-    /// is then written only there (naming an output file as well is refused).
+    /// is written only there (naming an output file as well is refused).
     #[arg(long, value_name = "DIR")]
     triton: Option<PathBuf>,
     /// Model name inside the Triton repository.

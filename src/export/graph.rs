@@ -750,30 +750,56 @@ mod tests {
         assert!(err.to_string().contains("head.dense1.weight"), "{err}");
     }
 
-    /// Runs the exported graph with tract on random pixels and compares with a direct, naive
-    /// implementation of the same network in plain Rust (caffe preprocessing, conv, pool, head, softmax).
+    /// Runs the exported graph with tract on synthetic pixels and compares with a direct, naive
+    /// implementation of the same network in plain Rust, f64 throughout (caffe preprocessing, conv,
+    /// pool, head): the logits graph's logits within 1e-3 of the largest logit (f32 rounding over 15
+    /// layers; these weights give logits in the thousands, so a softmax saturates and compares little
+    /// more than the top label), and the probabilities graph's probabilities within 1e-5 of the
+    /// reference's softmax.
     #[test]
     fn tract_runs_the_exported_graph_like_a_naive_reference() {
         use tract_onnx::prelude::*;
         let arch = Arch::vgg16_transfer(32, 10);
         let (b, h) = weights(&arch);
-        let m = build_model(&arch, &b, &h, &ExportOptions::default()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("m.onnx");
-        crate::export::write_model(&p, &m).unwrap();
         let n = 2;
         let pixels: Vec<u8> = (0..n * 32 * 32 * 3)
             .map(|i| ((i * 31 + 7) % 256) as u8)
             .collect();
         let input: Vec<f32> = pixels.iter().map(|&v| f32::from(v)).collect();
-        let model = tract_plan(&p);
-        let t = Tensor::from_shape(&[n, 32, 32, 3], &input).unwrap();
-        let out = model.run(tvec!(t.into())).unwrap();
-        let got = out[0].to_plain_array_view::<f32>().unwrap().to_owned();
-        let want = naive_forward(&arch, &b, &h, &pixels, n);
+        let dir = tempfile::tempdir().unwrap();
+        let run = |output: Output| {
+            let opts = ExportOptions {
+                output,
+                ..Default::default()
+            };
+            let m = build_model(&arch, &b, &h, &opts).unwrap();
+            let p = dir.path().join(format!("{output:?}.onnx"));
+            crate::export::write_model(&p, &m).unwrap();
+            let t = Tensor::from_shape(&[n, 32, 32, 3], &input).unwrap();
+            let out = tract_plan(&p).run(tvec!(t.into())).unwrap();
+            out[0].to_plain_array_view::<f32>().unwrap().to_owned()
+        };
+        let logits = naive_logits(&arch, &b, &h, &pixels, n);
+        let got = run(Output::Logits);
         assert_eq!(got.shape(), &[n, 10]);
+        let spread = logits.iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert!(spread > 10.0, "logits too small to test: {logits:?}");
+        // Within 1e-3 of the largest logit (f32 sums over 15 layers of up to 4,608 terms against f64:
+        // about 1e-4 measured). The logits differ between classes by far more: an error in any layer
+        // (a transposed kernel, a missing bias, BGR in the wrong order) moves them past it.
+        let worst = got
+            .iter()
+            .zip(&logits)
+            .map(|(g, w)| (f64::from(*g) - w).abs())
+            .fold(0f64, f64::max);
+        assert!(
+            worst <= 1e-3 * spread,
+            "tract logits off the naive ones by {worst} (largest |logit| {spread}): {got:?} vs {logits:?}"
+        );
+        let want = softmax_rows(&logits, 10);
+        let got = run(Output::Probabilities);
         for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 1e-4, "tract {g} vs naive {w}");
+            assert!((f64::from(*g) - w).abs() < 1e-5, "tract {g} vs naive {w}");
         }
         for row in got.rows() {
             assert!((row.sum() - 1.0).abs() < 1e-5);
@@ -896,14 +922,26 @@ mod tests {
         f32::from_le_bytes(t.raw_data[..4].try_into().unwrap())
     }
 
-    /// Straightforward f64 reference of the whole network for `n` NHWC RGB u8 images.
-    pub(crate) fn naive_forward(
+    /// Softmax of each row of `width` values (f64).
+    fn softmax_rows(x: &[f64], width: usize) -> Vec<f64> {
+        x.chunks(width)
+            .flat_map(|row| {
+                let m = row.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = row.iter().map(|v| (v - m).exp()).sum();
+                row.iter().map(move |v| (v - m).exp() / z)
+            })
+            .collect()
+    }
+
+    /// Straightforward f64 reference of the whole network for `n` NHWC RGB u8 images: the logits,
+    /// `[n, classes]` row-major.
+    pub(crate) fn naive_logits(
         arch: &Arch,
         base: &[NamedTensor],
         head: &[NamedTensor],
         pixels: &[u8],
         n: usize,
-    ) -> Vec<f32> {
+    ) -> Vec<f64> {
         let s = arch.input_size;
         let pre = crate::data::caffe_preprocess(pixels, n, s);
         let mut out = Vec::new();
@@ -990,9 +1028,7 @@ mod tests {
                     HeadLayer::Dropout { .. } => {}
                 }
             }
-            let m = x.iter().cloned().fold(f64::MIN, f64::max);
-            let z: f64 = x.iter().map(|v| (v - m).exp()).sum();
-            out.extend(x.iter().map(|v| ((v - m).exp() / z) as f32));
+            out.extend(x);
         }
         out
     }

@@ -675,13 +675,6 @@ mod tests {
         }
     }
 
-    /// A started echo batcher with no estimate (0 s per image: bounded by `max_batch` alone).
-    fn echo_batcher(cfg: BatchConfig) -> (Arc<Batcher>, Arc<Mutex<Vec<usize>>>) {
-        let e = EchoBatcher::idle(cfg, Pace::new(0.0));
-        e.start();
-        (e.batcher, e.batches)
-    }
-
     #[test]
     fn concurrent_requests_share_batches_and_get_their_own_rows() {
         let e = EchoBatcher::idle(cfg(8, 200, 64), Pace::new(0.0));
@@ -710,7 +703,9 @@ mod tests {
 
     #[test]
     fn full_queue_refuses_at_once_and_oversized_requests_are_413() {
-        let (b, _) = echo_batcher(cfg(4, 300, 4));
+        // The worker starts only after the refusals: nothing can run and free room before them.
+        let e = EchoBatcher::idle(cfg(4, 300, 4), Pace::new(0.0));
+        let b = &e.batcher;
         let first = b.submit(images(&[0.0; 3]), 3, far()).unwrap();
         let full = b.submit(images(&[0.0; 2]), 2, far()).unwrap_err();
         assert_eq!(
@@ -721,6 +716,7 @@ mod tests {
             b.submit(images(&[0.0; 5]), 5, far()).unwrap_err().status,
             StatusCode::PAYLOAD_TOO_LARGE
         );
+        e.start();
         assert_eq!(runtime().block_on(first).unwrap().unwrap().nrows(), 3);
         b.shutdown().unwrap();
         assert_eq!(

@@ -152,6 +152,17 @@ pub fn serve(
     };
     let batcher = Batcher::start(&opts.model, &backend, cfg, metrics.clone())?;
     tracing::info!(
+        instances = opts.instances,
+        threads = backend.threads,
+        backend = batcher.backend_name(),
+        "{} model instance(s), {} each",
+        opts.instances,
+        match backend.threads {
+            0 => "on the backend's default threads".to_string(),
+            t => format!("{t} thread(s)"),
+        }
+    );
+    tracing::info!(
         max_batch = max_batch.effective,
         requested = max_batch.requested,
         memory_bound = max_batch.memory_bound,
@@ -221,7 +232,8 @@ async fn serve_http(
 }
 
 /// Resolves after SIGTERM or SIGINT plus the drain time, during which readiness is false and new
-/// inference requests are refused with 503.
+/// inference requests are refused with 503. A second SIGTERM or SIGINT during the drain ends it at
+/// once (requests in flight are still answered).
 async fn drain_on_signal(
     state: Arc<AppState>,
     (mut term, mut int): (Signal, Signal),
@@ -237,5 +249,12 @@ async fn drain_on_signal(
         drain_ms = drain.as_millis() as u64,
         "shutting down: refusing new requests, finishing those in flight"
     );
-    tokio::time::sleep(drain).await;
+    let second = tokio::select! {
+        _ = tokio::time::sleep(drain) => None,
+        _ = term.recv() => Some("SIGTERM"),
+        _ = int.recv() => Some("SIGINT"),
+    };
+    if let Some(signal) = second {
+        tracing::info!(signal, "second signal: ending the drain early");
+    }
 }

@@ -73,7 +73,9 @@ pub fn save_checkpoint(dir: &Path, ck: &Checkpoint, fingerprint: &str) -> Result
             ..t.clone()
         }));
     }
-    save_safetensors(&dir.join(run::CHECKPOINT_FILE), &tensors, meta)
+    save_safetensors(&dir.join(run::CHECKPOINT_FILE), &tensors, meta)?;
+    crate::util::pause_point("after-checkpoint");
+    Ok(())
 }
 
 /// Reads the checkpoint of the run folder `dir` (`None` when there is none yet) for the parameters
