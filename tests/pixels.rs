@@ -99,8 +99,8 @@ fn jpeg_pixels_equal_pils_at_full_size_and_dct_scaled() {
 /// pipe's `--resize squash` and `--resize crop` at 384 pixels against PIL's bilinear resize as
 /// torchvision applies it (Resize + CenterCrop for crop), on the same decoded pixels (three 1003x757
 /// JPEGs of texture and noise, the hard case for resampling): not the same algorithm (pipe resizes the
-/// crop box in one step, with fractional edges), so a measured closeness: mean |Δ| under 0.5 of a
-/// level, and every value within 8 levels. The figure is printed.
+/// crop box in one step, with fractional edges), so a measured closeness: every value within one
+/// level, mean |Δ| under 0.25 (measured: 0.138 squash, 0.138 crop, max 1). The figure is printed.
 #[test]
 fn resizes_are_close_to_pils_bilinear_as_torchvision_uses_it() {
     use pipe::data::{ImageSpec, ResizePolicy};
@@ -137,11 +137,11 @@ fn resizes_are_close_to_pils_bilinear_as_torchvision_uses_it() {
         }
         let mean = sum as f64 / n as f64;
         eprintln!(
-            "--resize {policy} at 384 against PIL bilinear: mean |Δ| {mean:.3}, max {max}, {:.2}% of values within 1",
+            "--resize {policy} at 384 against PIL bilinear: mean |Δ| {mean:.4} ({sum} over {n} values), max {max}, {:.2}% of values within 1",
             100.0 * within1 as f64 / n as f64
         );
         assert!(
-            mean < 0.5 && max <= 8,
+            mean < 0.25 && max <= 1,
             "{policy}: mean |Δ| {mean}, max {max}"
         );
     }
