@@ -30,6 +30,12 @@ pub struct ClassReport {
     pub precision: Vec<f64>,
     /// Per class: of the images of the class, the fraction predicted as it (0 when none).
     pub recall: Vec<f64>,
+    /// The mean of the recalls of the classes that have images, 0..1 (scikit-learn's
+    /// `balanced_accuracy_score`): what accuracy would be with every class equally frequent.
+    pub balanced_accuracy: f64,
+    /// The mean F1 (harmonic mean of precision and recall; 0 where both are 0) over the classes that
+    /// have images or predictions, 0..1 (scikit-learn's `f1_score(average="macro")`).
+    pub macro_f1: f64,
     /// `confusion[true][predicted]` counts.
     pub confusion: Vec<Vec<usize>>,
 }
@@ -59,18 +65,48 @@ impl ClassReport {
         let c = classes.len();
         let correct: usize = (0..c).map(|i| confusion[i][i]).sum();
         let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        let precision = (0..c)
+        let precision: Vec<f64> = (0..c)
             .map(|j| ratio(confusion[j][j], (0..c).map(|i| confusion[i][j]).sum()))
             .collect();
-        let recall = (0..c)
+        let recall: Vec<f64> = (0..c)
             .map(|i| ratio(confusion[i][i], confusion[i].iter().sum()))
             .collect();
+        let truth = |i: usize| confusion[i].iter().sum::<usize>();
+        let predicted = |j: usize| (0..c).map(|i| confusion[i][j]).sum::<usize>();
+        let mean = |v: Vec<f64>| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        let balanced_accuracy = mean(
+            (0..c)
+                .filter(|&i| truth(i) > 0)
+                .map(|i| recall[i])
+                .collect(),
+        );
+        let macro_f1 = mean(
+            (0..c)
+                .filter(|&i| truth(i) + predicted(i) > 0)
+                .map(|i| {
+                    let (p, r): (f64, f64) = (precision[i], recall[i]);
+                    if p + r == 0.0 {
+                        0.0
+                    } else {
+                        2.0 * p * r / (p + r)
+                    }
+                })
+                .collect(),
+        );
         ClassReport {
             classes: classes.to_vec(),
             images,
             accuracy: ratio(correct, images),
             precision,
             recall,
+            balanced_accuracy,
+            macro_f1,
             confusion,
         }
     }
@@ -137,8 +173,18 @@ impl ClassReport {
         cells
     }
 
-    /// A short summary for labelled inference: recall of each class that has images, on one line, then
-    /// the most frequent confusions (`true -> predicted: count`).
+    /// `balanced accuracy 0.7500  macro-F1 0.6667`: the two figures of an accuracy report that do not
+    /// favour the frequent classes.
+    pub fn balanced_line(&self) -> String {
+        format!(
+            "balanced accuracy {:.4}  macro-F1 {:.4}",
+            self.balanced_accuracy, self.macro_f1
+        )
+    }
+
+    /// A short summary for labelled inference: [`ClassReport::balanced_line`], the recall of each
+    /// class that has images on one line, then the most frequent confusions (`true -> predicted:
+    /// count`).
     pub fn summary(&self, confusions: usize) -> String {
         let recalls: Vec<String> = self
             .classes
@@ -148,7 +194,11 @@ impl ClassReport {
             .filter(|(_, row)| row.iter().sum::<usize>() > 0)
             .map(|((c, r), _)| format!("{c} {r:.2}"))
             .collect();
-        let mut s = format!("recall per class: {}", recalls.join(", "));
+        let mut s = format!(
+            "{}\nrecall per class: {}",
+            self.balanced_line(),
+            recalls.join(", ")
+        );
         let top = self.most_confused(confusions);
         if !top.is_empty() {
             let pairs: Vec<String> = top
@@ -201,15 +251,40 @@ mod tests {
         // Off-diagonal cells: (a, b) = 1 and (b, a) = 1; ties ordered by true class.
         assert_eq!(r.most_confused(5), vec![(0, 1, 1), (1, 0, 1)]);
         assert_eq!(r.most_confused(1), vec![(0, 1, 1)]);
+        // Balanced accuracy: (2/3 + 1/2 + 1) / 3; F1: a 2/3 (P 2/3, R 2/3), b 1/2 (P 1/2, R 1/2), c 1.
+        assert!((r.balanced_accuracy - (2.0 / 3.0 + 0.5 + 1.0) / 3.0).abs() < 1e-12);
+        assert!((r.macro_f1 - (2.0 / 3.0 + 0.5 + 1.0) / 3.0).abs() < 1e-12);
         let sum = r.summary(3);
         assert!(
-            sum.starts_with("recall per class: a 0.67, b 0.50, c 1.00"),
+            sum.starts_with(
+                "balanced accuracy 0.7222  macro-F1 0.7222\nrecall per class: a 0.67, b 0.50, c 1.00"
+            ),
             "{sum}"
         );
         assert!(sum.contains("most confused: a -> b: 1, b -> a: 1"), "{sum}");
         assert_eq!(
             ClassReport::from_confusion(&classes, r.confusion.clone()),
             r
+        );
+    }
+
+    /// Imbalanced classes, by hand: 8 images of a (all predicted a), 2 of b (one predicted a); and a
+    /// class c with neither images nor predictions, which neither mean counts.
+    #[test]
+    fn balanced_accuracy_and_macro_f1_by_hand() {
+        let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let truth = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1];
+        let predicted = [0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let r = ClassReport::new(&classes, &truth, &predicted);
+        assert!((r.accuracy - 0.9).abs() < 1e-12);
+        // Recall a 1, b 1/2: balanced (1 + 0.5) / 2 = 0.75.
+        assert!((r.balanced_accuracy - 0.75).abs() < 1e-12);
+        // a: P 8/9, R 1, F1 16/17; b: P 1, R 1/2, F1 2/3; macro (16/17 + 2/3) / 2.
+        let want = (16.0 / 17.0 + 2.0 / 3.0) / 2.0;
+        assert!((r.macro_f1 - want).abs() < 1e-12, "{}", r.macro_f1);
+        assert_eq!(
+            r.balanced_line(),
+            "balanced accuracy 0.7500  macro-F1 0.8039"
         );
     }
 }

@@ -99,6 +99,17 @@ impl Predictions {
             .count();
         (!self.items.is_empty()).then(|| correct as f64 / self.items.len() as f64)
     }
+
+    /// The classification report of the items (label against the most probable class).
+    pub fn class_report(&self) -> crate::report::ClassReport {
+        let truth: Vec<usize> = self.items.iter().map(|it| it.label).collect();
+        let predicted: Vec<usize> = self
+            .items
+            .iter()
+            .map(|it| crate::report::argmax(&it.probabilities))
+            .collect();
+        crate::report::ClassReport::new(&self.classes, &truth, &predicted)
+    }
 }
 
 /// One test image's prediction.

@@ -407,3 +407,63 @@ fn preset_photos_trains_at_384_with_crop_and_max_pooling() {
     );
     assert_eq!(run.predictions().items.len(), 3);
 }
+
+/// Balanced accuracy and macro-F1 of `preds`, computed here from the labels and argmaxes (scikit-
+/// learn's definitions: recall averaged over classes with images; F1 averaged over classes with
+/// images or predictions).
+fn balanced_and_macro_f1(preds: &common::Predictions) -> (f64, f64) {
+    let c = preds.classes.len();
+    let (mut tp, mut truth, mut predicted) = (vec![0f64; c], vec![0f64; c], vec![0f64; c]);
+    for it in &preds.items {
+        let p = argmax(&it.probabilities);
+        truth[it.label] += 1.0;
+        predicted[p] += 1.0;
+        if p == it.label {
+            tp[it.label] += 1.0;
+        }
+    }
+    let recalls: Vec<f64> = (0..c)
+        .filter(|&k| truth[k] > 0.0)
+        .map(|k| tp[k] / truth[k])
+        .collect();
+    let f1s: Vec<f64> = (0..c)
+        .filter(|&k| truth[k] + predicted[k] > 0.0)
+        .map(|k| 2.0 * tp[k] / (truth[k] + predicted[k]))
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    (mean(&recalls), mean(&f1s))
+}
+
+/// Imbalanced classes: 12 photos of ants and of bees, 3 of flies that look like ants. Every accuracy
+/// report (train's closing lines, `evaluate`, `pipe infer` on the class folders) gives balanced
+/// accuracy and macro-F1 beside accuracy, equal to the figures computed here from tch's predictions;
+/// and balanced accuracy is below accuracy, as the rare class is the one confused.
+#[test]
+fn imbalanced_classes_report_balanced_accuracy_and_macro_f1() {
+    let w = Workdir::new();
+    for (split, n, rare) in [("train", 12, 3), ("test", 6, 3)] {
+        let dir = w.data.join(split);
+        photos(&dir, &["ants", "bees"], n);
+        for i in 0..rare {
+            photo(&dir.join(format!("flies/{i:02}.png")), 60, 44, 0, 40 + i);
+        }
+    }
+    let out = quick(&w, "r").epochs(3).ok();
+    let preds = w.run("r").predictions();
+    let (balanced, f1) = balanced_and_macro_f1(&preds);
+    let accuracy = preds.accuracy();
+    let line = format!("balanced accuracy {balanced:.4}  macro-F1 {f1:.4}");
+    assert!(out.stdout.contains(&line), "{line}: {}", out.stdout);
+    assert!(
+        balanced < accuracy,
+        "balanced {balanced} against {accuracy}"
+    );
+    let ev: Value = serde_json::from_str(&w.evaluate("r").format("json").ok().stdout).unwrap();
+    assert!((ev["report"]["balanced_accuracy"].as_f64().unwrap() - balanced).abs() < 1e-9);
+    assert!((ev["report"]["macro_f1"].as_f64().unwrap() - f1).abs() < 1e-9);
+    assert!(w.evaluate("r").ok().stdout.contains(&line));
+    let model = w.join("r.onnx");
+    w.export("r", &model).ok();
+    let infer = Pipe::infer(&model).path(w.data.join("test")).ok();
+    assert!(infer.stderr.contains(&line), "{line}: {}", infer.stderr);
+}

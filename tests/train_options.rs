@@ -313,7 +313,7 @@ fn preset_finetune_sets_its_recipe_and_command_line_options_override_it() {
 }
 
 /// A `--preset finetune` run (all 13 convs, augmentation, one-cycle, weight decay, label smoothing,
-/// early stopping with best-epoch restore, bf16 where the CPU has it) interrupted in its fine-tuning
+/// early stopping with best-epoch restore, bf16 where the CPU has AMX) interrupted in its fine-tuning
 /// phase and resumed ends byte-identical to the uninterrupted run: the same history, predictions, head
 /// and base.
 #[test]
@@ -415,9 +415,10 @@ fn unfreeze_fine_tunes_the_last_convs_exports_and_resumes() {
     let config = run.config();
     assert_eq!(config["unfreeze"], 2);
     assert_eq!(config["augment"], true);
-    // --precision auto: bf16 mixed precision where the CPU has AVX512_BF16 (so the export and resume
-    // checks below cover bf16 training there), float32 elsewhere; recorded and named in the configuration line.
-    let bf16 = pipe::cpu::CpuFeatures::detect().avx512_bf16;
+    // --precision auto: bf16 mixed precision where the CPU has AMX (so the export and resume checks
+    // below cover bf16 training there; bf16_fine_tuning_… covers it everywhere), float32 elsewhere;
+    // recorded and named in the configuration line.
+    let bf16 = pipe::cpu::CpuFeatures::detect().amx_bf16;
     assert_eq!(config["precision"], if bf16 { "bf16" } else { "fp32" });
     // The configuration line follows the layout line.
     let first = err

@@ -72,8 +72,10 @@ impl EvaluateArgs {
                     ev.report.images
                 );
                 println!(
-                    "test loss {:.4}  test accuracy {:.4}\n",
-                    ev.loss, ev.report.accuracy
+                    "test loss {:.4}  test accuracy {:.4}\n{}\n",
+                    ev.loss,
+                    ev.report.accuracy,
+                    ev.report.balanced_line()
                 );
                 print!("{}", ev.report.table());
             }

@@ -18,8 +18,9 @@ pub struct TrainArgs {
     /// measured at 37 minutes on 2 CPU cores with AMX-BF16 (bf16; early stopping ended it after 17
     /// epochs), hours on CPUs without bf16 (estimated). `photos`: for a few hundred photos of your
     /// own classes: --input-size 384, --resize crop, --pooling max, all images, the frozen base and
-    /// the dense head (SGD lr 3e-3 momentum 0.9, batch 32, 10 epochs); with --unfreeze N --augment,
-    /// photo augmentation (random resized crops and flips).
+    /// the dense head (SGD lr 3e-3 momentum 0.9, batch 32, 10 epochs), --class-weights auto (classes
+    /// weighted by inverse frequency); with --unfreeze N --augment, photo augmentation (random resized
+    /// crops and flips).
     #[arg(long, value_enum)]
     preset: Option<Preset>,
     #[command(flatten)]
@@ -45,6 +46,7 @@ impl TrainArgs {
             "test loss {:.4}  test accuracy {:.4}",
             out.test_loss, out.test_accuracy
         );
+        println!("{}", out.test_report.balanced_line());
         println!("run: {}", out.run_dir.display());
         if let Some(line) = SkippedFile::summary(&out.skipped) {
             let list = out.run_dir.join(pipe::train::SKIPPED_FILE);

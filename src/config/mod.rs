@@ -186,7 +186,8 @@ pub struct TrainConfig {
     #[serde(default)]
     pub augment_style: AugmentStyle,
     /// With --unfreeze: arithmetic of the conv layers while fine-tuning. auto = bf16 mixed precision on
-    /// a CPU with AVX512_BF16 or AMX, float32 elsewhere and on CUDA. The weights, optimizer, head,
+    /// a CPU with AMX, float32 elsewhere (with AVX512_BF16 alone bf16 is the slower choice) and on
+    /// CUDA. The weights, optimizer, head,
     /// loss, validation, final test predictions and the exported model stay float32 in every case.
     /// The choice is recorded in config.json (absent for a frozen-base run, whose head and features
     /// are always float32). [default: auto]
@@ -221,6 +222,13 @@ pub struct TrainConfig {
     #[arg(long, value_name = "S", default_value_t = 0.0, help_heading = TRAINING)]
     #[serde(default, skip_serializing_if = "is_zero")]
     pub label_smoothing: f64,
+    /// Weights of the classes in the training loss: none, or auto = inverse class frequency in the
+    /// training split, n / (classes × n_class) (scikit-learn's "balanced", Keras' class_weight),
+    /// PyTorch's weighted CrossEntropyLoss (the batch's weighted mean). For imbalanced classes;
+    /// validation and test losses stay unweighted. Absent from config.json when none.
+    #[arg(long, value_enum, value_name = "W", default_value_t = ClassWeights::None, help_heading = TRAINING)]
+    #[serde(default, skip_serializing_if = "ClassWeights::is_none")]
+    pub class_weights: ClassWeights,
     /// Seed of head initialisation, dropout, shuffling, augmentation and the validation hold-out.
     #[arg(long, default_value_t = 42, help_heading = TRAINING)]
     pub seed: u64,
@@ -280,6 +288,24 @@ pub enum Schedule {
     OneCycle,
 }
 
+/// Weights of the classes in the training loss (`--class-weights`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassWeights {
+    /// Every class weighs 1.
+    #[default]
+    None,
+    /// Inverse class frequency in the training split: n / (classes × n_class).
+    Auto,
+}
+
+impl ClassWeights {
+    /// Whether no class is weighted (the default, left out of `config.json`).
+    pub fn is_none(&self) -> bool {
+        *self == ClassWeights::None
+    }
+}
+
 /// How `--augment` changes a training image at every epoch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -324,7 +350,8 @@ impl AugmentStyle {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 on a CPU with AVX512_BF16 (or AMX), float32 otherwise and on CUDA.
+    /// bf16 on a CPU with AMX-BF16 tiles, float32 otherwise (with AVX512_BF16 alone bf16 is
+    /// slower) and on CUDA.
     #[default]
     Auto,
     /// float32 everywhere.
@@ -336,17 +363,23 @@ pub enum Precision {
 
 impl Precision {
     /// The precision a run uses on a CUDA device (`cuda`) or on a CPU with `cpu`'s features, and why
-    /// (for the first line of `pipe train`): `auto` is bf16 where the CPU computes bf16 natively,
-    /// float32 elsewhere (on CUDA, libtorch's float32 convolutions already use TF32 tensor cores).
+    /// (for the first line of `pipe train`): `auto` is bf16 where bf16 is the faster choice, on a CPU
+    /// with AMX-BF16 tiles, and float32 elsewhere: with AVX512_BF16 alone, bf16 fine-tuning was the
+    /// slower one (the finetune preset's first batches on a 2-core Xeon with AVX512_BF16 and no AMX:
+    /// 66 images/s in bf16 against 102 in float32), and without it bf16 is emulated. On CUDA,
+    /// libtorch's float32 convolutions already use TF32 tensor cores.
     pub fn resolve(self, cuda: bool, cpu: CpuFeatures) -> (Precision, String) {
-        let native = if cpu.amx_bf16 {
-            "this CPU has AVX512_BF16 and AMX-BF16"
-        } else {
-            "this CPU has AVX512_BF16"
-        };
         match self {
             Precision::Auto if cuda => (Precision::Fp32, "auto: float32 on CUDA".into()),
-            Precision::Auto if cpu.avx512_bf16 => (Precision::Bf16, format!("auto: {native}")),
+            Precision::Auto if cpu.amx_bf16 => (
+                Precision::Bf16,
+                "auto: this CPU has AMX-BF16 tiles".into(),
+            ),
+            Precision::Auto if cpu.avx512_bf16 => (
+                Precision::Fp32,
+                "auto: this CPU has AVX512_BF16 but no AMX, where bf16 fine-tuning is slower than float32"
+                    .into(),
+            ),
             Precision::Auto => (
                 Precision::Fp32,
                 "auto: this CPU has no AVX512_BF16, where bf16 would be emulated and slower".into(),
@@ -576,10 +609,11 @@ mod tests {
         assert_eq!(serde_json::from_str::<TrainConfig>(&text).unwrap(), frozen);
     }
 
-    /// `--precision auto` is bf16 exactly on a CPU with AVX512_BF16 (AMX only adds to the reason),
-    /// float32 on other CPUs and on CUDA; explicit choices are kept, with a warning for emulated bf16.
+    /// `--precision auto` is bf16 exactly on a CPU with AMX-BF16, float32 with AVX512_BF16 alone (where
+    /// bf16 is slower), on other CPUs and on CUDA; explicit choices are kept, with a warning for
+    /// emulated bf16.
     #[test]
-    fn precision_auto_is_bf16_only_where_the_cpu_has_it() {
+    fn precision_auto_is_bf16_only_where_the_cpu_has_amx() {
         let none = CpuFeatures::default();
         let avx = CpuFeatures {
             avx512_bf16: true,
@@ -592,13 +626,21 @@ mod tests {
         };
         let auto = |cuda, cpu| Precision::Auto.resolve(cuda, cpu);
         assert_eq!(auto(false, amx).0, Precision::Bf16);
-        assert!(auto(false, amx).1.contains("AVX512_BF16 and AMX-BF16"));
-        assert_eq!(auto(false, avx).0, Precision::Bf16);
-        assert!(!auto(false, avx).1.contains("AMX"));
+        assert!(auto(false, amx).1.contains("AMX-BF16"));
+        assert_eq!(auto(false, avx).0, Precision::Fp32);
+        assert!(
+            auto(false, avx).1.contains("no AMX"),
+            "{}",
+            auto(false, avx).1
+        );
         assert_eq!(auto(false, none).0, Precision::Fp32);
         assert!(auto(false, none).1.contains("no AVX512_BF16"));
         assert_eq!(auto(true, amx).0, Precision::Fp32);
         assert_eq!(Precision::Fp32.resolve(false, amx).0, Precision::Fp32);
+        assert_eq!(
+            Precision::Bf16.resolve(false, avx),
+            (Precision::Bf16, "as asked".into())
+        );
         let emulated = Precision::Bf16.resolve(false, none);
         assert_eq!(emulated.0, Precision::Bf16);
         assert!(emulated.1.contains("emulated"));

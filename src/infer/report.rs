@@ -75,10 +75,12 @@ impl InferReport {
         ClassReport::from_confusion(&self.classes, self.confusion.clone())
     }
 
-    /// The closing summary, `None` without labelled images: the accuracy line, the recall of each
-    /// class and the three most frequent confusions, one per line (no final newline):
+    /// The closing summary, `None` without labelled images: the accuracy line, balanced accuracy and
+    /// macro-F1, the recall of each class and the three most frequent confusions, one per line (no
+    /// final newline):
     /// ```text
     /// accuracy 0.3940 (788/2000 images in class folders)
+    /// balanced accuracy 0.3950  macro-F1 0.3921
     /// recall per class: cat 0.34, dog 0.45
     /// most confused: dog -> cat: 193, cat -> dog: 169, cat -> frog: 102
     /// ```
@@ -135,6 +137,7 @@ mod tests {
         assert_eq!(
             r.summary().unwrap(),
             "accuracy 0.6667 (2/3 images in class folders)\n\
+             balanced accuracy 0.7500  macro-F1 0.6667\n\
              recall per class: cat 0.50, dog 1.00\nmost confused: cat -> dog: 1"
         );
     }

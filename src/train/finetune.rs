@@ -383,6 +383,10 @@ impl Model for FineTuneModel<'_> {
         self.splits.train.labels.len()
     }
 
+    fn train_labels(&self) -> Result<Vec<usize>> {
+        Ok(self.splits.train.labels.to_vec())
+    }
+
     fn epoch_order(&mut self, epoch: usize) -> Vec<usize> {
         // Per-epoch randomness: a resumed run draws exactly what an uninterrupted one draws.
         tch::manual_seed(self.seed.wrapping_add(epoch as u64) as i64);

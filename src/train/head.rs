@@ -93,6 +93,11 @@ impl Model for HeadModel {
         self.order.len()
     }
 
+    fn train_labels(&self) -> Result<Vec<usize>> {
+        let labels = Vec::<i64>::try_from(&self.train.1.f_to_device(tch::Device::Cpu)?)?;
+        Ok(labels.into_iter().map(|l| l as usize).collect())
+    }
+
     fn epoch_order(&mut self, _epoch: usize) -> Vec<usize> {
         self.order.shuffle(&mut self.rng);
         self.order.clone()

@@ -8,8 +8,10 @@
 
 use super::checkpoint::{Best, Checkpoint};
 use super::model::from_tch;
-use super::optim::{cross_entropy, lr_at, lr_at_step, optimise_step, OptState};
-use crate::config::{Schedule, TrainConfig};
+use super::optim::{
+    balanced_class_weights, cross_entropy, lr_at, lr_at_step, optimise_step, OptState,
+};
+use crate::config::{ClassWeights, Schedule, TrainConfig};
 use crate::error::{Error, Result};
 use crate::events::{EpochReport, Estimate, Event, EventSink, Silent, Task};
 use crate::run::{EpochMetrics, Phase};
@@ -81,6 +83,12 @@ pub trait Model {
 
     /// Training examples per epoch.
     fn train_len(&self) -> usize;
+
+    /// The labels of the training examples, in example order (for the class weights).
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on a libtorch failure.
+    fn train_labels(&self) -> Result<Vec<usize>>;
 
     /// Starts epoch `epoch` (from 1) and returns the order of the training examples in it (indices
     /// `0..train_len()`, cut into batches by the learner). The model seeds or advances its randomness
@@ -213,6 +221,7 @@ impl<'a> Learner<'a> {
         let c = self.config;
         let params = model.parameters();
         let mut opt = OptState::new(c.optimizer, &params)?;
+        let weights = self.class_weights(model, &params)?;
         let (done, mut history, mut best) = match resume {
             Some(ck) => {
                 model.load(&ck.params)?;
@@ -234,7 +243,12 @@ impl<'a> Learner<'a> {
                 stopped_early = Some(epoch - 1);
                 break;
             }
-            let m = self.epoch(model, (&params, &mut opt), epoch, &mut timing)?;
+            let m = self.epoch(
+                model,
+                (&params, &mut opt, weights.as_ref()),
+                epoch,
+                &mut timing,
+            )?;
             let current = named(&params)?;
             if best.as_ref().is_none_or(|b: &Best| m.val_loss < b.val_loss) {
                 best = Some(Best {
@@ -255,11 +269,48 @@ impl<'a> Learner<'a> {
         self.finish(model, &params, history, best, stopped_early)
     }
 
+    /// The class weights of the training loss (`--class-weights auto`: [`balanced_class_weights`] of
+    /// the model's training labels, reported to the events), as a float32 tensor on the parameters'
+    /// device; `None` without weights.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on a libtorch failure.
+    fn class_weights<M: Model + ?Sized>(
+        &self,
+        model: &M,
+        params: &[(String, Tensor)],
+    ) -> Result<Option<Tensor>> {
+        let c = self.config;
+        if c.class_weights == ClassWeights::None {
+            return Ok(None);
+        }
+        let mut counts = vec![0usize; c.classes.len()];
+        for l in model.train_labels()? {
+            if let Some(n) = counts.get_mut(l) {
+                *n += 1;
+            }
+        }
+        let w = balanced_class_weights(&counts);
+        let named: Vec<String> = c
+            .classes
+            .iter()
+            .zip(&w)
+            .map(|(name, w)| format!("{name} {w:.2}"))
+            .collect();
+        self.events.info(format!(
+            "class weights (inverse class frequency): {}",
+            named.join(", ")
+        ));
+        let device = params.first().map_or(Device::Cpu, |(_, p)| p.device());
+        let w: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+        Ok(Some(Tensor::from_slice(&w).f_to_device(device)?))
+    }
+
     /// Trains one epoch and validates: the epoch's metrics (also printed).
     fn epoch<M: Model + ?Sized>(
         &self,
         model: &mut M,
-        (params, opt): (&[(String, Tensor)], &mut OptState),
+        (params, opt, weights): (&[(String, Tensor)], &mut OptState, Option<&Tensor>),
         epoch: usize,
         timing: &mut Timing,
     ) -> Result<EpochMetrics> {
@@ -292,7 +343,7 @@ impl<'a> Learner<'a> {
             let (loss, right) = model
                 .train_batch(batch)
                 .and_then(|(logits, y)| {
-                    optimise_step(&logits, &y, params, opt, c, (epoch, step, steps))
+                    optimise_step(&logits, &y, params, opt, c, weights, (epoch, step, steps))
                 })
                 .inspect_err(|_| done())?;
             loss_sum += loss * batch.len() as f64;

@@ -94,6 +94,24 @@ pub fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
         .f_nll_loss::<Tensor>(y, None, tch::Reduction::Mean, -100)?)
 }
 
+/// The weights of `--class-weights auto` from the training split's class counts: `n / (k × n_c)`
+/// for each of the `k` classes present (`n` examples in all; scikit-learn's
+/// `compute_class_weight("balanced")`), 1 for a class without examples (it never weighs in).
+pub fn balanced_class_weights(counts: &[usize]) -> Vec<f64> {
+    let n: usize = counts.iter().sum();
+    let present = counts.iter().filter(|&&c| c > 0).count();
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                1.0
+            } else {
+                n as f64 / (present as f64 * c as f64)
+            }
+        })
+        .collect()
+}
+
 /// One SGD step with PyTorch's semantics (`torch.optim.SGD`, dampening 0, not Nesterov), on the
 /// gradients already accumulated in `params`: `g += weight_decay * p; buf = momentum * buf + g; p -= lr * buf`.
 /// Buffers start at zero, so the first step uses `g`, as PyTorch does.
@@ -258,8 +276,34 @@ impl OptState {
     }
 }
 
-/// One optimisation step on a batch's training-mode `logits` and labels `y`: the loss (cross-entropy,
-/// with `c.label_smoothing` when set; NaN or infinite
+/// The training loss of a batch: cross-entropy of `logits` against `y`, with `c.label_smoothing`
+/// when set, and weighted by class with `weights` (`[classes]` float32, on the logits' device;
+/// PyTorch's `CrossEntropyLoss(weight=...)`: the sum of each example's weighted loss over the sum of
+/// their weights).
+///
+/// # Errors
+/// [`Error::Torch`] on a libtorch failure.
+pub fn training_loss(
+    logits: &Tensor,
+    y: &Tensor,
+    c: &TrainConfig,
+    weights: Option<&Tensor>,
+) -> Result<Tensor> {
+    Ok(if c.label_smoothing > 0.0 || weights.is_some() {
+        logits.f_cross_entropy_loss::<&Tensor>(
+            y,
+            weights,
+            tch::Reduction::Mean,
+            -100,
+            c.label_smoothing,
+        )?
+    } else {
+        cross_entropy(logits, y)?
+    })
+}
+
+/// One optimisation step on a batch's training-mode `logits` and labels `y`: the loss
+/// ([`training_loss`]: cross-entropy, with `c.label_smoothing` when set, class `weights` when given; NaN or infinite
 /// stops training with [`Error::Diverged`]), gradients, and an optimizer step at the schedule's rate for
 /// step `step` (from 0) of `epoch` (from 1) with `steps_per_epoch`. Returns the batch's mean loss and
 /// number of correct predictions.
@@ -272,19 +316,10 @@ pub fn optimise_step(
     params: &[(String, Tensor)],
     opt: &mut OptState,
     c: &TrainConfig,
+    weights: Option<&Tensor>,
     (epoch, step, steps_per_epoch): (usize, usize, usize),
 ) -> Result<(f64, i64)> {
-    let loss = if c.label_smoothing > 0.0 {
-        logits.f_cross_entropy_loss::<Tensor>(
-            y,
-            None,
-            tch::Reduction::Mean,
-            -100,
-            c.label_smoothing,
-        )?
-    } else {
-        cross_entropy(logits, y)?
-    };
+    let loss = training_loss(logits, y, c, weights)?;
     let l = loss.f_double_value(&[])?;
     if !l.is_finite() {
         return Err(Error::Diverged {
@@ -320,6 +355,46 @@ mod tests {
     use crate::arch::Arch;
     use tch::nn::{self, OptimizerConfig};
     use tch::Device;
+
+    /// `--class-weights auto` by hand: labels 0, 1, 1 give weights 3 / (2 × 1) = 1.5 and 3 / (2 × 2) =
+    /// 0.75 (a class without examples: 1); the weighted training loss of three examples is
+    /// Σ wᵢ·nllᵢ / Σ wᵢ with nllᵢ = log Σⱼ exp(zⱼ) - z_yᵢ computed here in f64, and without weights
+    /// the plain mean.
+    #[test]
+    fn class_weights_change_the_loss_as_the_formula_says() {
+        assert_eq!(balanced_class_weights(&[1, 2, 0]), vec![1.5, 0.75, 1.0]);
+        assert_eq!(balanced_class_weights(&[5, 5]), vec![1.0, 1.0]);
+        let z = [[2.0f64, 0.0], [0.0, 1.0], [1.0, 1.0]];
+        let y = [0usize, 1, 1];
+        let w = [1.5f64, 0.75];
+        let nll: Vec<f64> = z
+            .iter()
+            .zip(&y)
+            .map(|(row, &k)| row.iter().map(|v| v.exp()).sum::<f64>().ln() - row[k])
+            .collect();
+        let weighted = nll.iter().zip(&y).map(|(l, &k)| w[k] * l).sum::<f64>()
+            / y.iter().map(|&k| w[k]).sum::<f64>();
+        let plain = nll.iter().sum::<f64>() / 3.0;
+        let logits = Tensor::from_slice(&[2.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]).view([3, 2]);
+        let labels = Tensor::from_slice(&[0i64, 1, 1]);
+        let c = TrainConfig::default();
+        let weights = Tensor::from_slice(&[1.5f32, 0.75]);
+        let got = |w: Option<&Tensor>| {
+            training_loss(&logits, &labels, &c, w)
+                .unwrap()
+                .double_value(&[])
+        };
+        assert!(
+            (got(Some(&weights)) - weighted).abs() < 1e-6,
+            "{} vs {weighted}",
+            got(Some(&weights))
+        );
+        assert!((got(None) - plain).abs() < 1e-6);
+        assert!(
+            (weighted - plain).abs() > 1e-2,
+            "the weights change the loss"
+        );
+    }
 
     /// Largest |a - b| over all parameters.
     fn max_diff(a: &[NamedTensor], b: &[NamedTensor]) -> f32 {

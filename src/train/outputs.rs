@@ -31,6 +31,9 @@ pub struct TrainOutcome {
     pub test_loss: f64,
     /// Test-set accuracy in 0..1 at the end of training.
     pub test_accuracy: f64,
+    /// The test set's classification report (tch's predictions): per-class precision and recall,
+    /// balanced accuracy, macro-F1, confusion.
+    pub test_report: crate::report::ClassReport,
     /// Image files left out because they could not be decoded (also in the run's `skipped.json`).
     pub skipped: Vec<SkippedFile>,
 }
@@ -110,7 +113,9 @@ pub fn finish(
         dir.display(),
         run.t0.elapsed().as_secs_f64()
     ));
+    let test_report = predictions.class_report();
     Ok(TrainOutcome {
+        test_report,
         run_dir: run.dir,
         history: fitted.history,
         test_loss: fitted.test_loss,

@@ -19,7 +19,8 @@ pub mod run;
 pub use data::{cifar10_names, image_folders, png, write_binary_release};
 pub use pipe::{s, Inferred, Out, Pipe, Record};
 pub use run::{
-    argmax, assert_verified, read_json, safetensors_metadata, tensors, Epoch, Run, Workdir,
+    argmax, assert_verified, read_json, safetensors_metadata, tensors, Epoch, Predictions, Run,
+    Workdir,
 };
 
 use std::path::{Path, PathBuf};
