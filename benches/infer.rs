@@ -120,6 +120,7 @@ fn metadata(arch: &Arch, fingerprint: String) -> Vec<(String, String)> {
         fp16_weights: false,
         test_accuracy: None,
         int8: None,
+        tta_flip: false,
     }
     .to_props()
 }

@@ -166,6 +166,9 @@ pub mod keys {
     pub const CALIBRATION_SEED: &str = "calibration_seed";
     /// An int8 export's weight bits: `8`, or `7` with `--reduce-range`.
     pub const WEIGHT_BITS: &str = "weight_bits";
+    /// Test-time augmentation inside the graph: `flip` (the mean of the outputs on the image and on
+    /// its horizontal mirror); absent without it.
+    pub const TTA: &str = "tta";
     /// Version of pipe that exported the model.
     pub const PIPE_VERSION: &str = "pipe_version";
     /// Last epoch's validation accuracy, 4 decimals (absent when the run has no history).
@@ -199,6 +202,8 @@ pub struct ModelMetadata {
     pub test_accuracy: Option<f64>,
     /// How the model was quantized, for an int8 export.
     pub int8: Option<Int8Quantization>,
+    /// Test-time augmentation by horizontal flip inside the graph (`--tta flip`).
+    pub tta_flip: bool,
 }
 
 /// How an int8 export was quantized, as its metadata records it.
@@ -270,6 +275,9 @@ impl ModelMetadata {
                     if q.reduce_range { "7" } else { "8" }.into(),
                 ),
             ]);
+        }
+        if self.tta_flip {
+            props.push((keys::TTA, "flip".into()));
         }
         props.push((keys::PIPE_VERSION, env!("CARGO_PKG_VERSION").into()));
         if let Some(acc) = self.test_accuracy {
@@ -372,6 +380,7 @@ mod tests {
             fp16_weights: false,
             test_accuracy: Some(0.456),
             int8: None,
+            tta_flip: false,
         };
         let props = m.to_props();
         let names: Vec<&str> = props.iter().map(|(k, _)| k.as_str()).collect();
@@ -457,6 +466,7 @@ mod tests {
                 fp16_weights: false,
                 test_accuracy: None,
                 int8: None,
+                tta_flip: false,
             };
             let spec = ModelMetadata::image_spec_from_props(model, &m.to_props(), 224).unwrap();
             assert_eq!(spec, ImageSpec::new(224, resize));

@@ -599,3 +599,102 @@ fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
         assert!(train.contains(&image), "a saved image is no training image");
     }
 }
+
+/// `--tta flip`: the graph averages the model's outputs on each image and on its horizontal mirror.
+/// On 12 asymmetric images and with both backends, the flip export's probabilities (and, with
+/// `--logits`, logits) equal the mean of the plain export's outputs on the image and on its mirror
+/// (mirrored here with the image crate) within 1e-5; opsets 13 and 21 (`Split` changed at 18) pass
+/// `onnx.checker`; the metadata says `tta: flip`; with `--quantize int8` it is refused.
+#[test]
+fn tta_flip_export_outputs_the_mean_of_the_image_and_its_mirror() {
+    let w = Workdir::binary_release(20);
+    small_run(&w, "r");
+    let dir = w.join("imgs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut originals = Vec::new();
+    let mut mirrors = Vec::new();
+    for i in 0..12u32 {
+        let img = image::RgbImage::from_fn(32, 32, |x, y| {
+            // Brighter on the left, a diagonal bar: nothing is symmetric.
+            image::Rgb([
+                (255 - x * 7) as u8,
+                ((x + 2 * y + i * 9) % 64 * 4) as u8,
+                if x > y { 200 } else { (i * 20) as u8 },
+            ])
+        });
+        let (a, b) = (
+            dir.join(format!("{i:02}.png")),
+            dir.join(format!("{i:02}-mirror.png")),
+        );
+        img.save(&a).unwrap();
+        image::imageops::flip_horizontal(&img).save(&b).unwrap();
+        originals.push(a);
+        mirrors.push(b);
+    }
+    for (logits, opset) in [(false, "13"), (true, "21")] {
+        let (plain, tta) = (
+            w.join(format!("plain{opset}.onnx")),
+            w.join(format!("tta{opset}.onnx")),
+        );
+        let export = |out: &Path| {
+            let e = w.export("r", out).arg("--opset", opset);
+            if logits {
+                e.flag("--logits")
+            } else {
+                e
+            }
+        };
+        export(&plain).ok();
+        let out = export(&tta).arg("--tta", "flip").ok();
+        assert_verified(&out.stdout, 20);
+        for backend in ["tract", "ort"] {
+            let run = |model: &Path, files: &[std::path::PathBuf]| {
+                Pipe::infer(model)
+                    .backend(backend)
+                    .paths(files)
+                    .infer_json()
+                    .predictions
+            };
+            let (a, b, t) = (
+                run(&plain, &originals),
+                run(&plain, &mirrors),
+                run(&tta, &originals),
+            );
+            let mut worst = 0f32;
+            let mut moved = 0f32;
+            for ((a, b), t) in a.iter().zip(&b).zip(&t) {
+                for ((x, y), z) in a
+                    .probabilities
+                    .iter()
+                    .zip(&b.probabilities)
+                    .zip(&t.probabilities)
+                {
+                    worst = worst.max(((x + y) / 2.0 - z).abs());
+                    moved = moved.max((x - z).abs());
+                }
+            }
+            assert!(
+                worst <= 1e-5,
+                "{backend} opset {opset}: |mean - tta| {worst}"
+            );
+            assert!(
+                moved > 1e-4,
+                "{backend}: the mirror changed nothing ({moved})"
+            );
+        }
+    }
+    let [m13, m21] = onnx_check(&[&w.join("tta13.onnx"), &w.join("tta21.onnx")])
+        .try_into()
+        .unwrap();
+    assert_interface(&m13, 32, "probabilities", 10);
+    assert_interface(&m21, 32, "logits", 10);
+    assert_eq!(m13.metadata.get("tta").map(String::as_str), Some("flip"));
+    let err = w
+        .export("r", w.join("q.onnx"))
+        .arg("--tta", "flip")
+        .arg("--quantize", "int8")
+        .exits(2)
+        .stderr;
+    assert!(err.contains("'--tta <flip>' cannot be used with"), "{err}");
+    assert!(!w.join("q.onnx").exists());
+}

@@ -19,6 +19,13 @@ pub enum Quantize {
     Int8,
 }
 
+/// Test-time augmentation built into an exported model (`--tta`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tta {
+    /// The mean of the outputs on the image and on its horizontal mirror.
+    Flip,
+}
+
 /// Where `pipe export` writes the model when no output is named.
 const DEFAULT_OUTPUT: &str = "onnx/model.onnx";
 
@@ -60,6 +67,12 @@ pub struct ExportArgs {
     /// --max-accuracy-drop.
     #[arg(long, value_enum, value_name = "int8")]
     quantize: Option<Quantize>,
+    /// Test-time augmentation inside the graph: flip = the model runs on each image and on its
+    /// horizontal mirror and outputs the mean of the two (probabilities, or logits with --logits),
+    /// so every backend, server and client gets it; twice the compute per image. The network is
+    /// verified as without it; recorded as `tta: flip` in the metadata. Float exports only.
+    #[arg(long, value_enum, value_name = "flip", conflicts_with = "quantize")]
+    tta: Option<Tta>,
     /// With --quantize: how the activation ranges are calibrated: minmax (the largest value seen),
     /// percentile (the 99.999th percentile, clipping rare outliers) or entropy (the range whose
     /// quantized histogram is closest to the float one, TensorRT's method).
@@ -135,6 +148,7 @@ impl ExportArgs {
             }
         }
         let opts = RunExportOptions {
+            tta_flip: self.tta == Some(Tta::Flip),
             opset: self.opset,
             output: Output::logits(self.logits),
             verify_images: self.verify_images,

@@ -56,6 +56,9 @@ pub struct ExportOptions {
     pub fp16_weights: bool,
     /// Quantize to int8 with this plan (QDQ form, see [`super::quantize`]); `None`: float32.
     pub quantization: Option<QuantPlan>,
+    /// Test-time augmentation by horizontal flip ([`tta_flip`]): the graph runs the network on each
+    /// image and on its mirror and outputs the mean of the two outputs.
+    pub tta_flip: bool,
 }
 
 impl Default for ExportOptions {
@@ -66,6 +69,7 @@ impl Default for ExportOptions {
             metadata: Vec::new(),
             fp16_weights: false,
             quantization: None,
+            tta_flip: false,
         }
     }
 }
@@ -104,6 +108,9 @@ pub fn build_model(
     let (layer_nodes, constants) = layers(arch, opts.output, opts.quantization.as_ref())?;
     nodes.extend(layer_nodes);
     initializer.extend(constants);
+    if opts.tta_flip {
+        tta_flip(&mut nodes, &mut initializer, opts.output.name(), opts.opset);
+    }
     let graph = graph(arch, opts.output, nodes, initializer);
     Ok(pb::ModelProto {
         ir_version: ir_version_for(opts.opset),
@@ -118,6 +125,84 @@ pub fn build_model(
         metadata_props: metadata_props(&opts.metadata),
         ..Default::default()
     })
+}
+
+/// Test-time augmentation by horizontal flip, around the finished graph `nodes` whose output is
+/// `output`: the input `[N, S, S, 3]` (NHWC) and its mirror (Slice with step -1 along W, axis 2) are
+/// concatenated into a batch of `2N`, which the unchanged network runs; its `[2N, classes]` output is
+/// split in two halves (the images, then the mirrors) whose mean is the graph's output. For
+/// probabilities the mean of the two softmaxes (as fastai's `tta`), for logits the mean of the logits.
+/// Standard operators only; `Split` takes `num_outputs` from opset 18 on (before it splits evenly
+/// into as many outputs as named).
+fn tta_flip(
+    nodes: &mut Vec<pb::NodeProto>,
+    initializer: &mut Vec<pb::TensorProto>,
+    output: &str,
+    opset: i64,
+) {
+    for n in nodes.iter_mut() {
+        for i in n.input.iter_mut() {
+            if i == INPUT_NAME {
+                *i = "tta/batch".into();
+            }
+        }
+        for o in n.output.iter_mut() {
+            if o == output {
+                *o = "tta/both".into();
+            }
+        }
+    }
+    initializer.extend([
+        i64_tensor("tta.mirror_starts", &[-1]),
+        i64_tensor("tta.mirror_ends", &[i64::MIN]),
+        i64_tensor("tta.mirror_axes", &[2]),
+        i64_tensor("tta.mirror_steps", &[-1]),
+        f32_tensor("tta.half", &[], &[0.5]),
+    ]);
+    let mirror = node(
+        "Slice",
+        "tta/mirror",
+        &[
+            INPUT_NAME,
+            "tta.mirror_starts",
+            "tta.mirror_ends",
+            "tta.mirror_axes",
+            "tta.mirror_steps",
+        ],
+        "tta/mirror",
+        vec![],
+    );
+    let batch = node(
+        "Concat",
+        "tta/batch",
+        &[INPUT_NAME, "tta/mirror"],
+        "tta/batch",
+        vec![attr_int("axis", 0)],
+    );
+    nodes.splice(0..0, [mirror, batch]);
+    let mut split_attrs = vec![attr_int("axis", 0)];
+    if opset >= 18 {
+        split_attrs.push(attr_int("num_outputs", 2));
+    }
+    let mut split = node(
+        "Split",
+        "tta/split",
+        &["tta/both"],
+        "tta/plain",
+        split_attrs,
+    );
+    split.output.push("tta/mirrored".into());
+    nodes.extend([
+        split,
+        node(
+            "Add",
+            "tta/sum",
+            &["tta/plain", "tta/mirrored"],
+            "tta/sum",
+            vec![],
+        ),
+        node("Mul", "tta/mean", &["tta/sum", "tta.half"], output, vec![]),
+    ]);
 }
 
 /// The graph around `nodes` and `initializer`: its name, doc string, input and output.

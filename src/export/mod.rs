@@ -89,6 +89,10 @@ pub struct RunExportOptions {
     pub fp16_weights: bool,
     /// Quantize to int8 (calibrated on the run's training images, verified on all its test images).
     pub quantize: Option<QuantizeOptions>,
+    /// Test-time augmentation by horizontal flip inside the graph ([`ExportOptions::tta_flip`]); the
+    /// network is verified without it (the run's predictions are of single images), the wrapper by
+    /// the tests. Float exports only.
+    pub tta_flip: bool,
 }
 
 /// Summary of an export.
@@ -184,17 +188,40 @@ pub fn export_run(
             seed: q.seed,
             reduce_range: q.reduce_range,
         }),
+        tta_flip: opts.tta_flip,
     };
+    if opts.tta_flip && opts.quantize.is_some() {
+        return Err(Error::Usage(
+            "--tta flip applies to float exports; it cannot be combined with --quantize int8 yet"
+                .into(),
+        ));
+    }
     let mut export = ExportOptions {
         opset: opts.opset,
         output: opts.output,
         metadata: metadata.to_props(),
         fp16_weights: opts.fp16_weights,
         quantization: None,
+        tta_flip: false,
     };
     let float = build_model(&arch, &base, &head, &export)?;
     let output = destination.model_file();
     let (verification, int8) = match &opts.quantize {
+        None if opts.tta_flip => {
+            let tta = build_model(
+                &arch,
+                &base,
+                &head,
+                &ExportOptions {
+                    tta_flip: true,
+                    ..export.clone()
+                },
+            )?;
+            (
+                write_verified_tta(&output, &tta, &float, run_dir, opts)?,
+                None,
+            )
+        }
         None => (write_verified(&output, &float, run_dir, opts)?, None),
         Some(q) => {
             let spec = crate::data::ImageSpec::new(config.input_size, config.resize);
@@ -298,6 +325,47 @@ fn run_weights(
         &arch.head_params(),
     )?;
     Ok((base, fp, head))
+}
+
+/// Writes the test-time-augmented `tta` model to `output` once the same network without the
+/// wrapper, `plain`, passed [`verify_against_run`] (written to a temporary file beside `output`,
+/// removed after); returns the verification when it ran.
+///
+/// # Errors
+/// As [`write_model_checked`] and [`verify_against_run`].
+fn write_verified_tta(
+    output: &Path,
+    tta: &pb::ModelProto,
+    plain: &pb::ModelProto,
+    run_dir: &Path,
+    opts: &RunExportOptions,
+) -> Result<Option<Verification>> {
+    let mut verification = None;
+    write_model_checked(output, tta, |tmp| {
+        if opts.verify_images > 0 {
+            let dir = tmp.parent().unwrap_or(Path::new("."));
+            let plain_file = tempfile::Builder::new()
+                .prefix(".pipe-verify-")
+                .suffix(".onnx")
+                .tempfile_in(dir)
+                .map_err(|e| Error::io(dir, e))?;
+            write_model(plain_file.path(), plain)?;
+            let tolerance = if opts.fp16_weights {
+                FP16_VERIFY_TOLERANCE
+            } else {
+                VERIFY_TOLERANCE
+            };
+            verification = Some(verify_against_run(
+                plain_file.path(),
+                run_dir,
+                opts.verify_images,
+                opts.output,
+                tolerance,
+            )?);
+        }
+        Ok(())
+    })?;
+    Ok(verification)
 }
 
 /// Writes `model` to `output`, verified first against the run when `opts.verify_images > 0`; returns
