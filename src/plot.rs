@@ -134,6 +134,8 @@ pub fn training_curves(
         ],
         band: warm_up_band(history),
         y_scientific: false,
+        xlabel: "epoch",
+        x_log10: false,
     };
     render(path, (800, 500), |root| figure.draw(root, path), |_| {})
 }
@@ -145,6 +147,56 @@ fn warm_up_band(history: &[EpochMetrics]) -> Option<(f64, f64)> {
         .take_while(|m| m.phase == Some(crate::run::Phase::WarmUp))
         .count();
     (warm > 0).then_some((0.5, warm as f64 + 0.5))
+}
+
+/// `lr_find.png`: the learning-rate range test, the smoothed training loss against the learning rate
+/// (log10 axis, labelled `1e<k>`), with the suggested rate as a vertical line. `points` are
+/// (learning rate, smoothed loss) pairs with positive rates.
+///
+/// # Errors
+/// [`Error::Usage`] with fewer than two points; [`Error::Io`] naming `path` when the figure cannot be
+/// drawn or written.
+pub fn lr_find(points: &[(f64, f64)], suggestion: Option<f64>, path: &Path) -> Result<()> {
+    let curve: Points = points
+        .iter()
+        .filter(|(lr, l)| *lr > 0.0 && l.is_finite())
+        .map(|&(lr, l)| (lr.log10(), l))
+        .collect();
+    if curve.len() < 2 {
+        return Err(Error::Usage("fewer than two losses to plot".into()));
+    }
+    let (x0, x1) = (curve[0].0, curve[curve.len() - 1].0);
+    let (lo, hi) = curve
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let pad = ((hi - lo) * 0.1).max(1e-3);
+    let (y0, y1) = ((lo - pad).max(0.0), hi + pad);
+    let mut series = vec![("smoothed training loss", curve, TRAIN_COLOUR.to_rgba())];
+    if let Some(lr) = suggestion.filter(|&lr| lr > 0.0) {
+        let x = lr.log10();
+        series.push((
+            "suggested rate",
+            vec![(x, y0), (x, y1)],
+            VAL_COLOUR.to_rgba(),
+        ));
+    }
+    let figure = CurveFigure {
+        title: "Learning-rate range test".into(),
+        title_size: 26,
+        ylabel: "loss",
+        x: (x0, x1),
+        y: (y0, y1),
+        x_labels: ((x1 - x0).ceil() as usize + 1).clamp(2, 16),
+        legend: SeriesLabelPosition::UpperLeft,
+        legend_size: 18,
+        line: (3, 0),
+        series,
+        band: None,
+        y_scientific: false,
+        xlabel: "learning rate (log scale)",
+        x_log10: true,
+    };
+    render(path, (800, 500), |root| figure.draw(root, path), |_| {})
 }
 
 /// The learning rate of a fine-tuning run over its epochs (`lr.png`, 800x500 pixels): `warm_up` and
@@ -175,6 +227,8 @@ pub fn learning_rate(warm_up: Points, fine_tune: Points, path: &Path) -> Result<
         ],
         band: None,
         y_scientific: true,
+        xlabel: "epoch",
+        x_log10: false,
     };
     render(path, (800, 500), |root| figure.draw(root, path), |_| {})
 }
@@ -216,6 +270,10 @@ struct CurveFigure<'a> {
     band: Option<(f64, f64)>,
     /// y labels in scientific notation (learning rates) instead of two decimals.
     y_scientific: bool,
+    /// The x axis' description.
+    xlabel: &'a str,
+    /// x values are log10 of the quantity, labelled `1e<x>`.
+    x_log10: bool,
 }
 
 impl CurveFigure<'_> {
@@ -230,10 +288,16 @@ impl CurveFigure<'_> {
             .map_err(e)?;
         chart
             .configure_mesh()
-            .x_desc("epoch")
+            .x_desc(self.xlabel)
             .y_desc(self.ylabel)
             .x_labels(self.x_labels)
-            .x_label_formatter(&|v| format!("{v:.0}"))
+            .x_label_formatter(&|v| {
+                if self.x_log10 {
+                    format!("1e{v:.0}")
+                } else {
+                    format!("{v:.0}")
+                }
+            })
             .y_label_formatter(&|v| {
                 if self.y_scientific {
                     format!("{v:.1e}")
@@ -564,6 +628,8 @@ pub fn sweep_curves(lines: &[SweepLine], path: &Path) -> Result<()> {
         line: (2, 3),
         band: None,
         y_scientific: false,
+        xlabel: "epoch",
+        x_log10: false,
         series: lines
             .iter()
             .enumerate()

@@ -236,3 +236,54 @@ fn summary_prints_the_layer_table_and_parameter_counts() {
         .fails();
     assert!(err.contains("multiple of 32"), "{err}");
 }
+
+/// `pipe lr-find` on the recipe's head: the rates grow exponentially from --start-lr, the test stops
+/// when the smoothed loss diverges (at lr 10 it must), the suggestion lies inside the rates tried and
+/// below the divergence, `lr_find.png` and `lr_find.json` are written; and it leaves no trace: a run
+/// trained after it is byte-identical to one trained before it.
+#[test]
+fn lr_find_suggests_a_rate_and_leaves_no_trace() {
+    let w = Workdir::binary_release(40);
+    let train = |name: &str| w.train(name).limits(100, 40).epochs(2).batch(16);
+    train("before").ok();
+    let out_dir = w.join("lr");
+    let out = common::Pipe::new("lr-find")
+        .arg("--device", "cpu")
+        .data(&w.data)
+        .weights(weights())
+        .cache(&w.cache)
+        .limits(100, 40)
+        .batch(16)
+        .arg("--steps", "60")
+        .arg("--out", &out_dir)
+        .ok();
+    assert!(
+        out.stdout.contains("suggested learning rate"),
+        "{}",
+        out.stdout
+    );
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("lr_find.json")).unwrap()).unwrap();
+    let points = doc["points"].as_array().unwrap();
+    assert_eq!(doc["stopped"], "diverged", "a rate of 10 diverges");
+    assert!(points.len() > 20 && points.len() < 60, "{}", points.len());
+    let lrs: Vec<f64> = points.iter().map(|p| p["lr"].as_f64().unwrap()).collect();
+    assert!((lrs[0] - 1e-7).abs() < 1e-12);
+    // Exponential: the same ratio between consecutive rates, (10 / 1e-7)^(1/59).
+    let ratio = (10f64 / 1e-7).powf(1.0 / 59.0);
+    for pair in lrs.windows(2) {
+        assert!((pair[1] / pair[0] / ratio - 1.0).abs() < 1e-9);
+    }
+    let suggested = doc["suggestion"].as_f64().unwrap();
+    assert!(
+        suggested > lrs[0] && suggested < *lrs.last().unwrap(),
+        "{suggested}"
+    );
+    let png = std::fs::read(out_dir.join("lr_find.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+    train("after").ok();
+    let (before, after) = (w.run("before"), w.run("after"));
+    for f in ["history.json", "predictions.json", "head.safetensors"] {
+        assert_eq!(before.bytes(f), after.bytes(f), "{f}");
+    }
+}

@@ -7,6 +7,8 @@ mod evaluate;
 mod export;
 mod infer;
 mod inspect;
+#[cfg(feature = "train")]
+mod lr_find;
 mod render;
 #[cfg(feature = "serve")]
 mod serve;
@@ -85,6 +87,15 @@ pub enum Command {
     #[cfg(feature = "train")]
     #[command(after_help = EXIT_CODES)]
     Sweep(sweep::SweepArgs),
+    /// Find a learning rate: the learning-rate range test on the recipe's head and cached features.
+    ///
+    /// The head trains for --steps mini-batches while the rate grows exponentially from --start-lr to
+    /// --end-lr, stopping when the smoothed loss passes 4 times its lowest value. Prints the rate of
+    /// the steepest descent of the smoothed loss, and draws lr_find.png (loss against the rate, log
+    /// axis). Nothing a later pipe train reads is changed (the feature cache holds the same features).
+    #[cfg(feature = "train")]
+    #[command(name = "lr-find", after_help = EXIT_CODES)]
+    LrFind(lr_find::LrFindArgs),
     /// Print the layer table (name, output shape, parameters, trainable), like Keras' model.summary().
     #[command(after_help = EXIT_CODES)]
     Summary(summary::SummaryArgs),
@@ -141,6 +152,10 @@ impl Command {
             #[cfg(feature = "train")]
             Command::Sweep(a) => a
                 .run(matches.subcommand_matches("sweep"))
+                .map(Outcome::from),
+            #[cfg(feature = "train")]
+            Command::LrFind(a) => a
+                .run(matches.subcommand_matches("lr-find"))
                 .map(Outcome::from),
             Command::Summary(a) => a.run().map(Outcome::from),
             Command::Export(a) => a.run().map(Outcome::from),

@@ -29,6 +29,7 @@ pub mod head;
 pub mod images;
 pub mod learner;
 mod lifecycle;
+pub mod lr_find;
 pub mod model;
 pub mod optim;
 mod outputs;
@@ -37,6 +38,7 @@ pub mod sweep;
 pub use eval::{evaluate_run, Evaluation};
 pub use images::SKIPPED_FILE;
 pub use lifecycle::train;
+pub use lr_find::{lr_find, validate_lr_find, LrFind, LrFindOptions, LrPoint};
 pub use outputs::TrainOutcome;
 pub use sweep::{sweep, validate_sweep, SweepRow};
 

@@ -1,0 +1,276 @@
+//! `pipe lr-find`: the learning-rate range test (Smith, "Cyclical Learning Rates for Training Neural
+//! Networks", 2017; fastai's `lr_find`). The head of the run's recipe is trained on its cached
+//! frozen-base features for a few hundred mini-batches while the learning rate grows exponentially;
+//! the training loss, smoothed, falls and then rises when the rate becomes too large. The run it
+//! would precede is untouched: the test trains its own head, in its own process, and writes nothing
+//! a later `pipe train` reads except the feature cache, which holds the same features either way.
+
+use super::device::resolve_device;
+use super::features::prepare_features;
+use super::head::HeadModel;
+use super::images::{build_list, run_spec, RunImages};
+use super::learner::Model;
+use super::optim::{balanced_class_weights, optimise_step, OptState};
+use crate::config::{ClassWeights, ExtractEnv, Schedule, TrainConfig};
+use crate::data::{DataLayout, OnError};
+use crate::error::{Error, Result};
+use crate::events::EventSink;
+use serde::Serialize;
+use tch::Tensor;
+
+/// The sweep of a range test.
+#[derive(Debug, Clone, Copy)]
+pub struct LrFindOptions {
+    /// First learning rate.
+    pub start_lr: f64,
+    /// Last learning rate (reached at the last step if the loss has not diverged by then).
+    pub end_lr: f64,
+    /// Mini-batches (steps) of the sweep, across as many epochs of the training split as they need.
+    pub steps: usize,
+    /// Stop once the smoothed loss exceeds this multiple of its lowest value (fastai: 4).
+    pub diverge_factor: f64,
+}
+
+impl Default for LrFindOptions {
+    /// fastai's `lr_find` defaults: 1e-7 to 10 in 100 steps, stop at 4x the best loss.
+    fn default() -> Self {
+        LrFindOptions {
+            start_lr: 1e-7,
+            end_lr: 10.0,
+            steps: 100,
+            diverge_factor: 4.0,
+        }
+    }
+}
+
+/// One step of the test.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct LrPoint {
+    /// The step's learning rate.
+    pub lr: f64,
+    /// The mini-batch's training loss (cross-entropy, class-weighted as the recipe says).
+    pub loss: f64,
+    /// The exponential moving average of the losses (β 0.98), bias-corrected as fastai's.
+    pub smoothed: f64,
+}
+
+/// The outcome of a range test.
+#[derive(Debug, Clone, Serialize)]
+pub struct LrFind {
+    /// Every step run, in order.
+    pub points: Vec<LrPoint>,
+    /// The suggested rate ([`steepest_descent`]), `None` when too few steps ran.
+    pub suggestion: Option<f64>,
+    /// Why the test stopped: `end` (the last step), `diverged` (the smoothed loss passed
+    /// [`LrFindOptions::diverge_factor`] times its minimum, or a loss was not finite).
+    pub stopped: &'static str,
+    /// Images whose features were extracted (not in the cache).
+    pub extracted: usize,
+}
+
+/// The learning rate of step `i` of `steps`: `start · (end / start)^(i / (steps - 1))`.
+pub fn lr_at(opts: &LrFindOptions, i: usize) -> f64 {
+    let t = i as f64 / (opts.steps.max(2) - 1) as f64;
+    opts.start_lr * (opts.end_lr / opts.start_lr).powf(t)
+}
+
+/// The suggestion rule: the rate where the smoothed loss falls fastest against log10 of the rate
+/// (the most negative central difference), leaving out the first tenth of the steps (the average is
+/// still forming) and the last five (the loss is already rising): pytorch-lr-finder's and fastai's
+/// "steepest" rule. `None` with fewer than 10 points in that range.
+pub fn steepest_descent(points: &[LrPoint]) -> Option<f64> {
+    let (skip_start, skip_end) = (points.len() / 10, 5);
+    let range = points.get(skip_start..points.len().saturating_sub(skip_end))?;
+    if range.len() < 10 {
+        return None;
+    }
+    (1..range.len() - 1)
+        .map(|i| {
+            let slope = (range[i + 1].smoothed - range[i - 1].smoothed)
+                / (range[i + 1].lr.log10() - range[i - 1].lr.log10());
+            (slope, range[i].lr)
+        })
+        .filter(|(slope, _)| slope.is_finite())
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, lr)| lr)
+}
+
+/// Checks a range test before any work: the device, the extraction batch, a frozen base (the test
+/// trains the head on cached features) and the sweep.
+///
+/// # Errors
+/// [`Error::Usage`] naming what is wrong.
+pub fn validate_lr_find(
+    config: &TrainConfig,
+    env: &ExtractEnv,
+    opts: &LrFindOptions,
+) -> Result<()> {
+    resolve_device(env.device)?;
+    env.validate()?;
+    config.validate()?;
+    if config.unfreeze > 0 {
+        return Err(Error::Usage(
+            "pipe lr-find tests the head's learning rate on cached frozen-base features; \
+             fine-tuning (--unfreeze) is not supported by it yet"
+                .into(),
+        ));
+    }
+    let ok = opts.start_lr > 0.0 && opts.start_lr.is_finite() && opts.end_lr.is_finite();
+    if !ok || opts.end_lr <= opts.start_lr {
+        return Err(Error::Usage(format!(
+            "--start-lr {} and --end-lr {}: both positive, the start below the end",
+            opts.start_lr, opts.end_lr
+        )));
+    }
+    if opts.steps < 20 {
+        return Err(Error::Usage(format!(
+            "--steps {}: at least 20 (the suggestion leaves out the first tenth and the last five)",
+            opts.steps
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the range test for `config`'s recipe (its data, head, optimizer, momentum, weight decay,
+/// batch size, class weights and seed; its learning rate and schedule replaced by the sweep) on its
+/// frozen-base features, extracted once or taken from `env`'s cache.
+///
+/// # Errors
+/// As [`validate_lr_find`]; data, weights or libtorch errors.
+pub fn lr_find(
+    config: &TrainConfig,
+    env: &ExtractEnv,
+    opts: &LrFindOptions,
+    events: &dyn EventSink,
+) -> Result<LrFind> {
+    validate_lr_find(config, env, opts)?;
+    let device = resolve_device(env.device)?;
+    let layout = DataLayout::detect(&config.data)?;
+    let shares = config.split_options().shares(layout.kind)?;
+    let config = &config.clone().with_shares(layout.kind, shares);
+    let list = build_list(&layout, config, events)?;
+    let images = RunImages::load(list, run_spec(config), OnError::Skip, events)?;
+    let f = prepare_features(&images, config, env, device, events)?;
+    let arch = config.arch(f.classes.len());
+    let mut model = HeadModel::new(&f, &arch, config.seed, device)?;
+    let params = model.parameters();
+    let mut opt = OptState::new(config.optimizer, &params)?;
+    let weights = match config.class_weights {
+        ClassWeights::None => None,
+        ClassWeights::Auto => {
+            let mut counts = vec![0usize; f.classes.len()];
+            for l in model.train_labels()? {
+                if let Some(n) = counts.get_mut(l) {
+                    *n += 1;
+                }
+            }
+            let w: Vec<f32> = balanced_class_weights(&counts)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            Some(Tensor::from_slice(&w).f_to_device(device)?)
+        }
+    };
+    let (beta, mut average, mut best) = (0.98f64, 0.0f64, f64::MAX);
+    let mut points = Vec::with_capacity(opts.steps);
+    let mut stopped = "end";
+    let (mut epoch, mut batches) = (0, Vec::new().into_iter());
+    for i in 0..opts.steps {
+        let batch: Vec<usize> = match batches.next() {
+            Some(b) => b,
+            None => {
+                epoch += 1;
+                let order = model.epoch_order(epoch);
+                batches = order
+                    .chunks(config.batch_size)
+                    .map(<[usize]>::to_vec)
+                    .collect::<Vec<_>>()
+                    .into_iter();
+                match batches.next() {
+                    Some(b) => b,
+                    None => return Err(Error::Usage("no training images".into())),
+                }
+            }
+        };
+        let lr = lr_at(opts, i);
+        let step = TrainConfig {
+            lr,
+            schedule: Schedule::Constant,
+            ..config.clone()
+        };
+        let (logits, y) = model.train_batch(&batch)?;
+        let loss = match optimise_step(
+            &logits,
+            &y,
+            &params,
+            &mut opt,
+            &step,
+            weights.as_ref(),
+            (1, 0, 1),
+        ) {
+            Ok((loss, _)) => loss,
+            Err(Error::Diverged { .. }) => {
+                stopped = "diverged";
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        average = beta * average + (1.0 - beta) * loss;
+        let smoothed = average / (1.0 - beta.powi(i as i32 + 1));
+        points.push(LrPoint { lr, loss, smoothed });
+        best = best.min(smoothed);
+        if i > 0 && smoothed > opts.diverge_factor * best {
+            stopped = "diverged";
+            break;
+        }
+    }
+    Ok(LrFind {
+        suggestion: steepest_descent(&points),
+        points,
+        stopped,
+        extracted: f.extracted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rates grow exponentially from start to end: 1e-7, 1e-6, ..., 10 in 9 steps.
+    #[test]
+    fn rates_grow_exponentially_from_start_to_end() {
+        let opts = LrFindOptions {
+            steps: 9,
+            ..LrFindOptions::default()
+        };
+        for i in 0..9 {
+            let want = 10f64.powi(i as i32 - 7);
+            assert!((lr_at(&opts, i) / want - 1.0).abs() < 1e-9, "{i}");
+        }
+    }
+
+    /// On a loss that is flat, then falls fastest around 1e-3 (a tanh in log10 of the rate), then
+    /// rises, the rule picks the rate of the steepest fall, and not the minimum.
+    #[test]
+    fn the_suggestion_is_the_steepest_fall() {
+        let opts = LrFindOptions {
+            steps: 100,
+            ..LrFindOptions::default()
+        };
+        let points: Vec<LrPoint> = (0..100)
+            .map(|i| {
+                let lr = lr_at(&opts, i);
+                let x = lr.log10();
+                let smoothed = 2.0 - (x + 3.0).tanh() + if x > 0.0 { 3.0 * x * x } else { 0.0 };
+                LrPoint {
+                    lr,
+                    loss: smoothed,
+                    smoothed,
+                }
+            })
+            .collect();
+        let lr = steepest_descent(&points).unwrap();
+        assert!((lr.log10() + 3.0).abs() < 0.1, "{lr}");
+        assert!(steepest_descent(&points[..12]).is_none());
+    }
+}
