@@ -350,18 +350,7 @@ fn write_verified_tta(
                 .tempfile_in(dir)
                 .map_err(|e| Error::io(dir, e))?;
             write_model(plain_file.path(), plain)?;
-            let tolerance = if opts.fp16_weights {
-                FP16_VERIFY_TOLERANCE
-            } else {
-                VERIFY_TOLERANCE
-            };
-            verification = Some(verify_against_run(
-                plain_file.path(),
-                run_dir,
-                opts.verify_images,
-                opts.output,
-                tolerance,
-            )?);
+            verification = Some(verify_file(plain_file.path(), run_dir, opts)?);
         }
         Ok(())
     })?;
@@ -382,20 +371,23 @@ fn write_verified(
     let mut verification = None;
     write_model_checked(output, model, |tmp| {
         if opts.verify_images > 0 {
-            let tolerance = if opts.fp16_weights {
-                FP16_VERIFY_TOLERANCE
-            } else {
-                VERIFY_TOLERANCE
-            };
-            verification = Some(verify_against_run(
-                tmp,
-                run_dir,
-                opts.verify_images,
-                opts.output,
-                tolerance,
-            )?);
+            verification = Some(verify_file(tmp, run_dir, opts)?);
         }
         Ok(())
     })?;
     Ok(verification)
+}
+
+/// [`verify_against_run`] of the model file `file` on `opts.verify_images` test images, at the
+/// tolerance of its weights (float16: [`FP16_VERIFY_TOLERANCE`], else [`VERIFY_TOLERANCE`]).
+///
+/// # Errors
+/// As [`verify_against_run`].
+fn verify_file(file: &Path, run_dir: &Path, opts: &RunExportOptions) -> Result<Verification> {
+    let tolerance = if opts.fp16_weights {
+        FP16_VERIFY_TOLERANCE
+    } else {
+        VERIFY_TOLERANCE
+    };
+    verify_against_run(file, run_dir, opts.verify_images, opts.output, tolerance)
 }

@@ -69,6 +69,32 @@ pub fn label_tensor(labels: &[usize], device: Device) -> Result<Tensor> {
     Ok(Tensor::from_slice(&l).f_to_device(device)?)
 }
 
+/// The class weights of `config`'s training loss for `model`'s training labels: `None` with
+/// `--class-weights none`; with `auto`, [`balanced_class_weights`] of the label counts (classes of
+/// `config.classes`), as numbers and as a float32 `[classes]` tensor on `device`.
+///
+/// # Errors
+/// [`Error::Torch`] on a libtorch failure.
+pub fn class_weight_tensor<M: Model + ?Sized>(
+    config: &TrainConfig,
+    model: &M,
+    device: Device,
+) -> Result<Option<(Vec<f64>, Tensor)>> {
+    if config.class_weights == ClassWeights::None {
+        return Ok(None);
+    }
+    let mut counts = vec![0usize; config.classes.len()];
+    for l in model.train_labels()? {
+        if let Some(n) = counts.get_mut(l) {
+            *n += 1;
+        }
+    }
+    let w = balanced_class_weights(&counts);
+    let t: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+    let t = Tensor::from_slice(&t).f_to_device(device)?;
+    Ok(Some((w, t)))
+}
+
 /// What the [`Learner`] trains.
 pub trait Model {
     /// The trainable parameters, with their checkpoint names, sharing storage with the model (the
@@ -269,9 +295,7 @@ impl<'a> Learner<'a> {
         self.finish(model, &params, history, best, stopped_early)
     }
 
-    /// The class weights of the training loss (`--class-weights auto`: [`balanced_class_weights`] of
-    /// the model's training labels, reported to the events), as a float32 tensor on the parameters'
-    /// device; `None` without weights.
+    /// The class weights of the training loss ([`class_weight_tensor`]), reported to the events.
     ///
     /// # Errors
     /// [`Error::Torch`] on a libtorch failure.
@@ -280,30 +304,22 @@ impl<'a> Learner<'a> {
         model: &M,
         params: &[(String, Tensor)],
     ) -> Result<Option<Tensor>> {
-        let c = self.config;
-        if c.class_weights == ClassWeights::None {
-            return Ok(None);
-        }
-        let mut counts = vec![0usize; c.classes.len()];
-        for l in model.train_labels()? {
-            if let Some(n) = counts.get_mut(l) {
-                *n += 1;
-            }
-        }
-        let w = balanced_class_weights(&counts);
-        let named: Vec<String> = c
-            .classes
-            .iter()
-            .zip(&w)
-            .map(|(name, w)| format!("{name} {w:.2}"))
-            .collect();
-        self.events.info(format!(
-            "class weights (inverse class frequency): {}",
-            named.join(", ")
-        ));
         let device = params.first().map_or(Device::Cpu, |(_, p)| p.device());
-        let w: Vec<f32> = w.iter().map(|&v| v as f32).collect();
-        Ok(Some(Tensor::from_slice(&w).f_to_device(device)?))
+        let weights = class_weight_tensor(self.config, model, device)?;
+        if let Some((w, _)) = &weights {
+            let named: Vec<String> = self
+                .config
+                .classes
+                .iter()
+                .zip(w)
+                .map(|(name, w)| format!("{name} {w:.2}"))
+                .collect();
+            self.events.info(format!(
+                "class weights (inverse class frequency): {}",
+                named.join(", ")
+            ));
+        }
+        Ok(weights.map(|(_, t)| t))
     }
 
     /// Trains one epoch and validates: the epoch's metrics (also printed).

@@ -6,17 +6,14 @@
 //! a later `pipe train` reads except the feature cache, which holds the same features either way.
 
 use super::device::resolve_device;
-use super::features::prepare_features;
 use super::head::HeadModel;
-use super::images::{build_list, run_spec, RunImages};
-use super::learner::Model;
-use super::optim::{balanced_class_weights, optimise_step, OptState};
-use crate::config::{ClassWeights, ExtractEnv, Schedule, TrainConfig};
-use crate::data::{DataLayout, OnError};
+use super::learner::{class_weight_tensor, Model};
+use super::optim::{optimise_step, OptState};
+use super::sweep::head_features;
+use crate::config::{ExtractEnv, Schedule, TrainConfig};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use serde::Serialize;
-use tch::Tensor;
 
 /// The sweep of a range test.
 #[derive(Debug, Clone, Copy)]
@@ -145,32 +142,13 @@ pub fn lr_find(
 ) -> Result<LrFind> {
     validate_lr_find(config, env, opts)?;
     let device = resolve_device(env.device)?;
-    let layout = DataLayout::detect(&config.data)?;
-    let shares = config.split_options().shares(layout.kind)?;
-    let config = &config.clone().with_shares(layout.kind, shares);
-    let list = build_list(&layout, config, events)?;
-    let images = RunImages::load(list, run_spec(config), OnError::Skip, events)?;
-    let f = prepare_features(&images, config, env, device, events)?;
+    let (config, f) = head_features(config, env, device, events)?;
+    let config = &config;
     let arch = config.arch(f.classes.len());
     let mut model = HeadModel::new(&f, &arch, config.seed, device)?;
     let params = model.parameters();
     let mut opt = OptState::new(config.optimizer, &params)?;
-    let weights = match config.class_weights {
-        ClassWeights::None => None,
-        ClassWeights::Auto => {
-            let mut counts = vec![0usize; f.classes.len()];
-            for l in model.train_labels()? {
-                if let Some(n) = counts.get_mut(l) {
-                    *n += 1;
-                }
-            }
-            let w: Vec<f32> = balanced_class_weights(&counts)
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            Some(Tensor::from_slice(&w).f_to_device(device)?)
-        }
-    };
+    let weights = class_weight_tensor(config, &model, device)?.map(|(_, t)| t);
     let (beta, mut average, mut best) = (0.98f64, 0.0f64, f64::MAX);
     let mut points = Vec::with_capacity(opts.steps);
     let mut stopped = "end";

@@ -2,7 +2,7 @@
 //! cached features.
 
 use super::device::resolve_device;
-use super::features::prepare_features;
+use super::features::{prepare_features, Features};
 use super::head::HeadModel;
 use super::images::{build_list, run_spec, RunImages};
 use super::learner::Learner;
@@ -69,6 +69,27 @@ pub fn validate_sweep(
     Ok(())
 }
 
+/// What a head trained on cached features needs of `config`'s data, for a sweep or a range test:
+/// `config` with the split shares of its data's layout, and the frozen-base features of its splits
+/// (from `env`'s cache, or extracted on `device`; progress to `events`).
+///
+/// # Errors
+/// Data, weights or libtorch errors.
+pub(crate) fn head_features(
+    config: &TrainConfig,
+    env: &ExtractEnv,
+    device: tch::Device,
+    events: &dyn EventSink,
+) -> Result<(TrainConfig, Features)> {
+    let layout = DataLayout::detect(&config.data)?;
+    let shares = config.split_options().shares(layout.kind)?;
+    let config = config.clone().with_shares(layout.kind, shares);
+    let list = build_list(&layout, &config, events)?;
+    let images = RunImages::load(list, run_spec(&config), OnError::Skip, events)?;
+    let f = prepare_features(&images, &config, env, device, events)?;
+    Ok((config, f))
+}
+
 /// `config` with one sweep setting.
 fn setting(config: &TrainConfig, batch_size: usize, lr: f64) -> TrainConfig {
     TrainConfig {
@@ -92,12 +113,8 @@ pub fn sweep(
 ) -> Result<(Vec<SweepRow>, usize)> {
     validate_sweep(config, env, batch_sizes, lrs)?;
     let device = resolve_device(env.device)?;
-    let layout = DataLayout::detect(&config.data)?;
-    let shares = config.split_options().shares(layout.kind)?;
-    let config = &config.clone().with_shares(layout.kind, shares);
-    let list = build_list(&layout, config, events)?;
-    let images = RunImages::load(list, run_spec(config), OnError::Skip, events)?;
-    let f = prepare_features(&images, config, env, device, events)?;
+    let (config, f) = head_features(config, env, device, events)?;
+    let config = &config;
     let arch = config.arch(f.classes.len());
     let mut rows = Vec::new();
     for &lr in lrs {
