@@ -3,17 +3,41 @@
 //! tract's own multithreaded executor parallelises inside each matrix product, which gains little on
 //! this network's small late layers; splitting the batch across threads that each run the same
 //! optimised plan (data parallelism) keeps every core busy instead.
+//!
+//! Each thread runs its images one at a time through a plan whose batch dimension is bound to 1.
+//! With a concrete single-image shape tract computes each 3x3 convolution with its lazy im2col
+//! (patches gathered as the matrix product reads them) instead of writing the whole im2col matrix
+//! first; that matrix is most of the memory traffic at batch 256 (a third of the time at 32x32
+//! pixels in `examples/tract_profile.rs`) and several GiB at 384x384. tract's direct spatial
+//! convolution, which it would otherwise pick for the wide early layers of a single image, is turned
+//! off: on the AVX-512 CPU where this was measured it did a 384x384 layer at 0.43x the rate of the
+//! im2col path. docs/RESULTS.md has the figures.
 
 use super::Backend;
 use crate::error::{Error, Result};
 use ndarray::{concatenate, Array2, ArrayD, ArrayView4, Axis, Ix2};
+use std::collections::HashMap;
 use std::path::Path;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::tract_data::knobs::KnobScope;
 
-/// A model loaded, optimised and planned by tract, with a symbolic batch dimension.
+/// A model loaded, optimised and planned by tract.
 pub struct TractBackend {
     plan: Arc<TypedRunnableModel>,
+    batch: BatchPlan,
     threads: usize,
+}
+
+/// How a plan takes a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BatchPlan {
+    /// The model's batch dimension was symbolic and every other input dimension known: it is bound
+    /// to 1 and batches run image by image, split over the threads.
+    PerImage,
+    /// The batch dimension is symbolic (other dimensions too): batches are split over the threads.
+    Symbolic,
+    /// The model was exported for one batch size (or has several inputs): batches run whole.
+    Fixed,
 }
 
 fn err(e: impl std::fmt::Display) -> Error {
@@ -23,22 +47,64 @@ fn err(e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Types, declutters and optimises `model`. When its only input is `[N, ...]` with a symbolic batch
+/// `N` and every other dimension known, `N` is bound to 1 ([`BatchPlan::PerImage`]), unless the
+/// model computes something that does not depend on its input at each run (an int8 QDQ file's weight
+/// dequantisation, which tract does not fold): a single-image plan would repeat that for every image
+/// (2.7x slower on the int8 seed model at 32x32 pixels).
+fn plan(model: InferenceModel) -> TractResult<(Arc<TypedRunnableModel>, BatchPlan)> {
+    let typed = model.into_typed()?.into_decluttered()?;
+    let (typed, batch) = match typed.inputs.as_slice() {
+        [input] => {
+            let shape = typed.outlet_fact(*input)?.shape.clone();
+            match shape.dims().split_first() {
+                Some((TDim::Sym(n), rest))
+                    if rest.iter().all(|d| d.to_i64().is_ok()) && !has_constant_work(&typed)? =>
+                {
+                    (
+                        typed.set_symbols(&HashMap::from([(n.clone(), TDim::Val(1))]))?,
+                        BatchPlan::PerImage,
+                    )
+                }
+                Some((TDim::Sym(_), _)) => (typed, BatchPlan::Symbolic),
+                _ => (typed, BatchPlan::Fixed),
+            }
+        }
+        _ => (typed, BatchPlan::Fixed),
+    };
+    let scope = KnobScope::new([("TRACT_DISABLE_DIRECT_SPATIAL", "true")])?;
+    let plan = scope.enter(|| typed.into_optimized())?.into_runnable()?;
+    Ok((plan, batch))
+}
+
+/// Whether `model` has operators other than constants whose inputs do not depend on the model's
+/// inputs: work each run repeats whatever the images.
+fn has_constant_work(model: &TypedModel) -> TractResult<bool> {
+    use tract_onnx::tract_core::ops::konst::Const;
+    let mut depends = vec![false; model.nodes().len()];
+    for id in model.eval_order()? {
+        let node = &model.nodes()[id];
+        depends[id] = model.inputs.iter().any(|i| i.node == id)
+            || node.inputs.iter().any(|i| depends[i.node]);
+        if !depends[id] && !node.op_is::<Const>() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 impl TractBackend {
-    /// Loads `model`, optimises it for any batch size and plans it; batches are split over `threads`
-    /// threads (0 = all cores).
+    /// Loads `model`, optimises it and plans it (for one image at a time when its batch dimension
+    /// is symbolic); batches are split over `threads` threads (0 = all cores).
     ///
     /// # Errors
     /// [`Error::InvalidFile`] naming the model when tract cannot load or optimise it.
     pub fn open(model: &Path, threads: usize) -> Result<Self> {
-        let load = || -> TractResult<Arc<TypedRunnableModel>> {
-            tract_onnx::onnx()
-                .model_for_path(model)?
-                .into_optimized()?
-                .into_runnable()
-        };
-        let plan = load()
+        let (plan, batch) = tract_onnx::onnx()
+            .model_for_path(model)
+            .and_then(plan)
             .map_err(|e| Error::invalid(model, format!("tract cannot load the model: {e:#}")))?;
-        Ok(Self::with_plan(plan, threads))
+        Ok(Self::with_plan(plan, batch, threads))
     }
 
     /// As [`TractBackend::open`], for a model in memory (`name` names it in errors), whose outputs may
@@ -51,15 +117,14 @@ impl TractBackend {
         name: &str,
         threads: usize,
     ) -> Result<Self> {
-        let plan = tract_onnx::onnx()
+        let (plan, batch) = tract_onnx::onnx()
             .model_for_proto_model(model)
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
+            .and_then(plan)
             .map_err(|e| err(format!("cannot load {name}: {e:#}")))?;
-        Ok(Self::with_plan(plan, threads))
+        Ok(Self::with_plan(plan, batch, threads))
     }
 
-    fn with_plan(plan: Arc<TypedRunnableModel>, threads: usize) -> Self {
+    fn with_plan(plan: Arc<TypedRunnableModel>, batch: BatchPlan, threads: usize) -> Self {
         let threads = if threads == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -67,7 +132,11 @@ impl TractBackend {
         } else {
             threads
         };
-        TractBackend { plan, threads }
+        TractBackend {
+            plan,
+            batch,
+            threads,
+        }
     }
 
     /// Every output of the model for `images` (float32 NHWC), in the model's output order, each with
@@ -79,18 +148,17 @@ impl TractBackend {
     pub fn run_outputs(&self, images: ArrayView4<'_, f32>) -> Result<Vec<ArrayD<f32>>> {
         let n = images.shape()[0];
         let parts = self.threads.min(n).max(1);
-        if parts == 1 {
-            return Self::run_one(&self.plan, images);
+        if parts == 1 || self.batch == BatchPlan::Fixed {
+            return self.run_chunk(images);
         }
         let per = n.div_ceil(parts);
-        let plan = &self.plan;
         let results: Vec<Result<Vec<ArrayD<f32>>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..n)
                 .step_by(per)
                 .map(|start| {
                     let chunk = images
                         .slice_axis(Axis(0), ndarray::Slice::from(start..(start + per).min(n)));
-                    scope.spawn(move || Self::run_one(plan, chunk))
+                    scope.spawn(move || self.run_chunk(chunk))
                 })
                 .collect();
             handles
@@ -102,13 +170,19 @@ impl TractBackend {
                 .collect()
         });
         let parts = results.into_iter().collect::<Result<Vec<_>>>()?;
-        let outputs = parts.first().map_or(0, Vec::len);
-        (0..outputs)
-            .map(|k| {
-                let views: Vec<_> = parts.iter().map(|p| p[k].view()).collect();
-                concatenate(Axis(0), &views).map_err(err)
-            })
-            .collect()
+        concat_outputs(&parts)
+    }
+
+    /// Runs `images` on the calling thread: at once, or image by image for a single-image plan.
+    fn run_chunk(&self, images: ArrayView4<'_, f32>) -> Result<Vec<ArrayD<f32>>> {
+        if self.batch != BatchPlan::PerImage || images.shape()[0] == 1 {
+            return Self::run_one(&self.plan, images);
+        }
+        let parts = images
+            .axis_chunks_iter(Axis(0), 1)
+            .map(|image| Self::run_one(&self.plan, image))
+            .collect::<Result<Vec<_>>>()?;
+        concat_outputs(&parts)
     }
 
     fn run_one(
@@ -125,6 +199,18 @@ impl TractBackend {
     }
 }
 
+/// Joins the outputs of consecutive parts of a batch: output `k` of the result is output `k` of
+/// every part, concatenated along the batch (first) axis.
+fn concat_outputs(parts: &[Vec<ArrayD<f32>>]) -> Result<Vec<ArrayD<f32>>> {
+    let outputs = parts.first().map_or(0, Vec::len);
+    (0..outputs)
+        .map(|k| {
+            let views: Vec<_> = parts.iter().map(|p| p[k].view()).collect();
+            concatenate(Axis(0), &views).map_err(err)
+        })
+        .collect()
+}
+
 impl Backend for TractBackend {
     fn name(&self) -> &'static str {
         "tract"
@@ -137,5 +223,139 @@ impl Backend for TractBackend {
             .next()
             .ok_or_else(|| err("model produced no output"))?;
         first.into_dimensionality::<Ix2>().map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::build::{attr_ints, f32_tensor, i8_tensor, ir_version_for, node, value_info};
+    use ndarray::Array4;
+    use tract_onnx::pb;
+
+    const SIDE: usize = 6;
+    /// Channels in and out: the weights, 4.7 MB as float32, are above the 4 MiB up to which tract
+    /// folds constant computations, so their int8 form is dequantized at each run.
+    const CIN: usize = 512;
+    const COUT: usize = 256;
+
+    /// NHWC `[batch, 6, 6, 512]` → Transpose to NCHW → Conv 3x3, padding 1, 512 → 256 channels →
+    /// Flatten to `[batch, 9216]`; `batch` None makes the batch dimension symbolic. With `int8`, the weights are
+    /// stored as `round(w * 7)` in int8 and a DequantizeLinear (scale 1/7 per output channel) gives them
+    /// back.
+    fn conv_model(batch: Option<i64>, weight: &[f32], bias: &[f32], int8: bool) -> pb::ModelProto {
+        let side = SIDE as i64;
+        let shape = [COUT, CIN, 3, 3];
+        let mut initializer = vec![f32_tensor("b", &[COUT], bias)];
+        let mut nodes = Vec::new();
+        if int8 {
+            let q: Vec<i8> = weight.iter().map(|w| (w * 7.0).round() as i8).collect();
+            initializer.push(i8_tensor("wq", &shape, &q));
+            initializer.push(f32_tensor("scale", &[], &[1.0 / 7.0]));
+            nodes.push(node(
+                "DequantizeLinear",
+                "dq",
+                &["wq", "scale"],
+                "w",
+                vec![],
+            ));
+        } else {
+            initializer.push(f32_tensor("w", &shape, weight));
+        }
+        nodes.extend([
+            node(
+                "Transpose",
+                "t",
+                &["x"],
+                "nchw",
+                vec![attr_ints("perm", &[0, 3, 1, 2])],
+            ),
+            node(
+                "Conv",
+                "c",
+                &["nchw", "w", "b"],
+                "conv",
+                vec![
+                    attr_ints("kernel_shape", &[3, 3]),
+                    attr_ints("pads", &[1, 1, 1, 1]),
+                ],
+            ),
+            node("Flatten", "f", &["conv"], "y", vec![]),
+        ]);
+        pb::ModelProto {
+            ir_version: ir_version_for(17),
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(pb::GraphProto {
+                name: "conv".into(),
+                node: nodes,
+                initializer,
+                input: vec![value_info(
+                    "x",
+                    &[batch, Some(side), Some(side), Some(CIN as i64)],
+                    "",
+                )],
+                output: vec![value_info(
+                    "y",
+                    &[batch, Some((COUT * SIDE * SIDE) as i64)],
+                    "",
+                )],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The convolution by its definition, summed in f64: output `[n, o*36 + y*6 + x]`.
+    fn naive(x: &Array4<f32>, weight: &[f32], bias: &[f32]) -> Array2<f32> {
+        let n = x.shape()[0];
+        Array2::from_shape_fn((n, COUT * SIDE * SIDE), |(b, j)| {
+            let (o, y, xx) = (j / (SIDE * SIDE), j / SIDE % SIDE, j % SIDE);
+            let mut sum = f64::from(bias[o]);
+            for c in 0..CIN {
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let (iy, ix) =
+                            (y as isize + ky as isize - 1, xx as isize + kx as isize - 1);
+                        if (0..SIDE as isize).contains(&iy) && (0..SIDE as isize).contains(&ix) {
+                            let w = weight[((o * CIN + c) * 3 + ky) * 3 + kx];
+                            sum += f64::from(w) * f64::from(x[[b, iy as usize, ix as usize, c]]);
+                        }
+                    }
+                }
+            }
+            sum as f32
+        })
+    }
+
+    /// A symbolic batch is bound to 1 and run image by image on 2 threads (3 + 2 images), a fixed
+    /// batch of 5 is run whole, and a symbolic batch stays symbolic when the weights are dequantized
+    /// at each run; all give the convolution's definition.
+    #[test]
+    fn single_image_plans_and_fixed_batches_compute_the_convolution() {
+        let weight: Vec<f32> = (0..COUT * CIN * 9)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let bias: Vec<f32> = (0..COUT).map(|o| (o % 5) as f32 * 0.5 - 1.0).collect();
+        let x = Array4::from_shape_fn((5, SIDE, SIDE, CIN), |(n, y, x, c)| {
+            ((n * 31 + y * 7 + x * 3 + c * 11) % 17) as f32 / 8.0 - 1.0
+        });
+        let want = naive(&x, &weight, &bias);
+        let cases = [
+            (None, false, BatchPlan::PerImage),
+            (Some(5), false, BatchPlan::Fixed),
+            (None, true, BatchPlan::Symbolic),
+        ];
+        for (batch, int8, plan) in cases {
+            let model = conv_model(batch, &weight, &bias, int8);
+            let mut backend = TractBackend::open_proto(&model, "conv", 2).unwrap();
+            assert_eq!(backend.batch, plan, "batch {batch:?}");
+            let got = backend.run(x.view()).unwrap();
+            assert_eq!(got.dim(), want.dim());
+            let worst = (&got - &want).iter().fold(0f32, |m, d| m.max(d.abs()));
+            assert!(worst <= 1e-4, "batch {batch:?}: off by {worst}");
+        }
     }
 }
