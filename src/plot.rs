@@ -396,22 +396,52 @@ pub fn prediction_grid(tiles: &[PredictionTile], classes: &[String], path: &Path
     if tiles.is_empty() {
         return Err(Error::Usage("no test image to draw".into()));
     }
+    let wrong = tiles.iter().filter(|t| t.label != t.predicted).count();
+    let title = format!(
+        "Predictions on {} test images ({} wrong, in red)",
+        tiles.len(),
+        wrong
+    );
+    labelled_grid(tiles, classes, &title, "true", path)
+}
+
+/// The training images a review suspects most (the lowest out-of-fold probability of their given
+/// label first), as [`prediction_grid`] draws them: each titled with the suggested class and its
+/// probability, in red with the given label when the two differ. Written to `path` (`review.png`).
+///
+/// # Errors
+/// [`Error::Io`] naming `path` when drawing or writing fails; [`Error::Usage`] for no tiles.
+pub fn review_grid(tiles: &[PredictionTile], classes: &[String], path: &Path) -> Result<()> {
+    if tiles.is_empty() {
+        return Err(Error::Usage("no training image to draw".into()));
+    }
+    let title = format!(
+        "The {} training images whose given label the other folds find least likely",
+        tiles.len()
+    );
+    labelled_grid(tiles, classes, &title, "given", path)
+}
+
+/// A grid of images (5 per row), each titled with its predicted class and probability; one whose
+/// predicted class is not its label is titled in red with `truth: <label>` and framed in red, the
+/// others framed in green.
+fn labelled_grid(
+    tiles: &[PredictionTile],
+    classes: &[String],
+    title: &str,
+    truth: &str,
+    path: &Path,
+) -> Result<()> {
     let cols = tiles.len().min(5);
     let rows = tiles.len().div_ceil(cols);
     let size = (cols as u32 * CELL_W, GRID_TOP + rows as u32 * CELL_H);
     let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| i.to_string());
-    let wrong = tiles.iter().filter(|t| t.label != t.predicted).count();
     render(
         path,
         size,
         |root| {
             let e = |e| draw_err(path, e);
-            let title = format!(
-                "Predictions on {} test images ({} wrong, in red)",
-                tiles.len(),
-                wrong
-            );
-            root.draw_text(&title, &(FONT, 22).into_font().color(&BLACK), (16, 14))
+            root.draw_text(title, &(FONT, 22).into_font().color(&BLACK), (16, 14))
                 .map_err(e)?;
             for (i, t) in tiles.iter().enumerate() {
                 let (x, y, side) = tile_origin(i, cols);
@@ -428,7 +458,7 @@ pub fn prediction_grid(tiles: &[PredictionTile], classes: &[String], path: &Path
                 } else {
                     vec![
                         format!("{} ({:.0}%)", name(t.predicted), t.probability * 100.0),
-                        format!("true: {}", name(t.label)),
+                        format!("{truth}: {}", name(t.label)),
                     ]
                 };
                 for (k, line) in lines.iter().enumerate() {

@@ -467,3 +467,77 @@ fn imbalanced_classes_report_balanced_accuracy_and_macro_f1() {
     let infer = Pipe::infer(&model).path(w.data.join("test")).ok();
     assert!(infer.stderr.contains(&line), "{line}: {}", infer.stderr);
 }
+
+/// `pipe review` on 12 training photos of each of three classes, three of them moved on purpose into
+/// another class's folder: those three rank first in `review.json`, each with its true class
+/// suggested, and `review.png` is written. The photos preset's class weights are on (`auto`), as
+/// `pipe lr-find` and `pipe sweep` get them too. `--folds 1` is refused before any work.
+#[test]
+fn review_ranks_deliberately_mislabelled_photos_first() {
+    let w = photo_data("train:12 test:3");
+    let flips = [
+        ("ants", "00", "bees"),
+        ("bees", "01", "flies"),
+        ("flies", "02", "ants"),
+    ];
+    for (from, i, to) in flips {
+        let train = w.data.join("train");
+        std::fs::rename(
+            train.join(from).join(format!("{i}.png")),
+            train.join(to).join(format!("{from}-{i}.png")),
+        )
+        .unwrap();
+    }
+    let out_dir = w.join("review");
+    let review = |folds: &str| {
+        Pipe::new("review")
+            .arg("--device", "cpu")
+            .data(&w.data)
+            .weights(common::weights())
+            .cache(&w.cache)
+            .limits(0, 0)
+            .arg("--preset", "photos")
+            .arg("--input-size", "32")
+            .arg("--epochs", "10")
+            .arg("--batch-size", "8")
+            .arg("--folds", folds)
+            .arg("--out", &out_dir)
+    };
+    let refused = review("1").fails();
+    assert_contains(&refused, &["--folds 1", "at least 2"]);
+    assert!(
+        !out_dir.exists(),
+        "a refused review wrote {}",
+        out_dir.display()
+    );
+    let out = review("4").ok();
+    assert_contains(&out.stdout, &["36 training images in 4 folds"]);
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("review.json")).unwrap()).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 36);
+    let mut top: Vec<(String, String, String)> = rows[..3]
+        .iter()
+        .map(|r| {
+            let path = r["path"].as_str().unwrap();
+            let file = Path::new(path).file_name().unwrap().to_str().unwrap();
+            (
+                file.to_string(),
+                r["given"].as_str().unwrap().to_string(),
+                r["suggested"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    top.sort();
+    let mut want: Vec<(String, String, String)> = flips
+        .iter()
+        .map(|(from, i, to)| (format!("{from}-{i}.png"), to.to_string(), from.to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(top, want, "the three most suspect rows: {rows:?}");
+    let scores: Vec<f64> = rows.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|p| p[0] <= p[1]), "{scores:?}");
+    assert!(scores[2] < 0.5 && scores[3] > 0.5, "{scores:?}");
+    let png = std::fs::read(out_dir.join("review.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+}

@@ -10,6 +10,8 @@ mod inspect;
 #[cfg(feature = "train")]
 mod lr_find;
 mod render;
+#[cfg(feature = "train")]
+mod review;
 #[cfg(feature = "serve")]
 mod serve;
 mod summary;
@@ -96,6 +98,16 @@ pub enum Command {
     #[cfg(feature = "train")]
     #[command(name = "lr-find", after_help = EXIT_CODES)]
     LrFind(lr_find::LrFindArgs),
+    /// Find suspected label errors: the training images the rest of the data disagrees with.
+    ///
+    /// The training split is cut into --folds folds (stratified by class); for each, a head trained
+    /// with the recipe on the cached features of the other folds predicts the fold's images. Images
+    /// are ranked by the out-of-fold probability of their given label, lowest first: review.json
+    /// lists them all (path, given label, suggested label, score), review.png shows the first --show.
+    /// Nothing a later pipe train reads is changed.
+    #[cfg(feature = "train")]
+    #[command(after_help = EXIT_CODES)]
+    Review(review::ReviewArgs),
     /// Print the layer table (name, output shape, parameters, trainable), like Keras' model.summary().
     #[command(after_help = EXIT_CODES)]
     Summary(summary::SummaryArgs),
@@ -156,6 +168,10 @@ impl Command {
             #[cfg(feature = "train")]
             Command::LrFind(a) => a
                 .run(matches.subcommand_matches("lr-find"))
+                .map(Outcome::from),
+            #[cfg(feature = "train")]
+            Command::Review(a) => a
+                .run(matches.subcommand_matches("review"))
                 .map(Outcome::from),
             Command::Summary(a) => a.run().map(Outcome::from),
             Command::Export(a) => a.run().map(Outcome::from),

@@ -17,7 +17,8 @@
 //!   fine-tuning (CIFAR-style flips and shifts, photo-style random resized crops).
 //! - `features.rs`: feature extraction through the frozen base and the feature cache; `model.rs`:
 //!   the tch base and head built from [`crate::arch`].
-//! - `eval.rs`: `pipe evaluate`; `sweep.rs`: `pipe sweep`.
+//! - `eval.rs`: `pipe evaluate`; `sweep.rs`: `pipe sweep`; `lr_find.rs`: `pipe lr-find`; `review.rs`:
+//!   `pipe review` (suspected label errors from out-of-fold predictions).
 
 pub mod augment;
 pub mod checkpoint;
@@ -33,6 +34,7 @@ pub mod lr_find;
 pub mod model;
 pub mod optim;
 mod outputs;
+pub mod review;
 pub mod sweep;
 
 pub use eval::{evaluate_run, Evaluation};
@@ -40,6 +42,7 @@ pub use images::SKIPPED_FILE;
 pub use lifecycle::train;
 pub use lr_find::{lr_find, validate_lr_find, LrFind, LrFindOptions, LrPoint};
 pub use outputs::TrainOutcome;
+pub use review::{review, validate_review, Review, ReviewOptions, ReviewRow};
 pub use sweep::{sweep, validate_sweep, SweepRow};
 
 /// Serialises the unit tests that seed or draw from libtorch's process-wide RNG (`tch::manual_seed`,

@@ -70,8 +70,8 @@ pub fn validate_sweep(
 }
 
 /// What a head trained on cached features needs of `config`'s data, for a sweep or a range test:
-/// `config` with the split shares of its data's layout, and the frozen-base features of its splits
-/// (from `env`'s cache, or extracted on `device`; progress to `events`).
+/// `config` with the split shares of its data's layout and its class names, and the frozen-base
+/// features of its splits (from `env`'s cache, or extracted on `device`; progress to `events`).
 ///
 /// # Errors
 /// Data, weights or libtorch errors.
@@ -81,13 +81,31 @@ pub(crate) fn head_features(
     device: tch::Device,
     events: &dyn EventSink,
 ) -> Result<(TrainConfig, Features)> {
+    let (config, _, f) = head_data(config, env, device, events)?;
+    Ok((config, f))
+}
+
+/// As [`head_features`], with the decoded images the features come from.
+///
+/// # Errors
+/// Data, weights or libtorch errors.
+pub(crate) fn head_data(
+    config: &TrainConfig,
+    env: &ExtractEnv,
+    device: tch::Device,
+    events: &dyn EventSink,
+) -> Result<(TrainConfig, RunImages, Features)> {
     let layout = DataLayout::detect(&config.data)?;
     let shares = config.split_options().shares(layout.kind)?;
     let config = config.clone().with_shares(layout.kind, shares);
     let list = build_list(&layout, &config, events)?;
     let images = RunImages::load(list, run_spec(&config), OnError::Skip, events)?;
     let f = prepare_features(&images, &config, env, device, events)?;
-    Ok((config, f))
+    let config = TrainConfig {
+        classes: images.list.classes.clone(),
+        ..config
+    };
+    Ok((config, images, f))
 }
 
 /// `config` with one sweep setting.
