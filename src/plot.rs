@@ -422,6 +422,20 @@ pub fn review_grid(tiles: &[PredictionTile], classes: &[String], path: &Path) ->
     labelled_grid(tiles, classes, &title, "given", path)
 }
 
+/// The test images with the highest loss (highest first), as [`prediction_grid`] draws them: each
+/// titled with its predicted class and probability, and its true label where the two differ.
+/// Written to `path` (`top_losses.png`).
+///
+/// # Errors
+/// [`Error::Io`] naming `path` when drawing or writing fails; [`Error::Usage`] for no tiles.
+pub fn top_losses_grid(tiles: &[PredictionTile], classes: &[String], path: &Path) -> Result<()> {
+    if tiles.is_empty() {
+        return Err(Error::Usage("no test image to draw".into()));
+    }
+    let title = format!("The {} test images with the highest loss", tiles.len());
+    labelled_grid(tiles, classes, &title, "true", path)
+}
+
 /// A grid of images (5 per row), each titled with its predicted class and probability; one whose
 /// predicted class is not its label is titled in red with `truth: <label>` and framed in red, the
 /// others framed in green.

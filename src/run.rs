@@ -31,6 +31,8 @@ pub const LR_PNG: &str = "lr.png";
 pub const PREDICTIONS_PNG: &str = "predictions.png";
 /// Test confusion matrix.
 pub const CONFUSION_PNG: &str = "confusion.png";
+/// The test images with the highest loss, with their true and predicted labels.
+pub const TOP_LOSSES_PNG: &str = "top_losses.png";
 /// Name of the link to the newest run inside the runs folder.
 pub const LATEST: &str = "latest";
 

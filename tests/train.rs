@@ -20,6 +20,7 @@ fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
     assert!(b.stderr.contains("all 190 images from the feature cache"));
     // Same seed, same device: identical history and head weights.
     let (ra, rb) = (w.run("a"), w.run("b"));
+    let top_losses_by_train = ra.bytes("top_losses.png");
     assert_eq!(ra.bytes("history.json"), rb.bytes("history.json"));
     assert_eq!(ra.bytes("head.safetensors"), rb.bytes("head.safetensors"));
     let preds = ra.predictions();
@@ -82,6 +83,56 @@ fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
         let img = image::open(ra.file(png)).unwrap();
         assert_eq!((img.width(), img.height()), (width, height), "{png}");
     }
+    let img = image::load_from_memory(&top_losses_by_train).unwrap();
+    assert_eq!((img.width(), img.height()), (950, 450), "top_losses.png");
+    // top_losses.png starts with the test record of the highest loss, -ln p(label) computed here
+    // from predictions.json: its first tile shows that record's pixels (read from the binary
+    // release, red, green and blue planes after the label byte), each scaled 4x.
+    let worst = preds
+        .items
+        .iter()
+        .map(|it| -f64::from(it.probabilities[it.label]).ln())
+        .enumerate()
+        .fold((0, f64::MIN), |b, (i, l)| if l > b.1 { (i, l) } else { b })
+        .0;
+    let record: usize = preds.items[worst]
+        .file
+        .split('#')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bin = std::fs::read(preds.data_root.join("test_batch.bin")).unwrap();
+    let pixels = &bin[record * 3073 + 1..(record + 1) * 3073];
+    let top = image::load_from_memory(&top_losses_by_train)
+        .unwrap()
+        .to_rgb8();
+    let (x0, y0, _) = pipe::plot::tile_origin(0, 5);
+    for sy in 1..31 {
+        for sx in 1..31 {
+            let got = top
+                .get_pixel(x0 + 4 * sx as u32 + 1, y0 + 4 * sy as u32 + 1)
+                .0;
+            let want = [0, 1, 2].map(|c| pixels[c * 1024 + sy * 32 + sx]);
+            assert_eq!(got, want, "record {record}, pixel ({sx}, {sy})");
+        }
+    }
+    // evaluate lists the same highest losses and redraws top_losses.png as the run drew it.
+    std::fs::remove_file(ra.file("top_losses.png")).unwrap();
+    let out = w.evaluate("a").format("json").ok();
+    let ev: Value = serde_json::from_str(&out.stdout).unwrap();
+    let top = ev["top_losses"].as_array().unwrap();
+    assert_eq!(top.len(), 10);
+    assert_eq!(top[0]["file"], preds.items[worst].file.as_str());
+    let loss = -f64::from(preds.items[worst].probabilities[preds.items[worst].label]).ln();
+    assert!(
+        (top[0]["loss"].as_f64().unwrap() - loss).abs() < 1e-4,
+        "{top:?}"
+    );
+    assert!(
+        ra.bytes("top_losses.png") == top_losses_by_train,
+        "evaluate drew another top_losses.png than the run"
+    );
     let confusion_png = image::open(ra.file("confusion.png")).unwrap();
     assert!(confusion_png.width() > 400 && confusion_png.height() > 400);
     let elsewhere = w.join("conf.png");

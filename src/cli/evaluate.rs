@@ -33,6 +33,10 @@ pub struct EvaluateArgs {
     /// Where to draw the confusion matrix as a PNG (default: confusion.png in the run folder).
     #[arg(long, value_name = "PNG")]
     confusion_png: Option<PathBuf>,
+    /// Where to draw the 10 test images with the highest loss, with their true and predicted labels
+    /// (default: top_losses.png in the run folder).
+    #[arg(long, value_name = "PNG")]
+    top_losses_png: Option<PathBuf>,
     #[command(flatten)]
     env: pipe::config::ExtractEnv,
 }
@@ -44,7 +48,10 @@ impl EvaluateArgs {
     /// As [`pipe::train::evaluate_run`]; an unusable --confusion-png.
     pub fn run(self) -> Result<()> {
         let run_dir = self.run.resolve()?;
-        if let Some(png) = &self.confusion_png {
+        for png in [&self.confusion_png, &self.top_losses_png]
+            .into_iter()
+            .flatten()
+        {
             pipe::util::check_output_path(png, false)?;
         }
         let events = Stderr::new();
@@ -62,6 +69,13 @@ impl EvaluateArgs {
             .unwrap_or_else(|| run_dir.join(pipe::run::CONFUSION_PNG));
         pipe::plot::confusion_matrix(&ev.report, &png)?;
         eprintln!("confusion matrix drawn in {}", png.display());
+        if !ev.top_loss_tiles.is_empty() {
+            let png = self
+                .top_losses_png
+                .unwrap_or_else(|| run_dir.join(pipe::run::TOP_LOSSES_PNG));
+            pipe::plot::top_losses_grid(&ev.top_loss_tiles, &ev.report.classes, &png)?;
+            eprintln!("top losses drawn in {}", png.display());
+        }
         match self.format {
             ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&ev)?),
             ReportFormat::Text => {
@@ -78,6 +92,15 @@ impl EvaluateArgs {
                     ev.report.balanced_line()
                 );
                 print!("{}", ev.report.table());
+                if !ev.top_losses.is_empty() {
+                    println!("\nhighest losses (-ln p of the true class):");
+                    for t in ev.top_losses.iter().take(5) {
+                        println!(
+                            "  {:7.3}  {}  true {}, predicted {} ({:.3})",
+                            t.loss, t.file, t.label, t.predicted, t.probability
+                        );
+                    }
+                }
             }
         }
         Ok(())

@@ -10,12 +10,28 @@ use crate::config::{ExtractEnv, TrainConfig};
 use crate::data::{DataLayout, OnError, SplitList, SplitPart};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
+use crate::plot::PredictionTile;
 use crate::report::ClassReport;
-use crate::run;
+use crate::run::{self, PredictionItem, Predictions};
 use crate::weights::load_safetensors;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device};
+
+/// A test image among the highest losses of an evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopLoss {
+    /// The file, relative to the evaluated data's folder (or `<batch file>#<record>`).
+    pub file: String,
+    /// True class name.
+    pub label: String,
+    /// Predicted class name.
+    pub predicted: String,
+    /// Probability of the predicted class, 0..1.
+    pub probability: f32,
+    /// Cross-entropy of the image, -ln p(true class).
+    pub loss: f64,
+}
 
 /// Result of [`evaluate_run`].
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +44,11 @@ pub struct Evaluation {
     pub loss: f64,
     /// Accuracy, precision, recall, confusion matrix.
     pub report: ClassReport,
+    /// The 10 test images with the highest loss, highest first.
+    pub top_losses: Vec<TopLoss>,
+    /// The same images as tiles for `top_losses.png` ([`crate::plot::top_losses_grid`]).
+    #[serde(skip)]
+    pub top_loss_tiles: Vec<PredictionTile>,
 }
 
 /// Evaluates a run's head on its test split, on `env`'s device, with features from `env`'s cache
@@ -91,11 +112,58 @@ pub fn evaluate_run(
             .f_to_device(Device::Cpu)?,
     )?;
     let pred: Vec<usize> = pred.into_iter().map(|p| p as usize).collect();
+    let probs = scores
+        .logits
+        .f_softmax(-1, tch::Kind::Float)?
+        .f_to_device(Device::Cpu)?
+        .f_flatten(0, -1)?;
+    let probs = Vec::<f32>::try_from(&probs)?;
+    let classes = config.classes.len();
+    let predictions = Predictions {
+        data_root: split.root.clone(),
+        classes: config.classes.clone(),
+        items: split
+            .names
+            .iter()
+            .zip(&split.labels)
+            .zip(probs.chunks_exact(classes))
+            .map(|((file, &label), p)| PredictionItem {
+                file: file.clone(),
+                label,
+                probabilities: p.to_vec(),
+            })
+            .collect(),
+    };
+    let bytes = split.size * split.size * 3;
+    let (mut top_losses, mut top_loss_tiles) = (Vec::new(), Vec::new());
+    for (i, loss) in super::outputs::top_losses(&predictions, 10) {
+        let item = &predictions.items[i];
+        let p = pred[i];
+        let probability = item.probabilities.get(p).copied().unwrap_or(0.0);
+        top_losses.push(TopLoss {
+            file: item.file.clone(),
+            label: config.classes[item.label].clone(),
+            predicted: config.classes[p].clone(),
+            probability,
+            loss,
+        });
+        if let Some(pixels) = split.pixels.get(i * bytes..(i + 1) * bytes) {
+            top_loss_tiles.push(PredictionTile {
+                pixels: pixels.to_vec(),
+                size: split.size,
+                label: item.label,
+                predicted: p,
+                probability,
+            });
+        }
+    }
     Ok(Evaluation {
         run: config.name,
         data,
         loss: scores.loss,
         report: ClassReport::new(&config.classes, &split.labels, &pred),
+        top_losses,
+        top_loss_tiles,
     })
 }
 

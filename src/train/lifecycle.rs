@@ -8,7 +8,7 @@
 use super::augment::{Augmenter, PhotoSet};
 use super::checkpoint::{load_checkpoint, save_checkpoint, trainable_params, Checkpoint};
 use super::device::{device_name, resolve_device};
-use super::features::{prepare_features, preview_pixels, Features};
+use super::features::{prepare_features, Features};
 use super::finetune::{FineTuneModel, PixelSplits};
 use super::head::HeadModel;
 use super::images::{self, RunImages, SplitInfo};
@@ -157,12 +157,7 @@ fn head_run(start: Start, config: TrainConfig, images: &RunImages) -> Result<Tra
         let learner = Learner::new(&run.config).report(events, "Epoch");
         run.fit(&mut model, learner, resume)?
     };
-    run.finish(
-        fitted,
-        &features.test,
-        (&features.test_preview, features.preview_size),
-        &images.skipped,
-    )
+    run.finish(fitted, &features.test, &images.test, &images.skipped)
 }
 
 /// The `--unfreeze N` path of [`train`]: decoded images instead of cached features, the last N convs
@@ -226,9 +221,8 @@ fn finetune_run(start: Start, config: TrainConfig, images: &RunImages) -> Result
         &base,
         fingerprint_meta(&run.config),
     )?;
-    let preview = preview_pixels(test);
     let info = images.test_info();
-    run.finish(fitted, &info, (&preview, test.size), &images.skipped)
+    run.finish(fitted, &info, test, &images.skipped)
 }
 
 /// Where the features came from: extracted (with the rate) or the cache.
@@ -448,7 +442,7 @@ impl<'a> Run<'a> {
         self,
         fitted: Fitted,
         test: &SplitInfo,
-        preview: (&[(usize, Vec<u8>)], usize),
+        test_images: &LoadedSplit,
         skipped: &[SkippedFile],
     ) -> Result<TrainOutcome> {
         let run = FinishedRun {
@@ -457,7 +451,7 @@ impl<'a> Run<'a> {
             runs_dir: &self.env.runs_dir,
             t0: self.t0,
         };
-        finish(run, fitted, test, preview, skipped, self.events)
+        finish(run, fitted, test, test_images, skipped, self.events)
     }
 }
 

@@ -3,13 +3,14 @@
 //! figures (`accuracy.png`, `loss.png`, `lr.png` when fine-tuned, `predictions.png`,
 //! `confusion.png`); then `models/runs/latest` points at the run.
 
+use super::features::preview_pixels;
 use super::images::SplitInfo;
 use super::images::SKIPPED_FILE;
 use super::learner::Fitted;
 use super::model::from_tch;
 use super::optim::lr_at_step;
 use crate::config::TrainConfig;
-use crate::data::SkippedFile;
+use crate::data::{LoadedSplit, SkippedFile};
 use crate::error::Result;
 use crate::events::{EventSink, Warning};
 use crate::run::{self, EpochMetrics, Phase, PredictionItem, Predictions};
@@ -59,8 +60,8 @@ pub fn fingerprint_meta(config: &TrainConfig) -> HashMap<String, String> {
 }
 
 /// Writes the outputs of a finished run: the `skipped` image files, head (and best epoch) weights,
-/// history, tch's predictions on the `test` images, figures (with the `preview` images of side
-/// `preview_size`); then points `latest` at the run. A test accuracy at chance level is reported to
+/// history, tch's predictions on the `test` images, figures (with pixels from `test_images`, the same
+/// images in the same order); then points `latest` at the run. A test accuracy at chance level is reported to
 /// `events` as a warning, and the folder written as a line.
 ///
 /// # Errors
@@ -69,7 +70,7 @@ pub fn finish(
     run: FinishedRun,
     fitted: Fitted,
     test: &SplitInfo,
-    (preview, preview_size): (&[(usize, Vec<u8>)], usize),
+    test_images: &LoadedSplit,
     skipped: &[SkippedFile],
     events: &dyn EventSink,
 ) -> Result<TrainOutcome> {
@@ -106,7 +107,7 @@ pub fn finish(
     }
     write_json_atomic(&dir.join(run::HISTORY_FILE), &fitted.history)?;
     write_json_atomic(&dir.join(run::PREDICTIONS_FILE), &predictions)?;
-    write_figures(dir, c, preview, preview_size, &fitted.history, &predictions)?;
+    write_figures(dir, c, test_images, &fitted.history, &predictions)?;
     run::set_latest(run.runs_dir, &c.name)?;
     events.info(format!(
         "run written to {} in {:.1} s",
@@ -150,19 +151,21 @@ fn predictions(test: &SplitInfo, fitted: &Fitted, classes: &[String]) -> Result<
 }
 
 /// Writes the run's figures: `accuracy.png` and `loss.png` (training and validation per epoch),
-/// `predictions.png` (a grid of test images with tch's predicted labels, wrong ones in red) and
-/// `confusion.png` (test confusion matrix).
+/// `predictions.png` (a grid of test images with tch's predicted labels, wrong ones in red),
+/// `top_losses.png` (the test images with the highest loss, [`top_losses`]) and `confusion.png`
+/// (test confusion matrix).
 ///
 /// # Errors
 /// [`Error::Io`] naming the figure when it cannot be drawn or written.
 fn write_figures(
     run_dir: &Path,
     config: &TrainConfig,
-    preview: &[(usize, Vec<u8>)],
-    preview_size: usize,
+    test_images: &LoadedSplit,
     history: &[EpochMetrics],
     predictions: &Predictions,
 ) -> Result<()> {
+    let preview = preview_pixels(test_images);
+    let preview_size = test_images.size;
     use crate::plot;
     let val_name = if config.holds_out_validation() {
         "validation"
@@ -201,9 +204,48 @@ fn write_figures(
     if !tiles.is_empty() {
         plot::prediction_grid(&tiles, &config.classes, &run_dir.join(run::PREDICTIONS_PNG))?;
     }
+    let bytes = preview_size * preview_size * 3;
+    let worst: Vec<plot::PredictionTile> = top_losses(predictions, TOP_LOSSES)
+        .into_iter()
+        .filter_map(|(i, _)| {
+            let item = &predictions.items[i];
+            let p = predicted[i];
+            Some(plot::PredictionTile {
+                pixels: test_images.pixels.get(i * bytes..(i + 1) * bytes)?.to_vec(),
+                size: preview_size,
+                label: item.label,
+                predicted: p,
+                probability: item.probabilities.get(p).copied().unwrap_or(0.0),
+            })
+        })
+        .collect();
+    if !worst.is_empty() {
+        plot::top_losses_grid(&worst, &config.classes, &run_dir.join(run::TOP_LOSSES_PNG))?;
+    }
     let truth: Vec<usize> = predictions.items.iter().map(|it| it.label).collect();
     let report = crate::report::ClassReport::new(&config.classes, &truth, &predicted);
     plot::confusion_matrix(&report, &run_dir.join(run::CONFUSION_PNG))
+}
+
+/// Test images in `top_losses.png`.
+const TOP_LOSSES: usize = 10;
+
+/// The `n` items of `predictions` with the highest loss, the cross-entropy -ln p(label) of their
+/// probabilities, as (index, loss), highest first (ties: the earlier item first). An item whose label
+/// has no probability is left out.
+pub fn top_losses(predictions: &Predictions, n: usize) -> Vec<(usize, f64)> {
+    let mut losses: Vec<(usize, f64)> = predictions
+        .items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, it)| {
+            let p = f64::from(*it.probabilities.get(it.label)?);
+            Some((i, -p.max(f64::MIN_POSITIVE).ln()))
+        })
+        .collect();
+    losses.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    losses.truncate(n);
+    losses
 }
 
 /// Points (x, y) of a plotted line.
@@ -235,4 +277,37 @@ fn lr_curve(c: &TrainConfig, history: &[EpochMetrics]) -> (Curve, Curve) {
         })
         .collect();
     (warm_up, fine_tune)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Losses are -ln p(label): items with p(label) 0.5, 0.1, 0.9 and 0.1 rank 0.1 (the earlier
+    /// first), 0.1, 0.5; an item whose label has no probability is left out.
+    #[test]
+    fn top_losses_rank_by_cross_entropy() {
+        let item = |label: usize, p: &[f32]| PredictionItem {
+            file: String::new(),
+            label,
+            probabilities: p.to_vec(),
+        };
+        let predictions = Predictions {
+            data_root: PathBuf::new(),
+            classes: vec!["a".into(), "b".into()],
+            items: vec![
+                item(0, &[0.5, 0.5]),
+                item(1, &[0.9, 0.1]),
+                item(0, &[0.9, 0.1]),
+                item(0, &[0.1, 0.9]),
+                item(5, &[0.5, 0.5]),
+            ],
+        };
+        let top = top_losses(&predictions, 3);
+        let index: Vec<usize> = top.iter().map(|t| t.0).collect();
+        assert_eq!(index, [1, 3, 0]);
+        assert!((top[0].1 - 10f64.ln()).abs() < 1e-6);
+        assert!((top[2].1 - 2f64.ln()).abs() < 1e-6);
+        assert_eq!(top_losses(&predictions, 10).len(), 4);
+    }
 }
