@@ -470,8 +470,9 @@ fn imbalanced_classes_report_balanced_accuracy_and_macro_f1() {
 
 /// `pipe review` on 12 training photos of each of three classes, three of them moved on purpose into
 /// another class's folder: those three rank first in `review.json`, each with its true class
-/// suggested, and `review.png` is written. The photos preset's class weights are on (`auto`), as
-/// `pipe lr-find` and `pipe sweep` get them too. `--folds 1` is refused before any work.
+/// suggested, and `review.png` is written; a run trained after it is byte-identical to one trained
+/// before. The photos preset's class weights are on (`auto`), as `pipe lr-find` and `pipe sweep` get
+/// them too. `--folds 1` is refused before any work.
 #[test]
 fn review_ranks_deliberately_mislabelled_photos_first() {
     let w = photo_data("train:12 test:3");
@@ -503,6 +504,7 @@ fn review_ranks_deliberately_mislabelled_photos_first() {
             .arg("--folds", folds)
             .arg("--out", &out_dir)
     };
+    quick(&w, "before").ok();
     let refused = review("1").fails();
     assert_contains(&refused, &["--folds 1", "at least 2"]);
     assert!(
@@ -540,4 +542,10 @@ fn review_ranks_deliberately_mislabelled_photos_first() {
     assert!(scores[2] < 0.5 && scores[3] > 0.5, "{scores:?}");
     let png = std::fs::read(out_dir.join("review.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
+    // It leaves no trace: a run trained after it is the run trained before it.
+    quick(&w, "after").ok();
+    let (before, after) = (w.run("before"), w.run("after"));
+    for f in ["history.json", "predictions.json", "head.safetensors"] {
+        assert_eq!(before.bytes(f), after.bytes(f), "{f}");
+    }
 }
