@@ -549,3 +549,85 @@ fn review_ranks_deliberately_mislabelled_photos_first() {
         assert_eq!(before.bytes(f), after.bytes(f), "{f}");
     }
 }
+
+/// A 128x128 picture of a 40-pixel square of `colour` with its top-left corner at (`x`, `y`) on plain
+/// grey.
+fn square(w: &Workdir, name: &str, colour: [u8; 3], (x, y): (u32, u32)) -> std::path::PathBuf {
+    w.png(name, 128, 128, |i, j| {
+        if (x..x + 40).contains(&i) && (y..y + 40).contains(&j) {
+            colour
+        } else {
+            [125; 3]
+        }
+    })
+}
+
+/// `pipe explain` on a run that tells a red square from a blue one anywhere on grey (128 pixels):
+/// the hottest cell of the 8x8 Grad-CAM map follows the red square to each corner; the overlays are
+/// written (256 pixels), a file that is not an image is named and skipped (exit code 3), and an
+/// unknown `--class` is refused naming the run's classes.
+#[test]
+fn explain_heatmaps_follow_the_object() {
+    let w = Workdir::new();
+    let (red, blue) = ([220, 30, 30], [30, 40, 220]);
+    for (split, n) in [("train", 20u32), ("test", 4)] {
+        for k in 0..n {
+            let at = ((k * 17) % 89, (k * 29 + 7) % 89);
+            square(&w, &format!("data/{split}/red/{k:02}.png"), red, at);
+            square(&w, &format!("data/{split}/blue/{k:02}.png"), blue, at);
+        }
+    }
+    w.train("cam")
+        .limits(0, 0)
+        .epochs(10)
+        .batch(8)
+        .arg("--input-size", "128")
+        .arg("--optimizer", "adam")
+        .arg("--lr", "1e-3")
+        .ok();
+    let probes = [
+        ("top_left", (4, 4)),
+        ("top_right", (84, 4)),
+        ("bottom_right", (84, 84)),
+        ("bottom_left", (4, 84)),
+    ];
+    let mut files: Vec<std::path::PathBuf> = probes
+        .iter()
+        .map(|(name, at)| square(&w, &format!("probe/{name}.png"), red, *at))
+        .collect();
+    files.push(w.write("probe/notes.png", b"not an image"));
+    let out_dir = w.join("cam");
+    let explain = || {
+        Pipe::new("explain")
+            .runs(&w.runs)
+            .run("cam")
+            .arg("--device", "cpu")
+            .arg("-o", &out_dir)
+            .paths(&files)
+    };
+    let err = explain().arg("--class", "green").fails();
+    assert_contains(&err, &["--class green", "blue", "red"]);
+    let out = explain().exits(3);
+    assert_contains(&out.stderr, &["notes.png", "1 of 5 images skipped"]);
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("explain.json")).unwrap()).unwrap();
+    let images = doc["images"].as_array().unwrap();
+    assert_eq!(images.len(), 4);
+    for ((name, _), e) in probes.iter().zip(images) {
+        assert_eq!(e["predicted"], "red", "{name}");
+        assert_eq!(e["map_side"], 8);
+        let (row, col) = (
+            e["hottest"][0].as_u64().unwrap(),
+            e["hottest"][1].as_u64().unwrap(),
+        );
+        let want_row = if name.starts_with("top") { 0..4 } else { 4..8 };
+        let want_col = if name.ends_with("left") { 0..4 } else { 4..8 };
+        assert!(
+            want_row.contains(&row) && want_col.contains(&col),
+            "{name}: hottest cell ({row}, {col}) in {:?}",
+            e["map"]
+        );
+        let png = image::open(out_dir.join(format!("{name}.cam.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (256, 256), "{name}");
+    }
+}

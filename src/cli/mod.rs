@@ -4,6 +4,8 @@
 
 #[cfg(feature = "train")]
 mod evaluate;
+#[cfg(feature = "train")]
+mod explain;
 mod export;
 mod infer;
 mod inspect;
@@ -108,6 +110,15 @@ pub enum Command {
     #[cfg(feature = "train")]
     #[command(after_help = EXIT_CODES)]
     Review(review::ReviewArgs),
+    /// Show where the model looks: a Grad-CAM heatmap over each image, for its predicted class.
+    ///
+    /// The gradient of the class's score with respect to the last conv block's output weights that
+    /// block's channels; their weighted sum, through a ReLU and scaled to 0..1, is the heatmap
+    /// (Selvaraju et al. 2017), drawn over the image as the model sees it (<image name>.cam.png,
+    /// hot = red) and listed in explain.json.
+    #[cfg(feature = "train")]
+    #[command(after_help = EXIT_CODES)]
+    Explain(explain::ExplainArgs),
     /// Print the layer table (name, output shape, parameters, trainable), like Keras' model.summary().
     #[command(after_help = EXIT_CODES)]
     Summary(summary::SummaryArgs),
@@ -169,6 +180,8 @@ impl Command {
             Command::LrFind(a) => a
                 .run(matches.subcommand_matches("lr-find"))
                 .map(Outcome::from),
+            #[cfg(feature = "train")]
+            Command::Explain(a) => a.run(),
             #[cfg(feature = "train")]
             Command::Review(a) => a
                 .run(matches.subcommand_matches("review"))

@@ -18,12 +18,14 @@
 //! - `features.rs`: feature extraction through the frozen base and the feature cache; `model.rs`:
 //!   the tch base and head built from [`crate::arch`].
 //! - `eval.rs`: `pipe evaluate`; `sweep.rs`: `pipe sweep`; `lr_find.rs`: `pipe lr-find`; `review.rs`:
-//!   `pipe review` (suspected label errors from out-of-fold predictions).
+//!   `pipe review` (suspected label errors from out-of-fold predictions); `explain.rs`: `pipe explain`
+//!   (Grad-CAM heatmaps).
 
 pub mod augment;
 pub mod checkpoint;
 pub mod device;
 pub mod eval;
+pub mod explain;
 pub mod features;
 pub mod finetune;
 pub mod head;
@@ -38,6 +40,7 @@ pub mod review;
 pub mod sweep;
 
 pub use eval::{evaluate_run, Evaluation};
+pub use explain::{overlay, Explainer, Explanation};
 pub use images::SKIPPED_FILE;
 pub use lifecycle::train;
 pub use lr_find::{lr_find, validate_lr_find, LrFind, LrFindOptions, LrPoint};

@@ -336,6 +336,37 @@ impl Base {
     }
 }
 
+impl Base {
+    /// The last conv block's output and the features made from it, for class-activation maps: `x`
+    /// float32 NCHW BGR `[n, 3, S, S]` → (`A`, features), `A` float32 `[n, 512, S/16, S/16]` (the last
+    /// conv's ReLU output, before the last max pooling) as a leaf that requires gradients, the
+    /// features `[n, feature_dim]` computed from it as [`Base::features`] does, so that gradients of
+    /// anything computed from the features reach `A`.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on a libtorch failure; [`Error::Usage`] when the base does not end with a
+    /// max pooling.
+    pub fn last_block(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dev = match self.layers.first() {
+            Some(BaseOp::Conv { weight, .. }) => weight.device(),
+            _ => Device::Cpu,
+        };
+        let Some((BaseOp::MaxPool, convs)) = self.layers.split_last() else {
+            return Err(Error::Usage(
+                "the base does not end with a max pooling".into(),
+            ));
+        };
+        let a = {
+            let _guard = tch::no_grad_guard();
+            self.run(channels_last(&x.f_to_device(dev)?)?, convs)?
+        };
+        let a = a.f_contiguous()?.f_detach()?.set_requires_grad(true);
+        let pooled = a.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
+        let features = pool(&pooled, self.pooling)?;
+        Ok((a, features))
+    }
+}
+
 /// The trainable dense head; variables live in a VarStore under `<linear name>.weight` / `.bias`.
 pub struct Head {
     layers: Vec<HeadOp>,
