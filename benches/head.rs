@@ -45,8 +45,6 @@ fn bench(c: &mut Criterion) {
         extract_seconds: 0.0,
         val: None,
         val_x: None,
-        test_preview: Vec::new(),
-        preview_size: 32,
     };
     let config = TrainConfig {
         epochs: 1,

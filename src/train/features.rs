@@ -34,11 +34,6 @@ pub struct Features {
     pub val: Option<SplitInfo>,
     /// Validation features `[n_val, feature_dim]`, float32, with `val`.
     pub val_x: Option<Tensor>,
-    /// A few test images for `predictions.png`: index into the test split and HWC RGB `u8` pixels at
-    /// the input size (see [`preview_indices`]).
-    pub test_preview: Vec<(usize, Vec<u8>)>,
-    /// Side of the preview images, pixels (the input size).
-    pub preview_size: usize,
     /// Base-weights fingerprint.
     pub fingerprint: String,
     /// Images that went through the base in this call (0 when both splits came from the cache).
@@ -259,26 +254,10 @@ pub fn prepare_features(
         test_x,
         val: images.val.as_ref().map(info),
         val_x,
-        test_preview: preview_pixels(&images.test),
-        preview_size: images.test.size,
         fingerprint,
         extracted,
         extract_seconds: t0.elapsed().as_secs_f64(),
     })
-}
-
-/// The test images drawn in `predictions.png` ([`preview_indices`]): each index into `test` with its
-/// pixels (NHWC RGB u8, `size`x`size`x3).
-pub fn preview_pixels(test: &LoadedSplit) -> Vec<(usize, Vec<u8>)> {
-    let per = test.size * test.size * 3;
-    preview_indices(&test.labels, test.classes.len(), PREVIEW_IMAGES)
-        .into_iter()
-        .filter_map(|i| {
-            test.pixels
-                .get(i * per..(i + 1) * per)
-                .map(|p| (i, p.to_vec()))
-        })
-        .collect()
 }
 
 /// Number of test images drawn in `predictions.png` (a 2x5 grid, as in the Keras seed).

@@ -157,8 +157,6 @@ mod tests {
             test_x: x(30, 6),
             val: None,
             val_x: None,
-            test_preview: Vec::new(),
-            preview_size: 32,
             fingerprint: "synthetic".into(),
             extracted: 0,
             extract_seconds: 0.0,

@@ -3,7 +3,7 @@
 //! figures (`accuracy.png`, `loss.png`, `lr.png` when fine-tuned, `predictions.png`,
 //! `confusion.png`); then `models/runs/latest` points at the run.
 
-use super::features::preview_pixels;
+use super::features::{preview_indices, PREVIEW_IMAGES};
 use super::images::SplitInfo;
 use super::images::SKIPPED_FILE;
 use super::learner::Fitted;
@@ -164,8 +164,6 @@ fn write_figures(
     history: &[EpochMetrics],
     predictions: &Predictions,
 ) -> Result<()> {
-    let preview = preview_pixels(test_images);
-    let preview_size = test_images.size;
     use crate::plot;
     let val_name = if config.holds_out_validation() {
         "validation"
@@ -187,37 +185,32 @@ fn write_figures(
         .iter()
         .map(|it| crate::report::argmax(&it.probabilities))
         .collect();
-    let tiles: Vec<plot::PredictionTile> = preview
-        .iter()
-        .filter_map(|(i, px)| {
-            let item = predictions.items.get(*i)?;
-            let p = *predicted.get(*i)?;
-            Some(plot::PredictionTile {
-                pixels: px.clone(),
-                size: preview_size,
-                label: item.label,
-                predicted: p,
-                probability: item.probabilities.get(p).copied().unwrap_or(0.0),
-            })
+    // Test image `i` titled with its predicted label and that label's probability.
+    let size = test_images.size;
+    let tile = |i: usize| -> Option<plot::PredictionTile> {
+        let item = predictions.items.get(i)?;
+        let p = *predicted.get(i)?;
+        let bytes = size * size * 3;
+        Some(plot::PredictionTile {
+            pixels: test_images.pixels.get(i * bytes..(i + 1) * bytes)?.to_vec(),
+            size,
+            label: item.label,
+            predicted: p,
+            probability: item.probabilities.get(p).copied().unwrap_or(0.0),
         })
-        .collect();
+    };
+    let shown = preview_indices(
+        &test_images.labels,
+        test_images.classes.len(),
+        PREVIEW_IMAGES,
+    );
+    let tiles: Vec<plot::PredictionTile> = shown.into_iter().filter_map(tile).collect();
     if !tiles.is_empty() {
         plot::prediction_grid(&tiles, &config.classes, &run_dir.join(run::PREDICTIONS_PNG))?;
     }
-    let bytes = preview_size * preview_size * 3;
     let worst: Vec<plot::PredictionTile> = top_losses(predictions, TOP_LOSSES)
         .into_iter()
-        .filter_map(|(i, _)| {
-            let item = &predictions.items[i];
-            let p = predicted[i];
-            Some(plot::PredictionTile {
-                pixels: test_images.pixels.get(i * bytes..(i + 1) * bytes)?.to_vec(),
-                size: preview_size,
-                label: item.label,
-                predicted: p,
-                probability: item.probabilities.get(p).copied().unwrap_or(0.0),
-            })
-        })
+        .filter_map(|(i, _)| tile(i))
         .collect();
     if !worst.is_empty() {
         plot::top_losses_grid(&worst, &config.classes, &run_dir.join(run::TOP_LOSSES_PNG))?;

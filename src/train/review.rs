@@ -133,8 +133,6 @@ fn fold_features(f: &Features, train: &[usize], held: &[usize]) -> Result<Featur
         test_x,
         val: None,
         val_x: None,
-        test_preview: Vec::new(),
-        preview_size: f.preview_size,
         fingerprint: f.fingerprint.clone(),
         extracted: 0,
         extract_seconds: 0.0,
