@@ -604,7 +604,8 @@ fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
 /// On 12 asymmetric images and with both backends, the flip export's probabilities (and, with
 /// `--logits`, logits) equal the mean of the plain export's outputs on the image and on its mirror
 /// (mirrored here with the image crate) within 1e-5; opsets 13 and 21 (`Split` changed at 18) pass
-/// `onnx.checker`; the metadata says `tta: flip`; with `--quantize int8` it is refused.
+/// `onnx.checker`; the metadata says `tta: flip`; with `--quantize int8` it is refused; `pipe
+/// evaluate --tta flip` agrees with the flip export.
 #[test]
 fn tta_flip_export_outputs_the_mean_of_the_image_and_its_mirror() {
     let w = Workdir::binary_release(20);
@@ -683,6 +684,66 @@ fn tta_flip_export_outputs_the_mean_of_the_image_and_its_mirror() {
             );
         }
     }
+    // `pipe evaluate --tta flip` reaches the same probabilities through libtorch and its own
+    // mirrored pixels: on a test split of these images (image i in class i mod 10), its loss is the
+    // flip export's mean -ln p(label) in ort, and its accuracy the share of ort's labels that are
+    // right; without --tta its loss differs.
+    const CLASSES: [&str; 10] = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ];
+    let data = w.join("tta-data");
+    for (i, img) in originals.iter().enumerate() {
+        for (split, at) in [("test", i), ("train", i % 10)] {
+            let class = data.join(split).join(CLASSES[i % 10]);
+            std::fs::create_dir_all(&class).unwrap();
+            std::fs::copy(img, class.join(format!("{at:02}.png"))).unwrap();
+        }
+    }
+    let evaluate = |tta: bool| -> Value {
+        let e = w
+            .evaluate("r")
+            .arg("--data", &data)
+            .arg("--test-limit", "0")
+            .format("json");
+        let e = if tta { e.arg("--tta", "flip") } else { e };
+        serde_json::from_str(&e.ok().stdout).unwrap()
+    };
+    let (plain_ev, tta_ev) = (evaluate(false), evaluate(true));
+    assert_eq!(tta_ev["tta"], "flip");
+    assert_eq!(tta_ev["report"]["images"], 12);
+    let ort = Pipe::infer(&w.join("tta13.onnx"))
+        .backend("ort")
+        .paths(&[data.join("test")])
+        .infer_json()
+        .predictions;
+    assert_eq!(ort.len(), 12);
+    let (mut loss, mut right) = (0f64, 0usize);
+    for p in &ort {
+        let class = Path::new(&p.path)
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|d| d.to_str())
+            .unwrap();
+        let label = CLASSES.iter().position(|c| *c == class).unwrap();
+        loss -= f64::from(p.probabilities[label]).ln() / 12.0;
+        right += usize::from(p.class_index == label);
+    }
+    let got = tta_ev["loss"].as_f64().unwrap();
+    assert!((got - loss).abs() <= 1e-5, "evaluate --tta {got}, ort {loss}");
+    assert_eq!(
+        tta_ev["report"]["accuracy"].as_f64().unwrap(),
+        right as f64 / 12.0
+    );
+    assert!((plain_ev["loss"].as_f64().unwrap() - loss).abs() > 1e-4);
     let [m13, m21] = onnx_check(&[&w.join("tta13.onnx"), &w.join("tta21.onnx")])
         .try_into()
         .unwrap();

@@ -278,8 +278,8 @@ fn preset_finetune_sets_its_recipe_and_command_line_options_override_it() {
         .ok();
     for part in [
         "last 13 conv layers fine-tuned + dense head, augmented images",
-        "SGD lr 0.001 momentum 0.9 weight decay 0.0005, one-cycle schedule, batch 128, 1 epoch, \
-         early stopping (patience 2), restore best",
+        "SGD lr 0.001 momentum 0.9 weight decay 0.0005, one-cycle schedule, batch 128, as many of \
+         1 epoch as fit in 70 min (--time-budget), early stopping (patience 2), restore best",
         "validation 10% of train",
         "head warm-up: 5 epochs",
     ] {
@@ -289,7 +289,7 @@ fn preset_finetune_sets_its_recipe_and_command_line_options_override_it() {
     let recipe = json!({
         "unfreeze": 13, "augment": true, "head_epochs": 5, "head_lr": 0.001, "optimizer": "sgd",
         "momentum": 0.9, "weight_decay": 0.0005, "schedule": "onecycle", "batch_size": 128,
-        "val_split": 0.1, "restore_best": true,
+        "val_split": 0.1, "restore_best": true, "time_budget": 4200.0,
         // given on the command line:
         "epochs": 1, "lr": 0.001, "patience": 2, "train_limit": 20, "test_limit": 10,
     });
@@ -309,6 +309,61 @@ fn preset_finetune_sets_its_recipe_and_command_line_options_override_it() {
         ("restore_best", json!(false)),
     ] {
         assert_eq!(plain[k], v, "{k}");
+    }
+}
+
+/// `--time-budget`: a fine-tuning run of up to 200 epochs with a budget of 30 s plans the epochs
+/// that fit from its first batches' speed, lays the one-cycle schedule over them (the last epoch
+/// ends at the schedule's floor, lr/250,000, unless the guard stopped it first, which it then says),
+/// records them in config.json, and the whole `pipe train` ends within the budget.
+#[test]
+fn a_time_budget_plans_the_epochs_that_fit_and_the_run_ends_within_it() {
+    let w = Workdir::binary_release(40);
+    let budget = 30.0;
+    let t0 = std::time::Instant::now();
+    let err = w
+        .train("b")
+        .limits(200, 40)
+        .epochs(200)
+        .batch(20)
+        .lr("1e-4")
+        .arg("--unfreeze", "13")
+        .arg("--head-epochs", "1")
+        .arg("--schedule", "onecycle")
+        .arg("--time-budget", "30s")
+        .ok()
+        .stderr;
+    let wall = t0.elapsed().as_secs_f64();
+    assert!(wall <= budget, "pipe train took {wall:.1} s of its 30 s budget:\n{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("time budget 30 s: "))
+        .unwrap_or_else(|| panic!("no plan line:\n{err}"));
+    let planned: usize = line["time budget 30 s: ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((1..200).contains(&planned), "{line}");
+    assert!(line.contains(&format!("{planned} of 200 epochs fit")), "{line}");
+    let run = w.run("b");
+    let config = run.config();
+    assert_eq!(config["epochs"], planned, "config.json records the plan");
+    assert_eq!(config["time_budget"], budget);
+    let history: Value = serde_json::from_slice(&run.bytes("history.json")).unwrap();
+    let tuned: Vec<&Value> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["phase"] == "fine-tune")
+        .collect();
+    assert!(!tuned.is_empty() && tuned.len() <= planned);
+    if tuned.len() == planned {
+        // The schedule ran its course over the planned epochs: the last step is at its floor.
+        let last = tuned.last().unwrap()["lr_end"].as_f64().unwrap();
+        assert!(last < 1e-4 / 1000.0, "last rate {last}");
+    } else {
+        assert!(err.contains("time budget: stopping before epoch"), "{err}");
     }
 }
 

@@ -27,6 +27,11 @@ pub struct EvaluateArgs {
     /// Test images, class-balanced subset (default: the run's; 0 = all).
     #[arg(long)]
     test_limit: Option<usize>,
+    /// Test-time augmentation: flip = each image's probabilities are the mean of the model's on the
+    /// image and on its horizontal mirror (what a model exported with --tta flip outputs); twice the
+    /// work. The report says so, and the JSON has "tta": "flip".
+    #[arg(long, value_enum, value_name = "flip")]
+    tta: Option<super::Tta>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
@@ -59,6 +64,7 @@ impl EvaluateArgs {
             &run_dir,
             self.data.as_deref(),
             self.test_limit,
+            self.tta == Some(super::Tta::Flip),
             &self.env,
             &events,
         );
@@ -80,10 +86,15 @@ impl EvaluateArgs {
             ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&ev)?),
             ReportFormat::Text => {
                 println!(
-                    "run {} on {} ({} test images)",
+                    "run {} on {} ({} test images{})",
                     ev.run,
                     ev.data.display(),
-                    ev.report.images
+                    ev.report.images,
+                    if ev.tta.is_some() {
+                        ", test-time augmentation: mean of each image and its mirror"
+                    } else {
+                        ""
+                    }
                 );
                 println!(
                     "test loss {:.4}  test accuracy {:.4}\n{}\n",

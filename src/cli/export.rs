@@ -19,13 +19,6 @@ pub enum Quantize {
     Int8,
 }
 
-/// Test-time augmentation built into an exported model (`--tta`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Tta {
-    /// The mean of the outputs on the image and on its horizontal mirror.
-    Flip,
-}
-
 /// Where `pipe export` writes the model when no output is named.
 const DEFAULT_OUTPUT: &str = "onnx/model.onnx";
 
@@ -72,7 +65,7 @@ pub struct ExportArgs {
     /// so every backend, server and client gets it; twice the compute per image. The network is
     /// verified as without it; recorded as `tta: flip` in the metadata. Float exports only.
     #[arg(long, value_enum, value_name = "flip", conflicts_with = "quantize")]
-    tta: Option<Tta>,
+    tta: Option<super::Tta>,
     /// With --quantize: how the activation ranges are calibrated: minmax (the largest value seen),
     /// percentile (the 99.999th percentile, clipping rare outliers) or entropy (the range whose
     /// quantized histogram is closest to the float one, TensorRT's method).
@@ -148,7 +141,7 @@ impl ExportArgs {
             }
         }
         let opts = RunExportOptions {
-            tta_flip: self.tta == Some(Tta::Flip),
+            tta_flip: self.tta == Some(super::Tta::Flip),
             opset: self.opset,
             output: Output::logits(self.logits),
             verify_images: self.verify_images,

@@ -37,6 +37,13 @@ pub const EXIT_CODES: &str = "Exit codes:
   3  done, but some files inside folders could not be decoded and were skipped (each named on
      stderr and counted; infer lists them as error records in --format json/csv)";
 
+/// Test-time augmentation (`pipe export --tta`, `pipe evaluate --tta`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tta {
+    /// The mean of the outputs on the image and on its horizontal mirror.
+    Flip,
+}
+
 /// What a command that finished without error did: the exit code's input (0 for [`Outcome::Done`]
 /// and `Skipped(0)`, 3 for `Skipped(n > 0)`, see [`EXIT_CODES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

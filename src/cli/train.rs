@@ -13,10 +13,11 @@ use pipe::data::SkippedFile;
 pub struct TrainArgs {
     /// A named recipe; options given on the command line override its values. `finetune`: all 13 conv
     /// layers and the head after 5 head-only epochs (lr 1e-3), --augment, SGD peak lr 1e-3 momentum
-    /// 0.9 weight decay 5e-4, one-cycle schedule, 20 epochs, the full CIFAR-10 training and test sets,
-    /// 10% of training held out for validation, early stopping (patience 4) and --restore-best;
-    /// measured at 37 minutes on 2 CPU cores with AMX-BF16 (bf16; early stopping ended it after 17
-    /// epochs), hours on CPUs without bf16 (estimated). `photos`: for a few hundred photos of your
+    /// 0.9 weight decay 5e-4, one-cycle schedule over as many of 20 epochs as fit in --time-budget 70m
+    /// (planned from the speed of the first batches), the full CIFAR-10 training and test sets, 10% of
+    /// training held out for validation, early stopping (patience 4) and --restore-best; measured at
+    /// 37 minutes on 2 CPU cores with AMX-BF16 (all 20 epochs fit; early stopping ended it after 17).
+    /// `photos`: for a few hundred photos of your
     /// own classes: --input-size 384, --resize crop, --pooling max, all images, the frozen base and
     /// the dense head (SGD lr 3e-3 momentum 0.9, batch 32, 10 epochs), --class-weights auto (classes
     /// weighted by inverse frequency); with --unfreeze N --augment, photo augmentation (random resized
@@ -116,6 +117,7 @@ mod tests {
         assert_eq!((c.momentum, c.weight_decay), (0.9, 5e-4));
         assert_eq!(c.schedule, Schedule::OneCycle);
         assert_eq!((c.epochs, c.patience), (20, Some(4)));
+        assert_eq!(c.time_budget, Some(70.0 * 60.0));
         assert!(c.restore_best);
         let c = config_of(&[
             "--preset",
@@ -131,6 +133,10 @@ mod tests {
         ]);
         assert_eq!((c.epochs, c.unfreeze, c.input_size), (2, 2, 64));
         assert_eq!(c.patience, Some(7));
+        let off = config_of(&["--preset", "finetune", "--time-budget", "off"]);
+        assert_eq!((off.time_budget, off.budget()), (Some(0.0), None));
+        let c = config_of(&["--preset", "finetune", "--time-budget", "1h 5m"]);
+        assert_eq!(c.budget(), Some(3900.0));
         // An option given with its default value still overrides the preset.
         assert_eq!(
             config_of(&["--preset", "finetune", "--train-limit", "5000"]).train_limit,

@@ -79,7 +79,14 @@ impl TrainConfig {
             self.resize,
             self.weight_decay,
             self.batch_size,
-            crate::util::plural(self.epochs, "epoch"),
+            match self.budget() {
+                Some(t) => format!(
+                    "as many of {} as fit in {} (--time-budget)",
+                    crate::util::plural(self.epochs, "epoch"),
+                    crate::util::duration(t)
+                ),
+                None => crate::util::plural(self.epochs, "epoch"),
+            },
             self.seed
         )
     }

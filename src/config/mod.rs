@@ -23,7 +23,7 @@ mod preset;
 mod validate;
 
 pub use env::{ExtractEnv, TrainDevice, TrainEnv};
-pub use preset::Preset;
+pub use preset::{Preset, FINETUNE_BUDGET_SECONDS};
 pub use validate::validate_input_size;
 
 use crate::arch::{Arch, Pooling};
@@ -43,6 +43,20 @@ pub const DEFAULT_RUNS_DIR: &str = "models/runs";
 pub const DEFAULT_CACHE_DIR: &str = "models/cache/features";
 /// Number of conv layers in the VGG16 base (the most `--unfreeze` accepts).
 pub const VGG16_CONVS: usize = 13;
+
+/// `--time-budget`'s value in seconds: a duration in humantime's notation (`45m`, `1h 30m`, `90s`,
+/// `1h30m`), or `off`/`none`/`0` for no budget (0, which [`TrainConfig::budget`] reads as none).
+///
+/// # Errors
+/// A message naming the value when it is neither.
+pub fn parse_time_budget(s: &str) -> std::result::Result<f64, String> {
+    match s.trim() {
+        "off" | "none" | "0" => Ok(0.0),
+        t => humantime::parse_duration(t)
+            .map(|d| d.as_secs_f64())
+            .map_err(|e| format!("{e}; give a duration such as 45m, 1h30m or 90s, or off")),
+    }
+}
 
 /// Help heading of the data settings.
 const DATA: &str = "Data";
@@ -131,6 +145,14 @@ pub struct TrainConfig {
     /// Mini-batch size of training.
     #[arg(long, default_value_t = 128, help_heading = TRAINING)]
     pub batch_size: usize,
+    /// Wall-time budget of a fine-tuning run, from the start of `pipe train` to its last file (e.g.
+    /// 45m, 1h30m, 90s; off for none): after the head warm-up, the speed of a few training batches
+    /// decides how many epochs fit (at most --epochs), and the schedule is laid over those; an
+    /// epoch that would end past the budget is not started. Recorded in seconds; the planned epochs
+    /// replace --epochs in the run's config.json.
+    #[arg(long, value_name = "TIME", value_parser = parse_time_budget, help_heading = FINE_TUNING)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_budget: Option<f64>,
     /// Optimizer: sgd (with --momentum) or adam (PyTorch defaults: betas 0.9/0.999, eps 1e-8).
     #[arg(long, value_enum, default_value_t = Optimizer::Sgd, help_heading = TRAINING)]
     pub optimizer: Optimizer,
@@ -430,7 +452,7 @@ impl TrainConfig {
     /// The configuration recorded when a new run `name` starts on `device` (`cpu`, `cuda:0`) with the
     /// fine-tuning `precision` chosen for it ([`Precision::resolve`]): the data and weights paths made
     /// absolute (so that the run can be evaluated and exported from any folder), this pipe's version,
-    /// for a frozen-base run no warm-up epochs and no precision, and the augmentation style resolved
+    /// for a frozen-base run no warm-up epochs, no precision and no time budget, and the augmentation style resolved
     /// ([`AugmentStyle::resolve`]).
     pub fn started(self, name: &str, device: &str, precision: Precision) -> TrainConfig {
         let absolute = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
@@ -441,6 +463,7 @@ impl TrainConfig {
             data: absolute(self.data.clone()),
             weights: absolute(self.weights.clone()),
             head_epochs: if tuned { self.head_epochs } else { 0 },
+            time_budget: self.time_budget.filter(|_| tuned),
             precision: tuned.then_some(precision),
             augment_style: self.augment_style.resolve(self.input_size),
             device: device.into(),
@@ -452,6 +475,12 @@ impl TrainConfig {
     /// with the head after `pooling`.
     pub fn arch(&self, num_classes: usize) -> Arch {
         Arch::vgg16_pooled(self.input_size, num_classes, self.pooling)
+    }
+
+    /// The wall-time budget (`--time-budget`) in seconds, when there is one: `None` for no budget
+    /// and for a budget of 0 (`off`).
+    pub fn budget(&self) -> Option<f64> {
+        self.time_budget.filter(|&s| s > 0.0)
     }
 
     /// The validation share: `val_split`, 0 when not given.

@@ -71,6 +71,13 @@ impl TrainConfig {
                 "--patience must be at least 1 (epochs without improvement before stopping)".into(),
             ));
         }
+        if let Some(t) = self.time_budget {
+            if !(t.is_finite() && t >= 0.0) {
+                return Err(Error::Usage(format!(
+                    "--time-budget must be a duration or off, got {t} seconds"
+                )));
+            }
+        }
         if self.lr_step_epochs == 0 {
             return Err(Error::Usage("--lr-step-epochs must be at least 1".into()));
         }

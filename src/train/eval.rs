@@ -1,5 +1,6 @@
 //! `pipe evaluate`: the metrics of a trained run on its test split (or another).
 
+use super::augment::flip_horizontally;
 use super::device::resolve_device;
 use super::features::split_features;
 use super::head::evaluate_head;
@@ -7,7 +8,7 @@ use super::images::{build_list, read_list, report_skipped, run_spec};
 use super::learner::label_tensor;
 use super::model::Head;
 use crate::config::{ExtractEnv, TrainConfig};
-use crate::data::{DataLayout, OnError, SplitList, SplitPart};
+use crate::data::{DataLayout, LoadedSplit, OnError, SplitList, SplitPart};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::plot::PredictionTile;
@@ -40,7 +41,11 @@ pub struct Evaluation {
     pub run: String,
     /// The data evaluated on.
     pub data: PathBuf,
-    /// Mean categorical cross-entropy.
+    /// Test-time augmentation of the evaluation: `flip` (the mean of the probabilities on each
+    /// image and its horizontal mirror), absent without.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tta: Option<&'static str>,
+    /// Mean categorical cross-entropy (with `tta`, of the mean probabilities).
     pub loss: f64,
     /// Accuracy, precision, recall, confusion matrix.
     pub report: ClassReport,
@@ -55,7 +60,9 @@ pub struct Evaluation {
 /// when present. The test split is the run's own (its `split.json`: exactly the images the run was
 /// tested on, decoded as in training), unless `data` or `test_limit` asks for another (the held-out
 /// split of `data`, or of the run's data with another limit). Skipped files and the extraction's
-/// progress go to `events`.
+/// progress go to `events`. With `tta_flip`, each image's probabilities are the mean of the head's
+/// on the image and on its horizontal mirror (the mirrored split's features extracted or cached
+/// like the split's), as a model exported with `--tta flip` computes them.
 ///
 /// # Errors
 /// Missing or unfinished run, data whose classes differ from the run's, an unavailable device,
@@ -64,6 +71,7 @@ pub fn evaluate_run(
     run_dir: &Path,
     data: Option<&Path>,
     test_limit: Option<usize>,
+    tta_flip: bool,
     env: &ExtractEnv,
     events: &dyn EventSink,
 ) -> Result<Evaluation> {
@@ -90,35 +98,45 @@ pub fn evaluate_run(
     report_skipped(&loaded.skipped, events);
     let split = loaded.split;
     let arch = config.arch(config.classes.len());
-    let x = split_features(
-        &split,
-        &spec,
-        &run::base_weights(run_dir, &config),
-        &arch,
-        env,
-        (device, events),
-    )?
-    .f_to_device(device)?;
+    let base = run::base_weights(run_dir, &config);
+    let features = |s: &LoadedSplit| -> Result<tch::Tensor> {
+        Ok(split_features(s, &spec, &base, &arch, env, (device, events))?.f_to_device(device)?)
+    };
     let (params, _) = load_safetensors(&run_dir.join(run::HEAD_FILE), &arch.head_params())?;
     let vs = nn::VarStore::new(device);
     let head = Head::new(&vs.root(), &arch);
     head.load(&params)?;
     let y = label_tensor(&split.labels, device)?;
-    let scores = evaluate_head(&head, &x, &y)?;
-    let pred: Vec<i64> = Vec::<i64>::try_from(
-        &scores
-            .logits
-            .f_argmax(-1, false)?
-            .f_to_device(Device::Cpu)?,
-    )?;
+    let scores = evaluate_head(&head, &features(&split)?, &y)?;
+    let mut probs = scores.logits.f_softmax(-1, tch::Kind::Float)?;
+    if tta_flip {
+        let mut mirrored = split.clone();
+        for img in mirrored
+            .pixels
+            .chunks_exact_mut(split.size * split.size * 3)
+        {
+            flip_horizontally(img, split.size);
+        }
+        let flipped = evaluate_head(&head, &features(&mirrored)?, &y)?;
+        probs = (probs + flipped.logits.f_softmax(-1, tch::Kind::Float)?) * 0.5;
+    }
+    let probs = probs.f_to_device(Device::Cpu)?;
+    let pred: Vec<i64> = Vec::<i64>::try_from(&probs.f_argmax(-1, false)?)?;
     let pred: Vec<usize> = pred.into_iter().map(|p| p as usize).collect();
-    let probs = scores
-        .logits
-        .f_softmax(-1, tch::Kind::Float)?
-        .f_to_device(Device::Cpu)?
-        .f_flatten(0, -1)?;
-    let probs = Vec::<f32>::try_from(&probs)?;
+    let probs = Vec::<f32>::try_from(&probs.f_flatten(0, -1)?)?;
     let classes = config.classes.len();
+    // Without TTA, libtorch's cross-entropy of the logits; with it, that of the mean probabilities.
+    let loss = if tta_flip {
+        let n = split.labels.len().max(1) as f64;
+        probs
+            .chunks_exact(classes)
+            .zip(&split.labels)
+            .map(|(p, &l)| -f64::from(p[l]).max(f64::MIN_POSITIVE).ln())
+            .sum::<f64>()
+            / n
+    } else {
+        scores.loss
+    };
     let predictions = Predictions {
         data_root: split.root.clone(),
         classes: config.classes.clone(),
@@ -160,7 +178,8 @@ pub fn evaluate_run(
     Ok(Evaluation {
         run: config.name,
         data,
-        loss: scores.loss,
+        tta: tta_flip.then_some("flip"),
+        loss,
         report: ClassReport::new(&config.classes, &split.labels, &pred),
         top_losses,
         top_loss_tiles,

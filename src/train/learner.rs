@@ -9,10 +9,12 @@
 use super::checkpoint::{Best, Checkpoint};
 use super::model::from_tch;
 use super::optim::{
-    balanced_class_weights, cross_entropy, lr_at, lr_at_step, optimise_step, OptState,
+    balanced_class_weights, cross_entropy, lr_at, lr_at_step, optimise_step, training_loss,
+    OptState,
 };
 use crate::config::{ClassWeights, Schedule, TrainConfig};
 use crate::error::{Error, Result};
+use super::budget::{self, EVAL_SPEEDUP};
 use crate::events::{EpochReport, Estimate, Event, EventSink, Silent, Task};
 use crate::run::{EpochMetrics, Phase};
 use crate::weights::NamedTensor;
@@ -177,6 +179,7 @@ pub struct Learner<'a> {
     progress: bool,
     phase: Option<Phase>,
     prior: &'a [EpochMetrics],
+    budget: Option<(Instant, f64)>,
 }
 
 impl<'a> Learner<'a> {
@@ -189,6 +192,7 @@ impl<'a> Learner<'a> {
             progress: false,
             phase: None,
             prior: &[],
+            budget: None,
         }
     }
 
@@ -208,6 +212,17 @@ impl<'a> Learner<'a> {
     /// best epoch consider only the epochs of this learner.
     pub fn after(self, prior: &'a [EpochMetrics]) -> Self {
         Learner { prior, ..self }
+    }
+
+    /// Keeps to a time budget of `seconds` counted from `start`: once an epoch has been timed, the
+    /// next is started only when it, the final test and the budget's reserve still fit
+    /// ([`budget::next_epoch_fits`]); otherwise training ends there (with an info line), as after
+    /// the last epoch.
+    pub fn budget(self, start: Instant, seconds: f64) -> Self {
+        Learner {
+            budget: Some((start, seconds)),
+            ..self
+        }
     }
 
     /// Reports to `events`: an [`Event::Epoch`] per epoch, whose line calls the epoch `label`
@@ -269,6 +284,10 @@ impl<'a> Learner<'a> {
                 stopped_early = Some(epoch - 1);
                 break;
             }
+            if let Some(line) = self.over_budget(&timing, model, epoch) {
+                self.events.info(line);
+                break;
+            }
             let m = self.epoch(
                 model,
                 (&params, &mut opt, weights.as_ref()),
@@ -293,6 +312,31 @@ impl<'a> Learner<'a> {
             })?;
         }
         self.finish(model, &params, history, best, stopped_early)
+    }
+
+    /// With a budget, once an epoch has been timed: the line that ends training before `epoch`
+    /// when that epoch, the final test and the reserve would end past the budget; `None` to go on.
+    fn over_budget<M: Model + ?Sized>(
+        &self,
+        timing: &Timing,
+        model: &M,
+        epoch: usize,
+    ) -> Option<String> {
+        let (start, seconds) = self.budget?;
+        let epoch_seconds = timing.mean_epoch()?;
+        let test = timing.left(0, model.eval_len(EvalSplit::Test));
+        let spent = start.elapsed().as_secs_f64();
+        (!budget::next_epoch_fits(seconds, spent, epoch_seconds, test)).then(|| {
+            format!(
+                "time budget: stopping before epoch {epoch} of {}: {} spent of {}, and another \
+                 epoch takes about {} (the final test about {})",
+                self.config.epochs,
+                crate::util::duration(spent),
+                crate::util::duration(seconds),
+                crate::util::duration(epoch_seconds),
+                crate::util::duration(test)
+            )
+        })
     }
 
     /// The class weights of the training loss ([`class_weight_tensor`]), reported to the events.
@@ -444,6 +488,42 @@ impl<'a> Learner<'a> {
     }
 }
 
+/// The training speed of `model` with the batch size of `c`, in images per second: forward and
+/// backward passes (the training loss of `c`, without class weights) of [`ESTIMATE_AFTER_BATCHES`]
+/// batches, timed after one untimed batch (oneDNN's kernel set-up). The optimizer is not stepped and
+/// the gradients are zeroed after, so the parameters are unchanged; the batches are the first
+/// training examples in order. For a model that seeds its randomness in [`Model::epoch_order`]
+/// (fine-tuning), a later epoch draws the same as without the measurement.
+///
+/// # Errors
+/// [`Error::Torch`] on a libtorch failure.
+pub fn measure_training_speed<M: Model + ?Sized>(model: &mut M, c: &TrainConfig) -> Result<f64> {
+    let n = model.train_len().max(1);
+    let size = c.batch_size.min(n).max(1);
+    let params = model.parameters();
+    let (mut t0, mut images) = (Instant::now(), 0);
+    for k in 0..=ESTIMATE_AFTER_BATCHES {
+        let batch: Vec<usize> = (0..size).map(|i| (k * size + i) % n).collect();
+        let (logits, y) = model.train_batch(&batch)?;
+        training_loss(&logits, &y, c, None)?.f_backward()?;
+        if let Device::Cuda(i) = logits.device() {
+            // CUDA runs asynchronously: the batch is done when the device is.
+            tch::Cuda::synchronize(i as i64);
+        }
+        if k == 0 {
+            t0 = Instant::now();
+        } else {
+            images += size;
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    for (_, p) in &params {
+        let mut p = p.shallow_clone();
+        p.zero_grad();
+    }
+    Ok(images as f64 / seconds.max(1e-9))
+}
+
 /// The values of `params` as named tensors (copied to the CPU).
 fn named(params: &[(String, Tensor)]) -> Result<Vec<NamedTensor>> {
     params.iter().map(|(name, p)| from_tch(name, p)).collect()
@@ -451,12 +531,7 @@ fn named(params: &[(String, Tensor)]) -> Result<Vec<NamedTensor>> {
 
 /// Batches after the first whose rate gives the expected total time of a fine-tuning run (the first
 /// batch also pays for oneDNN's kernel set-up, so it is not counted).
-const ESTIMATE_AFTER_BATCHES: usize = 5;
-
-/// How much faster evaluation (float32, forward only, batches of 256) goes through images than a
-/// training step (forward and backward) at the training precision, for the first estimate, before an
-/// epoch's validation has been timed.
-const EVAL_SPEEDUP: f64 = 1.5;
+pub const ESTIMATE_AFTER_BATCHES: usize = 5;
 
 /// Wall-time bookkeeping of the epochs one [`Learner::fit`] call runs, for the time estimates of
 /// fine-tuning.
@@ -514,6 +589,11 @@ impl Timing {
         if val > 0 {
             self.eval_seconds_per_image = Some(val_seconds / val as f64);
         }
+    }
+
+    /// Mean seconds of the epochs timed, validation included; `None` before the first ends.
+    fn mean_epoch(&self) -> Option<f64> {
+        (self.epochs > 0).then(|| self.seconds / self.epochs as f64)
     }
 
     /// Seconds left for `epochs` more epochs like the ones timed and the final test of `test` images.

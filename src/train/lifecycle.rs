@@ -12,7 +12,8 @@ use super::features::{prepare_features, Features};
 use super::finetune::{FineTuneModel, PixelSplits};
 use super::head::HeadModel;
 use super::images::{self, RunImages, SplitInfo};
-use super::learner::{Fitted, Learner, Model};
+use super::budget;
+use super::learner::{measure_training_speed, EvalSplit, Fitted, Learner, Model, ESTIMATE_AFTER_BATCHES};
 use super::outputs::{fingerprint_meta, finish, FinishedRun, TrainOutcome};
 use crate::arch::Arch;
 use crate::config::{AugmentStyle, TrainConfig, TrainEnv};
@@ -175,7 +176,7 @@ fn finetune_run(start: Start, config: TrainConfig, images: &RunImages) -> Result
         fingerprint,
         images,
     };
-    let (run, resume) = Run::open(start, config, found)?;
+    let (mut run, resume) = Run::open(start, config, found)?;
     let photos = run.photos(images)?;
     run.events.info(format!(
         "fine-tuning the last {} conv layers and the head on {} images per epoch{}",
@@ -206,13 +207,25 @@ fn finetune_run(start: Start, config: TrainConfig, images: &RunImages) -> Result
         run.device,
     )
     .map_err(|e| run.abandon_if_empty(e))?;
+    // A new run with a budget plans its epochs here; a resumed one trains the epochs it planned.
+    let budget = match (&resume, run.config.budget()) {
+        (None, Some(seconds)) => {
+            run.plan_epochs(&mut model, seconds)
+                .map_err(|e| run.abandon_if_empty(e))?;
+            Some(seconds)
+        }
+        _ => None,
+    };
     // Fine-tuning epochs take minutes, so they report progress (head epochs take a fraction of a
     // second and do not).
-    let learner = Learner::new(&run.config)
+    let mut learner = Learner::new(&run.config)
         .report(run.events, "Epoch")
         .progress(true)
         .phase(Phase::FineTune)
         .after(&warm_up);
+    if let Some(seconds) = budget {
+        learner = learner.budget(run.t0, seconds);
+    }
     let fitted = run.fit(&mut model, learner, resume)?;
     let base = model.base_tensors(&arch)?;
     drop(model);
@@ -361,6 +374,52 @@ impl<'a> Run<'a> {
         learner
             .fit(model, resume, |ck| self.epoch_done(ck))
             .map_err(|e| self.abandon_if_empty(explain_divergence(e, &self.dir, self.config.lr)))
+    }
+
+    /// Plans the epochs of a new run with a budget of `seconds` ([`budget::plan`]) from the speed of
+    /// a few training batches of `model` and the time spent since the run started, says what fits,
+    /// and records the planned epochs as the run's `epochs` (in `config.json` too, so that a resumed
+    /// run trains the same schedule).
+    ///
+    /// # Errors
+    /// libtorch failures; `config.json` that cannot be written.
+    fn plan_epochs(&mut self, model: &mut impl Model, seconds: f64) -> Result<()> {
+        let rate = measure_training_speed(model, &self.config)?;
+        let sizes = budget::Sizes {
+            train: model.train_len(),
+            val: model.eval_len(EvalSplit::Validation),
+            test: model.eval_len(EvalSplit::Test),
+        };
+        let spent = self.t0.elapsed().as_secs_f64();
+        let max = self.config.epochs;
+        let plan = budget::plan(seconds, spent, rate, sizes, max);
+        let d = crate::util::duration;
+        let measured = format!(
+            "fine-tuning at {rate:.0} images/s over {ESTIMATE_AFTER_BATCHES} batches, {} spent",
+            d(spent)
+        );
+        if plan.fits {
+            self.events.info(format!(
+                "time budget {}: {} ({measured}; expected to end after about {})",
+                d(seconds),
+                if plan.capped {
+                    format!("all {} fit", crate::util::plural(max, "epoch"))
+                } else {
+                    format!("{} of {max} epochs fit", plan.epochs)
+                },
+                d(plan.expected_seconds)
+            ));
+        } else {
+            self.events.warn(Warning::Other(format!(
+                "time budget {}: not even one epoch fits ({measured}, about {} per epoch); training \
+                 1 epoch, which ends after about {}",
+                d(seconds),
+                d(plan.epoch_seconds),
+                d(plan.expected_seconds)
+            )));
+        }
+        self.config.epochs = plan.epochs;
+        write_json_atomic(&self.dir.join(run::CONFIG_FILE), &self.config)
     }
 
     /// The training photos that photo augmentation crops from, decoded when the run asks for it.

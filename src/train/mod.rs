@@ -22,6 +22,7 @@
 //!   (Grad-CAM heatmaps).
 
 pub mod augment;
+pub mod budget;
 pub mod checkpoint;
 pub mod device;
 pub mod eval;
