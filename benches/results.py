@@ -2,8 +2,9 @@
 against its floor; prints one table, writes target/results/results.json, and exits 1 when a row
 misses its floor or a figure could not be measured.
 
-Rows (each a fresh run in target/results/runs; features cached in target/results/cache, so a second
-`make results` skips the extraction, which gives the same features):
+Rows (each a fresh run in target/results/runs, its `pipe train` messages in target/results/<row>.log;
+features cached in target/results/cache, so a second `make results` skips the extraction, which
+gives the same features):
 - seed: the classic Keras recipe, `pipe train` with no options (VGG16 frozen, Dense 256, 5,000
   training and 1,000 test images, 3 epochs): test accuracy in the band 0.43-0.48 (measured 0.4554-
   0.456 on several CPUs; the Keras script itself reached 0.442-0.451 on pipe's data).
@@ -82,6 +83,8 @@ def train(name, spec):
                   + spec["train"], ok=(0, 3))
     if r is None:
         return None
+    with open(os.path.join(OUT, f"{name}.log"), "w") as f:
+        f.write(r.stderr)
     right, n = accuracy(os.path.join(runs, name))
     print(f"   {right}/{n} = {right / n:.4f} in {secs:.0f} s", flush=True)
     return dict(accuracy=right / n, right=right, images=n, seconds=secs)

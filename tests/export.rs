@@ -720,7 +720,7 @@ fn tta_flip_export_outputs_the_mean_of_the_image_and_its_mirror() {
     let (plain_ev, tta_ev) = (evaluate(false), evaluate(true));
     assert_eq!(tta_ev["tta"], "flip");
     assert_eq!(tta_ev["report"]["images"], 12);
-    let ort = Pipe::infer(&w.join("tta13.onnx"))
+    let ort = Pipe::infer(w.join("tta13.onnx"))
         .backend("ort")
         .paths(&[data.join("test")])
         .infer_json()
@@ -738,7 +738,10 @@ fn tta_flip_export_outputs_the_mean_of_the_image_and_its_mirror() {
         right += usize::from(p.class_index == label);
     }
     let got = tta_ev["loss"].as_f64().unwrap();
-    assert!((got - loss).abs() <= 1e-5, "evaluate --tta {got}, ort {loss}");
+    assert!(
+        (got - loss).abs() <= 1e-5,
+        "evaluate --tta {got}, ort {loss}"
+    );
     assert_eq!(
         tta_ev["report"]["accuracy"].as_f64().unwrap(),
         right as f64 / 12.0

@@ -334,7 +334,10 @@ fn a_time_budget_plans_the_epochs_that_fit_and_the_run_ends_within_it() {
         .ok()
         .stderr;
     let wall = t0.elapsed().as_secs_f64();
-    assert!(wall <= budget, "pipe train took {wall:.1} s of its 30 s budget:\n{err}");
+    assert!(
+        wall <= budget,
+        "pipe train took {wall:.1} s of its 30 s budget:\n{err}"
+    );
     let line = err
         .lines()
         .find(|l| l.starts_with("time budget 30 s: "))
@@ -345,7 +348,10 @@ fn a_time_budget_plans_the_epochs_that_fit_and_the_run_ends_within_it() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
     assert!((1..200).contains(&planned), "{line}");
-    assert!(line.contains(&format!("{planned} of 200 epochs fit")), "{line}");
+    assert!(
+        line.contains(&format!("{planned} of 200 epochs fit")),
+        "{line}"
+    );
     let run = w.run("b");
     let config = run.config();
     assert_eq!(config["epochs"], planned, "config.json records the plan");

@@ -6,6 +6,7 @@
 //! head on cached features ([`super::head::HeadModel`]) and fine-tuning of the last conv layers on
 //! decoded images ([`super::finetune::FineTuneModel`]).
 
+use super::budget::{self, EVAL_SPEEDUP};
 use super::checkpoint::{Best, Checkpoint};
 use super::model::from_tch;
 use super::optim::{
@@ -14,7 +15,6 @@ use super::optim::{
 };
 use crate::config::{ClassWeights, Schedule, TrainConfig};
 use crate::error::{Error, Result};
-use super::budget::{self, EVAL_SPEEDUP};
 use crate::events::{EpochReport, Estimate, Event, EventSink, Silent, Task};
 use crate::run::{EpochMetrics, Phase};
 use crate::weights::NamedTensor;

@@ -6,14 +6,16 @@
 //! uninterrupted run would.
 
 use super::augment::{Augmenter, PhotoSet};
+use super::budget;
 use super::checkpoint::{load_checkpoint, save_checkpoint, trainable_params, Checkpoint};
 use super::device::{device_name, resolve_device};
 use super::features::{prepare_features, Features};
 use super::finetune::{FineTuneModel, PixelSplits};
 use super::head::HeadModel;
 use super::images::{self, RunImages, SplitInfo};
-use super::budget;
-use super::learner::{measure_training_speed, EvalSplit, Fitted, Learner, Model, ESTIMATE_AFTER_BATCHES};
+use super::learner::{
+    measure_training_speed, EvalSplit, Fitted, Learner, Model, ESTIMATE_AFTER_BATCHES,
+};
 use super::outputs::{fingerprint_meta, finish, FinishedRun, TrainOutcome};
 use crate::arch::Arch;
 use crate::config::{AugmentStyle, TrainConfig, TrainEnv};
