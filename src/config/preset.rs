@@ -228,6 +228,7 @@ mod tests {
             class_weights: crate::config::ClassWeights::Auto,
             precision: Some(crate::config::Precision::Fp32),
             patience: Some(1),
+            time_budget: Some(60.0),
             val_split: Some(0.1),
             test_split: Some(0.1),
             ..TrainConfig::default()
