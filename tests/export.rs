@@ -688,18 +688,7 @@ fn tta_flip_export_outputs_the_mean_of_the_image_and_its_mirror() {
     // mirrored pixels: on a test split of these images (image i in class i mod 10), its loss is the
     // flip export's mean -ln p(label) in ort, and its accuracy the share of ort's labels that are
     // right; without --tta its loss differs.
-    const CLASSES: [&str; 10] = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ];
+    use pipe::arch::CIFAR10_CLASSES as CLASSES;
     let data = w.join("tta-data");
     for (i, img) in originals.iter().enumerate() {
         for (split, at) in [("test", i), ("train", i % 10)] {
