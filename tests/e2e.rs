@@ -225,13 +225,31 @@ fn int8_export_classifies_in_both_backends_as_its_verification_says() {
     let mut results = Vec::new();
     for engine in ["ort", "tract"] {
         let model = w.join(format!("q-{engine}.onnx"));
-        let out = w
+        let done = w
             .export("q", &model)
             .arg("--quantize", "int8")
             .arg("--calibration-images", "100")
             .arg("--calibration-backend", engine)
-            .ok()
-            .stdout;
+            // This 3-epoch model on 300 images sits near ties: one of the 120 test images is 0.83
+            // points, and 7-bit weights move a few of them. The export suite checks the bound
+            // itself; this test checks that the verification's figures are what the backends do.
+            .arg("--max-accuracy-drop", "10")
+            .ok();
+        let out = done.stdout;
+        // --reduce-range auto: 7-bit weights exactly where ONNX Runtime's int8 kernels would
+        // saturate with 8 (x86-64 without AVX512_VNNI or AVX-VNNI; the standard library's detection).
+        #[cfg(target_arch = "x86_64")]
+        let bits = if std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni")
+        {
+            8
+        } else {
+            7
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let bits = 8;
+        let says = format!("int8 weights in {bits} bits (--reduce-range auto");
+        assert!(done.stderr.contains(&says), "{says}\n{}", done.stderr);
         let got = infer(engine, &model, &files);
         let right = got
             .predictions

@@ -6,7 +6,8 @@ use anyhow::Result;
 use pipe::contract::Output;
 use pipe::export::calibrate::Calibration;
 use pipe::export::quantize::{
-    QuantizeOptions, DEFAULT_CALIBRATION_IMAGES, DEFAULT_INT8_BACKEND, DEFAULT_MAX_ACCURACY_DROP,
+    QuantizeOptions, ReduceRange, DEFAULT_CALIBRATION_IMAGES, DEFAULT_INT8_BACKEND,
+    DEFAULT_MAX_ACCURACY_DROP,
 };
 use pipe::export::{Destination, RunExportOptions, TritonLayout};
 use pipe::infer::BackendKind;
@@ -78,10 +79,13 @@ pub struct ExportArgs {
     /// With --quantize: seed of the choice of calibration images.
     #[arg(long, value_name = "SEED", default_value_t = 0, requires = "quantize")]
     calibration_seed: u64,
-    /// With --quantize: weights in 7 bits instead of 8, for CPUs without int8 dot-product
-    /// instructions (AVX2 without VNNI), where ONNX Runtime's int8 kernels can overflow.
-    #[arg(long, requires = "quantize")]
-    reduce_range: bool,
+    /// With --quantize: int8 weights in 7 bits instead of 8 (on; --reduce-range alone means on).
+    /// On CPUs without int8 dot-product instructions (x86-64 without AVX512_VNNI or AVX-VNNI) ONNX
+    /// Runtime's int8 convolutions add pairs of products in int16 and saturate with 8-bit weights;
+    /// auto chooses 7 bits on such a CPU, where the export is verified, and 8 elsewhere.
+    #[arg(long, value_enum, value_name = "auto|on|off", default_value_t = ReduceRange::Auto,
+          num_args = 0..=1, default_missing_value = "on", requires = "quantize")]
+    reduce_range: ReduceRange,
     /// With --quantize: refuse the export when the int8 model's test accuracy is more than this many
     /// points (percentage points) below the float model's (a negative bound asks int8 to be that much
     /// more accurate).
@@ -150,7 +154,12 @@ impl ExportArgs {
                 calibration: self.calibration,
                 images: self.calibration_images,
                 seed: self.calibration_seed,
-                reduce_range: self.reduce_range,
+                reduce_range: {
+                    let choice = self.reduce_range;
+                    let cpu = pipe::cpu::CpuFeatures::detect();
+                    eprintln!("{}", choice.explain(&cpu));
+                    choice.resolve(&cpu)
+                },
                 max_accuracy_drop: self.max_accuracy_drop,
                 save_calibration: self.save_calibration,
                 backend: self.calibration_backend,

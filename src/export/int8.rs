@@ -266,11 +266,13 @@ impl Runner {
 /// the float model's (tch's probabilities); progress goes to `events`.
 ///
 /// # Errors
-/// [`Error::InvalidFile`] naming the model when its accuracy is more than `max_drop` points below
-/// the float model's, saying by how much and what to try; the run's predictions or images cannot be
-/// read; the engine cannot be opened or fails.
+/// [`Error::InvalidFile`] naming `destination` (the path the model will have once verified) when
+/// its accuracy is more than `max_drop` points below the float model's, saying by how much and what
+/// to try (`--reduce-range` too when the weights have 8 bits on a CPU without int8 dot products);
+/// the run's predictions or images cannot be read; the engine cannot be opened or fails.
 pub fn verify_int8(
     model: &Path,
+    destination: &Path,
     run_dir: &Path,
     max_drop: f64,
     engine: BackendKind,
@@ -322,13 +324,27 @@ pub fn verify_int8(
         max_drop,
     };
     if v.drop_points() > max_drop {
+        let seven_bits = crate::onnx::ModelInfo::read(model)?
+            .metadata
+            .iter()
+            .any(|(k, v)| k == crate::contract::keys::WEIGHT_BITS && v == "7");
+        let reduce = if !seven_bits
+            && cfg!(target_arch = "x86_64")
+            && crate::cpu::CpuFeatures::detect()
+                .int8_dot_product()
+                .is_none()
+        {
+            "--reduce-range on (this CPU has no int8 dot-product instructions), "
+        } else {
+            ""
+        };
         return Err(Error::invalid(
-            model,
+            destination,
             format!(
                 "int8 verification failed: test accuracy {:.4} is {:.2} points below the float \
                  model's {:.4} (at most {:.2} allowed, --max-accuracy-drop), on {} test images; \
-                 try another --calibration (minmax, percentile, entropy) or more \
-                 --calibration-images, or export float32",
+                 try {reduce}another --calibration (minmax, percentile, entropy) or more \
+                 --calibration-images, or export float32; nothing was written",
                 v.int8_accuracy,
                 v.drop_points(),
                 v.float_accuracy,

@@ -251,6 +251,7 @@ pub fn export_run(
                 if opts.verify_images > 0 {
                     found = Some(int8::verify_int8(
                         tmp,
+                        &output,
                         run_dir,
                         q.max_accuracy_drop,
                         q.backend,

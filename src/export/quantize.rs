@@ -47,6 +47,54 @@ pub struct QuantizeOptions {
     pub backend: crate::infer::BackendKind,
 }
 
+/// `pipe export --reduce-range`: whether the int8 weights take 7 bits instead of 8.
+///
+/// Without int8 dot-product instructions (x86-64 without AVX512_VNNI or AVX-VNNI), ONNX Runtime's
+/// int8 convolutions multiply uint8 activations by int8 weights with `vpmaddubsw`, which adds each
+/// pair of products in int16 and saturates there (255 × 127 × 2 = 64,770 > 32,767); weights in 7
+/// bits keep every pair inside int16 (255 × 63 × 2 = 32,130). onnxruntime's own quantizer names the
+/// same choice `reduce_range`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReduceRange {
+    /// 7 bits where the exporting CPU is an x86-64 without int8 dot-product instructions (the
+    /// export's verification runs on it), 8 bits elsewhere.
+    #[default]
+    Auto,
+    /// Always 7 bits.
+    On,
+    /// Always 8 bits.
+    Off,
+}
+
+impl ReduceRange {
+    /// Whether the weights take 7 bits on a CPU with `cpu`'s features.
+    pub fn resolve(self, cpu: &crate::cpu::CpuFeatures) -> bool {
+        match self {
+            ReduceRange::On => true,
+            ReduceRange::Off => false,
+            ReduceRange::Auto => cfg!(target_arch = "x86_64") && cpu.int8_dot_product().is_none(),
+        }
+    }
+
+    /// The sentence that says what `resolve` chose on `cpu` and why, for the export's log.
+    pub fn explain(self, cpu: &crate::cpu::CpuFeatures) -> String {
+        let bits = if self.resolve(cpu) { 7 } else { 8 };
+        let why = match (self, cpu.int8_dot_product()) {
+            (ReduceRange::On, _) => "--reduce-range on".to_string(),
+            (ReduceRange::Off, _) => "--reduce-range off".to_string(),
+            (ReduceRange::Auto, Some(isa)) => {
+                format!("--reduce-range auto: this CPU has {isa}, whose int8 dot products do not saturate")
+            }
+            (ReduceRange::Auto, None) if bits == 7 => "--reduce-range auto: this CPU has no int8 \
+                 dot-product instructions (AVX512_VNNI, AVX-VNNI), where ONNX Runtime's int8 \
+                 kernels saturate with 8-bit weights"
+                .to_string(),
+            (ReduceRange::Auto, None) => "--reduce-range auto: not an x86-64 CPU".to_string(),
+        };
+        format!("int8 weights in {bits} bits ({why})")
+    }
+}
+
 /// The default engine of the int8 calibration and verification: ONNX Runtime where this build has
 /// it (several times faster than tract at large input sizes: at 384 pixels tract runs about a photo
 /// a second on 2 cores), else tract.
@@ -62,7 +110,7 @@ impl Default for QuantizeOptions {
             calibration: Calibration::Percentile,
             images: DEFAULT_CALIBRATION_IMAGES,
             seed: 0,
-            reduce_range: false,
+            reduce_range: ReduceRange::Auto.resolve(&crate::cpu::CpuFeatures::detect()),
             max_accuracy_drop: DEFAULT_MAX_ACCURACY_DROP,
             save_calibration: None,
             backend: DEFAULT_INT8_BACKEND,
@@ -199,6 +247,42 @@ pub fn quantize_bias(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--reduce-range auto` takes 7 bits exactly on an x86-64 CPU without AVX512_VNNI and
+    /// AVX-VNNI; on and off ignore the CPU; the log line says the bits and the reason.
+    #[test]
+    fn reduce_range_auto_follows_the_int8_dot_products() {
+        use crate::cpu::CpuFeatures;
+        let avx2 = CpuFeatures::default();
+        let vnni = CpuFeatures {
+            avx512_vnni: true,
+            ..CpuFeatures::default()
+        };
+        let client = CpuFeatures {
+            avx_vnni: true,
+            ..CpuFeatures::default()
+        };
+        let x86 = cfg!(target_arch = "x86_64");
+        assert_eq!(ReduceRange::Auto.resolve(&avx2), x86);
+        assert!(!ReduceRange::Auto.resolve(&vnni));
+        assert!(!ReduceRange::Auto.resolve(&client));
+        for cpu in [avx2, vnni, client] {
+            assert!(ReduceRange::On.resolve(&cpu));
+            assert!(!ReduceRange::Off.resolve(&cpu));
+        }
+        assert!(ReduceRange::Auto
+            .explain(&vnni)
+            .starts_with("int8 weights in 8 bits (--reduce-range auto: this CPU has AVX512_VNNI"));
+        if x86 {
+            assert!(ReduceRange::Auto
+                .explain(&avx2)
+                .starts_with("int8 weights in 7 bits (--reduce-range auto: this CPU has no int8"));
+        }
+        assert_eq!(
+            ReduceRange::Off.explain(&avx2),
+            "int8 weights in 8 bits (--reduce-range off)"
+        );
+    }
 
     /// Hand-computed cases: channel [0.5, -1.27, 0.01] has max 1.27, scale 0.01, values 50, -127, 1;
     /// a channel of zeros keeps scale 1; 7 bits divide by 63.
