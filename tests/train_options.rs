@@ -403,6 +403,67 @@ fn preset_finetune_interrupted_and_resumed_ends_like_an_uninterrupted_run() {
     }
 }
 
+/// `pipe lr-find --preset finetune` sweeps the fine-tuning itself: the head warmed up first, then
+/// the last convs and the head on augmented images, the rates exponential from --start-lr, a
+/// suggestion inside them; and it leaves no trace: a fine-tuning run trained after it has the
+/// history, predictions and weights of one trained before it.
+#[test]
+fn lr_find_sweeps_the_fine_tuning_and_leaves_no_trace() {
+    let w = Workdir::binary_release(20);
+    let train = |name: &str| {
+        w.train(name)
+            .arg("--preset", "finetune")
+            .limits(60, 20)
+            .epochs(1)
+            .batch(20)
+            .arg("--head-epochs", "1")
+    };
+    train("before").ok();
+    let out_dir = w.join("lr");
+    let out = Pipe::new("lr-find")
+        .arg("--device", "cpu")
+        .arg("--preset", "finetune")
+        .data(&w.data)
+        .weights(weights())
+        .cache(&w.cache)
+        .limits(60, 20)
+        .batch(20)
+        .arg("--head-epochs", "1")
+        .arg("--steps", "20")
+        .arg("--out", &out_dir)
+        .ok();
+    for says in [
+        "Warm-up epoch 1/1",
+        "fine-tuning the last 13 conv layers and the head in ",
+    ] {
+        assert!(out.stderr.contains(says), "{says}\n{}", out.stderr);
+    }
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("lr_find.json")).unwrap()).unwrap();
+    assert_eq!(
+        (doc["unfreeze"].as_u64(), doc["head_epochs"].as_u64()),
+        (Some(13), Some(1))
+    );
+    let points = doc["points"].as_array().unwrap();
+    let lrs: Vec<f64> = points.iter().map(|p| p["lr"].as_f64().unwrap()).collect();
+    assert!((lrs[0] - 1e-7).abs() < 1e-12, "{lrs:?}");
+    let ratio = (10f64 / 1e-7).powf(1.0 / 19.0);
+    for pair in lrs.windows(2) {
+        assert!((pair[1] / pair[0] / ratio - 1.0).abs() < 1e-9);
+    }
+    assert!(std::fs::read(out_dir.join("lr_find.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
+    train("after").ok();
+    let (before, after) = (w.run("before"), w.run("after"));
+    for f in ["history.json", "predictions.json"] {
+        assert_eq!(before.bytes(f), after.bytes(f), "{f}");
+    }
+    for f in ["head.safetensors", "base.safetensors"] {
+        assert_eq!(before.tensors(f), after.tensors(f), "{f}");
+    }
+}
+
 /// `--precision bf16` asked for explicitly, on whatever CPU runs the tests (libtorch computes bf16
 /// without AVX512_BF16, slowly): a small fine-tuning run trains in bf16, an interrupted copy resumes
 /// to the same bytes, and the export verifies against tch's probabilities.

@@ -1,4 +1,5 @@
-//! `pipe lr-find`: the learning-rate range test for a recipe's head, on its cached features.
+//! `pipe lr-find`: the learning-rate range test of a recipe: its head on cached features, or its
+//! fine-tuning with `--unfreeze`.
 
 use super::render::Stderr;
 use anyhow::{Context, Result};
@@ -10,8 +11,9 @@ use std::path::PathBuf;
 /// Arguments of `pipe lr-find`.
 #[derive(clap::Args)]
 pub struct LrFindArgs {
-    /// The recipe whose head is tested, as `pipe train --preset` (options given on the command line
-    /// override it); without it, the seed recipe with the options given.
+    /// The recipe tested, as `pipe train --preset` (options given on the command line override it);
+    /// without it, the seed recipe with the options given. A recipe with --unfreeze (the finetune
+    /// preset) is tested on its fine-tuning, after its head warm-up; others on the head alone.
     #[arg(long, value_enum)]
     preset: Option<Preset>,
     /// The first learning rate of the sweep.
@@ -65,6 +67,7 @@ impl LrFindArgs {
             &serde_json::json!({
                 "data": config.data, "batch_size": config.batch_size, "optimizer": config.optimizer,
                 "momentum": config.momentum, "seed": config.seed, "recipe_lr": config.lr,
+                "unfreeze": config.unfreeze, "head_epochs": if config.unfreeze > 0 { config.head_epochs } else { 0 },
                 "start_lr": opts.start_lr, "end_lr": opts.end_lr, "steps": opts.steps,
                 "rule": "steepest descent of the smoothed loss against log10(lr)",
                 "suggestion": found.suggestion, "stopped": found.stopped,

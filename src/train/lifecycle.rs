@@ -424,44 +424,18 @@ impl<'a> Run<'a> {
         write_json_atomic(&self.dir.join(run::CONFIG_FILE), &self.config)
     }
 
-    /// The training photos that photo augmentation crops from, decoded when the run asks for it.
+    /// The training photos that photo augmentation crops from ([`photo_set`]).
     fn photos(&self, images: &RunImages) -> Result<Option<PhotoSet>> {
-        let c = &self.config;
-        if !c.augment || c.augment_style.resolve(c.input_size) != AugmentStyle::Photo {
-            return Ok(None);
-        }
-        let t0 = Instant::now();
-        let photos = PhotoSet::decode(images).map_err(|e| self.abandon_if_empty(e))?;
-        self.events.info(format!(
-            "photo augmentation: {} training photos decoded at a shorter side of up to {} pixels in \
-             {:.1} s",
-            photos.len(),
-            c.input_size * 8 / 7,
-            t0.elapsed().as_secs_f64()
-        ));
-        Ok(Some(photos))
+        photo_set(&self.config, images, self.events).map_err(|e| self.abandon_if_empty(e))
     }
 
-    /// Trains the head alone for `head_epochs` epochs on frozen-base features of `images` (from the
-    /// feature cache when present), with the settings of [`TrainConfig::head_warm_up`], and returns
-    /// its parameters and history (the run's first history lines, marked as warm-up).
+    /// Trains the head alone for `head_epochs` epochs ([`head_warm_up`]) and returns its parameters
+    /// and history (the run's first history lines, marked as warm-up).
     fn warm_up_head(&self, images: &RunImages) -> Result<(Vec<NamedTensor>, Vec<EpochMetrics>)> {
-        let c = &self.config;
-        self.events.info(format!(
-            "head warm-up: {} of the head alone on frozen-base features (--head-epochs), lr {}",
-            crate::util::plural(c.head_epochs, "epoch"),
-            c.head_lr
-        ));
         let warm_up = || -> Result<(Vec<NamedTensor>, Vec<EpochMetrics>)> {
             let (env, device) = (&self.env.extract, self.device);
-            let features = prepare_features(images, c, env, device, self.events)?;
-            let settings = c.head_warm_up();
-            let mut model = HeadModel::new(&features, &self.arch(), settings.seed, self.device)?;
-            let learner = Learner::new(&settings)
-                .report(self.events, "Warm-up epoch")
-                .phase(Phase::WarmUp);
-            let fitted = learner.fit(&mut model, None, |_| Ok(()))?;
-            Ok((fitted.params, fitted.history))
+            let features = prepare_features(images, &self.config, env, device, self.events)?;
+            head_warm_up(&self.config, &features, device, self.events)
         };
         warm_up().map_err(|e| self.abandon_if_empty(e))
     }
@@ -536,6 +510,59 @@ fn explain_divergence(e: Error, run_dir: &Path, lr: f64) -> Error {
         }
         other => other,
     }
+}
+
+/// The training photos that photo augmentation crops from, decoded when `config` asks for it
+/// (`--augment` with the photo style); `None` otherwise.
+///
+/// # Errors
+/// No training photo can be decoded.
+pub(crate) fn photo_set(
+    config: &TrainConfig,
+    images: &RunImages,
+    events: &dyn EventSink,
+) -> Result<Option<PhotoSet>> {
+    if !config.augment || config.augment_style.resolve(config.input_size) != AugmentStyle::Photo {
+        return Ok(None);
+    }
+    let t0 = Instant::now();
+    let photos = PhotoSet::decode(images)?;
+    events.info(format!(
+        "photo augmentation: {} training photos decoded at a shorter side of up to {} pixels in \
+         {:.1} s",
+        photos.len(),
+        config.input_size * 8 / 7,
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(Some(photos))
+}
+
+/// The head warm-up that precedes fine-tuning: the head alone, trained for `config.head_epochs`
+/// epochs on the frozen-base `features` with the settings of [`TrainConfig::head_warm_up`]. Returns
+/// the head's parameters and the warm-up's history; its epochs are reported to `events` as
+/// `Warm-up epoch` lines.
+///
+/// # Errors
+/// libtorch errors; a diverging warm-up.
+pub(crate) fn head_warm_up(
+    config: &TrainConfig,
+    features: &Features,
+    device: Device,
+    events: &dyn EventSink,
+) -> Result<(Vec<NamedTensor>, Vec<EpochMetrics>)> {
+    events.info(format!(
+        "head warm-up: {} of the head alone on frozen-base features (--head-epochs), lr {}",
+        crate::util::plural(config.head_epochs, "epoch"),
+        config.head_lr
+    ));
+    let settings = config.head_warm_up();
+    let arch = config.arch(config.classes.len());
+    let mut model = HeadModel::new(features, &arch, settings.seed, device)?;
+    let learner = Learner::new(&settings)
+        .report(events, "Warm-up epoch")
+        .phase(Phase::WarmUp);
+    let fitted = learner.fit(&mut model, None, |_| Ok(()))?;
+    Ok((fitted.params, fitted.history))
 }
 
 #[cfg(test)]

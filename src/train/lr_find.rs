@@ -1,15 +1,20 @@
 //! `pipe lr-find`: the learning-rate range test (Smith, "Cyclical Learning Rates for Training Neural
-//! Networks", 2017; fastai's `lr_find`). The head of the run's recipe is trained on its cached
-//! frozen-base features for a few hundred mini-batches while the learning rate grows exponentially;
-//! the training loss, smoothed, falls and then rises when the rate becomes too large. The run it
-//! would precede is untouched: the test trains its own head, in its own process, and writes nothing
-//! a later `pipe train` reads except the feature cache, which holds the same features either way.
+//! Networks", 2017; fastai's `lr_find`). The run's recipe trains for a few hundred mini-batches
+//! while the learning rate grows exponentially; the training loss, smoothed, falls and then rises
+//! when the rate becomes too large. A frozen-base recipe trains its head on the cached frozen-base
+//! features; a fine-tuning one (`--unfreeze N`) warms its head up as `pipe train` does, then trains
+//! the last N convs and the head on the decoded, augmented images, in the recipe's precision. The
+//! run it would precede is untouched: the test trains its own networks, in its own process, and
+//! writes nothing a later `pipe train` reads except the feature cache, which holds the same features
+//! either way.
 
-use super::device::resolve_device;
+use super::device::{device_name, resolve_device};
+use super::finetune::{FineTuneModel, PixelSplits};
 use super::head::HeadModel;
 use super::learner::{class_weight_tensor, Model};
+use super::lifecycle::{head_warm_up, photo_set};
 use super::optim::{optimise_step, OptState};
-use super::sweep::head_features;
+use super::sweep::head_data;
 use crate::config::{ExtractEnv, Schedule, TrainConfig};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
@@ -92,8 +97,7 @@ pub fn steepest_descent(points: &[LrPoint]) -> Option<f64> {
         .map(|(_, lr)| lr)
 }
 
-/// Checks a range test before any work: the device, the extraction batch, a frozen base (the test
-/// trains the head on cached features) and the sweep.
+/// Checks a range test before any work: the device, the extraction batch, the recipe and the sweep.
 ///
 /// # Errors
 /// [`Error::Usage`] naming what is wrong.
@@ -105,13 +109,6 @@ pub fn validate_lr_find(
     resolve_device(env.device)?;
     env.validate()?;
     config.validate()?;
-    if config.unfreeze > 0 {
-        return Err(Error::Usage(
-            "pipe lr-find tests the head's learning rate on cached frozen-base features; \
-             fine-tuning (--unfreeze) is not supported by it yet"
-                .into(),
-        ));
-    }
     let ok = opts.start_lr > 0.0 && opts.start_lr.is_finite() && opts.end_lr.is_finite();
     if !ok || opts.end_lr <= opts.start_lr {
         return Err(Error::Usage(format!(
@@ -128,9 +125,13 @@ pub fn validate_lr_find(
     Ok(())
 }
 
-/// Runs the range test for `config`'s recipe (its data, head, optimizer, momentum, weight decay,
-/// batch size, class weights and seed; its learning rate and schedule replaced by the sweep) on its
-/// frozen-base features, extracted once or taken from `env`'s cache.
+/// Runs the range test for `config`'s recipe (its data, optimizer, momentum, weight decay, batch
+/// size, class weights and seed; its learning rate and schedule replaced by the sweep). A frozen-base
+/// recipe trains its head on the frozen-base features, extracted once or taken from `env`'s cache; a
+/// fine-tuning recipe (`config.unfreeze > 0`) first warms its head up on them for
+/// `config.head_epochs` epochs, as `pipe train` does, then sweeps the rate of the fine-tuning itself
+/// (the last `unfreeze` convs and the head, on decoded images with the recipe's augmentation and
+/// `--precision`).
 ///
 /// # Errors
 /// As [`validate_lr_find`]; data, weights or libtorch errors.
@@ -142,16 +143,63 @@ pub fn lr_find(
 ) -> Result<LrFind> {
     validate_lr_find(config, env, opts)?;
     let device = resolve_device(env.device)?;
-    let (config, f) = head_features(config, env, device, events)?;
-    let config = &config;
+    let (config, images, f) = head_data(config, env, device, events)?;
     let arch = config.arch(f.classes.len());
-    let mut model = HeadModel::new(&f, &arch, config.seed, device)?;
+    let (points, stopped) = if config.unfreeze == 0 {
+        let mut model = HeadModel::new(&f, &arch, config.seed, device)?;
+        range_test(&mut model, &config, opts, device)?
+    } else {
+        // As a new `pipe train` run would: the precision and augmentation style resolved for this
+        // device and CPU, the base from the recipe's weights, the head warmed up.
+        let (precision, why) = config
+            .precision
+            .unwrap_or_default()
+            .resolve(device.is_cuda(), crate::cpu::CpuFeatures::detect());
+        let config = config
+            .clone()
+            .started("lr-find", &device_name(device), precision);
+        events.info(format!(
+            "fine-tuning the last {} conv layers and the head in {} ({why})",
+            config.unfreeze,
+            precision.name()
+        ));
+        let (weights, _) = crate::weights::load_base(&config.weights, &arch, env.allow_unverified)?;
+        let (head, _) = head_warm_up(&config, &f, device, events)?;
+        let photos = photo_set(&config, &images, events)?;
+        let splits = PixelSplits {
+            train: (&images.train).into(),
+            val: (&images.test).into(),
+            test: (&images.test).into(),
+            photos: photos.as_ref(),
+        };
+        let mut model = FineTuneModel::new(splits, &arch, &weights, &config, Some(&head), device)?;
+        range_test(&mut model, &config, opts, device)?
+    };
+    Ok(LrFind {
+        suggestion: steepest_descent(&points),
+        points,
+        stopped,
+        extracted: f.extracted,
+    })
+}
+
+/// The sweep itself on any [`Model`]: `opts.steps` mini-batches of `config`'s batch size, epoch
+/// after epoch of the model's training order, each at the rate [`lr_at`] gives, until the end or
+/// the divergence. Returns the points and why it stopped (`end` or `diverged`).
+///
+/// # Errors
+/// A training split without images; libtorch errors.
+fn range_test<M: Model>(
+    model: &mut M,
+    config: &TrainConfig,
+    opts: &LrFindOptions,
+    device: tch::Device,
+) -> Result<(Vec<LrPoint>, &'static str)> {
     let params = model.parameters();
     let mut opt = OptState::new(config.optimizer, &params)?;
-    let weights = class_weight_tensor(config, &model, device)?.map(|(_, t)| t);
+    let weights = class_weight_tensor(config, model, device)?.map(|(_, t)| t);
     let (beta, mut average, mut best) = (0.98f64, 0.0f64, f64::MAX);
     let mut points = Vec::with_capacity(opts.steps);
-    let mut stopped = "end";
     let (mut epoch, mut batches) = (0, Vec::new().into_iter());
     for i in 0..opts.steps {
         let batch: Vec<usize> = match batches.next() {
@@ -187,10 +235,7 @@ pub fn lr_find(
             (1, 0, 1),
         ) {
             Ok((loss, _)) => loss,
-            Err(Error::Diverged { .. }) => {
-                stopped = "diverged";
-                break;
-            }
+            Err(Error::Diverged { .. }) => return Ok((points, "diverged")),
             Err(e) => return Err(e),
         };
         average = beta * average + (1.0 - beta) * loss;
@@ -198,16 +243,10 @@ pub fn lr_find(
         points.push(LrPoint { lr, loss, smoothed });
         best = best.min(smoothed);
         if i > 0 && smoothed > opts.diverge_factor * best {
-            stopped = "diverged";
-            break;
+            return Ok((points, "diverged"));
         }
     }
-    Ok(LrFind {
-        suggestion: steepest_descent(&points),
-        points,
-        stopped,
-        extracted: f.extracted,
-    })
+    Ok((points, "end"))
 }
 
 #[cfg(test)]
