@@ -1337,3 +1337,66 @@ fn cuda_without_a_gpu_is_a_clear_error() {
     assert_contains(&err, &["--device cuda", "no CUDA device", "--device auto"]);
     no_run(&w.runs);
 }
+
+/// `pipe infer --shard K/3`: the three shards of a folder (a junk file among its images) classify
+/// every file once, and their text and CSV outputs concatenated in shard order (the CSV's first
+/// header kept) are byte for byte the unsharded run's; a shard with no files succeeds with empty
+/// output; a shard past the count is refused before any work.
+#[test]
+fn infer_shards_merge_into_the_unsharded_output() {
+    let (dir, model) = identity();
+    let folder = dir.join("imgs");
+    for i in 0..7u8 {
+        std::fs::create_dir_all(folder.join(format!("c{i}"))).unwrap();
+        png(&folder.join(format!("c{i}/{i}.png")), 4, 4, |_, _| {
+            [i * 30, 0, 0]
+        });
+    }
+    std::fs::write(folder.join("c3/junk.jpg"), b"not an image").unwrap();
+    for format in ["text", "csv"] {
+        let run = |shard: Option<&str>| {
+            let mut p = Pipe::infer(&model).format(format).path(&folder);
+            if let Some(s) = shard {
+                p = p.arg("--shard", s);
+            }
+            p.output()
+        };
+        let whole = run(None);
+        assert_eq!(whole.status.code(), Some(3), "the junk file is skipped");
+        let mut merged = Vec::new();
+        let mut codes = Vec::new();
+        for k in 0..3 {
+            let out = run(Some(&format!("{k}/3")));
+            codes.push(out.status.code());
+            let mut body = out.stdout.as_slice();
+            if format == "csv" && k > 0 {
+                let header = body.iter().position(|&b| b == b'\n').unwrap() + 1;
+                assert_eq!(&body[..header], &whole.stdout[..header]);
+                body = &body[header..];
+            }
+            merged.extend_from_slice(body);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&merged),
+            String::from_utf8_lossy(&whole.stdout),
+            "{format}"
+        );
+        // 8 files: shards of 3, 3 and 2; the junk file (the fourth, in c3/) is in the second.
+        assert_eq!(codes, [Some(0), Some(3), Some(0)], "{format}");
+    }
+    let one = dir.join("one");
+    std::fs::create_dir_all(&one).unwrap();
+    png(&one.join("a.png"), 4, 4, |_, _| [1, 2, 3]);
+    let empty = Pipe::infer(&model).path(&one).arg("--shard", "1/2").ok();
+    assert_eq!(empty.stdout, "");
+    assert!(
+        empty.stderr.contains("shard 1/2: no files"),
+        "{}",
+        empty.stderr
+    );
+    let err = Pipe::infer(&model)
+        .path(&one)
+        .arg("--shard", "2/2")
+        .fails_with(2);
+    assert!(err.contains("expected K/N with 0 <= K < N"), "{err}");
+}

@@ -49,6 +49,13 @@ pub struct InferArgs {
     /// skipping it.
     #[arg(long)]
     strict: bool,
+    /// Classify only shard K of N (from 0) of the input list: its K-th of N contiguous parts, in the
+    /// order the files are classified (paths as given, each folder's files sorted). N processes with
+    /// 0/N .. N-1/N classify every file once; their outputs concatenated in shard order are the
+    /// unsharded output (keep the first CSV header only). For Kubernetes Indexed Jobs:
+    /// --shard $(JOB_COMPLETION_INDEX)/N.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<pipe::infer::Shard>,
 }
 
 impl InferArgs {
@@ -64,7 +71,25 @@ impl InferArgs {
         if let Some(path) = &self.output {
             pipe::util::check_output_path(path, false)?;
         }
-        let files = scan(&self.paths)?;
+        let mut files = scan(&self.paths)?;
+        if let Some(shard) = self.shard {
+            let part = shard.range(files.len());
+            if part.is_empty() {
+                eprintln!(
+                    "shard {shard}: no files (the input list has {} for {} shards)",
+                    files.len(),
+                    shard.count
+                );
+            } else {
+                eprintln!(
+                    "shard {shard}: files {} to {} of {}",
+                    part.start + 1,
+                    part.end,
+                    files.len()
+                );
+            }
+            files = files[part].to_vec();
+        }
         let t_load = Instant::now();
         let mut backend = pipe::infer::open_backend(&self.model, &self.engine.options())?;
         let load_s = t_load.elapsed().as_secs_f64();
