@@ -21,6 +21,7 @@ pub mod report;
 pub mod run;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod shard;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod util;

@@ -7,6 +7,7 @@ mod common;
 
 use common::{s, weights, Workdir};
 use serde_json::Value;
+use std::path::Path;
 
 #[test]
 fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
@@ -336,5 +337,100 @@ fn lr_find_suggests_a_rate_and_leaves_no_trace() {
     let (before, after) = (w.run("before"), w.run("after"));
     for f in ["history.json", "predictions.json", "head.safetensors"] {
         assert_eq!(before.bytes(f), after.bytes(f), "{f}");
+    }
+}
+
+/// The float32 values of a safetensors file's only tensor.
+fn only_tensor(p: &Path) -> Vec<f32> {
+    let t = common::run::tensors(p);
+    assert_eq!(t.len(), 1, "{}", p.display());
+    t[0].1
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// `pipe train --extract-shard K/3` in three processes sharing a cache folder: each extracts its
+/// part of each split (50 training images: rows 0-17, 17-34, 34-50; 10 test: 0-4, 4-7, 7-10) and
+/// writes no run; a shard run again extracts nothing; the `pipe train` that follows assembles the
+/// shards, extracts nothing, leaves no shard file, and its cache holds the features that a run
+/// extracting everything itself stored (the same files, values within 1e-5 of the largest).
+#[test]
+fn sharded_extraction_fills_the_cache_that_train_then_reads() {
+    let w = Workdir::binary_release(10);
+    let train = |name: &str| w.train(name).limits(50, 10).epochs(1).batch(10);
+    let whole = w.join("whole-cache");
+    assert_eq!(extracted(&train("whole").cache(&whole).ok().stderr), 60);
+    let parts = [((0, 17), (0, 4)), ((17, 34), (4, 7)), ((34, 50), (7, 10))];
+    for (k, ((a, b), (c, d))) in parts.into_iter().enumerate() {
+        let out = train("sharded")
+            .arg("--extract-shard", format!("{k}/3"))
+            .ok()
+            .stdout;
+        for line in [
+            format!("shard {k}/3: train images {a} to {b} of 50: extracted"),
+            format!("shard {k}/3: test images {c} to {d} of 10: extracted"),
+        ] {
+            assert!(out.contains(&line), "{line}\n{out}");
+        }
+    }
+    assert!(!w.runs.join("sharded").exists(), "a shard writes no run");
+    let again = train("sharded").arg("--extract-shard", "1/3").ok().stdout;
+    assert!(
+        again.contains("shard 1/3: train images 17 to 34 of 50: already in the feature cache"),
+        "{again}"
+    );
+    let out = train("after").ok().stderr;
+    assert_eq!(extracted(&out), 0, "{out}");
+    assert!(
+        out.contains("features of 50 images assembled from 3 shards in the feature cache"),
+        "{out}"
+    );
+    let names = |dir: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&w.cache), names(&whole), "no shard file left");
+    for name in names(&whole) {
+        let (x, y) = (
+            only_tensor(&w.cache.join(&name)),
+            only_tensor(&whole.join(&name)),
+        );
+        assert_eq!(x.len(), y.len());
+        let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = x
+            .iter()
+            .zip(&y)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 1e-5 * scale, "{name}: {worst} against {scale}");
+    }
+    // Bad uses stop before any work.
+    for (args, code, says) in [
+        (
+            vec!["--extract-shard", "3/3"],
+            2,
+            "expected K/N with 0 <= K < N",
+        ),
+        (
+            vec!["--extract-shard", "0/2", "--no-cache"],
+            1,
+            "--no-cache",
+        ),
+        (vec!["--extract-shard", "0/2", "--resume"], 1, "--resume"),
+    ] {
+        let mut p = train("bad");
+        for pair in args.chunks(2) {
+            p = if pair.len() == 2 {
+                p.arg(pair[0], pair[1])
+            } else {
+                p.flag(pair[0])
+            };
+        }
+        let err = p.fails_with(code);
+        assert!(err.contains(says), "{says}: {err}");
     }
 }

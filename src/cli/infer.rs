@@ -55,7 +55,7 @@ pub struct InferArgs {
     /// unsharded output (keep the first CSV header only). For Kubernetes Indexed Jobs:
     /// --shard $(JOB_COMPLETION_INDEX)/N.
     #[arg(long, value_name = "K/N")]
-    shard: Option<pipe::infer::Shard>,
+    shard: Option<pipe::shard::Shard>,
 }
 
 impl InferArgs {

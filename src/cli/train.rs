@@ -40,6 +40,28 @@ impl TrainArgs {
     pub fn run(self, matches: Option<&ArgMatches>) -> Result<Outcome> {
         let config = self.config(matches)?;
         let events = Stderr::new();
+        if let Some(shard) = self.env.extract_shard {
+            let out = pipe::train::extract_feature_shard(&config, &self.env, shard, &events);
+            events.clear();
+            let (parts, skipped) = out?;
+            for p in &parts {
+                let what = if p.extracted {
+                    "extracted"
+                } else {
+                    "already in the feature cache"
+                };
+                println!(
+                    "shard {shard}: {} images {} to {} of {}: {what}",
+                    p.split, p.rows.start, p.rows.end, p.of
+                );
+            }
+            println!("feature cache: {}", self.env.extract.cache_dir.display());
+            if let Some(line) = SkippedFile::summary(&skipped) {
+                println!("{line}");
+                return Ok(Outcome::Skipped(skipped.len()));
+            }
+            return Ok(Outcome::Done);
+        }
         let out = pipe::train::train(&config, &self.env, &events);
         events.clear();
         let out = out?;

@@ -84,6 +84,13 @@ pub struct TrainEnv {
     /// config.json decides data and hyper-parameters. Without --name: the most recent unfinished run.
     #[arg(long)]
     pub resume: bool,
+    /// Extract only shard K of N (from 0) of each split's frozen-base features into the feature
+    /// cache, then stop (no run is written). N processes with 0/N .. N-1/N sharing the cache folder
+    /// (for example the pods of a Kubernetes Indexed Job: --extract-shard $(JOB_COMPLETION_INDEX)/N)
+    /// extract every image once; a following `pipe train` with the same data, weights and image
+    /// options assembles the shards and extracts nothing.
+    #[arg(long, value_name = "K/N")]
+    pub extract_shard: Option<crate::shard::Shard>,
     /// Stop after N epochs as if interrupted (leaves an unfinished run; for testing --resume).
     #[arg(long = "interrupt-after-epoch", hide = true)]
     pub interrupt_after: Option<usize>,

@@ -19,7 +19,6 @@ pub mod classify;
 #[cfg(feature = "ort")]
 pub mod ort_backend;
 pub mod report;
-pub mod shard;
 pub mod tract_backend;
 pub mod writer;
 
@@ -27,7 +26,6 @@ pub use classify::{
     classify, decode_files, decode_image, Classified, ClassifyOptions, Prediction, Record,
 };
 pub use report::{folder_label, InferReport};
-pub use shard::Shard;
 pub use writer::{OutputFormat, RecordWriter, ReportStream, WriterContext};
 
 /// Images per backend run at input side `side` that keep one block-1 activation (64 float32 channels

@@ -10,10 +10,12 @@ use crate::contract::CAFFE_PREPROCESSING;
 use crate::data::{caffe_preprocess, ImageSpec, LoadedSplit};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSink, Task, Warning};
+use crate::shard::Shard;
 use crate::weights::{hex, load_base, load_safetensors, save_safetensors};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Tensor};
 
@@ -185,15 +187,194 @@ fn cached(
             ))),
         }
     }
+    if let Some(p) = &path {
+        if let Some(x) = assemble_shards(p, split.len(), dim, slot)? {
+            return Ok((x, false));
+        }
+    }
     let x = make()?;
     if let Some(p) = path {
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        let meta = HashMap::from([("fingerprint".to_string(), fingerprint.to_string())]);
-        save_safetensors(&p, &[from_tch("features", &x)?], meta)?;
+        store(&p, &x, fingerprint)?;
     }
     Ok((x, true))
+}
+
+/// Writes features `x` to the cache file `path` (atomically), creating its folder.
+///
+/// # Errors
+/// An unwritable cache folder.
+fn store(path: &Path, x: &Tensor, fingerprint: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let meta = HashMap::from([("fingerprint".to_string(), fingerprint.to_string())]);
+    save_safetensors(path, &[from_tch("features", x)?], meta)
+}
+
+/// The file holding shard `shard` of the features whose whole cache file is `whole`
+/// (`<key>.safetensors` → `<key>.shard-K-of-N.safetensors`), rows `shard.range(n)` of them.
+fn shard_file(whole: &Path, shard: Shard) -> PathBuf {
+    whole.with_extension(format!(
+        "shard-{}-of-{}.safetensors",
+        shard.index, shard.count
+    ))
+}
+
+/// The shard files (`pipe train --extract-shard`) next to the cache file `whole`, by shard count:
+/// the shard indices present for each N.
+fn shard_files(whole: &Path) -> BTreeMap<usize, Vec<usize>> {
+    let mut found: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    let (Some(dir), Some(stem)) = (whole.parent(), whole.file_stem().and_then(|s| s.to_str()))
+    else {
+        return found;
+    };
+    let prefix = format!("{stem}.shard-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for name in entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+    {
+        let part = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".safetensors"))
+            .and_then(|kn| kn.split_once("-of-"));
+        if let Some((k, n)) = part {
+            if let (Ok(k), Ok(n)) = (k.parse::<usize>(), n.parse::<usize>()) {
+                if k < n {
+                    found.entry(n).or_default().push(k);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The features of a split of `n` images assembled from a complete set of shard files next to the
+/// cache file `whole` (every shard of some N with rows present, each `[rows, dim]`), then stored as
+/// the whole cache file and the shard files removed; `None` when no set is complete. A shard file
+/// that cannot be read is reported and its set passed over.
+///
+/// # Errors
+/// An unwritable cache folder.
+fn assemble_shards(whole: &Path, n: usize, dim: usize, slot: &CacheSlot) -> Result<Option<Tensor>> {
+    'sets: for (count, mut present) in shard_files(whole) {
+        present.sort_unstable();
+        let shards: Vec<Shard> = (0..count).map(|index| Shard { index, count }).collect();
+        let needed = shards.iter().filter(|s| !s.range(n).is_empty());
+        if !needed
+            .clone()
+            .all(|s| present.binary_search(&s.index).is_ok())
+        {
+            continue;
+        }
+        let mut parts = Vec::new();
+        for s in needed {
+            let file = shard_file(whole, *s);
+            let shape = vec![s.range(n).len(), dim];
+            match load_safetensors(&file, &[("features".to_string(), shape)]) {
+                Ok((t, _)) => parts.push(to_tch(&t[0], Device::Cpu)?),
+                Err(e) => {
+                    slot.events.warn(Warning::Other(format!(
+                        "ignoring the feature shards of {count} ({e})"
+                    )));
+                    continue 'sets;
+                }
+            }
+        }
+        let x = Tensor::f_cat(&parts, 0)?;
+        store(whole, &x, slot.fingerprint)?;
+        for s in &shards {
+            let _ = std::fs::remove_file(shard_file(whole, *s));
+        }
+        slot.events.info(format!(
+            "features of {n} images assembled from {count} shards in the feature cache"
+        ));
+        return Ok(Some(x));
+    }
+    Ok(None)
+}
+
+/// What `pipe train --extract-shard K/N` did with one split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardPart {
+    /// `train`, `validation` or `test`.
+    pub split: &'static str,
+    /// The rows of the split this shard holds (its images in the run's order).
+    pub rows: Range<usize>,
+    /// The split's image count.
+    pub of: usize,
+    /// Whether this call ran the base (false: the shard or the whole split was already cached).
+    pub extracted: bool,
+}
+
+/// Extracts shard `shard` of the features of each of `images`' splits (training, validation when
+/// there is one, test) into `env`'s feature cache, as `<key>.shard-K-of-N.safetensors` next to the
+/// file the whole split's features would have: rows `shard.range(len)` of the split. A split whose
+/// whole features or whose shard file is already cached is left as it is. When the N shards of a
+/// split are all there, the next [`prepare_features`] with the same images and base assembles them
+/// into the split's cache file and extracts nothing.
+///
+/// # Errors
+/// `env` without a cache (`--no-cache`); weights or libtorch errors; an unwritable cache folder.
+pub fn extract_shard(
+    images: &RunImages,
+    config: &TrainConfig,
+    env: &ExtractEnv,
+    shard: Shard,
+    device: Device,
+    events: &dyn EventSink,
+) -> Result<Vec<ShardPart>> {
+    let dir = env.cache().ok_or_else(|| {
+        Error::Usage(
+            "--extract-shard writes into the feature cache, which --no-cache turns off".into(),
+        )
+    })?;
+    let arch = config.arch(images.list.classes.len());
+    let (weights, fingerprint) = load_base(&config.weights, &arch, env.allow_unverified)?;
+    let mut base: Option<Base> = None;
+    let mut progress = ExtractProgress::new(events);
+    let mut splits = vec![("train", &images.train)];
+    splits.extend(images.val.as_ref().map(|v| ("validation", v)));
+    splits.push(("test", &images.test));
+    let mut done = Vec::new();
+    for (name, split) in splits {
+        let key = cache_key(&fingerprint, &images.spec, arch.pooling, split);
+        let whole = dir.join(format!("{key}.safetensors"));
+        let rows = shard.range(split.len());
+        let file = shard_file(&whole, shard);
+        let shape = vec![rows.len(), arch.feature_dim()];
+        let cached = whole.is_file()
+            || rows.is_empty()
+            || load_safetensors(&file, &[("features".to_string(), shape)]).is_ok();
+        if !cached {
+            if base.is_none() {
+                base = Some(Base::new(&arch, &weights, device)?);
+            }
+            let b = base
+                .as_ref()
+                .ok_or_else(|| Error::Torch("base not built".into()))?;
+            let per = split.size * split.size * 3;
+            progress.add(rows.len());
+            let x = extract(
+                b,
+                &split.pixels[rows.start * per..rows.end * per],
+                rows.len(),
+                env.extract_batch_size,
+                &mut |m| progress.advance(m),
+            )?;
+            store(&file, &x, &fingerprint)?;
+        }
+        done.push(ShardPart {
+            split: name,
+            rows,
+            of: split.len(),
+            extracted: !cached,
+        });
+    }
+    progress.finish();
+    Ok(done)
 }
 
 /// The base features of `images`' splits (training, validation when there is one, test) from `env`'s

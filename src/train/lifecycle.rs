@@ -9,7 +9,7 @@ use super::augment::{Augmenter, PhotoSet};
 use super::budget;
 use super::checkpoint::{load_checkpoint, save_checkpoint, trainable_params, Checkpoint};
 use super::device::{device_name, resolve_device};
-use super::features::{prepare_features, Features};
+use super::features::{extract_shard, prepare_features, Features, ShardPart};
 use super::finetune::{FineTuneModel, PixelSplits};
 use super::head::HeadModel;
 use super::images::{self, RunImages, SplitInfo};
@@ -24,6 +24,7 @@ use crate::data::{DataLayout, LayoutKind, LoadedSplit, OnError, SkippedFile, SPL
 use crate::error::{Error, Result};
 use crate::events::{EventSink, Warning};
 use crate::run::{self, EpochMetrics, Phase};
+use crate::shard::Shard;
 use crate::util::write_json_atomic;
 use crate::weights::{load_base, save_safetensors, NamedTensor};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,62 @@ use tch::Device;
 /// folder); libtorch failures; a run folder that cannot be written.
 pub fn train(config: &TrainConfig, env: &TrainEnv, events: &dyn EventSink) -> Result<TrainOutcome> {
     let t0 = Instant::now();
+    let (dir, config, images, device) = prepare(config, env, events)?;
+    let start = Start {
+        env,
+        dir,
+        device,
+        t0,
+        events,
+    };
+    if config.unfreeze > 0 {
+        finetune_run(start, config, &images)
+    } else {
+        head_run(start, config, &images)
+    }
+}
+
+/// `pipe train --extract-shard K/N`: the images of a new run with `config` decoded as [`train`]
+/// decodes them, then shard `shard` of each split's frozen-base features extracted into the feature
+/// cache ([`super::features::extract_shard`]); no run folder is written. Once every shard is there,
+/// `pipe train` with the same data, weights and image options extracts nothing.
+///
+/// # Errors
+/// As [`train`] up to the decoding; `--resume` (a shard belongs to no run); no feature cache;
+/// weights or libtorch errors; an unwritable cache folder.
+pub fn extract_feature_shard(
+    config: &TrainConfig,
+    env: &TrainEnv,
+    shard: Shard,
+    events: &dyn EventSink,
+) -> Result<(Vec<ShardPart>, Vec<SkippedFile>)> {
+    if env.resume {
+        return Err(Error::Usage(
+            "--extract-shard extracts features for a new run; it cannot be used with --resume"
+                .into(),
+        ));
+    }
+    env.extract.cache().ok_or_else(|| {
+        Error::Usage(
+            "--extract-shard writes into the feature cache, which --no-cache turns off".into(),
+        )
+    })?;
+    let (_, config, images, device) = prepare(config, env, events)?;
+    let parts = extract_shard(&images, &config, &env.extract, shard, device, events)?;
+    Ok((parts, images.skipped.clone()))
+}
+
+/// What [`train`] does before training: the settings checked (or the run to resume found), the
+/// data's layout detected, the image list built and the images decoded. Returns the resumed run's
+/// folder, the configuration, the images and the device.
+///
+/// # Errors
+/// As [`train`], up to the decoding.
+fn prepare(
+    config: &TrainConfig,
+    env: &TrainEnv,
+    events: &dyn EventSink,
+) -> Result<(Option<PathBuf>, TrainConfig, RunImages, Device)> {
     let device = resolve_device(env.extract.device)?;
     let (dir, config, why) = run_config(config, env, device, events)?;
     env.extract.validate()?;
@@ -78,18 +135,7 @@ pub fn train(config: &TrainConfig, env: &TrainEnv, events: &dyn EventSink) -> Re
     };
     let spec = images::run_spec(&config);
     let images = RunImages::load(list, spec, OnError::strict(env.strict), events)?;
-    let start = Start {
-        env,
-        dir,
-        device,
-        t0,
-        events,
-    };
-    if config.unfreeze > 0 {
-        finetune_run(start, config, &images)
-    } else {
-        head_run(start, config, &images)
-    }
+    Ok((dir, config, images, device))
 }
 
 /// The run folder (when resuming), configuration and the reason for its fine-tuning precision of

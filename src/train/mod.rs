@@ -42,8 +42,9 @@ pub mod sweep;
 
 pub use eval::{evaluate_run, Evaluation};
 pub use explain::{overlay, Explainer, Explanation};
+pub use features::ShardPart;
 pub use images::SKIPPED_FILE;
-pub use lifecycle::train;
+pub use lifecycle::{extract_feature_shard, train};
 pub use lr_find::{lr_find, validate_lr_find, LrFind, LrFindOptions, LrPoint};
 pub use outputs::TrainOutcome;
 pub use review::{review, validate_review, Review, ReviewOptions, ReviewRow};

@@ -1,11 +1,13 @@
-//! `pipe infer --shard K/N`: one of N parts of a batch job, for running it as N processes (for
-//! example the pods of a Kubernetes Indexed Job, K from `JOB_COMPLETION_INDEX`).
+//! One of N parts of a batch job, for running it as N processes (for example the pods of a
+//! Kubernetes Indexed Job, K from `JOB_COMPLETION_INDEX`): `pipe infer --shard K/N` classifies part K
+//! of its input list, `pipe train --extract-shard K/N` extracts the frozen-base features of part K of
+//! each split into the feature cache.
 //!
-//! The input list (files in the order `pipe infer` classifies them: the paths as given, each folder's
-//! files sorted) is cut into N contiguous parts whose sizes differ by at most one; shard K takes part
-//! K (from 0). Every file is in exactly one shard, and the shards' outputs, concatenated in the order
-//! 0, 1, ..., N-1, hold the records of the unsharded run in its order (a CSV keeps the first shard's
-//! header only).
+//! A list (for infer, the files in the order it classifies them: the paths as given, each folder's
+//! files sorted; for extraction, each split's images in the run's order) is cut into N contiguous
+//! parts whose sizes differ by at most one; shard K takes part K (from 0). Every item is in exactly
+//! one shard, and the shards' outputs, concatenated in the order 0, 1, ..., N-1, hold the records of
+//! the unsharded run in its order (a CSV keeps the first shard's header only).
 
 use crate::error::{Error, Result};
 use std::ops::Range;
@@ -41,7 +43,7 @@ impl FromStr for Shard {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::Usage(format!(
-                "--shard {s}: expected K/N with 0 <= K < N, e.g. 0/3 for the first of three shards"
+                "{s}: expected K/N with 0 <= K < N, e.g. 0/3 for the first of three shards"
             ))
         };
         let (k, n) = s.split_once('/').ok_or_else(bad)?;
