@@ -1,6 +1,7 @@
 # pipe serve in a container: the libtorch-free binary (tract + ort + serve) and libonnxruntime.
 #
 #   docker build -t pipe-serve .                 # bakes onnx/model.onnx into the image
+#   docker build -t pipe-serve --build-arg MODEL=onnx/photos.onnx .   # or any exported model in onnx/
 #   docker run -p 8000:8000 pipe-serve           # KServe v2 on :8000, --backend ort
 #
 # Stage 1 builds pipe without libtorch; stage 2 takes libonnxruntime from the onnxruntime wheel

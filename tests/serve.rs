@@ -1196,14 +1196,81 @@ fn python_with_yaml() -> PathBuf {
     panic!("no Python with PyYAML: run `make setup`");
 }
 
+/// The manifests in deploy/ pass deploy/check.py (the serving stack, and the Indexed Jobs of `pipe
+/// infer --shard` and `pipe train --extract-shard` in deploy/jobs/); and the check refuses a Job
+/// whose shards would not cover the data, would overwrite each other's output or not share a feature
+/// cache, or that passes an option pipe lacks.
 #[test]
 fn deploy_manifests_fit_together() {
     let deploy = root().join("deploy");
+    let python = python_with_yaml();
     run_python(
-        &python_with_yaml(),
+        &python,
         "deploy/check.py",
         &[s(&deploy), env!("CARGO_BIN_EXE_pipe")],
     );
+    let jobs = ["infer-shards.yaml", "extract-shards.yaml"];
+    for (job, from, to, says) in [
+        (
+            0,
+            "completions: 8",
+            "completions: 7",
+            "--shard $(JOB_COMPLETION_INDEX)/8: N must equal completions (7)",
+        ),
+        (
+            0,
+            "/data/out/shard-$(JOB_COMPLETION_INDEX).csv",
+            "/data/out/shards.csv",
+            "each shard needs its own --output",
+        ),
+        (
+            0,
+            "- --threads",
+            "- --thread",
+            "pipe infer has no option --thread",
+        ),
+        (
+            1,
+            "completions: 8",
+            "completions: 7",
+            "--extract-shard $(JOB_COMPLETION_INDEX)/8: N must equal completions (7)",
+        ),
+        (
+            1,
+            "- /data/cache",
+            "- /cache",
+            "the shards need one --cache-dir on a mounted (shared) volume",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(&deploy).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "yaml") {
+                std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        std::fs::create_dir(dir.path().join("jobs")).unwrap();
+        for (i, name) in jobs.iter().enumerate() {
+            let text = std::fs::read_to_string(deploy.join("jobs").join(name)).unwrap();
+            let text = if i == job {
+                assert!(text.contains(from), "{name}: {from}");
+                text.replace(from, to)
+            } else {
+                text
+            };
+            std::fs::write(dir.path().join("jobs").join(name), text).unwrap();
+        }
+        let run = std::process::Command::new(&python)
+            .arg(root().join("deploy/check.py"))
+            .args([dir.path().as_os_str(), env!("CARGO_BIN_EXE_pipe").as_ref()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && err.contains(&format!("{}: {says}", jobs[job])),
+            "{to}: {err}"
+        );
+    }
 }
 
 /// Runs `script` (relative to the project root) with `args`; fails the test with its output unless
