@@ -47,6 +47,8 @@ impl TrainArgs {
             for p in &parts {
                 let what = if p.extracted {
                     "extracted"
+                } else if p.rows.is_empty() {
+                    "none to extract (fewer extraction batches than shards)"
                 } else {
                     "already in the feature cache"
                 };

@@ -13,7 +13,7 @@ use crate::events::{Event, EventSink, Task, Warning};
 use crate::shard::Shard;
 use crate::weights::{hex, load_base, load_safetensors, save_safetensors};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -211,24 +211,30 @@ fn store(path: &Path, x: &Tensor, fingerprint: &str) -> Result<()> {
     save_safetensors(path, &[from_tch("features", x)?], meta)
 }
 
-/// The file holding shard `shard` of the features whose whole cache file is `whole`
-/// (`<key>.safetensors` → `<key>.shard-K-of-N.safetensors`), rows `shard.range(n)` of them.
-fn shard_file(whole: &Path, shard: Shard) -> PathBuf {
-    whole.with_extension(format!(
-        "shard-{}-of-{}.safetensors",
-        shard.index, shard.count
-    ))
+/// The rows of a split of `n` images that shard `shard` extracts when the base runs in batches of
+/// `batch`: part `shard` of the split's batches (whole batches, so that every batch is the one a
+/// single process would run and the features are bitwise the same).
+pub fn shard_rows(shard: Shard, n: usize, batch: usize) -> Range<usize> {
+    let batch = batch.max(1);
+    let batches = shard.range(n.div_ceil(batch));
+    (batches.start * batch).min(n)..(batches.end * batch).min(n)
 }
 
-/// The shard files (`pipe train --extract-shard`) next to the cache file `whole`, by shard count:
-/// the shard indices present for each N.
-fn shard_files(whole: &Path) -> BTreeMap<usize, Vec<usize>> {
-    let mut found: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+/// The file holding rows `rows` of the features whose whole cache file is `whole`
+/// (`<key>.safetensors` → `<key>.rows-A-B.safetensors`).
+fn rows_file(whole: &Path, rows: &Range<usize>) -> PathBuf {
+    whole.with_extension(format!("rows-{}-{}.safetensors", rows.start, rows.end))
+}
+
+/// The row ranges of the shard files (`pipe train --extract-shard`) next to the cache file `whole`,
+/// sorted.
+fn shard_files(whole: &Path) -> Vec<Range<usize>> {
+    let mut found = Vec::new();
     let (Some(dir), Some(stem)) = (whole.parent(), whole.file_stem().and_then(|s| s.to_str()))
     else {
         return found;
     };
-    let prefix = format!("{stem}.shard-");
+    let prefix = format!("{stem}.rows-");
     let Ok(entries) = std::fs::read_dir(dir) else {
         return found;
     };
@@ -236,64 +242,69 @@ fn shard_files(whole: &Path) -> BTreeMap<usize, Vec<usize>> {
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
     {
-        let part = name
+        let rows = name
             .strip_prefix(&prefix)
             .and_then(|rest| rest.strip_suffix(".safetensors"))
-            .and_then(|kn| kn.split_once("-of-"));
-        if let Some((k, n)) = part {
-            if let (Ok(k), Ok(n)) = (k.parse::<usize>(), n.parse::<usize>()) {
-                if k < n {
-                    found.entry(n).or_default().push(k);
+            .and_then(|ab| ab.split_once('-'));
+        if let Some((a, b)) = rows {
+            if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                if a < b {
+                    found.push(a..b);
                 }
             }
         }
     }
+    found.sort_by_key(|r| (r.start, r.end));
     found
 }
 
-/// The features of a split of `n` images assembled from a complete set of shard files next to the
-/// cache file `whole` (every shard of some N with rows present, each `[rows, dim]`), then stored as
-/// the whole cache file and the shard files removed; `None` when no set is complete. A shard file
-/// that cannot be read is reported and its set passed over.
+/// The features of a split of `n` images assembled from shard files next to the cache file `whole`
+/// whose rows cover 0..n end to end, then stored as the whole cache file and those shard files
+/// removed; `None` when the rows there do not cover the split, or one of them cannot be read
+/// (reported).
 ///
 /// # Errors
 /// An unwritable cache folder.
 fn assemble_shards(whole: &Path, n: usize, dim: usize, slot: &CacheSlot) -> Result<Option<Tensor>> {
-    'sets: for (count, mut present) in shard_files(whole) {
-        present.sort_unstable();
-        let shards: Vec<Shard> = (0..count).map(|index| Shard { index, count }).collect();
-        let needed = shards.iter().filter(|s| !s.range(n).is_empty());
-        if !needed
-            .clone()
-            .all(|s| present.binary_search(&s.index).is_ok())
-        {
-            continue;
+    let files = shard_files(whole);
+    let mut chain: Vec<Range<usize>> = Vec::new();
+    let mut at = 0;
+    while at < n {
+        match files.iter().find(|r| r.start == at && r.end <= n) {
+            Some(r) => {
+                at = r.end;
+                chain.push(r.clone());
+            }
+            None => return Ok(None),
         }
-        let mut parts = Vec::new();
-        for s in needed {
-            let file = shard_file(whole, *s);
-            let shape = vec![s.range(n).len(), dim];
-            match load_safetensors(&file, &[("features".to_string(), shape)]) {
-                Ok((t, _)) => parts.push(to_tch(&t[0], Device::Cpu)?),
-                Err(e) => {
-                    slot.events.warn(Warning::Other(format!(
-                        "ignoring the feature shards of {count} ({e})"
-                    )));
-                    continue 'sets;
-                }
+    }
+    if chain.is_empty() {
+        return Ok(None);
+    }
+    let mut parts = Vec::new();
+    for rows in &chain {
+        let file = rows_file(whole, rows);
+        let shape = vec![rows.len(), dim];
+        match load_safetensors(&file, &[("features".to_string(), shape)]) {
+            Ok((t, _)) => parts.push(to_tch(&t[0], Device::Cpu)?),
+            Err(e) => {
+                slot.events.warn(Warning::Other(format!(
+                    "ignoring the feature shards ({e}); extracting again"
+                )));
+                return Ok(None);
             }
         }
-        let x = Tensor::f_cat(&parts, 0)?;
-        store(whole, &x, slot.fingerprint)?;
-        for s in &shards {
-            let _ = std::fs::remove_file(shard_file(whole, *s));
-        }
-        slot.events.info(format!(
-            "features of {n} images assembled from {count} shards in the feature cache"
-        ));
-        return Ok(Some(x));
     }
-    Ok(None)
+    let x = Tensor::f_cat(&parts, 0)?;
+    store(whole, &x, slot.fingerprint)?;
+    for rows in &chain {
+        let _ = std::fs::remove_file(rows_file(whole, rows));
+    }
+    slot.events.info(format!(
+        "features of {n} images assembled from {} shard files in the feature cache",
+        chain.len()
+    ));
+    Ok(Some(x))
 }
 
 /// What `pipe train --extract-shard K/N` did with one split.
@@ -301,20 +312,23 @@ fn assemble_shards(whole: &Path, n: usize, dim: usize, slot: &CacheSlot) -> Resu
 pub struct ShardPart {
     /// `train`, `validation` or `test`.
     pub split: &'static str,
-    /// The rows of the split this shard holds (its images in the run's order).
+    /// The rows of the split this shard holds (its images in the run's order; empty when the split
+    /// has fewer extraction batches than there are shards).
     pub rows: Range<usize>,
     /// The split's image count.
     pub of: usize,
-    /// Whether this call ran the base (false: the shard or the whole split was already cached).
+    /// Whether this call ran the base (false: nothing to extract, or the shard or the whole split
+    /// was already cached).
     pub extracted: bool,
 }
 
 /// Extracts shard `shard` of the features of each of `images`' splits (training, validation when
-/// there is one, test) into `env`'s feature cache, as `<key>.shard-K-of-N.safetensors` next to the
-/// file the whole split's features would have: rows `shard.range(len)` of the split. A split whose
-/// whole features or whose shard file is already cached is left as it is. When the N shards of a
-/// split are all there, the next [`prepare_features`] with the same images and base assembles them
-/// into the split's cache file and extracts nothing.
+/// there is one, test) into `env`'s feature cache, as `<key>.rows-A-B.safetensors` next to the file
+/// the whole split's features would have: rows [`shard_rows`] of the split, whole batches of
+/// `env.extract_batch_size`. A split whose whole features or whose shard file is already cached is
+/// left as it is. When the shards of a split cover it, the next [`prepare_features`] with the same
+/// images and base assembles them into the split's cache file and extracts nothing; with the same
+/// extraction batch size, its features are bitwise those one process extracts.
 ///
 /// # Errors
 /// `env` without a cache (`--no-cache`); weights or libtorch errors; an unwritable cache folder.
@@ -342,8 +356,8 @@ pub fn extract_shard(
     for (name, split) in splits {
         let key = cache_key(&fingerprint, &images.spec, arch.pooling, split);
         let whole = dir.join(format!("{key}.safetensors"));
-        let rows = shard.range(split.len());
-        let file = shard_file(&whole, shard);
+        let rows = shard_rows(shard, split.len(), env.extract_batch_size);
+        let file = rows_file(&whole, &rows);
         let shape = vec![rows.len(), arch.feature_dim()];
         let cached = whole.is_file()
             || rows.is_empty()
@@ -517,6 +531,36 @@ mod tests {
             labels: (0..n).map(|i| i % 2).collect(),
             pixels: (0..n * size * size * 3).map(|i| (i % 251) as u8).collect(),
             size,
+        }
+    }
+
+    /// Shards take whole extraction batches: 50 images in batches of 8 are 7 batches, 3 + 2 + 2
+    /// in three shards (rows 0-24, 24-40, 40-50); 10 images are 2 batches, the third shard empty;
+    /// the shards of any split cover it end to end.
+    #[test]
+    fn shard_rows_are_whole_batches_covering_the_split() {
+        let rows = |k, n, b| shard_rows(Shard { index: k, count: 3 }, n, b);
+        assert_eq!(
+            [rows(0, 50, 8), rows(1, 50, 8), rows(2, 50, 8)],
+            [0..24, 24..40, 40..50]
+        );
+        assert_eq!(
+            [rows(0, 10, 8), rows(1, 10, 8), rows(2, 10, 8)],
+            [0..8, 8..10, 10..10]
+        );
+        for n in 0..60 {
+            for count in 1..6 {
+                for batch in 1..9 {
+                    let mut at = 0;
+                    for index in 0..count {
+                        let r = shard_rows(Shard { index, count }, n, batch);
+                        assert_eq!(r.start, at, "{n} {count} {batch}");
+                        assert!(r.start.is_multiple_of(batch) || r.is_empty());
+                        at = r.end;
+                    }
+                    assert_eq!(at, n);
+                }
+            }
         }
     }
 
