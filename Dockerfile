@@ -26,7 +26,8 @@ COPY --from=build /usr/local/bin/pipe /usr/local/bin/pipe
 COPY --from=onnxruntime /usr/local/lib/libonnxruntime.so /usr/local/lib/libonnxruntime.so
 COPY ${MODEL} /models/model.onnx
 ENV ORT_DYLIB_PATH=/usr/local/lib/libonnxruntime.so
-USER pipe
+# Numeric, so that Kubernetes can check runAsNonRoot.
+USER 10001
 EXPOSE 8000
 # SIGTERM drains (readiness false, 503 to new requests) for --drain-ms, finishes what is in flight, exits 0.
 STOPSIGNAL SIGTERM

@@ -2,7 +2,7 @@
 the fields its kind requires, and the pieces fit together (labels and selectors, the probes on the
 KServe v2 health endpoints of the container's port, the Service's target port, the autoscaler's
 target, resources, and `pipe serve` options that exist), and the Indexed Jobs in jobs/ that run `pipe
-infer --shard` (see check_shard_job). Run by tests/serve.rs; exits non-zero with the list of
+infer --shard` or `pipe train --extract-shard` (see check_shard_job). Run by tests/serve.rs; exits non-zero with the list of
 problems.
 
     python deploy/check.py [FOLDER]

@@ -496,10 +496,10 @@ fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
         std::fs::read(&b).unwrap(),
         "same bytes"
     );
-    // --reduce-range alone means on: 7-bit weights whatever the CPU.
+    // --reduce-range on: 7-bit weights whatever the CPU.
     int8_export(&w, "r", &c)
         .arg("--calibration", "minmax")
-        .flag("--reduce-range")
+        .arg("--reduce-range", "on")
         .ok();
     assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&c).unwrap());
     let float = w.join("float.onnx");

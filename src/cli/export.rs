@@ -79,12 +79,12 @@ pub struct ExportArgs {
     /// With --quantize: seed of the choice of calibration images.
     #[arg(long, value_name = "SEED", default_value_t = 0, requires = "quantize")]
     calibration_seed: u64,
-    /// With --quantize: int8 weights in 7 bits instead of 8 (on; --reduce-range alone means on).
-    /// On CPUs without int8 dot-product instructions (x86-64 without AVX512_VNNI or AVX-VNNI) ONNX
+    /// With --quantize: int8 weights in 7 bits instead of 8 (on), in 8 (off), or as the CPU needs
+    /// (auto). On CPUs without int8 dot-product instructions (x86-64 without AVX512_VNNI or AVX-VNNI) ONNX
     /// Runtime's int8 convolutions add pairs of products in int16 and saturate with 8-bit weights;
     /// auto chooses 7 bits on such a CPU, where the export is verified, and 8 elsewhere.
     #[arg(long, value_enum, value_name = "auto|on|off", default_value_t = ReduceRange::Auto,
-          num_args = 0..=1, default_missing_value = "on", requires = "quantize")]
+          requires = "quantize")]
     reduce_range: ReduceRange,
     /// With --quantize: refuse the export when the int8 model's test accuracy is more than this many
     /// points (percentage points) below the float model's (a negative bound asks int8 to be that much

@@ -51,8 +51,9 @@ pub struct InferArgs {
     strict: bool,
     /// Classify only shard K of N (from 0) of the input list: its K-th of N contiguous parts, in the
     /// order the files are classified (paths as given, each folder's files sorted). N processes with
-    /// 0/N .. N-1/N classify every file once; their outputs concatenated in shard order are the
-    /// unsharded output (keep the first CSV header only). For Kubernetes Indexed Jobs:
+    /// 0/N .. N-1/N classify every file once (the input must not change meanwhile); their text or
+    /// CSV outputs concatenated in shard order are the unsharded output (keep the first CSV header
+    /// only; a JSON output is one document per shard). For Kubernetes Indexed Jobs:
     /// --shard $(JOB_COMPLETION_INDEX)/N.
     #[arg(long, value_name = "K/N")]
     shard: Option<pipe::shard::Shard>,

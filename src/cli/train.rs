@@ -45,16 +45,25 @@ impl TrainArgs {
             events.clear();
             let (parts, skipped) = out?;
             for p in &parts {
+                if p.rows.is_empty() {
+                    println!(
+                        "shard {shard}: {} images: none to extract (the {} images make fewer \
+                         extraction batches than there are shards)",
+                        p.split, p.of
+                    );
+                    continue;
+                }
                 let what = if p.extracted {
                     "extracted"
-                } else if p.rows.is_empty() {
-                    "none to extract (fewer extraction batches than shards)"
                 } else {
                     "already in the feature cache"
                 };
                 println!(
                     "shard {shard}: {} images {} to {} of {}: {what}",
-                    p.split, p.rows.start, p.rows.end, p.of
+                    p.split,
+                    p.rows.start + 1,
+                    p.rows.end,
+                    p.of
                 );
             }
             println!("feature cache: {}", self.env.extract.cache_dir.display());
