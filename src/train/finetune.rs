@@ -57,7 +57,7 @@ impl Layer {
         match self {
             Layer::Conv(c) => {
                 let (w, b) = c.operands(kind)?;
-                conv_relu(&x, &w, &b, c.form)
+                conv_relu(&x, &w, &b, c.form, true)
             }
             Layer::Pool => Ok(x.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?),
         }

@@ -141,15 +141,42 @@ impl ConvForm {
 /// A conv (3x3, stride 1, padding 1) and its ReLU on `x` (logical NCHW with channels-last strides),
 /// in `form`, with the operands of [`ConvForm::operands`]; the result is laid out as a conv returns
 /// it (channels-last).
+///
+/// `tf32`: on a CUDA device, whether cuDNN may run float32 convs in TF32 (10-bit mantissa
+/// products, libtorch's default for convs on Ampere and later GPUs). The frozen base passes
+/// `false`: its features become the run's test predictions, which export verification compares
+/// with the float32 ONNX model at 1e-4, and TF32 features moved them by 2.9e-3 on an H200.
+/// Fine-tuning passes `true` (its final test predictions are computed on the CPU). Ignored on
+/// the CPU. Matrix products (the other forms) follow libtorch's default, float32 without TF32.
 pub(crate) fn conv_relu(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     form: ConvForm,
+    tf32: bool,
 ) -> Result<Tensor> {
     let size = x.size();
     let (n, h, w) = (size[0], size[2], size[3]);
     let rows = match form {
+        ConvForm::Direct if x.device().is_cuda() && !tf32 => {
+            // `_convolution` with allow_tf32 = false: what conv2d runs, in exact float32.
+            return Ok(x
+                .f_internal_convolution(
+                    weight,
+                    Some(bias),
+                    [1, 1],
+                    [1, 1],
+                    [1, 1],
+                    false,
+                    [0, 0],
+                    1,
+                    false,
+                    false,
+                    true,
+                    false,
+                )?
+                .f_relu_()?);
+        }
         ConvForm::Direct => {
             return Ok(x
                 .f_conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1)?
@@ -291,7 +318,7 @@ impl Base {
     fn run(&self, mut x: Tensor, layers: &[BaseOp]) -> Result<Tensor> {
         for l in layers {
             x = match l {
-                BaseOp::Conv { weight, bias, form } => conv_relu(&x, weight, bias, *form)?,
+                BaseOp::Conv { weight, bias, form } => conv_relu(&x, weight, bias, *form, false)?,
                 BaseOp::MaxPool => x.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?,
             };
         }
