@@ -149,11 +149,26 @@ impl Server {
 
     /// `pipe serve` of `model` with `backend` and the `extra` arguments.
     fn start_model(model: &Path, backend: &str, extra: &[&str]) -> Server {
+        Server::launch(
+            Pipe::new("serve --port 0").arg("--model", model),
+            backend,
+            extra,
+        )
+    }
+
+    /// `pipe serve` of the model repository `dir` with `backend` and the `extra` arguments.
+    fn start_repository(dir: &Path, backend: &str, extra: &[&str]) -> Server {
+        Server::launch(
+            Pipe::new("serve --port 0").arg("--model-repository", dir),
+            backend,
+            extra,
+        )
+    }
+
+    fn launch(serve: Pipe, backend: &str, extra: &[&str]) -> Server {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("serve.log");
-        let mut serve = Pipe::new("serve --port 0")
-            .arg("--model", model)
-            .backend(backend);
+        let mut serve = serve.backend(backend);
         for word in extra {
             serve = serve.path(word);
         }
@@ -546,6 +561,293 @@ fn an_int8_model_serves_what_pipe_infer_gives_with_it() {
         );
         server.stop();
     }
+}
+
+/// A model repository in `dir/repo`: the fixture's float and int8 exports as versions 1 and 2 of
+/// model `a` (`version_policy: { all: {} }`), and model `b` as `pipe export --triton --logits`
+/// writes it (its own `config.pbtxt`, version 1, logits).
+fn repository(dir: &Path) -> PathBuf {
+    let fx = fixture();
+    let repo = dir.join("repo");
+    for (v, file) in [("1", fx.model.as_path()), ("2", int8_model())] {
+        std::fs::create_dir_all(repo.join("a").join(v)).unwrap();
+        std::fs::copy(file, repo.join("a").join(v).join("model.onnx")).unwrap();
+    }
+    std::fs::write(
+        repo.join("a/config.pbtxt"),
+        "name: \"a\"\nversion_policy: { all: {} }\n",
+    )
+    .unwrap();
+    Pipe::new("export")
+        .run("serve")
+        .runs(fx._dir.path().join("runs"))
+        .arg("--triton", &repo)
+        .arg("--triton-name", "b")
+        .flag("--logits")
+        .arg("--verify-images", "16")
+        .ok();
+    repo
+}
+
+/// `pipe infer --format json` outputs (probabilities or logits) on the fixture's files.
+fn infer_outputs(backend: &str, model: &Path) -> Vec<Vec<f32>> {
+    let out = Pipe::new("infer --format json")
+        .arg("--model", model)
+        .backend(backend)
+        .paths(&fixture().files)
+        .ok();
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    doc["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| floats(p.get("probabilities").or(p.get("logits")).unwrap()))
+        .collect()
+}
+
+/// Largest |a - b| over two sets of rows of the same shape.
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+/// A repository with two models and two versions, in explicit mode, driven by the official client:
+/// the index, readiness and metadata per version, routing (the highest version without one), load
+/// and unload, refusals; every version answers what `pipe infer` gives with its own file.
+#[test]
+fn a_model_repository_serves_each_version_as_pipe_infer_does_and_loads_and_unloads() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path());
+    let b_model = repo.join("b/1/model.onnx");
+    let pixels = dir.path().join("pixels.u8");
+    std::fs::write(&pixels, &fx.pixels).unwrap();
+    let backend = "tract";
+    let server = Server::start_repository(
+        &repo,
+        backend,
+        &["--model-control-mode", "explicit", "--load-model", "a"],
+    );
+    assert!(
+        server.banner.contains("'a' version 1, 'a' version 2"),
+        "{}",
+        server.banner
+    );
+    let out = dir.path().join("repository.json");
+    let n = fx.files.len().to_string();
+    run_python(
+        &root().join(".venv/bin/python"),
+        "tests/repository_client.py",
+        &[
+            "--url",
+            &server.addr,
+            "--pixels",
+            s(&pixels),
+            "--n",
+            &n,
+            "--size",
+            "32",
+            "--out",
+            s(&out),
+        ],
+    );
+    let results: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let got = |key: &str| -> Vec<Vec<f32>> {
+        results[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(floats)
+            .collect()
+    };
+    let float = infer_outputs(backend, &fx.model);
+    let int8 = infer_outputs(backend, int8_model());
+    let logits = infer_outputs(backend, &b_model);
+    for (key, expected) in [("a", &int8), ("a1", &float), ("a2", &int8), ("b", &logits)] {
+        let d = max_diff(&got(key), expected);
+        assert!(d <= TOLERANCE, "{key}: max |Δ| {d:e} against pipe infer");
+    }
+    // The versions really differ, so the routing above is what the comparisons show.
+    assert!(max_diff(&float, &int8) > 1e-3 && max_diff(&float, &logits) > 1e-1);
+    let log = server.stop();
+    assert!(log.contains("version 1 of 'b' is live"), "{log}");
+}
+
+/// Poll mode: new versions dropped into the repository go live, a truncated one is refused (logged,
+/// listed as unavailable) while the live version keeps answering and the server stays ready, and
+/// requests sent all along by four clients across three version swaps all succeed, each answered by
+/// a version with that version's own outputs.
+#[test]
+fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let model = repo.join("p");
+    let put = |version: u32, bytes: &[u8]| {
+        // As a deployment should: write beside, then rename into place.
+        let folder = model.join(version.to_string());
+        std::fs::create_dir_all(&folder).unwrap();
+        let tmp = dir.path().join("incoming.onnx");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, folder.join("model.onnx")).unwrap();
+    };
+    let float_bytes = std::fs::read(&fx.model).unwrap();
+    let int8_bytes = std::fs::read(int8_model()).unwrap();
+    put(1, &float_bytes);
+    let server = Server::start_repository(
+        &repo,
+        "tract",
+        &[
+            "--model-control-mode",
+            "poll",
+            "--repository-poll-secs",
+            "1",
+        ],
+    );
+    let versions = |server: &Server| -> Value {
+        client()
+            .get(server.url("/v2/models/p"))
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()["versions"]
+            .clone()
+    };
+    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{what} not seen within 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(versions(&server), json!(["1"]));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Answers by version 4, the last one swapped in.
+    let by_last = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let by_first = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = 4;
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (stop, addr) = (stop.clone(), server.addr.clone());
+            let (by_first, by_last) = (by_first.clone(), by_last.clone());
+            std::thread::spawn(move || {
+                let http = client();
+                let mut answers: Vec<(String, Vec<f32>)> = Vec::new();
+                let mut failures = Vec::new();
+                let mut header = json!({"inputs": [{"name": "images", "shape": [n, 32, 32, 3],
+                    "datatype": "FP32", "parameters": {"binary_data_size": n * 32 * 32 * 3 * 4}}],
+                    "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}]});
+                header["id"] = json!(c.to_string());
+                let mut body = serde_json::to_vec(&header).unwrap();
+                let json_len = body.len();
+                body.extend(pixels_f32(c..c + n).iter().flat_map(|v| v.to_le_bytes()));
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let resp = http
+                        .post(format!("http://{addr}/v2/models/p/infer"))
+                        .header("Inference-Header-Content-Length", json_len)
+                        .body(body.clone())
+                        .send();
+                    match resp {
+                        Ok(r) if r.status() == StatusCode::OK => {
+                            let (head, bin) = split_binary(r);
+                            let probs = bin
+                                .chunks(4)
+                                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                                .collect();
+                            let version = head["model_version"].as_str().unwrap().to_string();
+                            match version.as_str() {
+                                "1" => by_first.fetch_add(1, std::sync::atomic::Ordering::AcqRel),
+                                "4" => by_last.fetch_add(1, std::sync::atomic::Ordering::AcqRel),
+                                _ => 0,
+                            };
+                            answers.push((version, probs));
+                        }
+                        Ok(r) => failures.push(format!("{}: {}", r.status(), r.text().unwrap())),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                (c, answers, failures)
+            })
+        })
+        .collect();
+    wait_for("answers by version 1", &|| {
+        by_first.load(std::sync::atomic::Ordering::Acquire) >= 4
+    });
+    // Swap 1: version 2 (int8) goes live, version 1 leaves (the default policy: the latest one).
+    put(2, &int8_bytes);
+    wait_for("version 2 live", &|| versions(&server) == json!(["2"]));
+    // A truncated version 3 is refused; version 2 keeps answering, the server stays ready.
+    put(3, &float_bytes[..float_bytes.len() / 2]);
+    let index = || -> Value {
+        client()
+            .post(server.url("/v2/repository/index"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    wait_for("version 3 refused", &|| {
+        index()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["version"] == "3" && m["state"] == "UNAVAILABLE")
+    });
+    assert_eq!(versions(&server), json!(["2"]));
+    let ready = client().get(server.url("/v2/health/ready")).send().unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    // Swap 2: the complete file replaces the truncated one and goes live; swap 3: version 4.
+    put(3, &float_bytes);
+    wait_for("version 3 live", &|| versions(&server) == json!(["3"]));
+    put(4, &int8_bytes);
+    wait_for("version 4 live", &|| versions(&server) == json!(["4"]));
+    // Requests keep being answered by the last version before the clients stop.
+    wait_for("answers by version 4", &|| {
+        by_last.load(std::sync::atomic::Ordering::Acquire) >= 8
+    });
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let float = infer_outputs("tract", &fx.model);
+    let int8 = infer_outputs("tract", int8_model());
+    let mut seen = std::collections::BTreeSet::new();
+    let mut answered = 0;
+    for handle in clients {
+        let (c, answers, failures) = handle.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "client {c}: failed requests {failures:?}"
+        );
+        for (version, probs) in answers {
+            let expected = if version == "1" || version == "3" {
+                &float
+            } else {
+                &int8
+            };
+            let d = max_diff(&rows(&probs, 10), &expected[c..c + n]);
+            assert!(
+                d <= TOLERANCE,
+                "client {c}, version {version}: max |Δp| {d:e}"
+            );
+            seen.insert(version);
+            answered += 1;
+        }
+    }
+    let log = server.stop();
+    assert!(log.contains("version 3 of 'p' refused ("), "{log}");
+    assert!(log.contains("version(s) 2 keep serving"), "{log}");
+    eprintln!("{answered} requests answered across the swaps by versions {seen:?}, none failed");
+    assert!(
+        seen.contains("1") && seen.contains("4"),
+        "versions seen: {seen:?}"
+    );
 }
 
 /// Checks `rows` against `expected` ((label, probabilities) per image from `pipe infer`): the same

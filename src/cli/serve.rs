@@ -2,7 +2,8 @@
 
 use super::BackendArgs;
 use anyhow::Result;
-use pipe::serve::{ServeOptions, DEFAULT_MODEL_NAME};
+use pipe::serve::repository::ControlMode;
+use pipe::serve::{ModelSource, ServeOptions, DEFAULT_MODEL_NAME};
 use pipe::Error;
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,19 +27,44 @@ pub enum LogLevel {
 #[command(mut_arg("threads", |a| a.help("Engine threads per instance (0 = the cores divided among the instances)")))]
 #[command(mut_arg("backend", |a| a.help("Inference engine: tract (pure Rust) or ort (ONNX Runtime, usually faster on CPU; CUDA with --device cuda)")))]
 pub struct ServeArgs {
-    /// Exported model to serve.
-    #[arg(long, default_value = "onnx/model.onnx")]
+    /// Exported model to serve, as version 1 of --model-name.
+    #[arg(
+        long,
+        default_value = "onnx/model.onnx",
+        conflicts_with = "model_repository"
+    )]
     pub model: PathBuf,
+    /// Serve a Triton model repository instead of one --model: DIR/<model>/config.pbtxt and
+    /// DIR/<model>/<version>/model.onnx, as `pipe export --triton DIR` writes (several models and
+    /// versions; each config's version_policy says which versions: latest N, all or specific, by
+    /// default the latest). URLs name the model by its folder, /v2/models/<model>[/versions/<v>]/...
+    /// (without a version: the highest live one); POST /v2/repository/index lists them.
+    #[arg(long, value_name = "DIR")]
+    pub model_repository: Option<PathBuf>,
+    /// With --model-repository, Triton's control modes: none (load every model at start), poll (also
+    /// rescan the repository every --repository-poll-secs: a new or changed version goes live once it
+    /// loaded and passed a warm-up inference; a file that fails is refused and logged and the live
+    /// versions keep serving; removed versions are unloaded), explicit (load only --load-model at
+    /// start; POST /v2/repository/models/<model>/load and /unload do the rest).
+    #[arg(long, value_enum, default_value_t = ControlMode::None, requires = "model_repository")]
+    pub model_control_mode: ControlMode,
+    /// Poll mode's interval between scans of the repository, seconds.
+    #[arg(long, default_value_t = 15, value_name = "SECS")]
+    pub repository_poll_secs: u64,
+    /// Explicit mode: a model to load at start (repeatable; * for all).
+    #[arg(long, value_name = "MODEL", requires = "model_repository")]
+    pub load_model: Vec<String>,
     #[command(flatten)]
     pub backend: BackendArgs,
     /// Address to listen on (0.0.0.0 for all interfaces, e.g. in a container).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// Port to listen on; 0 picks a free port. The bound address is printed on stdout.
-    #[arg(long, default_value_t = 8000)]
+    /// Port to listen on (Triton's name: --http-port); 0 picks a free port. The bound address is
+    /// printed on stdout.
+    #[arg(long, visible_alias = "http-port", default_value_t = 8000)]
     pub port: u16,
     /// The model's name in /v2/models/<name>/... URLs (the name `pipe export --triton` gives it).
-    #[arg(long, default_value = DEFAULT_MODEL_NAME)]
+    #[arg(long, default_value = DEFAULT_MODEL_NAME, conflicts_with = "model_repository")]
     pub model_name: String,
     /// Most images per backend run (default 32): concurrent requests are gathered into batches up to
     /// this size, lowered to the memory bound of the model's input size (pipe infer's batch: 256 up to
@@ -89,16 +115,38 @@ impl ServeArgs {
         let log_json = self.log_json;
         let opts = self.into_options()?;
         let summary = pipe::serve::serve(&opts, |l| {
-            println!(
-                "pipe serve: listening on http://{} (model '{}' from {}, backend {}, input {s}x{s}, {} classes, max batch {})",
-                l.addr,
-                opts.model_name,
-                opts.model.display(),
-                l.backend,
-                l.classes,
-                l.max_batch,
-                s = l.input_size
-            );
+            match (&opts.source, l.models.as_slice()) {
+                (ModelSource::File { .. }, [m]) => println!(
+                    "pipe serve: listening on http://{} (model '{}' from {}, backend {}, input {s}x{s}, {} classes, max batch {})",
+                    l.addr,
+                    m.name,
+                    m.file.display(),
+                    m.backend,
+                    m.classes,
+                    m.max_batch,
+                    s = m.input_size
+                ),
+                _ => {
+                    let live: Vec<String> = l
+                        .models
+                        .iter()
+                        .map(|m| format!("'{}' version {}", m.name, m.version))
+                        .collect();
+                    let dir = match &opts.source {
+                        ModelSource::Repository { dir, .. } => dir.display().to_string(),
+                        ModelSource::File { model, .. } => model.display().to_string(),
+                    };
+                    println!(
+                        "pipe serve: listening on http://{} (model repository {dir}: {})",
+                        l.addr,
+                        if live.is_empty() {
+                            "no model live".to_string()
+                        } else {
+                            live.join(", ")
+                        }
+                    );
+                }
+            }
             let _ = std::io::stdout().flush();
         })?;
         let message = format!(
@@ -140,19 +188,50 @@ impl ServeArgs {
                 "--max-body-mb and --request-timeout-ms must be at least 1".into(),
             ));
         }
-        if !self.model.is_file() {
-            return Err(Error::Usage(format!(
-                "{}: model not found; export one with `pipe export {}` (after `pipe train`; `make demo` does both)",
-                self.model.display(),
-                self.model.display()
-            )));
-        }
+        let source = match self.model_repository {
+            Some(dir) => {
+                if !dir.is_dir() {
+                    return Err(Error::Usage(format!(
+                        "{}: model repository not found (a folder of <model>/config.pbtxt and <model>/<version>/model.onnx, as `pipe export --triton DIR` writes)",
+                        dir.display()
+                    )));
+                }
+                if self.repository_poll_secs == 0 {
+                    return Err(Error::Usage(
+                        "--repository-poll-secs must be at least 1".into(),
+                    ));
+                }
+                if !self.load_model.is_empty() && self.model_control_mode != ControlMode::Explicit {
+                    return Err(Error::Usage(
+                        "--load-model needs --model-control-mode explicit (the other modes load every model)".into(),
+                    ));
+                }
+                ModelSource::Repository {
+                    dir,
+                    mode: self.model_control_mode,
+                    poll: Duration::from_secs(self.repository_poll_secs),
+                    load: self.load_model,
+                }
+            }
+            None => {
+                if !self.model.is_file() {
+                    return Err(Error::Usage(format!(
+                        "{}: model not found; export one with `pipe export {}` (after `pipe train`; `make demo` does both)",
+                        self.model.display(),
+                        self.model.display()
+                    )));
+                }
+                ModelSource::File {
+                    model: self.model,
+                    name: self.model_name,
+                }
+            }
+        };
         Ok(ServeOptions {
             backend: self.backend.options(),
-            model: self.model,
+            source,
             host: self.host,
             port: self.port,
-            model_name: self.model_name,
             max_batch: self.max_batch,
             max_delay: Duration::from_millis(self.max_delay_ms),
             queue: self.queue,

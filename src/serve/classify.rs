@@ -22,6 +22,10 @@ use std::path::Path;
 pub struct ClassifyQuery {
     /// How many of the most probable classes to list per image (default 1, like `pipe infer`).
     top_k: Option<usize>,
+    /// The model to classify with (default: the only model served).
+    model: Option<String>,
+    /// Its version (default: the highest live one).
+    version: Option<String>,
 }
 
 /// Decodes one uploaded image for the model, through the function `pipe infer` decodes image files
@@ -94,7 +98,7 @@ async fn read_images(st: &Shared, req: Request) -> Result<Vec<(String, Bytes)>, 
     Ok(files)
 }
 
-/// `POST /v1/classify[?top_k=K]`.
+/// `POST /v1/classify[?top_k=K][&model=NAME[&version=V]]`.
 pub async fn classify(
     State(st): State<Shared>,
     Extension(Deadline(deadline)): Extension<Deadline>,
@@ -103,19 +107,29 @@ pub async fn classify(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query
         .map_err(|e| ApiError::bad_request("query", format!("bad query: {}", e.body_text())))?;
+    let m = match &q.model {
+        Some(name) => st.models.get(name, q.version.as_deref())?,
+        None if q.version.is_some() => {
+            return Err(ApiError::bad_request(
+                "query",
+                "version needs model: ?model=NAME&version=V",
+            ))
+        }
+        None => st.models.only()?,
+    };
     let k = match q.top_k {
         Some(0) => return Err(ApiError::bad_request("query", "top_k must be at least 1")),
-        Some(k) => k.min(st.info.classes.len()),
+        Some(k) => k.min(m.info.classes.len()),
         None => 1,
     };
     let files = read_images(&st, req).await?;
     let n = files.len();
-    let state = st.clone();
+    let model = m.clone();
     // Decoding is CPU work: off the async threads, images in parallel.
     let decoded = tokio::task::spawn_blocking(move || {
         files
             .par_iter()
-            .map(|(name, bytes)| decode_for_model(name, bytes, &state.info))
+            .map(|(name, bytes)| decode_for_model(name, bytes, &model.info))
             .collect::<crate::Result<Vec<Vec<u8>>>>()
             .map(|px| {
                 (
@@ -128,8 +142,8 @@ pub async fn classify(
     .map_err(|e| ApiError::backend(format!("image decoding task failed: {e}")))?;
     let (names, pixels) = decoded.map_err(|e| ApiError::bad_request("image", e.to_string()))?;
     let pixels: Vec<f32> = pixels.iter().flatten().map(|&v| f32::from(v)).collect();
-    let out = run_images(&st, pixels, n, deadline).await?;
-    let score = score_name(&st.info);
+    let out = run_images(&st, &m, pixels, n, deadline).await?;
+    let score = score_name(&m.info);
     let predictions: Vec<Value> = names
         .iter()
         .zip(out.rows())
@@ -138,12 +152,12 @@ pub async fn classify(
             let c = argmax(&row);
             let top: Vec<Value> = top_k(&row, k)
                 .into_iter()
-                .map(|(i, v)| json!({"class_index": i, "label": st.info.classes[i], score: v}))
+                .map(|(i, v)| json!({"class_index": i, "label": m.info.classes[i], score: v}))
                 .collect();
             json!({
                 "file": name,
                 "class_index": c,
-                "label": st.info.classes[c],
+                "label": m.info.classes[c],
                 "probability": row[c],
                 "probabilities": row,
                 "top_k": top,
@@ -152,9 +166,10 @@ pub async fn classify(
         .collect();
     st.metrics.record_answered();
     Ok(Json(json!({
-        "model": st.model_name,
-        "backend": st.batcher.backend_name(),
-        "output": st.info.output_name,
+        "model": m.name,
+        "model_version": m.version.to_string(),
+        "backend": m.batcher.backend_name(),
+        "output": m.info.output_name,
         "predictions": predictions,
     })))
 }

@@ -22,6 +22,14 @@ pub enum ServeError {
     /// The async runtime, a signal handler or the accept loop failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    /// The model repository folder could not be listed.
+    #[error("model repository {}: {source}", dir.display())]
+    Repository {
+        /// The repository folder.
+        dir: std::path::PathBuf,
+        /// The operating-system error.
+        source: std::io::Error,
+    },
     /// A model worker thread could not be started or ended abnormally.
     #[error("model worker: {0}")]
     Worker(String),
@@ -61,19 +69,6 @@ impl ApiError {
             retry_after: None,
             close: false,
         }
-    }
-
-    /// A 404 for a model name or version this server does not serve.
-    pub fn model_not_found(name: &str, version: Option<&str>, served: &str) -> Self {
-        let what = match version {
-            Some(v) => format!("model '{name}' version '{v}'"),
-            None => format!("model '{name}'"),
-        };
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "model_not_found",
-            format!("{what} is not served here; this server serves model '{served}' version '1'"),
-        )
     }
 
     /// A 503 with `Retry-After`: the queue cannot take the request now.

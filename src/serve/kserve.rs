@@ -418,9 +418,11 @@ fn output_json(
     o
 }
 
-/// Builds the response to `req` from the model output `out` (`[n, classes]`).
+/// Builds the response to `req` from the output `out` (`[n, classes]`) of version `version` of
+/// the model `model_name`.
 pub fn build_response(
     model_name: &str,
+    version: u64,
     req: &ParsedInfer,
     out: &Array2<f32>,
     info: &ModelInfo,
@@ -431,7 +433,8 @@ pub fn build_response(
         .iter()
         .map(|spec| output_json(spec, out, info, &mut binary))
         .collect();
-    let mut doc = json!({"model_name": model_name, "model_version": "1", "outputs": outputs});
+    let mut doc =
+        json!({"model_name": model_name, "model_version": version.to_string(), "outputs": outputs});
     if let Some(id) = &req.id {
         doc["id"] = id.clone();
     }
@@ -442,11 +445,16 @@ pub fn build_response(
 }
 
 /// The model metadata document (`GET /v2/models/{name}`).
-pub fn model_metadata(model_name: &str, info: &ModelInfo, platform: &str) -> Value {
+pub fn model_metadata(
+    model_name: &str,
+    versions: &[String],
+    info: &ModelInfo,
+    platform: &str,
+) -> Value {
     let s = info.input_size as i64;
     json!({
         "name": model_name,
-        "versions": ["1"],
+        "versions": versions,
         "platform": platform,
         "inputs": [{"name": crate::contract::INPUT_NAME, "datatype": "FP32", "shape": [-1, s, s, 3]}],
         "outputs": [{"name": info.output_name, "datatype": "FP32", "shape": [-1, info.classes.len() as i64]}],
@@ -601,7 +609,7 @@ mod tests {
                 },
             ],
         };
-        let r = build_response("m", &req, &out, &info());
+        let r = build_response("m", 1, &req, &out, &info());
         let doc: Value = serde_json::from_slice(&r.json).unwrap();
         assert_eq!(doc["id"], "r1");
         assert_eq!(doc["outputs"][0]["datatype"], "BYTES");

@@ -117,6 +117,8 @@ pub struct Metrics {
     secs_per_image: AtomicU64,
     /// The most images the batcher gathers into one batch now, by memory and by time.
     batch_limit: AtomicI64,
+    /// Completed scans of the model repository (poll mode).
+    repository_polls: AtomicU64,
 }
 
 impl Metrics {
@@ -199,6 +201,11 @@ impl Metrics {
         self.answered.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one completed scan of the model repository (poll mode).
+    pub fn record_repository_poll(&self) {
+        self.repository_polls.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Successful inference requests so far.
     pub fn answered(&self) -> u64 {
         self.answered.load(Ordering::Relaxed)
@@ -247,6 +254,12 @@ impl Metrics {
                 "counter",
                 "Inference requests answered with results (KServe infer and /v1/classify).",
                 self.answered() as i64,
+            ),
+            (
+                "pipe_repository_polls_total",
+                "counter",
+                "Completed scans of the model repository (--model-control-mode poll).",
+                self.repository_polls.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, value) in scalars {

@@ -2,7 +2,8 @@
 //! protocol (health, metadata, JSON and binary tensors, classification), offers `POST /v1/classify`
 //! for image files, batches concurrent requests dynamically, and exports Prometheus metrics.
 //!
-//! Layout: [`batcher`] (bounded queue, model workers), [`bounds`] (the batch limit by memory and by
+//! Layout: [`repository`] (the models and versions served, a Triton model repository and its
+//! control modes), [`batcher`] (bounded queue, model workers), [`bounds`] (the batch limit by memory and by
 //! time, the estimate of seconds per image, which queued requests are still run), [`kserve`]
 //! (protocol messages), [`routes`] (HTTP routes and middleware), [`classify`] (`/v1/classify`),
 //! [`metrics`], [`error`], [`cli`] (the command-line options). [`serve`] runs it all until SIGTERM or SIGINT, then drains: readiness turns
@@ -14,16 +15,15 @@ pub mod classify;
 pub mod error;
 pub mod kserve;
 pub mod metrics;
+pub mod repository;
 pub mod routes;
 pub mod state;
 
 pub use error::{ApiError, ServeError};
 
 use crate::infer::BackendOptions;
-use crate::onnx::ModelInfo;
-use batcher::{BatchConfig, Batcher};
-use bounds::MaxBatch;
 use metrics::Metrics;
+use repository::{ControlMode, Loader, Models, Repository};
 use state::AppState;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,19 +36,40 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 /// one client works against pipe and against Triton.
 pub const DEFAULT_MODEL_NAME: &str = "pipe_vgg16";
 
+/// What [`serve`] serves.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// One exported model, served as version 1 of `name` (`--model`, `--model-name`).
+    File {
+        /// The exported ONNX model.
+        model: PathBuf,
+        /// The model's name in URLs.
+        name: String,
+    },
+    /// A Triton model repository (`--model-repository`).
+    Repository {
+        /// The repository folder: `<model>/config.pbtxt`, `<model>/<version>/model.onnx`.
+        dir: PathBuf,
+        /// How the server follows it (`--model-control-mode`).
+        mode: ControlMode,
+        /// Poll mode's interval between scans (`--repository-poll-secs`).
+        poll: Duration,
+        /// Explicit mode: the models to load at start (`--load-model`; `*` for all).
+        load: Vec<String>,
+    },
+}
+
 /// Everything [`serve`] needs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// The exported ONNX model.
-    pub model: PathBuf,
+    /// The model file or repository served.
+    pub source: ModelSource,
     /// Engine, device, threads per instance (0 = the cores shared among instances), libonnxruntime.
     pub backend: BackendOptions,
     /// Address to listen on.
     pub host: String,
     /// Port (0 = any free port; the bound address is passed to `on_listening`).
     pub port: u16,
-    /// The model's name in URLs.
-    pub model_name: String,
     /// Largest batch per backend run, images, as given by `--max-batch` (`None`: not given,
     /// [`bounds::DEFAULT_MAX_BATCH`]); the server lowers it to the memory bound of the model's input
     /// size ([`MaxBatch`]) and, batch by batch, to what runs in half the request timeout.
@@ -88,6 +109,19 @@ pub struct ServeSummary {
 pub struct Listening {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The model versions live at the start, by name and version.
+    pub models: Vec<ListeningModel>,
+}
+
+/// One model version live when the server starts listening.
+#[derive(Debug, Clone)]
+pub struct ListeningModel {
+    /// The model's name in URLs.
+    pub name: String,
+    /// Its version.
+    pub version: u64,
+    /// The file it was loaded from.
+    pub file: PathBuf,
     /// The backend's name.
     pub backend: &'static str,
     /// The model's classes.
@@ -111,76 +145,81 @@ fn init_logging(level: tracing::Level, json: bool) {
     };
 }
 
-/// Loads the model into `opts.instances` workers, listens, calls `on_listening` with the bound
-/// address, and serves until SIGTERM or SIGINT; then drains and returns what it did.
+/// Loads the model (or the repository's models) into `opts.instances` workers per version,
+/// listens, calls `on_listening` with the bound address, and serves until SIGTERM or SIGINT (in
+/// poll mode rescanning the repository meanwhile); then drains and returns what it did.
 ///
 /// # Errors
-/// [`ServeError`] when the model cannot be loaded, the address cannot be bound or the runtime fails.
+/// [`ServeError`] when the model cannot be loaded (with `--model`; a repository's bad models are
+/// logged and skipped), the repository cannot be read, the address cannot be bound or the runtime
+/// fails.
 pub fn serve(
     opts: &ServeOptions,
     on_listening: impl FnOnce(&Listening),
 ) -> Result<ServeSummary, ServeError> {
     init_logging(opts.log_level, opts.log_json);
-    let info = ModelInfo::read(&opts.model)?;
     let metrics = Arc::new(Metrics::default());
     let mut backend = opts.backend.clone();
     if opts.instances > 1 && backend.threads == 0 {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         backend.threads = (cores / opts.instances).max(1);
     }
-    let max_batch = MaxBatch::new(opts.max_batch, info.input_size);
-    if max_batch.lowered_from_explicit() {
-        tracing::warn!(
-            max_batch = max_batch.requested,
-            memory_bound = max_batch.memory_bound,
-            input_size = info.input_size,
-            "--max-batch {} is over the memory bound of {} images per batch at {s}x{s} pixels (the batch of pipe infer); batches hold at most {}",
-            max_batch.requested,
-            max_batch.memory_bound,
-            max_batch.effective,
-            s = info.input_size
-        );
-    }
-    let cfg = BatchConfig {
-        max_batch: max_batch.effective,
+    let loader = Loader {
+        backend: backend.clone(),
+        max_batch: opts.max_batch,
         max_delay: opts.max_delay,
         queue: opts.queue,
         instances: opts.instances,
-        input_size: info.input_size,
-        classes: info.classes.len(),
         request_timeout: opts.request_timeout,
+        metrics: metrics.clone(),
     };
-    let batcher = Batcher::start(&opts.model, &backend, cfg, metrics.clone())?;
     tracing::info!(
         instances = opts.instances,
         threads = backend.threads,
-        backend = batcher.backend_name(),
-        "{} model instance(s), {} each",
+        "{} model instance(s) per model version, {} each",
         opts.instances,
         match backend.threads {
             0 => "on the backend's default threads".to_string(),
             t => format!("{t} thread(s)"),
         }
     );
-    tracing::info!(
-        max_batch = max_batch.effective,
-        requested = max_batch.requested,
-        memory_bound = max_batch.memory_bound,
-        secs_per_image = batcher.pace().secs_per_image(),
-        batch_limit = batcher.batch_limit(),
-        "batching: at most {} images per backend run (--max-batch {}, memory bound {} at {s}x{s}); by the warm-up's {:.4} s per image, {} fit in half the request timeout of {:.1} s",
-        max_batch.effective,
-        max_batch.requested,
-        max_batch.memory_bound,
-        batcher.pace().secs_per_image(),
-        bounds::batch_cap(usize::MAX, opts.request_timeout, &batcher.pace()),
-        opts.request_timeout.as_secs_f64(),
-        s = info.input_size
-    );
+    let (models, repository) = match &opts.source {
+        ModelSource::File { model, name } => (Models::single(loader.load(name, 1, model)?), None),
+        ModelSource::Repository {
+            dir, mode, load, ..
+        } => {
+            let repo = Repository::new(dir.clone(), *mode, loader);
+            let models = Models::default();
+            let listing = |e: std::io::Error| ServeError::Repository {
+                dir: dir.clone(),
+                source: e,
+            };
+            match mode {
+                ControlMode::None | ControlMode::Poll => {
+                    repo.sync_all(&models).map_err(listing)?;
+                }
+                ControlMode::Explicit => {
+                    repo.list(&models).map_err(listing)?;
+                    let all = load.iter().any(|n| n == "*");
+                    let names = if all {
+                        repository::model_names(dir).map_err(listing)?
+                    } else {
+                        load.clone()
+                    };
+                    for name in names {
+                        if let Err(e) = repo.sync_model(&models, &name) {
+                            tracing::warn!(model = %name, error = %e, "--load-model {name}: {e}");
+                            models.unload(&name, &e);
+                        }
+                    }
+                }
+            }
+            (models, Some(repo))
+        }
+    };
     let state = Arc::new(AppState {
-        model_name: opts.model_name.clone(),
-        info,
-        batcher,
+        models,
+        repository,
         metrics: metrics.clone(),
         draining: AtomicBool::new(false),
         request_timeout: opts.request_timeout,
@@ -192,13 +231,38 @@ pub fn serve(
         .build()?;
     let served = runtime.block_on(serve_http(state.clone(), opts, on_listening));
     // Every connection is closed: what was queued has been answered; let the workers end.
-    state.batcher.shutdown()?;
+    for m in state.models.all() {
+        m.batcher.shutdown()?;
+    }
     served?;
     Ok(ServeSummary {
         answered: metrics.answered(),
         images: metrics.images(),
         refused: metrics.requests_with_status(503),
     })
+}
+
+/// Poll mode: rescans the repository every `every`, off the async threads, until the server stops.
+async fn poll_repository(state: Arc<AppState>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let st = state.clone();
+        let polled = tokio::task::spawn_blocking(move || {
+            st.repository.as_ref().map(|repo| repo.sync_all(&st.models))
+        })
+        .await;
+        match polled {
+            Ok(Some(Ok(_))) => state.metrics.record_repository_poll(),
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "repository poll failed; the live models keep serving: {e}")
+            }
+            Ok(None) => return,
+            Err(e) => tracing::warn!(error = %e, "repository poll task failed: {e}"),
+        }
+    }
 }
 
 async fn serve_http(
@@ -217,17 +281,38 @@ async fn serve_http(
         .map_err(|source| ServeError::Bind { addr, source })?;
     let listening = Listening {
         addr: listener.local_addr()?,
-        backend: state.batcher.backend_name(),
-        classes: state.info.classes.len(),
-        input_size: state.info.input_size,
-        max_batch: state.batcher.config().max_batch,
+        models: state
+            .models
+            .all()
+            .iter()
+            .map(|m| ListeningModel {
+                name: m.name.clone(),
+                version: m.version,
+                file: m.file.clone(),
+                backend: m.batcher.backend_name(),
+                classes: m.info.classes.len(),
+                input_size: m.info.input_size,
+                max_batch: m.batcher.config().max_batch,
+            })
+            .collect(),
     };
-    tracing::info!(addr = %listening.addr, model = %opts.model.display(), backend = listening.backend, max_batch = listening.max_batch, "listening");
+    tracing::info!(addr = %listening.addr, models = listening.models.len(), "listening");
     on_listening(&listening);
+    let poller = match &opts.source {
+        ModelSource::Repository {
+            mode: ControlMode::Poll,
+            poll,
+            ..
+        } => Some(tokio::spawn(poll_repository(state.clone(), *poll))),
+        _ => None,
+    };
     let app = routes::router(state.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(drain_on_signal(state, signals, opts.drain))
         .await?;
+    if let Some(p) = poller {
+        p.abort();
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 use super::classify::classify;
 use super::error::{ApiError, ErrorKind};
 use super::kserve::{self, HEADER_LENGTH};
+use super::repository::{ControlMode, IndexEntry, Repository, ServedModel};
 use super::state::{body_error, run_images, AppState, Deadline, Shared};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The model name and optional version of a `/v2/models/...` path.
@@ -38,7 +40,13 @@ pub fn router(state: Shared) -> Router {
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(server_ready))
         .route("/v1/classify", post(classify))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{name}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{name}/unload",
+            post(repository_unload),
+        );
     for path in model_routes("") {
         app = app.route(&path, get(model_metadata));
     }
@@ -105,7 +113,7 @@ async fn not_found(req: Request) -> ApiError {
         StatusCode::NOT_FOUND,
         "not_found",
         format!(
-            "no such endpoint: {} {}; see GET /v2, /v2/models/<name>, POST /v2/models/<name>/infer, POST /v1/classify, GET /metrics",
+            "no such endpoint: {} {}; see GET /v2, /v2/models/<name>, POST /v2/models/<name>/infer, POST /v2/repository/index, POST /v1/classify, GET /metrics",
             req.method(),
             req.uri().path()
         ),
@@ -124,7 +132,7 @@ async fn server_metadata() -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "name": "pipe",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "classification", "model_configuration"],
+        "extensions": ["binary_tensor_data", "classification", "model_configuration", "model_repository"],
     }))
 }
 
@@ -140,35 +148,30 @@ async fn server_ready(State(st): State<Shared>) -> StatusCode {
     readiness(&st)
 }
 
-/// Checks that the path names the served model (and version 1, if any).
-fn check_model(st: &AppState, p: &ModelPath) -> Result<(), ApiError> {
-    if p.name != st.model_name || p.version.as_deref().is_some_and(|v| v != "1") {
-        return Err(ApiError::model_not_found(
-            &p.name,
-            p.version.as_deref(),
-            &st.model_name,
-        ));
-    }
-    Ok(())
-}
-
-/// The platform string of model metadata, as Triton names ONNX models (or tract's).
-fn platform(st: &AppState) -> &'static str {
-    match st.batcher.backend_name() {
-        "ort" => "onnxruntime_onnx",
-        _ => "tract_onnx",
-    }
+/// The live model version a `/v2/models/...` path names.
+fn model_of(st: &AppState, p: &ModelPath) -> Result<Arc<ServedModel>, ApiError> {
+    st.models.get(&p.name, p.version.as_deref())
 }
 
 async fn model_metadata(
     State(st): State<Shared>,
     Path(p): Path<ModelPath>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_model(&st, &p)?;
+    let m = model_of(&st, &p)?;
+    let versions: Vec<String> = match p.version {
+        Some(_) => vec![m.version.to_string()],
+        None => st
+            .models
+            .versions(&m.name)
+            .iter()
+            .map(u64::to_string)
+            .collect(),
+    };
     Ok(Json(kserve::model_metadata(
-        &st.model_name,
-        &st.info,
-        platform(&st),
+        &m.name,
+        &versions,
+        &m.info,
+        m.platform(),
     )))
 }
 
@@ -176,7 +179,7 @@ async fn model_ready(
     State(st): State<Shared>,
     Path(p): Path<ModelPath>,
 ) -> Result<StatusCode, ApiError> {
-    check_model(&st, &p)?;
+    model_of(&st, &p)?;
     Ok(readiness(&st))
 }
 
@@ -184,15 +187,135 @@ async fn model_config(
     State(st): State<Shared>,
     Path(p): Path<ModelPath>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_model(&st, &p)?;
-    let cfg = st.batcher.config();
+    let m = model_of(&st, &p)?;
+    let cfg = m.batcher.config();
     Ok(Json(kserve::model_config(
-        &st.model_name,
-        &st.info,
-        platform(&st),
+        &m.name,
+        &m.info,
+        m.platform(),
         cfg.max_batch,
         cfg.max_delay.as_micros(),
     )))
+}
+
+/// Body of `POST /v2/repository/index`.
+#[derive(Debug, Default, Deserialize)]
+struct IndexRequest {
+    /// Only the versions ready for inference.
+    #[serde(default)]
+    ready: bool,
+}
+
+/// `POST /v2/repository/index`: every model of the repository with its versions and states.
+async fn repository_index(
+    State(st): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Vec<IndexEntry>>, ApiError> {
+    let body = body.map_err(|r| body_error(r, st.max_body))?;
+    let req: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("json", format!("bad index request: {e}")))?
+    };
+    if let Some(repo) = &st.repository {
+        if repo.mode == ControlMode::Explicit {
+            // Folders added since the start show up as unloaded, as in Triton.
+            let _ = repo.list(&st.models);
+        }
+    }
+    let mut index = st.models.index();
+    if req.ready {
+        index.retain(|e| e.state == "READY");
+    }
+    Ok(Json(index))
+}
+
+/// The repository of a server in explicit mode, or the 400 Triton gives otherwise.
+fn explicit(st: &AppState) -> Result<&Repository, ApiError> {
+    match &st.repository {
+        Some(repo) if repo.mode == ControlMode::Explicit => Ok(repo),
+        Some(repo) => Err(ApiError::bad_request(
+            "model_control",
+            format!(
+                "explicit model load / unload is not allowed with --model-control-mode {}; start the server with --model-control-mode explicit",
+                match repo.mode {
+                    ControlMode::Poll => "poll",
+                    _ => "none",
+                }
+            ),
+        )),
+        None => Err(ApiError::bad_request(
+            "model_control",
+            "this server serves one --model; load and unload need --model-repository DIR --model-control-mode explicit",
+        )),
+    }
+}
+
+/// `POST /v2/repository/models/{name}/load`: loads (or reloads) the versions the model's policy
+/// selects; answers once they are live.
+async fn repository_load(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    explicit(&st)?;
+    let body = body.map_err(|r| body_error(r, st.max_body))?;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let req: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("json", format!("bad load request: {e}")))?;
+        if let Some(params) = req.get("parameters").and_then(|p| p.as_object()) {
+            if let Some(key) = params
+                .keys()
+                .find(|k| *k == "config" || k.starts_with("file:"))
+            {
+                return Err(ApiError::bad_request(
+                    "load",
+                    format!(
+                        "load parameter '{key}' is not supported: pipe serve loads a model's config.pbtxt and files from the repository folder"
+                    ),
+                ));
+            }
+        }
+    }
+    let state = st.clone();
+    let target = name.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        match state.repository.as_ref() {
+            Some(repo) => repo.sync_model(&state.models, &target),
+            None => Err("this server serves no model repository".into()),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::backend(format!("model loading task failed: {e}")))?
+    .map_err(|e| ApiError::bad_request("load", format!("failed to load '{name}': {e}")))?;
+    if st.models.versions(&name).is_empty() {
+        let why: Vec<String> = report.refused.iter().map(|(_, w)| w.clone()).collect();
+        return Err(ApiError::bad_request(
+            "load",
+            format!(
+                "failed to load '{name}': {}",
+                if why.is_empty() {
+                    "no version to serve".to_string()
+                } else {
+                    why.join("; ")
+                }
+            ),
+        ));
+    }
+    Ok(Json(serde_json::json!({})))
+}
+
+/// `POST /v2/repository/models/{name}/unload`: takes every version of the model out of service;
+/// requests already queued for it are answered.
+async fn repository_unload(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let repo = explicit(&st)?;
+    repo.unload(&st.models, &name)
+        .map_err(|e| ApiError::bad_request("unload", format!("failed to unload '{name}': {e}")))?;
+    Ok(Json(serde_json::json!({})))
 }
 
 async fn metrics(State(st): State<Shared>) -> impl IntoResponse {
@@ -212,7 +335,7 @@ async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    check_model(&st, &p)?;
+    let m = model_of(&st, &p)?;
     let body = body.map_err(|r| body_error(r, st.max_body))?;
     let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
@@ -221,10 +344,10 @@ async fn infer(
         })?),
     };
     let (json, binary) = kserve::split_body(&body, header_len)?;
-    let mut req = kserve::parse_infer(json, binary, &st.info)?;
+    let mut req = kserve::parse_infer(json, binary, &m.info)?;
     let pixels = std::mem::take(&mut req.pixels);
-    let out = run_images(&st, pixels, req.n, deadline).await?;
-    let resp = kserve::build_response(&st.model_name, &req, &out, &st.info);
+    let out = run_images(&st, &m, pixels, req.n, deadline).await?;
+    let resp = kserve::build_response(&m.name, m.version, &req, &out, &m.info);
     st.metrics.record_answered();
     let any_binary = req.outputs.iter().any(|o| o.binary);
     Ok(infer_response(resp, any_binary))

@@ -1,10 +1,9 @@
 //! What the handlers share: the server's state, the request deadline, and the two steps every
 //! inference route takes (reading the body, running images through the batcher).
 
-use super::batcher::Batcher;
 use super::error::ApiError;
 use super::metrics::Metrics;
-use crate::onnx::ModelInfo;
+use super::repository::{Models, Repository, ServedModel};
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use ndarray::Array2;
@@ -14,12 +13,10 @@ use std::time::{Duration, Instant};
 
 /// Everything the handlers share.
 pub struct AppState {
-    /// The name clients use for the model (`pipe_vgg16`, as `pipe export --triton` names it).
-    pub model_name: String,
-    /// The served model's input size, classes and output name.
-    pub info: ModelInfo,
-    /// The batching queue and model workers.
-    pub batcher: Batcher,
+    /// The live models and versions, each with its batching queue and model workers.
+    pub models: Models,
+    /// The model repository followed (`--model-repository`), or `None` for `--model`.
+    pub repository: Option<Repository>,
     /// Server metrics.
     pub metrics: Arc<Metrics>,
     /// Set on SIGTERM/SIGINT: readiness turns false and new inference requests get 503.
@@ -54,14 +51,15 @@ pub fn body_error(r: BytesRejection, max_body: usize) -> ApiError {
     }
 }
 
-/// Queues `n` images with the request's `deadline` and waits for their output rows, at most until
-/// the deadline.
+/// Queues `n` images for `model` with the request's `deadline` and waits for their output rows, at
+/// most until the deadline.
 ///
 /// # Errors
 /// 503 while shutting down, when the queue is full, when the deadline passes or when the batcher
 /// drops the images unrun because they cannot be inferred by then; 500 when the backend fails.
 pub async fn run_images(
     st: &AppState,
+    model: &ServedModel,
     pixels: Vec<f32>,
     n: usize,
     deadline: Instant,
@@ -69,7 +67,7 @@ pub async fn run_images(
     if st.draining.load(Ordering::Acquire) {
         return Err(ApiError::shutting_down());
     }
-    let rx = st.batcher.submit(pixels, n, deadline)?;
+    let rx = model.batcher.submit(pixels, n, deadline)?;
     match tokio::time::timeout_at(deadline.into(), rx).await {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => Err(ApiError::backend("the model worker stopped")),
