@@ -10,6 +10,9 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    if std::env::var_os("CARGO_FEATURE_SERVE").is_some() {
+        grpc_service();
+    }
     if std::env::var_os("CARGO_FEATURE_TRAIN").is_none() {
         return;
     }
@@ -24,4 +27,21 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+/// With the `serve` feature: the KServe v2 gRPC server's messages and service trait, generated from
+/// Triton's own descriptors (`proto/triton.binpb`, taken from the tritonclient wheel by
+/// `scripts/triton_descriptors.py`) into `OUT_DIR/inference.rs`.
+fn grpc_service() {
+    use prost::Message;
+    println!("cargo:rerun-if-changed=proto/triton.binpb");
+    let bytes = std::fs::read("proto/triton.binpb").expect("proto/triton.binpb");
+    let fds = tonic_prost_build::FileDescriptorSet::decode(bytes.as_slice())
+        .expect("proto/triton.binpb is a FileDescriptorSet");
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_transport(false)
+        .generate_default_stubs(true)
+        .compile_fds(fds)
+        .expect("generating the gRPC service from proto/triton.binpb");
 }

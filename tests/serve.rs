@@ -136,6 +136,8 @@ fn argmax(v: &[f32]) -> usize {
 struct Server {
     child: Child,
     addr: String,
+    /// The gRPC service's address, when started with --grpc-port.
+    grpc: Option<String>,
     /// The line the server printed on stdout when it started listening.
     banner: String,
     log: PathBuf,
@@ -179,9 +181,22 @@ impl Server {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        // With --grpc-port, a second line gives the gRPC address.
+        let grpc = if extra.contains(&"--grpc-port") {
+            let mut second = String::new();
+            stdout.read_line(&mut second).unwrap();
+            let addr = second
+                .split("gRPC (KServe v2) on ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("no gRPC address in {second:?}"))
+                .trim()
+                .to_string();
+            Some(addr)
+        } else {
+            None
+        };
         let addr = line
             .split("listening on http://")
             .nth(1)
@@ -196,6 +211,7 @@ impl Server {
         Server {
             child,
             addr,
+            grpc,
             banner: line,
             log,
             _log_dir: log_dir,
@@ -679,6 +695,88 @@ fn a_model_repository_serves_each_version_as_pipe_infer_does_and_loads_and_unloa
     assert!(log.contains("version 1 of 'b' is live"), "{log}");
 }
 
+/// KServe v2 over gRPC with the official gRPC client, on the repository of the test above: health,
+/// metadata and configuration as over HTTP; answers (raw and typed contents, classification strings)
+/// identical to HTTP's and equal to `pipe infer`'s per version; the repository calls; a message over
+/// `--grpc-max-message-mb` refused with RESOURCE_EXHAUSTED while the server keeps serving.
+#[test]
+fn grpc_answers_as_http_does_and_refuses_an_oversized_message_cleanly() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path());
+    let pixels = dir.path().join("pixels.u8");
+    std::fs::write(&pixels, &fx.pixels).unwrap();
+    let server = Server::start_repository(
+        &repo,
+        "tract",
+        &[
+            "--model-control-mode",
+            "explicit",
+            "--load-model",
+            "*",
+            "--grpc-port",
+            "0",
+            "--grpc-max-message-mb",
+            "1",
+        ],
+    );
+    let out = dir.path().join("grpc.json");
+    let n = fx.files.len().to_string();
+    run_python(
+        &root().join(".venv/bin/python"),
+        "tests/grpc_client.py",
+        &[
+            "--http",
+            &server.addr,
+            "--grpc",
+            server.grpc.as_deref().unwrap(),
+            "--pixels",
+            s(&pixels),
+            "--n",
+            &n,
+            "--size",
+            "32",
+            "--out",
+            s(&out),
+        ],
+    );
+    let results: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let got = |key: &str| -> Vec<Vec<f32>> {
+        results[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(floats)
+            .collect()
+    };
+    let int8 = infer_outputs("tract", int8_model());
+    let float = infer_outputs("tract", &fx.model);
+    let logits = infer_outputs("tract", &repo.join("b/1/model.onnx"));
+    for (key, expected) in [("a", &int8), ("a1", &float), ("b", &logits)] {
+        let d = max_diff(&got(key), expected);
+        assert!(
+            d <= TOLERANCE,
+            "gRPC {key}: max |Δ| {d:e} against pipe infer"
+        );
+    }
+    let log = server.stop();
+    assert!(
+        log.contains("path=\"ModelInfer\""),
+        "gRPC requests are logged: {log}"
+    );
+}
+
+/// The protocol pipe reads `config.pbtxt` with and serves gRPC from, `proto/triton.binpb`, is the one
+/// compiled into the official tritonclient wheel.
+#[test]
+fn the_committed_protocol_is_tritonclient_s() {
+    run_python(
+        &root().join(".venv/bin/python"),
+        "scripts/triton_descriptors.py",
+        &["--check", s(&root().join("proto/triton.binpb"))],
+    );
+}
+
 /// Poll mode: new versions dropped into the repository go live, a truncated one is refused (logged,
 /// listed as unavailable) while the live version keeps answering and the server stays ready, and
 /// requests sent all along by four clients across three version swaps all succeed, each answered by
@@ -802,6 +900,17 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
             .iter()
             .any(|m| m["version"] == "3" && m["state"] == "UNAVAILABLE")
     });
+    // Two more scans later, the refused file has not been tried again, and version 2 still serves.
+    let polls = |server: &Server| -> u64 {
+        metrics_text(server)
+            .lines()
+            .find_map(|l| l.strip_prefix("pipe_repository_polls_total "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let seen_polls = polls(&server);
+    wait_for("two more scans", &|| polls(&server) >= seen_polls + 2);
     assert_eq!(versions(&server), json!(["2"]));
     let ready = client().get(server.url("/v2/health/ready")).send().unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
@@ -841,7 +950,11 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
         }
     }
     let log = server.stop();
-    assert!(log.contains("version 3 of 'p' refused ("), "{log}");
+    assert_eq!(
+        log.matches("version 3 of 'p' refused (").count(),
+        1,
+        "a refused file is tried once until it changes: {log}"
+    );
     assert!(log.contains("version(s) 2 keep serving"), "{log}");
     eprintln!("{answered} requests answered across the swaps by versions {seen:?}, none failed");
     assert!(

@@ -201,26 +201,35 @@ pub fn parse_infer(json: &[u8], binary: &[u8], info: &ModelInfo) -> Result<Parse
 
 /// Checks the input's name, datatype and shape; returns (images, values).
 fn check_input(input: &RequestInput<'_>, info: &ModelInfo) -> Result<(usize, usize), ApiError> {
+    check_images(&input.name, &input.datatype, &input.shape, info)
+}
+
+/// Checks that a request's input tensor is the model's `images` (`name`), FP32 (`datatype`), of
+/// shape `[N, S, S, 3]` with N >= 1 and S the model's input size; returns (N, values). The same
+/// rules for HTTP and gRPC requests.
+///
+/// # Errors
+/// 400 naming what is wrong.
+pub fn check_images(
+    name: &str,
+    datatype: &str,
+    shape: &[i64],
+    info: &ModelInfo,
+) -> Result<(usize, usize), ApiError> {
     let s = info.input_size as i64;
-    if input.name != crate::contract::INPUT_NAME {
+    if name != crate::contract::INPUT_NAME {
         return Err(ApiError::bad_request(
             "tensor_name",
-            format!(
-                "unknown input '{}'; the model's input is 'images'",
-                input.name
-            ),
+            format!("unknown input '{name}'; the model's input is 'images'"),
         ));
     }
-    if input.datatype != "FP32" {
+    if datatype != "FP32" {
         return Err(ApiError::bad_request(
             "datatype",
-            format!(
-                "input 'images' has datatype '{}'; the model takes FP32",
-                input.datatype
-            ),
+            format!("input 'images' has datatype '{datatype}'; the model takes FP32"),
         ));
     }
-    match input.shape.as_slice() {
+    match shape {
         [n, h, w, 3] if *n >= 1 && *h == s && *w == s => {
             let n = usize::try_from(*n).map_err(|_| ApiError::bad_request("shape", "batch size too large"))?;
             let count = n
@@ -365,7 +374,7 @@ pub fn classification_string(value: f32, index: usize, label: Option<&str>) -> S
 }
 
 /// Triton's classification strings of the top `k` classes of every row, row by row.
-fn classifications(out: &Array2<f32>, k: usize, info: &ModelInfo) -> Vec<String> {
+pub fn classifications(out: &Array2<f32>, k: usize, info: &ModelInfo) -> Vec<String> {
     let mut strings = Vec::with_capacity(out.nrows() * k);
     for row in out.rows() {
         let row = row.to_vec();

@@ -13,6 +13,7 @@ pub mod batcher;
 pub mod bounds;
 pub mod classify;
 pub mod error;
+pub mod grpc;
 pub mod kserve;
 pub mod metrics;
 pub mod repository;
@@ -70,6 +71,10 @@ pub struct ServeOptions {
     pub host: String,
     /// Port (0 = any free port; the bound address is passed to `on_listening`).
     pub port: u16,
+    /// Port of the KServe v2 gRPC service (`None`: HTTP only; 0 = any free port).
+    pub grpc_port: Option<u16>,
+    /// Largest gRPC message either way, bytes (larger: `RESOURCE_EXHAUSTED`).
+    pub grpc_max_message: usize,
     /// Largest batch per backend run, images, as given by `--max-batch` (`None`: not given,
     /// [`bounds::DEFAULT_MAX_BATCH`]); the server lowers it to the memory bound of the model's input
     /// size ([`MaxBatch`]) and, batch by batch, to what runs in half the request timeout.
@@ -109,6 +114,8 @@ pub struct ServeSummary {
 pub struct Listening {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The bound address of the gRPC service, if any.
+    pub grpc_addr: Option<SocketAddr>,
     /// The model versions live at the start, by name and version.
     pub models: Vec<ListeningModel>,
 }
@@ -279,8 +286,23 @@ async fn serve_http(
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
+    let grpc_listener = match opts.grpc_port {
+        None => None,
+        Some(port) => {
+            let addr = format!("{}:{}", opts.host, port);
+            Some(
+                tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?,
+            )
+        }
+    };
     let listening = Listening {
         addr: listener.local_addr()?,
+        grpc_addr: match &grpc_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        },
         models: state
             .models
             .all()
@@ -307,9 +329,39 @@ async fn serve_http(
         _ => None,
     };
     let app = routes::router(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(drain_on_signal(state, signals, opts.drain))
-        .await?;
+    // The drain ends both servers: HTTP through axum's graceful shutdown, gRPC when told so.
+    let (stopped, stop) = tokio::sync::watch::channel(false);
+    let drain_time = opts.drain;
+    let drain = {
+        let state = state.clone();
+        async move {
+            drain_on_signal(state, signals, drain_time).await;
+            let _ = stopped.send(true);
+        }
+    };
+    let http = async {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(drain)
+            .await
+    };
+    match grpc_listener {
+        None => http.await?,
+        Some(l) => {
+            let mut stop = stop.clone();
+            let grpc = tonic::transport::Server::builder()
+                .layer(tower::util::MapResponseLayer::new(grpc::resource_exhausted))
+                .add_service(grpc::Service::server(state.clone(), opts.grpc_max_message))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(l),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                );
+            let (h, g) = tokio::join!(http, grpc);
+            h?;
+            g.map_err(|e| ServeError::Worker(format!("gRPC server: {e}")))?;
+        }
+    }
     if let Some(p) = poller {
         p.abort();
     }

@@ -3,7 +3,7 @@
 //! versions served at once.
 //!
 //! - [`ModelConfig::parse`] reads `config.pbtxt` (protobuf text format) against Triton's own
-//!   `inference.ModelConfig` message, whose descriptor `proto/model_config.binpb` is taken from the
+//!   `inference.ModelConfig` message, whose descriptor `proto/triton.binpb` is taken from the
 //!   official `tritonclient` wheel (`scripts/triton_descriptors.py`): a field Triton does not know is
 //!   an error, as in Triton.
 //! - [`VersionPolicy`] is the config's `version_policy` (latest N, all, specific; Triton's default is
@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 /// Triton's `inference.ModelConfig` protocol, as a serialized `FileDescriptorSet` taken from the
 /// `tritonclient` wheel's compiled `model_config_pb2` (see `scripts/triton_descriptors.py`).
-static MODEL_CONFIG_DESCRIPTORS: &[u8] = include_bytes!("../../proto/model_config.binpb");
+static MODEL_CONFIG_DESCRIPTORS: &[u8] = include_bytes!("../../proto/triton.binpb");
 
 /// The file a version folder holds when `config.pbtxt` names none (Triton's default for ONNX).
 pub const DEFAULT_MODEL_FILENAME: &str = "model.onnx";

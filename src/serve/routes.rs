@@ -252,8 +252,53 @@ fn explicit(st: &AppState) -> Result<&Repository, ApiError> {
     }
 }
 
-/// `POST /v2/repository/models/{name}/load`: loads (or reloads) the versions the model's policy
-/// selects; answers once they are live.
+/// Loads (or reloads) the versions the policy of model `name` selects, answering once they are live
+/// (explicit mode; HTTP and gRPC).
+///
+/// # Errors
+/// 400 outside explicit mode, for a model not in the repository, or when no version could be
+/// loaded (with why).
+pub async fn load_model(st: &Shared, name: &str) -> Result<(), ApiError> {
+    explicit(st)?;
+    let state = st.clone();
+    let target = name.to_string();
+    let report = tokio::task::spawn_blocking(move || match state.repository.as_ref() {
+        Some(repo) => repo.sync_model(&state.models, &target),
+        None => Err("this server serves no model repository".into()),
+    })
+    .await
+    .map_err(|e| ApiError::backend(format!("model loading task failed: {e}")))?
+    .map_err(|e| ApiError::bad_request("load", format!("failed to load '{name}': {e}")))?;
+    if st.models.versions(name).is_empty() {
+        let why: Vec<String> = report.refused.iter().map(|(_, w)| w.clone()).collect();
+        return Err(ApiError::bad_request(
+            "load",
+            format!(
+                "failed to load '{name}': {}",
+                if why.is_empty() {
+                    "no version to serve".to_string()
+                } else {
+                    why.join("; ")
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Takes every version of model `name` out of service; requests already queued for it are
+/// answered (explicit mode; HTTP and gRPC).
+///
+/// # Errors
+/// 400 outside explicit mode or for an unknown model.
+pub fn unload_model(st: &AppState, name: &str) -> Result<(), ApiError> {
+    let repo = explicit(st)?;
+    repo.unload(&st.models, name)
+        .map_err(|e| ApiError::bad_request("unload", format!("failed to unload '{name}': {e}")))
+}
+
+/// `POST /v2/repository/models/{name}/load`: [`load_model`]; Triton's `config` and `file:`
+/// overrides are refused.
 async fn repository_load(
     State(st): State<Shared>,
     Path(name): Path<String>,
@@ -278,43 +323,16 @@ async fn repository_load(
             }
         }
     }
-    let state = st.clone();
-    let target = name.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        match state.repository.as_ref() {
-            Some(repo) => repo.sync_model(&state.models, &target),
-            None => Err("this server serves no model repository".into()),
-        }
-    })
-    .await
-    .map_err(|e| ApiError::backend(format!("model loading task failed: {e}")))?
-    .map_err(|e| ApiError::bad_request("load", format!("failed to load '{name}': {e}")))?;
-    if st.models.versions(&name).is_empty() {
-        let why: Vec<String> = report.refused.iter().map(|(_, w)| w.clone()).collect();
-        return Err(ApiError::bad_request(
-            "load",
-            format!(
-                "failed to load '{name}': {}",
-                if why.is_empty() {
-                    "no version to serve".to_string()
-                } else {
-                    why.join("; ")
-                }
-            ),
-        ));
-    }
+    load_model(&st, &name).await?;
     Ok(Json(serde_json::json!({})))
 }
 
-/// `POST /v2/repository/models/{name}/unload`: takes every version of the model out of service;
-/// requests already queued for it are answered.
+/// `POST /v2/repository/models/{name}/unload`: [`unload_model`].
 async fn repository_unload(
     State(st): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let repo = explicit(&st)?;
-    repo.unload(&st.models, &name)
-        .map_err(|e| ApiError::bad_request("unload", format!("failed to unload '{name}': {e}")))?;
+    unload_model(&st, &name)?;
     Ok(Json(serde_json::json!({})))
 }
 
