@@ -20,10 +20,7 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-
-def check(cond, what):
-    if not cond:
-        sys.exit(f"check failed: {what}")
+from triton_checks import check
 
 
 def main():

@@ -11,25 +11,11 @@ with a message on the first failed check.
 
 import argparse
 import json
-import sys
 
 import numpy as np
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
 
-
-def check(cond, what):
-    if not cond:
-        sys.exit(f"check failed: {what}")
-
-
-def expect_error(fn, fragment):
-    try:
-        fn()
-    except InferenceServerException as e:
-        check(fragment in str(e), f"error {e!r} should mention {fragment!r}")
-        return str(e)
-    sys.exit(f"expected an error mentioning {fragment!r}")
+from triton_checks import check, expect_error
 
 
 def states(client):

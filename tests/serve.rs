@@ -633,6 +633,35 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Runs the Triton client `script` (`tests/*_client.py`) on the fixture's images with `args` (the
+/// server's addresses) and returns the rows it wrote for each key (a model version).
+fn client_outputs(script: &str, args: &[&str]) -> HashMap<String, Vec<Vec<f32>>> {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let pixels = dir.path().join("pixels.u8");
+    std::fs::write(&pixels, &fx.pixels).unwrap();
+    let out = dir.path().join("outputs.json");
+    let n = fx.files.len().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([
+        "--pixels",
+        s(&pixels),
+        "--n",
+        &n,
+        "--size",
+        "32",
+        "--out",
+        s(&out),
+    ]);
+    run_python(&root().join(".venv/bin/python"), script, &all);
+    let results: HashMap<String, Value> =
+        serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    results
+        .into_iter()
+        .map(|(k, v)| (k, v.as_array().unwrap().iter().map(floats).collect()))
+        .collect()
+}
+
 /// A repository with two models and two versions, in explicit mode, driven by the official client:
 /// the index, readiness and metadata per version, routing (the highest version without one), load
 /// and unload, refusals; every version answers what `pipe infer` gives with its own file.
@@ -642,8 +671,6 @@ fn a_model_repository_serves_each_version_as_pipe_infer_does_and_loads_and_unloa
     let dir = tempfile::tempdir().unwrap();
     let repo = repository(dir.path());
     let b_model = repo.join("b/1/model.onnx");
-    let pixels = dir.path().join("pixels.u8");
-    std::fs::write(&pixels, &fx.pixels).unwrap();
     let backend = "tract";
     let server = Server::start_repository(
         &repo,
@@ -655,38 +682,12 @@ fn a_model_repository_serves_each_version_as_pipe_infer_does_and_loads_and_unloa
         "{}",
         server.banner
     );
-    let out = dir.path().join("repository.json");
-    let n = fx.files.len().to_string();
-    run_python(
-        &root().join(".venv/bin/python"),
-        "tests/repository_client.py",
-        &[
-            "--url",
-            &server.addr,
-            "--pixels",
-            s(&pixels),
-            "--n",
-            &n,
-            "--size",
-            "32",
-            "--out",
-            s(&out),
-        ],
-    );
-    let results: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    let got = |key: &str| -> Vec<Vec<f32>> {
-        results[key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(floats)
-            .collect()
-    };
+    let got = client_outputs("tests/repository_client.py", &["--url", &server.addr]);
     let float = infer_outputs(backend, &fx.model);
     let int8 = infer_outputs(backend, int8_model());
     let logits = infer_outputs(backend, &b_model);
     for (key, expected) in [("a", &int8), ("a1", &float), ("a2", &int8), ("b", &logits)] {
-        let d = max_diff(&got(key), expected);
+        let d = max_diff(&got[key], expected);
         assert!(d <= TOLERANCE, "{key}: max |Δ| {d:e} against pipe infer");
     }
     // The versions really differ, so the routing above is what the comparisons show.
@@ -704,8 +705,6 @@ fn grpc_answers_as_http_does_and_refuses_an_oversized_message_cleanly() {
     let fx = fixture();
     let dir = tempfile::tempdir().unwrap();
     let repo = repository(dir.path());
-    let pixels = dir.path().join("pixels.u8");
-    std::fs::write(&pixels, &fx.pixels).unwrap();
     let server = Server::start_repository(
         &repo,
         "tract",
@@ -720,40 +719,20 @@ fn grpc_answers_as_http_does_and_refuses_an_oversized_message_cleanly() {
             "1",
         ],
     );
-    let out = dir.path().join("grpc.json");
-    let n = fx.files.len().to_string();
-    run_python(
-        &root().join(".venv/bin/python"),
+    let got = client_outputs(
         "tests/grpc_client.py",
         &[
             "--http",
             &server.addr,
             "--grpc",
             server.grpc.as_deref().unwrap(),
-            "--pixels",
-            s(&pixels),
-            "--n",
-            &n,
-            "--size",
-            "32",
-            "--out",
-            s(&out),
         ],
     );
-    let results: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    let got = |key: &str| -> Vec<Vec<f32>> {
-        results[key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(floats)
-            .collect()
-    };
     let int8 = infer_outputs("tract", int8_model());
     let float = infer_outputs("tract", &fx.model);
     let logits = infer_outputs("tract", &repo.join("b/1/model.onnx"));
     for (key, expected) in [("a", &int8), ("a1", &float), ("b", &logits)] {
-        let d = max_diff(&got(key), expected);
+        let d = max_diff(&got[key], expected);
         assert!(
             d <= TOLERANCE,
             "gRPC {key}: max |Δ| {d:e} against pipe infer"

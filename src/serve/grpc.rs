@@ -7,7 +7,7 @@
 
 use super::error::ApiError;
 use super::kserve;
-use super::repository::{ControlMode, ServedModel};
+use super::repository::ServedModel;
 use super::state::{run_images, Shared};
 use axum::http::StatusCode;
 use std::sync::atomic::Ordering;
@@ -428,17 +428,8 @@ impl GrpcInferenceService for Service {
         req: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
         let r = req.into_inner();
-        if let Some(repo) = &self.state.repository {
-            if repo.mode == ControlMode::Explicit {
-                let _ = repo.list(&self.state.models);
-            }
-        }
-        let models = self
-            .state
-            .models
-            .index()
+        let models = super::routes::index(&self.state, r.ready)
             .into_iter()
-            .filter(|e| !r.ready || e.state == "READY")
             .map(|e| repository_index_response::ModelIndex {
                 name: e.name,
                 version: e.version.unwrap_or_default(),

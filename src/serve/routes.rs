@@ -218,17 +218,23 @@ async fn repository_index(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("json", format!("bad index request: {e}")))?
     };
+    Ok(Json(index(&st, req.ready)))
+}
+
+/// The repository index (HTTP and gRPC): every model and version with its state, only the `READY`
+/// ones when `ready`. In explicit mode, model folders added since the start are listed as unloaded,
+/// as in Triton.
+pub fn index(st: &AppState, ready: bool) -> Vec<IndexEntry> {
     if let Some(repo) = &st.repository {
         if repo.mode == ControlMode::Explicit {
-            // Folders added since the start show up as unloaded, as in Triton.
             let _ = repo.list(&st.models);
         }
     }
     let mut index = st.models.index();
-    if req.ready {
+    if ready {
         index.retain(|e| e.state == "READY");
     }
-    Ok(Json(index))
+    index
 }
 
 /// The repository of a server in explicit mode, or the 400 Triton gives otherwise.
