@@ -224,12 +224,15 @@ pub fn plural(n: usize, noun: &str) -> String {
     }
 }
 
-/// A wall time for people: `45 s`, `12 min`, `1 h 05 min` (`seconds` rounded; negative as 0).
+/// A wall time for people: `45 s`, `2 min 30 s`, `12 min`, `1 h 05 min` (`seconds` rounded to
+/// the second below 10 minutes, to the minute above; negative as 0).
 pub fn duration(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
     match s {
         0..=89 => format!("{s} s"),
-        90..=5399 => format!("{} min", (s + 30) / 60),
+        90..=599 if s.is_multiple_of(60) => format!("{} min", s / 60),
+        90..=599 => format!("{} min {:02} s", s / 60, s % 60),
+        600..=5399 => format!("{} min", (s + 30) / 60),
         _ => {
             let m = (s + 30) / 60;
             format!("{} h {:02} min", m / 60, m % 60)
@@ -259,6 +262,19 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(0), "0");
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(duration(-3.0), "0 s");
+        assert_eq!(duration(89.4), "89 s");
+        assert_eq!(duration(150.0), "2 min 30 s");
+        assert_eq!(duration(120.2), "2 min");
+        assert_eq!(duration(599.0), "9 min 59 s");
+        assert_eq!(duration(2700.0), "45 min");
+        assert_eq!(duration(629.0), "10 min");
+        assert_eq!(duration(5400.0), "1 h 30 min");
+        assert_eq!(duration(3.0 * 3600.0 + 32.0 * 60.0), "3 h 32 min");
     }
 
     #[test]

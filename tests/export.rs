@@ -360,6 +360,38 @@ fn triton_repository_layout_config_and_labels() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     assert_eq!(got, want, "{config}");
+    // A second export is the next version; the model's config (here given a version policy by
+    // hand) and labels stay as they are.
+    let edited = config + "version_policy: { all: {} }\n";
+    std::fs::write(dir.join("config.pbtxt"), &edited).unwrap();
+    let out = Pipe::new("export")
+        .run("t")
+        .runs(&w.runs)
+        .arg("--triton", &repo)
+        .ok();
+    assert!(
+        out.stdout
+            .contains("(version 2; its config.pbtxt and labels.txt kept as they were"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        std::fs::read(dir.join("2/model.onnx")).unwrap(),
+        std::fs::read(&model).unwrap(),
+        "the same run exports the same bytes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("config.pbtxt")).unwrap(),
+        edited
+    );
+    let err = Pipe::new("export")
+        .run("t")
+        .runs(&w.runs)
+        .arg("--triton", &repo)
+        .arg("--triton-version", "0")
+        .fails();
+    assert_contains(&err, &["--triton-version must be at least 1"]);
+    assert!(!dir.join("0").exists() && !dir.join("3").exists());
 }
 
 #[test]

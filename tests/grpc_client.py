@@ -51,6 +51,10 @@ def main():
         hc = h.get_model_config(model, version)
         check(gc["name"] == hc["name"] and int(gc["max_batch_size"]) == hc["max_batch_size"], f"config {gc} {hc}")
         check(gc["input"][0]["format"] == "FORMAT_NHWC", f"config input {gc}")
+        # Each model's version policy, from its config.pbtxt ('a': all; 'b': Triton's default).
+        policy = {"a": {"all": {}}, "b": {"latest": {"num_versions": 1}}}[model]
+        check(gc["version_policy"] == policy and hc["version_policy"] == policy,
+              f"version policy {gc.get('version_policy')} {hc.get('version_policy')}")
 
     def infer(client, module, model, version="", classes=0):
         inp = module.InferInput("images", list(images.shape), "FP32")

@@ -672,6 +672,16 @@ fn a_model_repository_serves_each_version_as_pipe_infer_does_and_loads_and_unloa
     let repo = repository(dir.path());
     let b_model = repo.join("b/1/model.onnx");
     let backend = "tract";
+    // A model to load that the repository lacks stops the command before the server starts.
+    let err = Pipe::new("serve --port 0 --model-control-mode explicit")
+        .arg("--model-repository", &repo)
+        .arg("--load-model", "nosuch")
+        .fails_with(1);
+    assert!(
+        err.contains("--load-model nosuch: no model 'nosuch' in the repository")
+            && err.contains("(its models: a, b)"),
+        "{err}"
+    );
     let server = Server::start_repository(
         &repo,
         backend,
@@ -767,12 +777,18 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
     let repo = dir.path().join("repo");
     let model = repo.join("p");
     let put = |version: u32, bytes: &[u8]| {
-        // As a deployment should: write beside, then rename into place.
+        // As a deployment should: write beside, then rename into place (a new version's folder
+        // with its file in it, or the file of an existing one).
         let folder = model.join(version.to_string());
-        std::fs::create_dir_all(&folder).unwrap();
-        let tmp = dir.path().join("incoming.onnx");
-        std::fs::write(&tmp, bytes).unwrap();
-        std::fs::rename(&tmp, folder.join("model.onnx")).unwrap();
+        let incoming = dir.path().join("incoming");
+        std::fs::create_dir_all(&incoming).unwrap();
+        std::fs::write(incoming.join("model.onnx"), bytes).unwrap();
+        if folder.exists() {
+            std::fs::rename(incoming.join("model.onnx"), folder.join("model.onnx")).unwrap();
+        } else {
+            std::fs::create_dir_all(&model).unwrap();
+            std::fs::rename(&incoming, &folder).unwrap();
+        }
     };
     let float_bytes = std::fs::read(&fx.model).unwrap();
     let int8_bytes = std::fs::read(int8_model()).unwrap();
@@ -898,6 +914,39 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
     wait_for("version 3 live", &|| versions(&server) == json!(["3"]));
     put(4, &int8_bytes);
     wait_for("version 4 live", &|| versions(&server) == json!(["4"]));
+    // A version folder without the model file is a version that fails, as in Triton: listed with
+    // the reason, and version 4 keeps serving.
+    std::fs::create_dir_all(model.join("5")).unwrap();
+    let entry = |version: &str| -> Option<Value> {
+        index()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["version"] == version)
+            .cloned()
+    };
+    wait_for("empty version 5 listed", &|| {
+        entry("5").is_some_and(|e| {
+            e["state"] == "UNAVAILABLE"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("holds no model.onnx"))
+        })
+    });
+    // A broken config.pbtxt is not applied; version 4 keeps serving, its index entry says why,
+    // and the error is logged once, not at every scan.
+    std::fs::write(model.join("config.pbtxt"), "name: \"p\"\nmax_batch: 8\n").unwrap();
+    wait_for("the config error in the index", &|| {
+        entry("4").is_some_and(|e| {
+            e["state"] == "READY"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("max_batch"))
+        })
+    });
+    let seen_polls = polls(&server);
+    wait_for("two more scans", &|| polls(&server) >= seen_polls + 2);
+    assert_eq!(versions(&server), json!(["4"]));
     // Requests keep being answered by the last version before the clients stop.
     wait_for("answers by version 4", &|| {
         by_last.load(std::sync::atomic::Ordering::Acquire) >= 8
@@ -935,6 +984,15 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
         "a refused file is tried once until it changes: {log}"
     );
     assert!(log.contains("version(s) 2 keep serving"), "{log}");
+    assert!(
+        log.contains("version 5 of 'p' refused (") && log.contains("version(s) 4 keep serving"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("model 'p' not synced: ").count(),
+        1,
+        "a config error is logged once: {log}"
+    );
     eprintln!("{answered} requests answered across the swaps by versions {seen:?}, none failed");
     assert!(
         seen.contains("1") && seen.contains("4"),

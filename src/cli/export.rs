@@ -101,9 +101,10 @@ pub struct ExportArgs {
     /// faster at large input sizes) or tract.
     #[arg(long, value_enum, value_name = "ENGINE", default_value_t = DEFAULT_INT8_BACKEND, requires = "quantize")]
     calibration_backend: BackendKind,
-    /// Write a Triton Inference Server model repository in this folder instead of a single file:
-    /// DIR/<triton-name>/1/model.onnx, config.pbtxt (dynamic batching) and labels.txt. The ONNX file
-    /// is written only there (naming an output file as well is refused).
+    /// Write into a Triton Inference Server model repository in this folder instead of a single
+    /// file: DIR/<triton-name>/<version>/model.onnx, and config.pbtxt (dynamic batching) and
+    /// labels.txt when the model's folder has no config.pbtxt yet (an existing one is kept). The ONNX
+    /// file is written only there (naming an output file as well is refused).
     #[arg(long, value_name = "DIR")]
     triton: Option<PathBuf>,
     /// Model name inside the Triton repository.
@@ -112,6 +113,10 @@ pub struct ExportArgs {
     /// Largest batch Triton may form (max_batch_size in config.pbtxt).
     #[arg(long, default_value_t = 256)]
     triton_max_batch: usize,
+    /// The version folder inside the Triton model's folder [default: one above its highest
+    /// version, 1 for a new model]; an existing version's model.onnx is replaced.
+    #[arg(long, value_name = "N", requires = "triton")]
+    triton_version: Option<u64>,
 }
 
 impl ExportArgs {
@@ -122,11 +127,20 @@ impl ExportArgs {
     pub fn run(self) -> Result<()> {
         let run_dir = self.run.resolve()?;
         let destination = match self.triton {
-            Some(repository) => Destination::Triton(TritonLayout {
-                repository,
-                name: self.triton_name,
-                max_batch_size: self.triton_max_batch,
-            }),
+            Some(repository) => {
+                if self.triton_version == Some(0) {
+                    anyhow::bail!("--triton-version must be at least 1 (Triton's version folders are 1, 2, ...)");
+                }
+                let version = self
+                    .triton_version
+                    .unwrap_or_else(|| TritonLayout::next_version(&repository, &self.triton_name));
+                Destination::Triton(TritonLayout {
+                    repository,
+                    name: self.triton_name,
+                    max_batch_size: self.triton_max_batch,
+                    version,
+                })
+            }
             None => Destination::File(self.output.unwrap_or_else(|| PathBuf::from(DEFAULT_OUTPUT))),
         };
         pipe::util::check_output_path(&destination.model_file(), true)?;

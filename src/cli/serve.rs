@@ -51,7 +51,9 @@ pub struct ServeArgs {
     /// Poll mode's interval between scans of the repository, seconds.
     #[arg(long, default_value_t = 15, value_name = "SECS")]
     pub repository_poll_secs: u64,
-    /// Explicit mode: a model to load at start (repeatable; * for all).
+    /// Explicit mode: a model to load at start (repeatable; * for all). A name with no folder in the
+    /// repository stops the command before the server starts, as in Triton; a model whose versions
+    /// fail to load is listed UNAVAILABLE with the reason, and the others are served.
     #[arg(long, value_name = "MODEL", requires = "model_repository")]
     pub load_model: Vec<String>,
     #[command(flatten)]
@@ -187,7 +189,8 @@ impl ServeArgs {
     /// Checks the options and turns them into the library's [`ServeOptions`].
     ///
     /// # Errors
-    /// [`Error::Usage`] for a zero size or count, or a missing model file.
+    /// [`Error::Usage`] for a zero size or count, a missing model file or repository, or a
+    /// `--load-model` name with no folder in the repository.
     fn into_options(self) -> pipe::Result<ServeOptions> {
         if self.max_batch == Some(0) || self.queue == 0 || self.instances == 0 {
             return Err(Error::Usage(
@@ -217,6 +220,24 @@ impl ServeArgs {
                     return Err(Error::Usage(
                         "--load-model needs --model-control-mode explicit (the other modes load every model)".into(),
                     ));
+                }
+                // As Triton refuses to start when a model to load is not in the repository.
+                let unknown: Vec<&String> = self
+                    .load_model
+                    .iter()
+                    .filter(|n| n.as_str() != "*" && !dir.join(n).is_dir())
+                    .collect();
+                if let Some(name) = unknown.first() {
+                    let names = pipe::serve::repository::model_names(&dir).unwrap_or_default();
+                    return Err(Error::Usage(format!(
+                        "--load-model {name}: no model '{name}' in the repository {} (its models: {})",
+                        dir.display(),
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    )));
                 }
                 ModelSource::Repository {
                     dir,

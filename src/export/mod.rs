@@ -100,7 +100,7 @@ pub struct RunExportOptions {
 pub struct ExportSummary {
     /// The name of the run exported (its folder's name).
     pub run: String,
-    /// The ONNX file written: the file asked for, or `DIR/<name>/1/model.onnx` in a Triton
+    /// The ONNX file written: the file asked for, or `DIR/<name>/<version>/model.onnx` in a Triton
     /// repository.
     pub path: PathBuf,
     /// Verification against tch's test-set probabilities, when it ran (a float export with test
@@ -112,20 +112,35 @@ pub struct ExportSummary {
     pub bytes: u64,
     /// ONNX opset of the default domain (`ai.onnx`).
     pub opset: i64,
-    /// The Triton model folder (`DIR/<name>`), for a Triton export.
-    pub triton_model_dir: Option<PathBuf>,
+    /// For a Triton export: the model folder (`DIR/<name>`), and whether `config.pbtxt` and
+    /// `labels.txt` were written (false: the folder had a `config.pbtxt`, kept as it was).
+    pub triton_model_dir: Option<(PathBuf, bool)>,
 }
 
 impl std::fmt::Display for ExportSummary {
     /// What `pipe export` prints: the Triton folder and the verification when there are, then
     /// `exported run <run> to <path> (<MB> MB, opset <opset>)`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Some(dir) = &self.triton_model_dir {
-            writeln!(
-                f,
-                "Triton model repository: {} (config.pbtxt, labels.txt, 1/model.onnx)",
-                dir.display()
-            )?;
+        if let Some((dir, config_written)) = &self.triton_model_dir {
+            let version = self
+                .path
+                .parent()
+                .and_then(Path::file_name)
+                .map(|v| v.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if *config_written {
+                writeln!(
+                    f,
+                    "Triton model repository: {} (config.pbtxt, labels.txt, {version}/model.onnx)",
+                    dir.display()
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "Triton model repository: {} (version {version}; its config.pbtxt and labels.txt kept as they were: delete them to have pipe write them anew)",
+                    dir.display()
+                )?;
+            }
         }
         if let Some(v) = &self.verification {
             writeln!(f, "{v}")?;
@@ -268,14 +283,19 @@ pub fn export_run(
         .len();
     let triton_model_dir = match destination {
         Destination::Triton(layout) => {
-            let info = crate::onnx::ModelInfo::read(&output)?;
-            write_triton_config(
-                &layout.model_dir(),
-                &layout.name,
-                &info,
-                layout.max_batch_size,
-            )?;
-            Some(layout.model_dir())
+            // A model folder's config (its version policy, say) holds for every version: a new
+            // version leaves an existing one as it is.
+            let write = !layout.model_dir().join("config.pbtxt").exists();
+            if write {
+                let info = crate::onnx::ModelInfo::read(&output)?;
+                write_triton_config(
+                    &layout.model_dir(),
+                    &layout.name,
+                    &info,
+                    layout.max_batch_size,
+                )?;
+            }
+            Some((layout.model_dir(), write))
         }
         Destination::File(_) => None,
     };

@@ -1,5 +1,5 @@
 //! Triton Inference Server model repository layout of an exported model:
-//! `DIR/<name>/1/model.onnx`, `DIR/<name>/config.pbtxt` and `DIR/<name>/labels.txt`.
+//! `DIR/<name>/<version>/model.onnx`, `DIR/<name>/config.pbtxt` and `DIR/<name>/labels.txt`.
 
 use crate::contract::INPUT_NAME;
 use crate::error::Result;
@@ -15,6 +15,8 @@ pub struct TritonLayout {
     pub name: String,
     /// Largest batch Triton may form (`max_batch_size` in `config.pbtxt`).
     pub max_batch_size: usize,
+    /// The version folder the model goes into (at least 1).
+    pub version: u64,
 }
 
 impl TritonLayout {
@@ -23,9 +25,25 @@ impl TritonLayout {
         self.repository.join(&self.name)
     }
 
-    /// The ONNX file of version 1, `DIR/<name>/1/model.onnx`.
+    /// The ONNX file, `DIR/<name>/<version>/model.onnx`.
     pub fn model_file(&self) -> PathBuf {
-        self.model_dir().join("1").join("model.onnx")
+        self.model_dir()
+            .join(self.version.to_string())
+            .join("model.onnx")
+    }
+
+    /// The version after the highest numeric folder of `DIR/<name>` (1 when there is none, or no
+    /// such folder yet): where a new export goes by default.
+    pub fn next_version(repository: &Path, name: &str) -> u64 {
+        let highest = std::fs::read_dir(repository.join(name))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        highest + 1
     }
 }
 

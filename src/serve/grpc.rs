@@ -302,9 +302,26 @@ impl GrpcInferenceService for Service {
         let m = self.model(&r.name, &r.version)?;
         let s = m.info.input_size as i64;
         let cfg = m.batcher.config();
+        use model_version_policy::PolicyChoice;
+        let policy = match &m.policy {
+            super::repository::VersionPolicy::Latest(n) => {
+                PolicyChoice::Latest(model_version_policy::Latest { num_versions: *n })
+            }
+            super::repository::VersionPolicy::All => {
+                PolicyChoice::All(model_version_policy::All {})
+            }
+            super::repository::VersionPolicy::Specific(v) => {
+                PolicyChoice::Specific(model_version_policy::Specific {
+                    versions: v.iter().map(|&v| v as i64).collect(),
+                })
+            }
+        };
         let config = ModelConfig {
             name: m.name.clone(),
             platform: m.platform().into(),
+            version_policy: Some(ModelVersionPolicy {
+                policy_choice: Some(policy),
+            }),
             max_batch_size: cfg.max_batch as i32,
             input: vec![ModelInput {
                 name: crate::contract::INPUT_NAME.into(),

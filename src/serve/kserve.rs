@@ -471,11 +471,13 @@ pub fn model_metadata(
 }
 
 /// The model configuration document (`GET /v2/models/{name}/config`), in the JSON form of Triton's
-/// `model_config.proto`, as `pipe export --triton` writes it in `config.pbtxt`.
+/// `model_config.proto`, as `pipe export --triton` writes it in `config.pbtxt`; `version_policy` is
+/// the JSON form of the config's `ModelVersionPolicy` ([`super::repository::VersionPolicy::to_json`]).
 pub fn model_config(
     model_name: &str,
     info: &ModelInfo,
     platform: &str,
+    version_policy: Value,
     max_batch: usize,
     max_delay_us: u128,
 ) -> Value {
@@ -483,6 +485,7 @@ pub fn model_config(
     json!({
         "name": model_name,
         "platform": platform,
+        "version_policy": version_policy,
         "max_batch_size": max_batch,
         "input": [{"name": crate::contract::INPUT_NAME, "data_type": "TYPE_FP32", "format": "FORMAT_NHWC", "dims": [s, s, 3]}],
         "output": [{"name": info.output_name, "data_type": "TYPE_FP32", "dims": [info.classes.len()], "label_filename": "labels.txt"}],

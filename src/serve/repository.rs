@@ -59,6 +59,16 @@ pub enum VersionPolicy {
 }
 
 impl VersionPolicy {
+    /// The policy in the JSON form of Triton's `ModelVersionPolicy` (`{"latest": {"num_versions":
+    /// 1}}`, `{"all": {}}`, `{"specific": {"versions": [1, 3]}}`), as `/config` reports it.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            VersionPolicy::Latest(n) => serde_json::json!({"latest": {"num_versions": n}}),
+            VersionPolicy::All => serde_json::json!({"all": {}}),
+            VersionPolicy::Specific(v) => serde_json::json!({"specific": {"versions": v}}),
+        }
+    }
+
     /// The versions of `present` (any order) that the policy serves, ascending.
     pub fn select(&self, present: &[u64]) -> Vec<u64> {
         let mut v: Vec<u64> = present.to_vec();
@@ -84,6 +94,12 @@ pub struct ModelConfig {
     pub policy: VersionPolicy,
     /// The `default_model_filename` field, or `model.onnx`.
     pub model_filename: String,
+    /// The `backend` or `platform` field, when given (`backend: "onnxruntime"`).
+    pub runtime: Option<(String, String)>,
+    /// The `input` entries: name and `dims` (without the batch dimension; -1 any size).
+    pub inputs: Vec<(String, Vec<i64>)>,
+    /// The `output` entries: name and `dims`.
+    pub outputs: Vec<(String, Vec<i64>)>,
 }
 
 impl Default for ModelConfig {
@@ -92,8 +108,23 @@ impl Default for ModelConfig {
             name: None,
             policy: VersionPolicy::Latest(1),
             model_filename: DEFAULT_MODEL_FILENAME.into(),
+            runtime: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
         }
     }
+}
+
+/// Whether `declared` dims (empty: not given; -1: any size) fit `actual`.
+fn dims_fit(declared: &[i64], actual: &[i64]) -> bool {
+    declared.is_empty()
+        || (declared.len() == actual.len()
+            && declared.iter().zip(actual).all(|(d, a)| *d == -1 || d == a))
+}
+
+fn dims_text(dims: &[i64]) -> String {
+    let d: Vec<String> = dims.iter().map(i64::to_string).collect();
+    format!("[{}]", d.join(", "))
 }
 
 impl ModelConfig {
@@ -118,8 +149,32 @@ impl ModelConfig {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .filter(|s| !s.is_empty())
         };
+        let tensors = |field: &str| -> Vec<(String, Vec<i64>)> {
+            let Some(list) = msg.get_field_by_name(field) else {
+                return Vec::new();
+            };
+            let Value::List(list) = list.as_ref() else {
+                return Vec::new();
+            };
+            list.iter()
+                .filter_map(Value::as_message)
+                .map(|t| {
+                    let dims = match t.get_field_by_name("dims").as_deref() {
+                        Some(Value::List(d)) => d.iter().filter_map(Value::as_i64).collect(),
+                        _ => Vec::new(),
+                    };
+                    (string(t, "name").unwrap_or_default(), dims)
+                })
+                .collect()
+        };
+        let runtime = ["backend", "platform"]
+            .into_iter()
+            .find_map(|f| string(&msg, f).map(|v| (f.to_string(), v)));
         let mut cfg = ModelConfig {
             name: string(&msg, "name"),
+            runtime,
+            inputs: tensors("input"),
+            outputs: tensors("output"),
             ..ModelConfig::default()
         };
         if let Some(file) = string(&msg, "default_model_filename") {
@@ -169,6 +224,61 @@ impl ModelConfig {
             }
         }
         Ok(cfg)
+    }
+}
+
+impl ModelConfig {
+    /// Checks what the config declares against the model file: the backend or platform is ONNX
+    /// Runtime's (pipe serves ONNX files, with tract or ONNX Runtime), the inputs and outputs are the
+    /// file's (`images` with dims `[S, S, 3]`, and its output with `[classes]`), as Triton refuses
+    /// a config that does not fit its model.
+    ///
+    /// # Errors
+    /// A message naming the field, what the config says and what the file has.
+    pub fn check(&self, info: &ModelInfo) -> Result<(), String> {
+        if let Some((field, value)) = &self.runtime {
+            let fits = match field.as_str() {
+                "backend" => value == "onnxruntime",
+                _ => value == "onnxruntime_onnx",
+            };
+            if !fits {
+                return Err(format!(
+                    "config.pbtxt says {field} \"{value}\"; pipe serves ONNX files (backend \"onnxruntime\" or platform \"onnxruntime_onnx\")"
+                ));
+            }
+        }
+        let s = info.input_size as i64;
+        let expected = [
+            (
+                "input",
+                crate::contract::INPUT_NAME,
+                vec![s, s, 3],
+                &self.inputs,
+            ),
+            (
+                "output",
+                info.output_name.as_str(),
+                vec![info.classes.len() as i64],
+                &self.outputs,
+            ),
+        ];
+        for (kind, name, dims, declared) in expected {
+            for (n, d) in declared {
+                if n != name {
+                    return Err(format!(
+                        "config.pbtxt declares {kind} '{n}'; the model's {kind} is '{name}'"
+                    ));
+                }
+                if !dims_fit(d, &dims) {
+                    return Err(format!(
+                        "config.pbtxt gives {kind} '{n}' dims {}; the model's are {}",
+                        dims_text(d),
+                        dims_text(&dims)
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -242,7 +352,8 @@ pub struct ModelDir {
     pub name: String,
     /// Its `config.pbtxt` (absent: Triton's defaults), or why it cannot be used.
     pub config: Result<ModelConfig, String>,
-    /// Numeric subfolders holding the model file: version -> file.
+    /// Numeric subfolders: version -> the model file it should hold (which may be missing: such a
+    /// version is selected by the policy as Triton does, and refused).
     pub versions: BTreeMap<u64, PathBuf>,
 }
 
@@ -305,9 +416,8 @@ pub fn read_model_dir(dir: &Path, name: &str) -> std::io::Result<ModelDir> {
         else {
             continue;
         };
-        let file = entry.path().join(&filename);
-        if file.is_file() {
-            versions.insert(v, file);
+        if entry.file_type()?.is_dir() {
+            versions.insert(v, entry.path().join(&filename));
         }
     }
     Ok(ModelDir {
@@ -349,6 +459,9 @@ pub struct ServedModel {
     pub info: ModelInfo,
     /// The batching queue and model workers.
     pub batcher: Batcher,
+    /// The version policy of its model's `config.pbtxt` (the latest one for `--model`), reported
+    /// in its configuration.
+    pub policy: VersionPolicy,
     stamp: Option<FileStamp>,
 }
 
@@ -440,6 +553,7 @@ impl Loader {
             file: file.to_path_buf(),
             info,
             batcher,
+            policy: VersionPolicy::Latest(1),
             stamp,
         })
     }
@@ -455,6 +569,9 @@ struct Slot {
     failed: BTreeMap<u64, (Option<FileStamp>, String)>,
     /// Why the model serves nothing (unloaded, a bad config), for the repository index.
     reason: Option<String>,
+    /// Why the model's folder could not be read at the last sync (a bad `config.pbtxt`), while
+    /// its live versions keep serving: logged once, shown in the index.
+    sync_error: Option<String>,
 }
 
 /// One row of the repository index (`POST /v2/repository/index`).
@@ -605,7 +722,11 @@ impl Models {
                         name: name.clone(),
                         version: Some(v.to_string()),
                         state: "READY",
-                        reason: String::new(),
+                        reason: slot
+                            .sync_error
+                            .as_ref()
+                            .map(|e| format!("serving, but the repository's latest change was not applied: {e}"))
+                            .unwrap_or_default(),
                     },
                 );
             }
@@ -638,6 +759,16 @@ impl Models {
         slot.live.clear();
         slot.failed.clear();
         slot.reason = Some(reason.to_string());
+    }
+
+    /// Records that syncing `name` failed with `error` (its live versions keep serving); whether
+    /// this is news (the first such error, or a different one), to log it once.
+    fn note_sync_error(&self, name: &str, error: &str) -> bool {
+        let mut slots = write(&self.slots);
+        let slot = slots.entry(name.to_string()).or_default();
+        let news = slot.sync_error.as_deref() != Some(error);
+        slot.sync_error = Some(error.to_string());
+        news
     }
 
     /// Forgets `name` altogether (its folder left the repository).
@@ -719,6 +850,9 @@ impl Repository {
         let dir =
             read_model_dir(&self.dir, name).map_err(|e| format!("{}: {e}", folder.display()))?;
         let config = dir.config?;
+        if let Some(slot) = write(&models.slots).get_mut(name) {
+            slot.sync_error = None;
+        }
         let present: Vec<u64> = dir.versions.keys().copied().collect();
         let selected = config.policy.select(&present);
         let mut report = SyncReport::default();
@@ -736,14 +870,39 @@ impl Repository {
             if live_stamp.is_some_and(|s| s == stamp) || failed_stamp.is_some_and(|s| s == stamp) {
                 continue;
             }
-            match self.loader.load(name, v, file) {
-                Ok(model) => {
+            let loaded = if stamp.is_none() {
+                Err(format!(
+                    "{}: the version folder holds no {} (config.pbtxt's default_model_filename, or model.onnx)",
+                    file.display(),
+                    config.model_filename
+                ))
+            } else {
+                self.loader
+                    .load(name, v, file)
+                    .map_err(|e| {
+                        // Most errors name the file already.
+                        let e = e.to_string();
+                        if e.contains(&file.display().to_string()) {
+                            e
+                        } else {
+                            format!("{}: {e}", file.display())
+                        }
+                    })
+                    .and_then(|model| {
+                        config
+                            .check(&model.info)
+                            .map(|()| model)
+                            .map_err(|e| format!("{}: {e}", file.display()))
+                    })
+            };
+            match loaded {
+                Ok(mut model) => {
+                    model.policy = config.policy.clone();
                     models.insert(model);
                     tracing::info!(model = name, version = v, "version {v} of '{name}' is live");
                     report.loaded.push(v);
                 }
-                Err(e) => {
-                    let why = format!("{}: {e}", file.display());
+                Err(why) => {
                     let live: Vec<String> =
                         models.versions(name).iter().map(u64::to_string).collect();
                     tracing::warn!(
@@ -790,7 +949,7 @@ impl Repository {
         slot.failed.retain(|v, _| selected.contains(v));
         if slot.live.is_empty() && slot.failed.is_empty() {
             slot.reason = Some(if present.is_empty() {
-                "no version folder holds a model file".into()
+                "no version folder (a numeric subfolder holding the model file)".into()
             } else {
                 "no version selected by its version policy".into()
             });
@@ -815,7 +974,21 @@ impl Repository {
         for name in &names {
             let r = self.sync_model(models, name);
             if let Err(e) = &r {
-                tracing::warn!(model = %name, error = %e, "model '{name}' not synced: {e}");
+                // Logged once per error, not at every poll; the index shows it.
+                if models.note_sync_error(name, e) {
+                    let live: Vec<String> =
+                        models.versions(name).iter().map(u64::to_string).collect();
+                    tracing::warn!(
+                        model = %name,
+                        error = %e,
+                        "model '{name}' not synced: {e}; {}",
+                        if live.is_empty() {
+                            "no version of it is live".to_string()
+                        } else {
+                            format!("version(s) {} keep serving", live.join(", "))
+                        }
+                    );
+                }
                 if models.versions(name).is_empty() {
                     models.unload(name, e);
                 }
@@ -894,6 +1067,38 @@ mod tests {
         let c = ModelConfig::parse(&text).unwrap();
         assert_eq!(c.name.as_deref(), Some("pipe_vgg16"));
         assert_eq!(c.policy, VersionPolicy::Latest(1));
+        assert_eq!(c.inputs, vec![("images".to_string(), vec![32, 32, 3])]);
+        assert_eq!(c.outputs, vec![("probabilities".to_string(), vec![2])]);
+        assert_eq!(c.check(&info), Ok(()));
+        // What does not fit the file is refused, naming what differs.
+        let other = |from: &str, to: &str| {
+            assert!(text.contains(from), "{from}");
+            ModelConfig::parse(&text.replace(from, to))
+                .unwrap()
+                .check(&info)
+                .unwrap_err()
+        };
+        let e = other("dims: [ 32, 32, 3 ]", "dims: [ 224, 224, 3 ]");
+        assert!(
+            e.contains("input 'images' dims [224, 224, 3]; the model's are [32, 32, 3]"),
+            "{e}"
+        );
+        let e = other("dims: [ 2 ]", "dims: [ 10 ]");
+        assert!(
+            e.contains("output 'probabilities' dims [10]; the model's are [2]"),
+            "{e}"
+        );
+        let e = other("name: \"probabilities\"", "name: \"logits\"");
+        assert!(e.contains("declares output 'logits'"), "{e}");
+        let e = other("backend: \"onnxruntime\"", "backend: \"pytorch\"");
+        assert!(e.contains("backend \"pytorch\""), "{e}");
+        let e = other("backend: \"onnxruntime\"", "platform: \"tensorrt_plan\"");
+        assert!(e.contains("platform \"tensorrt_plan\""), "{e}");
+        // -1 (any size) fits, and so does the platform name of ONNX Runtime.
+        let any = text
+            .replace("dims: [ 32, 32, 3 ]", "dims: [ -1, -1, 3 ]")
+            .replace("backend: \"onnxruntime\"", "platform: \"onnxruntime_onnx\"");
+        assert_eq!(ModelConfig::parse(&any).unwrap().check(&info), Ok(()));
         // Fields Triton does not know, and malformed text, are errors as in Triton.
         let e = ModelConfig::parse("name: \"m\"\nmax_batch: 8").unwrap_err();
         assert!(e.contains("max_batch"), "{e}");
@@ -916,7 +1121,7 @@ mod tests {
     }
 
     #[test]
-    fn a_model_folder_lists_numeric_versions_with_the_model_file() {
+    fn a_model_folder_lists_its_numeric_version_folders() {
         let dir = tempfile::tempdir().unwrap();
         let m = dir.path().join("m");
         for v in ["1", "2", "07", "x", "0"] {
@@ -927,7 +1132,12 @@ mod tests {
         }
         std::fs::create_dir_all(dir.path().join(".hidden")).unwrap();
         let d = read_model_dir(dir.path(), "m").unwrap();
-        assert_eq!(d.versions.keys().copied().collect::<Vec<_>>(), vec![1, 7]);
+        // A numeric folder without the file is a version (refused when loaded, as in Triton).
+        assert_eq!(
+            d.versions.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 7]
+        );
+        assert_eq!(d.versions[&2], m.join("2").join("model.onnx"));
         assert_eq!(d.config.unwrap(), ModelConfig::default());
         assert_eq!(model_names(dir.path()).unwrap(), vec!["m".to_string()]);
         std::fs::write(m.join("config.pbtxt"), "name: \"other\"").unwrap();

@@ -193,6 +193,7 @@ async fn model_config(
         &m.name,
         &m.info,
         m.platform(),
+        m.policy.to_json(),
         cfg.max_batch,
         cfg.max_delay.as_micros(),
     )))
