@@ -181,6 +181,8 @@ results: need-cifar10 need-photos setup
 ## on the same photos with the same model; reports errors and the throughput ratio (targets: zero errors,
 ## >= 0.9x). Uses onnx/photos.onnx (make demo-photos), else trains and exports a small --preset photos model
 ## (384 pixels) into target/loadtest/; writes target/loadtest/summary-<backend>-photos.json.
+## With tensors, the same requests also go over KServe v2 gRPC (target: gRPC >= 0.97x HTTP's throughput).
+## With ort, deploy/check.py then checks the measured peak memory against the manifests' memory.
 LOADTEST_BACKEND ?= ort
 LOADTEST_PHOTOS ?= 0
 LOADTEST_MODEL ?= $(if $(filter 1,$(LOADTEST_PHOTOS)),onnx/photos.onnx,onnx/model.onnx)
@@ -209,6 +211,10 @@ loadtest: build
 	fi; \
 	LOADTEST_PHOTOS=$(LOADTEST_PHOTOS) LOADTEST_MODEL=$$model LOADTEST_BACKEND=$(LOADTEST_BACKEND) \
 	  cargo bench --bench loadtest
+	@# The server's measured peak memory against the Kubernetes manifests' (they use ort).
+	@if [ "$(LOADTEST_BACKEND)" = ort ]; then \
+	  python deploy/check.py deploy --measured target/loadtest/summary-ort$(if $(filter 1,$(LOADTEST_PHOTOS)),-photos,).json; \
+	fi
 
 ## keras-venv: TensorFlow + Keras for the Keras seed reference (benches/reference/keras_seed.py), in its
 ## own virtualenv so that the project's stays free of them (about 600 MB, installed once)

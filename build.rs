@@ -29,9 +29,10 @@ fn main() {
     }
 }
 
-/// With the `serve` feature: the KServe v2 gRPC server's messages and service trait, generated from
-/// Triton's own descriptors (`proto/triton.binpb`, taken from the tritonclient wheel by
-/// `scripts/triton_descriptors.py`) into `OUT_DIR/inference.rs`.
+/// With the `serve` feature: the KServe v2 gRPC messages, service trait and client (the client is
+/// `make loadtest`'s gRPC load generator), generated from Triton's own descriptors
+/// (`proto/triton.binpb`, taken from the tritonclient wheel by `scripts/triton_descriptors.py`) into
+/// `OUT_DIR/inference.rs`.
 fn grpc_service() {
     use prost::Message;
     println!("cargo:rerun-if-changed=proto/triton.binpb");
@@ -39,7 +40,7 @@ fn grpc_service() {
     let fds = tonic_prost_build::FileDescriptorSet::decode(bytes.as_slice())
         .expect("proto/triton.binpb is a FileDescriptorSet");
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .build_transport(false)
         .generate_default_stubs(true)
         .compile_fds(fds)

@@ -5,9 +5,12 @@
 //!    images and seconds.
 //! 2. `pipe serve` starts on a free port; a warm-up; the server's RSS is read.
 //! 3. Concurrent clients send single-image requests; per-request latency, statuses and errors are kept.
-//! 4. The server's RSS again (and its peak), its CPU seconds over the timed requests (from
-//!    `/proc/<pid>/stat`, against `pipe infer`'s own per image), the batch-size histogram from
-//!    `/metrics`, then SIGTERM (exit code checked).
+//! 4. The server's RSS again, its CPU seconds over the timed requests (from `/proc/<pid>/stat`,
+//!    against `pipe infer`'s own per image), the batch-size histogram from `/metrics`.
+//! 5. With tensors, the same requests again over KServe v2 gRPC (`ModelInfer` with
+//!    `raw_input_contents`, tonic's client, one connection per client as over HTTP), after the
+//!    same warm-up: throughput, CPU seconds and latencies beside HTTP's, on the same server.
+//! 6. The server's peak RSS, then SIGTERM (exit code checked).
 //!
 //! Exits 1 when a row misses its target.
 //!
@@ -27,6 +30,10 @@
 //! `LOADTEST_CLIENTS` (64; with photos 32), `LOADTEST_SERVE_ARGS` (extra `pipe serve` options,
 //! space-separated). Every request goes to 127.0.0.1; the run is bounded by its request count.
 
+use pipe::serve::grpc::proto::{
+    grpc_inference_service_client::GrpcInferenceServiceClient, model_infer_request,
+    ModelInferRequest,
+};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -45,6 +52,8 @@ struct Settings {
     requests: Option<usize>,
     clients: usize,
     serve_args: Vec<String>,
+    /// The model's input side, pixels (read from the model).
+    input_size: usize,
 }
 
 fn env_or(key: &str, default: &str) -> String {
@@ -83,6 +92,7 @@ fn settings() -> Settings {
             .split_whitespace()
             .map(str::to_string)
             .collect(),
+        input_size: 0,
     }
 }
 
@@ -151,7 +161,13 @@ fn offline_rate(pipe: &Path, s: &Settings, out: &Path) -> Offline {
     }
 }
 
-fn start_server(pipe: &Path, s: &Settings) -> (Child, String) {
+/// Starts `pipe serve` on free ports: its HTTP address, and with tensors its gRPC one.
+fn start_server(pipe: &Path, s: &Settings) -> (Child, String, Option<String>) {
+    let grpc = if s.photos {
+        &[][..]
+    } else {
+        &["--grpc-port", "0"][..]
+    };
     let mut child = Command::new(pipe)
         .args([
             "serve",
@@ -164,21 +180,27 @@ fn start_server(pipe: &Path, s: &Settings) -> (Child, String) {
             "--model",
         ])
         .arg(&s.model)
+        .args(grpc)
         .args(&s.serve_args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start pipe serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the server's address");
-    let addr = line
-        .split("listening on http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    (child, addr)
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    // The address after `marker` on the next line of the server's stdout.
+    let mut next_addr = |marker: &str| {
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("read the server's address");
+        line.split(marker)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {marker:?} in {line:?}"))
+            .to_string()
+    };
+    let addr = next_addr("listening on http://");
+    let grpc = (!s.photos).then(|| next_addr("gRPC (KServe v2) on "));
+    (child, addr, grpc)
 }
 
 /// The resident memory of process `pid` now, MiB.
@@ -279,6 +301,88 @@ async fn hammer(url: String, bodies: Arc<Vec<Body>>, total: usize, clients: usiz
     all
 }
 
+/// Sends `total` single-image `ModelInfer` calls from `clients` concurrent tasks, each over its own
+/// connection (as the HTTP clients each hold one), cycling through `requests`.
+async fn hammer_grpc(
+    addr: String,
+    requests: Arc<Vec<ModelInferRequest>>,
+    total: usize,
+    clients: usize,
+) -> Outcome {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("gRPC address")
+            .connect()
+            .await
+            .expect("connect to the gRPC port");
+        let client = GrpcInferenceServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        let (requests, next) = (requests.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut out = Outcome::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return out;
+                }
+                let request = requests[i % requests.len()].clone();
+                let start = Instant::now();
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(60), client.model_infer(request));
+                match answer.await {
+                    Ok(Ok(r)) if r.get_ref().raw_output_contents.len() == 1 => {
+                        out.latencies.push(start.elapsed())
+                    }
+                    Ok(Ok(_)) => *out.errors.entry("no raw output".into()).or_default() += 1,
+                    Ok(Err(e)) => {
+                        *out.errors
+                            .entry(format!("gRPC {:?}", e.code()))
+                            .or_default() += 1
+                    }
+                    Err(_) => *out.errors.entry("timed out".into()).or_default() += 1,
+                }
+            }
+        }));
+    }
+    let mut all = Outcome::default();
+    for t in tasks {
+        let o = t.await.expect("client task");
+        all.latencies.extend(o.latencies);
+        for (k, v) in o.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+    }
+    all
+}
+
+/// The `ModelInfer` requests: the image as `raw_input_contents` (little-endian FP32), one per image,
+/// asking for the probabilities (as the HTTP bodies do).
+fn grpc_requests(pixels: &[u8], size: usize) -> Vec<ModelInferRequest> {
+    pixels
+        .chunks(size * size * 3)
+        .map(|img| ModelInferRequest {
+            model_name: "pipe_vgg16".into(),
+            inputs: vec![model_infer_request::InferInputTensor {
+                name: "images".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, size as i64, size as i64, 3],
+                ..Default::default()
+            }],
+            outputs: vec![model_infer_request::InferRequestedOutputTensor {
+                name: "probabilities".into(),
+                ..Default::default()
+            }],
+            raw_input_contents: vec![img
+                .iter()
+                .flat_map(|&v| f32::from(v).to_le_bytes())
+                .collect()],
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// The request bodies: JSON header + the image as little-endian FP32, one per image.
 fn tensor_bodies(pixels: &[u8], size: usize) -> Vec<Body> {
     let per = size * size * 3;
@@ -345,14 +449,28 @@ struct Measured {
     rss_peak: f64,
     /// (upper bound, backend runs) of the batch sizes during the timed run.
     batches: Vec<(String, u64)>,
+    /// The same requests over gRPC (tensors only).
+    grpc: Option<GrpcRun>,
     exit_code: Option<i32>,
 }
 
-/// Runs `pipe infer` offline, then the server: warm-up, `requests` timed requests, SIGTERM.
+/// The timed gRPC requests, on the same server after the HTTP ones.
+struct GrpcRun {
+    wall: f64,
+    /// The server's CPU seconds (user + system) over them.
+    server_cpu: f64,
+    /// Latencies of the answered calls, sorted.
+    latencies: Vec<Duration>,
+    errors: std::collections::BTreeMap<String, usize>,
+}
+
+/// Runs `pipe infer` offline, then the server: warm-up, `requests` timed requests over HTTP, then
+/// (with `grpc_requests`) a warm-up and as many over gRPC, SIGTERM.
 fn measure(
     s: &Settings,
     pipe: &Path,
     bodies: Arc<Vec<Body>>,
+    grpc_requests: Option<Arc<Vec<ModelInferRequest>>>,
     requests: usize,
     out_dir: &Path,
 ) -> Measured {
@@ -364,7 +482,7 @@ fn measure(
         offline.cpu_per_image * 1e3,
         t.elapsed().as_secs_f64()
     );
-    let (mut server, addr) = start_server(pipe, s);
+    let (mut server, addr, grpc_addr) = start_server(pipe, s);
     let url = if s.photos {
         format!("http://{addr}/v1/classify")
     } else {
@@ -398,8 +516,32 @@ fn measure(
     let server_cpu = process_cpu_s(server.id()) - cpu_before;
     std::thread::sleep(Duration::from_millis(500));
     let rss_after = rss_mib(server.id());
-    let rss_peak = peak_rss_mib(server.id());
     let after = scrape();
+    let grpc = grpc_addr.zip(grpc_requests).map(|(addr, calls)| {
+        let warm = runtime.block_on(hammer_grpc(
+            addr.clone(),
+            calls.clone(),
+            warm_up.min(requests),
+            s.clients,
+        ));
+        assert!(
+            warm.errors.is_empty(),
+            "gRPC warm-up errors: {:?}",
+            warm.errors
+        );
+        let cpu_before = process_cpu_s(server.id());
+        let t = Instant::now();
+        let mut run = runtime.block_on(hammer_grpc(addr, calls, requests, s.clients));
+        let wall = t.elapsed().as_secs_f64();
+        run.latencies.sort();
+        GrpcRun {
+            wall,
+            server_cpu: process_cpu_s(server.id()) - cpu_before,
+            latencies: run.latencies,
+            errors: run.errors,
+        }
+    });
+    let rss_peak = peak_rss_mib(server.id());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) };
     let exit = server.wait().expect("wait for the server");
@@ -424,6 +566,7 @@ fn measure(
         rss_after,
         rss_peak,
         batches,
+        grpc,
         exit_code: exit.code(),
     }
 }
@@ -447,7 +590,7 @@ fn report(s: &Settings, m: &Measured, out_dir: &Path) -> bool {
     } else {
         "requests (1 image each, binary FP32)"
     };
-    let rows = [
+    let mut rows = vec![
         (kind, m.requests.to_string(), String::new()),
         ("concurrent clients", s.clients.to_string(), String::new()),
         (
@@ -510,6 +653,53 @@ fn report(s: &Settings, m: &Measured, out_dir: &Path) -> bool {
             pass(m.exit_code == Some(0), "0"),
         ),
     ];
+    let mut grpc_stats = serde_json::Value::Null;
+    if let Some(g) = &m.grpc {
+        let answered = g.latencies.len();
+        let errors: usize = g.errors.values().sum();
+        let grpc_throughput = answered as f64 / g.wall;
+        let vs_http = grpc_throughput / throughput;
+        let cpu_per_image = g.server_cpu / answered.max(1) as f64;
+        let (p50, p99) = (
+            percentile(&g.latencies, 0.5),
+            percentile(&g.latencies, 0.99),
+        );
+        rows.extend([
+            (
+                "gRPC: answered / errors (same requests)",
+                format!("{answered} / {errors}"),
+                pass(errors == 0, "zero errors"),
+            ),
+            (
+                "gRPC throughput (images/s)",
+                format!("{grpc_throughput:.1}"),
+                String::new(),
+            ),
+            (
+                "gRPC / HTTP throughput",
+                format!("{vs_http:.2}x"),
+                // At least HTTP's, less the run-to-run noise of a throughput (a few per cent).
+                pass(vs_http >= 0.97, ">= 0.97x"),
+            ),
+            (
+                "gRPC CPU ms per image / HTTP's",
+                format!(
+                    "{:.1} / {:.1}",
+                    cpu_per_image * 1e3,
+                    serve_cpu_per_image * 1e3
+                ),
+                String::new(),
+            ),
+            (
+                "gRPC latency p50 / p99 (ms)",
+                format!("{p50:.1} / {p99:.1}"),
+                String::new(),
+            ),
+        ]);
+        grpc_stats = json!({"answered": answered, "errors": g.errors, "wall_s": g.wall,
+            "throughput": grpc_throughput, "vs_http": vs_http, "p50_ms": p50, "p99_ms": p99,
+            "server_cpu_s": g.server_cpu, "serve_cpu_ms_per_image": cpu_per_image * 1e3});
+    }
     println!(
         "\nload test{}: backend {}, model {}, wall {:.1} s",
         if s.photos { " (photos)" } else { "" },
@@ -531,7 +721,8 @@ fn report(s: &Settings, m: &Measured, out_dir: &Path) -> bool {
     }
     let stats = json!({"answered": ok, "throughput": throughput, "ratio": ratio, "p50_ms": p50, "p99_ms": p99,
         "serve_cpu_ms_per_image": serve_cpu_per_image * 1e3,
-        "offline_cpu_ms_per_image": m.offline.cpu_per_image * 1e3, "cpu_ratio": cpu_ratio});
+        "offline_cpu_ms_per_image": m.offline.cpu_per_image * 1e3, "cpu_ratio": cpu_ratio,
+        "grpc": grpc_stats});
     write_summary(s, m, stats, out_dir);
     let failed: Vec<&str> = rows
         .iter()
@@ -557,11 +748,11 @@ fn label(s: &Settings) -> String {
 fn write_summary(s: &Settings, m: &Measured, stats: serde_json::Value, out_dir: &Path) {
     let summary = json!({
         "photos": s.photos, "data": s.data,
-        "backend": s.backend, "model": s.model, "requests": m.requests, "clients": s.clients,
+        "backend": s.backend, "model": s.model, "input_size": s.input_size, "requests": m.requests, "clients": s.clients,
         "serve_args": s.serve_args, "stats": stats, "errors": m.errors, "wall_s": m.wall,
         "offline_images_per_s": m.offline.rate, "server_cpu_s": m.server_cpu, "rss_before_mib": m.rss_before,
         "rss_after_mib": m.rss_after, "rss_peak_mib": m.rss_peak, "batch_sizes": m.batches,
-        "exit_code": m.exit_code,
+        "exit_code": m.exit_code, "cpu": cpu_model(), "cores": std::thread::available_parallelism().map_or(0, usize::from),
     });
     let path = out_dir.join(format!("summary-{}.json", label(s)));
     std::fs::write(&path, serde_json::to_vec_pretty(&summary).expect("json"))
@@ -569,20 +760,35 @@ fn write_summary(s: &Settings, m: &Measured, stats: serde_json::Value, out_dir: 
     println!("written to {}", path.display());
 }
 
+/// The CPU's model name, from `/proc/cpuinfo` (where the figures were measured).
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
 fn pass(ok: bool, target: &str) -> String {
     format!("{target}: {}", if ok { "pass" } else { "FAIL" })
 }
 
 fn main() {
-    let s = settings();
+    let mut s = settings();
     let pipe = PathBuf::from(env!("CARGO_BIN_EXE_pipe"));
     let out_dir = PathBuf::from("target/loadtest");
     std::fs::create_dir_all(&out_dir).expect("create target/loadtest");
     let info = pipe::onnx::ModelInfo::read(&s.model).expect("read the model (LOADTEST_MODEL)");
+    s.input_size = info.input_size;
     let files =
         pipe::data::collect_image_files(std::slice::from_ref(&s.data)).expect("image folder");
-    let (bodies, skipped) = if s.photos {
-        photo_bodies(&files, &info)
+    let (bodies, grpc, skipped) = if s.photos {
+        let (bodies, skipped) = photo_bodies(&files, &info);
+        (bodies, None, skipped)
     } else {
         let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
         let squash = pipe::data::ImageSpec::new(info.input_size, pipe::data::ResizePolicy::Squash);
@@ -590,7 +796,8 @@ fn main() {
             pipe::data::load_images(&paths, &squash.full_decode(), pipe::data::OnError::Stop)
                 .expect("decode images")
                 .pixels;
-        (tensor_bodies(&pixels, info.input_size), 0)
+        let grpc = Arc::new(grpc_requests(&pixels, info.input_size));
+        (tensor_bodies(&pixels, info.input_size), Some(grpc), 0)
     };
     assert!(!bodies.is_empty(), "no images in {}", s.data.display());
     let requests = s
@@ -603,7 +810,7 @@ fn main() {
         s.model.display(),
         side = info.input_size
     );
-    let m = measure(&s, &pipe, Arc::new(bodies), requests, &out_dir);
+    let m = measure(&s, &pipe, Arc::new(bodies), grpc, requests, &out_dir);
     if !report(&s, &m, &out_dir) {
         std::process::exit(1);
     }
