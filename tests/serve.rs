@@ -1661,67 +1661,121 @@ fn deploy_manifests_fit_together() {
         "deploy/check.py",
         &[s(&deploy), env!("CARGO_BIN_EXE_pipe")],
     );
-    let jobs = ["infer-shards.yaml", "extract-shards.yaml"];
-    for (job, from, to, says) in [
+    // Each case: a file of deploy/ changed from -> to, and the problem check.py must report.
+    let measured_32 = "measured/ort-32.json";
+    for (file, from, to, says) in [
         (
-            0,
+            "jobs/infer-shards.yaml",
             "completions: 8",
             "completions: 7",
-            "--shard $(JOB_COMPLETION_INDEX)/8: N must equal completions (7)",
+            "infer-shards.yaml: --shard $(JOB_COMPLETION_INDEX)/8: N must equal completions (7)",
         ),
         (
-            0,
+            "jobs/infer-shards.yaml",
             "/data/out/shard-$(JOB_COMPLETION_INDEX).csv",
             "/data/out/shards.csv",
-            "each shard needs its own --output",
+            "infer-shards.yaml: each shard needs its own --output",
         ),
         (
-            0,
+            "jobs/infer-shards.yaml",
             "- --threads",
             "- --thread",
-            "pipe infer has no option --thread",
+            "infer-shards.yaml: pipe infer has no option --thread",
         ),
         (
-            1,
+            "jobs/extract-shards.yaml",
             "completions: 8",
             "completions: 7",
-            "--extract-shard $(JOB_COMPLETION_INDEX)/8: N must equal completions (7)",
+            "extract-shards.yaml: --extract-shard $(JOB_COMPLETION_INDEX)/8: N must equal completions (7)",
         ),
         (
-            1,
+            "jobs/extract-shards.yaml",
             "- /data/cache",
             "- /cache",
-            "the shards need one --cache-dir on a mounted (shared) volume",
+            "extract-shards.yaml: the shards need one --cache-dir on a mounted (shared) volume",
+        ),
+        // Memory: the Deployment's request below the peak the load test measured, or its limit
+        // without the headroom; the photo overlay's too.
+        (
+            "deployment.yaml",
+            "memory: 1Gi",
+            "memory: 512Mi",
+            "deploy: memory request 512Mi (512 MiB) is below the peak of",
+        ),
+        (
+            "deployment.yaml",
+            "memory: 1280Mi",
+            "memory: 900Mi",
+            "deploy: memory limit 900Mi (900 MiB) is below 1.25x the peak of",
+        ),
+        (
+            "photos/memory.yaml",
+            "memory: 4Gi",
+            "memory: 2Gi",
+            "photos: memory request 2Gi (2048 MiB) is below the peak of",
+        ),
+        // A measurement with other options than the Deployment's does not count.
+        (
+            measured_32,
+            "\"serve_args\": []",
+            "\"serve_args\": [\"--instances\", \"4\"]",
+            "deploy: ort-32.json was measured with {'--instances': '4', '--max-batch': '32'}",
+        ),
+        (
+            "deployment.yaml",
+            "pipe/model-input-size: \"32\"",
+            "pipe/model-input-size: \"\"",
+            "deploy: the Deployment needs the annotation pipe/model-input-size",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        for f in std::fs::read_dir(&deploy).unwrap() {
-            let f = f.unwrap().path();
-            if f.extension().is_some_and(|e| e == "yaml") {
-                std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
-            }
-        }
-        std::fs::create_dir(dir.path().join("jobs")).unwrap();
-        for (i, name) in jobs.iter().enumerate() {
-            let text = std::fs::read_to_string(deploy.join("jobs").join(name)).unwrap();
-            let text = if i == job {
-                assert!(text.contains(from), "{name}: {from}");
-                text.replace(from, to)
-            } else {
-                text
-            };
-            std::fs::write(dir.path().join("jobs").join(name), text).unwrap();
-        }
+        copy_tree(&deploy, dir.path());
+        let path = dir.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file}: {from}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
         let run = std::process::Command::new(&python)
             .arg(root().join("deploy/check.py"))
             .args([dir.path().as_os_str(), env!("CARGO_BIN_EXE_pipe").as_ref()])
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&run.stderr);
-        assert!(
-            !run.status.success() && err.contains(&format!("{}: {says}", jobs[job])),
-            "{to}: {err}"
-        );
+        assert!(!run.status.success() && err.contains(says), "{to}: {err}");
+    }
+    // A fresh load test's summary (--measured) whose peak is over the request fails the check.
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy.join(measured_32)).unwrap()).unwrap();
+    let mut over = summary.clone();
+    over["rss_peak_mib"] = json!(2000.0);
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("summary-ort.json");
+    std::fs::write(&fresh, over.to_string()).unwrap();
+    let run = std::process::Command::new(&python)
+        .arg(root().join("deploy/check.py"))
+        .arg(&deploy)
+        .arg("--measured")
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success()
+            && err.contains("deploy: memory request 1Gi (1024 MiB) is below the peak of 2000 MiB that summary-ort.json measured for a 32-pixel model"),
+        "{err}"
+    );
+}
+
+/// Copies the folder `from` with its subfolders into `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
     }
 }
 
