@@ -147,13 +147,15 @@ pub enum Command {
     /// every other input was classified and written. --strict stops at the first bad file instead.
     #[command(after_help = EXIT_CODES)]
     Infer(infer::InferArgs),
-    /// Serve an exported model over HTTP: the KServe v2 / Triton inference protocol (JSON and binary
-    /// tensors, classification), POST /v1/classify for image files, dynamic batching, /metrics.
+    /// Serve an exported model, or a Triton model repository, over HTTP (and gRPC with --grpc-port):
+    /// the KServe v2 / Triton inference protocol (JSON and binary tensors, classification), POST
+    /// /v1/classify for image files, dynamic batching, /metrics.
     ///
-    /// Endpoints: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/<name>[/versions/1][/ready|/config];
-    /// POST /v2/models/<name>[/versions/1]/infer; POST /v1/classify[?top_k=K] (an image as the body, or
-    /// multipart form files); GET /metrics (Prometheus). Stops on SIGTERM or Ctrl-C after answering the
-    /// requests in flight.
+    /// Endpoints: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/<name>[/versions/<v>][/ready|/config];
+    /// POST /v2/models/<name>[/versions/<v>]/infer; POST /v1/classify[?top_k=K][&model=<name>][&version=<v>]
+    /// (an image as the body, or multipart form files); POST /v2/repository/index and
+    /// /v2/repository/models/<name>/load|unload (--model-repository); GET /metrics (Prometheus). Stops
+    /// on SIGTERM or Ctrl-C after answering the requests in flight.
     #[cfg(feature = "serve")]
     #[command(after_help = EXIT_CODES)]
     Serve(serve::ServeArgs),

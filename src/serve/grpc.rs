@@ -303,7 +303,12 @@ impl GrpcInferenceService for Service {
         let s = m.info.input_size as i64;
         let cfg = m.batcher.config();
         use model_version_policy::PolicyChoice;
-        let policy = match &m.policy {
+        let policy = match &self
+            .state
+            .models
+            .policy(&m.name)
+            .unwrap_or_else(|| m.policy.clone())
+        {
             super::repository::VersionPolicy::Latest(n) => {
                 PolicyChoice::Latest(model_version_policy::Latest { num_versions: *n })
             }

@@ -459,8 +459,8 @@ pub struct ServedModel {
     pub info: ModelInfo,
     /// The batching queue and model workers.
     pub batcher: Batcher,
-    /// The version policy of its model's `config.pbtxt` (the latest one for `--model`), reported
-    /// in its configuration.
+    /// The version policy of its model's `config.pbtxt` when it was loaded (the latest one for
+    /// `--model`); the one in force is [`Models::policy`].
     pub policy: VersionPolicy,
     stamp: Option<FileStamp>,
 }
@@ -502,8 +502,24 @@ impl Loader {
     /// [`ServeError`] when the file is not one of pipe's models, cannot be opened by the backend or
     /// fails its warm-up.
     pub fn load(&self, name: &str, version: u64, file: &Path) -> Result<ServedModel, ServeError> {
+        self.load_checked(name, version, file, |_| Ok(()))
+    }
+
+    /// [`Loader::load`], with `check` run on the file's metadata before anything starts (a
+    /// `config.pbtxt` that must fit it).
+    ///
+    /// # Errors
+    /// As [`Loader::load`]; `check`'s message as an invalid file.
+    pub fn load_checked(
+        &self,
+        name: &str,
+        version: u64,
+        file: &Path,
+        check: impl Fn(&ModelInfo) -> Result<(), String>,
+    ) -> Result<ServedModel, ServeError> {
         let stamp = FileStamp::of(file).ok();
         let info = ModelInfo::read(file)?;
+        check(&info).map_err(|e| crate::error::Error::invalid(file, e))?;
         let max_batch = MaxBatch::new(self.max_batch, info.input_size);
         if max_batch.lowered_from_explicit() {
             tracing::warn!(
@@ -572,6 +588,9 @@ struct Slot {
     /// Why the model's folder could not be read at the last sync (a bad `config.pbtxt`), while
     /// its live versions keep serving: logged once, shown in the index.
     sync_error: Option<String>,
+    /// The `config.pbtxt` in force: the one the live versions were checked against and the policy
+    /// chose them by.
+    applied: Option<ModelConfig>,
 }
 
 /// One row of the repository index (`POST /v2/repository/index`).
@@ -761,6 +780,15 @@ impl Models {
         slot.reason = Some(reason.to_string());
     }
 
+    /// The version policy of `name`'s `config.pbtxt` in force (`None` for a model not from a
+    /// repository).
+    pub fn policy(&self, name: &str) -> Option<VersionPolicy> {
+        read(&self.slots)
+            .get(name)
+            .and_then(|s| s.applied.as_ref())
+            .map(|c| c.policy.clone())
+    }
+
     /// Records that syncing `name` failed with `error` (its live versions keep serving); whether
     /// this is news (the first such error, or a different one), to log it once.
     fn note_sync_error(&self, name: &str, error: &str) -> bool {
@@ -850,8 +878,27 @@ impl Repository {
         let dir =
             read_model_dir(&self.dir, name).map_err(|e| format!("{}: {e}", folder.display()))?;
         let config = dir.config?;
-        if let Some(slot) = write(&models.slots).get_mut(name) {
-            slot.sync_error = None;
+        {
+            let mut slots = write(&models.slots);
+            {
+                let slot = slots.entry(name.to_string()).or_default();
+                // A changed config must fit the live versions, or it is not applied (they keep
+                // serving under the old one); once applied, versions refused before are tried again.
+                if slot.applied.as_ref().is_some_and(|a| *a != config) {
+                    for m in slot.live.values() {
+                        config.check(&m.info).map_err(|e| {
+                            format!(
+                                "{}/config.pbtxt: {e} (version {} is live; the changed config is not applied)",
+                                folder.display(),
+                                m.version
+                            )
+                        })?;
+                    }
+                    slot.failed.clear();
+                }
+                slot.applied = Some(config.clone());
+                slot.sync_error = None;
+            }
         }
         let present: Vec<u64> = dir.versions.keys().copied().collect();
         let selected = config.policy.select(&present);
@@ -878,7 +925,7 @@ impl Repository {
                 ))
             } else {
                 self.loader
-                    .load(name, v, file)
+                    .load_checked(name, v, file, |info| config.check(info))
                     .map_err(|e| {
                         // Most errors name the file already.
                         let e = e.to_string();
@@ -887,12 +934,6 @@ impl Repository {
                         } else {
                             format!("{}: {e}", file.display())
                         }
-                    })
-                    .and_then(|model| {
-                        config
-                            .check(&model.info)
-                            .map(|()| model)
-                            .map_err(|e| format!("{}: {e}", file.display()))
                     })
             };
             match loaded {

@@ -193,7 +193,10 @@ async fn model_config(
         &m.name,
         &m.info,
         m.platform(),
-        m.policy.to_json(),
+        st.models
+            .policy(&m.name)
+            .unwrap_or_else(|| m.policy.clone())
+            .to_json(),
         cfg.max_batch,
         cfg.max_delay.as_micros(),
     )))
