@@ -198,10 +198,21 @@ impl Pipe {
         cmd
     }
 
-    /// Starts the process with stdout and stderr discarded (for tests that signal or kill it).
+    /// Starts the process with stdout and stderr discarded (for tests that signal or kill it), with
+    /// SIGINT and SIGQUIT at their default action: a test runner started as a background job
+    /// without job control (`cmd &` in a script) ignores them, and its children would inherit that.
     pub fn spawn_quiet(&self) -> Child {
-        self.command()
-            .stdout(Stdio::null())
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.command();
+        // SAFETY: signal() is async-signal-safe, as pre_exec requires.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        cmd.stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.line()))
