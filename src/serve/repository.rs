@@ -780,6 +780,17 @@ impl Models {
         slot.reason = Some(reason.to_string());
     }
 
+    /// What of `name` keeps serving after a refusal, for the log: "version(s) 1, 2 keep serving",
+    /// or "no version of it is live".
+    fn still_serving(&self, name: &str) -> String {
+        let live: Vec<String> = self.versions(name).iter().map(u64::to_string).collect();
+        if live.is_empty() {
+            "no version of it is live".to_string()
+        } else {
+            format!("version(s) {} keep serving", live.join(", "))
+        }
+    }
+
     /// The version policy of `name`'s `config.pbtxt` in force (`None` for a model not from a
     /// repository).
     pub fn policy(&self, name: &str) -> Option<VersionPolicy> {
@@ -880,25 +891,23 @@ impl Repository {
         let config = dir.config?;
         {
             let mut slots = write(&models.slots);
-            {
-                let slot = slots.entry(name.to_string()).or_default();
-                // A changed config must fit the live versions, or it is not applied (they keep
-                // serving under the old one); once applied, versions refused before are tried again.
-                if slot.applied.as_ref().is_some_and(|a| *a != config) {
-                    for m in slot.live.values() {
-                        config.check(&m.info).map_err(|e| {
-                            format!(
-                                "{}/config.pbtxt: {e} (version {} is live; the changed config is not applied)",
-                                folder.display(),
-                                m.version
-                            )
-                        })?;
-                    }
-                    slot.failed.clear();
+            let slot = slots.entry(name.to_string()).or_default();
+            // A changed config must fit the live versions, or it is not applied (they keep serving
+            // under the old one); once applied, versions refused before are tried again.
+            if slot.applied.as_ref().is_some_and(|a| *a != config) {
+                for m in slot.live.values() {
+                    config.check(&m.info).map_err(|e| {
+                        format!(
+                            "{}/config.pbtxt: {e} (version {} is live; the changed config is not applied)",
+                            folder.display(),
+                            m.version
+                        )
+                    })?;
                 }
-                slot.applied = Some(config.clone());
-                slot.sync_error = None;
+                slot.failed.clear();
             }
+            slot.applied = Some(config.clone());
+            slot.sync_error = None;
         }
         let present: Vec<u64> = dir.versions.keys().copied().collect();
         let selected = config.policy.select(&present);
@@ -944,18 +953,12 @@ impl Repository {
                     report.loaded.push(v);
                 }
                 Err(why) => {
-                    let live: Vec<String> =
-                        models.versions(name).iter().map(u64::to_string).collect();
                     tracing::warn!(
                         model = name,
                         version = v,
                         error = %why,
                         "version {v} of '{name}' refused ({why}); {}",
-                        if live.is_empty() {
-                            "no version of it is live".to_string()
-                        } else {
-                            format!("version(s) {} keep serving", live.join(", "))
-                        }
+                        models.still_serving(name)
                     );
                     write(&models.slots)
                         .entry(name.to_string())
@@ -1017,17 +1020,11 @@ impl Repository {
             if let Err(e) = &r {
                 // Logged once per error, not at every poll; the index shows it.
                 if models.note_sync_error(name, e) {
-                    let live: Vec<String> =
-                        models.versions(name).iter().map(u64::to_string).collect();
                     tracing::warn!(
                         model = %name,
                         error = %e,
                         "model '{name}' not synced: {e}; {}",
-                        if live.is_empty() {
-                            "no version of it is live".to_string()
-                        } else {
-                            format!("version(s) {} keep serving", live.join(", "))
-                        }
+                        models.still_serving(name)
                     );
                 }
                 if models.versions(name).is_empty() {
