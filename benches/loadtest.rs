@@ -249,6 +249,19 @@ struct Body {
     bytes: Vec<u8>,
 }
 
+/// The outcomes of the client tasks, merged.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<Outcome>>) -> Outcome {
+    let mut all = Outcome::default();
+    for t in tasks {
+        let o = t.await.expect("client task");
+        all.latencies.extend(o.latencies);
+        for (k, v) in o.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+    }
+    all
+}
+
 /// Sends `total` single-image requests from `clients` concurrent tasks, cycling through `bodies`.
 async fn hammer(url: String, bodies: Arc<Vec<Body>>, total: usize, clients: usize) -> Outcome {
     let http = reqwest::Client::builder()
@@ -290,15 +303,7 @@ async fn hammer(url: String, bodies: Arc<Vec<Body>>, total: usize, clients: usiz
             })
         })
         .collect();
-    let mut all = Outcome::default();
-    for t in tasks {
-        let o = t.await.expect("client task");
-        all.latencies.extend(o.latencies);
-        for (k, v) in o.errors {
-            *all.errors.entry(k).or_default() += v;
-        }
-    }
-    all
+    gather(tasks).await
 }
 
 /// Sends `total` single-image `ModelInfer` calls from `clients` concurrent tasks, each over its own
@@ -346,15 +351,7 @@ async fn hammer_grpc(
             }
         }));
     }
-    let mut all = Outcome::default();
-    for t in tasks {
-        let o = t.await.expect("client task");
-        all.latencies.extend(o.latencies);
-        for (k, v) in o.errors {
-            *all.errors.entry(k).or_default() += v;
-        }
-    }
-    all
+    gather(tasks).await
 }
 
 /// The `ModelInfer` requests: the image as `raw_input_contents` (little-endian FP32), one per image,
