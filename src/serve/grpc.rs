@@ -303,12 +303,7 @@ impl GrpcInferenceService for Service {
         let s = m.info.input_size as i64;
         let cfg = m.batcher.config();
         use model_version_policy::PolicyChoice;
-        let policy = match &self
-            .state
-            .models
-            .policy(&m.name)
-            .unwrap_or_else(|| m.policy.clone())
-        {
+        let policy = match &self.state.models.policy(&m.name) {
             super::repository::VersionPolicy::Latest(n) => {
                 PolicyChoice::Latest(model_version_policy::Latest { num_versions: *n })
             }

@@ -459,9 +459,6 @@ pub struct ServedModel {
     pub info: ModelInfo,
     /// The batching queue and model workers.
     pub batcher: Batcher,
-    /// The version policy of its model's `config.pbtxt` when it was loaded (the latest one for
-    /// `--model`); the one in force is [`Models::policy`].
-    pub policy: VersionPolicy,
     stamp: Option<FileStamp>,
 }
 
@@ -569,7 +566,6 @@ impl Loader {
             file: file.to_path_buf(),
             info,
             batcher,
-            policy: VersionPolicy::Latest(1),
             stamp,
         })
     }
@@ -791,13 +787,13 @@ impl Models {
         }
     }
 
-    /// The version policy of `name`'s `config.pbtxt` in force (`None` for a model not from a
-    /// repository).
-    pub fn policy(&self, name: &str) -> Option<VersionPolicy> {
+    /// The version policy of `name`'s `config.pbtxt` in force; Triton's default (the latest
+    /// version) for a model not from a repository (`--model`).
+    pub fn policy(&self, name: &str) -> VersionPolicy {
         read(&self.slots)
             .get(name)
             .and_then(|s| s.applied.as_ref())
-            .map(|c| c.policy.clone())
+            .map_or(VersionPolicy::Latest(1), |c| c.policy.clone())
     }
 
     /// Records that syncing `name` failed with `error` (its live versions keep serving); whether
@@ -946,8 +942,7 @@ impl Repository {
                     })
             };
             match loaded {
-                Ok(mut model) => {
-                    model.policy = config.policy.clone();
+                Ok(model) => {
                     models.insert(model);
                     tracing::info!(model = name, version = v, "version {v} of '{name}' is live");
                     report.loaded.push(v);

@@ -193,10 +193,7 @@ async fn model_config(
         &m.name,
         &m.info,
         m.platform(),
-        st.models
-            .policy(&m.name)
-            .unwrap_or_else(|| m.policy.clone())
-            .to_json(),
+        st.models.policy(&m.name).to_json(),
         cfg.max_batch,
         cfg.max_delay.as_micros(),
     )))
