@@ -208,11 +208,12 @@ pub struct TrainConfig {
     #[serde(default)]
     pub augment_style: AugmentStyle,
     /// With --unfreeze: arithmetic of the conv layers while fine-tuning. auto = bf16 mixed precision on
-    /// a CPU with AMX, float32 elsewhere (with AVX512_BF16 alone bf16 is the slower choice) and on
-    /// CUDA. The weights, optimizer, head,
-    /// loss, validation, final test predictions and the exported model stay float32 in every case.
-    /// The choice is recorded in config.json (absent for a frozen-base run, whose head and features
-    /// are always float32). [default: auto]
+    /// a CPU with AMX; on a CPU with AVX512_BF16 but no AMX, five training batches are timed in each
+    /// before fine-tuning and bf16 is kept only when it runs at least 1.05x float32's rate; float32
+    /// on other CPUs (bf16 is emulated there) and on CUDA. The weights, optimizer, head, loss,
+    /// validation, final test predictions and the exported model stay float32 in every case. The
+    /// choice is recorded in config.json (absent for a frozen-base run, whose head and features are
+    /// always float32). [default: auto]
     #[arg(long, value_enum, value_name = "P", help_heading = FINE_TUNING)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
@@ -366,14 +367,20 @@ impl AugmentStyle {
     }
 }
 
+/// How much faster than float32 bf16 training passes must time for `--precision auto` to pick bf16
+/// on a CPU where it times them ([`Precision::faster`]): 1.05. float32 is the exact one, so bf16
+/// has to win by a margin; a near tie is no reason to give up precision (a pick, not a measurement:
+/// neighbouring virtual machines can move one short timing by more).
+pub const BF16_MIN_GAIN: f64 = 1.05;
+
 /// Arithmetic of the conv layers while fine-tuning (`--precision`). Master weights, optimizer state,
 /// the head and the loss stay float32 in every case, and so do validation, the final test predictions
 /// and the exported model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 on a CPU with AMX-BF16 tiles, float32 otherwise (with AVX512_BF16 alone bf16 is
-    /// slower) and on CUDA.
+    /// bf16 on a CPU with AMX-BF16 tiles; on a CPU with AVX512_BF16 but no AMX, the faster of the
+    /// two in a short timing before fine-tuning; float32 elsewhere and on CUDA.
     #[default]
     Auto,
     /// float32 everywhere.
@@ -385,21 +392,23 @@ pub enum Precision {
 
 impl Precision {
     /// The precision a run uses on a CUDA device (`cuda`) or on a CPU with `cpu`'s features, and why
-    /// (for the first line of `pipe train`): `auto` is bf16 where bf16 is the faster choice, on a CPU
-    /// with AMX-BF16 tiles, and float32 elsewhere: with AVX512_BF16 alone, bf16 fine-tuning was the
-    /// slower one (the finetune preset's first batches on a 2-core Xeon with AVX512_BF16 and no AMX:
-    /// 66 images/s in bf16 against 102 in float32), and without it bf16 is emulated. On CUDA,
-    /// libtorch's float32 convolutions already use TF32 tensor cores.
+    /// (for the first line of `pipe train`): `auto` is bf16 on a CPU with AMX-BF16 tiles, float32
+    /// on CUDA (libtorch's float32 convolutions already use TF32 tensor cores there) and on CPUs
+    /// without AVX512_BF16 (where bf16 is emulated). With AVX512_BF16 but no AMX neither is known to
+    /// be faster (on a 2-core Xeon of that kind the finetune preset's first batches ran at 66 images/s
+    /// in bf16 against 102 in float32; other CPUs of the kind were not measured), so `auto` stays
+    /// `Auto` here: the run times both before fine-tuning and keeps the faster
+    /// (`pipe::train::finetune::time_precisions`, deciding by [`Precision::faster`]).
     pub fn resolve(self, cuda: bool, cpu: CpuFeatures) -> (Precision, String) {
         match self {
             Precision::Auto if cuda => (Precision::Fp32, "auto: float32 on CUDA".into()),
-            Precision::Auto if cpu.amx_bf16 => (
-                Precision::Bf16,
-                "auto: this CPU has AMX-BF16 tiles".into(),
-            ),
+            Precision::Auto if cpu.amx_bf16 => {
+                (Precision::Bf16, "auto: this CPU has AMX-BF16 tiles".into())
+            }
             Precision::Auto if cpu.avx512_bf16 => (
-                Precision::Fp32,
-                "auto: this CPU has AVX512_BF16 but no AMX, where bf16 fine-tuning is slower than float32"
+                Precision::Auto,
+                "auto: this CPU has AVX512_BF16 but no AMX, so float32 and bf16 are timed before \
+                 fine-tuning and the faster trains"
                     .into(),
             ),
             Precision::Auto => (
@@ -411,6 +420,16 @@ impl Precision {
                 "as asked; this CPU has no AVX512_BF16, so bf16 is emulated and slow".into(),
             ),
             p => (p, "as asked".into()),
+        }
+    }
+
+    /// What `auto` keeps after timing training passes at `fp32` and `bf16` images per second: bf16
+    /// only when it is at least [`BF16_MIN_GAIN`] times as fast.
+    pub fn faster(fp32: f64, bf16: f64) -> Precision {
+        if bf16 >= BF16_MIN_GAIN * fp32 {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
         }
     }
 
@@ -638,11 +657,11 @@ mod tests {
         assert_eq!(serde_json::from_str::<TrainConfig>(&text).unwrap(), frozen);
     }
 
-    /// `--precision auto` is bf16 exactly on a CPU with AMX-BF16, float32 with AVX512_BF16 alone (where
-    /// bf16 is slower), on other CPUs and on CUDA; explicit choices are kept, with a warning for
-    /// emulated bf16.
+    /// `--precision auto` is bf16 on a CPU with AMX-BF16, left to a timing with AVX512_BF16 alone,
+    /// float32 on other CPUs and on CUDA; explicit choices are kept, with a warning for emulated
+    /// bf16.
     #[test]
-    fn precision_auto_is_bf16_only_where_the_cpu_has_amx() {
+    fn precision_auto_is_bf16_with_amx_and_timed_with_avx512_bf16_alone() {
         let none = CpuFeatures::default();
         let avx = CpuFeatures {
             avx512_bf16: true,
@@ -656,12 +675,13 @@ mod tests {
         let auto = |cuda, cpu| Precision::Auto.resolve(cuda, cpu);
         assert_eq!(auto(false, amx).0, Precision::Bf16);
         assert!(auto(false, amx).1.contains("AMX-BF16"));
-        assert_eq!(auto(false, avx).0, Precision::Fp32);
+        assert_eq!(auto(false, avx).0, Precision::Auto);
         assert!(
-            auto(false, avx).1.contains("no AMX"),
+            auto(false, avx).1.contains("no AMX") && auto(false, avx).1.contains("timed"),
             "{}",
             auto(false, avx).1
         );
+        assert_eq!(auto(true, avx).0, Precision::Fp32);
         assert_eq!(auto(false, none).0, Precision::Fp32);
         assert!(auto(false, none).1.contains("no AVX512_BF16"));
         assert_eq!(auto(true, amx).0, Precision::Fp32);
@@ -675,6 +695,15 @@ mod tests {
         assert!(emulated.1.contains("emulated"));
         assert_eq!(Precision::Bf16.resolve(true, none).1, "as asked");
         assert_eq!(Precision::Bf16.name(), "bf16");
+    }
+
+    /// The timing keeps bf16 only at 1.05x float32's rate or more (hand-picked rates either side).
+    #[test]
+    fn a_timing_keeps_bf16_only_when_it_is_clearly_faster() {
+        assert_eq!(Precision::faster(100.0, 104.9), Precision::Fp32);
+        assert_eq!(Precision::faster(100.0, 105.0), Precision::Bf16);
+        assert_eq!(Precision::faster(102.0, 66.0), Precision::Fp32);
+        assert_eq!(Precision::faster(60.0, 90.0), Precision::Bf16);
     }
 
     /// A `config.json` of an earlier pipe (no layout, test split, resize, augmentation style or step

@@ -8,7 +8,9 @@
 
 use super::augment::{Augmenter, PhotoSet};
 use super::images::PixelSplit;
-use super::learner::{label_tensor, EvalSplit, Model, Scores};
+use super::learner::{
+    label_tensor, measure_training_speed, EvalSplit, Model, Scores, ESTIMATE_AFTER_BATCHES,
+};
 use super::model::{channels_last, conv_relu, from_tch, pool, to_tch, ConvForm, Head};
 use crate::arch::{Arch, BaseLayer, Pooling};
 pub use crate::config::VGG16_CONVS;
@@ -107,10 +109,6 @@ impl FineTuneNet {
             .iter()
             .filter(|l| matches!(l, BaseLayer::Conv { .. }))
             .count();
-        let mut kinds = vec![Kind::Float];
-        if train_kind != Kind::Float {
-            kinds.push(train_kind);
-        }
         let mut it = weights.iter();
         let mut next = |name: &str| -> Result<&NamedTensor> {
             it.next()
@@ -137,22 +135,38 @@ impl FineTuneNet {
                 conv.weight = conv.weight.f_set_requires_grad(true)?;
                 conv.bias = conv.bias.f_set_requires_grad(true)?;
                 first_trainable = first_trainable.min(layers.len());
-            } else {
-                for &kind in &kinds {
-                    let prepared = conv.operands(kind)?;
-                    conv.frozen.push((kind, prepared));
-                }
             }
             layers.push(Layer::Conv(conv));
             k += 1;
         }
-        Ok(FineTuneNet {
+        let mut net = FineTuneNet {
             layers,
             first_trainable,
             base_names,
             pooling: arch.pooling,
             head: Head::new(root, arch),
-        })
+        };
+        net.prepare(Kind::Float)?;
+        net.prepare(train_kind)?;
+        Ok(net)
+    }
+
+    /// Prepares the frozen convs' operands in `kind` (once per kind: later passes in `kind` read
+    /// them instead of casting and laying out the weights again).
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on a libtorch failure.
+    fn prepare(&mut self, kind: Kind) -> Result<()> {
+        let frozen = self.first_trainable.min(self.layers.len());
+        for l in &mut self.layers[..frozen] {
+            if let Layer::Conv(c) = l {
+                if !c.frozen.iter().any(|(k, _)| *k == kind) {
+                    let prepared = c.operands(kind)?;
+                    c.frozen.push((kind, prepared));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Trainable parameters: the unfrozen conv weights and biases (`base.<conv>.weight|bias`), then
@@ -232,6 +246,70 @@ impl FineTuneNet {
         let features = pool(&h.f_to_kind(Kind::Float)?, self.pooling)?;
         self.head.forward(&features, train)
     }
+}
+
+/// The compute kind of the conv layers in training passes at `precision` (`auto` before a timing
+/// decided it: float32).
+fn compute_kind(precision: Precision) -> Kind {
+    match precision {
+        Precision::Bf16 => Kind::BFloat16,
+        Precision::Fp32 | Precision::Auto => Kind::Float,
+    }
+}
+
+/// What [`time_precisions`] measured: training passes per second in each precision, and the one
+/// kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrecisionTiming {
+    /// Images per second of float32 training passes (forward and backward).
+    pub fp32: f64,
+    /// Images per second of bf16 mixed-precision training passes.
+    pub bf16: f64,
+    /// [`Precision::faster`] of the two.
+    pub chosen: Precision,
+}
+
+impl PrecisionTiming {
+    /// The rate of the precision kept, images per second.
+    pub fn rate(&self) -> f64 {
+        match self.chosen {
+            Precision::Bf16 => self.bf16,
+            _ => self.fp32,
+        }
+    }
+
+    /// The line `pipe train` prints after the timing.
+    pub fn line(&self) -> String {
+        format!(
+            "precision auto: {:.0} images/s in float32, {:.0} in bf16 over {ESTIMATE_AFTER_BATCHES} \
+             training batches each; fine-tuning in {}",
+            self.fp32,
+            self.bf16,
+            match self.chosen {
+                Precision::Bf16 => "bf16 mixed precision",
+                _ => "float32",
+            }
+        )
+    }
+}
+
+/// `--precision auto` where neither float32 nor bf16 is known to be the faster ([`Precision::resolve`]
+/// leaves it `Auto` on a CPU with AVX512_BF16 but no AMX): times the training passes of `model` in
+/// each ([`measure_training_speed`]: forward and backward of [`ESTIMATE_AFTER_BATCHES`] batches of
+/// `config`'s size after an untimed one, the parameters unchanged), then sets the model to the one
+/// [`Precision::faster`] keeps. The run's later epochs draw the same shuffles, augmentations and
+/// dropout as without the timing.
+///
+/// # Errors
+/// [`Error::Torch`] on a libtorch failure.
+pub fn time_precisions(model: &mut FineTuneModel, config: &TrainConfig) -> Result<PrecisionTiming> {
+    model.set_precision(Precision::Fp32)?;
+    let fp32 = measure_training_speed(model, config)?;
+    model.set_precision(Precision::Bf16)?;
+    let bf16 = measure_training_speed(model, config)?;
+    let chosen = Precision::faster(fp32, bf16);
+    model.set_precision(chosen)?;
+    Ok(PrecisionTiming { fp32, bf16, chosen })
 }
 
 /// Batch size of evaluation passes (no gradient, so larger than training batches).
@@ -319,10 +397,7 @@ impl<'a> FineTuneModel<'a> {
         init_head: Option<&[NamedTensor]>,
         device: Device,
     ) -> Result<Self> {
-        let kind = match config.precision {
-            Some(Precision::Bf16) => Kind::BFloat16,
-            _ => Kind::Float,
-        };
+        let kind = compute_kind(config.precision.unwrap_or_default());
         tch::manual_seed(config.seed as i64);
         let vs = nn::VarStore::new(device);
         let net = FineTuneNet::new(&vs.root(), arch, weights, config.unfreeze, (device, kind))?;
@@ -349,6 +424,27 @@ impl<'a> FineTuneModel<'a> {
     /// [`Error::Torch`] on a libtorch failure.
     pub fn base_tensors(&self, arch: &Arch) -> Result<Vec<NamedTensor>> {
         self.net.base_tensors(arch)
+    }
+
+    /// The precision of the training passes from now on (float32 for `auto`); evaluation stays
+    /// float32.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on a libtorch failure.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        let kind = compute_kind(precision);
+        self.net.prepare(kind)?;
+        self.kind = kind;
+        Ok(())
+    }
+
+    /// The precision of the training passes: [`Precision::Bf16`] or [`Precision::Fp32`].
+    pub fn precision(&self) -> Precision {
+        if self.kind == Kind::BFloat16 {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        }
     }
 
     /// A float32 copy of the network on the CPU (with its variable store), for the final test
@@ -473,6 +569,80 @@ mod tests {
         }
         assert_eq!(net.base_tensors(&arch).unwrap().len(), 26);
         assert!(FineTuneNet::new(&vs.root(), &arch, &weights, 14, cpu).is_err());
+    }
+
+    /// The precision timing of `--precision auto` measures both precisions, leaves every parameter
+    /// as it was, keeps the one [`Precision::faster`] picks, and later training passes run in it
+    /// (bf16 logits of the same reseeded batch differ from float32's, within bf16's rounding).
+    #[test]
+    fn timing_the_precisions_keeps_the_faster_and_changes_no_parameter() {
+        let _rng = crate::train::global_rng_lock();
+        let arch = Arch::vgg16_transfer(32, 3);
+        let weights = super::super::model::tests::random_base(&arch, 7);
+        let (n, size) = (6usize, 32usize);
+        let pixels: Vec<u8> = (0..n * size * size * 3)
+            .map(|i| (i * 37 % 251) as u8)
+            .collect();
+        let labels: Vec<usize> = (0..n).map(|i| i % 3).collect();
+        let split = || PixelSplit {
+            pixels: &pixels,
+            labels: &labels,
+            size,
+        };
+        let splits_again = || PixelSplits {
+            train: split(),
+            val: split(),
+            test: split(),
+            photos: None,
+        };
+        let splits = splits_again();
+        let config = TrainConfig {
+            unfreeze: 2,
+            augment: true,
+            batch_size: 2,
+            precision: Some(Precision::Auto),
+            ..TrainConfig::default()
+        };
+        let mut model =
+            FineTuneModel::new(splits, &arch, &weights, &config, None, Device::Cpu).unwrap();
+        assert_eq!(model.precision(), Precision::Fp32);
+        let before: Vec<Tensor> = model.parameters().iter().map(|(_, p)| p.copy()).collect();
+        let timing = time_precisions(&mut model, &config).unwrap();
+        assert!(timing.fp32 > 0.0 && timing.bf16 > 0.0, "{timing:?}");
+        assert_eq!(timing.chosen, Precision::faster(timing.fp32, timing.bf16));
+        assert_eq!(model.precision(), timing.chosen);
+        assert!(
+            timing.line().contains("images/s in float32"),
+            "{}",
+            timing.line()
+        );
+        for ((name, p), b) in model.parameters().iter().zip(&before) {
+            assert!(p.equal(b), "{name} changed");
+            assert!(
+                !p.grad().defined() || p.grad().abs().max().double_value(&[]) == 0.0,
+                "{name} kept a gradient"
+            );
+        }
+        // The frozen convs are prepared for both precisions.
+        let Layer::Conv(first) = &model.net.layers[0] else {
+            panic!("the first layer is a conv")
+        };
+        let kinds: Vec<Kind> = first.frozen.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [Kind::Float, Kind::BFloat16]);
+        let mut logits = |p| {
+            model.set_precision(p).unwrap();
+            let order = model.epoch_order(1);
+            (order.clone(), model.train_batch(&order[..2]).unwrap().0)
+        };
+        let ((order, fp32), (_, bf16)) = (logits(Precision::Fp32), logits(Precision::Bf16));
+        let gap = relative(&bf16, &fp32);
+        assert!(gap > 0.0 && gap < 0.05, "bf16 against float32: {gap}");
+        // A model that was never timed draws the same first epoch: shuffle, augmentation, dropout.
+        let mut untimed =
+            FineTuneModel::new(splits_again(), &arch, &weights, &config, None, Device::Cpu)
+                .unwrap();
+        assert_eq!(untimed.epoch_order(1), order);
+        assert!(untimed.train_batch(&order[..2]).unwrap().0.equal(&fp32));
     }
 
     /// Largest |a - b| over the largest |b|.

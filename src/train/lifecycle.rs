@@ -10,7 +10,7 @@ use super::budget;
 use super::checkpoint::{load_checkpoint, save_checkpoint, trainable_params, Checkpoint};
 use super::device::{device_name, resolve_device};
 use super::features::{extract_shard, prepare_features, Features, ShardPart};
-use super::finetune::{FineTuneModel, PixelSplits};
+use super::finetune::{time_precisions, FineTuneModel, PixelSplits};
 use super::head::HeadModel;
 use super::images::{self, RunImages, SplitInfo};
 use super::learner::{
@@ -18,7 +18,7 @@ use super::learner::{
 };
 use super::outputs::{fingerprint_meta, finish, FinishedRun, TrainOutcome};
 use crate::arch::Arch;
-use crate::config::{AugmentStyle, TrainConfig, TrainEnv};
+use crate::config::{AugmentStyle, Precision, TrainConfig, TrainEnv};
 use crate::cpu::CpuFeatures;
 use crate::data::{DataLayout, LayoutKind, LoadedSplit, OnError, SkippedFile, SPLIT_FILE};
 use crate::error::{Error, Result};
@@ -255,10 +255,22 @@ fn finetune_run(start: Start, config: TrainConfig, images: &RunImages) -> Result
         run.device,
     )
     .map_err(|e| run.abandon_if_empty(e))?;
+    // `--precision auto` left to a timing (a CPU with AVX512_BF16 but no AMX): both are timed and
+    // the faster is recorded, so that a resumed run trains in it.
+    let timed = if run.config.precision == Some(Precision::Auto) {
+        let timing =
+            time_precisions(&mut model, &run.config).map_err(|e| run.abandon_if_empty(e))?;
+        run.events.info(timing.line());
+        run.config.precision = Some(timing.chosen);
+        write_json_atomic(&run.dir.join(run::CONFIG_FILE), &run.config)?;
+        Some(timing.rate())
+    } else {
+        None
+    };
     // A new run with a budget plans its epochs here; a resumed one trains the epochs it planned.
     let budget = match (&resume, run.config.budget()) {
         (None, Some(seconds)) => {
-            run.plan_epochs(&mut model, seconds)
+            run.plan_epochs(&mut model, seconds, timed)
                 .map_err(|e| run.abandon_if_empty(e))?;
             Some(seconds)
         }
@@ -425,14 +437,23 @@ impl<'a> Run<'a> {
     }
 
     /// Plans the epochs of a new run with a budget of `seconds` ([`budget::plan`]) from the speed of
-    /// a few training batches of `model` and the time spent since the run started, says what fits,
+    /// a few training batches of `model` (`measured` images/s when a precision timing just measured
+    /// it, else timed here) and the time spent since the run started, says what fits,
     /// and records the planned epochs as the run's `epochs` (in `config.json` too, so that a resumed
     /// run trains the same schedule).
     ///
     /// # Errors
     /// libtorch failures; `config.json` that cannot be written.
-    fn plan_epochs(&mut self, model: &mut impl Model, seconds: f64) -> Result<()> {
-        let rate = measure_training_speed(model, &self.config)?;
+    fn plan_epochs(
+        &mut self,
+        model: &mut impl Model,
+        seconds: f64,
+        measured: Option<f64>,
+    ) -> Result<()> {
+        let rate = match measured {
+            Some(rate) => rate,
+            None => measure_training_speed(model, &self.config)?,
+        };
         let sizes = budget::Sizes {
             train: model.train_len(),
             val: model.eval_len(EvalSplit::Validation),

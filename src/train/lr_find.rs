@@ -9,13 +9,13 @@
 //! either way.
 
 use super::device::{device_name, resolve_device};
-use super::finetune::{FineTuneModel, PixelSplits};
+use super::finetune::{time_precisions, FineTuneModel, PixelSplits};
 use super::head::HeadModel;
 use super::learner::{class_weight_tensor, Model};
 use super::lifecycle::{head_warm_up, photo_set};
 use super::optim::{optimise_step, OptState};
 use super::sweep::head_data;
-use crate::config::{ExtractEnv, Schedule, TrainConfig};
+use crate::config::{ExtractEnv, Precision, Schedule, TrainConfig};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use serde::Serialize;
@@ -173,6 +173,9 @@ pub fn lr_find(
             photos: photos.as_ref(),
         };
         let mut model = FineTuneModel::new(splits, &arch, &weights, &config, Some(&head), device)?;
+        if precision == Precision::Auto {
+            events.info(time_precisions(&mut model, &config)?.line());
+        }
         range_test(&mut model, &config, opts, device)?
     };
     Ok(LrFind {
