@@ -321,34 +321,10 @@ fn rows(flat: &[f32], classes: usize) -> Vec<Vec<f32>> {
 
 #[test]
 fn tritonclient_gets_the_probabilities_of_pipe_infer() {
-    let fx = fixture();
-    let python = root().join(".venv/bin/python");
-    let dir = tempfile::tempdir().unwrap();
-    let pixels = dir.path().join("pixels.u8");
-    std::fs::write(&pixels, &fx.pixels).unwrap();
     for backend in ["tract", "ort"] {
         let server = Server::start(backend, &[]);
-        let out = dir.path().join(format!("{backend}.json"));
-        let n = fx.files.len().to_string();
-        run_python(
-            &python,
-            "tests/serve_client.py",
-            &[
-                "--url",
-                &server.addr,
-                "--model",
-                MODEL,
-                "--pixels",
-                s(&pixels),
-                "--n",
-                &n,
-                "--size",
-                "32",
-                "--out",
-                s(&out),
-            ],
-        );
-        let results: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let args = ["--url", &server.addr, "--model", MODEL];
+        let results = client_results("tests/serve_client.py", &args);
         for key in [
             "json",
             "binary",
@@ -634,8 +610,8 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 }
 
 /// Runs the Triton client `script` (`tests/*_client.py`) on the fixture's images with `args` (the
-/// server's addresses) and returns the rows it wrote for each key (a model version).
-fn client_outputs(script: &str, args: &[&str]) -> HashMap<String, Vec<Vec<f32>>> {
+/// server's addresses) and returns what it wrote, by key.
+fn client_results(script: &str, args: &[&str]) -> HashMap<String, Value> {
     let fx = fixture();
     let dir = tempfile::tempdir().unwrap();
     let pixels = dir.path().join("pixels.u8");
@@ -654,9 +630,13 @@ fn client_outputs(script: &str, args: &[&str]) -> HashMap<String, Vec<Vec<f32>>>
         s(&out),
     ]);
     run_python(&root().join(".venv/bin/python"), script, &all);
-    let results: HashMap<String, Value> =
-        serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    results
+    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+}
+
+/// [`client_results`] of a script that writes rows of probabilities under each key (a model
+/// version).
+fn client_outputs(script: &str, args: &[&str]) -> HashMap<String, Vec<Vec<f32>>> {
+    client_results(script, args)
         .into_iter()
         .map(|(k, v)| (k, v.as_array().unwrap().iter().map(floats).collect()))
         .collect()

@@ -42,10 +42,7 @@ impl LrFindArgs {
     /// # Errors
     /// As [`pipe::train::lr_find`]; an unusable --out.
     pub fn run(self, matches: Option<&ArgMatches>) -> Result<()> {
-        let base = self
-            .preset
-            .map_or_else(TrainConfig::seed_recipe, Preset::config);
-        let config = base.with_given(&self.config, super::train::given_ids(matches))?;
+        let config = super::train::recipe(self.preset, &self.config, matches)?;
         let opts = LrFindOptions {
             start_lr: self.start_lr,
             end_lr: self.end_lr,

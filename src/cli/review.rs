@@ -37,10 +37,7 @@ impl ReviewArgs {
     /// # Errors
     /// As [`pipe::train::review`]; an unusable --out.
     pub fn run(self, matches: Option<&ArgMatches>) -> Result<()> {
-        let base = self
-            .preset
-            .map_or_else(TrainConfig::seed_recipe, Preset::config);
-        let config = base.with_given(&self.config, super::train::given_ids(matches))?;
+        let config = super::train::recipe(self.preset, &self.config, matches)?;
         let opts = ReviewOptions {
             folds: self.folds,
             show: self.show,

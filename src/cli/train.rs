@@ -93,11 +93,24 @@ impl TrainArgs {
     /// The run configuration: the preset's (or the seed recipe's) settings, with the options given
     /// on the command line (`matches`: the command's parsed arguments) laid over them.
     fn config(&self, matches: Option<&ArgMatches>) -> pipe::Result<TrainConfig> {
-        let base = self
-            .preset
-            .map_or_else(TrainConfig::seed_recipe, Preset::config);
-        base.with_given(&self.config, given_ids(matches))
+        recipe(self.preset, &self.config, matches)
     }
+}
+
+/// The settings of a command that takes `--preset` and the training options (train, lr-find,
+/// review): `preset`'s (or the seed recipe's), with the options given on the command line (`options`,
+/// of which `matches` says which were given) laid over them.
+///
+/// # Errors
+/// As [`TrainConfig::with_given`].
+pub fn recipe(
+    preset: Option<Preset>,
+    options: &TrainConfig,
+    matches: Option<&ArgMatches>,
+) -> pipe::Result<TrainConfig> {
+    preset
+        .map_or_else(TrainConfig::seed_recipe, Preset::config)
+        .with_given(options, given_ids(matches))
 }
 
 /// The ids of the options given on the command line (not defaults) in `matches`.

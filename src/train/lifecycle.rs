@@ -159,14 +159,21 @@ fn run_config(
     let name = env.name.clone().unwrap_or_else(run::timestamp_name);
     run::check_new_run(&env.runs_dir, &name)?;
     config.validate()?;
+    let (started, why) = started(config, &name, device);
+    Ok((None, started, why))
+}
+
+/// `config` as a new run named `name` records it on `device` ([`TrainConfig::started`]), with its
+/// fine-tuning precision resolved for the device and this CPU, and why ([`Precision::resolve`]).
+pub(super) fn started(config: &TrainConfig, name: &str, device: Device) -> (TrainConfig, String) {
     let (precision, why) = config
         .precision
         .unwrap_or_default()
         .resolve(device.is_cuda(), CpuFeatures::detect());
     let started = config
         .clone()
-        .started(&name, &device_name(device), precision);
-    Ok((None, started, why))
+        .started(name, &device_name(device), precision);
+    (started, why)
 }
 
 /// How a run starts: the invocation's choices, the folder of a resumed run, the device, the clock,

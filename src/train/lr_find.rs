@@ -8,11 +8,11 @@
 //! writes nothing a later `pipe train` reads except the feature cache, which holds the same features
 //! either way.
 
-use super::device::{device_name, resolve_device};
+use super::device::resolve_device;
 use super::finetune::{time_precisions, FineTuneModel, PixelSplits};
 use super::head::HeadModel;
 use super::learner::{class_weight_tensor, Model};
-use super::lifecycle::{head_warm_up, photo_set};
+use super::lifecycle::{head_warm_up, photo_set, started};
 use super::optim::{optimise_step, OptState};
 use super::sweep::head_data;
 use crate::config::{ExtractEnv, Precision, Schedule, TrainConfig};
@@ -151,13 +151,8 @@ pub fn lr_find(
     } else {
         // As a new `pipe train` run would: the precision and augmentation style resolved for this
         // device and CPU, the base from the recipe's weights, the head warmed up.
-        let (precision, why) = config
-            .precision
-            .unwrap_or_default()
-            .resolve(device.is_cuda(), crate::cpu::CpuFeatures::detect());
-        let config = config
-            .clone()
-            .started("lr-find", &device_name(device), precision);
+        let (config, why) = started(&config, "lr-find", device);
+        let precision = config.precision.unwrap_or_default();
         events.info(format!(
             "fine-tuning the last {} conv layers and the head in {} ({why})",
             config.unfreeze,
