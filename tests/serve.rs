@@ -233,17 +233,10 @@ impl Server {
     /// Sends `sig`, waits (at most 60 s) for the exit and returns its status and the log.
     fn stop_with(mut self, sig: libc::c_int) -> (ExitStatus, String) {
         self.signal(sig);
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, std::fs::read_to_string(&self.log).unwrap());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "server did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let watchdog = common::Watchdog::new(self.child.id(), Duration::from_secs(60));
+        let status = self.child.wait().unwrap();
+        assert!(!watchdog.finish(), "server did not stop within 60 s");
+        (status, std::fs::read_to_string(&self.log).unwrap())
     }
 
     fn stop(self) -> String {

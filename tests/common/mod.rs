@@ -75,3 +75,44 @@ pub fn nvidia_gpu() -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// Kills a child process (SIGKILL) that runs past a time limit, so that a test can block on the
+/// child's exit itself (`wait`, `wait_with_output`) instead of polling it: a thread waits on a
+/// channel for [`Watchdog::finish`] with the limit as timeout.
+pub struct Watchdog {
+    done: std::sync::mpsc::Sender<()>,
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Watches the process `pid` for `limit`.
+    pub fn new(pid: u32, limit: std::time::Duration) -> Watchdog {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let fired = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = fired.clone();
+        let thread = std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+                flag.store(true, Ordering::SeqCst);
+                // SAFETY: sending a signal to the test's own child process.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        });
+        Watchdog {
+            done,
+            fired,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching (call it once the child has exited); true when the limit passed and the
+    /// child was killed.
+    pub fn finish(mut self) -> bool {
+        let _ = self.done.send(());
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
