@@ -149,9 +149,44 @@ fn warm_up_band(history: &[EpochMetrics]) -> Option<(f64, f64)> {
     (warm > 0).then_some((0.5, warm as f64 + 0.5))
 }
 
+/// The part of a range test's curve (log10 of the rate, smoothed loss) that `lr_find.png` shows, and
+/// its y range: the whole curve up to its lowest loss, then the rise after it up to
+/// [`LR_FIND_Y_CAP`] times the highest loss before the lowest; the first point past that is drawn at
+/// the cap and the curve ends there. A diverged last step can be 1e5 times the rest (seen in a
+/// fine-tuning sweep), which would otherwise flatten the whole curve into the axis.
+fn lr_find_view(curve: &[(f64, f64)]) -> (Points, (f64, f64)) {
+    let lowest = curve
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
+        .map_or(0, |(i, _)| i);
+    let before = curve[..=lowest.min(curve.len().saturating_sub(1))]
+        .iter()
+        .fold(f64::MIN, |a, p| a.max(p.1));
+    let cap = LR_FIND_Y_CAP * before;
+    let mut shown: Points = Vec::with_capacity(curve.len());
+    for (i, &(x, l)) in curve.iter().enumerate() {
+        if i > lowest && l > cap {
+            shown.push((x, cap));
+            break;
+        }
+        shown.push((x, l));
+    }
+    let (lo, hi) = shown
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let pad = ((hi - lo) * 0.1).max(1e-3);
+    (shown, ((lo - pad).max(0.0), hi + pad))
+}
+
+/// How far above the highest loss before the lowest `lr_find.png` follows the rising loss
+/// ([`lr_find_view`]): 1.25x, enough to show where the loss turns up.
+const LR_FIND_Y_CAP: f64 = 1.25;
+
 /// `lr_find.png`: the learning-rate range test, the smoothed training loss against the learning rate
-/// (log10 axis, labelled `1e<k>`), with the suggested rate as a vertical line. `points` are
-/// (learning rate, smoothed loss) pairs with positive rates.
+/// (log10 axis, labelled `1e<k>`), with the suggested rate as a vertical line; a loss that shoots up
+/// at the end leaves the chart at its top edge ([`lr_find_view`]). `points` are (learning rate,
+/// smoothed loss) pairs with positive rates.
 ///
 /// # Errors
 /// [`Error::Usage`] with fewer than two points; [`Error::Io`] naming `path` when the figure cannot be
@@ -166,11 +201,7 @@ pub fn lr_find(points: &[(f64, f64)], suggestion: Option<f64>, path: &Path) -> R
         return Err(Error::Usage("fewer than two losses to plot".into()));
     }
     let (x0, x1) = (curve[0].0, curve[curve.len() - 1].0);
-    let (lo, hi) = curve
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let pad = ((hi - lo) * 0.1).max(1e-3);
-    let (y0, y1) = ((lo - pad).max(0.0), hi + pad);
+    let (curve, (y0, y1)) = lr_find_view(&curve);
     let mut series = vec![("smoothed training loss", curve, TRAIN_COLOUR.to_rgba())];
     if let Some(lr) = suggestion.filter(|&lr| lr > 0.0) {
         let x = lr.log10();
@@ -709,6 +740,32 @@ mod tests {
 
     fn count(img: &image::RgbImage, c: RGBColor) -> usize {
         img.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count()
+    }
+
+    /// A sweep whose last loss shot up 1e5-fold: the chart keeps the whole fall and the rise up to
+    /// 1.25x the highest loss before the lowest (the start here, 1.6), draws the diverged point at
+    /// that cap and ends; a sweep without divergence is shown whole.
+    #[test]
+    fn lr_find_clips_a_diverged_loss_at_the_top() {
+        let sweep = [
+            (-7.0, 1.5),
+            (-6.0, 1.6),
+            (-4.0, 1.5),
+            (-3.0, 1.4),
+            (-2.0, 1.8),
+            (-1.5, 1.95),
+        ];
+        let mut diverged = sweep.to_vec();
+        diverged.extend([(-1.0, 1.0e5), (-0.5, 3.0)]);
+        let (shown, (y0, y1)) = lr_find_view(&diverged);
+        assert_eq!(&shown[..6], &sweep);
+        assert_eq!(shown.len(), 7);
+        assert_eq!(shown[6], (-1.0, 1.6 * 1.25));
+        assert!((y1 - (2.0 + 0.06)).abs() < 1e-9, "{y1}");
+        assert!((y0 - (1.4 - 0.06)).abs() < 1e-9, "{y0}");
+        let (whole, (_, top)) = lr_find_view(&sweep);
+        assert_eq!(whole, sweep);
+        assert!((top - (1.95 + 0.055)).abs() < 1e-9, "{top}");
     }
 
     #[test]
