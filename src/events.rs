@@ -113,8 +113,10 @@ impl fmt::Display for EpochReport {
             (None, _, Some(lr)) => format!("  lr {lr:.3e}"),
             (None, _, None) => String::new(),
         };
+        // Under half a second left (a last epoch before a small test) reads as nothing, not "0 s".
         let left = self
             .left_seconds
+            .filter(|&s| s >= 0.5)
             .map(|s| format!("; about {} left", duration(s)))
             .unwrap_or_default();
         write!(
@@ -328,6 +330,14 @@ mod tests {
                 .to_string()
                 .ends_with("lr 4.00e-5 -> 1.00e-3  (0.50 s, 10000 images/s; about 10 min left)"),
             "{tuned}"
+        );
+        let last = EpochReport {
+            left_seconds: Some(0.3),
+            ..tuned
+        };
+        assert!(
+            last.to_string().ends_with("(0.50 s, 10000 images/s)"),
+            "{last}"
         );
     }
 

@@ -153,8 +153,9 @@ fn warm_up_band(history: &[EpochMetrics]) -> Option<(f64, f64)> {
 /// its y range: the whole curve up to its lowest loss, then the rise after it up to
 /// [`LR_FIND_Y_CAP`] times the highest loss before the lowest; the first point past that is drawn at
 /// the cap and the curve ends there. A diverged last step can be 1e5 times the rest (seen in a
-/// fine-tuning sweep), which would otherwise flatten the whole curve into the axis.
-fn lr_find_view(curve: &[(f64, f64)]) -> (Points, (f64, f64)) {
+/// fine-tuning sweep), which would otherwise flatten the whole curve into the axis. The flag says
+/// whether the curve was cut.
+fn lr_find_view(curve: &[(f64, f64)]) -> (Points, (f64, f64), bool) {
     let lowest = curve
         .iter()
         .enumerate()
@@ -165,9 +166,11 @@ fn lr_find_view(curve: &[(f64, f64)]) -> (Points, (f64, f64)) {
         .fold(f64::MIN, |a, p| a.max(p.1));
     let cap = LR_FIND_Y_CAP * before;
     let mut shown: Points = Vec::with_capacity(curve.len());
+    let mut cut = false;
     for (i, &(x, l)) in curve.iter().enumerate() {
         if i > lowest && l > cap {
             shown.push((x, cap));
+            cut = true;
             break;
         }
         shown.push((x, l));
@@ -176,7 +179,7 @@ fn lr_find_view(curve: &[(f64, f64)]) -> (Points, (f64, f64)) {
         .iter()
         .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let pad = ((hi - lo) * 0.1).max(1e-3);
-    (shown, ((lo - pad).max(0.0), hi + pad))
+    (shown, ((lo - pad).max(0.0), hi + pad), cut)
 }
 
 /// How far above the highest loss before the lowest `lr_find.png` follows the rising loss
@@ -184,25 +187,51 @@ fn lr_find_view(curve: &[(f64, f64)]) -> (Points, (f64, f64)) {
 const LR_FIND_Y_CAP: f64 = 1.25;
 
 /// `lr_find.png`: the learning-rate range test, the smoothed training loss against the learning rate
-/// (log10 axis, labelled `1e<k>`), with the suggested rate as a vertical line; a loss that shoots up
-/// at the end leaves the chart at its top edge ([`lr_find_view`]). `points` are (learning rate,
-/// smoothed loss) pairs with positive rates.
+/// (log10 axis, labelled `1e<k>`) over the loss of each step (pale), with the suggested rate as a
+/// vertical line. A loss that shoots up at the end leaves the chart at its top edge
+/// ([`lr_find_view`]): the x axis ends there and the legend says the curve was cut. `smoothed` and
+/// `losses` are (learning rate, loss) pairs with positive rates, one per step; per-step losses
+/// outside the chart's loss range are drawn at its edge.
 ///
 /// # Errors
 /// [`Error::Usage`] with fewer than two points; [`Error::Io`] naming `path` when the figure cannot be
 /// drawn or written.
-pub fn lr_find(points: &[(f64, f64)], suggestion: Option<f64>, path: &Path) -> Result<()> {
-    let curve: Points = points
-        .iter()
-        .filter(|(lr, l)| *lr > 0.0 && l.is_finite())
-        .map(|&(lr, l)| (lr.log10(), l))
-        .collect();
+pub fn lr_find(
+    smoothed: &[(f64, f64)],
+    losses: &[(f64, f64)],
+    suggestion: Option<f64>,
+    path: &Path,
+) -> Result<()> {
+    let log = |points: &[(f64, f64)]| -> Points {
+        points
+            .iter()
+            .filter(|(lr, l)| *lr > 0.0 && l.is_finite())
+            .map(|&(lr, l)| (lr.log10(), l))
+            .collect()
+    };
+    let curve = log(smoothed);
     if curve.len() < 2 {
         return Err(Error::Usage("fewer than two losses to plot".into()));
     }
+    let (curve, (y0, y1), cut) = lr_find_view(&curve);
     let (x0, x1) = (curve[0].0, curve[curve.len() - 1].0);
-    let (curve, (y0, y1)) = lr_find_view(&curve);
-    let mut series = vec![("smoothed training loss", curve, TRAIN_COLOUR.to_rgba())];
+    let steps: Points = log(losses)
+        .into_iter()
+        .filter(|p| p.0 <= x1)
+        .map(|(x, l)| (x, l.clamp(y0, y1)))
+        .collect();
+    let mut series = vec![
+        ("loss of each step", steps, TRAIN_COLOUR.mix(0.3)),
+        (
+            if cut {
+                "smoothed loss (cut where it diverges)"
+            } else {
+                "smoothed loss"
+            },
+            curve,
+            TRAIN_COLOUR.to_rgba(),
+        ),
+    ];
     if let Some(lr) = suggestion.filter(|&lr| lr > 0.0) {
         let x = lr.log10();
         series.push((
@@ -757,13 +786,15 @@ mod tests {
         ];
         let mut diverged = sweep.to_vec();
         diverged.extend([(-1.0, 1.0e5), (-0.5, 3.0)]);
-        let (shown, (y0, y1)) = lr_find_view(&diverged);
+        let (shown, (y0, y1), cut) = lr_find_view(&diverged);
+        assert!(cut);
         assert_eq!(&shown[..6], &sweep);
         assert_eq!(shown.len(), 7);
         assert_eq!(shown[6], (-1.0, 1.6 * 1.25));
         assert!((y1 - (2.0 + 0.06)).abs() < 1e-9, "{y1}");
         assert!((y0 - (1.4 - 0.06)).abs() < 1e-9, "{y0}");
-        let (whole, (_, top)) = lr_find_view(&sweep);
+        let (whole, (_, top), cut) = lr_find_view(&sweep);
+        assert!(!cut);
         assert_eq!(whole, sweep);
         assert!((top - (1.95 + 0.055)).abs() < 1e-9, "{top}");
     }

@@ -75,16 +75,23 @@ pub fn write_atomic_with<T>(
 pub const PAUSE_ENV: &str = "PIPE_TEST_PAUSE";
 
 /// A test hook: when the environment variable [`PAUSE_ENV`] equals `point`, the calling thread
-/// stops here for good, so that a test can signal or kill the process at exactly this point (after
-/// a training checkpoint, before an atomic write's rename) instead of racing it. The points:
-/// `after-checkpoint`, and `before-rename:<file name>` for every [`write_atomic`] family write. Unset
-/// (normal use), it does nothing.
+/// prints `paused at <point>` on stderr and stops here for good, so that a test can wait for that
+/// line and then signal or kill the process at exactly this point (after a training checkpoint,
+/// before an atomic write's rename) instead of racing it. The points: `after-checkpoint`, and
+/// `before-rename:<file name>` for every [`write_atomic`] family write. Unset (normal use), it does
+/// nothing.
 pub fn pause_point(point: &str) {
     if std::env::var_os(PAUSE_ENV).is_some_and(|v| v == point) {
+        eprintln!("{}", paused_line(point));
         loop {
             std::thread::park();
         }
     }
+}
+
+/// The line [`pause_point`] prints when it stops at `point`.
+pub fn paused_line(point: &str) -> String {
+    format!("paused at {point}")
 }
 
 /// Removes the temporary files `.<name>.<pid>.<random>.tmp` that [`write_atomic`] left in `dir` when
@@ -221,6 +228,16 @@ pub fn plural(n: usize, noun: &str) -> String {
         format!("1 {noun}")
     } else {
         format!("{n} {noun}s")
+    }
+}
+
+/// An image limit (`--train-limit`, `--test-limit`) as the settings lines say it: the count, or
+/// `all` for 0.
+pub fn limit(n: usize) -> String {
+    if n == 0 {
+        "all".into()
+    } else {
+        n.to_string()
     }
 }
 

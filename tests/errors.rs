@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tract_onnx::pb;
 
 /// Side of the identity model's input.
@@ -1093,13 +1093,8 @@ fn training_interrupted_by_sigint_resumes_to_the_uninterrupted_result() {
     train("full").ok();
     // Ctrl-C (SIGINT) once the first epoch checkpoint is on disk. The test hook holds the run right
     // after writing it, so the signal lands there however slowly either process is scheduled.
-    let mut child = train("killed")
-        .env(pipe::util::PAUSE_ENV, "after-checkpoint")
-        .spawn_quiet();
-    let checkpoint = w.runs.join("killed/checkpoint.safetensors");
-    wait_while_running(&mut child, 300, "its first checkpoint", || {
-        checkpoint.exists()
-    });
+    let mut child = train("killed").spawn_paused("after-checkpoint", Duration::from_secs(300));
+    assert!(w.runs.join("killed/checkpoint.safetensors").is_file());
     // SAFETY: sending a signal to our own child process.
     assert_eq!(
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
@@ -1171,13 +1166,8 @@ fn export_killed_midway_leaves_no_file_and_unwritable_outputs_are_refused() {
     let export = w.export("r", &target);
     // The test hook holds the export with its complete temporary file written, just before the
     // rename: the kill lands there however slowly either process is scheduled.
-    let mut child = export
-        .clone()
-        .env(pipe::util::PAUSE_ENV, "before-rename:model.onnx")
-        .spawn_quiet();
-    wait_while_running(&mut child, 300, "its temporary file", || {
-        !tmp_files(&out_dir).is_empty()
-    });
+    let mut child = export.spawn_paused("before-rename:model.onnx", Duration::from_secs(300));
+    assert_eq!(tmp_files(&out_dir).len(), 1, "its complete temporary file");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
@@ -1189,28 +1179,6 @@ fn export_killed_midway_leaves_no_file_and_unwritable_outputs_are_refused() {
     assert!(stdout.contains("exported run r"), "{stdout}");
     assert!(target.is_file());
     assert_eq!(tmp_files(&out_dir), Vec::<String>::new(), "no *.tmp left");
-}
-
-/// Polls every millisecond until `ready()` holds, asserting that `child` is still running and that
-/// it takes under `seconds`.
-fn wait_while_running(
-    child: &mut std::process::Child,
-    seconds: u64,
-    what: &str,
-    ready: impl Fn() -> bool,
-) {
-    let t0 = Instant::now();
-    while !ready() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "pipe ended before {what} was seen"
-        );
-        assert!(
-            t0.elapsed() < Duration::from_secs(seconds),
-            "{what} did not appear"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 #[test]

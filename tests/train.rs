@@ -314,8 +314,19 @@ fn lr_find_suggests_a_rate_and_leaves_no_trace() {
         "{}",
         out.stdout
     );
+    let data = std::path::absolute(&w.data).unwrap();
+    let settings = format!(
+        "pipe lr-find: data {}, 100 train images; the dense head on the frozen base's features; \
+         SGD momentum 0.9 weight decay 0, batch 16, seed 42; learning rate 1.0e-7 to 1.0e1 over 60 \
+         steps",
+        data.display()
+    );
+    assert!(out.stderr.contains(&settings), "{settings}\n{}", out.stderr);
     let doc: Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("lr_find.json")).unwrap()).unwrap();
+    assert_eq!(doc["data"].as_str(), data.to_str());
+    // A 60-step sweep averages over half its steps: β = 1 - 2/60.
+    assert!((doc["smoothing"].as_f64().unwrap() - (1.0 - 2.0 / 60.0)).abs() < 1e-12);
     let points = doc["points"].as_array().unwrap();
     assert_eq!(doc["stopped"], "diverged", "a rate of 10 diverges");
     assert!(points.len() > 20 && points.len() < 60, "{}", points.len());
@@ -333,6 +344,17 @@ fn lr_find_suggests_a_rate_and_leaves_no_trace() {
     );
     let png = std::fs::read(out_dir.join("lr_find.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
+    // An option that sets a run's length is refused before any work.
+    let err = common::Pipe::new("lr-find")
+        .data(&w.data)
+        .arg("--epochs", "5")
+        .arg("--out", w.join("refused"))
+        .fails();
+    assert!(
+        err.contains("--epochs set a training run's length"),
+        "{err}"
+    );
+    assert!(!w.join("refused").exists());
     train("after").ok();
     let (before, after) = (w.run("before"), w.run("after"));
     for f in ["history.json", "predictions.json", "head.safetensors"] {

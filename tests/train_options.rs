@@ -438,6 +438,14 @@ fn lr_find_sweeps_the_fine_tuning_and_leaves_no_trace() {
     ] {
         assert!(out.stderr.contains(says), "{says}\n{}", out.stderr);
     }
+    // The precision is named as `pipe train` names it.
+    assert!(
+        ["float32", "bf16 mixed precision", "precision auto"]
+            .iter()
+            .any(|p| out.stderr.contains(&format!("and the head in {p} ("))),
+        "{}",
+        out.stderr
+    );
     let doc: Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("lr_find.json")).unwrap()).unwrap();
     assert_eq!(

@@ -4,7 +4,7 @@
 use super::render::Stderr;
 use anyhow::{Context, Result};
 use clap::ArgMatches;
-use pipe::config::{ExtractEnv, Preset, TrainConfig};
+use pipe::config::{ExtractEnv, Optimizer, Preset, TrainConfig};
 use pipe::train::LrFindOptions;
 use std::path::PathBuf;
 
@@ -22,8 +22,9 @@ pub struct LrFindArgs {
     /// The last learning rate of the sweep (the test stops earlier when the loss diverges).
     #[arg(long, default_value_t = 10.0, value_name = "LR")]
     end_lr: f64,
-    /// Mini-batches of the sweep, the rate growing exponentially from --start-lr to --end-lr; the
-    /// training split is gone through as many times as they need.
+    /// Mini-batches of the sweep (at least 20), the rate growing exponentially from --start-lr to
+    /// --end-lr; the training split is gone through as many times as they need. Fewer steps smooth
+    /// the loss over fewer batches (see lr_find.json's `smoothing`).
     #[arg(long, default_value_t = 100, value_name = "N")]
     steps: usize,
     /// Folder to write lr_find.png and lr_find.json into (default: a new models/lr-find/<UTC time>).
@@ -42,6 +43,7 @@ impl LrFindArgs {
     /// # Errors
     /// As [`pipe::train::lr_find`]; an unusable --out.
     pub fn run(self, matches: Option<&ArgMatches>) -> Result<()> {
+        refuse_run_length_options(&super::train::given_ids(matches))?;
         let config = super::train::recipe(self.preset, &self.config, matches)?;
         let opts = LrFindOptions {
             start_lr: self.start_lr,
@@ -55,6 +57,32 @@ impl LrFindArgs {
             .unwrap_or_else(|| PathBuf::from("models/lr-find").join(pipe::run::timestamp_name()));
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("cannot create {}", out_dir.display()))?;
+        let data = std::path::absolute(&config.data).unwrap_or_else(|_| config.data.clone());
+        eprintln!(
+            "pipe lr-find: data {}, {} train images; {}; {} weight decay {}, batch {}, seed {}; \
+             learning rate {:.1e} to {:.1e} over {} steps",
+            data.display(),
+            pipe::util::limit(config.train_limit),
+            if config.unfreeze > 0 {
+                format!(
+                    "fine-tuning the last {} conv layers and the head after {} of the head",
+                    config.unfreeze,
+                    pipe::util::plural(config.head_epochs, "warm-up epoch")
+                )
+            } else {
+                "the dense head on the frozen base's features".to_string()
+            },
+            match config.optimizer {
+                Optimizer::Sgd => format!("SGD momentum {}", config.momentum),
+                Optimizer::Adam => "Adam".to_string(),
+            },
+            config.weight_decay,
+            config.batch_size,
+            config.seed,
+            opts.start_lr,
+            opts.end_lr,
+            opts.steps
+        );
         let events = Stderr::new();
         let found = pipe::train::lr_find(&config, &self.env, &opts, &events);
         events.clear();
@@ -62,17 +90,24 @@ impl LrFindArgs {
         pipe::util::write_json_atomic(
             &out_dir.join("lr_find.json"),
             &serde_json::json!({
-                "data": config.data, "batch_size": config.batch_size, "optimizer": config.optimizer,
+                "data": data, "batch_size": config.batch_size, "optimizer": config.optimizer,
                 "momentum": config.momentum, "seed": config.seed, "recipe_lr": config.lr,
                 "unfreeze": config.unfreeze, "head_epochs": if config.unfreeze > 0 { config.head_epochs } else { 0 },
                 "start_lr": opts.start_lr, "end_lr": opts.end_lr, "steps": opts.steps,
                 "rule": "steepest descent of the smoothed loss against log10(lr)",
+                "smoothing": pipe::train::smoothing_beta(opts.steps),
                 "suggestion": found.suggestion, "stopped": found.stopped,
                 "images_extracted": found.extracted, "points": found.points,
             }),
         )?;
-        let points: Vec<(f64, f64)> = found.points.iter().map(|p| (p.lr, p.smoothed)).collect();
-        pipe::plot::lr_find(&points, found.suggestion, &out_dir.join("lr_find.png"))?;
+        let smoothed: Vec<(f64, f64)> = found.points.iter().map(|p| (p.lr, p.smoothed)).collect();
+        let losses: Vec<(f64, f64)> = found.points.iter().map(|p| (p.lr, p.loss)).collect();
+        pipe::plot::lr_find(
+            &smoothed,
+            &losses,
+            found.suggestion,
+            &out_dir.join("lr_find.png"),
+        )?;
         let last = found.points.last().map_or(0.0, |p| p.lr);
         println!(
             "lr-find: {} steps, learning rate {:.1e} to {last:.1e} ({})",
@@ -96,5 +131,77 @@ impl LrFindArgs {
         }
         println!("lr_find.png and lr_find.json in {}", out_dir.display());
         Ok(())
+    }
+}
+
+/// The training options that set a run's length or schedule, which a range test replaces with its
+/// sweep (clap ids of [`TrainConfig`]'s fields).
+const RUN_LENGTH_OPTIONS: [&str; 6] = [
+    "epochs",
+    "time_budget",
+    "schedule",
+    "lr_step_epochs",
+    "patience",
+    "restore_best",
+];
+
+/// Refuses, before any work, the options of `given` (clap ids given on the command line) that set a
+/// run's length or schedule: a range test would silently ignore them.
+///
+/// # Errors
+/// [`pipe::Error::Usage`] naming them.
+fn refuse_run_length_options(given: &[&str]) -> pipe::Result<()> {
+    let refused: Vec<String> = RUN_LENGTH_OPTIONS
+        .iter()
+        .filter(|id| given.contains(*id))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(pipe::Error::Usage(format!(
+        "{} set a training run's length or schedule, which lr-find replaces with its sweep \
+         (--start-lr, --end-lr, --steps); leave {} out",
+        refused.join(", "),
+        if refused.len() == 1 { "it" } else { "them" }
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::Cli;
+    use clap::CommandFactory;
+
+    /// `pipe lr-find ARGS`' check of the options given.
+    fn check(args: &[&str]) -> Result<(), String> {
+        let m = Cli::command()
+            .try_get_matches_from(["pipe", "lr-find"].iter().chain(args))
+            .unwrap();
+        let ids = super::super::train::given_ids(m.subcommand_matches("lr-find"));
+        super::refuse_run_length_options(&ids).map_err(|e| e.to_string())
+    }
+
+    /// The options that set a run's length or schedule are refused, named as typed; the recipe's
+    /// other options, the sweep's own and a preset (which sets epochs and a budget) pass.
+    #[test]
+    fn options_of_a_run_length_are_refused() {
+        assert_eq!(
+            check(&["--preset", "finetune", "--lr", "1e-3", "--steps", "30"]),
+            Ok(())
+        );
+        let err = check(&["--time-budget", "10m", "--restore-best"]).unwrap_err();
+        assert!(
+            err.contains("--time-budget, --restore-best set a training run's length"),
+            "{err}"
+        );
+        assert!(err.contains("leave them out"), "{err}");
+        for option in [
+            ["--epochs", "3"],
+            ["--patience", "2"],
+            ["--schedule", "onecycle"],
+        ] {
+            let err = check(&option).unwrap_err();
+            assert!(err.starts_with(option[0]), "{err}");
+        }
     }
 }

@@ -98,12 +98,18 @@ pub enum Command {
     #[cfg(feature = "train")]
     #[command(after_help = EXIT_CODES)]
     Sweep(sweep::SweepArgs),
-    /// Find a learning rate: the learning-rate range test on the recipe's head and cached features.
+    /// Find a learning rate: the learning-rate range test of a recipe (its head on cached features, or
+    /// its fine-tuning with --unfreeze).
     ///
-    /// The head trains for --steps mini-batches while the rate grows exponentially from --start-lr to
-    /// --end-lr, stopping when the smoothed loss passes 4 times its lowest value. Prints the rate of
-    /// the steepest descent of the smoothed loss, and draws lr_find.png (loss against the rate, log
-    /// axis). Nothing a later pipe train reads is changed (the feature cache holds the same features).
+    /// The recipe trains for --steps mini-batches while the rate grows exponentially from --start-lr
+    /// to --end-lr, stopping when the smoothed loss passes 4 times its lowest value: the head alone
+    /// on the frozen base's cached features, or, for a recipe with --unfreeze (the finetune preset),
+    /// the last conv layers and the head on the images after the head's warm-up. Prints the rate of
+    /// the steepest descent of the smoothed loss, and draws lr_find.png (the loss of each step and
+    /// its smoothed curve against the rate, log axis) beside the recipe's --lr. Options that set a
+    /// run's length or schedule (--epochs, --time-budget, --schedule, --lr-step-epochs, --patience,
+    /// --restore-best) have no meaning here (the sweep sets both) and are refused. Nothing a later pipe train reads is changed (the feature cache holds the same
+    /// features).
     #[cfg(feature = "train")]
     #[command(name = "lr-find", after_help = EXIT_CODES)]
     LrFind(lr_find::LrFindArgs),

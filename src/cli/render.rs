@@ -1,7 +1,7 @@
 //! How the command line shows the library's events on stderr: one progress bar at a time (the one
 //! style of every bar, made in [`bar`]), and every other event as its line, printed above the bar.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use pipe::events::{Event, EventSink, Task};
 use std::sync::Mutex;
 
@@ -68,18 +68,44 @@ impl EventSink for Stderr {
     }
 }
 
-/// The progress bar of `task` with `total` images: `<task> [====>   ] 120/5000 images  300/s  eta
-/// 16s`; hidden for a classification of few images (and by indicatif when stderr is not a terminal).
+/// The progress bar of `task` with `total` images: `<task> [====>   ] 120/5000 images  300
+/// images/s  eta 16s`; hidden for a classification of few images (and by indicatif when stderr is
+/// not a terminal).
 fn bar(task: &Task, total: u64) -> ProgressBar {
     if matches!(task, Task::Infer { .. }) && total <= INFER_BAR_MIN_IMAGES {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(total);
     pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:32}] {pos}/{len} images  {per_sec}  eta {eta}")
+        ProgressStyle::with_template("{msg} [{bar:32}] {pos}/{len} images{rate}  eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&rate(s.pos(), s.per_sec()));
+            })
             .progress_chars("=> "),
     );
     pb.set_message(task.to_string());
     pb
+}
+
+/// The bar's rate after `done` images at `per_second`: `  300 images/s`, whole images (indicatif's
+/// own `{per_sec}` shows four decimals); nothing before the first image is done, when no rate is
+/// known yet.
+fn rate(done: u64, per_second: f64) -> String {
+    if done == 0 || !per_second.is_finite() {
+        return String::new();
+    }
+    format!("  {per_second:.0} images/s")
+}
+
+#[cfg(test)]
+mod tests {
+    /// Whole images per second once images are done; nothing before.
+    #[test]
+    fn the_rate_is_whole_images_per_second_once_known() {
+        assert_eq!(super::rate(0, 0.0), "");
+        assert_eq!(super::rate(0, 12.5), "");
+        assert_eq!(super::rate(120, 299.6251), "  300 images/s");
+        assert_eq!(super::rate(5, f64::NAN), "");
+    }
 }

@@ -81,7 +81,11 @@ impl TrainArgs {
             out.test_loss, out.test_accuracy
         );
         println!("{}", out.test_report.balanced_line());
-        println!("run: {}", out.run_dir.display());
+        println!(
+            "run: {} ({} in all)",
+            out.run_dir.display(),
+            pipe::util::duration(out.seconds)
+        );
         if let Some(line) = SkippedFile::summary(&out.skipped) {
             let list = out.run_dir.join(pipe::train::SKIPPED_FILE);
             println!("{line}; listed in {}", list.display());

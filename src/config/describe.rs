@@ -1,6 +1,6 @@
 //! The settings line that `pipe train` prints first.
 
-use super::{AugmentStyle, Optimizer, Precision, Schedule, TrainConfig};
+use super::{AugmentStyle, Optimizer, Schedule, TrainConfig};
 use crate::arch::Pooling;
 use crate::data::LayoutKind;
 
@@ -58,22 +58,18 @@ impl TrainConfig {
                         ", photo augmentation (random resized crops, flips)",
                     (true, _) => ", augmented images",
                 },
-                match self.precision.unwrap_or_default() {
-                    Precision::Bf16 => "bf16 mixed precision",
-                    Precision::Fp32 => "float32",
-                    Precision::Auto => "precision auto",
-                }
+                self.precision.unwrap_or_default().label()
             )
         } else {
             format!("VGG16 frozen base + {head}")
         };
         format!(
-            "pipe train: data {}, {} train / {} test images (0 = all), {val}{test}, input {}x{} \
+            "pipe train: data {}, {} train / {} test images, {val}{test}, input {}x{} \
              ({}); {model} on {device}; {opt} weight decay {}{smoothing}{schedule}, batch {}, \
              {}{stop}{best}, seed {}",
             self.data.display(),
-            self.train_limit,
-            self.test_limit,
+            crate::util::limit(self.train_limit),
+            crate::util::limit(self.test_limit),
             self.input_size,
             self.input_size,
             self.resize,
@@ -89,5 +85,21 @@ impl TrainConfig {
             },
             self.seed
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A limit of 0 reads `all`, any other its count.
+    #[test]
+    fn the_settings_line_says_all_for_a_limit_of_zero() {
+        let c = TrainConfig {
+            train_limit: 0,
+            ..TrainConfig::seed_recipe()
+        };
+        let line = c.describe("cpu", "");
+        assert!(line.contains(", all train / 1000 test images, "), "{line}");
     }
 }

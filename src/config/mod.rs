@@ -433,7 +433,17 @@ impl Precision {
         }
     }
 
-    /// The name used in `config.json` and messages.
+    /// How the terminal lines of `pipe train` and `pipe lr-find` name it: `float32`, `bf16 mixed
+    /// precision`, or `precision auto` while a timing is still to decide.
+    pub fn label(self) -> &'static str {
+        match self {
+            Precision::Auto => "precision auto",
+            Precision::Fp32 => "float32",
+            Precision::Bf16 => "bf16 mixed precision",
+        }
+    }
+
+    /// The name used in `config.json` and on the command line (`--precision`).
     pub fn name(self) -> &'static str {
         match self {
             Precision::Auto => "auto",

@@ -285,10 +285,7 @@ impl PrecisionTiming {
              training batches each; fine-tuning in {}",
             self.fp32,
             self.bf16,
-            match self.chosen {
-                Precision::Bf16 => "bf16 mixed precision",
-                _ => "float32",
-            }
+            self.chosen.label()
         )
     }
 }

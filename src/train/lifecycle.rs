@@ -269,7 +269,6 @@ fn finetune_run(start: Start, config: TrainConfig, images: &RunImages) -> Result
             time_precisions(&mut model, &run.config).map_err(|e| run.abandon_if_empty(e))?;
         run.events.info(timing.line());
         run.config.precision = Some(timing.chosen);
-        write_json_atomic(&run.dir.join(run::CONFIG_FILE), &run.config)?;
         Some(timing.rate())
     } else {
         None
@@ -283,6 +282,11 @@ fn finetune_run(start: Start, config: TrainConfig, images: &RunImages) -> Result
         }
         _ => None,
     };
+    // The precision kept and the epochs planned, in one write.
+    if timed.is_some() || budget.is_some() {
+        write_json_atomic(&run.dir.join(run::CONFIG_FILE), &run.config)
+            .map_err(|e| run.abandon_if_empty(e))?;
+    }
     // Fine-tuning epochs take minutes, so they report progress (head epochs take a fraction of a
     // second and do not).
     let mut learner = Learner::new(&run.config)
@@ -446,11 +450,11 @@ impl<'a> Run<'a> {
     /// Plans the epochs of a new run with a budget of `seconds` ([`budget::plan`]) from the speed of
     /// a few training batches of `model` (`measured` images/s when a precision timing just measured
     /// it, else timed here) and the time spent since the run started, says what fits,
-    /// and records the planned epochs as the run's `epochs` (in `config.json` too, so that a resumed
-    /// run trains the same schedule).
+    /// and sets the run's `epochs` to the epochs planned (the caller writes them to `config.json`, so
+    /// that a resumed run trains the same schedule).
     ///
     /// # Errors
-    /// libtorch failures; `config.json` that cannot be written.
+    /// libtorch failures.
     fn plan_epochs(
         &mut self,
         model: &mut impl Model,
@@ -495,7 +499,7 @@ impl<'a> Run<'a> {
             )));
         }
         self.config.epochs = plan.epochs;
-        write_json_atomic(&self.dir.join(run::CONFIG_FILE), &self.config)
+        Ok(())
     }
 
     /// The training photos that photo augmentation crops from ([`photo_set`]).

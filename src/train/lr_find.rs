@@ -52,7 +52,8 @@ pub struct LrPoint {
     pub lr: f64,
     /// The mini-batch's training loss (cross-entropy, class-weighted as the recipe says).
     pub loss: f64,
-    /// The exponential moving average of the losses (β 0.98), bias-corrected as fastai's.
+    /// The exponential moving average of the losses (β from [`smoothing_beta`]), bias-corrected as
+    /// fastai's.
     pub smoothed: f64,
 }
 
@@ -74,6 +75,14 @@ pub struct LrFind {
 pub fn lr_at(opts: &LrFindOptions, i: usize) -> f64 {
     let t = i as f64 / (opts.steps.max(2) - 1) as f64;
     opts.start_lr * (opts.end_lr / opts.start_lr).powf(t)
+}
+
+/// The β of the loss's moving average in a sweep of `steps` steps: fastai's 0.98 for 100 steps or
+/// more, `1 - 2 / steps` for shorter sweeps. An average with β 0.98 spans about 50 steps
+/// (`1 / (1 - β)`), which over a 20-step sweep would trail the loss by most of the sweep and move
+/// the steepest descent to higher rates; `1 - 2 / steps` keeps the span at half the sweep.
+pub fn smoothing_beta(steps: usize) -> f64 {
+    (1.0 - 2.0 / steps.max(4) as f64).min(0.98)
 }
 
 /// The suggestion rule: the rate where the smoothed loss falls fastest against log10 of the rate
@@ -156,7 +165,7 @@ pub fn lr_find(
         events.info(format!(
             "fine-tuning the last {} conv layers and the head in {} ({why})",
             config.unfreeze,
-            precision.name()
+            precision.label()
         ));
         let (weights, _) = crate::weights::load_base(&config.weights, &arch, env.allow_unverified)?;
         let (head, _) = head_warm_up(&config, &f, device, events)?;
@@ -196,7 +205,7 @@ fn range_test<M: Model>(
     let params = model.parameters();
     let mut opt = OptState::new(config.optimizer, &params)?;
     let weights = class_weight_tensor(config, model, device)?.map(|(_, t)| t);
-    let (beta, mut average, mut best) = (0.98f64, 0.0f64, f64::MAX);
+    let (beta, mut average, mut best) = (smoothing_beta(opts.steps), 0.0f64, f64::MAX);
     let mut points = Vec::with_capacity(opts.steps);
     let (mut epoch, mut batches) = (0, Vec::new().into_iter());
     for i in 0..opts.steps {
@@ -261,6 +270,14 @@ mod tests {
         for i in 0..9 {
             let want = 10f64.powi(i as i32 - 7);
             assert!((lr_at(&opts, i) / want - 1.0).abs() < 1e-9, "{i}");
+        }
+    }
+
+    /// fastai's β 0.98 from 100 steps on; shorter sweeps average over half their steps.
+    #[test]
+    fn shorter_sweeps_smooth_over_fewer_steps() {
+        for (steps, beta) in [(100, 0.98), (400, 0.98), (50, 0.96), (20, 0.9)] {
+            assert!((smoothing_beta(steps) - beta).abs() < 1e-12, "{steps}");
         }
     }
 

@@ -37,6 +37,8 @@ pub struct TrainOutcome {
     pub test_report: crate::report::ClassReport,
     /// Image files left out because they could not be decoded (also in the run's `skipped.json`).
     pub skipped: Vec<SkippedFile>,
+    /// Wall-clock seconds from the run's start to its last file written.
+    pub seconds: f64,
 }
 
 /// A run whose training has ended: its folder, configuration, folder of runs and start time.
@@ -62,7 +64,7 @@ pub fn fingerprint_meta(config: &TrainConfig) -> HashMap<String, String> {
 /// Writes the outputs of a finished run: the `skipped` image files, head (and best epoch) weights,
 /// history, tch's predictions on the `test` images, figures (with pixels from `test_images`, the same
 /// images in the same order); then points `latest` at the run. A test accuracy at chance level is reported to
-/// `events` as a warning, and the folder written as a line.
+/// `events` as a warning.
 ///
 /// # Errors
 /// Unwritable run folder; libtorch errors.
@@ -109,11 +111,6 @@ pub fn finish(
     write_json_atomic(&dir.join(run::PREDICTIONS_FILE), &predictions)?;
     write_figures(dir, c, test_images, &fitted.history, &predictions)?;
     run::set_latest(run.runs_dir, &c.name)?;
-    events.info(format!(
-        "run written to {} in {:.1} s",
-        dir.display(),
-        run.t0.elapsed().as_secs_f64()
-    ));
     let test_report = predictions.class_report();
     Ok(TrainOutcome {
         test_report,
@@ -122,6 +119,7 @@ pub fn finish(
         test_loss: fitted.test_loss,
         test_accuracy: fitted.test_accuracy,
         skipped: skipped.to_vec(),
+        seconds: run.t0.elapsed().as_secs_f64(),
     })
 }
 

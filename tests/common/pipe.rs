@@ -198,10 +198,10 @@ impl Pipe {
         cmd
     }
 
-    /// Starts the process with stdout and stderr discarded (for tests that signal or kill it), with
-    /// SIGINT and SIGQUIT at their default action: a test runner started as a background job
-    /// without job control (`cmd &` in a script) ignores them, and its children would inherit that.
-    pub fn spawn_quiet(&self) -> Child {
+    /// The process, not started yet, with SIGINT and SIGQUIT at their default action (for tests
+    /// that signal it): a test runner started as a background job without job control (`cmd &` in
+    /// a script) ignores them, and its children would inherit that.
+    fn signalable(&self) -> Command {
         use std::os::unix::process::CommandExt;
         let mut cmd = self.command();
         // SAFETY: signal() is async-signal-safe, as pre_exec requires.
@@ -212,10 +212,59 @@ impl Pipe {
                 Ok(())
             });
         }
-        cmd.stdout(Stdio::null())
+        cmd
+    }
+
+    /// Starts the process with stdout and stderr discarded (for tests that signal or kill it), with
+    /// SIGINT and SIGQUIT at their default action ([`Pipe::signalable`]).
+    pub fn spawn_quiet(&self) -> Child {
+        self.signalable()
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.line()))
+    }
+
+    /// Starts the process with the test hook `pipe::util::PAUSE_ENV` set to `point` and returns once
+    /// it has stopped there: its stderr is read line by line until the hook's line
+    /// (`pipe::util::paused_line`), then drained in the background so that later writes never
+    /// block. SIGINT and SIGQUIT are at their default action ([`Pipe::signalable`]). Panics when
+    /// the process ends before pausing, or when it has not paused within `limit` (it is killed).
+    pub fn spawn_paused(&self, point: &str, limit: std::time::Duration) -> Child {
+        use std::io::BufRead;
+        let mut child = self
+            .clone()
+            .env(pipe::util::PAUSE_ENV, point)
+            .signalable()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.line()));
+        let watchdog = super::Watchdog::new(child.id(), limit);
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let wanted = pipe::util::paused_line(point);
+        let mut seen = Vec::new();
+        let paused = loop {
+            match lines.next() {
+                Some(Ok(line)) if line == wanted => break true,
+                Some(Ok(line)) => seen.push(line),
+                _ => break false,
+            }
+        };
+        let fired = watchdog.finish();
+        assert!(
+            paused,
+            "{} ended before `{wanted}`{}:\n{}",
+            self.line(),
+            if fired {
+                " (killed after the time limit)"
+            } else {
+                ""
+            },
+            seen.join("\n")
+        );
+        std::thread::spawn(move || lines.for_each(drop));
+        child
     }
 
     /// Runs it to the end and returns its output (logged).
