@@ -190,8 +190,8 @@ const LR_FIND_Y_CAP: f64 = 1.25;
 /// (log10 axis, labelled `1e<k>`) over the loss of each step (pale), with the suggested rate as a
 /// vertical line. A loss that shoots up at the end leaves the chart at its top edge
 /// ([`lr_find_view`]): the x axis ends there and the legend says the curve was cut. `smoothed` and
-/// `losses` are (learning rate, loss) pairs with positive rates, one per step; per-step losses
-/// outside the chart's loss range are drawn at its edge.
+/// `losses` are (learning rate, loss) pairs with positive rates, one per step; the loss axis reaches
+/// down to the lowest per-step loss, and per-step losses above the chart are drawn at its top edge.
 ///
 /// # Errors
 /// [`Error::Usage`] with fewer than two points; [`Error::Io`] naming `path` when the figure cannot be
@@ -215,9 +215,16 @@ pub fn lr_find(
     }
     let (curve, (y0, y1), cut) = lr_find_view(&curve);
     let (x0, x1) = (curve[0].0, curve[curve.len() - 1].0);
-    let steps: Points = log(losses)
+    let steps: Points = log(losses).into_iter().filter(|p| p.0 <= x1).collect();
+    // The chart reaches down to the lowest step's loss too (noise below the smoothed curve).
+    let lowest = steps.iter().fold(f64::MAX, |a, p| a.min(p.1));
+    let y0 = if lowest < y0 {
+        (lowest - 0.05 * (y1 - lowest)).max(0.0)
+    } else {
+        y0
+    };
+    let steps: Points = steps
         .into_iter()
-        .filter(|p| p.0 <= x1)
         .map(|(x, l)| (x, l.clamp(y0, y1)))
         .collect();
     let mut series = vec![
