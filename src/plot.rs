@@ -150,40 +150,38 @@ fn warm_up_band(history: &[EpochMetrics]) -> Option<(f64, f64)> {
 }
 
 /// The part of a range test's curve (log10 of the rate, smoothed loss) that `lr_find.png` shows, and
-/// its y range: the whole curve up to its lowest loss, then the rise after it up to
-/// [`LR_FIND_Y_CAP`] times the highest loss before the lowest; the first point past that is drawn at
-/// the cap and the curve ends there. A diverged last step can be 1e5 times the rest (seen in a
-/// fine-tuning sweep), which would otherwise flatten the whole curve into the axis. The flag says
-/// whether the curve was cut.
+/// its y range. A range test stops at the first step whose smoothed loss diverges, so only the last
+/// point can shoot up: when it lies above both [`LR_FIND_Y_CAP`] times the highest loss before the
+/// lowest and every other point, it is drawn at the chart's top edge (the flag says so) instead of
+/// setting the range; every other point is shown as it is. A diverged last step can be 1e5 times the
+/// rest (seen in a fine-tuning sweep), which would otherwise flatten the whole curve into the axis.
 fn lr_find_view(curve: &[(f64, f64)]) -> (Points, (f64, f64), bool) {
+    let mut shown: Points = curve.to_vec();
+    let top = |points: &[(f64, f64)]| points.iter().fold(f64::MIN, |a, p| a.max(p.1));
     let lowest = curve
         .iter()
         .enumerate()
         .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
         .map_or(0, |(i, _)| i);
-    let before = curve[..=lowest.min(curve.len().saturating_sub(1))]
-        .iter()
-        .fold(f64::MIN, |a, p| a.max(p.1));
-    let cap = LR_FIND_Y_CAP * before;
-    let mut shown: Points = Vec::with_capacity(curve.len());
-    let mut cut = false;
-    for (i, &(x, l)) in curve.iter().enumerate() {
-        if i > lowest && l > cap {
-            shown.push((x, cap));
-            cut = true;
-            break;
-        }
-        shown.push((x, l));
+    let last = curve.len().saturating_sub(1);
+    let cap = (LR_FIND_Y_CAP * top(&curve[..=lowest.min(last)])).max(top(&curve[..last]));
+    let cut = lowest < last && curve[last].1 > cap;
+    if cut {
+        shown[last].1 = cap;
     }
     let (lo, hi) = shown
         .iter()
         .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let pad = ((hi - lo) * 0.1).max(1e-3);
-    (shown, ((lo - pad).max(0.0), hi + pad), cut)
+    let (y0, y1) = ((lo - pad).max(0.0), hi + pad);
+    if cut {
+        shown[last].1 = y1;
+    }
+    (shown, (y0, y1), cut)
 }
 
-/// How far above the highest loss before the lowest `lr_find.png` follows the rising loss
-/// ([`lr_find_view`]): 1.25x, enough to show where the loss turns up.
+/// How far above the highest loss before the lowest `lr_find.png` follows a diverged last step at
+/// least ([`lr_find_view`]): 1.25x, enough to show where the loss turns up.
 const LR_FIND_Y_CAP: f64 = 1.25;
 
 /// `lr_find.png`: the learning-rate range test, the smoothed training loss against the learning rate
@@ -778,9 +776,11 @@ mod tests {
         img.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count()
     }
 
-    /// A sweep whose last loss shot up 1e5-fold: the chart keeps the whole fall and the rise up to
-    /// 1.25x the highest loss before the lowest (the start here, 1.6), draws the diverged point at
-    /// that cap and ends; a sweep without divergence is shown whole.
+    /// A sweep whose last loss shot up 1e5-fold: the chart keeps every point before it as it is and
+    /// draws the diverged one at its top edge, with the range set by the rest (up to 1.25x the
+    /// highest loss before the lowest, here 1.6 x 1.25 = 2.0); a sweep whose lowest loss comes
+    /// early and that rises well past 1.25x before diverging is shown up to its last point; a sweep
+    /// without divergence is shown whole.
     #[test]
     fn lr_find_clips_a_diverged_loss_at_the_top() {
         let sweep = [
@@ -792,14 +792,28 @@ mod tests {
             (-1.5, 1.95),
         ];
         let mut diverged = sweep.to_vec();
-        diverged.extend([(-1.0, 1.0e5), (-0.5, 3.0)]);
+        diverged.push((-1.0, 1.0e5));
         let (shown, (y0, y1), cut) = lr_find_view(&diverged);
         assert!(cut);
         assert_eq!(&shown[..6], &sweep);
         assert_eq!(shown.len(), 7);
-        assert_eq!(shown[6], (-1.0, 1.6 * 1.25));
         assert!((y1 - (2.0 + 0.06)).abs() < 1e-9, "{y1}");
         assert!((y0 - (1.4 - 0.06)).abs() < 1e-9, "{y0}");
+        assert_eq!(shown[6], (-1.0, y1));
+        // Lowest at the second step, then a rise to 3.5 (1.5x the 2.3 before it), then divergence.
+        let early = [
+            (-7.0, 2.3),
+            (-6.0, 2.0),
+            (-5.0, 2.4),
+            (-4.0, 2.9),
+            (-3.0, 3.5),
+            (-2.0, 9.08),
+        ];
+        let (shown, (_, top), cut) = lr_find_view(&early);
+        assert!(cut);
+        assert_eq!(&shown[..5], &early[..5]);
+        assert!((top - (3.5 + 0.15)).abs() < 1e-9, "{top}");
+        assert_eq!(shown[5], (-2.0, top));
         let (whole, (_, top), cut) = lr_find_view(&sweep);
         assert!(!cut);
         assert_eq!(whole, sweep);

@@ -351,7 +351,7 @@ fn lr_find_suggests_a_rate_and_leaves_no_trace() {
         .arg("--out", w.join("refused"))
         .fails();
     assert!(
-        err.contains("--epochs set a training run's length"),
+        err.contains("--epochs sets a training run's length"),
         "{err}"
     );
     assert!(!w.join("refused").exists());

@@ -91,7 +91,11 @@ impl LrFindArgs {
             &out_dir.join("lr_find.json"),
             &serde_json::json!({
                 "data": data, "batch_size": config.batch_size, "optimizer": config.optimizer,
-                "momentum": config.momentum, "seed": config.seed, "recipe_lr": config.lr,
+                "momentum": config.momentum, "weight_decay": config.weight_decay,
+                "train_limit": config.train_limit, "input_size": config.input_size,
+                "resize": config.resize, "pooling": config.pooling,
+                "class_weights": config.class_weights, "label_smoothing": config.label_smoothing,
+                "augment": config.augment, "seed": config.seed, "recipe_lr": config.lr,
                 "unfreeze": config.unfreeze, "head_epochs": if config.unfreeze > 0 { config.head_epochs } else { 0 },
                 "start_lr": opts.start_lr, "end_lr": opts.end_lr, "steps": opts.steps,
                 "rule": "steepest descent of the smoothed loss against log10(lr)",
@@ -159,11 +163,15 @@ fn refuse_run_length_options(given: &[&str]) -> pipe::Result<()> {
     if refused.is_empty() {
         return Ok(());
     }
+    let (verb, pronoun) = if refused.len() == 1 {
+        ("sets", "it")
+    } else {
+        ("set", "them")
+    };
     Err(pipe::Error::Usage(format!(
-        "{} set a training run's length or schedule, which lr-find replaces with its sweep \
-         (--start-lr, --end-lr, --steps); leave {} out",
-        refused.join(", "),
-        if refused.len() == 1 { "it" } else { "them" }
+        "{} {verb} a training run's length or schedule, which lr-find replaces with its sweep \
+         (--start-lr, --end-lr, --steps); leave {pronoun} out",
+        refused.join(", ")
     )))
 }
 
@@ -201,7 +209,8 @@ mod tests {
             ["--schedule", "onecycle"],
         ] {
             let err = check(&option).unwrap_err();
-            assert!(err.starts_with(option[0]), "{err}");
+            assert!(err.starts_with(&format!("{} sets a", option[0])), "{err}");
+            assert!(err.contains("leave it out"), "{err}");
         }
     }
 }
