@@ -8,7 +8,7 @@
 
 use crate::data::SkippedFile;
 use crate::run::EpochMetrics;
-use crate::util::{duration, plural};
+use crate::util::{duration, plural, rate};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -108,16 +108,22 @@ impl fmt::Display for EpochReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = &self.metrics;
         let lr_note = match (m.lr, m.lr_end, self.scheduled_lr) {
-            (Some(a), Some(b), _) if a != b => format!("  lr {a:.2e} -> {b:.2e}"),
-            (Some(a), _, _) => format!("  lr {a:.2e}"),
-            (None, _, Some(lr)) => format!("  lr {lr:.3e}"),
+            (Some(a), Some(b), _) if a != b => format!("  lr {} -> {}", rate(a), rate(b)),
+            (Some(a), _, _) => format!("  lr {}", rate(a)),
+            (None, _, Some(lr)) => format!("  lr {}", rate(lr)),
             (None, _, None) => String::new(),
         };
-        // Under half a second left (a last epoch before a small test) reads as nothing, not "0 s".
+        // Under half a second left (a last epoch before a small test) reads as nothing, not "0 s";
+        // after the last epoch what is left is the test images' evaluation, and the line says so.
+        let what = if m.epoch >= self.epochs {
+            " for the test images"
+        } else {
+            ""
+        };
         let left = self
             .left_seconds
             .filter(|&s| s >= 0.5)
-            .map(|s| format!("; about {} left", duration(s)))
+            .map(|s| format!("; about {} left{what}", duration(s)))
             .unwrap_or_default();
         write!(
             f,
@@ -313,7 +319,7 @@ mod tests {
         };
         assert!(cosine
             .to_string()
-            .contains("val_accuracy 0.4220  lr 5.000e-5  (0.50 s"));
+            .contains("val_accuracy 0.4220  lr 5e-5  (0.50 s"));
         let tuned = EpochReport {
             label: "Epoch".into(),
             metrics: EpochMetrics {
@@ -328,7 +334,7 @@ mod tests {
         assert!(
             tuned
                 .to_string()
-                .ends_with("lr 4.00e-5 -> 1.00e-3  (0.50 s, 10000 images/s; about 10 min left)"),
+                .ends_with("lr 4e-5 -> 1e-3  (0.50 s, 10000 images/s; about 10 min left)"),
             "{tuned}"
         );
         let last = EpochReport {
@@ -338,6 +344,17 @@ mod tests {
         assert!(
             last.to_string().ends_with("(0.50 s, 10000 images/s)"),
             "{last}"
+        );
+        let final_epoch = EpochReport {
+            epochs: 2,
+            left_seconds: Some(12.0),
+            ..last
+        };
+        assert!(
+            final_epoch
+                .to_string()
+                .ends_with("10000 images/s; about 12 s left for the test images)"),
+            "{final_epoch}"
         );
     }
 

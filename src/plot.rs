@@ -701,7 +701,7 @@ impl Grid {
 /// One line of [`sweep_curves`].
 #[derive(Debug, Clone)]
 pub struct SweepLine {
-    /// Legend text, e.g. `batch 128, lr 0.001`.
+    /// Legend text, e.g. `batch 128, lr 1e-3`.
     pub label: String,
     /// Validation accuracy per epoch, from epoch 1.
     pub val_accuracy: Vec<f64>,

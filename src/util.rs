@@ -257,6 +257,23 @@ pub fn duration(seconds: f64) -> String {
     }
 }
 
+/// A learning rate (or weight decay) as every line of pipe writes it, the way recipes are written:
+/// below 0.01 in exponent form, `1e-4`, `5.62e-5`; from 0.01 up as a decimal, `0.05`, `10`; at most
+/// three significant digits (a computed rate is rounded, a typed one such as `3e-4` kept as typed);
+/// zero as `0`.
+pub fn rate(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return x.to_string();
+    }
+    // Round to three significant digits, then print the shortest form of the rounded value.
+    let rounded: f64 = format!("{x:.2e}").parse().unwrap_or(x);
+    if rounded.abs() >= 0.01 {
+        rounded.to_string()
+    } else {
+        format!("{rounded:e}")
+    }
+}
+
 /// `n` with thousands separators: 14714688 → "14,714,688".
 pub fn thousands(n: usize) -> String {
     let s = n.to_string();
@@ -292,6 +309,21 @@ mod tests {
         assert_eq!(duration(629.0), "10 min");
         assert_eq!(duration(5400.0), "1 h 30 min");
         assert_eq!(duration(3.0 * 3600.0 + 32.0 * 60.0), "3 h 32 min");
+    }
+
+    #[test]
+    fn rates_read_as_recipes_write_them() {
+        assert_eq!(rate(1e-4), "1e-4");
+        assert_eq!(rate(3e-4), "3e-4");
+        assert_eq!(rate(0.0005), "5e-4");
+        assert_eq!(rate(1e-7), "1e-7");
+        assert_eq!(rate(5.623_413e-5), "5.62e-5");
+        assert_eq!(rate(9.999_9e-4), "1e-3");
+        assert_eq!(rate(0.01), "0.01");
+        assert_eq!(rate(0.05), "0.05");
+        assert_eq!(rate(0.123_456), "0.123");
+        assert_eq!(rate(10.0), "10");
+        assert_eq!(rate(0.0), "0");
     }
 
     #[test]

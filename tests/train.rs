@@ -310,15 +310,15 @@ fn lr_find_suggests_a_rate_and_leaves_no_trace() {
         .arg("--out", &out_dir)
         .ok();
     assert!(
-        out.stdout.contains("suggested learning rate"),
+        out.stdout.contains("suggested learning rate")
+            && out.stdout.contains("the recipe's --lr is 1e-4"),
         "{}",
         out.stdout
     );
     let data = std::path::absolute(&w.data).unwrap();
     let settings = format!(
         "pipe lr-find: data {}, 100 train images; the dense head on the frozen base's features; \
-         SGD momentum 0.9 weight decay 0, batch 16, seed 42; learning rate 1.0e-7 to 1.0e1 over 60 \
-         steps",
+         SGD momentum 0.9 weight decay 0, batch 16, seed 42; learning rate 1e-7 to 10 over 60 steps",
         data.display()
     );
     assert!(out.stderr.contains(&settings), "{settings}\n{}", out.stderr);

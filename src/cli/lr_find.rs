@@ -6,10 +6,20 @@ use anyhow::{Context, Result};
 use clap::ArgMatches;
 use pipe::config::{ExtractEnv, Optimizer, Preset, TrainConfig};
 use pipe::train::LrFindOptions;
+use pipe::util::rate;
 use std::path::PathBuf;
 
-/// Arguments of `pipe lr-find`.
+/// Arguments of `pipe lr-find`. The recipe's options that set a run's length or schedule
+/// ([`RUN_LENGTH_OPTIONS`]) are hidden from its help: given, they are refused with a message.
 #[derive(clap::Args)]
+#[command(
+    mut_arg("epochs", |a| a.hide(true)),
+    mut_arg("time_budget", |a| a.hide(true)),
+    mut_arg("schedule", |a| a.hide(true)),
+    mut_arg("lr_step_epochs", |a| a.hide(true)),
+    mut_arg("patience", |a| a.hide(true)),
+    mut_arg("restore_best", |a| a.hide(true))
+)]
 pub struct LrFindArgs {
     /// The recipe tested, as `pipe train --preset` (options given on the command line override it);
     /// without it, the seed recipe with the options given. A recipe with --unfreeze (the finetune
@@ -60,7 +70,7 @@ impl LrFindArgs {
         let data = std::path::absolute(&config.data).unwrap_or_else(|_| config.data.clone());
         eprintln!(
             "pipe lr-find: data {}, {} train images; {}; {} weight decay {}, batch {}, seed {}; \
-             learning rate {:.1e} to {:.1e} over {} steps",
+             learning rate {} to {} over {} steps",
             data.display(),
             pipe::util::limit(config.train_limit),
             if config.unfreeze > 0 {
@@ -76,11 +86,11 @@ impl LrFindArgs {
                 Optimizer::Sgd => format!("SGD momentum {}", config.momentum),
                 Optimizer::Adam => "Adam".to_string(),
             },
-            config.weight_decay,
+            rate(config.weight_decay),
             config.batch_size,
             config.seed,
-            opts.start_lr,
-            opts.end_lr,
+            rate(opts.start_lr),
+            rate(opts.end_lr),
             opts.steps
         );
         let events = Stderr::new();
@@ -114,9 +124,10 @@ impl LrFindArgs {
         )?;
         let last = found.points.last().map_or(0.0, |p| p.lr);
         println!(
-            "lr-find: {} steps, learning rate {:.1e} to {last:.1e} ({})",
+            "lr-find: {} steps, learning rate {} to {} ({})",
             found.points.len(),
-            opts.start_lr,
+            rate(opts.start_lr),
+            rate(last),
             if found.stopped == "diverged" {
                 "stopped: the loss diverged"
             } else {
@@ -125,9 +136,10 @@ impl LrFindArgs {
         );
         match found.suggestion {
             Some(lr) => println!(
-                "suggested learning rate {lr:.1e} (steepest descent of the smoothed loss); the \
-                 recipe's --lr is {:.1e}",
-                config.lr
+                "suggested learning rate {} (steepest descent of the smoothed loss); the recipe's \
+                 --lr is {}",
+                rate(lr),
+                rate(config.lr)
             ),
             None => println!(
                 "no suggestion: too few steps before the loss diverged (lower --start-lr or raise --steps)"
@@ -212,5 +224,50 @@ mod tests {
             assert!(err.starts_with(&format!("{} sets a", option[0])), "{err}");
             assert!(err.contains("leave it out"), "{err}");
         }
+    }
+
+    /// `pipe lr-find --help` leaves out exactly the refused options (which `pipe train --help`
+    /// shows) and still lists the recipe's others.
+    #[test]
+    fn the_help_hides_exactly_the_refused_options() {
+        // Whether the help lists `flag` as an option (an indented line starting with it, as
+        // `  -s, --flag <V>`; the command's description also names the refused options).
+        let lists = |help: &str, flag: &str| {
+            help.lines()
+                .filter(|l| l.starts_with("  "))
+                .map(str::trim_start)
+                .filter(|l| l.starts_with('-'))
+                .any(|l| l.split([' ', ',', '=', '[', '<']).any(|w| w == flag))
+        };
+        let mut cli = Cli::command();
+        let lr_find = cli.find_subcommand_mut("lr-find").unwrap();
+        let help = lr_find.render_long_help().to_string();
+        for arg in lr_find.get_arguments() {
+            let id = arg.get_id().as_str();
+            let refused = super::RUN_LENGTH_OPTIONS.contains(&id);
+            assert_eq!(arg.is_hide_set(), refused, "{id}");
+            if let Some(long) = arg.get_long() {
+                assert_eq!(
+                    lists(&help, &format!("--{long}")),
+                    !refused,
+                    "--{long} in\n{help}"
+                );
+            }
+        }
+        for flag in [
+            "--lr",
+            "--optimizer",
+            "--unfreeze",
+            "--steps",
+            "--weight-decay",
+        ] {
+            assert!(lists(&help, flag), "{flag}");
+        }
+        let train = Cli::command()
+            .find_subcommand_mut("train")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(lists(&train, "--epochs") && lists(&train, "--restore-best"));
     }
 }

@@ -84,7 +84,7 @@ impl SweepArgs {
             .iter()
             .map(|r| pipe::plot::SweepLine {
                 label: if a.lrs.len() > 1 {
-                    format!("batch {}, lr {}", r.batch_size, r.lr)
+                    format!("batch {}, lr {}", r.batch_size, pipe::util::rate(r.lr))
                 } else {
                     format!("batch {}", r.batch_size)
                 },

@@ -3,14 +3,15 @@
 use super::{AugmentStyle, Optimizer, Schedule, TrainConfig};
 use crate::arch::Pooling;
 use crate::data::LayoutKind;
+use crate::util::rate;
 
 impl TrainConfig {
     /// One line echoing the configuration at the start of training, on `device` (`cpu`, `cuda:0`);
     /// a fine-tuning run also names its precision and `why` it was chosen.
     pub fn describe(&self, device: &str, why: &str) -> String {
         let opt = match self.optimizer {
-            Optimizer::Sgd => format!("SGD lr {} momentum {}", self.lr, self.momentum),
-            Optimizer::Adam => format!("Adam lr {}", self.lr),
+            Optimizer::Sgd => format!("SGD lr {} momentum {}", rate(self.lr), self.momentum),
+            Optimizer::Adam => format!("Adam lr {}", rate(self.lr)),
         };
         let schedule = match self.schedule {
             Schedule::Constant => String::new(),
@@ -73,7 +74,7 @@ impl TrainConfig {
             self.input_size,
             self.input_size,
             self.resize,
-            self.weight_decay,
+            rate(self.weight_decay),
             self.batch_size,
             match self.budget() {
                 Some(t) => format!(

@@ -631,7 +631,7 @@ pub(crate) fn head_warm_up(
     events.info(format!(
         "head warm-up: {} of the head alone on frozen-base features (--head-epochs), lr {}",
         crate::util::plural(config.head_epochs, "epoch"),
-        config.head_lr
+        crate::util::rate(config.head_lr)
     ));
     let settings = config.head_warm_up();
     let arch = config.arch(config.classes.len());

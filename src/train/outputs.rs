@@ -83,7 +83,7 @@ pub fn finish(
     if fitted.test_accuracy <= 1.5 * chance {
         events.warn(Warning::Other(format!(
             "test accuracy {:.3} is at chance level ({chance:.3}); the run has not learned \
-             (learning rate too high or too low?)",
+             (learning rate too high or too low? `pipe lr-find` with the same options suggests one)",
             fitted.test_accuracy
         )));
     }

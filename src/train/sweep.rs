@@ -196,7 +196,7 @@ impl std::fmt::Display for SweepRow {
             f,
             "batch {:>4}  lr {:<8}  final val_accuracy {:.4}  best {:.4} (epoch {:>2})  {:.1} s{}",
             self.batch_size,
-            self.lr,
+            crate::util::rate(self.lr),
             self.final_val_accuracy,
             self.best_val_accuracy,
             self.best_epoch,
