@@ -186,7 +186,7 @@ const LR_FIND_Y_CAP: f64 = 1.25;
 
 /// `lr_find.png`: the learning-rate range test, the smoothed training loss against the learning rate
 /// (log10 axis, labelled `1e<k>`) over the loss of each step (pale), with the suggested rate as a
-/// vertical line. A loss that shoots up at the end leaves the chart at its top edge
+/// vertical line (its value in the legend). A loss that shoots up at the end leaves the chart at its top edge
 /// ([`lr_find_view`]): the x axis ends there and the legend says the curve was cut. `smoothed` and
 /// `losses` are (learning rate, loss) pairs with positive rates, one per step; the loss axis reaches
 /// down to the lowest per-step loss, and per-step losses above the chart are drawn at its top edge.
@@ -225,6 +225,10 @@ pub fn lr_find(
         .into_iter()
         .map(|(x, l)| (x, l.clamp(y0, y1)))
         .collect();
+    // The legend names the suggested rate as the printed suggestion does.
+    let suggested = suggestion
+        .filter(|&lr| lr > 0.0)
+        .map(|lr| (lr, format!("suggested rate {}", crate::util::rate(lr))));
     let mut series = vec![
         ("loss of each step", steps, TRAIN_COLOUR.mix(0.3)),
         (
@@ -237,13 +241,9 @@ pub fn lr_find(
             TRAIN_COLOUR.to_rgba(),
         ),
     ];
-    if let Some(lr) = suggestion.filter(|&lr| lr > 0.0) {
+    if let Some((lr, label)) = &suggested {
         let x = lr.log10();
-        series.push((
-            "suggested rate",
-            vec![(x, y0), (x, y1)],
-            VAL_COLOUR.to_rgba(),
-        ));
+        series.push((label.as_str(), vec![(x, y0), (x, y1)], VAL_COLOUR.to_rgba()));
     }
     let figure = CurveFigure {
         title: "Learning-rate range test".into(),
