@@ -21,6 +21,8 @@ const FONT: &str = "sans-serif";
 const TRAIN_COLOUR: RGBColor = RGBColor(31, 119, 180);
 /// Colour of the validation curve (matplotlib's default orange).
 const VAL_COLOUR: RGBColor = RGBColor(255, 127, 14);
+/// Colour of the recipe's learning rate on `lr_find.png` (matplotlib's default grey, `tab:gray`).
+const RECIPE_COLOUR: RGBColor = RGBColor(127, 127, 127);
 /// Colour marking a wrong prediction.
 pub const WRONG_COLOUR: RGBColor = RGBColor(214, 39, 40);
 /// Colour marking a right prediction.
@@ -185,8 +187,8 @@ fn lr_find_view(curve: &[(f64, f64)]) -> (Points, (f64, f64), bool) {
 const LR_FIND_Y_CAP: f64 = 1.25;
 
 /// `lr_find.png`: the learning-rate range test, the smoothed training loss against the learning rate
-/// (log10 axis, labelled `1e<k>`) over the loss of each step (pale), with the suggested rate as a
-/// vertical line (its value in the legend). A loss that shoots up at the end leaves the chart at its top edge
+/// (log10 axis, labelled `1e<k>`) over the loss of each step (pale), with the suggested rate and
+/// the `recipe`'s rate (when it lies on the axis) as vertical lines, their values in the legend. A loss that shoots up at the end leaves the chart at its top edge
 /// ([`lr_find_view`]): the x axis ends there and the legend says the curve was cut. `smoothed` and
 /// `losses` are (learning rate, loss) pairs with positive rates, one per step; the loss axis reaches
 /// down to the lowest per-step loss, and per-step losses above the chart are drawn at its top edge.
@@ -198,6 +200,7 @@ pub fn lr_find(
     smoothed: &[(f64, f64)],
     losses: &[(f64, f64)],
     suggestion: Option<f64>,
+    recipe: Option<f64>,
     path: &Path,
 ) -> Result<()> {
     let log = |points: &[(f64, f64)]| -> Points {
@@ -225,10 +228,14 @@ pub fn lr_find(
         .into_iter()
         .map(|(x, l)| (x, l.clamp(y0, y1)))
         .collect();
-    // The legend names the suggested rate as the printed suggestion does.
+    // The legend names the suggested rate and the recipe's as the printed lines do; the recipe's
+    // is drawn when it lies on the rate axis.
     let suggested = suggestion
         .filter(|&lr| lr > 0.0)
         .map(|lr| (lr, format!("suggested rate {}", crate::util::rate(lr))));
+    let recipe = recipe
+        .filter(|&lr| lr > 0.0 && (x0..=x1).contains(&lr.log10()))
+        .map(|lr| (lr, format!("the recipe's --lr {}", crate::util::rate(lr))));
     let mut series = vec![
         ("loss of each step", steps, TRAIN_COLOUR.mix(0.3)),
         (
@@ -241,6 +248,14 @@ pub fn lr_find(
             TRAIN_COLOUR.to_rgba(),
         ),
     ];
+    if let Some((lr, label)) = &recipe {
+        let x = lr.log10();
+        series.push((
+            label.as_str(),
+            vec![(x, y0), (x, y1)],
+            RECIPE_COLOUR.to_rgba(),
+        ));
+    }
     if let Some((lr, label)) = &suggested {
         let x = lr.log10();
         series.push((label.as_str(), vec![(x, y0), (x, y1)], VAL_COLOUR.to_rgba()));

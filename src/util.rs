@@ -258,7 +258,8 @@ pub fn duration(seconds: f64) -> String {
 }
 
 /// A learning rate (or weight decay) as every line of pipe writes it, the way recipes are written:
-/// below 0.01 in exponent form, `1e-4`, `5.62e-5`; from 0.01 up as a decimal, `0.05`, `10`; at most
+/// below 0.01 and from 1000 up in exponent form, `1e-4`, `5.62e-5`, `1e3`; between them as a decimal,
+/// `0.05`, `10`; at most
 /// three significant digits (a computed rate is rounded, a typed one such as `3e-4` kept as typed);
 /// zero as `0`.
 pub fn rate(x: f64) -> String {
@@ -267,7 +268,7 @@ pub fn rate(x: f64) -> String {
     }
     // Round to three significant digits, then print the shortest form of the rounded value.
     let rounded: f64 = format!("{x:.2e}").parse().unwrap_or(x);
-    if rounded.abs() >= 0.01 {
+    if (0.01..1000.0).contains(&rounded.abs()) {
         rounded.to_string()
     } else {
         format!("{rounded:e}")
@@ -323,6 +324,9 @@ mod tests {
         assert_eq!(rate(0.05), "0.05");
         assert_eq!(rate(0.123_456), "0.123");
         assert_eq!(rate(10.0), "10");
+        assert_eq!(rate(999.0), "999");
+        assert_eq!(rate(1000.0), "1e3");
+        assert_eq!(rate(1e12), "1e12");
         assert_eq!(rate(0.0), "0");
     }
 

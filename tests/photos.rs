@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{argmax, assert_contains, png, Pipe, Run, Workdir};
+use common::{argmax, assert_contains, comparable_precision, png, Pipe, Run, Workdir};
 use serde_json::Value;
 use std::path::Path;
 
@@ -324,7 +324,7 @@ fn crop_at_64_trains_exports_verifies_and_photo_augmentation_resumes_exactly() {
     w.export_verified("c", w.join("c.onnx"), 6);
 
     // Fine-tuning the last conv with photo augmentation: interrupted and resumed, it ends as the
-    // uninterrupted run.
+    // uninterrupted run (both in the precision auto picks without a timing).
     let tune = |name: &str| {
         run(name)
             .epochs(2)
@@ -332,6 +332,7 @@ fn crop_at_64_trains_exports_verifies_and_photo_augmentation_resumes_exactly() {
             .flag("--augment")
             .arg("--augment-style", "photo")
             .arg("--head-epochs", "1")
+            .arg("--precision", comparable_precision())
             .lr("1e-5")
     };
     let err = tune("f").ok().stderr;

@@ -322,6 +322,8 @@ fn lr_find_suggests_a_rate_and_leaves_no_trace() {
         data.display()
     );
     assert!(out.stderr.contains(&settings), "{settings}\n{}", out.stderr);
+    // Where the features came from, as pipe train says it (also when stderr is not a terminal).
+    let _ = extracted(&out.stderr);
     let doc: Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("lr_find.json")).unwrap()).unwrap();
     assert_eq!(doc["data"].as_str(), data.to_str());

@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{png, safetensors_metadata, tensors, weights, Epoch, Pipe, Workdir};
+use common::{
+    comparable_precision, png, safetensors_metadata, tensors, weights, Epoch, Pipe, Workdir,
+};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -249,7 +251,7 @@ fn val_split_holds_out_a_stratified_share_that_is_not_trained_on() {
         out.stderr.contains("is at chance level")
             && out
                 .stderr
-                .contains("`pipe lr-find` with the same options suggests one"),
+                .contains("`pipe lr-find` with the same data and training options suggests a rate"),
         "{}",
         out.stderr
     );
@@ -383,7 +385,7 @@ fn a_time_budget_plans_the_epochs_that_fit_and_the_run_ends_within_it() {
 /// A `--preset finetune` run (all 13 convs, augmentation, one-cycle, weight decay, label smoothing,
 /// early stopping with best-epoch restore, bf16 where the CPU has AMX) interrupted in its fine-tuning
 /// phase and resumed ends byte-identical to the uninterrupted run: the same history, predictions, head
-/// and base.
+/// and base. Both runs get the precision auto picks without a timing ([`comparable_precision`]).
 #[test]
 fn preset_finetune_interrupted_and_resumed_ends_like_an_uninterrupted_run() {
     let w = Workdir::binary_release(20);
@@ -395,6 +397,7 @@ fn preset_finetune_interrupted_and_resumed_ends_like_an_uninterrupted_run() {
             .batch(20)
             .arg("--head-epochs", "1")
             .arg("--label-smoothing", "0.1")
+            .arg("--precision", comparable_precision())
     };
     train("a").ok();
     let err = train("i").arg("--interrupt-after-epoch", "2").fails();
@@ -413,7 +416,7 @@ fn preset_finetune_interrupted_and_resumed_ends_like_an_uninterrupted_run() {
 /// `pipe lr-find --preset finetune` sweeps the fine-tuning itself: the head warmed up first, then
 /// the last convs and the head on augmented images, the rates exponential from --start-lr, a
 /// suggestion inside them; and it leaves no trace: a fine-tuning run trained after it has the
-/// history, predictions and weights of one trained before it.
+/// history, predictions and weights of one trained before it (both in [`comparable_precision`]).
 #[test]
 fn lr_find_sweeps_the_fine_tuning_and_leaves_no_trace() {
     let w = Workdir::binary_release(20);
@@ -424,6 +427,7 @@ fn lr_find_sweeps_the_fine_tuning_and_leaves_no_trace() {
             .epochs(1)
             .batch(20)
             .arg("--head-epochs", "1")
+            .arg("--precision", comparable_precision())
     };
     train("before").ok();
     let out_dir = w.join("lr");
@@ -629,8 +633,13 @@ fn unfreeze_fine_tunes_the_last_convs_exports_and_resumes() {
     let ev: Value = serde_json::from_str(&w.evaluate("a").format("json").ok().stdout).unwrap();
     assert!((ev["report"]["accuracy"].as_f64().unwrap() - last).abs() < 1e-6);
 
-    // Interrupted after epoch 1 and resumed: identical to the uninterrupted run.
-    train("i").arg("--interrupt-after-epoch", "1").fails();
+    // Interrupted after epoch 1 and resumed: identical to the uninterrupted run (in the precision
+    // that run kept: a timed auto may pick the other one in another run).
+    let kept = config["precision"].as_str().unwrap().to_string();
+    train("i")
+        .arg("--precision", &kept)
+        .arg("--interrupt-after-epoch", "1")
+        .fails();
     w.resume().name("i").ok();
     let resumed = w.run("i");
     assert_eq!(run.bytes("history.json"), resumed.bytes("history.json"));

@@ -12,14 +12,7 @@ use std::path::PathBuf;
 /// Arguments of `pipe lr-find`. The recipe's options that set a run's length or schedule
 /// ([`RUN_LENGTH_OPTIONS`]) are hidden from its help: given, they are refused with a message.
 #[derive(clap::Args)]
-#[command(
-    mut_arg("epochs", |a| a.hide(true)),
-    mut_arg("time_budget", |a| a.hide(true)),
-    mut_arg("schedule", |a| a.hide(true)),
-    mut_arg("lr_step_epochs", |a| a.hide(true)),
-    mut_arg("patience", |a| a.hide(true)),
-    mut_arg("restore_best", |a| a.hide(true))
-)]
+#[command(mut_args(|a| if RUN_LENGTH_OPTIONS.contains(&a.get_id().as_str()) { a.hide(true) } else { a }))]
 pub struct LrFindArgs {
     /// The recipe tested, as `pipe train --preset` (options given on the command line override it);
     /// without it, the seed recipe with the options given. A recipe with --unfreeze (the finetune
@@ -120,6 +113,7 @@ impl LrFindArgs {
             &smoothed,
             &losses,
             found.suggestion,
+            Some(config.lr),
             &out_dir.join("lr_find.png"),
         )?;
         let last = found.points.last().map_or(0.0, |p| p.lr);
@@ -145,13 +139,25 @@ impl LrFindArgs {
                 "no suggestion: too few steps before the loss diverged (lower --start-lr or raise --steps)"
             ),
         }
+        let fall = pipe::train::fall(&found.points);
+        if found.suggestion.is_some() && fall < FLAT_FALL {
+            println!(
+                "caution: the smoothed loss fell only {:.1}% below its first value over the range \
+                 test, so its steepest descent means little; look at lr_find.png",
+                100.0 * fall
+            );
+        }
         println!("lr_find.png and lr_find.json in {}", out_dir.display());
         Ok(())
     }
 }
 
+/// Under this fall of the smoothed loss ([`pipe::train::fall`]) a suggestion is printed with a
+/// caution: a curve that drops less than a tenth has no descent worth following.
+const FLAT_FALL: f64 = 0.1;
+
 /// The training options that set a run's length or schedule, which a range test replaces with its
-/// sweep (clap ids of [`TrainConfig`]'s fields).
+/// rates and steps (clap ids of [`TrainConfig`]'s fields).
 const RUN_LENGTH_OPTIONS: [&str; 6] = [
     "epochs",
     "time_budget",
@@ -181,8 +187,8 @@ fn refuse_run_length_options(given: &[&str]) -> pipe::Result<()> {
         ("set", "them")
     };
     Err(pipe::Error::Usage(format!(
-        "{} {verb} a training run's length or schedule, which lr-find replaces with its sweep \
-         (--start-lr, --end-lr, --steps); leave {pronoun} out",
+        "{} {verb} a training run's length or schedule, which lr-find replaces with its range \
+         test (--start-lr, --end-lr, --steps); leave {pronoun} out",
         refused.join(", ")
     )))
 }

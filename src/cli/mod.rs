@@ -105,11 +105,12 @@ pub enum Command {
     /// to --end-lr, stopping when the smoothed loss passes 4 times its lowest value: the head alone
     /// on the frozen base's cached features, or, for a recipe with --unfreeze (the finetune preset),
     /// the last conv layers and the head on the images after the head's warm-up. Prints the rate of
-    /// the steepest descent of the smoothed loss, and draws lr_find.png (the loss of each step and
-    /// its smoothed curve against the rate, log axis) beside the recipe's --lr. Options that set a
-    /// run's length or schedule (--epochs, --time-budget, --schedule, --lr-step-epochs, --patience,
-    /// --restore-best) have no meaning here (the sweep sets both) and are refused. Nothing a later pipe train reads is changed (the feature cache holds the same
-    /// features).
+    /// the steepest descent of the smoothed loss beside the recipe's --lr (with a caution when the
+    /// loss hardly fell), and draws lr_find.png: the loss of each step and its smoothed curve against
+    /// the rate (log axis), both rates marked. Options that set a run's length or schedule
+    /// (--epochs, --time-budget, --schedule, --lr-step-epochs, --patience, --restore-best) have no
+    /// meaning here (the range test sets both) and are refused. Nothing a later pipe train reads is
+    /// changed (the feature cache holds the same features).
     #[cfg(feature = "train")]
     #[command(name = "lr-find", after_help = EXIT_CODES)]
     LrFind(lr_find::LrFindArgs),

@@ -4,7 +4,7 @@
 use super::render::Stderr;
 use anyhow::{Context, Result};
 use clap::{Arg, ArgMatches, Args, Command};
-use pipe::config::{ExtractEnv, TrainConfig, FINE_TUNING};
+use pipe::config::{ExtractEnv, Preset, TrainConfig, FINE_TUNING};
 use std::path::PathBuf;
 
 /// Whether `a` is an option of [`TrainConfig`] that a sweep does not take: the batch size and rate,
@@ -21,6 +21,13 @@ fn not_for_sweeps(a: &Arg) -> bool {
 #[command(mut_arg("epochs", |a| a.help("Epochs per setting").default_value("15")))]
 #[command(mut_args(|a| if not_for_sweeps(&a) { a.hide(true) } else { a }))]
 pub struct SweepArgs {
+    /// The recipe swept, as `pipe train --preset` (options given on the command line override it):
+    /// its data settings, head and epochs; --batch-sizes and --lrs, when given, in place of its
+    /// batch size and rate (else the preset's own). Only recipes that train the head on cached
+    /// features (photos); without it, the seed recipe with the options given and 15 epochs per
+    /// setting.
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
     /// Batch sizes to try, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "32,64,96,128,256")]
     batch_sizes: Vec<usize>,
@@ -38,6 +45,43 @@ pub struct SweepArgs {
 }
 
 impl SweepArgs {
+    /// The batch sizes and rates swept, from the ids `given` on the command line: --batch-sizes and
+    /// --lrs; with a preset, the `recipe`'s own batch size or rate for whichever is not given.
+    fn grid(&self, recipe: &TrainConfig, given: &[&str]) -> (Vec<usize>, Vec<f64>) {
+        let preset = |id: &str| self.preset.is_some() && !given.contains(&id);
+        (
+            if preset("batch_sizes") {
+                vec![recipe.batch_size]
+            } else {
+                self.batch_sizes.clone()
+            },
+            if preset("lrs") {
+                vec![recipe.lr]
+            } else {
+                self.lrs.clone()
+            },
+        )
+    }
+
+    /// The recipe swept: `--preset`'s with the options given on the command line (`matches`) over
+    /// it, or the options as given (15 epochs by default).
+    ///
+    /// # Errors
+    /// A preset that fine-tunes (finetune): a sweep trains heads on cached features.
+    fn recipe(&self, matches: Option<&ArgMatches>) -> Result<TrainConfig> {
+        let recipe = match self.preset {
+            Some(preset) => super::train::recipe(Some(preset), &self.config, matches)?,
+            None => self.config.clone(),
+        };
+        if recipe.unfreeze > 0 {
+            anyhow::bail!(
+                "pipe sweep trains the head on cached frozen-base features, and --preset finetune \
+                 fine-tunes the base: use --preset photos, or no preset"
+            );
+        }
+        Ok(recipe)
+    }
+
     /// Runs the sweep, writes sweep.json and sweep.png, and prints one row per setting. `matches`
     /// are the command's parsed arguments (options a sweep does not take are refused).
     ///
@@ -59,9 +103,11 @@ impl SweepArgs {
                 id.replace('_', "-")
             );
         }
-        let config = &a.config;
+        let recipe = a.recipe(matches)?;
+        let config = &recipe;
         let t0 = std::time::Instant::now();
-        pipe::train::validate_sweep(config, &a.env, &a.batch_sizes, &a.lrs)?;
+        let (batch_sizes, lrs) = a.grid(config, &given);
+        pipe::train::validate_sweep(config, &a.env, &batch_sizes, &lrs)?;
         // The output folder is made before the work, so that an unusable --out fails at once.
         let out_dir = a
             .out
@@ -70,11 +116,12 @@ impl SweepArgs {
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("cannot create {}", out_dir.display()))?;
         let events = Stderr::new();
-        let swept = pipe::train::sweep(config, &a.env, (&a.batch_sizes, &a.lrs), &events);
+        let swept = pipe::train::sweep(config, &a.env, (&batch_sizes, &lrs), &events);
         events.clear();
         let (rows, extracted) = swept?;
         let doc = serde_json::json!({
-            "data": config.data, "train_limit": config.train_limit,
+            "data": std::path::absolute(&config.data).unwrap_or_else(|_| config.data.clone()),
+            "train_limit": config.train_limit,
             "test_limit": config.test_limit, "epochs": config.epochs,
             "momentum": config.momentum, "weight_decay": config.weight_decay, "seed": config.seed,
             "images_extracted": extracted, "seconds": t0.elapsed().as_secs_f64(), "settings": rows,
@@ -83,7 +130,7 @@ impl SweepArgs {
         let lines: Vec<pipe::plot::SweepLine> = rows
             .iter()
             .map(|r| pipe::plot::SweepLine {
-                label: if a.lrs.len() > 1 {
+                label: if lrs.len() > 1 {
                     format!("batch {}, lr {}", r.batch_size, pipe::util::rate(r.lr))
                 } else {
                     format!("batch {}", r.batch_size)
@@ -116,7 +163,7 @@ fn print_rows(rows: &[pipe::train::SweepRow]) {
         println!(
             "{:>10}  {:>8}  {:>9.4}  {:>8.4}  {:>10}  {:>7.1}{}",
             r.batch_size,
-            r.lr,
+            pipe::util::rate(r.lr),
             r.final_val_accuracy,
             r.best_val_accuracy,
             r.best_epoch,
@@ -183,5 +230,39 @@ mod tests {
             let err = a.run(Some(&m)).unwrap_err().to_string();
             assert!(err.contains(&format!("does not take {flag}")), "{err}");
         }
+    }
+
+    /// `--preset photos` sweeps the photos recipe (its input size, pooling, class weights and 10
+    /// epochs), options given on the command line win, and `--preset finetune` is refused before
+    /// any work.
+    #[test]
+    fn a_sweep_takes_the_photos_preset_and_refuses_the_finetune_one() {
+        let (a, m) = sweep(&["--preset", "photos"]);
+        let c = a.recipe(Some(&m)).unwrap();
+        let photos = pipe::config::TrainConfig::photos();
+        assert_eq!((c.input_size, c.epochs), (384, 10));
+        assert_eq!(
+            (c.pooling, c.class_weights),
+            (photos.pooling, photos.class_weights)
+        );
+        let given = |m: &clap::ArgMatches| super::super::train::given_ids(Some(m)).join(",");
+        // The preset's batch size and rate unless given; the defaults without a preset.
+        assert_eq!(a.grid(&c, &[]), (vec![32], vec![3e-3]));
+        let (a, m) = sweep(&["--preset", "photos", "--epochs", "4", "--lrs", "1e-3,1e-2"]);
+        let c = a.recipe(Some(&m)).unwrap();
+        assert_eq!(c.epochs, 4);
+        let ids = given(&m);
+        let ids: Vec<&str> = ids.split(',').collect();
+        assert_eq!(a.grid(&c, &ids), (vec![32], vec![1e-3, 1e-2]));
+        let (a, m) = sweep(&[]);
+        let c = a.recipe(Some(&m)).unwrap();
+        assert_eq!(a.grid(&c, &[]), (vec![32, 64, 96, 128, 256], vec![1e-4]));
+        let (a, m) = sweep(&["--preset", "finetune", "--out", "/nonexistent/sweep"]);
+        let err = a.run(Some(&m)).unwrap_err().to_string();
+        assert!(
+            err.contains("--preset finetune fine-tunes the base"),
+            "{err}"
+        );
+        assert!(!std::path::Path::new("/nonexistent/sweep").exists());
     }
 }

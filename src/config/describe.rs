@@ -25,6 +25,10 @@ impl TrainConfig {
         let val = match self.val_share() {
             v if v > 0.0 => format!("validation {:.0}% of train", v * 100.0),
             _ if self.layout == Some(LayoutKind::TrainValTest) => "validation = val/".into(),
+            // With train/ + val/, val/ is the test split: say so where the layout line named it.
+            _ if self.layout == Some(LayoutKind::TrainVal) => {
+                "validation = test split (val/)".into()
+            }
             _ => "validation = test split".into(),
         };
         let test = match self.test_split {
@@ -102,5 +106,20 @@ mod tests {
         };
         let line = c.describe("cpu", "");
         assert!(line.contains(", all train / 1000 test images, "), "{line}");
+    }
+
+    /// What validates, by layout: train/ + val/ names val/ as the test split it is.
+    #[test]
+    fn the_settings_line_names_what_validates() {
+        let with = |layout| {
+            TrainConfig {
+                layout: Some(layout),
+                ..TrainConfig::seed_recipe()
+            }
+            .describe("cpu", "")
+        };
+        assert!(with(LayoutKind::TrainVal).contains("validation = test split (val/), "));
+        assert!(with(LayoutKind::TrainTest).contains("validation = test split, "));
+        assert!(with(LayoutKind::TrainValTest).contains("validation = val/, "));
     }
 }

@@ -310,7 +310,7 @@ fn finetune_run(start: Start, config: TrainConfig, images: &RunImages) -> Result
 }
 
 /// Where the features came from: extracted (with the rate) or the cache.
-fn extraction_line(f: &Features) -> String {
+pub(crate) fn extraction_line(f: &Features) -> String {
     if f.extracted > 0 {
         format!(
             "features: {} images through the frozen base in {:.1} s ({:.0} images/s)",
@@ -583,7 +583,8 @@ fn explain_divergence(e: Error, run_dir: &Path, lr: f64) -> Error {
             };
             Error::Usage(format!(
                 "training diverged at epoch {epoch} (step {step}): the loss is {loss}; {kept}. \
-                 Lower --lr (now {lr}) and train again"
+                 Lower --lr (now {}) and train again",
+                crate::util::rate(lr)
             ))
         }
         other => other,

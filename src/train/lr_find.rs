@@ -106,6 +106,17 @@ pub fn steepest_descent(points: &[LrPoint]) -> Option<f64> {
         .map(|(_, lr)| lr)
 }
 
+/// How far the smoothed loss fell over a sweep: `(first - lowest) / first` of the points' smoothed
+/// losses (0..1; 0 for no points or a first loss that is not positive). A curve that hardly falls
+/// (a few percent) has no steep descent worth following, whatever [`steepest_descent`] picks.
+pub fn fall(points: &[LrPoint]) -> f64 {
+    let Some(first) = points.first().map(|p| p.smoothed).filter(|&l| l > 0.0) else {
+        return 0.0;
+    };
+    let lowest = points.iter().map(|p| p.smoothed).fold(first, f64::min);
+    (first - lowest) / first
+}
+
 /// Checks a range test before any work: the device, the extraction batch, the recipe and the sweep.
 ///
 /// # Errors
@@ -259,6 +270,25 @@ fn range_test<M: Model>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fall is measured from the first smoothed loss to the lowest, not to the last.
+    #[test]
+    fn fall_is_the_share_below_the_first_smoothed_loss() {
+        let points = |smoothed: &[f64]| -> Vec<LrPoint> {
+            smoothed
+                .iter()
+                .map(|&s| LrPoint {
+                    lr: 1e-3,
+                    loss: s,
+                    smoothed: s,
+                })
+                .collect()
+        };
+        assert!((fall(&points(&[2.0, 1.5, 0.5, 8.0])) - 0.75).abs() < 1e-12);
+        assert!((fall(&points(&[0.70, 0.69, 0.68, 0.72])) - 0.02 / 0.70).abs() < 1e-12);
+        assert_eq!(fall(&points(&[1.0, 1.2, 3.0])), 0.0);
+        assert_eq!(fall(&[]), 0.0);
+    }
 
     /// The rates grow exponentially from start to end: 1e-7, 1e-6, ..., 10 in 9 steps.
     #[test]

@@ -45,7 +45,9 @@ pub use explain::{overlay, Explainer, Explanation};
 pub use features::ShardPart;
 pub use images::SKIPPED_FILE;
 pub use lifecycle::{extract_feature_shard, train};
-pub use lr_find::{lr_find, smoothing_beta, validate_lr_find, LrFind, LrFindOptions, LrPoint};
+pub use lr_find::{
+    fall, lr_find, smoothing_beta, validate_lr_find, LrFind, LrFindOptions, LrPoint,
+};
 pub use outputs::TrainOutcome;
 pub use review::{review, validate_review, Review, ReviewOptions, ReviewRow};
 pub use sweep::{sweep, validate_sweep, SweepRow};

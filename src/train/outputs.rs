@@ -61,6 +61,46 @@ pub fn fingerprint_meta(config: &TrainConfig) -> HashMap<String, String> {
     )])
 }
 
+/// The warning for a run whose `test_accuracy` (0..1) is at most 1.5 times chance (1 / `classes`),
+/// with what its `history` says of the learning rate `lr`: too high when the training loss rose
+/// over the run or reached 100 times a uniform guess's (ln `classes`), too low when the
+/// validation loss moved by under 1% between the first and the last epoch; `None` above chance.
+pub fn chance_level_advice(
+    history: &[EpochMetrics],
+    test_accuracy: f64,
+    classes: usize,
+    lr: f64,
+) -> Option<String> {
+    let chance = 1.0 / classes.max(1) as f64;
+    if test_accuracy > 1.5 * chance {
+        return None;
+    }
+    let lr = crate::util::rate(lr);
+    let uniform = (classes.max(2) as f64).ln();
+    let peak = history.iter().map(|m| m.loss).fold(0.0, f64::max);
+    let why = match (history.first(), history.last()) {
+        (Some(a), Some(b)) if b.loss > a.loss || peak > 100.0 * uniform => format!(
+            "the training loss went from {:.4} to {:.4} (a uniform guess's is {uniform:.4}): \
+             --lr {lr} is too high",
+            a.loss, b.loss
+        ),
+        (Some(a), Some(b))
+            if history.len() > 1 && (a.val_loss - b.val_loss).abs() < 0.01 * a.val_loss =>
+        {
+            format!(
+                "the validation loss hardly moved ({:.4} to {:.4}): --lr {lr} is too low, or \
+                 the run too short",
+                a.val_loss, b.val_loss
+            )
+        }
+        _ => format!("is --lr {lr} too high or too low?"),
+    };
+    Some(format!(
+        "test accuracy {test_accuracy:.4} is at chance level ({chance:.4}); the run has not \
+         learned: {why}. `pipe lr-find` with the same data and training options suggests a rate"
+    ))
+}
+
 /// Writes the outputs of a finished run: the `skipped` image files, head (and best epoch) weights,
 /// history, tch's predictions on the `test` images, figures (with pixels from `test_images`, the same
 /// images in the same order); then points `latest` at the run. A test accuracy at chance level is reported to
@@ -79,13 +119,10 @@ pub fn finish(
     let c = run.config;
     let dir = &run.dir;
     SkippedFile::write_list(&dir.join(SKIPPED_FILE), skipped)?;
-    let chance = 1.0 / c.classes.len() as f64;
-    if fitted.test_accuracy <= 1.5 * chance {
-        events.warn(Warning::Other(format!(
-            "test accuracy {:.3} is at chance level ({chance:.3}); the run has not learned \
-             (learning rate too high or too low? `pipe lr-find` with the same options suggests one)",
-            fitted.test_accuracy
-        )));
+    if let Some(advice) =
+        chance_level_advice(&fitted.history, fitted.test_accuracy, c.classes.len(), c.lr)
+    {
+        events.warn(Warning::Other(advice));
     }
     let predictions = predictions(test, &fitted, &c.classes)?;
     let head_names: Vec<String> = c
@@ -273,6 +310,48 @@ fn lr_curve(c: &TrainConfig, history: &[EpochMetrics]) -> (Curve, Curve) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The advice follows the history: a rising or huge training loss says too high, a validation
+    /// loss that hardly moved says too low, above chance nothing (10 classes: chance 0.1, a
+    /// uniform guess's loss ln 10 = 2.3026).
+    #[test]
+    fn chance_level_advice_reads_the_history() {
+        let epoch = |loss: f64, val_loss: f64| EpochMetrics {
+            loss,
+            val_loss,
+            ..EpochMetrics::default()
+        };
+        assert_eq!(
+            chance_level_advice(&[epoch(2.0, 1.9)], 0.151, 10, 1e-4),
+            None
+        );
+        let rose = chance_level_advice(&[epoch(2.3, 2.3), epoch(9.5, 40.0)], 0.1, 10, 0.5).unwrap();
+        assert_eq!(
+            rose,
+            "test accuracy 0.1000 is at chance level (0.1000); the run has not learned: the \
+             training loss went from 2.3000 to 9.5000 (a uniform guess's is 2.3026): --lr 0.5 is \
+             too high. `pipe lr-find` with the same data and training options suggests a rate"
+        );
+        // Falling, but from far above a uniform guess (240 > 100 x 2.3026 = 230.26).
+        let huge = chance_level_advice(&[epoch(240.0, 1e29), epoch(231.0, 1e20)], 0.1, 10, 1000.0);
+        assert!(huge.unwrap().contains("--lr 1e3 is too high"));
+        let flat = chance_level_advice(&[epoch(2.31, 4.4247), epoch(2.30, 4.4246)], 0.12, 10, 1e-9)
+            .unwrap();
+        assert!(
+            flat.contains(
+                "the validation loss hardly moved (4.4247 to 4.4246): --lr 1e-9 is too low"
+            ),
+            "{flat}"
+        );
+        // Falling losses that moved: no diagnosis, the question.
+        let moved = chance_level_advice(&[epoch(2.3, 2.3), epoch(2.0, 2.2)], 0.1, 10, 1e-4);
+        assert!(moved
+            .unwrap()
+            .contains("learned: is --lr 1e-4 too high or too low?"));
+        // One epoch cannot show a trend.
+        let one = chance_level_advice(&[epoch(2.3, 2.3)], 0.1, 10, 1e-4);
+        assert!(one.unwrap().contains("too high or too low?"));
+    }
 
     /// Losses are -ln p(label): items with p(label) 0.5, 0.1, 0.9 and 0.1 rank 0.1 (the earlier
     /// first), 0.1, 0.5; an item whose label has no probability is left out.

@@ -101,6 +101,7 @@ pub(crate) fn head_data(
     let list = build_list(&layout, &config, events)?;
     let images = RunImages::load(list, run_spec(&config), OnError::Skip, events)?;
     let f = prepare_features(&images, &config, env, device, events)?;
+    events.info(super::lifecycle::extraction_line(&f));
     let config = TrainConfig {
         classes: images.list.classes.clone(),
         ..config

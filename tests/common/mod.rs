@@ -69,6 +69,18 @@ pub fn tmp_files(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A `--precision` for fine-tuning runs that a test compares byte for byte: what `--precision auto`
+/// picks without timing anything, bf16 mixed precision where the CPU has AMX and float32 elsewhere.
+/// On a CPU with AVX512_BF16 but no AMX, auto times both precisions and either may win, run by run,
+/// so two runs left to auto need not train alike there.
+pub fn comparable_precision() -> &'static str {
+    if ::pipe::cpu::CpuFeatures::detect().amx_bf16 {
+        "bf16"
+    } else {
+        "fp32"
+    }
+}
+
 /// Whether an NVIDIA GPU is visible (`nvidia-smi` runs and succeeds).
 pub fn nvidia_gpu() -> bool {
     std::process::Command::new("nvidia-smi")
