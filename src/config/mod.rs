@@ -396,8 +396,8 @@ impl Precision {
     /// on CUDA (libtorch's float32 convolutions already use TF32 tensor cores there) and on CPUs
     /// without AVX512_BF16 (where bf16 is emulated). With AVX512_BF16 but no AMX neither is known to
     /// be faster (on a 2-core Xeon of that kind the finetune preset's first batches ran at 66 images/s
-    /// in bf16 against 102 in float32; other CPUs of the kind were not measured), so `auto` stays
-    /// `Auto` here: the run times both before fine-tuning and keeps the faster
+    /// in bf16 against 102 in float32, on a 2-core Zen 4 EPYC at 196-203 against 96-103), so
+    /// `auto` stays `Auto` here: the run times both before fine-tuning and keeps the faster
     /// (`pipe::train::finetune::time_precisions`, deciding by [`Precision::faster`]).
     pub fn resolve(self, cuda: bool, cpu: CpuFeatures) -> (Precision, String) {
         match self {
