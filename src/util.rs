@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `path` atomically: the bytes go to a temporary file in the same folder, which is flushed
 /// and then renamed over `path`. On any error nothing is left at `path` (an older file stays intact)
@@ -219,6 +219,13 @@ pub fn serialize_lossy_path<S: serde::Serializer>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&path.to_string_lossy())
+}
+
+/// `path` made absolute against the current folder, as a record names a data folder (`lr_find.json`,
+/// `sweep.json`, the settings lines); `path` itself when the current folder cannot be read. Symbolic
+/// links are kept (std's `path::absolute`, no file-system access beyond the current folder).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// `n` followed by `noun`, with an English plural `s` unless `n` is 1: `plural(1, "epoch")` is

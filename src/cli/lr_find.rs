@@ -60,7 +60,7 @@ impl LrFindArgs {
             .unwrap_or_else(|| PathBuf::from("models/lr-find").join(pipe::run::timestamp_name()));
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("cannot create {}", out_dir.display()))?;
-        let data = std::path::absolute(&config.data).unwrap_or_else(|_| config.data.clone());
+        let data = pipe::util::absolute(&config.data);
         eprintln!(
             "pipe lr-find: data {}, {} train images; {}; {} weight decay {}, batch {}, seed {}; \
              learning rate {} to {} over {} steps",

@@ -120,7 +120,7 @@ impl SweepArgs {
         events.clear();
         let (rows, extracted) = swept?;
         let doc = serde_json::json!({
-            "data": std::path::absolute(&config.data).unwrap_or_else(|_| config.data.clone()),
+            "data": pipe::util::absolute(&config.data),
             "train_limit": config.train_limit,
             "test_limit": config.test_limit, "epochs": config.epochs,
             "momentum": config.momentum, "weight_decay": config.weight_decay, "seed": config.seed,
