@@ -20,7 +20,7 @@ pub struct LrFindArgs {
     #[arg(long, value_enum)]
     preset: Option<Preset>,
     /// The first learning rate of the sweep.
-    #[arg(long, default_value_t = 1e-7, value_name = "LR")]
+    #[arg(long, default_value = "1e-7", value_name = "LR")]
     start_lr: f64,
     /// The last learning rate of the sweep (the test stops earlier when the loss diverges).
     #[arg(long, default_value_t = 10.0, value_name = "LR")]

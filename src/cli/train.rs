@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{parser::ValueSource, ArgMatches};
 use pipe::config::{Preset, TrainConfig, TrainEnv};
 use pipe::data::SkippedFile;
+use pipe::events::{EventSink, Warning};
 
 /// Arguments of `pipe train`.
 #[derive(clap::Args)]
@@ -82,6 +83,9 @@ impl TrainArgs {
             out.test_loss, out.test_accuracy
         );
         println!("{}", out.test_report.balanced_line());
+        if let Some(advice) = out.chance_advice {
+            events.warn(Warning::Other(advice));
+        }
         println!(
             "run: {} ({} in all)",
             out.run_dir.display(),

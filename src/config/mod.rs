@@ -226,11 +226,11 @@ pub struct TrainConfig {
     pub head_epochs: usize,
     /// Learning rate of the head warm-up (--head-epochs, constant, the run's optimizer); the
     /// frozen-base recipe's rate for the full training set.
-    #[arg(long, default_value_t = 1e-3, help_heading = FINE_TUNING)]
+    #[arg(long, default_value = "1e-3", help_heading = FINE_TUNING)]
     #[serde(default)]
     pub head_lr: f64,
     /// Learning rate (of SGD or Adam; the peak rate with --schedule onecycle).
-    #[arg(long, default_value_t = 1e-4, help_heading = TRAINING)]
+    #[arg(long, default_value = "1e-4", help_heading = TRAINING)]
     pub lr: f64,
     /// SGD momentum, in [0, 1); unused by Adam.
     #[arg(long, default_value_t = 0.9, help_heading = TRAINING)]

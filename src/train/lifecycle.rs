@@ -564,7 +564,7 @@ impl<'a> Run<'a> {
             runs_dir: &self.env.runs_dir,
             t0: self.t0,
         };
-        finish(run, fitted, test, test_images, skipped, self.events)
+        finish(run, fitted, test, test_images, skipped)
     }
 }
 

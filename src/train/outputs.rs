@@ -12,7 +12,6 @@ use super::optim::lr_at_step;
 use crate::config::TrainConfig;
 use crate::data::{LoadedSplit, SkippedFile};
 use crate::error::Result;
-use crate::events::{EventSink, Warning};
 use crate::run::{self, EpochMetrics, Phase, PredictionItem, Predictions};
 use crate::util::write_json_atomic;
 use crate::weights::{save_safetensors, NamedTensor, FINGERPRINT_KEY};
@@ -39,6 +38,9 @@ pub struct TrainOutcome {
     pub skipped: Vec<SkippedFile>,
     /// Wall-clock seconds from the run's start to its last file written.
     pub seconds: f64,
+    /// Advice for a run whose test accuracy is at chance level ([`chance_level_advice`]), for the
+    /// caller to show after the test figures it refers to; `None` otherwise.
+    pub chance_advice: Option<String>,
 }
 
 /// A run whose training has ended: its folder, configuration, folder of runs and start time.
@@ -103,8 +105,8 @@ pub fn chance_level_advice(
 
 /// Writes the outputs of a finished run: the `skipped` image files, head (and best epoch) weights,
 /// history, tch's predictions on the `test` images, figures (with pixels from `test_images`, the same
-/// images in the same order); then points `latest` at the run. A test accuracy at chance level is reported to
-/// `events` as a warning.
+/// images in the same order); then points `latest` at the run. A test accuracy at chance level comes
+/// back as [`TrainOutcome::chance_advice`].
 ///
 /// # Errors
 /// Unwritable run folder; libtorch errors.
@@ -114,16 +116,12 @@ pub fn finish(
     test: &SplitInfo,
     test_images: &LoadedSplit,
     skipped: &[SkippedFile],
-    events: &dyn EventSink,
 ) -> Result<TrainOutcome> {
     let c = run.config;
     let dir = &run.dir;
     SkippedFile::write_list(&dir.join(SKIPPED_FILE), skipped)?;
-    if let Some(advice) =
-        chance_level_advice(&fitted.history, fitted.test_accuracy, c.classes.len(), c.lr)
-    {
-        events.warn(Warning::Other(advice));
-    }
+    let chance_advice =
+        chance_level_advice(&fitted.history, fitted.test_accuracy, c.classes.len(), c.lr);
     let predictions = predictions(test, &fitted, &c.classes)?;
     let head_names: Vec<String> = c
         .arch(c.classes.len())
@@ -157,6 +155,7 @@ pub fn finish(
         test_accuracy: fitted.test_accuracy,
         skipped: skipped.to_vec(),
         seconds: run.t0.elapsed().as_secs_f64(),
+        chance_advice,
     })
 }
 
