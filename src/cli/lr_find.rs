@@ -31,7 +31,7 @@ pub struct LrFindArgs {
     #[arg(long, default_value_t = 100, value_name = "N")]
     steps: usize,
     /// Folder to write lr_find.png and lr_find.json into (default: a new models/lr-find/<UTC time>).
-    #[arg(long)]
+    #[arg(short, long, value_name = "DIR")]
     out: Option<PathBuf>,
     #[command(flatten)]
     config: TrainConfig,

@@ -22,7 +22,7 @@ pub struct ReviewArgs {
     #[arg(long, default_value_t = 16, value_name = "N")]
     show: usize,
     /// Folder to write review.json and review.png into (default: a new models/review/<UTC time>).
-    #[arg(long)]
+    #[arg(short, long, value_name = "DIR")]
     out: Option<PathBuf>,
     #[command(flatten)]
     config: TrainConfig,

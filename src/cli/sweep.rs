@@ -36,7 +36,7 @@ pub struct SweepArgs {
     lrs: Vec<f64>,
     /// Folder to write sweep.json and sweep.png into, replacing any there (default: a new
     /// models/sweeps/<UTC time>).
-    #[arg(long)]
+    #[arg(short, long, value_name = "DIR")]
     out: Option<PathBuf>,
     #[command(flatten)]
     config: TrainConfig,
