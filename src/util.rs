@@ -127,12 +127,20 @@ fn remove_stale_temps(dir: &Path, name: &str) {
     }
 }
 
-/// Checks, before any work, that a file can be created at `path`: its folder exists (or, with
-/// `create_parents`, can be created: no part of it is a regular file) and is a folder.
+/// Checks, before any work, that a file can be created at `path`: `path` is not a folder, and its
+/// folder exists (or, with `create_parents`, can be created: no part of it is a regular file) and is
+/// a folder.
 ///
 /// # Errors
-/// [`Error::InvalidFile`] naming the offending folder: it does not exist, or it is not a folder.
+/// [`Error::InvalidFile`] naming `path` when it is a folder, or the offending folder: it does not
+/// exist, or it is not a folder.
 pub fn check_output_path(path: &Path, create_parents: bool) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::invalid(
+            path,
+            "is a folder, not a file to write; name a file (a new one, or one to replace) instead",
+        ));
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -404,6 +412,8 @@ mod tests {
             .to_string();
         assert!(err.contains("/no: folder does not exist"), "{err}");
         check_output_path(&dir.path().join("no/out.json"), true).unwrap();
+        let err = check_output_path(dir.path(), true).unwrap_err().to_string();
+        assert!(err.contains("is a folder, not a file to write"), "{err}");
         check_output_path(Path::new("out.json"), false).unwrap();
     }
 

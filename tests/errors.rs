@@ -1035,6 +1035,54 @@ fn foreign_onnx_models_are_refused_with_a_clear_message() {
         let err = Pipe::inspect(&model).fails();
         assert_contains(&err, &[name, what]);
     }
+    // A folder named as the model: said so, and a model repository is pointed to --model-repository.
+    let folder = dir.join("models");
+    std::fs::create_dir(&folder).unwrap();
+    let repository = dir.join("repo");
+    dir.write("repo/m/config.pbtxt", "name: \"m\"");
+    for (model, hint) in [
+        (&folder, "name the .onnx file"),
+        (&repository, "`pipe serve --model-repository` serves"),
+    ] {
+        for backend in ["tract", "ort"] {
+            let err = Pipe::infer(model).backend(backend).path(&img).fails();
+            assert_contains(&err, &["is a folder, not an ONNX model file", hint]);
+        }
+        let err = Pipe::inspect(model).fails();
+        assert_contains(&err, &["is a folder, not an ONNX model file", hint]);
+    }
+}
+
+#[test]
+fn class_folders_none_of_the_models_classes_get_a_warning() {
+    let (dir, model) = identity();
+    let warning = "none of them a class of";
+    for name in [
+        "ants/a.png",
+        "bees/b.png",
+        "c0/c.png",
+        "new/d.png",
+        "new/e.png",
+    ] {
+        dir.png(name, 4, 4, |_, _| [1, 1, 1]);
+    }
+    let infer = |paths: &[&str]| {
+        let paths: Vec<_> = paths.iter().map(|p| dir.join(p)).collect();
+        Pipe::infer(&model).paths(&paths).ok().stderr
+    };
+    let err = infer(&["ants", "bees"]);
+    assert_contains(
+        &err,
+        &[
+            "folders named ants, bees",
+            warning,
+            "(c0, c1, c2,",
+            "--model",
+        ],
+    );
+    // A folder of new photos, or class folders of which one is the model's: no warning.
+    assert!(!infer(&["new"]).contains(warning));
+    assert!(!infer(&["ants", "c0"]).contains(warning));
 }
 
 #[test]
@@ -1191,6 +1239,8 @@ fn unwritable_infer_output_is_refused_before_any_work() {
     assert_contains(&err, &["plain-file", "not a folder"]);
     let err = infer_to(&dir.join("no/such/folder/preds.tsv"));
     assert_contains(&err, &["no/such/folder", "does not exist"]);
+    let err = infer_to(dir.path());
+    assert_contains(&err, &["is a folder, not a file to write"]);
 }
 
 #[test]

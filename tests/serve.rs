@@ -1374,6 +1374,28 @@ fn max_batch_is_bounded_by_the_memory_bound_of_the_input_size() {
 /// `--instances 3 --threads 1 --log-json`: three model threads (named `pipe-model-0` to `-2`, read
 /// from `/proc`), the start-up log saying 3 instances of 1 thread, every stderr line a JSON object, and
 /// one `request` line per answered request with its path and status.
+/// A port in use stops `pipe serve` before any model is loaded, with the address and the reason once;
+/// a folder given as --model is said to be one.
+#[test]
+fn a_port_in_use_or_a_folder_as_model_stops_serve_before_any_work() {
+    let fx = fixture();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let err = Pipe::new("serve --host 127.0.0.1")
+        .arg("--port", &port)
+        .arg("--model", &fx.model)
+        .fails();
+    let want = format!("cannot listen on 127.0.0.1:{port}: Address already in use");
+    assert_eq!(err.matches(&want).count(), 1, "{err}");
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    assert!(!err.contains("loaded"), "a model was loaded first: {err}");
+    let folder = tempfile::tempdir().unwrap();
+    let err = Pipe::new("serve --port 0")
+        .arg("--model", folder.path())
+        .fails();
+    assert!(err.contains("is a folder, not an ONNX model file"), "{err}");
+}
+
 #[test]
 fn instances_threads_and_json_logs_are_what_the_options_say() {
     let fx = fixture();

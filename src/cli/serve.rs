@@ -247,6 +247,9 @@ impl ServeArgs {
                 }
             }
             None => {
+                if let Some(e) = pipe::onnx::read::folder_error(&self.model) {
+                    return Err(e);
+                }
                 if !self.model.is_file() {
                     return Err(Error::Usage(format!(
                         "{}: model not found; export one with `pipe export {}` (after `pipe train`; `make demo` does both)",

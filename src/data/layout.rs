@@ -47,6 +47,24 @@ impl DataLayout {
     /// [`Error::InvalidFile`] naming `data` when it is none of these: missing, not a folder, no
     /// sub-folder, or `test/` / `val/` without `train/`.
     pub fn detect(data: &Path) -> Result<Self> {
+        match std::fs::metadata(data) {
+            Err(e) => {
+                return Err(Error::invalid(
+                    data,
+                    format!(
+                        "cannot read the data folder ({e}); --data names a folder of class folders \
+                         (`make setup` extracts CIFAR-10 into data/cifar10)"
+                    ),
+                ))
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(Error::invalid(
+                    data,
+                    "is a file, not a folder; --data names a folder of class folders (or train/ + val/)",
+                ))
+            }
+            Ok(_) => {}
+        }
         if let Some(root) = cifar::find_root(data) {
             return Ok(DataLayout {
                 kind: LayoutKind::CifarBinary,
@@ -217,9 +235,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("missing") && err.contains("make setup"),
+            err.contains("missing: cannot read the data folder (No such file")
+                && err.contains("make setup"),
             "{err}"
         );
+        std::fs::write(t.join("file"), b"x").unwrap();
+        let err = DataLayout::detect(&t.join("file")).unwrap_err().to_string();
+        assert!(err.contains("file: is a file, not a folder"), "{err}");
         dirs(&t.join("junk"), &["__MACOSX", ".ipynb_checkpoints"]);
         std::fs::write(t.join("junk/a.jpg"), b"x").unwrap();
         let err = DataLayout::detect(&t.join("junk")).unwrap_err().to_string();

@@ -6,11 +6,36 @@ use std::collections::HashMap;
 use std::path::Path;
 use tract_onnx::pb;
 
+/// The error for a model path that names a folder: [`Error::InvalidFile`] saying so, and pointing to
+/// `--model-repository` when the folder (or a folder in it) holds a Triton `config.pbtxt`; `None`
+/// when `path` is not a folder.
+pub fn folder_error(path: &Path) -> Option<Error> {
+    if !path.is_dir() {
+        return None;
+    }
+    let repository = path.join("config.pbtxt").is_file()
+        || std::fs::read_dir(path)
+            .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().join("config.pbtxt").is_file())));
+    let hint = if repository {
+        "a model repository, which `pipe serve --model-repository` serves"
+    } else {
+        "name the .onnx file, e.g. onnx/model.onnx"
+    };
+    Some(Error::invalid(
+        path,
+        format!("is a folder, not an ONNX model file ({hint})"),
+    ))
+}
+
 /// Reads and decodes an ONNX model file.
 ///
 /// # Errors
-/// [`Error::Io`] when unreadable, [`Error::InvalidFile`] when it is not an ONNX protobuf.
+/// [`Error::Io`] when unreadable, [`Error::InvalidFile`] when it is a folder ([`folder_error`]) or
+/// not an ONNX protobuf.
 pub fn read_onnx(path: &Path) -> Result<pb::ModelProto> {
+    if let Some(e) = folder_error(path) {
+        return Err(e);
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     pb::ModelProto::decode(bytes.as_slice()).map_err(|e| {
         Error::invalid(

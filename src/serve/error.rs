@@ -12,23 +12,23 @@ pub enum ServeError {
     #[error(transparent)]
     Pipe(#[from] crate::error::Error),
     /// The listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address asked for.
         addr: String,
         /// The operating-system error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The async runtime, a signal handler or the accept loop failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
     /// The model repository folder could not be listed.
-    #[error("model repository {}: {source}", dir.display())]
+    #[error("model repository {}: {error}", dir.display())]
     Repository {
         /// The repository folder.
         dir: std::path::PathBuf,
         /// The operating-system error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A model worker thread could not be started or ended abnormally.
     #[error("model worker: {0}")]

@@ -165,6 +165,12 @@ pub fn serve(
     on_listening: impl FnOnce(&Listening),
 ) -> Result<ServeSummary, ServeError> {
     init_logging(opts.log_level, opts.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pipe-http")
+        .build()?;
+    // The ports first: one in use stops the server before any model is loaded.
+    let listeners = runtime.block_on(bind_listeners(opts))?;
     let metrics = Arc::new(Metrics::default());
     let mut backend = opts.backend.clone();
     if opts.instances > 1 && backend.threads == 0 {
@@ -197,9 +203,9 @@ pub fn serve(
         } => {
             let repo = Repository::new(dir.clone(), *mode, loader);
             let models = Models::default();
-            let listing = |e: std::io::Error| ServeError::Repository {
+            let listing = |error: std::io::Error| ServeError::Repository {
                 dir: dir.clone(),
-                source: e,
+                error,
             };
             match mode {
                 ControlMode::None | ControlMode::Poll => {
@@ -232,11 +238,7 @@ pub fn serve(
         request_timeout: opts.request_timeout,
         max_body: opts.max_body,
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("pipe-http")
-        .build()?;
-    let served = runtime.block_on(serve_http(state.clone(), opts, on_listening));
+    let served = runtime.block_on(serve_http(state.clone(), opts, listeners, on_listening));
     // Every connection is closed: what was queued has been answered; let the workers end.
     for m in state.models.all() {
         m.batcher.shutdown()?;
@@ -272,9 +274,32 @@ async fn poll_repository(state: Arc<AppState>, every: Duration) {
     }
 }
 
+/// The HTTP listener on `--port` and, with `--grpc-port`, the gRPC one.
+type Listeners = (tokio::net::TcpListener, Option<tokio::net::TcpListener>);
+
+/// Binds the HTTP port and, with `--grpc-port`, the gRPC port of `opts`.
+///
+/// # Errors
+/// [`ServeError::Bind`] naming the address that cannot be bound (in use, not local, no permission).
+async fn bind_listeners(opts: &ServeOptions) -> Result<Listeners, ServeError> {
+    let bind = |port: u16| async move {
+        let addr = format!("{}:{}", opts.host, port);
+        tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|error| ServeError::Bind { addr, error })
+    };
+    let http = bind(opts.port).await?;
+    let grpc = match opts.grpc_port {
+        None => None,
+        Some(port) => Some(bind(port).await?),
+    };
+    Ok((http, grpc))
+}
+
 async fn serve_http(
     state: Arc<AppState>,
     opts: &ServeOptions,
+    (listener, grpc_listener): Listeners,
     on_listening: impl FnOnce(&Listening),
 ) -> Result<(), ServeError> {
     // Signal handlers first: a SIGTERM right after the address is printed must drain, not kill.
@@ -282,21 +307,6 @@ async fn serve_http(
         signal(SignalKind::terminate())?,
         signal(SignalKind::interrupt())?,
     );
-    let addr = format!("{}:{}", opts.host, opts.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
-    let grpc_listener = match opts.grpc_port {
-        None => None,
-        Some(port) => {
-            let addr = format!("{}:{}", opts.host, port);
-            Some(
-                tokio::net::TcpListener::bind(&addr)
-                    .await
-                    .map_err(|source| ServeError::Bind { addr, source })?,
-            )
-        }
-    };
     let listening = Listening {
         addr: listener.local_addr()?,
         grpc_addr: match &grpc_listener {
