@@ -3,7 +3,7 @@ JPEGs (data/cifar10/test, 10,000 files) with the infer bench's model (target/ben
 by `cargo bench --bench infer`), records discarded. pipe infer opens the backend as the infer bench
 does (ort, all cores: --threads 0) and reads, decodes and classifies the files in a pipeline (the
 next batch is decoded while the current one runs). The rate is the one pipe infer prints on stderr,
-"ort: N images in T s (R images/s; backend busy B%; model load L s)": N / T, the classification
+"ort: N images in T s (R images/s; backend busy B%; model load L s; float32 model)": N / T, the classification
 alone, without loading the model; summary.py compares it with the ort rate on pre-decoded batches
 (infer bench ort_batch256 and benches/reference/ort_infer.py, measured minutes apart) and with the
 backend's own rate on the same decoded batches in the same run, N / (T * B / 100), the time spent
@@ -15,8 +15,8 @@ import re
 import subprocess
 import sys
 
-RATE_LINE = re.compile(r"^(\w+): (\d+) images in ([\d.]+) s \(\d+ images/s; backend busy ([\d.]+)%; "
-                       r"model load ([\d.]+) s\)$", re.M)
+RATE_LINE = re.compile(r"^(\w+): (\d+) images? in ([\d.]+) s \([\d.]+ images/s; backend busy ([\d.]+)%; "
+                       r"model load ([\d.]+) s(?:; [^\n]*)?\)$", re.M)
 
 
 def main():

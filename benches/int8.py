@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
 from common import median_rate, write_result  # noqa: E402
 
-RATE_LINE = re.compile(r"^(\w+): (\d+) images in ([\d.]+) s \(", re.M)
+RATE_LINE = re.compile(r"^(\w+): (\d+) images? in ([\d.]+) s \(", re.M)
 
 CASES = {
     "seed": dict(train=[], data="data/cifar10", evaluate="data/cifar10/test", size=32, batch=256,

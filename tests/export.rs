@@ -588,6 +588,16 @@ fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
         let err = Pipe::infer(model).path(&img).ok().stderr;
         assert!(err.contains(says), "{says}: {err}");
     }
+    // On tract, an int8 file's closing line points to ort for int8's speed; on ort it does not.
+    let hint = "tract runs int8 files no faster than float32: --backend ort for int8's speed";
+    for (backend, hinted) in [("tract", true), ("ort", false)] {
+        let err = Pipe::infer(&a)
+            .arg("--backend", backend)
+            .path(&img)
+            .ok()
+            .stderr;
+        assert_eq!(err.contains(hint), hinted, "{backend}: {err}");
+    }
     assert!(!f.metadata.contains_key("calibration"));
     let inspect = Pipe::inspect(&a).ok().stdout;
     assert!(

@@ -91,6 +91,24 @@ impl InferArgs {
             }
             files = files[part].to_vec();
         }
+        if let Some(folders) = pipe::infer::report::foreign_class_folders(&files, &info.classes) {
+            let mut classes = info
+                .classes
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if info.classes.len() > 10 {
+                classes.push_str(", ...");
+            }
+            eprintln!(
+                "warning: the images are in folders named {}, none of them a class of {} ({classes}): \
+                 no accuracy can be computed. Is --model the model trained on these classes?",
+                folders.join(", "),
+                self.model.display()
+            );
+        }
         let t_load = Instant::now();
         let mut backend = pipe::infer::open_backend(&self.model, &self.engine.options())?;
         let load_s = t_load.elapsed().as_secs_f64();
@@ -135,15 +153,20 @@ impl InferArgs {
         {
             eprintln!("{line}");
         }
+        let rate = report.images as f64 / secs.max(1e-9);
         eprintln!(
-            "{}: {} images in {:.2} s ({:.0} images/s; backend busy {:.1}%; model load {:.2} s; {})",
+            "{}: {} in {:.2} s ({} images/s; backend busy {:.1}%; model load {:.2} s; {})",
             backend.name(),
-            report.images,
+            pipe::util::plural(report.images, "image"),
             secs,
-            report.images as f64 / secs.max(1e-9),
+            if rate < 10.0 {
+                format!("{rate:.1}")
+            } else {
+                format!("{rate:.0}")
+            },
             100.0 * classified.backend_seconds / secs.max(1e-9),
             load_s,
-            precision_note(&info)
+            precision_note(&info, backend.name())
         );
         refuse_named(&named_failed)?;
         Ok(Outcome::Skipped(report.skipped.total()))
@@ -275,17 +298,26 @@ fn scan(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// What the closing line says of the model's arithmetic: `float32 model`, or for an int8 model
 /// whether this CPU has int8 dot-product instructions (where int8 runs several times faster than
 /// float32 in ONNX Runtime) or not (where it gains little).
-fn precision_note(info: &ModelInfo) -> String {
+fn precision_note(info: &ModelInfo, backend: &str) -> String {
     let precision = pipe::contract::ModelMetadata::precision_from_props(&info.metadata);
     if precision != pipe::contract::INT8 {
         return format!("{precision} model");
     }
-    match pipe::cpu::CpuFeatures::detect().int8_dot_product() {
+    let cpu = match pipe::cpu::CpuFeatures::detect().int8_dot_product() {
         Some(isa) => format!("int8 model; this CPU has int8 dot products ({isa})"),
         None => {
             "int8 model; this CPU has no int8 dot-product instructions (no VNNI), so int8 gains \
                  little speed here"
-                .into()
+                .to_string()
         }
+    };
+    if backend == "tract" {
+        // `make bench-int8` measured tract at 0.86x (32 px) and 0.93x (384 px) of its float32 speed
+        // on int8 files, against ONNX Runtime's 3.8x (docs/RESULTS.md, the AVX-512 VNNI EPYC).
+        format!(
+            "{cpu}; tract runs int8 files no faster than float32: --backend ort for int8's speed"
+        )
+    } else {
+        cpu
     }
 }

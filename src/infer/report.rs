@@ -13,6 +13,22 @@ pub fn folder_label(path: &Path, classes: &[String]) -> Option<usize> {
     classes.iter().position(|c| c == parent)
 }
 
+/// The folders holding `files` when they look like class folders made for another model: the files
+/// sit in at least two folders and none of these folders is named after one of `classes`. Their
+/// names, sorted; `None` otherwise (one folder of photos to classify, or class folders that match).
+/// `pipe infer` warns then: no accuracy can be computed, and `--model` may not be the model meant.
+pub fn foreign_class_folders(
+    files: &[std::path::PathBuf],
+    classes: &[String],
+) -> Option<Vec<String>> {
+    let folders: std::collections::BTreeSet<String> = files
+        .iter()
+        .filter_map(|f| Some(f.parent()?.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    let foreign = folders.len() >= 2 && folders.iter().all(|f| !classes.contains(f));
+    foreign.then(|| folders.into_iter().collect())
+}
+
 /// The summary of classified images: how many, and for those in folders named after a class
 /// ("labelled", truth = [`folder_label`]) how many were right and the confusion matrix; and how many
 /// files could not be decoded, per reason. Its size does not depend on the number of files.
@@ -98,6 +114,34 @@ impl InferReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn foreign_class_folders_are_two_or_more_folders_none_a_class() {
+        let classes: Vec<String> = ["cat", "dog"].map(String::from).to_vec();
+        let files = |paths: &[&str]| -> Vec<std::path::PathBuf> {
+            paths.iter().map(std::path::PathBuf::from).collect()
+        };
+        assert_eq!(
+            foreign_class_folders(
+                &files(&["v/ants/a.jpg", "v/bees/b.jpg", "v/ants/c.jpg"]),
+                &classes
+            ),
+            Some(vec!["ants".to_string(), "bees".to_string()])
+        );
+        // One folder of new photos, or folders of which one is a class: no warning.
+        assert_eq!(
+            foreign_class_folders(&files(&["new/a.jpg", "new/b.jpg"]), &classes),
+            None
+        );
+        assert_eq!(
+            foreign_class_folders(&files(&["v/cat/a.jpg", "v/misc/b.jpg"]), &classes),
+            None
+        );
+        assert_eq!(
+            foreign_class_folders(&files(&["a.jpg", "b/c.jpg"]), &classes),
+            None
+        );
+    }
 
     #[test]
     fn folder_label_uses_parent_folder() {
