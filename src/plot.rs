@@ -605,8 +605,18 @@ pub fn confusion_matrix(report: &ClassReport, path: &Path) -> Result<()> {
         top: 70,
     };
     let bottom = 130u32;
+    let title = format!(
+        "Confusion matrix: {} images, accuracy {:.4}",
+        report.images, report.accuracy
+    );
+    // Wide enough for the title (a two-class matrix is narrower than it).
+    register_fonts();
+    let title_width = (FONT, 20)
+        .into_font()
+        .box_size(&title)
+        .map_or(0, |(w, _)| w);
     let size = (
-        grid.left + grid.cell * c as u32 + 30,
+        (grid.left + grid.cell * c as u32 + 30).max(title_width + 24),
         grid.top + grid.cell * c as u32 + bottom,
     );
     let max = report
@@ -617,10 +627,6 @@ pub fn confusion_matrix(report: &ClassReport, path: &Path) -> Result<()> {
         .max()
         .unwrap_or(0)
         .max(1);
-    let title = format!(
-        "Confusion matrix: {} images, accuracy {:.4}",
-        report.images, report.accuracy
-    );
     render(
         path,
         size,
@@ -913,6 +919,16 @@ mod tests {
         assert_eq!(at(2, 0), [255, 255, 255]);
         let light = at(0, 1);
         assert!(light[0] > 100 && light[0] < 255, "{light:?}");
+        // The title, wider than three cells, ends inside the image: the last 10 columns of its
+        // band are white, and the title's band has dark (text) pixels.
+        let (w, _) = img.dimensions();
+        let band = |xs: std::ops::Range<u32>| {
+            xs.flat_map(|x| (12..36).map(move |y| (x, y)))
+                .filter(|&(x, y)| img.get_pixel(x, y).0[0] < 128)
+                .count()
+        };
+        assert_eq!(band(w - 10..w), 0, "the title runs off the right edge");
+        assert!(band(12..w - 10) > 100);
     }
 
     #[test]

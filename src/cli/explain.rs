@@ -55,7 +55,12 @@ impl ExplainArgs {
             let e = match explainer.explain(path, class) {
                 Ok(e) => e,
                 Err(err) => {
-                    eprintln!("skipped {}: {err}", path.display());
+                    // The error names the file itself when it is the file's fault.
+                    let (shown, message) = (path.display().to_string(), err.to_string());
+                    let message = message
+                        .strip_prefix(&format!("{shown}: "))
+                        .unwrap_or(&message);
+                    eprintln!("warning: skipped {shown}: {message}");
                     skipped += 1;
                     continue;
                 }
@@ -88,7 +93,10 @@ impl ExplainArgs {
             }),
         )?;
         if skipped > 0 {
-            eprintln!("{skipped} of {} images skipped", self.images.len());
+            eprintln!(
+                "{skipped} of {} skipped",
+                pipe::util::plural(self.images.len(), "image")
+            );
         }
         Ok(Outcome::Skipped(skipped))
     }

@@ -7,8 +7,14 @@ use pipe::config::{ExtractEnv, Preset, TrainConfig};
 use pipe::train::ReviewOptions;
 use std::path::PathBuf;
 
+/// The training options a review's fold heads do without (clap ids of [`TrainConfig`]'s fields):
+/// they train for the recipe's epochs on fixed folds, with no validation split to stop early or
+/// restore from, and no time budget. Hidden from `pipe review --help`; given, they are refused.
+const NOT_FOR_REVIEW: [&str; 3] = ["time_budget", "patience", "restore_best"];
+
 /// Arguments of `pipe review`.
 #[derive(clap::Args)]
+#[command(mut_args(|a| if NOT_FOR_REVIEW.contains(&a.get_id().as_str()) { a.hide(true) } else { a }))]
 pub struct ReviewArgs {
     /// The recipe of the heads, as `pipe train --preset` (options given on the command line override
     /// it); without it, the seed recipe with the options given.
@@ -37,6 +43,7 @@ impl ReviewArgs {
     /// # Errors
     /// As [`pipe::train::review`]; an unusable --out.
     pub fn run(self, matches: Option<&ArgMatches>) -> Result<()> {
+        refuse_options(&super::train::given_ids(matches))?;
         let config = super::train::recipe(self.preset, &self.config, matches)?;
         let opts = ReviewOptions {
             folds: self.folds,
@@ -80,12 +87,80 @@ impl ReviewArgs {
         );
         println!("most suspect (out-of-fold probability of the given label):");
         for r in review.rows.iter().take(10) {
-            println!(
-                "  {:.3}  {}  given {}, suggested {} ({:.3})",
-                r.score, r.path, r.given, r.suggested, r.suggested_probability
-            );
+            let verdict = if r.given == r.suggested {
+                format!("given {}, kept (its own label is the likeliest)", r.given)
+            } else {
+                format!(
+                    "given {}, suggested {} ({:.3})",
+                    r.given, r.suggested, r.suggested_probability
+                )
+            };
+            println!("  {:.3}  {}  {verdict}", r.score, r.path);
         }
         println!("review.json and review.png in {}", out_dir.display());
         Ok(())
+    }
+}
+
+/// Refuses, before any work, the options of `given` (clap ids given on the command line) that a
+/// review would silently ignore ([`NOT_FOR_REVIEW`]).
+///
+/// # Errors
+/// [`pipe::Error::Usage`] naming them as typed.
+fn refuse_options(given: &[&str]) -> pipe::Result<()> {
+    let refused: Vec<String> = NOT_FOR_REVIEW
+        .iter()
+        .filter(|id| given.contains(*id))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(pipe::Error::Usage(format!(
+        "{}: pipe review's fold heads train for --epochs on fixed folds, with no validation split \
+         and no time budget; leave {} out",
+        refused.join(", "),
+        if refused.len() == 1 { "it" } else { "them" }
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::Cli;
+    use clap::CommandFactory;
+
+    /// `pipe review ARGS`' check of the options given.
+    fn check(args: &[&str]) -> Result<(), String> {
+        let m = Cli::command()
+            .try_get_matches_from(["pipe", "review"].iter().chain(args))
+            .unwrap();
+        let ids = super::super::train::given_ids(m.subcommand_matches("review"));
+        super::refuse_options(&ids).map_err(|e| e.to_string())
+    }
+
+    /// The options a review ignores are refused, named as typed, and hidden from its help; the
+    /// recipe's own options are taken.
+    #[test]
+    fn options_a_review_ignores_are_refused_and_hidden() {
+        let err = check(&["--patience", "2", "--time-budget", "10m"]).unwrap_err();
+        assert!(
+            err.starts_with("--time-budget, --patience: pipe review's fold heads")
+                && err.ends_with("leave them out"),
+            "{err}"
+        );
+        assert!(check(&["--restore-best"])
+            .unwrap_err()
+            .ends_with("leave it out"));
+        check(&["--epochs", "3", "--lr", "1e-3", "--preset", "photos"]).unwrap();
+        let mut cmd = Cli::command();
+        let review = cmd.find_subcommand_mut("review").unwrap();
+        for arg in review.get_arguments() {
+            let id = arg.get_id().as_str();
+            assert_eq!(
+                arg.is_hide_set(),
+                super::NOT_FOR_REVIEW.contains(&id),
+                "{id}"
+            );
+        }
     }
 }
