@@ -522,7 +522,25 @@ fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
         out.contains("int8 verified with ort on 20 test images: accuracy "),
         "{out}"
     );
-    int8_export(&w, "r", &b).ok();
+    let unverified = int8_export(&w, "r", &w.join("unverified.onnx"))
+        .arg("--verify-images", "0")
+        .ok()
+        .stderr;
+    assert!(
+        unverified.contains("warning: --verify-images 0: the model is written unverified (int8 accuracy not measured")
+            && !unverified.contains("verifying:"),
+        "{unverified}"
+    );
+    // Without a terminal (as here) the long phases are announced by a line each, in order.
+    let err = int8_export(&w, "r", &b).ok().stderr;
+    let (calibrating, verifying) = (
+        err.find("calibrating: 40 images ..."),
+        err.find("verifying: 20 images ..."),
+    );
+    assert!(
+        calibrating.is_some() && verifying.is_some() && calibrating < verifying,
+        "{err}"
+    );
     assert_eq!(
         std::fs::read(&a).unwrap(),
         std::fs::read(&b).unwrap(),

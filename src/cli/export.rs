@@ -179,6 +179,16 @@ impl ExportArgs {
                 backend: self.calibration_backend,
             }),
         };
+        if self.verify_images == 0 {
+            eprintln!(
+                "warning: --verify-images 0: the model is written unverified{}",
+                if self.quantize.is_some() {
+                    " (int8 accuracy not measured, --max-accuracy-drop not applied)"
+                } else {
+                    ""
+                }
+            );
+        }
         let events = Stderr::new();
         let summary = pipe::export::export_run(&run_dir, &destination, &opts, &events);
         events.clear();

@@ -3,6 +3,7 @@
 
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use pipe::events::{Event, EventSink, Task};
+use std::io::IsTerminal;
 use std::sync::Mutex;
 
 /// Classifications of at most this many images show no progress bar (they end in moments).
@@ -47,6 +48,13 @@ impl EventSink for Stderr {
                 if bar.as_ref().is_none_or(|(t, _)| *t != task) {
                     if let Some((_, old)) = bar.take() {
                         old.finish_and_clear();
+                    }
+                    // Without a terminal the bar is hidden; an export's long phases, which print
+                    // nothing else until they end, get a line as they start.
+                    if matches!(task, Task::Calibrate | Task::Verify)
+                        && !std::io::stderr().is_terminal()
+                    {
+                        eprintln!("{task}: {total} images ...");
                     }
                     *bar = Some((task.clone(), self::bar(&task, total)));
                 }
