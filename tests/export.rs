@@ -631,7 +631,7 @@ fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
         &err,
         &[
             "int8 verification failed: test accuracy",
-            "--max-accuracy-drop",
+            "a gain of at least 100.00 required, --max-accuracy-drop",
             "--calibration",
         ],
     );

@@ -46,6 +46,16 @@ impl Int8Verification {
     }
 }
 
+/// The accuracy bound `--max-accuracy-drop` sets, in words: `a loss of at most 0.50 allowed`, or for
+/// a negative bound `a gain of at least 1.00 required`.
+fn bound_words(max_drop: f64) -> String {
+    if max_drop >= 0.0 {
+        format!("a loss of at most {max_drop:.2} allowed")
+    } else {
+        format!("a gain of at least {:.2} required", -max_drop)
+    }
+}
+
 impl std::fmt::Display for Int8Verification {
     /// `int8 verified with ort on 1000 test images: accuracy 0.4550 against float 0.4560 (-0.10
     /// points; a loss of at most 0.50 allowed), the float model's label on 96.5% of them`.
@@ -53,13 +63,13 @@ impl std::fmt::Display for Int8Verification {
         write!(
             f,
             "int8 verified with {} on {} test images: accuracy {:.4} against float {:.4} ({:+.2} \
-             points; a loss of at most {:.2} allowed), the float model's label on {:.1}% of them",
+             points; {}), the float model's label on {:.1}% of them",
             self.backend,
             self.images,
             self.int8_accuracy,
             self.float_accuracy,
             0.0 - self.drop_points(),
-            self.max_drop,
+            bound_words(self.max_drop),
             self.agreement * 100.0
         )
     }
@@ -341,14 +351,14 @@ pub fn verify_int8(
         return Err(Error::invalid(
             destination,
             format!(
-                "int8 verification failed: test accuracy {:.4} is {:.2} points below the float \
-                 model's {:.4} (at most {:.2} allowed, --max-accuracy-drop), on {} test images; \
+                "int8 verification failed: test accuracy {:.4} against the float model's {:.4} \
+                 ({:+.2} points; {}, --max-accuracy-drop), on {} test images; \
                  try {reduce}another --calibration (minmax, percentile, entropy) or more \
                  --calibration-images, or export float32; nothing was written",
                 v.int8_accuracy,
-                v.drop_points(),
                 v.float_accuracy,
-                max_drop,
+                0.0 - v.drop_points(),
+                bound_words(max_drop),
                 n
             ),
         ));
@@ -376,5 +386,7 @@ mod tests {
             "int8 verified with ort on 1000 test images: accuracy 0.4550 against float 0.4560 \
              (-0.10 points; a loss of at most 0.50 allowed), the float model's label on 96.5% of them"
         );
+        assert_eq!(bound_words(-1.0), "a gain of at least 1.00 required");
+        assert_eq!(bound_words(0.0), "a loss of at most 0.00 allowed");
     }
 }
