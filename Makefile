@@ -79,7 +79,7 @@ infer-only:
 	cargo build --release --no-default-features --features ort,serve
 	cp target/release/pipe $(INFER_ONLY)
 	cargo build --release
-	@if readelf -d $(INFER_ONLY) | grep -E 'torch|c10'; then echo "error: $(INFER_ONLY) links libtorch" >&2; exit 1; fi
+	@if readelf -d $(INFER_ONLY) | grep '(NEEDED)' | grep -E 'torch|c10'; then echo "error: $(INFER_ONLY) links libtorch" >&2; exit 1; fi
 	@echo "$(INFER_ONLY): no libtorch linked, $$(du -h $(INFER_ONLY) | cut -f1)"
 
 ## test: set-up; formatting and clippy with -D warnings (which enforces the program's no-unwrap/expect
