@@ -173,19 +173,11 @@ const RUN_LENGTH_OPTIONS: [&str; 6] = [
 /// # Errors
 /// [`pipe::Error::Usage`] naming them.
 fn refuse_run_length_options(given: &[&str]) -> pipe::Result<()> {
-    let refused: Vec<String> = RUN_LENGTH_OPTIONS
-        .iter()
-        .filter(|id| given.contains(*id))
-        .map(|id| format!("--{}", id.replace('_', "-")))
-        .collect();
+    let (refused, pronoun) = super::train::given_of(given, &RUN_LENGTH_OPTIONS);
     if refused.is_empty() {
         return Ok(());
     }
-    let (verb, pronoun) = if refused.len() == 1 {
-        ("sets", "it")
-    } else {
-        ("set", "them")
-    };
+    let verb = if refused.len() == 1 { "sets" } else { "set" };
     Err(pipe::Error::Usage(format!(
         "{} {verb} a training run's length or schedule, which lr-find replaces with its range \
          test (--start-lr, --end-lr, --steps); leave {pronoun} out",

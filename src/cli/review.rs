@@ -108,19 +108,14 @@ impl ReviewArgs {
 /// # Errors
 /// [`pipe::Error::Usage`] naming them as typed.
 fn refuse_options(given: &[&str]) -> pipe::Result<()> {
-    let refused: Vec<String> = NOT_FOR_REVIEW
-        .iter()
-        .filter(|id| given.contains(*id))
-        .map(|id| format!("--{}", id.replace('_', "-")))
-        .collect();
+    let (refused, pronoun) = super::train::given_of(given, &NOT_FOR_REVIEW);
     if refused.is_empty() {
         return Ok(());
     }
     Err(pipe::Error::Usage(format!(
         "{}: pipe review's fold heads train for --epochs on fixed folds, with no validation split \
-         and no time budget; leave {} out",
-        refused.join(", "),
-        if refused.len() == 1 { "it" } else { "them" }
+         and no time budget; leave {pronoun} out",
+        refused.join(", ")
     )))
 }
 

@@ -122,6 +122,19 @@ pub fn recipe(
         .with_given(options, given_ids(matches))
 }
 
+/// The options of `not_taken` (clap ids) that were given (`given`), as typed (`--time-budget`), in
+/// `not_taken`'s order; and the pronoun that stands for them (`it` or `them`). For commands that take
+/// the training options but refuse some of them (lr-find, review).
+pub fn given_of(given: &[&str], not_taken: &[&str]) -> (Vec<String>, &'static str) {
+    let refused: Vec<String> = not_taken
+        .iter()
+        .filter(|id| given.contains(*id))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    let pronoun = if refused.len() == 1 { "it" } else { "them" };
+    (refused, pronoun)
+}
+
 /// The ids of the options given on the command line (not defaults) in `matches`.
 pub fn given_ids(matches: Option<&ArgMatches>) -> Vec<&str> {
     matches.map_or_else(Vec::new, |m| {
