@@ -11,19 +11,35 @@
 //! pixels in `examples/tract_profile.rs`) and several GiB at 384x384. tract's direct spatial
 //! convolution, which it would otherwise pick for the wide early layers of a single image, is turned
 //! off: on the AVX-512 CPU where this was measured it did a 384x384 layer at 0.43x the rate of the
-//! im2col path. docs/RESULTS.md has the figures.
+//! im2col path.
+//!
+//! Small late maps are the exception (`split`): from the first convolution on a map of at most 16
+//! positions (VGG16's blocks 4 and 5 at 32x32 pixels), the model is cut, and each thread runs that
+//! tail on its images together, each such convolution written as one matrix product over all of
+//! them, so that a layer's weights are read once per [`TAIL_BATCH`] images instead of once per
+//! image. docs/RESULTS.md has the figures.
 
 use super::Backend;
 use crate::error::{Error, Result};
-use ndarray::{concatenate, Array2, ArrayD, ArrayView4, Axis, Ix2};
+use ndarray::{concatenate, Array2, ArrayD, ArrayView4, Axis, Ix2, Ix4};
 use std::collections::HashMap;
 use std::path::Path;
+use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_data::knobs::KnobScope;
+
+mod split;
+
+/// Images a thread runs together through a split model's batched tail ([`split`]).
+const TAIL_BATCH: usize = 64;
 
 /// A model loaded, optimised and planned by tract.
 pub struct TractBackend {
     plan: Arc<TypedRunnableModel>,
+    /// For a model split by [`split::split`]: `plan` is its single-image head and this its batched
+    /// tail, which each thread runs on the head's outputs for its images, [`TAIL_BATCH`] at a time,
+    /// with the number of rows the head gives per image.
+    tail: Option<(Arc<TypedRunnableModel>, usize)>,
     batch: BatchPlan,
     threads: usize,
 }
@@ -77,6 +93,40 @@ fn plan(model: InferenceModel) -> TractResult<(Arc<TypedRunnableModel>, BatchPla
     Ok((plan, batch))
 }
 
+/// A planned model: the plan, the batched tail of a split model, and how the plan takes a batch.
+type Planned = (
+    Arc<TypedRunnableModel>,
+    Option<(Arc<TypedRunnableModel>, usize)>,
+    BatchPlan,
+);
+
+/// Plans `proto`: split into a single-image head and a batched tail when [`split::split`] finds small
+/// late maps and the head gets a single-image plan, else whole as [`plan`] does.
+fn plan_proto(proto: &pb::ModelProto) -> TractResult<Planned> {
+    let onnx = tract_onnx::onnx();
+    let split_plan = || -> TractResult<Option<Planned>> {
+        let Some(parts) = split::split(proto)? else {
+            return Ok(None);
+        };
+        let (head, batch) = plan(onnx.model_for_proto_model(&parts.head)?)?;
+        if batch != BatchPlan::PerImage {
+            return Ok(None);
+        }
+        let tail = onnx
+            .model_for_proto_model(&parts.tail)?
+            .into_optimized()?
+            .into_runnable()?;
+        Ok(Some((head, Some((tail, parts.rows)), batch)))
+    };
+    // A model that cannot be split is planned whole, which reports what is wrong with it, if
+    // anything.
+    if let Ok(Some(planned)) = split_plan() {
+        return Ok(planned);
+    }
+    let (plan, batch) = plan(onnx.model_for_proto_model(proto)?)?;
+    Ok((plan, None, batch))
+}
+
 /// Whether `model` has operators other than constants whose inputs do not depend on the model's
 /// inputs: work each run repeats whatever the images.
 fn has_constant_work(model: &TypedModel) -> TractResult<bool> {
@@ -100,11 +150,11 @@ impl TractBackend {
     /// # Errors
     /// [`Error::InvalidFile`] naming the model when tract cannot load or optimise it.
     pub fn open(model: &Path, threads: usize) -> Result<Self> {
-        let (plan, batch) = tract_onnx::onnx()
-            .model_for_path(model)
-            .and_then(plan)
+        let (plan, tail, batch) = tract_onnx::onnx()
+            .proto_model_for_path(model)
+            .and_then(|proto| plan_proto(&proto))
             .map_err(|e| Error::invalid(model, format!("tract cannot load the model: {e:#}")))?;
-        Ok(Self::with_plan(plan, batch, threads))
+        Ok(Self::with_plan(plan, tail, batch, threads))
     }
 
     /// As [`TractBackend::open`], for a model in memory (`name` names it in errors), whose outputs may
@@ -117,14 +167,17 @@ impl TractBackend {
         name: &str,
         threads: usize,
     ) -> Result<Self> {
-        let (plan, batch) = tract_onnx::onnx()
-            .model_for_proto_model(model)
-            .and_then(plan)
-            .map_err(|e| err(format!("cannot load {name}: {e:#}")))?;
-        Ok(Self::with_plan(plan, batch, threads))
+        let (plan, tail, batch) =
+            plan_proto(model).map_err(|e| err(format!("cannot load {name}: {e:#}")))?;
+        Ok(Self::with_plan(plan, tail, batch, threads))
     }
 
-    fn with_plan(plan: Arc<TypedRunnableModel>, batch: BatchPlan, threads: usize) -> Self {
+    fn with_plan(
+        plan: Arc<TypedRunnableModel>,
+        tail: Option<(Arc<TypedRunnableModel>, usize)>,
+        batch: BatchPlan,
+        threads: usize,
+    ) -> Self {
         let threads = if threads == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -134,6 +187,7 @@ impl TractBackend {
         };
         TractBackend {
             plan,
+            tail,
             batch,
             threads,
         }
@@ -175,6 +229,34 @@ impl TractBackend {
 
     /// Runs `images` on the calling thread: at once, or image by image for a single-image plan.
     fn run_chunk(&self, images: ArrayView4<'_, f32>) -> Result<Vec<ArrayD<f32>>> {
+        if let Some((tail, rows)) = &self.tail {
+            return images
+                .axis_chunks_iter(Axis(0), TAIL_BATCH)
+                .map(|chunk| {
+                    let maps = chunk
+                        .axis_chunks_iter(Axis(0), 1)
+                        .map(|image| {
+                            let out = Self::run_one(&self.plan, image)?.into_iter().next();
+                            out.filter(|m| m.ndim() == 4 && m.shape()[0] == *rows)
+                                .ok_or_else(|| err("the head of the split model gave no map"))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    // Row r of every image, for r = 0, 1, ...: the order the whole model has.
+                    let views: Vec<_> = (0..*rows)
+                        .flat_map(|r| {
+                            maps.iter()
+                                .map(move |m| m.slice_axis(Axis(0), (r..=r).into()))
+                        })
+                        .collect();
+                    let input = concatenate(Axis(0), &views)
+                        .map_err(err)?
+                        .into_dimensionality::<Ix4>()
+                        .map_err(err)?;
+                    Self::run_one(tail, input.view())
+                })
+                .collect::<Result<Vec<_>>>()
+                .and_then(|parts| concat_outputs(&parts));
+        }
         if self.batch != BatchPlan::PerImage || images.shape()[0] == 1 {
             return Self::run_one(&self.plan, images);
         }
