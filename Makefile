@@ -110,6 +110,7 @@ BENCH_PY := $(ROOT)/.venv/bin/python
 bench: need-cifar10 setup
 	$(HAVE_CIFAR10)
 	rm -rf target/criterion/extract target/criterion/infer target/criterion/decode target/criterion/head target/criterion/export target/bench/*.json
+	mkdir -p target/bench
 	cargo build --release
 	@# pipe and PyTorch alternate twice (ABAB), so that a change of load on the shared cores hits both;
 	@# the extract bench measures 32x32 at batch 128 and 224x224 at batch 32, PyTorch each in turn
