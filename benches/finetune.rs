@@ -159,9 +159,11 @@ fn cifar_bench(weights: &Path, out: &Path) {
         .expect("decode the training JPEGs")
         .split;
     let (precision, why) = auto_precision();
+    // The class names as `pipe train` sets them: the class weights of the loss are per class.
     let config = TrainConfig {
         epochs: 1,
         precision: Some(precision),
+        classes: split.classes.clone(),
         ..Preset::Finetune.config()
     };
     write_reference_inputs(&split, &config);
@@ -192,7 +194,7 @@ fn photo_bench(weights: &Path, out: &Path) {
         return;
     }
     let (precision, why) = auto_precision();
-    let config = TrainConfig {
+    let mut config = TrainConfig {
         data: data.clone(),
         epochs: 1,
         unfreeze: PHOTO_UNFREEZE,
@@ -206,6 +208,7 @@ fn photo_bench(weights: &Path, out: &Path) {
         .expect("decode the photos");
     let photos = PhotoSet::decode(&images).expect("decode the photos for augmentation");
     let train = &images.train;
+    config.classes = train.classes.clone();
     write_photo_reference_inputs(&photos, &train.labels, train.classes.len(), &config);
     let arch = config.arch(train.classes.len());
     let (w, _) = pipe::weights::load_base(weights, &arch, false).expect("load base weights");
