@@ -28,7 +28,7 @@ use pipe::data::{
 };
 use pipe::events::Silent;
 use pipe::train::augment::PhotoSet;
-use pipe::train::finetune::{FineTuneModel, PixelSplits};
+use pipe::train::finetune::{time_precisions, FineTuneModel, PixelSplits};
 use pipe::train::images::{build_list, run_spec, PixelSplit, RunImages};
 use pipe::train::learner::Learner;
 use pipe::weights::NamedTensor;
@@ -83,16 +83,16 @@ struct Images<'a> {
     photos: Option<&'a PhotoSet>,
 }
 
-/// Trains a fresh model on the first `n` images of `images` for one epoch of `config`; returns the
-/// training images/s. Validation and test are the first `eval` images (evaluated, not timed).
-fn epoch_rate(
-    images: &Images,
+/// A fresh model of `config` on the first `n` images of `images`, validation and test the first
+/// `eval`.
+fn fresh_model<'a>(
+    images: &Images<'a>,
     arch: &Arch,
     w: &[NamedTensor],
     config: &TrainConfig,
     n: usize,
     eval: usize,
-) -> f64 {
+) -> FineTuneModel<'a> {
     let per = images.size * images.size * 3;
     let part = |len: usize| PixelSplit {
         pixels: &images.pixels[..len * per],
@@ -105,22 +105,45 @@ fn epoch_rate(
         test: part(eval),
         photos: images.photos,
     };
-    let mut model = FineTuneModel::new(splits, arch, w, config, None, tch::Device::Cpu)
-        .expect("build the network");
+    FineTuneModel::new(splits, arch, w, config, None, tch::Device::Cpu).expect("build the network")
+}
+
+/// Trains a fresh model on the first `n` images of `images` for one epoch of `config`; returns the
+/// training images/s. Validation and test are the first `eval` images (evaluated, not timed).
+fn epoch_rate(
+    images: &Images,
+    arch: &Arch,
+    w: &[NamedTensor],
+    config: &TrainConfig,
+    n: usize,
+    eval: usize,
+) -> f64 {
+    let mut model = fresh_model(images, arch, w, config, n, eval);
     let fitted = Learner::new(config)
         .fit(&mut model, None, |_| Ok(()))
         .expect("train");
     n as f64 / fitted.history[0].train_seconds
 }
 
-/// The precision `--precision auto` (the presets' setting) chooses on this CPU, and why.
-fn auto_precision() -> (Precision, String) {
-    let (p, why) = Preset::Finetune
-        .config()
-        .precision
-        .unwrap_or_default()
-        .resolve(false, CpuFeatures::detect());
-    (p, why.to_string())
+/// The precision `--precision auto` (the presets' setting) chooses on this CPU, and why. Where the
+/// CPU alone does not decide (AVX512_BF16 but no AMX), `pipe train` times both precisions on the
+/// run's model before fine-tuning and trains in the faster; so does this, on a fresh model of
+/// `config` on the first `n` images of `images` ([`time_precisions`]).
+fn auto_precision(
+    images: &Images,
+    arch: &Arch,
+    w: &[NamedTensor],
+    config: &TrainConfig,
+    n: usize,
+    eval: usize,
+) -> (Precision, String) {
+    let (p, why) = Precision::Auto.resolve(false, CpuFeatures::detect());
+    if p != Precision::Auto {
+        return (p, why.to_string());
+    }
+    let mut model = fresh_model(images, arch, w, config, n, eval);
+    let timing = time_precisions(&mut model, config).expect("time both precisions");
+    (timing.chosen, format!("{why}; {}", timing.line()))
 }
 
 /// Writes the bench result `rate` (images/s) with its settings to `out`, and prints it.
@@ -158,15 +181,13 @@ fn cifar_bench(weights: &Path, out: &Path) {
         .and_then(|(list, _)| list.load(SplitPart::Train, &squash, OnError::Stop))
         .expect("decode the training JPEGs")
         .split;
-    let (precision, why) = auto_precision();
     // The class names as `pipe train` sets them: the class weights of the loss are per class.
-    let config = TrainConfig {
+    let mut config = TrainConfig {
         epochs: 1,
-        precision: Some(precision),
+        precision: Some(Precision::Auto),
         classes: split.classes.clone(),
         ..Preset::Finetune.config()
     };
-    write_reference_inputs(&split, &config);
     let arch = Arch::vgg16_transfer(32, split.classes.len());
     let (w, _) = pipe::weights::load_base(weights, &arch, false).expect("load base weights");
     let images = Images {
@@ -175,6 +196,9 @@ fn cifar_bench(weights: &Path, out: &Path) {
         size: 32,
         photos: None,
     };
+    let (precision, why) = auto_precision(&images, &arch, &w, &config, IMAGES, EVAL);
+    config.precision = Some(precision);
+    write_reference_inputs(&split, &config);
     eprintln!(
         "fine-tuning bench: {IMAGES} images, {} ({why}), {} libtorch threads",
         precision.name(),
@@ -193,13 +217,12 @@ fn photo_bench(weights: &Path, out: &Path) {
         common::skip("finetune --photos", &data.join("train"));
         return;
     }
-    let (precision, why) = auto_precision();
     let mut config = TrainConfig {
         data: data.clone(),
         epochs: 1,
         unfreeze: PHOTO_UNFREEZE,
         augment: true,
-        precision: Some(precision),
+        precision: Some(Precision::Auto),
         ..Preset::Photos.config()
     };
     let layout = DataLayout::detect(&data).expect("detect the photo folders");
@@ -209,7 +232,6 @@ fn photo_bench(weights: &Path, out: &Path) {
     let photos = PhotoSet::decode(&images).expect("decode the photos for augmentation");
     let train = &images.train;
     config.classes = train.classes.clone();
-    write_photo_reference_inputs(&photos, &train.labels, train.classes.len(), &config);
     let arch = config.arch(train.classes.len());
     let (w, _) = pipe::weights::load_base(weights, &arch, false).expect("load base weights");
     let n = train.len();
@@ -219,6 +241,9 @@ fn photo_bench(weights: &Path, out: &Path) {
         size: config.input_size,
         photos: Some(&photos),
     };
+    let (precision, why) = auto_precision(&set, &arch, &w, &config, n, PHOTO_EVAL);
+    config.precision = Some(precision);
+    write_photo_reference_inputs(&photos, &train.labels, train.classes.len(), &config);
     eprintln!(
         "photo fine-tuning bench: {n} photos at {}, {} ({why}), {} libtorch threads",
         config.input_size,
