@@ -29,8 +29,8 @@ use crate::arch::{Arch, BaseLayer, HeadLayer, Pooling, IMAGENET_BGR_MEANS};
 use crate::contract::{self, Output, INPUT_NAME, LOGITS};
 use crate::error::{Error, Result};
 use crate::onnx::build::{
-    attr_int, attr_ints, f16_tensor, f32_tensor, i32_tensor, i64_tensor, i8_tensor, ir_version_for,
-    metadata_props, node, u8_tensor, value_info,
+    attr_int, attr_ints, f16_tensor, f32_tensor, i32_tensor, i64_tensor, i8_tensor, metadata_props,
+    model, node, u8_tensor, value_info,
 };
 use crate::weights::NamedTensor;
 use std::collections::HashMap;
@@ -113,17 +113,11 @@ pub fn build_model(
     }
     let graph = graph(arch, opts.output, nodes, initializer);
     Ok(pb::ModelProto {
-        ir_version: ir_version_for(opts.opset),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: opts.opset,
-        }],
         producer_name: "pipe".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         doc_string: "Exported by pipe (Rust, native ONNX writer)".into(),
-        graph: Some(graph),
         metadata_props: metadata_props(&opts.metadata),
-        ..Default::default()
+        ..model(opts.opset, graph)
     })
 }
 

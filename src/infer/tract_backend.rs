@@ -101,11 +101,19 @@ type Planned = (
 );
 
 /// Plans `proto`: split into a single-image head and a batched tail when [`split::split`] finds small
-/// late maps and the head gets a single-image plan, else whole as [`plan`] does.
+/// late maps and the head gets a single-image plan, else whole as [`plan`] does. The whole model is
+/// parsed once, for both.
 fn plan_proto(proto: &pb::ModelProto) -> TractResult<Planned> {
     let onnx = tract_onnx::onnx();
+    let parsed = onnx.parse(proto, None)?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(anyhow::anyhow!(
+            "Could not resolve inputs at top-level: {:?}",
+            parsed.unresolved_inputs
+        ));
+    }
     let split_plan = || -> TractResult<Option<Planned>> {
-        let Some(parts) = split::split(proto)? else {
+        let Some(parts) = split::split(proto, &parsed)? else {
             return Ok(None);
         };
         let (head, batch) = plan(onnx.model_for_proto_model(&parts.head)?)?;
@@ -123,7 +131,7 @@ fn plan_proto(proto: &pb::ModelProto) -> TractResult<Planned> {
     if let Ok(Some(planned)) = split_plan() {
         return Ok(planned);
     }
-    let (plan, batch) = plan(onnx.model_for_proto_model(proto)?)?;
+    let (plan, batch) = plan(parsed.model)?;
     Ok((plan, None, batch))
 }
 
@@ -311,7 +319,7 @@ impl Backend for TractBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::build::{attr_ints, f32_tensor, i8_tensor, ir_version_for, node, value_info};
+    use crate::onnx::build::{attr_ints, f32_tensor, i8_tensor, model, node, value_info};
     use ndarray::Array4;
     use tract_onnx::pb;
 
@@ -364,30 +372,23 @@ mod tests {
             ),
             node("Flatten", "f", &["conv"], "y", vec![]),
         ]);
-        pb::ModelProto {
-            ir_version: ir_version_for(17),
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(pb::GraphProto {
-                name: "conv".into(),
-                node: nodes,
-                initializer,
-                input: vec![value_info(
-                    "x",
-                    &[batch, Some(side), Some(side), Some(CIN as i64)],
-                    "",
-                )],
-                output: vec![value_info(
-                    "y",
-                    &[batch, Some((COUT * SIDE * SIDE) as i64)],
-                    "",
-                )],
-                ..Default::default()
-            }),
+        let graph = pb::GraphProto {
+            name: "conv".into(),
+            node: nodes,
+            initializer,
+            input: vec![value_info(
+                "x",
+                &[batch, Some(side), Some(side), Some(CIN as i64)],
+                "",
+            )],
+            output: vec![value_info(
+                "y",
+                &[batch, Some((COUT * SIDE * SIDE) as i64)],
+                "",
+            )],
             ..Default::default()
-        }
+        };
+        model(17, graph)
     }
 
     /// The convolution by its definition, summed in f64: output `[n, o*36 + y*6 + x]`.

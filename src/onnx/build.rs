@@ -18,6 +18,20 @@ pub fn ir_version_for(opset: i64) -> i64 {
     }
 }
 
+/// A model of `graph` that imports the default ONNX domain at `opset`, with the IR version that
+/// opset needs ([`ir_version_for`]); other fields (producer, metadata) are left empty.
+pub fn model(opset: i64, graph: pb::GraphProto) -> pb::ModelProto {
+    pb::ModelProto {
+        ir_version: ir_version_for(opset),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
 /// An `INTS` attribute.
 pub fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     pb::AttributeProto {

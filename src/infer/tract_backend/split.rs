@@ -20,6 +20,7 @@
 
 use crate::onnx::build::{attr_int, attr_ints, f32_tensor, i64_tensor, node, value_info};
 use std::collections::{HashMap, HashSet};
+use tract_onnx::model::ParseResult;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::prelude::*;
@@ -61,9 +62,12 @@ struct SmallConv {
 /// on the graph is a chain (nothing computed before that convolution's input is used after it) of
 /// operators that keep each image's rows apart (see `rowwise_tail`).
 ///
+/// `parsed` is tract's parse of `model`, whose graph it clones to infer every tensor's shape with a
+/// batch of one image.
+///
 /// # Errors
-/// When tract cannot parse the model or infer its shapes with a batch of 1.
-pub fn split(model: &pb::ModelProto) -> TractResult<Option<Split>> {
+/// When tract cannot infer the model's shapes with a batch of 1.
+pub fn split(model: &pb::ModelProto, parsed: &ParseResult) -> TractResult<Option<Split>> {
     let Some(graph) = &model.graph else {
         return Ok(None);
     };
@@ -89,8 +93,7 @@ pub fn split(model: &pb::ModelProto) -> TractResult<Option<Split>> {
         return Ok(None);
     };
     // Every tensor's shape with a batch of one image.
-    let parsed = tract_onnx::onnx().parse(model, None)?;
-    let mut inference = parsed.model;
+    let mut inference = parsed.model.clone();
     let mut one = vec![1];
     one.extend(input_dims);
     inference.set_input_fact(0, f32::fact(&one).into())?;
@@ -580,7 +583,6 @@ mod tests {
     use super::*;
     use crate::infer::tract_backend::TractBackend;
     use crate::infer::Backend;
-    use crate::onnx::build::ir_version_for;
     use ndarray::{Array2, Array4};
 
     /// Channels of the input and of each convolution's output.
@@ -684,22 +686,15 @@ mod tests {
         if leak {
             output.push(value_info("r0", &[None, Some(8), Some(8), Some(8)], ""));
         }
-        pb::ModelProto {
-            ir_version: ir_version_for(17),
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(pb::GraphProto {
-                name: "blocks".into(),
-                node: nodes,
-                initializer,
-                input: vec![value_info("x", &[None, Some(8), Some(8), Some(3)], "")],
-                output,
-                ..Default::default()
-            }),
+        let graph = pb::GraphProto {
+            name: "blocks".into(),
+            node: nodes,
+            initializer,
+            input: vec![value_info("x", &[None, Some(8), Some(8), Some(3)], "")],
+            output,
             ..Default::default()
-        }
+        };
+        crate::onnx::build::model(17, graph)
     }
 
     /// The three blocks by their definitions, in f64: `[N, 16]`.
@@ -733,34 +728,23 @@ mod tests {
         Array2::from_shape_fn((n, 16), |(b, o)| map[[b, o, 0, 0]] as f32)
     }
 
-    /// The model splits before its 4x4 block, both small-map convolutions are rewritten, and the
-    /// split backend gives the blocks' definition on 70 images (the tail's chunks of 64 and 6) and
-    /// on 5 split over 2 threads; a tensor of the head used after the cut keeps the model whole.
-    #[test]
-    fn the_batched_tail_computes_the_convolutions() {
-        let proto = model(false, false);
-        let parts = split(&proto).unwrap().expect("a small map to batch");
-        assert_eq!(parts.rows, 1);
-        let ops = |m: &pb::ModelProto, op: &str| {
-            let graph = m.graph.as_ref().unwrap();
-            graph.node.iter().filter(|n| n.op_type == op).count()
-        };
-        assert_eq!(
-            (ops(&parts.tail, "Conv"), ops(&parts.tail, "MatMul")),
-            (0, 2),
-            "both small-map convolutions as matrix products"
-        );
-        assert_eq!(ops(&parts.tail, "Gather"), 1, "one in im2col form");
-        let head = parts.head.graph.as_ref().unwrap();
-        assert_eq!(head.output[0].name, "x1");
-        assert_eq!(head.node.len(), 4, "Transpose and the first block");
-        assert!(split(&model(true, false)).unwrap().is_none());
-        let x = Array4::from_shape_fn((70, 8, 8, 3), |(n, y, x, c)| {
+    /// [`split`] of `proto`, parsed by tract.
+    fn split_of(proto: &pb::ModelProto) -> TractResult<Option<Split>> {
+        split(proto, &tract_onnx::onnx().parse(proto, None)?)
+    }
+
+    /// 70 deterministic images `[70, 8, 8, 3]` (NHWC) with values in [-1, 1].
+    fn images() -> Array4<f32> {
+        Array4::from_shape_fn((70, 8, 8, 3), |(n, y, x, c)| {
             ((n * 13 + y * 7 + x * 3 + c * 5) % 23) as f32 / 11.0 - 1.0
-        });
-        let want = naive(&x);
+        })
+    }
+
+    /// The tract backend runs `proto` split, and gives `want` (`[70, 16]`) within 1e-4 on the 70
+    /// images `x` on one thread (the tail's chunks of 64 and 6) and on the first 5 over 2 threads.
+    fn assert_tail_matches(proto: &pb::ModelProto, x: &Array4<f32>, want: &Array2<f32>) {
         for (images, threads) in [(70, 1), (5, 2)] {
-            let mut backend = TractBackend::open_proto(&proto, "blocks", threads).unwrap();
+            let mut backend = TractBackend::open_proto(proto, "blocks", threads).unwrap();
             assert!(backend.tail.is_some(), "the backend runs the split model");
             let got = backend
                 .run(x.slice(ndarray::s![..images, .., .., ..]))
@@ -775,33 +759,44 @@ mod tests {
         }
     }
 
+    /// The model splits before its 4x4 block, both small-map convolutions are rewritten, and the
+    /// split backend gives the blocks' definition on 70 images (the tail's chunks of 64 and 6) and
+    /// on 5 split over 2 threads; a tensor of the head used after the cut keeps the model whole.
+    #[test]
+    fn the_batched_tail_computes_the_convolutions() {
+        let proto = model(false, false);
+        let parts = split_of(&proto).unwrap().expect("a small map to batch");
+        assert_eq!(parts.rows, 1);
+        let ops = |m: &pb::ModelProto, op: &str| {
+            let graph = m.graph.as_ref().unwrap();
+            graph.node.iter().filter(|n| n.op_type == op).count()
+        };
+        assert_eq!(
+            (ops(&parts.tail, "Conv"), ops(&parts.tail, "MatMul")),
+            (0, 2),
+            "both small-map convolutions as matrix products"
+        );
+        assert_eq!(ops(&parts.tail, "Gather"), 1, "one in im2col form");
+        let head = parts.head.graph.as_ref().unwrap();
+        assert_eq!(head.output[0].name, "x1");
+        assert_eq!(head.node.len(), 4, "Transpose and the first block");
+        assert!(split_of(&model(true, false)).unwrap().is_none());
+        let x = images();
+        assert_tail_matches(&proto, &x, &naive(&x));
+    }
+
     /// A test-time augmentation model (two rows per image into the tail, whose Split takes the
     /// halves) gives the mean of the blocks on the images and on their mirrors, on 70 images and on
     /// 5 over 2 threads.
     #[test]
     fn the_batched_tail_keeps_the_halves_of_a_mirrored_batch() {
         let proto = model(false, true);
-        let parts = split(&proto).unwrap().expect("a small map to batch");
+        let parts = split_of(&proto).unwrap().expect("a small map to batch");
         assert_eq!(parts.rows, 2);
-        let x = Array4::from_shape_fn((70, 8, 8, 3), |(n, y, x, c)| {
-            ((n * 13 + y * 7 + x * 3 + c * 5) % 23) as f32 / 11.0 - 1.0
-        });
+        let x = images();
         let mut mirrored = x.clone();
         mirrored.invert_axis(ndarray::Axis(2));
         let want = (naive(&x) + naive(&mirrored.as_standard_layout().to_owned())) / 2.0;
-        for (images, threads) in [(70, 1), (5, 2)] {
-            let mut backend = TractBackend::open_proto(&proto, "mirrored", threads).unwrap();
-            assert!(backend.tail.is_some(), "the backend runs the split model");
-            let got = backend
-                .run(x.slice(ndarray::s![..images, .., .., ..]))
-                .unwrap();
-            let want = want.slice(ndarray::s![..images, ..]);
-            assert_eq!(got.dim(), want.dim());
-            let worst = (&got - &want).iter().fold(0f32, |m, d| m.max(d.abs()));
-            assert!(
-                worst <= 1e-4,
-                "{images} images on {threads} thread(s): off by {worst}"
-            );
-        }
+        assert_tail_matches(&proto, &x, &want);
     }
 }
