@@ -127,7 +127,7 @@ impl fmt::Display for EpochReport {
             .unwrap_or_default();
         write!(
             f,
-            "{} {}/{}  loss {:.4}  accuracy {:.4}  val_loss {:.4}  val_accuracy {:.4}{lr_note}  ({:.2} s, {:.0} images/s{left})",
+            "{} {}/{}  loss {:.4}  accuracy {:.4}  val_loss {:.4}  val_accuracy {:.4}{lr_note}  ({:.2} s, {} images/s{left})",
             self.label,
             m.epoch,
             self.epochs,
@@ -136,7 +136,7 @@ impl fmt::Display for EpochReport {
             m.val_loss,
             m.val_accuracy,
             m.seconds,
-            self.images as f64 / m.seconds.max(1e-9)
+            crate::util::images_per_s(self.images as f64 / m.seconds.max(1e-9))
         )
     }
 }
@@ -158,11 +158,11 @@ impl fmt::Display for Estimate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "expected: about {} for {} at {:.0} images/s (from the first {} batches; validation and \
+            "expected: about {} for {} at {} images/s (from the first {} batches; validation and \
              the final test included)",
             duration(self.seconds),
             plural(self.epochs, "epoch"),
-            self.images_per_second,
+            crate::util::images_per_s(self.images_per_second),
             self.batches
         )
     }

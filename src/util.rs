@@ -246,6 +246,17 @@ pub fn plural(n: usize, noun: &str) -> String {
     }
 }
 
+/// A rate of images per second as messages print it: whole numbers from 10 on (`"300"`), one decimal
+/// below (`"0.8"`, as a photo at 384 pixels trains), so that a slow rate does not round to 1 or 0.
+pub fn images_per_s(images_per_second: f64) -> String {
+    // 9.95 and above round to a whole 10 either way.
+    if images_per_second < 9.95 {
+        format!("{images_per_second:.1}")
+    } else {
+        format!("{images_per_second:.0}")
+    }
+}
+
 /// An image limit (`--train-limit`, `--test-limit`) as the settings lines say it: the count, or
 /// `all` for 0.
 pub fn limit(n: usize) -> String {
@@ -305,6 +316,16 @@ pub fn thousands(n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn image_rates_keep_one_decimal_below_ten() {
+        assert_eq!(images_per_s(299.6), "300");
+        assert_eq!(images_per_s(10.0), "10");
+        assert_eq!(images_per_s(9.96), "10");
+        assert_eq!(images_per_s(9.94), "9.9");
+        assert_eq!(images_per_s(0.76), "0.8");
+        assert_eq!(images_per_s(0.0), "0.0");
+    }
 
     #[test]
     fn thousands_groups_by_three() {

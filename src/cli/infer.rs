@@ -159,11 +159,7 @@ impl InferArgs {
             backend.name(),
             pipe::util::plural(report.images, "image"),
             secs,
-            if rate < 10.0 {
-                format!("{rate:.1}")
-            } else {
-                format!("{rate:.0}")
-            },
+            pipe::util::images_per_s(rate),
             100.0 * classified.backend_seconds / secs.max(1e-9),
             load_s,
             precision_note(&info, backend.name())

@@ -96,24 +96,25 @@ fn bar(task: &Task, total: u64) -> ProgressBar {
     pb
 }
 
-/// The bar's rate after `done` images at `per_second`: `  300 images/s`, whole images (indicatif's
-/// own `{per_sec}` shows four decimals); nothing before the first image is done, when no rate is
-/// known yet.
+/// The bar's rate after `done` images at `per_second`: `  300 images/s`, whole images from 10 on and
+/// one decimal below ([`pipe::util::images_per_s`]; indicatif's own `{per_sec}` shows four decimals);
+/// nothing before the first image is done, when no rate is known yet.
 fn rate(done: u64, per_second: f64) -> String {
     if done == 0 || !per_second.is_finite() {
         return String::new();
     }
-    format!("  {per_second:.0} images/s")
+    format!("  {} images/s", pipe::util::images_per_s(per_second))
 }
 
 #[cfg(test)]
 mod tests {
-    /// Whole images per second once images are done; nothing before.
+    /// The rate once images are done (whole images from 10 on, one decimal below); nothing before.
     #[test]
-    fn the_rate_is_whole_images_per_second_once_known() {
+    fn the_rate_shows_once_images_are_done() {
         assert_eq!(super::rate(0, 0.0), "");
         assert_eq!(super::rate(0, 12.5), "");
         assert_eq!(super::rate(120, 299.6251), "  300 images/s");
+        assert_eq!(super::rate(3, 0.8149), "  0.8 images/s");
         assert_eq!(super::rate(5, f64::NAN), "");
     }
 }

@@ -281,10 +281,10 @@ impl PrecisionTiming {
     /// The line `pipe train` prints after the timing.
     pub fn line(&self) -> String {
         format!(
-            "precision auto: {:.0} images/s in float32, {:.0} in bf16 over {ESTIMATE_AFTER_BATCHES} \
+            "precision auto: {} images/s in float32, {} in bf16 over {ESTIMATE_AFTER_BATCHES} \
              training batches each; fine-tuning in {}",
-            self.fp32,
-            self.bf16,
+            crate::util::images_per_s(self.fp32),
+            crate::util::images_per_s(self.bf16),
             self.chosen.label()
         )
     }

@@ -313,10 +313,10 @@ fn finetune_run(start: Start, config: TrainConfig, images: &RunImages) -> Result
 pub(crate) fn extraction_line(f: &Features) -> String {
     if f.extracted > 0 {
         format!(
-            "features: {} images through the frozen base in {:.1} s ({:.0} images/s)",
+            "features: {} images through the frozen base in {:.1} s ({} images/s)",
             f.extracted,
             f.extract_seconds,
-            f.extracted as f64 / f.extract_seconds.max(1e-9)
+            crate::util::images_per_s(f.extracted as f64 / f.extract_seconds.max(1e-9))
         )
     } else {
         format!(
@@ -475,7 +475,8 @@ impl<'a> Run<'a> {
         let plan = budget::plan(seconds, spent, rate, sizes, max);
         let d = crate::util::duration;
         let measured = format!(
-            "fine-tuning at {rate:.0} images/s over {ESTIMATE_AFTER_BATCHES} batches, {} spent",
+            "fine-tuning at {} images/s over {ESTIMATE_AFTER_BATCHES} batches, {} spent",
+            crate::util::images_per_s(rate),
             d(spent)
         );
         if plan.fits {
