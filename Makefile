@@ -104,8 +104,9 @@ test: need-cifar10 setup
 	  { echo "error: no _when_a_gpu_is_present test ran and passed" >&2; exit 1; }; fi
 
 ## bench: criterion benches, the PyTorch/onnxruntime references (benches/reference/) and end-to-end
-## times and the Keras seed job in one run, then one table (also target/bench/summary.json). About 30
-## minutes on an idle 2-core machine (docs/RESULTS.md), plus about 3 the first time to install TensorFlow.
+## times and the Keras seed job in one run, then one table (also target/bench/summary.json). On an idle
+## 2-core machine about 30 minutes with AMX, about 65 without (docs/RESULTS.md), plus about 3 the first
+## time to install TensorFlow.
 BENCH_PY := $(ROOT)/.venv/bin/python
 bench: need-cifar10 setup
 	$(HAVE_CIFAR10)
