@@ -74,76 +74,69 @@ fn main() {
     }
 }
 
-/// The training images an epoch draws from: NHWC RGB `u8` pixels of side `size`, labels, and the
-/// photos for photo augmentation.
-struct Images<'a> {
+/// What every fine-tuning model of a bench is built from: the network, its base weights, and the
+/// training images an epoch draws from (NHWC RGB `u8` pixels of side `size`, labels, and the
+/// photos for photo augmentation). Validation and test are the first `eval` images (evaluated,
+/// not timed).
+struct Bench<'a> {
+    arch: &'a Arch,
+    weights: &'a [NamedTensor],
     pixels: &'a [u8],
     labels: &'a [usize],
     size: usize,
     photos: Option<&'a PhotoSet>,
+    eval: usize,
 }
 
-/// A fresh model of `config` on the first `n` images of `images`, validation and test the first
-/// `eval`.
-fn fresh_model<'a>(
-    images: &Images<'a>,
-    arch: &Arch,
-    w: &[NamedTensor],
-    config: &TrainConfig,
-    n: usize,
-    eval: usize,
-) -> FineTuneModel<'a> {
-    let per = images.size * images.size * 3;
-    let part = |len: usize| PixelSplit {
-        pixels: &images.pixels[..len * per],
-        labels: &images.labels[..len],
-        size: images.size,
-    };
-    let splits = PixelSplits {
-        train: part(n),
-        val: part(eval),
-        test: part(eval),
-        photos: images.photos,
-    };
-    FineTuneModel::new(splits, arch, w, config, None, tch::Device::Cpu).expect("build the network")
-}
-
-/// Trains a fresh model on the first `n` images of `images` for one epoch of `config`; returns the
-/// training images/s. Validation and test are the first `eval` images (evaluated, not timed).
-fn epoch_rate(
-    images: &Images,
-    arch: &Arch,
-    w: &[NamedTensor],
-    config: &TrainConfig,
-    n: usize,
-    eval: usize,
-) -> f64 {
-    let mut model = fresh_model(images, arch, w, config, n, eval);
-    let fitted = Learner::new(config)
-        .fit(&mut model, None, |_| Ok(()))
-        .expect("train");
-    n as f64 / fitted.history[0].train_seconds
-}
-
-/// The precision `--precision auto` (the presets' setting) chooses on this CPU, and why. Where the
-/// CPU alone does not decide (AVX512_BF16 but no AMX), `pipe train` times both precisions on the
-/// run's model before fine-tuning and trains in the faster; so does this, on a fresh model of
-/// `config` on the first `n` images of `images` ([`time_precisions`]).
-fn auto_precision(
-    images: &Images,
-    arch: &Arch,
-    w: &[NamedTensor],
-    config: &TrainConfig,
-    n: usize,
-    eval: usize,
-) -> (Precision, String) {
-    let (p, why) = Precision::Auto.resolve(false, CpuFeatures::detect());
-    if p != Precision::Auto {
-        return (p, why.to_string());
+impl<'a> Bench<'a> {
+    /// A fresh model of `config` on the first `n` images.
+    fn fresh_model(&self, config: &TrainConfig, n: usize) -> FineTuneModel<'a> {
+        let per = self.size * self.size * 3;
+        let part = |len: usize| PixelSplit {
+            pixels: &self.pixels[..len * per],
+            labels: &self.labels[..len],
+            size: self.size,
+        };
+        let splits = PixelSplits {
+            train: part(n),
+            val: part(self.eval),
+            test: part(self.eval),
+            photos: self.photos,
+        };
+        FineTuneModel::new(
+            splits,
+            self.arch,
+            self.weights,
+            config,
+            None,
+            tch::Device::Cpu,
+        )
+        .expect("build the network")
     }
-    let mut model = fresh_model(images, arch, w, config, n, eval);
-    let timing = time_precisions(&mut model, config).expect("time both precisions");
-    (timing.chosen, format!("{why}; {}", timing.line()))
+
+    /// Trains a fresh model on the first `n` images for one epoch of `config`; returns the
+    /// training images/s.
+    fn epoch_rate(&self, config: &TrainConfig, n: usize) -> f64 {
+        let mut model = self.fresh_model(config, n);
+        let fitted = Learner::new(config)
+            .fit(&mut model, None, |_| Ok(()))
+            .expect("train");
+        n as f64 / fitted.history[0].train_seconds
+    }
+
+    /// The precision `--precision auto` (the presets' setting) chooses on this CPU, and why.
+    /// Where the CPU alone does not decide (AVX512_BF16 but no AMX), `pipe train` times both
+    /// precisions on the run's model before fine-tuning and trains in the faster; so does this,
+    /// on a fresh model of `config` on the first `n` images ([`time_precisions`]).
+    fn auto_precision(&self, config: &TrainConfig, n: usize) -> (Precision, String) {
+        let (p, why) = Precision::Auto.resolve(false, CpuFeatures::detect());
+        if p != Precision::Auto {
+            return (p, why.to_string());
+        }
+        let mut model = self.fresh_model(config, n);
+        let timing = time_precisions(&mut model, config).expect("time both precisions");
+        (timing.chosen, format!("{why}; {}", timing.line()))
+    }
 }
 
 /// Writes the bench result `rate` (images/s) with its settings to `out`, and prints it.
@@ -190,13 +183,16 @@ fn cifar_bench(weights: &Path, out: &Path) {
     };
     let arch = Arch::vgg16_transfer(32, split.classes.len());
     let (w, _) = pipe::weights::load_base(weights, &arch, false).expect("load base weights");
-    let images = Images {
+    let bench = Bench {
+        arch: &arch,
+        weights: &w,
         pixels: &split.pixels,
         labels: &split.labels,
         size: 32,
         photos: None,
+        eval: EVAL,
     };
-    let (precision, why) = auto_precision(&images, &arch, &w, &config, IMAGES, EVAL);
+    let (precision, why) = bench.auto_precision(&config, IMAGES);
     config.precision = Some(precision);
     write_reference_inputs(&split, &config);
     eprintln!(
@@ -204,8 +200,8 @@ fn cifar_bench(weights: &Path, out: &Path) {
         precision.name(),
         tch::get_num_threads()
     );
-    epoch_rate(&images, &arch, &w, &config, WARM_UP, EVAL);
-    let rate = epoch_rate(&images, &arch, &w, &config, IMAGES, EVAL);
+    bench.epoch_rate(&config, WARM_UP);
+    let rate = bench.epoch_rate(&config, IMAGES);
     write_result(out, "finetune", rate, (IMAGES, 32), precision);
 }
 
@@ -235,13 +231,16 @@ fn photo_bench(weights: &Path, out: &Path) {
     let arch = config.arch(train.classes.len());
     let (w, _) = pipe::weights::load_base(weights, &arch, false).expect("load base weights");
     let n = train.len();
-    let set = Images {
+    let bench = Bench {
+        arch: &arch,
+        weights: &w,
         pixels: &train.pixels,
         labels: &train.labels,
         size: config.input_size,
         photos: Some(&photos),
+        eval: PHOTO_EVAL,
     };
-    let (precision, why) = auto_precision(&set, &arch, &w, &config, n, PHOTO_EVAL);
+    let (precision, why) = bench.auto_precision(&config, n);
     config.precision = Some(precision);
     write_photo_reference_inputs(&photos, &train.labels, train.classes.len(), &config);
     eprintln!(
@@ -250,8 +249,8 @@ fn photo_bench(weights: &Path, out: &Path) {
         precision.name(),
         tch::get_num_threads()
     );
-    epoch_rate(&set, &arch, &w, &config, PHOTO_WARM_UP, PHOTO_EVAL);
-    let rate = epoch_rate(&set, &arch, &w, &config, n, PHOTO_EVAL);
+    bench.epoch_rate(&config, PHOTO_WARM_UP);
+    let rate = bench.epoch_rate(&config, n);
     write_result(
         out,
         "finetune_photos",
