@@ -157,8 +157,8 @@ bench: need-cifar10 setup
 ## bench-int8: int8 against float32 and against onnxruntime's own quantizer (benches/int8.py): trains the
 ## CIFAR-10 seed run, the photos preset on the ants-and-bees photos and the full-data frozen run in
 ## target/bench/int8/ when missing, exports each float32 and int8, quantizes the float32 file with
-## onnxruntime's quantize_static on the same calibration pixels, then accuracy and speed of the three;
-## exits non-zero below the goals. Part of make bench.
+## onnxruntime's quantize_static on the same calibration pixels, then accuracy and speed of the three,
+## and tract against ort on the float32 files; exits non-zero below the goals. Part of make bench.
 bench-int8: need-cifar10 need-photos setup
 	$(HAVE_CIFAR10)
 	cargo build --release

@@ -52,6 +52,16 @@ pub fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
     }
 }
 
+/// A `STRING` attribute.
+pub fn attr_string(name: &str, v: &str) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
 /// A node of the default domain with one output.
 pub fn node(
     op: &str,

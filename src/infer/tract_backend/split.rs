@@ -41,33 +41,44 @@ pub struct Split {
     pub rows: usize,
 }
 
-/// A convolution of the tail, with what its rewrite needs.
-struct SmallConv {
+/// Every named tensor's shape (`[R, C, H, W]` and so on) with a batch of one image, from
+/// [`one_image_shapes`].
+pub type Shapes = HashMap<String, Vec<usize>>;
+
+/// A convolution that keeps its map size, with what a rewrite of it needs ([`same_conv`]).
+pub struct SameConv {
     /// Input channels, output channels, map height and width, kernel height and width.
-    c: usize,
-    oc: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
+    pub c: usize,
+    pub oc: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
     /// Weights `[OC, C, kh, kw]` and bias `[OC]` (zeros when the node has none).
-    weight: Vec<f32>,
-    bias: Vec<f32>,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
 }
 
-/// Cuts `model` for a batched tail, or `None` when it has no small-map convolution to batch: a
-/// model whose only input is `[N, H, W, C]` (float32, `N` symbolic), of opset 13 or later, with a
-/// 3x3-like convolution (group 1, stride 1, dilation 1, odd kernel, padding that keeps the map
-/// size, float32 weights stored in the file) on a map of at most [`SMALL_MAP`] positions, from which
-/// on the graph is a chain (nothing computed before that convolution's input is used after it) of
-/// operators that keep each image's rows apart (see `rowwise_tail`).
-///
-/// `parsed` is tract's parse of `model`, whose graph it clones to infer every tensor's shape with a
-/// batch of one image.
+/// The initializers of `graph` by name.
+pub fn initializers(graph: &pb::GraphProto) -> HashMap<&str, &pb::TensorProto> {
+    graph
+        .initializer
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect()
+}
+
+/// Every named tensor's shape with a batch of one image, or `None` when the model does not fix
+/// them: a model whose only input is `[N, H, W, C]` (float32, `N` symbolic, the others known), of
+/// opset 13 or later. `parsed` is tract's parse of `model`, whose graph is cloned to infer the
+/// shapes; tensors whose shape tract cannot make concrete are left out.
 ///
 /// # Errors
 /// When tract cannot infer the model's shapes with a batch of 1.
-pub fn split(model: &pb::ModelProto, parsed: &ParseResult) -> TractResult<Option<Split>> {
+pub fn one_image_shapes(
+    model: &pb::ModelProto,
+    parsed: &ParseResult,
+) -> TractResult<Option<Shapes>> {
     let Some(graph) = &model.graph else {
         return Ok(None);
     };
@@ -76,11 +87,7 @@ pub fn split(model: &pb::ModelProto, parsed: &ParseResult) -> TractResult<Option
         .iter()
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map_or(0, |o| o.version);
-    let initializers: HashMap<&str, &pb::TensorProto> = graph
-        .initializer
-        .iter()
-        .map(|t| (t.name.as_str(), t))
-        .collect();
+    let initializers = initializers(graph);
     let inputs: Vec<&pb::ValueInfoProto> = graph
         .input
         .iter()
@@ -92,27 +99,52 @@ pub fn split(model: &pb::ModelProto, parsed: &ParseResult) -> TractResult<Option
     let Some(input_dims) = concrete_tail_dims(inputs[0]) else {
         return Ok(None);
     };
-    // Every tensor's shape with a batch of one image.
     let mut inference = parsed.model.clone();
     let mut one = vec![1];
     one.extend(input_dims);
     inference.set_input_fact(0, f32::fact(&one).into())?;
     inference.analyse(false)?;
-    let shape = |name: &str| -> Option<Vec<usize>> {
-        let outlet = parsed.outlets_by_name.get(name)?;
-        let fact = inference.outlet_fact(*outlet).ok()?;
-        Some(fact.shape.as_concrete_finite().ok()??.to_vec())
+    let shapes = parsed
+        .outlets_by_name
+        .iter()
+        .filter_map(|(name, outlet)| {
+            let fact = inference.outlet_fact(*outlet).ok()?;
+            Some((
+                name.clone(),
+                fact.shape.as_concrete_finite().ok()??.to_vec(),
+            ))
+        })
+        .collect();
+    Ok(Some(shapes))
+}
+
+/// Cuts `model` for a batched tail, or `None` when it has no small-map convolution to batch: a
+/// model whose tensors have the one-image shapes `shapes` ([`one_image_shapes`]), with a 3x3-like
+/// convolution ([`same_conv`]) on a map of at most [`SMALL_MAP`] positions, from which on the graph
+/// is a chain (nothing computed before that convolution's input is used after it) of operators
+/// that keep each image's rows apart (see `rowwise_tail`).
+pub fn split(model: &pb::ModelProto, shapes: &Shapes) -> Option<Split> {
+    let graph = model.graph.as_ref()?;
+    let initializers = initializers(graph);
+    let inputs: Vec<&pb::ValueInfoProto> = graph
+        .input
+        .iter()
+        .filter(|i| !initializers.contains_key(i.name.as_str()))
+        .collect();
+    let [input] = inputs.as_slice() else {
+        return None;
     };
-    let small = |n: &pb::NodeProto| small_conv(n, &initializers, shape(n.input.first()?));
-    let Some(cut) = graph.node.iter().position(|n| small(n).is_some()) else {
-        return Ok(None);
+    let shape = |name: &str| shapes.get(name).cloned();
+    let small = |n: &pb::NodeProto| {
+        same_conv(n, &initializers, shape(n.input.first()?)).filter(|k| k.h * k.w <= SMALL_MAP)
     };
+    let cut = graph.node.iter().position(|n| small(n).is_some())?;
     let cut_tensor = graph.node[cut].input[0].clone();
     // The chain condition: of what the head computes, the tail and the outputs use the cut only.
     let head_made: HashSet<&str> = graph.node[..cut]
         .iter()
         .flat_map(|n| n.output.iter().map(String::as_str))
-        .chain(std::iter::once(inputs[0].name.as_str()))
+        .chain(std::iter::once(input.name.as_str()))
         .collect();
     let tail_uses = graph.node[cut..]
         .iter()
@@ -122,11 +154,9 @@ pub fn split(model: &pb::ModelProto, parsed: &ParseResult) -> TractResult<Option
         .filter(|t| head_made.contains(t))
         .any(|t| t != cut_tensor)
     {
-        return Ok(None);
+        return None;
     }
-    let Some(cut_shape) = shape(&cut_tensor) else {
-        return Ok(None);
-    };
+    let cut_shape = shape(&cut_tensor)?;
     let rows = cut_shape[0];
     if !rowwise_tail(
         &graph.node[cut..],
@@ -136,7 +166,7 @@ pub fn split(model: &pb::ModelProto, parsed: &ParseResult) -> TractResult<Option
         &initializers,
         &shape,
     ) {
-        return Ok(None);
+        return None;
     }
     let cut_dims: Vec<Option<i64>> = std::iter::once(None)
         .chain(cut_shape[1..].iter().map(|&d| Some(d as i64)))
@@ -178,7 +208,7 @@ pub fn split(model: &pb::ModelProto, parsed: &ParseResult) -> TractResult<Option
         graph.output.clone(),
         new_initializers,
     );
-    Ok(Some(Split { head, tail, rows }))
+    Some(Split { head, tail, rows })
 }
 
 /// Whether the tail `nodes` (from the cut tensor `cut`, `rows` rows per image in the order "row r
@@ -295,20 +325,18 @@ fn concrete_tail_dims(input: &pb::ValueInfoProto) -> Option<Vec<usize>> {
         .collect()
 }
 
-/// `node` as a [`SmallConv`] when it is a convolution the tail can run as a matrix product on its
-/// input of shape `input` (`[R, C, H, W]` with one image: R rows per image).
-fn small_conv(
+/// `node` as a [`SameConv`] when it is a convolution on its input of shape `input` (`[R, C, H, W]`
+/// with one image: R rows per image) of group 1, stride 1, dilation 1 and an odd kernel, padded so
+/// that the map keeps its size, with float32 weights (and bias) stored in the file.
+pub fn same_conv(
     node: &pb::NodeProto,
     initializers: &HashMap<&str, &pb::TensorProto>,
     input: Option<Vec<usize>>,
-) -> Option<SmallConv> {
+) -> Option<SameConv> {
     if node.op_type != "Conv" || !node.domain.is_empty() || node.output.len() != 1 {
         return None;
     }
     let [_, c, h, w]: [usize; 4] = input?.as_slice().try_into().ok()?;
-    if h * w > SMALL_MAP {
-        return None;
-    }
     let weight_tensor = initializers.get(node.input.get(1)?.as_str())?;
     let [oc, wc, kh, kw] = weight_tensor
         .dims
@@ -348,7 +376,7 @@ fn small_conv(
         Some(b) => f32_data(initializers.get(b.as_str())?, oc)?,
         None => vec![0.0; oc],
     };
-    Some(SmallConv {
+    Some(SameConv {
         c,
         oc,
         h,
@@ -378,7 +406,7 @@ fn f32_data(t: &pb::TensorProto, len: usize) -> Option<Vec<f32>> {
 
 /// The nodes and initializers that compute `node`'s output (NCHW) from its input (NCHW) as one
 /// matrix product over the batch's rows, in im2col or dense form.
-fn rewrite(conv: &pb::NodeProto, k: &SmallConv) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+fn rewrite(conv: &pb::NodeProto, k: &SameConv) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
     let p = if conv.name.is_empty() {
         conv.output[0].clone()
     } else {
@@ -526,7 +554,7 @@ fn rewrite(conv: &pb::NodeProto, k: &SmallConv) -> (Vec<pb::NodeProto>, Vec<pb::
 }
 
 /// A node whose output tensor is named as the node.
-fn node_(
+pub fn node_(
     op: &str,
     name: &str,
     inputs: &[&str],
@@ -730,7 +758,9 @@ mod tests {
 
     /// [`split`] of `proto`, parsed by tract.
     fn split_of(proto: &pb::ModelProto) -> TractResult<Option<Split>> {
-        split(proto, &tract_onnx::onnx().parse(proto, None)?)
+        let parsed = tract_onnx::onnx().parse(proto, None)?;
+        let shapes = one_image_shapes(proto, &parsed)?.expect("one-image shapes");
+        Ok(split(proto, &shapes))
     }
 
     /// 70 deterministic images `[70, 8, 8, 3]` (NHWC) with values in [-1, 1].

@@ -1,0 +1,435 @@
+//! Winograd's minimal filtering for the 3x3 convolutions of wide layers on large maps.
+//!
+//! tract computes a 3x3 convolution as one matrix product of `9 * C` multiply-adds per output
+//! value. Winograd's F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
+//! Networks", 2016) computes each 4x4 tile of outputs from the 6x6 tile of inputs around it with 36
+//! products per channel pair instead of 144: the convolution becomes 36 matrix products of
+//! `[OC, C] x [C, tiles]`, 4 times fewer multiply-adds, plus an input and an output transform that
+//! cost in proportion to `C + OC` rather than `C * OC`. [`rewrite`] writes that with standard
+//! operators, for the tract backend's plans only (the exported file does not change):
+//!
+//! 1. `Pad` by one on every side, then `Reshape` to `[R * C, 1, H + 2, W + 2]`;
+//! 2. the input transform `Bᵀ d B` of every 6x6 tile `d` (stride 4) as a `Conv` with 36 fixed 6x6
+//!    kernels: `[R * C, 36, H / 4, W / 4]`, then `Reshape` and `Transpose` to `[R, 36, C, tiles]`;
+//! 3. `MatMul` by the transformed weights `G g Gᵀ` (`[36, OC, C]`, computed here in f64);
+//! 4. the output transform `Aᵀ m A` as a `MatMul` by `[16, 36]`, then `Reshape`, `Transpose` and
+//!    `DepthToSpace` (CRD) back to `[R, OC, H, W]`, and the bias added.
+//!
+//! The transforms are memory-bound, so the rewrite pays on layers with many channels only. On the
+//! AVX-512 VNNI EPYC, one thread (`examples/tract_profile.rs` on VGG16's base), the base with every
+//! convolution of at least 128 input channels on a map of at least 16x16 rewritten took 0.66-0.70x
+//! the time of the plain base at 384 pixels and at 224, 0.77x at 128, 0.95x at 64 and the same at
+//! 32; with block 1's 64-channel layers rewritten too it was slower, and F(2x2, 3x3) gained about
+//! half as much (docs/RESULTS.md, 2026-12-05 20:05 entry). The sums come in another order and the
+//! transforms' entries reach 8 and 1/24: the outputs agree with the plain convolution's to about
+//! 2e-6 of their largest value.
+
+use super::split::{initializers, node_, same_conv, SameConv, Shapes};
+use crate::onnx::build::{attr_int, attr_ints, attr_string, f32_tensor, i64_tensor, node};
+use tract_onnx::pb;
+
+/// Fewest input channels of a convolution [`rewrite`] rewrites (VGG16's from `block2_conv2` on).
+pub const MIN_CHANNELS: usize = 128;
+
+/// Fewest map positions (height x width) of a convolution [`rewrite`] rewrites: 16x16, VGG16's
+/// block-4 maps at 128 pixels.
+pub const MIN_MAP: usize = 256;
+
+/// Outputs per tile side (`m` of F(m x m, 3x3)).
+const M: usize = 4;
+
+/// Inputs per tile side: `m + 2`.
+const TILE: usize = M + 2;
+
+/// Points of a tile's transform, one matrix product each: `(m + 2)²`.
+const POINTS: usize = TILE * TILE;
+
+/// `Bᵀ`, the input transform of F(4x4, 3x3) (interpolation points 0, ±1, ±2 and infinity; Lavin
+/// and Gray, section 5.2).
+const BT: [[f64; TILE]; TILE] = [
+    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+];
+
+/// `G`, the weight transform of F(4x4, 3x3).
+const G: [[f64; 3]; TILE] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// `Aᵀ`, the output transform of F(4x4, 3x3).
+const AT: [[f64; TILE]; M] = [
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+];
+
+/// `model` with every convolution that has at least [`MIN_CHANNELS`] input channels on a map of
+/// at least [`MIN_MAP`] positions, a 3x3 kernel (group 1, stride 1, dilation 1, padding 1), map
+/// sides that are multiples of 4 and float32 weights in the file, computed by Winograd's
+/// F(4x4, 3x3); `None` when no convolution qualifies. `shapes` are the model's tensor shapes with
+/// one image ([`super::split::one_image_shapes`]); the rewritten graph takes any number of rows.
+pub fn rewrite(model: &pb::ModelProto, shapes: &Shapes) -> Option<pb::ModelProto> {
+    rewrite_with(model, shapes, MIN_CHANNELS, MIN_MAP)
+}
+
+/// [`rewrite`] with the thresholds given.
+fn rewrite_with(
+    model: &pb::ModelProto,
+    shapes: &Shapes,
+    min_channels: usize,
+    min_map: usize,
+) -> Option<pb::ModelProto> {
+    let graph = model.graph.as_ref()?;
+    let initializers = initializers(graph);
+    let mut nodes = Vec::with_capacity(graph.node.len());
+    let mut extra = Vec::new();
+    let mut replaced = Vec::new();
+    for n in &graph.node {
+        let input = n.input.first().and_then(|i| shapes.get(i)).cloned();
+        let conv = same_conv(n, &initializers, input).filter(|k| {
+            (k.kh, k.kw) == (3, 3)
+                && k.c >= min_channels
+                && k.h * k.w >= min_map
+                && k.h % M == 0
+                && k.w % M == 0
+        });
+        match conv {
+            Some(k) => {
+                let (more, tensors) = winograd(n, &k);
+                nodes.extend(more);
+                extra.extend(tensors);
+                replaced.extend(n.input[1..].iter().cloned());
+            }
+            None => nodes.push(n.clone()),
+        }
+    }
+    if extra.is_empty() {
+        return None;
+    }
+    // The replaced convolutions' weights and biases, unless another node still uses them.
+    let used: std::collections::HashSet<&str> = nodes
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
+    let unused = |name: &str| replaced.iter().any(|r| r == name) && !used.contains(name);
+    let mut initializer: Vec<pb::TensorProto> = graph
+        .initializer
+        .iter()
+        .filter(|t| !unused(&t.name))
+        .cloned()
+        .collect();
+    initializer.extend(extra);
+    let input = graph
+        .input
+        .iter()
+        .filter(|i| !unused(&i.name))
+        .cloned()
+        .collect();
+    let mut out = model.clone();
+    out.graph = Some(pb::GraphProto {
+        node: nodes,
+        initializer,
+        input,
+        ..graph.clone()
+    });
+    Some(out)
+}
+
+/// The nodes and initializers that compute `conv`'s output `[R, OC, H, W]` from its input
+/// `[R, C, H, W]` by F(4x4, 3x3).
+fn winograd(conv: &pb::NodeProto, k: &SameConv) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+    let p = if conv.name.is_empty() {
+        conv.output[0].clone()
+    } else {
+        conv.name.clone()
+    };
+    let name = |suffix: &str| format!("{p}/winograd/{suffix}");
+    let (c, oc, h, w) = (k.c, k.oc, k.h, k.w);
+    let (th, tw) = (h / M, w / M);
+    let tiles = th * tw;
+    // Kernel a * TILE + b of the input transform: Bᵀ[a][u] * Bᵀ[b][v] at (u, v).
+    let input_kernels: Vec<f32> = (0..POINTS)
+        .flat_map(|ab| (0..POINTS).map(move |uv| (ab, uv)))
+        .map(|(ab, uv)| (BT[ab / TILE][uv / TILE] * BT[ab % TILE][uv % TILE]) as f32)
+        .collect();
+    // U[a * TILE + b][o][i] = (G g Gᵀ)[a][b] for the 3x3 kernel g of output o and input i.
+    let mut u = vec![0f32; POINTS * oc * c];
+    for o in 0..oc {
+        for i in 0..c {
+            let g = |y: usize, x: usize| f64::from(k.weight[((o * c + i) * 3 + y) * 3 + x]);
+            for ab in 0..POINTS {
+                let (ga, gb) = (G[ab / TILE], G[ab % TILE]);
+                let sum: f64 = (0..9)
+                    .map(|t| ga[t / 3] * g(t / 3, t % 3) * gb[t % 3])
+                    .sum();
+                u[(ab * oc + o) * c + i] = sum as f32;
+            }
+        }
+    }
+    // Row p * M + q of the output transform: Aᵀ[p][a] * Aᵀ[q][b] in column a * TILE + b.
+    let output_matrix: Vec<f32> = (0..M * M)
+        .flat_map(|pq| (0..POINTS).map(move |ab| (pq, ab)))
+        .map(|(pq, ab)| (AT[pq / M][ab / TILE] * AT[pq % M][ab % TILE]) as f32)
+        .collect();
+    // A shape whose first dimension (rows) is left to the data.
+    let dims = |d: &[usize]| -> Vec<i64> {
+        std::iter::once(-1)
+            .chain(d.iter().map(|&v| v as i64))
+            .collect()
+    };
+    let tensors = vec![
+        i64_tensor(&name("pads"), &[0, 0, 1, 1, 0, 0, 1, 1]),
+        i64_tensor(&name("planes_shape"), &dims(&[1, h + 2, w + 2])),
+        f32_tensor(
+            &name("input_transform"),
+            &[POINTS, 1, TILE, TILE],
+            &input_kernels,
+        ),
+        i64_tensor(&name("tiles_shape"), &dims(&[c, POINTS, tiles])),
+        f32_tensor(&name("weight"), &[POINTS, oc, c], &u),
+        i64_tensor(&name("flat_shape"), &dims(&[POINTS, oc * tiles])),
+        f32_tensor(&name("output_transform"), &[M * M, POINTS], &output_matrix),
+        i64_tensor(&name("blocks_shape"), &dims(&[M * M, oc, tiles])),
+        i64_tensor(&name("depth_shape"), &dims(&[oc * M * M, th, tw])),
+        f32_tensor(&name("bias"), &[oc, 1, 1], &k.bias),
+    ];
+    let swap = || vec![attr_ints("perm", &[0, 2, 1, 3])];
+    let (tile, m) = (TILE as i64, M as i64);
+    // (operator, output, inputs, attributes): each output is named as its node, and every input
+    // but the convolution's own is one of this rewrite's tensors.
+    let chain: Vec<(&str, &str, Vec<&str>, Vec<pb::AttributeProto>)> = vec![
+        ("Reshape", "planes", vec!["padded", "planes_shape"], vec![]),
+        (
+            "Conv",
+            "transformed",
+            vec!["planes", "input_transform"],
+            vec![
+                attr_ints("kernel_shape", &[tile, tile]),
+                attr_ints("strides", &[m, m]),
+            ],
+        ),
+        (
+            "Reshape",
+            "tiles",
+            vec!["transformed", "tiles_shape"],
+            vec![],
+        ),
+        ("Transpose", "by_point", vec!["tiles"], swap()),
+        ("MatMul", "products", vec!["weight", "by_point"], vec![]),
+        ("Reshape", "flat", vec!["products", "flat_shape"], vec![]),
+        (
+            "MatMul",
+            "outputs",
+            vec!["output_transform", "flat"],
+            vec![],
+        ),
+        ("Reshape", "blocks", vec!["outputs", "blocks_shape"], vec![]),
+        ("Transpose", "by_channel", vec!["blocks"], swap()),
+        (
+            "Reshape",
+            "depth",
+            vec!["by_channel", "depth_shape"],
+            vec![],
+        ),
+        (
+            "DepthToSpace",
+            "map",
+            vec!["depth"],
+            vec![attr_int("blocksize", m), attr_string("mode", "CRD")],
+        ),
+    ];
+    let mut nodes = vec![node_(
+        "Pad",
+        &name("padded"),
+        &[&conv.input[0], &name("pads")],
+        vec![],
+    )];
+    for (op, out, inputs, attributes) in chain {
+        let inputs: Vec<String> = inputs.into_iter().map(name).collect();
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        nodes.push(node_(op, &name(out), &inputs, attributes));
+    }
+    nodes.push(node(
+        "Add",
+        &name("biased"),
+        &[&name("map"), &name("bias")],
+        &conv.output[0],
+        vec![],
+    ));
+    (nodes, tensors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::tract_backend::split::one_image_shapes;
+    use ndarray::Array4;
+    use tract_onnx::prelude::*;
+
+    /// Channels of the input and of each convolution's output.
+    const CHANNELS: [usize; 3] = [4, 5, 3];
+
+    /// Deterministic weights `[OC, C, 3, 3]` and bias `[OC]` of convolution `k`.
+    fn weights(k: usize) -> (Vec<f32>, Vec<f32>) {
+        let (c, oc) = (CHANNELS[k], CHANNELS[k + 1]);
+        let w = (0..oc * c * 9)
+            .map(|i| (((i * 31 + k * 5) % 17) as f32 - 8.0) / 20.0)
+            .collect();
+        let b = (0..oc)
+            .map(|o| ((o + 2 * k) % 4) as f32 * 0.25 - 0.3)
+            .collect();
+        (w, b)
+    }
+
+    /// `[N, 4, h, w]` → Conv 3x3 (padding 1) → Relu → Conv 3x3 (padding 1) → `[N, 3, h, w]`.
+    fn model(h: usize, w: usize) -> pb::ModelProto {
+        let mut initializer = Vec::new();
+        let mut nodes = Vec::new();
+        for k in 0..2 {
+            let (wk, bk) = weights(k);
+            initializer.push(f32_tensor(
+                &format!("w{k}"),
+                &[CHANNELS[k + 1], CHANNELS[k], 3, 3],
+                &wk,
+            ));
+            initializer.push(f32_tensor(&format!("b{k}"), &[CHANNELS[k + 1]], &bk));
+            let input = if k == 0 {
+                "x".to_string()
+            } else {
+                "r0".to_string()
+            };
+            nodes.push(node(
+                "Conv",
+                &format!("conv{k}"),
+                &[&input, &format!("w{k}"), &format!("b{k}")],
+                &format!("c{k}"),
+                vec![
+                    attr_ints("kernel_shape", &[3, 3]),
+                    attr_ints("pads", &[1, 1, 1, 1]),
+                ],
+            ));
+        }
+        nodes.insert(1, node("Relu", "relu0", &["c0"], "r0", vec![]));
+        let dims = |c: usize| [None, Some(c as i64), Some(h as i64), Some(w as i64)];
+        let graph = pb::GraphProto {
+            name: "convs".into(),
+            node: nodes,
+            initializer,
+            input: vec![crate::onnx::build::value_info("x", &dims(4), "")],
+            output: vec![crate::onnx::build::value_info("c1", &dims(3), "")],
+            ..Default::default()
+        };
+        crate::onnx::build::model(17, graph)
+    }
+
+    /// The two convolutions by their definition, in f64.
+    fn naive(x: &Array4<f32>) -> Array4<f32> {
+        let (n, _, h, w) = x.dim();
+        let mut map = x.mapv(f64::from);
+        for k in 0..2 {
+            let (wk, bk) = weights(k);
+            let (c, oc) = (CHANNELS[k], CHANNELS[k + 1]);
+            map = Array4::from_shape_fn((n, oc, h, w), |(b, o, y, xx)| {
+                let mut sum = f64::from(bk[o]);
+                for i in 0..c {
+                    for dy in 0..3 {
+                        for dx in 0..3 {
+                            let (iy, ix) = (y + dy, xx + dx);
+                            if (1..=h).contains(&iy) && (1..=w).contains(&ix) {
+                                sum += f64::from(wk[((o * c + i) * 3 + dy) * 3 + dx])
+                                    * map[[b, i, iy - 1, ix - 1]];
+                            }
+                        }
+                    }
+                }
+                if k == 0 {
+                    sum.max(0.0)
+                } else {
+                    sum
+                }
+            });
+        }
+        map.mapv(|v| v as f32)
+    }
+
+    fn shapes(proto: &pb::ModelProto) -> Shapes {
+        let parsed = tract_onnx::onnx().parse(proto, None).unwrap();
+        one_image_shapes(proto, &parsed)
+            .unwrap()
+            .expect("one-image shapes")
+    }
+
+    /// Both convolutions of an 8x12 map are rewritten (no 3x3 kernel and no original weight is
+    /// left), and tract runs the rewritten graph on 3 images to the convolutions' definition within
+    /// 1e-4; the thresholds, a map side that is not a multiple of 4 and a single-row batch are honoured.
+    #[test]
+    fn winograd_computes_the_convolutions() {
+        let proto = model(8, 12);
+        let s = shapes(&proto);
+        let fast = rewrite_with(&proto, &s, 4, 96).expect("both convolutions qualify");
+        let graph = fast.graph.as_ref().unwrap();
+        let three_by_three = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Conv")
+            .filter(|n| {
+                n.attribute
+                    .iter()
+                    .any(|a| a.name == "kernel_shape" && a.ints == [3, 3])
+            })
+            .count();
+        assert_eq!(three_by_three, 0);
+        assert!(graph
+            .initializer
+            .iter()
+            .all(|t| !["w0", "w1", "b0", "b1"].contains(&t.name.as_str())));
+        assert!(
+            rewrite_with(&proto, &s, 6, 96).is_none(),
+            "4 and 5 input channels"
+        );
+        assert!(rewrite_with(&proto, &s, 4, 97).is_none(), "96 positions");
+        let odd = model(10, 12);
+        assert!(
+            rewrite_with(&odd, &shapes(&odd), 1, 1).is_none(),
+            "10 rows: no whole tiles"
+        );
+        assert!(
+            rewrite(&proto, &s).is_none(),
+            "below the default thresholds"
+        );
+        for n in [1, 3] {
+            let x = Array4::from_shape_fn((n, 4, 8, 12), |(b, c, y, xx)| {
+                ((b * 11 + c * 7 + y * 5 + xx * 3) % 19) as f32 / 9.0 - 1.0
+            });
+            let plan = tract_onnx::onnx()
+                .model_for_proto_model(&fast)
+                .unwrap()
+                .with_input_fact(0, f32::fact([n, 4, 8, 12]).into())
+                .unwrap()
+                .into_optimized()
+                .unwrap()
+                .into_runnable()
+                .unwrap();
+            let got = plan.run(tvec!(x.clone().into_tensor().into())).unwrap();
+            let got = got[0]
+                .to_plain_array_view::<f32>()
+                .unwrap()
+                .into_dimensionality::<ndarray::Ix4>()
+                .unwrap();
+            let want = naive(&x);
+            assert_eq!(got.dim(), want.dim());
+            let worst = (&got - &want).iter().fold(0f32, |m, d| m.max(d.abs()));
+            assert!(worst <= 1e-4, "{n} image(s): off by {worst}");
+        }
+    }
+}
