@@ -142,8 +142,17 @@ fn plan_proto(proto: &pb::ModelProto) -> TractResult<Planned> {
     if let Ok(Some(planned)) = split_plan() {
         return Ok(planned);
     }
-    let fast = shapes.as_ref().and_then(|s| winograd::rewrite(proto, s));
-    if let Some(Ok((plan, batch))) = fast.map(|f| onnx.model_for_proto_model(&f).and_then(plan)) {
+    if let Some(fast) = shapes.as_ref().and_then(|s| winograd::rewrite(proto, s)) {
+        // Neither the original's parse nor the rewritten file is kept while the rewritten model
+        // is planned (at 384 pixels the transformed weights alone are about 230 MB); the original
+        // is parsed again only if that plan fails.
+        drop(parsed);
+        let model = onnx.model_for_proto_model(&fast);
+        drop(fast);
+        if let Ok((plan, batch)) = model.and_then(plan) {
+            return Ok((plan, None, batch));
+        }
+        let (plan, batch) = plan(onnx.model_for_proto_model(proto)?)?;
         return Ok((plan, None, batch));
     }
     let (plan, batch) = plan(parsed.model)?;

@@ -135,14 +135,21 @@ fn rewrite_with(
         .filter(|i| !unused(&i.name))
         .cloned()
         .collect();
-    let mut out = model.clone();
-    out.graph = Some(pb::GraphProto {
-        node: nodes,
-        initializer,
-        input,
-        ..graph.clone()
-    });
-    Some(out)
+    // What tract reads of a model, without copying the replaced weights on the way.
+    Some(pb::ModelProto {
+        ir_version: model.ir_version,
+        opset_import: model.opset_import.clone(),
+        graph: Some(pb::GraphProto {
+            name: graph.name.clone(),
+            node: nodes,
+            initializer,
+            input,
+            output: graph.output.clone(),
+            value_info: graph.value_info.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 /// The nodes and initializers that compute `conv`'s output `[R, OC, H, W]` from its input
