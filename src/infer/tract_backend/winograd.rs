@@ -17,9 +17,9 @@
 //!
 //! The transforms are memory-bound, so the rewrite pays on layers with many channels only. On the
 //! AVX-512 VNNI EPYC, one thread (`examples/tract_profile.rs` on VGG16's base), the base with every
-//! convolution of at least 128 input channels on a map of at least 16x16 rewritten took 0.66-0.70x
-//! the time of the plain base at 384 pixels and at 224, 0.77x at 128, 0.95x at 64 and the same at
-//! 32; with block 1's 64-channel layers rewritten too it was slower, and F(2x2, 3x3) gained about
+//! convolution of at least 128 input channels on a map of at least 16x16 rewritten took 0.66-0.72x
+//! the time of the plain base at 384 pixels and at 224, 0.75-0.78x at 128, about 0.95x at 64 and
+//! the same at 32; with block 1's 64-channel layers rewritten too it was slower, and F(2x2, 3x3) gained about
 //! half as much (docs/RESULTS.md, 2026-12-05 20:05 entry). The sums come in another order and the
 //! transforms' entries reach 8 and 1/24: the outputs agree with the plain convolution's to about
 //! 2e-6 of their largest value.
