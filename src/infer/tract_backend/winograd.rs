@@ -19,10 +19,10 @@
 //! AVX-512 VNNI EPYC, one thread (`examples/tract_profile.rs` on VGG16's base), the base with every
 //! convolution of at least 128 input channels on a map of at least 16x16 rewritten took 0.66-0.72x
 //! the time of the plain base at 384 pixels and at 224, 0.75-0.78x at 128, about 0.95x at 64 and
-//! the same at 32; with block 1's 64-channel layers rewritten too it was slower, and F(2x2, 3x3) gained about
-//! half as much (docs/RESULTS.md, 2026-12-05 20:05 entry). The sums come in another order and the
-//! transforms' entries reach 8 and 1/24: the outputs agree with the plain convolution's to about
-//! 2e-6 of their largest value.
+//! the same at 32; with block 1's 64-channel layers rewritten too it was slower, and F(2x2, 3x3)
+//! gained about half as much (docs/RESULTS.md, 2026-12-05 20:05 entry). The sums come in another
+//! order and the transforms' entries reach 8 and 1/24: the outputs agree with the plain
+//! convolution's to about 2e-6 of their largest value.
 
 use super::split::{initializers, node_, same_conv, SameConv, Shapes};
 use crate::onnx::build::{attr_int, attr_ints, attr_string, f32_tensor, i64_tensor, node};
@@ -378,7 +378,8 @@ mod tests {
 
     /// Both convolutions of an 8x12 map are rewritten (no 3x3 kernel and no original weight is
     /// left), and tract runs the rewritten graph on 3 images to the convolutions' definition within
-    /// 1e-4; the thresholds, a map side that is not a multiple of 4 and a single-row batch are honoured.
+    /// 1e-4; the thresholds, a map side that is not a multiple of 4 and a single-row batch are
+    /// honoured.
     #[test]
     fn winograd_computes_the_convolutions() {
         let proto = model(8, 12);
