@@ -68,6 +68,18 @@ pub fn initializers(graph: &pb::GraphProto) -> HashMap<&str, &pb::TensorProto> {
         .collect()
 }
 
+/// The inputs of `graph` that are not initializers: the data the model is run on.
+fn data_inputs<'g>(
+    graph: &'g pb::GraphProto,
+    initializers: &HashMap<&str, &pb::TensorProto>,
+) -> Vec<&'g pb::ValueInfoProto> {
+    graph
+        .input
+        .iter()
+        .filter(|i| !initializers.contains_key(i.name.as_str()))
+        .collect()
+}
+
 /// Every named tensor's shape with a batch of one image, or `None` when the model does not fix
 /// them: a model whose only input is `[N, H, W, C]` (float32, `N` symbolic, the others known), of
 /// opset 13 or later. `parsed` is tract's parse of `model`, whose graph is cloned to infer the
@@ -87,12 +99,7 @@ pub fn one_image_shapes(
         .iter()
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map_or(0, |o| o.version);
-    let initializers = initializers(graph);
-    let inputs: Vec<&pb::ValueInfoProto> = graph
-        .input
-        .iter()
-        .filter(|i| !initializers.contains_key(i.name.as_str()))
-        .collect();
+    let inputs = data_inputs(graph, &initializers(graph));
     if opset < 13 || inputs.len() != 1 {
         return Ok(None);
     }
@@ -126,17 +133,14 @@ pub fn one_image_shapes(
 pub fn split(model: &pb::ModelProto, shapes: &Shapes) -> Option<Split> {
     let graph = model.graph.as_ref()?;
     let initializers = initializers(graph);
-    let inputs: Vec<&pb::ValueInfoProto> = graph
-        .input
-        .iter()
-        .filter(|i| !initializers.contains_key(i.name.as_str()))
-        .collect();
-    let [input] = inputs.as_slice() else {
+    let [input] = data_inputs(graph, &initializers)[..] else {
         return None;
     };
     let shape = |name: &str| shapes.get(name).cloned();
     let small = |n: &pb::NodeProto| {
-        same_conv(n, &initializers, shape(n.input.first()?)).filter(|k| k.h * k.w <= SMALL_MAP)
+        same_conv(n, &initializers, shape(n.input.first()?), |k| {
+            k.h * k.w <= SMALL_MAP
+        })
     };
     let cut = graph.node.iter().position(|n| small(n).is_some())?;
     let cut_tensor = graph.node[cut].input[0].clone();
@@ -327,11 +331,14 @@ fn concrete_tail_dims(input: &pb::ValueInfoProto) -> Option<Vec<usize>> {
 
 /// `node` as a [`SameConv`] when it is a convolution on its input of shape `input` (`[R, C, H, W]`
 /// with one image: R rows per image) of group 1, stride 1, dilation 1 and an odd kernel, padded so
-/// that the map keeps its size, with float32 weights (and bias) stored in the file.
+/// that the map keeps its size, with float32 weights (and bias) stored in the file, and `keep`
+/// accepts its sizes. `keep` sees a [`SameConv`] whose weight and bias are still empty: they are
+/// read from the file only for a convolution it keeps.
 pub fn same_conv(
     node: &pb::NodeProto,
     initializers: &HashMap<&str, &pb::TensorProto>,
     input: Option<Vec<usize>>,
+    keep: impl Fn(&SameConv) -> bool,
 ) -> Option<SameConv> {
     if node.op_type != "Conv" || !node.domain.is_empty() || node.output.len() != 1 {
         return None;
@@ -371,21 +378,36 @@ pub fn same_conv(
     if (ph, pw) != (0, 0) && !has_pads && !auto_same {
         return None;
     }
-    let weight = f32_data(weight_tensor, oc * c * kh * kw)?;
-    let bias = match node.input.get(2).filter(|b| !b.is_empty()) {
-        Some(b) => f32_data(initializers.get(b.as_str())?, oc)?,
-        None => vec![0.0; oc],
-    };
-    Some(SameConv {
+    let mut conv = SameConv {
         c,
         oc,
         h,
         w,
         kh,
         kw,
-        weight,
-        bias,
-    })
+        weight: Vec::new(),
+        bias: Vec::new(),
+    };
+    if !keep(&conv) {
+        return None;
+    }
+    conv.weight = f32_data(weight_tensor, oc * c * kh * kw)?;
+    conv.bias = match node.input.get(2).filter(|b| !b.is_empty()) {
+        Some(b) => f32_data(initializers.get(b.as_str())?, oc)?,
+        None => vec![0.0; oc],
+    };
+    Some(conv)
+}
+
+/// The prefix of the names a rewrite of `conv` gives its nodes and tensors: `{conv}/{what}/`,
+/// `conv` being the node's name, or its output's when it has none.
+pub fn rewrite_prefix(conv: &pb::NodeProto, what: &str) -> String {
+    let conv_name = if conv.name.is_empty() {
+        &conv.output[0]
+    } else {
+        &conv.name
+    };
+    format!("{conv_name}/{what}/")
 }
 
 /// The `len` float32 values a tensor stores in the file (raw little-endian or `float_data`).
@@ -407,12 +429,8 @@ fn f32_data(t: &pb::TensorProto, len: usize) -> Option<Vec<f32>> {
 /// The nodes and initializers that compute `node`'s output (NCHW) from its input (NCHW) as one
 /// matrix product over the batch's rows, in im2col or dense form.
 fn rewrite(conv: &pb::NodeProto, k: &SameConv) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
-    let p = if conv.name.is_empty() {
-        conv.output[0].clone()
-    } else {
-        conv.name.clone()
-    };
-    let name = |suffix: &str| format!("{p}/batched/{suffix}");
+    let p = rewrite_prefix(conv, "batched");
+    let name = |suffix: &str| format!("{p}{suffix}");
     let (c, oc, h, w, kh, kw) = (k.c, k.oc, k.h, k.w, k.kh, k.kw);
     let mut nodes = vec![node_(
         "Transpose",
@@ -564,8 +582,9 @@ pub fn node_(
 }
 
 /// `model` with `nodes`, `inputs` and `outputs` in its graph, and the initializers of `graph` that
-/// the nodes use followed by `extra`.
-fn sub_model(
+/// the nodes use followed by `extra` (an input that names an initializer left out goes too). Only
+/// what tract reads of a model is copied: the IR version, the opsets and the graph.
+pub fn sub_model(
     model: &pb::ModelProto,
     graph: &pb::GraphProto,
     nodes: Vec<pb::NodeProto>,

@@ -24,7 +24,7 @@
 //! order and the transforms' entries reach 8 and 1/24: the outputs agree with the plain
 //! convolution's to about 2e-6 of their largest value.
 
-use super::split::{initializers, node_, same_conv, SameConv, Shapes};
+use super::split::{initializers, node_, rewrite_prefix, same_conv, sub_model, SameConv, Shapes};
 use crate::onnx::build::{attr_int, attr_ints, attr_string, f32_tensor, i64_tensor, node};
 use tract_onnx::pb;
 
@@ -93,10 +93,9 @@ fn rewrite_with(
     let initializers = initializers(graph);
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut extra = Vec::new();
-    let mut replaced = Vec::new();
     for n in &graph.node {
         let input = n.input.first().and_then(|i| shapes.get(i)).cloned();
-        let conv = same_conv(n, &initializers, input).filter(|k| {
+        let conv = same_conv(n, &initializers, input, |k| {
             (k.kh, k.kw) == (3, 3)
                 && k.c >= min_channels
                 && k.h * k.w >= min_map
@@ -108,7 +107,6 @@ fn rewrite_with(
                 let (more, tensors) = winograd(n, &k);
                 nodes.extend(more);
                 extra.extend(tensors);
-                replaced.extend(n.input[1..].iter().cloned());
             }
             None => nodes.push(n.clone()),
         }
@@ -116,51 +114,22 @@ fn rewrite_with(
     if extra.is_empty() {
         return None;
     }
-    // The replaced convolutions' weights and biases, unless another node still uses them.
-    let used: std::collections::HashSet<&str> = nodes
-        .iter()
-        .flat_map(|n| n.input.iter().map(String::as_str))
-        .collect();
-    let unused = |name: &str| replaced.iter().any(|r| r == name) && !used.contains(name);
-    let mut initializer: Vec<pb::TensorProto> = graph
-        .initializer
-        .iter()
-        .filter(|t| !unused(&t.name))
-        .cloned()
-        .collect();
-    initializer.extend(extra);
-    let input = graph
-        .input
-        .iter()
-        .filter(|i| !unused(&i.name))
-        .cloned()
-        .collect();
-    // What tract reads of a model, without copying the replaced weights on the way.
-    Some(pb::ModelProto {
-        ir_version: model.ir_version,
-        opset_import: model.opset_import.clone(),
-        graph: Some(pb::GraphProto {
-            name: graph.name.clone(),
-            node: nodes,
-            initializer,
-            input,
-            output: graph.output.clone(),
-            value_info: graph.value_info.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
+    // The replaced convolutions' weights and biases go: only what the nodes use is kept.
+    Some(sub_model(
+        model,
+        graph,
+        nodes,
+        graph.input.clone(),
+        graph.output.clone(),
+        extra,
+    ))
 }
 
 /// The nodes and initializers that compute `conv`'s output `[R, OC, H, W]` from its input
 /// `[R, C, H, W]` by F(4x4, 3x3).
 fn winograd(conv: &pb::NodeProto, k: &SameConv) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
-    let p = if conv.name.is_empty() {
-        conv.output[0].clone()
-    } else {
-        conv.name.clone()
-    };
-    let name = |suffix: &str| format!("{p}/winograd/{suffix}");
+    let p = rewrite_prefix(conv, "winograd");
+    let name = |suffix: &str| format!("{p}{suffix}");
     let (c, oc, h, w) = (k.c, k.oc, k.h, k.w);
     let (th, tw) = (h / M, w / M);
     let tiles = th * tw;
