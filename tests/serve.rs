@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Largest |Δprobability| allowed between the server and `pipe infer` (same model and backend).
@@ -140,8 +140,59 @@ struct Server {
     grpc: Option<String>,
     /// The line the server printed on stdout when it started listening.
     banner: String,
-    log: PathBuf,
-    _log_dir: tempfile::TempDir,
+    /// Its stderr, line by line as it comes.
+    log: Arc<LogLines>,
+    /// The thread that reads the stderr into `log`; it ends when the server closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Lines a process wrote, shared with the thread that reads them, which wakes waiters at each line.
+#[derive(Default)]
+struct LogLines {
+    /// The lines so far, and whether the writer closed its end.
+    lines: Mutex<(Vec<String>, bool)>,
+    grew: Condvar,
+}
+
+impl LogLines {
+    /// Reads `from` line by line into `self` until it closes.
+    fn follow(&self, from: impl Read) {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            self.lines.lock().unwrap().0.push(line);
+            self.grew.notify_all();
+        }
+        self.lines.lock().unwrap().1 = true;
+        self.grew.notify_all();
+    }
+
+    /// All lines so far, joined.
+    fn text(&self) -> String {
+        self.lines.lock().unwrap().0.join("\n")
+    }
+
+    /// Blocks until `seen` holds for the lines so far; panics with `what` after 120 s, or when the
+    /// writer closed its end first.
+    fn wait_for(&self, what: &str, seen: impl Fn(&[String]) -> bool) {
+        let start = Instant::now();
+        let mut guard = self.lines.lock().unwrap();
+        while !seen(&guard.0) {
+            let left = Duration::from_secs(120).saturating_sub(start.elapsed());
+            if guard.1 || left.is_zero() {
+                // Unlocked before the panic, which would otherwise poison the lock for the reader.
+                let text = guard.0.join("\n");
+                drop(guard);
+                panic!("{what}: not seen in the log within 120 s or before it ended:\n{text}");
+            }
+            guard = self.grew.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+}
+
+/// The value of the field `name` in a line of the server's text log (`... name=value ...`).
+fn log_field(line: &str, name: &str) -> Option<i64> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
 }
 
 impl Server {
@@ -168,8 +219,6 @@ impl Server {
     }
 
     fn launch(serve: Pipe, backend: &str, extra: &[&str]) -> Server {
-        let log_dir = tempfile::tempdir().unwrap();
-        let log = log_dir.path().join("serve.log");
         let mut serve = serve.backend(backend);
         for word in extra {
             serve = serve.path(word);
@@ -177,9 +226,14 @@ impl Server {
         let mut child = serve
             .command()
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let log = Arc::new(LogLines::default());
+        let reader = {
+            let (log, stderr) = (log.clone(), child.stderr.take().unwrap());
+            std::thread::spawn(move || log.follow(stderr))
+        };
         let mut line = String::new();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         stdout.read_line(&mut line).unwrap();
@@ -202,10 +256,10 @@ impl Server {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| {
-                panic!(
-                    "no address in {line:?}: {}",
-                    std::fs::read_to_string(&log).unwrap()
-                )
+                let _ = child.kill();
+                let _ = child.wait();
+                log.wait_for(&format!("an address in {line:?}"), |_| false);
+                unreachable!("{line:?} holds no address")
             })
             .to_string();
         Server {
@@ -214,7 +268,7 @@ impl Server {
             grpc,
             banner: line,
             log,
-            _log_dir: log_dir,
+            reader: Some(reader),
         }
     }
 
@@ -236,7 +290,8 @@ impl Server {
         let watchdog = common::Watchdog::new(self.child.id(), Duration::from_secs(60));
         let status = self.child.wait().unwrap();
         assert!(!watchdog.finish(), "server did not stop within 60 s");
-        (status, std::fs::read_to_string(&self.log).unwrap())
+        self.reader.take().unwrap().join().unwrap();
+        (status, self.log.text())
     }
 
     fn stop(self) -> String {
@@ -774,6 +829,8 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
             "poll",
             "--repository-poll-secs",
             "1",
+            "--log-level",
+            "debug",
         ],
     );
     let versions = |server: &Server| -> Value {
@@ -785,21 +842,29 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
             .unwrap()["versions"]
             .clone()
     };
-    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
-        let start = Instant::now();
-        while !cond() {
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "{what} not seen within 120 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    let polls = |server: &Server| -> i64 {
+        metrics_text(server)
+            .lines()
+            .find_map(|l| l.strip_prefix("pipe_repository_polls_total "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // Returns once a whole scan has run after the repository's last change: the scan after the one
+    // that was under way (if any) when the count was read.
+    let scanned = |server: &Server| {
+        let after = polls(server) + 2;
+        server.log.wait_for(&format!("scan {after}"), |lines| {
+            lines
+                .iter()
+                .any(|l| l.contains("repository scanned") && log_field(l, "polls") >= Some(after))
+        });
     };
     assert_eq!(versions(&server), json!(["1"]));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Answers by version 4, the last one swapped in.
-    let by_last = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let by_first = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Answers by version 1, and by version 4, the last one swapped in.
+    let by_first = Arc::new(Tally::default());
+    let by_last = Arc::new(Tally::default());
     let n = 4;
     let clients: Vec<_> = (0..4)
         .map(|c| {
@@ -831,10 +896,10 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
                                 .collect();
                             let version = head["model_version"].as_str().unwrap().to_string();
                             match version.as_str() {
-                                "1" => by_first.fetch_add(1, std::sync::atomic::Ordering::AcqRel),
-                                "4" => by_last.fetch_add(1, std::sync::atomic::Ordering::AcqRel),
-                                _ => 0,
-                            };
+                                "1" => by_first.add(),
+                                "4" => by_last.add(),
+                                _ => {}
+                            }
                             answers.push((version, probs));
                         }
                         Ok(r) => failures.push(format!("{}: {}", r.status(), r.text().unwrap())),
@@ -845,12 +910,11 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
             })
         })
         .collect();
-    wait_for("answers by version 1", &|| {
-        by_first.load(std::sync::atomic::Ordering::Acquire) >= 4
-    });
+    by_first.wait_for(4, "answers by version 1");
     // Swap 1: version 2 (int8) goes live, version 1 leaves (the default policy: the latest one).
     put(2, &int8_bytes);
-    wait_for("version 2 live", &|| versions(&server) == json!(["2"]));
+    scanned(&server);
+    assert_eq!(versions(&server), json!(["2"]));
     // A truncated version 3 is refused; version 2 keeps answering, the server stays ready.
     put(3, &float_bytes[..float_bytes.len() / 2]);
     let index = || -> Value {
@@ -861,32 +925,28 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
             .json()
             .unwrap()
     };
-    wait_for("version 3 refused", &|| {
-        index()
+    scanned(&server);
+    let index_now = index();
+    assert!(
+        index_now
             .as_array()
             .unwrap()
             .iter()
-            .any(|m| m["version"] == "3" && m["state"] == "UNAVAILABLE")
-    });
+            .any(|m| m["version"] == "3" && m["state"] == "UNAVAILABLE"),
+        "version 3 refused: {index_now}"
+    );
     // Two more scans later, the refused file has not been tried again, and version 2 still serves.
-    let polls = |server: &Server| -> u64 {
-        metrics_text(server)
-            .lines()
-            .find_map(|l| l.strip_prefix("pipe_repository_polls_total "))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let seen_polls = polls(&server);
-    wait_for("two more scans", &|| polls(&server) >= seen_polls + 2);
+    scanned(&server);
     assert_eq!(versions(&server), json!(["2"]));
     let ready = client().get(server.url("/v2/health/ready")).send().unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     // Swap 2: the complete file replaces the truncated one and goes live; swap 3: version 4.
     put(3, &float_bytes);
-    wait_for("version 3 live", &|| versions(&server) == json!(["3"]));
+    scanned(&server);
+    assert_eq!(versions(&server), json!(["3"]));
     put(4, &int8_bytes);
-    wait_for("version 4 live", &|| versions(&server) == json!(["4"]));
+    scanned(&server);
+    assert_eq!(versions(&server), json!(["4"]));
     // A version folder without the model file is a version that fails, as in Triton: listed with
     // the reason, and version 4 keeps serving.
     std::fs::create_dir_all(model.join("5")).unwrap();
@@ -898,27 +958,32 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
             .find(|m| m["version"] == version)
             .cloned()
     };
-    wait_for("empty version 5 listed", &|| {
-        entry("5").is_some_and(|e| {
+    scanned(&server);
+    let five = entry("5");
+    assert!(
+        five.as_ref().is_some_and(|e| {
             e["state"] == "UNAVAILABLE"
                 && e["reason"]
                     .as_str()
                     .is_some_and(|r| r.contains("holds no model.onnx"))
-        })
-    });
+        }),
+        "empty version 5 listed: {five:?}"
+    );
     // A broken config.pbtxt is not applied; version 4 keeps serving, its index entry says why,
     // and the error is logged once, not at every scan.
     std::fs::write(model.join("config.pbtxt"), "name: \"p\"\nmax_batch: 8\n").unwrap();
-    wait_for("the config error in the index", &|| {
-        entry("4").is_some_and(|e| {
+    scanned(&server);
+    let four = entry("4");
+    assert!(
+        four.as_ref().is_some_and(|e| {
             e["state"] == "READY"
                 && e["reason"]
                     .as_str()
                     .is_some_and(|r| r.contains("max_batch"))
-        })
-    });
-    let seen_polls = polls(&server);
-    wait_for("two more scans", &|| polls(&server) >= seen_polls + 2);
+        }),
+        "the config error in the index: {four:?}"
+    );
+    scanned(&server);
     assert_eq!(versions(&server), json!(["4"]));
     // A valid config that does not fit the live version (224-pixel dims) is not applied either.
     let fitting =
@@ -928,13 +993,16 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
         fitting.replace("32, 32", "224, 224"),
     )
     .unwrap();
-    wait_for("the unfit config in the index", &|| {
-        entry("4").is_some_and(|e| {
+    scanned(&server);
+    let four = entry("4");
+    assert!(
+        four.as_ref().is_some_and(|e| {
             e["reason"]
                 .as_str()
                 .is_some_and(|r| r.contains("dims [224, 224, 3]"))
-        })
-    });
+        }),
+        "the unfit config in the index: {four:?}"
+    );
     // One that fits is applied at the next scan without a new file: its policy (the latest two)
     // brings version 3 back, and the configuration reports it.
     std::fs::remove_dir(model.join("5")).unwrap();
@@ -943,9 +1011,8 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
         format!("{fitting}version_policy: {{ latest: {{ num_versions: 2 }} }}\n"),
     )
     .unwrap();
-    wait_for("versions 3 and 4 live", &|| {
-        versions(&server) == json!(["3", "4"])
-    });
+    scanned(&server);
+    assert_eq!(versions(&server), json!(["3", "4"]));
     let config: Value = client()
         .get(server.url("/v2/models/p/config"))
         .send()
@@ -957,9 +1024,7 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
         json!({"latest": {"num_versions": 2}})
     );
     // Requests keep being answered by the last version before the clients stop.
-    wait_for("answers by version 4", &|| {
-        by_last.load(std::sync::atomic::Ordering::Acquire) >= 8
-    });
+    by_last.wait_for(8, "answers by version 4");
     stop.store(true, std::sync::atomic::Ordering::Release);
     let float = infer_outputs("tract", &fx.model);
     let int8 = infer_outputs("tract", int8_model());
@@ -1009,6 +1074,39 @@ fn poll_mode_swaps_versions_under_load_without_a_failed_request() {
     );
 }
 
+/// A count that threads add to and a test waits on.
+#[derive(Default)]
+struct Tally {
+    count: Mutex<usize>,
+    grew: Condvar,
+}
+
+impl Tally {
+    fn add(&self) {
+        *self.count.lock().unwrap() += 1;
+        self.grew.notify_all();
+    }
+
+    /// Blocks until the count reaches `at_least`; panics with `what` after 120 s.
+    fn wait_for(&self, at_least: usize, what: &str) {
+        let (guard, timeout) = self
+            .grew
+            .wait_timeout_while(
+                self.count.lock().unwrap(),
+                Duration::from_secs(120),
+                |count| *count < at_least,
+            )
+            .unwrap();
+        let count = *guard;
+        // Unlocked before the panic, which would otherwise poison the lock for the clients.
+        drop(guard);
+        assert!(
+            !timeout.timed_out(),
+            "{what}: {count} of {at_least} within 120 s"
+        );
+    }
+}
+
 /// Checks `rows` against `expected` ((label, probabilities) per image from `pipe infer`): the same
 /// labels and every probability within [`TOLERANCE`].
 fn assert_rows_match(expected: &[(usize, Vec<f32>)], rows: &[Vec<f32>], what: &str) {
@@ -1033,23 +1131,6 @@ fn metrics_text(server: &Server) -> String {
         .unwrap()
         .text()
         .unwrap()
-}
-
-/// Waits (at most 60 s) until each of `lines` is one of the lines of `/metrics`, exactly: the test
-/// synchronises on the server's own counters and gauges, not on a pause.
-fn wait_for_metric_lines(server: &Server, lines: &[&str]) {
-    let start = Instant::now();
-    loop {
-        let metrics = metrics_text(server);
-        if lines.iter().all(|line| metrics.lines().any(|l| l == *line)) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{lines:?} not all seen within 60 s:\n{metrics}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Fetches `/metrics` and checks that it holds every one of `needles`.
@@ -1223,7 +1304,14 @@ fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     let fx = fixture();
     let server = Server::start(
         "tract",
-        &["--max-body-mb", "1", "--request-timeout-ms", "2500"],
+        &[
+            "--max-body-mb",
+            "1",
+            "--request-timeout-ms",
+            "2500",
+            "--log-level",
+            "debug",
+        ],
     );
     let http = client();
     let infer = format!("/v2/models/{MODEL}/infer");
@@ -1328,7 +1416,18 @@ fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
             .status(),
         StatusCode::OK
     );
-    wait_for_metric_lines(&server, &["pipe_inflight_images 0"]);
+    server
+        .log
+        .wait_for("every admitted image released", |lines| {
+            let images = |event: &str| -> i64 {
+                lines
+                    .iter()
+                    .filter(|l| l.contains(event))
+                    .filter_map(|l| log_field(l, "images"))
+                    .sum()
+            };
+            images("images admitted") == images("images released")
+        });
     assert_metrics_contain(
         &server,
         &[
@@ -1522,6 +1621,8 @@ fn a_full_queue_answers_503_with_retry_after_at_once() {
             "600000",
             "--queue",
             "8",
+            "--log-level",
+            "debug",
         ],
     );
     let waiting = {
@@ -1530,7 +1631,11 @@ fn a_full_queue_answers_503_with_retry_after_at_once() {
         std::thread::spawn(move || client().post(url).json(&req).send().unwrap().status())
     };
     // The waiting image is admitted (and gathering company) before the full request comes.
-    wait_for_metric_lines(&server, &["pipe_inflight_images 1"]);
+    server.log.wait_for("the waiting image admitted", |lines| {
+        lines
+            .iter()
+            .any(|l| l.contains("images admitted") && log_field(l, "inflight") == Some(1))
+    });
     let resp = binary_request(&server, 0..8, Value::Null);
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.headers()["retry-after"], "1");
@@ -1556,8 +1661,8 @@ fn a_full_queue_answers_503_with_retry_after_at_once() {
         StatusCode::OK
     );
     assert_eq!(waiting.join().unwrap(), StatusCode::OK);
-    // One backend run, of the 8 images together.
-    wait_for_metric_lines(
+    // One backend run, of the 8 images together (counted before its answers were sent).
+    assert_metric_lines(
         &server,
         &[
             "pipe_batch_size_count 1",

@@ -18,7 +18,8 @@ pub enum LogLevel {
     Warn,
     /// Also one line per request and the server's start and stop.
     Info,
-    /// Everything.
+    /// Also the queue's admissions and releases (images, and the in-flight count after) and each
+    /// scan of the model repository in poll mode.
     Debug,
 }
 

@@ -73,7 +73,8 @@ struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.admitted.fetch_sub(self.n, Ordering::AcqRel);
-        self.metrics.add_inflight(-(self.n as i64));
+        let inflight = self.metrics.add_inflight(-(self.n as i64));
+        tracing::debug!(images = self.n, inflight, "images released");
     }
 }
 
@@ -263,7 +264,8 @@ impl Batcher {
         if admitted.is_err() {
             return Err(ApiError::queue_full(n, cap));
         }
-        self.metrics.add_inflight(n as i64);
+        let inflight = self.metrics.add_inflight(n as i64);
+        tracing::debug!(images = n, inflight, "images admitted");
         let ticket = Ticket {
             n,
             admitted: self.admitted.clone(),

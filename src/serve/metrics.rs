@@ -191,9 +191,10 @@ impl Metrics {
         self.queue_depth.load(Ordering::Relaxed)
     }
 
-    /// Adds `delta` images to the in-flight gauge (negative when they are answered or abandoned).
-    pub fn add_inflight(&self, delta: i64) {
-        self.inflight.fetch_add(delta, Ordering::Relaxed);
+    /// Adds `delta` images to the in-flight gauge (negative when they are answered or abandoned)
+    /// and returns the gauge's new value.
+    pub fn add_inflight(&self, delta: i64) -> i64 {
+        self.inflight.fetch_add(delta, Ordering::Relaxed) + delta
     }
 
     /// Counts one successful inference request.
@@ -201,9 +202,9 @@ impl Metrics {
         self.answered.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one completed scan of the model repository (poll mode).
-    pub fn record_repository_poll(&self) {
-        self.repository_polls.fetch_add(1, Ordering::Relaxed);
+    /// Counts one completed scan of the model repository (poll mode) and returns the scans so far.
+    pub fn record_repository_poll(&self) -> u64 {
+        self.repository_polls.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Successful inference requests so far.

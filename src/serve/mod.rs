@@ -264,7 +264,10 @@ async fn poll_repository(state: Arc<AppState>, every: Duration) {
         })
         .await;
         match polled {
-            Ok(Some(Ok(_))) => state.metrics.record_repository_poll(),
+            Ok(Some(Ok(_))) => {
+                let polls = state.metrics.record_repository_poll();
+                tracing::debug!(polls, "repository scanned");
+            }
             Ok(Some(Err(e))) => {
                 tracing::warn!(error = %e, "repository poll failed; the live models keep serving: {e}")
             }
