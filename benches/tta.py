@@ -1,7 +1,8 @@
 """The gain of test-time augmentation by flip (`pipe export --tta flip`): for the runs of `make results`
 (target/results/runs: the seed run and the photos preset), the plain export and the flip export
 classify their evaluation folders with `pipe infer --backend ort`; prints the accuracy of each, and
-exits 1 when the flip export gains a point or more on either (the README says it does not pay).
+exits 1 when the flip export gains a point or more on either (the GUIDE says it gains less than a
+point, so no preset uses it).
 Run `make results` first. About 5 minutes on 2 cores (the flip export does twice the work)."""
 import json
 import os
@@ -37,10 +38,10 @@ def main():
                   flush=True)
     with open(os.path.join(OUT, "tta.json"), "w") as f:
         json.dump(results, f, indent=1)
-    # The README's claim: flip TTA does not pay on these models (no case gains a point).
+    # The GUIDE's claim: flip TTA gains less than a point on these models (so no preset uses it).
     gains = {n: results[f"{n} tta flip"]["accuracy"] - results[n]["accuracy"] for n, _ in CASES}
     if any(g >= 0.01 for g in gains.values()):
-        sys.exit(f"FAIL: --tta flip gains a point or more somewhere ({gains}): the README's claim is stale")
+        sys.exit(f"FAIL: --tta flip gains a point or more somewhere ({gains}): the GUIDE's claim is stale")
 
 
 if __name__ == "__main__":

@@ -728,6 +728,7 @@ fn tta_flip_export_outputs_the_mean_of_the_image_and_its_mirror() {
         export(&plain).ok();
         let out = export(&tta).arg("--tta", "flip").ok();
         assert_verified(&out.stdout, 20);
+        assert_contains(&out.stdout, &["test-time augmentation: flip)"]);
         for backend in ["tract", "ort"] {
             let run = |model: &Path, files: &[std::path::PathBuf]| {
                 Pipe::infer(model)
@@ -786,7 +787,16 @@ fn tta_flip_export_outputs_the_mean_of_the_image_and_its_mirror() {
         let e = if tta { e.arg("--tta", "flip") } else { e };
         serde_json::from_str(&e.ok().stdout).unwrap()
     };
-    let (plain_ev, tta_ev) = (evaluate(false), evaluate(true));
+    let plain_ev = evaluate(false);
+    let run_file = |name: &str| std::fs::read(w.runs.join("r").join(name)).unwrap();
+    let plain_confusion = run_file("confusion.png");
+    let tta_ev = evaluate(true);
+    // The run's own figures stay the plain model's; the TTA ones are drawn beside them.
+    assert!(
+        run_file("confusion.png") == plain_confusion,
+        "evaluate --tta redrew the run's confusion.png"
+    );
+    assert!(image::load_from_memory(&run_file("confusion-tta.png")).is_ok());
     assert_eq!(tta_ev["tta"], "flip");
     assert_eq!(tta_ev["report"]["images"], 12);
     let ort = Pipe::infer(w.join("tta13.onnx"))

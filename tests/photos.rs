@@ -276,6 +276,21 @@ fn junk_is_ignored_and_broken_files_are_skipped_named_counted_and_listed() {
         .map(|(f, _, r)| (d.join(f).display().to_string(), r.to_string()))
         .collect();
     assert_eq!(listed, want);
+    // The empty and the text file take no place in a split (their first bytes show it): the run's
+    // split list holds them apart; the others fail only when decoded.
+    let split = common::read_json(&run.file("split.json"));
+    let unusable: Vec<&str> = split["unusable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        unusable,
+        [d.join(bad[0].0), d.join(bad[1].0)].map(|p| p.display().to_string())
+    );
+    assert_eq!(files(&split, "train").len(), 13);
+    assert_eq!(files(&split, "test").len(), 7);
 
     // --strict: the first bad file (in list order) stops the run, no run folder is left.
     let err = quick(&w, "s").flag("--strict").fails();
@@ -565,8 +580,10 @@ fn square(w: &Workdir, name: &str, colour: [u8; 3], (x, y): (u32, u32)) -> std::
 
 /// `pipe explain` on a run that tells a red square from a blue one anywhere on grey (128 pixels):
 /// the hottest cell of the 8x8 Grad-CAM map follows the red square to each corner; the overlays are
-/// written (256 pixels), a file that is not an image is named and skipped (exit code 3), and an
-/// unknown `--class` is refused naming the run's classes.
+/// written (256 pixels), the run used is named. A file that is not an image is named and skipped
+/// inside a folder (exit code 3), an error when named on the command line (exit code 1, after the
+/// others were explained); a missing path and an unknown `--class` (refused naming the run's
+/// classes) stop it before any work.
 #[test]
 fn explain_heatmaps_follow_the_object() {
     let w = Workdir::new();
@@ -598,29 +615,60 @@ fn explain_heatmaps_follow_the_object() {
         .collect();
     files.push(w.write("probe/notes.png", b"not an image"));
     let out_dir = w.join("cam");
-    let explain = || {
+    let explain = |inputs: &[std::path::PathBuf]| {
         Pipe::new("explain")
             .runs(&w.runs)
             .run("cam")
             .arg("--device", "cpu")
             .arg("-o", &out_dir)
-            .paths(&files)
+            .paths(inputs)
     };
-    let err = explain().arg("--class", "green").fails();
+    let err = explain(&files).arg("--class", "green").fails();
     assert_contains(&err, &["--class green", "blue", "red"]);
-    let out = explain().exits(3);
-    assert_contains(&out.stderr, &["1 of 5 images skipped"]);
-    // The file named once, with what is wrong with it.
+    let err = explain(&[w.join("probe/missing.png")]).fails();
+    assert_contains(&err, &["probe/missing.png"]);
+    assert!(
+        !out_dir.exists(),
+        "nothing written before the inputs were checked"
+    );
+    // Named on the command line: the four images are explained, then the bad one is the error.
+    let out = explain(&files).exits(1);
+    assert_contains(&out.stderr, &["error:", "notes.png: not an image"]);
     assert_eq!(out.stderr.matches("notes.png").count(), 1, "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 4, "{}", out.stdout);
+    // Inside a folder: skipped and named once, with what is wrong with it.
+    let out = explain(&[w.join("probe")]).exits(3);
     assert_contains(
         &out.stderr,
-        &["warning: skipped", "notes.png: not an image"],
+        &[
+            "explaining with the run",
+            "(blue, red)",
+            "warning: skipped",
+            "notes.png: not an image",
+            "1 of 5 images skipped",
+        ],
     );
+    assert_eq!(out.stderr.matches("notes.png").count(), 1, "{}", out.stderr);
     let doc: Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("explain.json")).unwrap()).unwrap();
+    // The run's folder, as a path.
+    assert!(doc["run"].as_str().unwrap().ends_with("cam"), "{doc}");
     let images = doc["images"].as_array().unwrap();
     assert_eq!(images.len(), 4);
-    for ((name, _), e) in probes.iter().zip(images) {
+    for (name, _) in &probes {
+        let e = images
+            .iter()
+            .find(|e| {
+                e["path"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!("{name}.png"))
+            })
+            .unwrap_or_else(|| panic!("{name} in {doc}"));
+        assert!(e["heatmap"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{name}.cam.png")));
         assert_eq!(e["predicted"], "red", "{name}");
         assert_eq!(e["map_side"], 8);
         let (row, col) = (

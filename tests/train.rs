@@ -17,6 +17,12 @@ fn binary_release_cache_determinism_resume_evaluate_and_sweep() {
     // First run extracts features from the binary release; the second reuses them from the cache.
     let a = train("a").ok();
     assert!(a.stderr.contains("190 images through the frozen base"));
+    // Without a terminal (as here) the hidden progress bar leaves a line as extraction starts.
+    assert!(
+        a.stderr.contains("extracting features: ") && a.stderr.contains(" images ..."),
+        "{}",
+        a.stderr
+    );
     let b = train("b").ok();
     assert!(b.stderr.contains("all 190 images from the feature cache"));
     // Same seed, same device: identical history and head weights.

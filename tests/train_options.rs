@@ -8,7 +8,8 @@
 mod common;
 
 use common::{
-    comparable_precision, png, safetensors_metadata, tensors, weights, Epoch, Pipe, Workdir,
+    assert_contains, comparable_precision, png, safetensors_metadata, tensors, weights, Epoch,
+    Pipe, Workdir,
 };
 use serde_json::{json, Value};
 use std::path::Path;
@@ -365,6 +366,20 @@ fn a_time_budget_plans_the_epochs_that_fit_and_the_run_ends_within_it() {
     let config = run.config();
     assert_eq!(config["epochs"], planned, "config.json records the plan");
     assert_eq!(config["time_budget"], budget);
+    // A frozen-base run has no budget, and says so rather than ignore the option.
+    let frozen = w
+        .train("f")
+        .limits(20, 10)
+        .epochs(1)
+        .batch(10)
+        .arg("--time-budget", "30s")
+        .ok()
+        .stderr;
+    assert_contains(
+        &frozen,
+        &["warning: --time-budget plans the epochs of fine-tuning (--unfreeze N)"],
+    );
+    assert!(w.run("f").config().get("time_budget").is_none());
     let history: Value = serde_json::from_slice(&run.bytes("history.json")).unwrap();
     let tuned: Vec<&Value> = history
         .as_array()

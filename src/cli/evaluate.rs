@@ -35,11 +35,12 @@ pub struct EvaluateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
-    /// Where to draw the confusion matrix as a PNG (default: confusion.png in the run folder).
+    /// Where to draw the confusion matrix as a PNG (default: confusion.png in the run folder;
+    /// confusion-tta.png with --tta flip, so that the run's own is kept).
     #[arg(long, value_name = "PNG")]
     confusion_png: Option<PathBuf>,
     /// Where to draw the 10 test images with the highest loss, with their true and predicted labels
-    /// (default: top_losses.png in the run folder).
+    /// (default: top_losses.png in the run folder; top_losses-tta.png with --tta flip).
     #[arg(long, value_name = "PNG")]
     top_losses_png: Option<PathBuf>,
     #[command(flatten)]
@@ -70,15 +71,20 @@ impl EvaluateArgs {
         );
         events.clear();
         let ev = ev?;
+        // The run's own figures are the plain model's; with --tta the defaults are beside them.
+        let in_run = |name: &str| match self.tta {
+            Some(super::Tta::Flip) => run_dir.join(name.replace(".png", "-tta.png")),
+            None => run_dir.join(name),
+        };
         let png = self
             .confusion_png
-            .unwrap_or_else(|| run_dir.join(pipe::run::CONFUSION_PNG));
+            .unwrap_or_else(|| in_run(pipe::run::CONFUSION_PNG));
         pipe::plot::confusion_matrix(&ev.report, &png)?;
         eprintln!("confusion matrix drawn in {}", png.display());
         if !ev.top_loss_tiles.is_empty() {
             let png = self
                 .top_losses_png
-                .unwrap_or_else(|| run_dir.join(pipe::run::TOP_LOSSES_PNG));
+                .unwrap_or_else(|| in_run(pipe::run::TOP_LOSSES_PNG));
             pipe::plot::top_losses_grid(&ev.top_loss_tiles, &ev.report.classes, &png)?;
             eprintln!("top losses drawn in {}", png.display());
         }

@@ -1,14 +1,15 @@
 //! `pipe explain`: Grad-CAM heatmaps of a run's model over images.
 
-use super::{Outcome, RunSelection};
+use super::{refuse_named, scan_inputs, Outcome, RunSelection};
 use anyhow::{Context, Result};
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `pipe explain`.
 #[derive(clap::Args)]
 #[command(mut_arg("run", |a| a.help("Run whose model explains: `latest`, a run name in --runs-dir, or a run folder")))]
 pub struct ExplainArgs {
-    /// Image files to explain.
+    /// Image files and/or folders to explain (folders searched recursively, as `pipe infer` does).
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
     #[command(flatten)]
@@ -16,7 +17,8 @@ pub struct ExplainArgs {
     /// Class to explain, by name (default: each image's predicted class).
     #[arg(long, value_name = "NAME")]
     class: Option<String>,
-    /// Folder to write the heatmaps (<image name>.cam.png) and explain.json into; created if missing.
+    /// Folder to write the heatmaps (<image name>.cam.png, with -2, -3, ... after a name already
+    /// used) and explain.json into; created if missing.
     #[arg(short, long, value_name = "DIR")]
     out: PathBuf,
     /// Device: auto = CUDA when libtorch sees a GPU, else CPU.
@@ -26,13 +28,23 @@ pub struct ExplainArgs {
 
 impl ExplainArgs {
     /// Explains each image, writes its overlay and explain.json, and prints one line per image. An
-    /// image that cannot be decoded is named and skipped (exit code 3).
+    /// image inside a folder that cannot be decoded is named and skipped (exit code 3); one named
+    /// on the command line is an error (exit code 1) once every other image was explained.
     ///
     /// # Errors
-    /// An unusable run, --class or --out.
+    /// An unusable run, --class or --out; a path that does not exist or holds no image file
+    /// (before any work); images named on the command line that could not be explained.
     pub fn run(self) -> Result<Outcome> {
+        let files = scan_inputs(&self.images)?;
         let run_dir = self.run.resolve()?;
+        // `latest` is a link: the run it points to is what the user wants to see.
+        let run_dir = std::fs::canonicalize(&run_dir).unwrap_or(run_dir);
         let explainer = pipe::train::Explainer::open(&run_dir, self.device)?;
+        eprintln!(
+            "explaining with the run {} ({})",
+            run_dir.display(),
+            explainer.classes().join(", ")
+        );
         let class = match &self.class {
             Some(name) => Some(
                 explainer
@@ -50,8 +62,16 @@ impl ExplainArgs {
         };
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("cannot create {}", self.out.display()))?;
-        let (mut done, mut skipped) = (Vec::new(), 0usize);
-        for (k, path) in self.images.iter().enumerate() {
+        // Files named on the command line (not found inside a folder).
+        let named: HashSet<&Path> = self
+            .images
+            .iter()
+            .filter(|p| !p.is_dir())
+            .map(PathBuf::as_path)
+            .collect();
+        let (mut done, mut skipped, mut named_failed) = (Vec::new(), 0usize, Vec::new());
+        let mut used = HashSet::new();
+        for (k, path) in files.iter().enumerate() {
             let e = match explainer.explain(path, class) {
                 Ok(e) => e,
                 Err(err) => {
@@ -60,15 +80,26 @@ impl ExplainArgs {
                     let message = message
                         .strip_prefix(&format!("{shown}: "))
                         .unwrap_or(&message);
-                    eprintln!("warning: skipped {shown}: {message}");
-                    skipped += 1;
+                    if named.contains(path.as_path()) {
+                        named_failed.push(format!("{shown}: {message}"));
+                    } else {
+                        eprintln!("warning: skipped {shown}: {message}");
+                        skipped += 1;
+                    }
                     continue;
                 }
             };
             let stem = path
                 .file_stem()
                 .map_or_else(|| format!("image{k}"), |s| s.to_string_lossy().into_owned());
-            let png = self.out.join(format!("{stem}.cam.png"));
+            let png = (1..)
+                .map(|n| match n {
+                    1 => format!("{stem}.cam.png"),
+                    n => format!("{stem}-{n}.cam.png"),
+                })
+                .find(|name| used.insert(name.clone()))
+                .map(|name| self.out.join(name))
+                .context("no free file name")?;
             let (pixels, side) = pipe::train::overlay(&e);
             let image = image::RgbImage::from_raw(side as u32, side as u32, pixels)
                 .context("overlay of the wrong size")?;
@@ -83,21 +114,25 @@ impl ExplainArgs {
                 e.predicted,
                 png.display()
             );
-            done.push(e);
+            let mut entry = serde_json::to_value(&e)?;
+            entry["heatmap"] = serde_json::json!(png);
+            done.push(entry);
         }
         pipe::util::write_json_atomic(
             &self.out.join("explain.json"),
             &serde_json::json!({
                 "run": run_dir, "method": "Grad-CAM on the last conv block (block5_conv3)",
-                "images": done, "skipped": skipped,
+                "images": done, "skipped": skipped + named_failed.len(),
             }),
         )?;
-        if skipped > 0 {
+        if skipped + named_failed.len() > 0 {
             eprintln!(
-                "{skipped} of {} skipped",
-                pipe::util::plural(self.images.len(), "image")
+                "{} of {} skipped",
+                skipped + named_failed.len(),
+                pipe::util::plural(files.len(), "image")
             );
         }
+        refuse_named(&named_failed)?;
         Ok(Outcome::Skipped(skipped))
     }
 }

@@ -4,7 +4,7 @@
 //! cannot be decoded is an error (exit code 1) once every other file was written.
 
 use super::render::Stderr;
-use super::{BackendArgs, Outcome};
+use super::{refuse_named, scan_inputs, BackendArgs, Outcome};
 use anyhow::Result;
 use pipe::contract::Output;
 use pipe::data::{OnError, SkippedFile};
@@ -72,7 +72,7 @@ impl InferArgs {
         if let Some(path) = &self.output {
             pipe::util::check_output_path(path, false)?;
         }
-        let mut files = scan(&self.paths)?;
+        let mut files = scan_inputs(&self.paths)?;
         if let Some(shard) = self.shard {
             let part = shard.range(files.len());
             if part.is_empty() {
@@ -170,8 +170,11 @@ impl InferArgs {
 
     /// Checks the options and reads the model, warning when it has no class names.
     fn check_model(&self) -> Result<ModelInfo> {
-        if self.top_k == 0 || self.batch_size == Some(0) {
-            anyhow::bail!("--top-k and --batch-size must be at least 1");
+        if self.top_k == 0 {
+            anyhow::bail!("--top-k must be at least 1");
+        }
+        if self.batch_size == Some(0) {
+            anyhow::bail!("--batch-size must be at least 1");
         }
         if !self.model.exists() {
             anyhow::bail!(
@@ -245,50 +248,6 @@ impl Job<'_> {
             pipe::infer::classify(backend, self.info, self.files, &opts, record, &self.events)?;
         Ok((stream.finish(self.t0.elapsed().as_secs_f64())?, classified))
     }
-}
-
-/// The error for the files named on the command line that could not be decoded, if any.
-///
-/// # Errors
-/// Each such file, named with what is wrong.
-fn refuse_named(failed: &[SkippedFile]) -> Result<()> {
-    match failed {
-        [] => Ok(()),
-        [one] => Err(anyhow::anyhow!("{one}")),
-        many => {
-            let each: Vec<String> = many.iter().map(ToString::to_string).collect();
-            anyhow::bail!(
-                "{} named on the command line could not be decoded: {}",
-                pipe::util::plural(many.len(), "file"),
-                each.join("; ")
-            )
-        }
-    }
-}
-
-/// The image files under `paths`, after printing a warning for each kind of skipped entry.
-///
-/// # Errors
-/// No image files at all (with the reasons entries were skipped), or an unreadable input.
-fn scan(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let (files, skipped) = pipe::data::scan_image_files(paths)?;
-    let warnings = skipped.warnings();
-    if files.is_empty() {
-        let inputs: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        anyhow::bail!(
-            "no image files in {}{}",
-            inputs.join(", "),
-            if warnings.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", warnings.join("; "))
-            }
-        );
-    }
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    Ok(files)
 }
 
 /// What the closing line says of the model's arithmetic: `float32 model`, or for an int8 model

@@ -31,8 +31,9 @@ use std::path::PathBuf;
 /// [`Outcome`] to them).
 pub const EXIT_CODES: &str = "Exit codes:
   0  done, every input used
-  1  error: bad option or data, unusable model, I/O failure; for infer also a file named on the
-     command line that cannot be read (reported after every other input was classified and written)
+  1  error: bad option or data, unusable model, I/O failure, an input path that does not exist
+     (before any work); for infer and explain also an image file named on the command line that
+     cannot be decoded (reported after every other input was done)
   2  command-line usage error
   3  done, but some files inside folders could not be decoded and were skipped (each named on
      stderr and counted; infer lists them as error records in --format json/csv)";
@@ -59,6 +60,51 @@ impl From<()> for Outcome {
     fn from((): ()) -> Self {
         Outcome::Done
     }
+}
+
+/// The error for the files named on the command line that could not be decoded, if any.
+///
+/// # Errors
+/// Each such file, named with what is wrong.
+pub fn refuse_named(failed: &[impl std::fmt::Display]) -> anyhow::Result<()> {
+    match failed {
+        [] => Ok(()),
+        [one] => Err(anyhow::anyhow!("{one}")),
+        many => {
+            let each: Vec<String> = many.iter().map(ToString::to_string).collect();
+            anyhow::bail!(
+                "{} named on the command line could not be decoded: {}",
+                pipe::util::plural(many.len(), "file"),
+                each.join("; ")
+            )
+        }
+    }
+}
+
+/// The image files under `paths` (files and folders, as infer and explain take them), after
+/// printing a warning for each kind of skipped entry.
+///
+/// # Errors
+/// No image files at all (with the reasons entries were skipped), or an unreadable input.
+pub fn scan_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let (files, skipped) = pipe::data::scan_image_files(paths)?;
+    let warnings = skipped.warnings();
+    if files.is_empty() {
+        let inputs: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        anyhow::bail!(
+            "no image files in {}{}",
+            inputs.join(", "),
+            if warnings.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", warnings.join("; "))
+            }
+        );
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(files)
 }
 
 /// Transfer learning for image classifiers: fine-tune ImageNet VGG16 with libtorch, export ONNX natively
@@ -150,8 +196,9 @@ pub enum Command {
     /// named after classes, accuracy is printed too. A file inside a folder that cannot be decoded
     /// (unreadable, empty, truncated, not an image, oversized) is skipped: named on stderr, counted in
     /// the summary, an error record in --format json/csv, no line in text output (exit code 3).
-    /// A file named on the command line that cannot be read is an error (exit code 1), reported after
-    /// every other input was classified and written. --strict stops at the first bad file instead.
+    /// A file named on the command line that cannot be decoded is an error (exit code 1), reported
+    /// after every other input was classified and written; a path that does not exist stops infer
+    /// before any work. --strict stops at the first bad file instead.
     #[command(after_help = EXIT_CODES)]
     Infer(infer::InferArgs),
     /// Serve an exported model, or a Triton model repository, over HTTP (and gRPC with --grpc-port):

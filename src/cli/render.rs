@@ -49,9 +49,10 @@ impl EventSink for Stderr {
                     if let Some((_, old)) = bar.take() {
                         old.finish_and_clear();
                     }
-                    // Without a terminal the bar is hidden; an export's long phases, which print
-                    // nothing else until they end, get a line as they start.
-                    if matches!(task, Task::Calibrate | Task::Verify)
+                    // Without a terminal the bar is hidden; the long phases that print nothing
+                    // else until they end (feature extraction, an export's calibration and
+                    // verification) get a line as they start.
+                    if matches!(task, Task::Extract | Task::Calibrate | Task::Verify)
                         && !std::io::stderr().is_terminal()
                     {
                         eprintln!("{task}: {total} images ...");

@@ -193,16 +193,17 @@ impl ServeArgs {
     /// [`Error::Usage`] for a zero size or count, a missing model file or repository, or a
     /// `--load-model` name with no folder in the repository.
     fn into_options(self) -> pipe::Result<ServeOptions> {
-        if self.max_batch == Some(0) || self.queue == 0 || self.instances == 0 {
-            return Err(Error::Usage(
-                "--max-batch, --queue and --instances must be at least 1".into(),
-            ));
-        }
-        if self.max_body_mb == 0 || self.request_timeout_ms == 0 || self.grpc_max_message_mb == 0 {
-            return Err(Error::Usage(
-                "--max-body-mb, --grpc-max-message-mb and --request-timeout-ms must be at least 1"
-                    .into(),
-            ));
+        for (option, value) in [
+            ("--max-batch", self.max_batch.unwrap_or(1) as u64),
+            ("--queue", self.queue as u64),
+            ("--instances", self.instances as u64),
+            ("--max-body-mb", self.max_body_mb as u64),
+            ("--grpc-max-message-mb", self.grpc_max_message_mb as u64),
+            ("--request-timeout-ms", self.request_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(Error::Usage(format!("{option} must be at least 1")));
+            }
         }
         let source = match self.model_repository {
             Some(dir) => {

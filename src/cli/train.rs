@@ -42,6 +42,13 @@ impl TrainArgs {
     pub fn run(self, matches: Option<&ArgMatches>) -> Result<Outcome> {
         let config = self.config(matches)?;
         let events = Stderr::new();
+        if config.unfreeze == 0 && config.budget().is_some() {
+            events.warn(Warning::Other(
+                "--time-budget plans the epochs of fine-tuning (--unfreeze N); this frozen-base \
+                 run has no budget (its time is mostly feature extraction: --train-limit shortens it)"
+                    .into(),
+            ));
+        }
         if let Some(shard) = self.env.extract_shard {
             let out = pipe::train::extract_feature_shard(&config, &self.env, shard, &events);
             events.clear();

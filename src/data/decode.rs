@@ -499,6 +499,27 @@ fn jpeg_is_truncated(bytes: &[u8]) -> bool {
     }
 }
 
+/// Bytes [`sniff_file`] reads: more than the longest signature `image::guess_format` checks.
+const SNIFF_BYTES: u64 = 64;
+
+/// What the first bytes of `path` say: `Some` when the file cannot be an image (unreadable, empty, or
+/// no signature of a format pipe reads; as [`load_images`] would report it), `None` when it may be
+/// one (it can still fail to decode, e.g. truncated). Reads at most 64 bytes: cheap enough to run
+/// over a whole folder before deciding where its files go.
+pub fn sniff_file(path: &Path) -> Option<SkippedFile> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(SNIFF_BYTES).read_to_end(&mut head));
+    let failure = match read {
+        Err(e) => Failure {
+            reason: SkipReason::Unreadable,
+            error: Error::io(path, e),
+        },
+        Ok(_) => sniff_format(path, &head).err()?,
+    };
+    Some(failure.into_skipped(path))
+}
+
 /// Reads and decodes one file.
 fn load_classified(path: &Path, target: Target<'_>) -> std::result::Result<RgbImage, Failure> {
     let bytes = std::fs::read(path).map_err(|e| Failure {
@@ -784,6 +805,34 @@ mod tests {
 
     /// Lenient: every good file kept, every bad one reported once with its reason and the error's
     /// text; strict: the first bad file's error, as `load_image` gives it.
+    /// `sniff_file` refuses what its first bytes show (the same reason and message as decoding
+    /// gives) and lets the rest through, truncated files included.
+    #[test]
+    fn sniffing_refuses_what_the_first_bytes_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ImageSpec::new(8, ResizePolicy::Squash);
+        let mut refused = 0;
+        for (path, want) in mixed_folder(dir.path()) {
+            let sniffed = sniff_file(&path);
+            match want {
+                Some(SkipReason::Empty | SkipReason::NotAnImage | SkipReason::Unreadable) => {
+                    let decoded = load_images(&[path.as_path()], &spec, OnError::Skip).unwrap();
+                    assert!(sniffed.is_some(), "{}", path.display());
+                    assert_eq!(
+                        sniffed.as_ref(),
+                        decoded.skipped.first(),
+                        "{}",
+                        path.display()
+                    );
+                    refused += 1;
+                }
+                // Good, truncated, oversized: only decoding tells.
+                _ => assert_eq!(sniffed, None, "{}", path.display()),
+            }
+        }
+        assert_eq!(refused, 3);
+    }
+
     #[test]
     fn skip_keeps_the_good_files_and_names_each_bad_one_once() {
         let dir = tempfile::tempdir().unwrap();

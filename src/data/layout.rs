@@ -87,12 +87,32 @@ impl DataLayout {
                 ),
             )),
             _ if has_class_folders(data) => layout(LayoutKind::ClassFolders, data.to_path_buf()),
-            _ => Err(Error::invalid(
-                data,
-                "holds neither train/ + test/ (or val/) class folders, a folder of class folders, \
-                 nor the CIFAR-10 binary release (data_batch_1.bin .. data_batch_5.bin, \
-                 test_batch.bin); run `make setup` for data/cifar10",
-            )),
+            _ => match top_level_images(data) {
+                0 => Err(Error::invalid(
+                    data,
+                    format!(
+                        "holds neither train/ + test/ (or val/) class folders, a folder of class \
+                         folders, nor the CIFAR-10 binary release (data_batch_1.bin .. \
+                         data_batch_5.bin, test_batch.bin){}",
+                        if data.ends_with("cifar10") {
+                            "; run `make setup` for data/cifar10"
+                        } else {
+                            ""
+                        }
+                    ),
+                )),
+                n => Err(Error::invalid(
+                    data,
+                    format!(
+                        "holds {} directly, in no class folder: pipe learns a class from the \
+                         name of the folder its images are in; put them in one sub-folder per \
+                         class (e.g. {}/cats/, {}/dogs/)",
+                        crate::util::plural(n, "image file"),
+                        data.display(),
+                        data.display()
+                    ),
+                )),
+            },
         }
     }
 
@@ -144,6 +164,20 @@ impl DataLayout {
 }
 
 /// Whether `dir` has at least one sub-folder that is not junk.
+/// The number of image files (by extension, junk names left out) directly in `dir`.
+fn top_level_images(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| {
+                !super::scan::is_junk_name(&e.file_name())
+                    && e.path().is_file()
+                    && super::scan::is_image_file(&e.path())
+            })
+            .count()
+    })
+}
+
 fn has_class_folders(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .map(|entries| {
@@ -243,9 +277,20 @@ mod tests {
         let err = DataLayout::detect(&t.join("file")).unwrap_err().to_string();
         assert!(err.contains("file: is a file, not a folder"), "{err}");
         dirs(&t.join("junk"), &["__MACOSX", ".ipynb_checkpoints"]);
-        std::fs::write(t.join("junk/a.jpg"), b"x").unwrap();
+        std::fs::write(t.join("junk/notes.txt"), b"x").unwrap();
         let err = DataLayout::detect(&t.join("junk")).unwrap_err().to_string();
-        assert!(err.contains("holds neither"), "{err}");
+        assert!(
+            err.contains("holds neither") && !err.contains("make setup"),
+            "{err}"
+        );
+        std::fs::write(t.join("junk/a.jpg"), b"x").unwrap();
+        std::fs::write(t.join("junk/b.PNG"), b"x").unwrap();
+        let err = DataLayout::detect(&t.join("junk")).unwrap_err().to_string();
+        assert!(
+            err.contains("holds 2 image files directly, in no class folder")
+                && err.contains("one sub-folder per class"),
+            "{err}"
+        );
         dirs(&t.join("notrain"), &["val/a"]);
         let err = DataLayout::detect(&t.join("notrain"))
             .unwrap_err()

@@ -32,8 +32,8 @@ pub mod split;
 
 pub use decode::{
     decode_files, decode_image, decode_stored, load_full_image, load_image, load_images,
-    DecodedImages, FileOutcome, OnError, SkipCounts, SkipReason, SkippedFile, MAX_IMAGE_BYTES,
-    MAX_IMAGE_SIDE, SUPPORTED_FORMATS,
+    sniff_file, DecodedImages, FileOutcome, OnError, SkipCounts, SkipReason, SkippedFile,
+    MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, SUPPORTED_FORMATS,
 };
 pub use layout::{DataLayout, LayoutKind};
 pub use resize::{ImageSpec, ResizeFilter, ResizePolicy, RESIZE_FILTER};

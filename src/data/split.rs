@@ -5,7 +5,7 @@
 //! Labels are always indices into the training split's classes: a held-out folder may lack a class
 //! of the training folder; a class found only in a held-out folder is refused by name.
 
-use super::decode::{load_images, OnError, SkippedFile};
+use super::decode::{load_images, sniff_file, OnError, SkippedFile};
 use super::layout::{DataLayout, LayoutKind};
 use super::resize::ImageSpec;
 use super::scan::{ClassScan, Skipped};
@@ -296,6 +296,11 @@ pub struct SplitList {
     pub val: Vec<SplitEntry>,
     /// Held-out images.
     pub test: Vec<SplitEntry>,
+    /// Image files left out before the splits were made because their first bytes show they are no
+    /// image ([`sniff_file`]: unreadable, empty, not an image), so that none takes a place in a
+    /// split; a run that loads the list reports them with the files that fail to decode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unusable: Vec<SkippedFile>,
 }
 
 /// Decoded images of one split, and the files that were skipped.
@@ -311,8 +316,10 @@ impl SplitList {
     /// Scans `layout` and makes the splits `opts` asks for: training and held-out images from the
     /// layout's folders or batch files (each limited, class-balanced), validation carved out of the
     /// training images by [`stratified_split`] when `val_share` > 0; for a single folder of class
-    /// folders, all three from [`stratified_split`], then the limits. Also returns what the folder
-    /// scan skipped (for warnings) and ignored (junk).
+    /// folders, all three from [`stratified_split`], then the limits. Image files whose first bytes
+    /// are no image go to [`SplitList::unusable`] before any split is made (for a single folder,
+    /// before the split; else before the validation carve-out, after the limits). Also returns what
+    /// the folder scan skipped (for warnings) and ignored (junk).
     ///
     /// # Errors
     /// [`Error::Usage`] for bad shares or a limit over the images available; [`Error::InvalidFile`]
@@ -330,12 +337,14 @@ impl SplitList {
             val_share,
             test_share,
             train: Vec::new(),
-            val: pools.val,
+            val: Vec::new(),
             test: Vec::new(),
+            unusable: Vec::new(),
         };
         let mut train = pools.train;
         let mut test = pools.test;
         if layout.kind == LayoutKind::ClassFolders {
+            train = list.usable(train);
             let split = list.stratify(&train)?;
             list.val = pick(&train, &split.val);
             test = pick(&train, &split.test);
@@ -343,12 +352,41 @@ impl SplitList {
         }
         list.train = limited(train, opts.train_limit, "--train-limit", &pools.train_dir)?;
         list.test = limited(test, opts.test_limit, "--test-limit", &pools.test_dir)?;
+        if layout.kind != LayoutKind::ClassFolders {
+            // The limits first: a folder of many images is sniffed only where it is used.
+            let (train, test) = (
+                std::mem::take(&mut list.train),
+                std::mem::take(&mut list.test),
+            );
+            list.train = list.usable(train);
+            list.val = list.usable(pools.val);
+            list.test = list.usable(test);
+        }
         if layout.kind != LayoutKind::ClassFolders && val_share > 0.0 {
             let split = list.stratify(&list.train)?;
             list.val = pick(&list.train, &split.val);
             list.train = pick(&list.train, &split.train);
         }
         Ok((list, pools.skipped))
+    }
+
+    /// The entries of `entries` that may be images; the files that cannot be ([`sniff_file`]) go to
+    /// [`SplitList::unusable`]. Batch-file records are not files: all kept.
+    fn usable(&mut self, entries: Vec<SplitEntry>) -> Vec<SplitEntry> {
+        if self.layout == LayoutKind::CifarBinary {
+            return entries;
+        }
+        let root = self.root.clone();
+        entries
+            .into_iter()
+            .filter(|e| match sniff_file(&e.path(&root)) {
+                Some(skipped) => {
+                    self.unusable.push(skipped);
+                    false
+                }
+                None => true,
+            })
+            .collect()
     }
 
     /// [`stratified_split`] of `entries` with this list's shares and seed; a class too small is
@@ -389,15 +427,20 @@ impl SplitList {
         }
     }
 
-    /// One line for logs, e.g. `2 classes: train 278, validation 60, test 60 images (seed 42)`.
+    /// One line for logs, e.g. `2 classes: train 278, validation 60, test 60 images (seed 42)`,
+    /// with `; 2 files left out: no image` when [`SplitList::unusable`] holds some.
     pub fn describe(&self) -> String {
         format!(
-            "{} classes: train {}, validation {}, test {} images (seed {})",
+            "{} classes: train {}, validation {}, test {} images (seed {}){}",
             self.classes.len(),
             self.train.len(),
             self.val.len(),
             self.test.len(),
-            self.seed
+            self.seed,
+            match self.unusable.len() {
+                0 => String::new(),
+                n => format!("; {} left out: no image", crate::util::plural(n, "file")),
+            }
         )
     }
 
@@ -874,6 +917,68 @@ mod tests {
         assert_eq!((a.pixels, a.labels), (b.pixels, b.labels));
     }
 
+    /// Files with an image's extension whose first bytes are no image (empty, text) take no place in
+    /// a split: a single folder's split is the one without them, and on split folders they leave the
+    /// limited lists; listed as unusable with their reasons, kept through `split.json`.
+    #[test]
+    fn files_that_are_no_image_take_no_place_in_a_split() {
+        let tmp = dataset("ants:10 bees:7");
+        let root = tmp.path();
+        let seeded = SplitOptions {
+            seed: 3,
+            ..SplitOptions::default()
+        };
+        let clean = build(root, seeded).unwrap();
+        std::fs::write(root.join("ants/empty.jpg"), b"").unwrap();
+        std::fs::write(root.join("bees/fake.jpg"), b"<html>not found</html>").unwrap();
+        let list = build(root, seeded).unwrap();
+        assert_eq!(
+            (&list.train, &list.val, &list.test),
+            (&clean.train, &clean.val, &clean.test)
+        );
+        let reasons: Vec<(String, SkipReason)> = list
+            .unusable
+            .iter()
+            .map(|s| {
+                (
+                    s.path.strip_prefix(root).unwrap().display().to_string(),
+                    s.reason,
+                )
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("ants/empty.jpg".to_string(), SkipReason::Empty),
+                ("bees/fake.jpg".to_string(), SkipReason::NotAnImage)
+            ]
+        );
+        assert_eq!(
+            list.describe(),
+            "2 classes: train 11, validation 3, test 3 images (seed 3); 2 files left out: no image"
+        );
+        let path = root.join(SPLIT_FILE);
+        list.write(&path).unwrap();
+        assert_eq!(SplitList::read(&path).unwrap(), list);
+        // Split folders: the limits, then the files that are no image leave.
+        let tmp = dataset("train/a:4 train/b:4 test/a:3 test/b:3");
+        let root = tmp.path();
+        std::fs::write(root.join("test/b/00.png"), b"").unwrap();
+        let list = build(root, opts(Some(0.0), None)).unwrap();
+        assert_eq!(
+            files(&list.test),
+            [
+                "test/a/00.png",
+                "test/a/01.png",
+                "test/a/02.png",
+                "test/b/01.png",
+                "test/b/02.png"
+            ]
+        );
+        assert_eq!(list.unusable.len(), 1);
+        assert_eq!(list.train.len(), 8);
+    }
+
     #[test]
     fn single_folder_errors_name_the_class_and_the_option() {
         let tmp = dataset("ants:5 bees:2");
@@ -1075,8 +1180,11 @@ mod tests {
     fn lenient_and_strict_loads_of_a_list() {
         let tmp = dataset("train/a:2 train/b:2 test/a:1 test/b:1");
         let root = tmp.path();
-        std::fs::write(root.join("train/a/01.png"), b"").unwrap();
+        // A PNG cut short: its signature passes the split's sniffing, its decoding fails.
+        let png = std::fs::read(root.join("train/a/01.png")).unwrap();
+        std::fs::write(root.join("train/a/01.png"), &png[..png.len() / 2]).unwrap();
         let list = build(root, SplitOptions::default()).unwrap();
+        assert!(list.unusable.is_empty());
         let spec = ImageSpec::new(4, ResizePolicy::Squash);
         let train = list.load(SplitPart::Train, &spec, OnError::Skip).unwrap();
         assert_eq!(
@@ -1084,17 +1192,14 @@ mod tests {
             ["train/a/00.png", "train/b/00.png", "train/b/01.png"]
         );
         assert_eq!(train.split.labels, [0, 1, 1]);
-        let skipped: Vec<_> = train
-            .skipped
-            .iter()
-            .map(|s| (s.path.clone(), s.reason))
-            .collect();
-        assert_eq!(skipped, [(root.join("train/a/01.png"), SkipReason::Empty)]);
+        let skipped: Vec<_> = train.skipped.iter().map(|s| s.path.clone()).collect();
+        assert_eq!(skipped, [root.join("train/a/01.png")]);
+        let message = &train.skipped[0].message;
         let err = list
             .load(SplitPart::Train, &spec, OnError::Stop)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("01.png: empty file"), "{err}");
+        assert!(err.contains(&format!("01.png: {message}")), "{err}");
     }
 
     #[test]

@@ -115,11 +115,14 @@ pub struct ExportSummary {
     /// For a Triton export: the model folder (`DIR/<name>`), and whether `config.pbtxt` and
     /// `labels.txt` were written (false: the folder had a `config.pbtxt`, kept as it was).
     pub triton_model_dir: Option<(PathBuf, bool)>,
+    /// Whether the graph averages each image's output with its mirror's (`--tta flip`).
+    pub tta_flip: bool,
 }
 
 impl std::fmt::Display for ExportSummary {
     /// What `pipe export` prints: the Triton folder and the verification when there are, then
-    /// `exported run <run> to <path> (<MB> MB, opset <opset>)`.
+    /// `exported run <run> to <path> (<MB> MB, opset <opset>)`, with `, test-time augmentation:
+    /// flip` in the parentheses for a `--tta flip` export.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if let Some((dir, config_written)) = &self.triton_model_dir {
             let version = self
@@ -150,11 +153,16 @@ impl std::fmt::Display for ExportSummary {
         }
         write!(
             f,
-            "exported run {} to {} ({:.1} MB, opset {})",
+            "exported run {} to {} ({:.1} MB, opset {}{})",
             self.run,
             self.path.display(),
             self.bytes as f64 / 1e6,
-            self.opset
+            self.opset,
+            if self.tta_flip {
+                ", test-time augmentation: flip"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -307,6 +315,7 @@ pub fn export_run(
         verification,
         int8,
         triton_model_dir,
+        tta_flip: opts.tta_flip,
     })
 }
 

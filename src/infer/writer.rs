@@ -195,10 +195,12 @@ impl<W: Write> RecordWriter for CsvWriter<W> {
     }
 }
 
-/// One JSON document with the keys in alphabetical order: `accuracy`, `backend`, `classes`,
-/// `confusion`, `correct`, `labelled`, `model`, `output`, `predictions` (the records, each the
-/// [`Prediction`] plus its `top_k` list, or for a file that could not be decoded `{path, error,
-/// message}`: its [`crate::data::SkipReason`] and what is wrong) and `seconds`, then a newline.
+/// One JSON document with the keys in alphabetical order: `accuracy`, `backend`,
+/// `balanced_accuracy`, `classes`, `confusion`, `correct`, `labelled`, `macro_f1`, `model`, `output`,
+/// `predictions` (the records, each the [`Prediction`] plus its `top_k` list, or for a file that
+/// could not be decoded `{path, error, message}`: its [`crate::data::SkipReason`] and what is
+/// wrong), `recall` (per class, in the order of `classes`) and `seconds`, then a newline. The
+/// accuracy figures ([`crate::report::ClassReport`]'s) are `null` without labelled images.
 struct JsonWriter<W> {
     out: W,
     ctx: WriterContext,
@@ -268,14 +270,23 @@ impl<W: Write> RecordWriter for JsonWriter<W> {
     fn finish(&mut self, report: &InferReport, seconds: f64) -> io::Result<()> {
         let out = &mut self.out;
         let ctx = &self.ctx;
+        let metrics = (report.labelled > 0).then(|| report.class_report());
         out.write_all(b"{")?;
         field(out, true, "accuracy", &report.accuracy())?;
         field(out, false, "backend", &ctx.backend)?;
+        let balanced = metrics.as_ref().map(|m| m.balanced_accuracy);
+        field(out, false, "balanced_accuracy", &balanced)?;
         field(out, false, "classes", &ctx.classes)?;
         let confusion = (report.labelled > 0).then_some(&report.confusion);
         field(out, false, "confusion", &confusion)?;
         field(out, false, "correct", &report.correct)?;
         field(out, false, "labelled", &report.labelled)?;
+        field(
+            out,
+            false,
+            "macro_f1",
+            &metrics.as_ref().map(|m| m.macro_f1),
+        )?;
         field(out, false, "model", &ctx.model.to_string_lossy())?;
         field(out, false, "output", &ctx.output_name)?;
         out.write_all(b",\"predictions\":[")?;
@@ -284,6 +295,7 @@ impl<W: Write> RecordWriter for JsonWriter<W> {
         spool.rewind()?;
         io::copy(spool, out)?;
         out.write_all(b"]")?;
+        field(out, false, "recall", &metrics.as_ref().map(|m| &m.recall))?;
         field(out, false, "seconds", &seconds)?;
         out.write_all(b"}\n")?;
         out.flush()
@@ -476,6 +488,9 @@ mod tests {
             "model": "m.onnx", "backend": "tract", "output": "probabilities",
             "classes": ["cat", "dog", "frog"], "predictions": preds, "labelled": 2, "correct": 1,
             "accuracy": 0.5, "confusion": [[1, 0, 0], [1, 0, 0], [0, 0, 0]], "seconds": 1.5,
+            // By hand: recall cat 1/1, dog 0/1 (frog has no image); balanced (1 + 0) / 2; F1 cat
+            // 2 * 0.5 * 1 / 1.5 (precision 1/2), dog 0, frog left out (no image, no prediction).
+            "recall": [1.0, 0.0, 0.0], "balanced_accuracy": 0.5, "macro_f1": 1.0 / 3.0,
         });
         assert_eq!(got, format!("{}\n", serde_json::to_string(&want).unwrap()));
     }

@@ -122,25 +122,31 @@ pub struct RunImages {
     pub val: Option<LoadedSplit>,
     /// Held-out test images.
     pub test: LoadedSplit,
-    /// Files left out because they could not be decoded, in list order (training, validation,
-    /// test), each once.
+    /// Files left out because they could not be decoded: first those the list left out before
+    /// its splits ([`SplitList::unusable`]), then those of each split in list order (training,
+    /// validation, test), each once.
     pub skipped: Vec<SkippedFile>,
 }
 
 impl RunImages {
-    /// Decodes every split of `list` with `spec`; a file that cannot be decoded is skipped (and
-    /// reported to `events` with its reason) or, with [`OnError::Stop`] (`--strict`), stops the load.
+    /// Decodes every split of `list` with `spec`; a file that cannot be decoded (or that the list
+    /// left out as no image) is skipped (and reported to `events` with its reason) or, with
+    /// [`OnError::Stop`] (`--strict`), stops the load.
     ///
     /// # Errors
-    /// As [`SplitList::load`]; [`crate::Error::InvalidFile`] naming the data when every training or
-    /// test image was skipped.
+    /// As [`SplitList::load`]; [`crate::Error::InvalidFile`] naming the first file the list left
+    /// out, with `--strict`; naming the data when every training or test image was skipped.
     pub fn load(
         list: SplitList,
         spec: ImageSpec,
         on_error: OnError,
         events: &dyn EventSink,
     ) -> Result<RunImages> {
-        let mut skipped = Vec::new();
+        if let (OnError::Stop, Some(first)) = (on_error, list.unusable.first()) {
+            return Err(crate::Error::invalid(&first.path, first.message.clone()));
+        }
+        report_skipped(&list.unusable, events);
+        let mut skipped = list.unusable.clone();
         let mut load = |part: SplitPart| -> Result<LoadedSplit> {
             let loaded = list.load(part, &spec, on_error)?;
             report_skipped(&loaded.skipped, events);
@@ -232,6 +238,7 @@ mod tests {
             train: Vec::new(),
             val: Vec::new(),
             test: entries,
+            unusable: Vec::new(),
         };
         let split = LoadedSplit {
             classes: list.classes.clone(),

@@ -95,7 +95,7 @@ pub fn chance_level_advice(
                 a.val_loss, b.val_loss
             )
         }
-        _ => format!("is --lr {lr} too high or too low?"),
+        _ => format!("--lr {lr} may be too high or too low"),
     };
     Some(format!(
         "test accuracy {test_accuracy:.4} is at chance level ({chance:.4}); the run has not \
@@ -342,14 +342,14 @@ mod tests {
             ),
             "{flat}"
         );
-        // Falling losses that moved: no diagnosis, the question.
+        // Falling losses that moved: no diagnosis, the doubt.
         let moved = chance_level_advice(&[epoch(2.3, 2.3), epoch(2.0, 2.2)], 0.1, 10, 1e-4);
         assert!(moved
             .unwrap()
-            .contains("learned: is --lr 1e-4 too high or too low?"));
+            .contains("learned: --lr 1e-4 may be too high or too low. `pipe lr-find`"));
         // One epoch cannot show a trend.
         let one = chance_level_advice(&[epoch(2.3, 2.3)], 0.1, 10, 1e-4);
-        assert!(one.unwrap().contains("too high or too low?"));
+        assert!(one.unwrap().contains("may be too high or too low."));
     }
 
     /// Losses are -ln p(label): items with p(label) 0.5, 0.1, 0.9 and 0.1 rank 0.1 (the earlier
