@@ -1005,24 +1005,28 @@ fn foreign_onnx_models_are_refused_with_a_clear_message() {
     let dir = Workdir::new();
     let img = dir.png("a.png", 4, 4, |_, _| [1, 1, 1]);
     let s4 = Some(S as i64);
-    let cases: [(&str, Vec<u8>, &str); 3] = [
+    // Each with the input line `pipe inspect` prints for it (a symbolic dimension by its name).
+    let cases: [(&str, Vec<u8>, &str, &str); 3] = [
         (
             "x_input.onnx",
             flatten_model("x", &[None, s4, s4, Some(3)], true),
             "not a single `images` input",
+            "input x: float32 [N, 4, 4, 3]\n",
         ),
         (
             "nchw.onnx",
             flatten_model("images", &[None, Some(3), Some(32), Some(32)], true),
             "expected [N,S,S,3]",
+            "input images: float32 [N, 3, 32, 32]\n",
         ),
         (
             "no_shape.onnx",
             flatten_model("images", &[None, None, None, None], true),
             "expected [N,S,S,3]",
+            "input images: float32 [N, N, N, N]\n",
         ),
     ];
-    for (name, bytes, what) in cases {
+    for (name, bytes, what, input) in cases {
         let model = dir.write(name, bytes);
         for backend in ["tract", "ort"] {
             let infer = Pipe::infer(&model).backend(backend).path(&img);
@@ -1032,8 +1036,19 @@ fn foreign_onnx_models_are_refused_with_a_clear_message() {
             assert_contains(&err, &[name, what, "pipe export"]);
             assert!(out.stdout.is_empty());
         }
-        let err = Pipe::inspect(&model).fails();
-        assert_contains(&err, &[name, what]);
+        // inspect still shows what the file holds, then fails with the reason.
+        let out = Pipe::inspect(&model).exits(1);
+        assert_contains(&out.stderr, &[name, what]);
+        assert_contains(
+            &out.stdout,
+            &[
+                "producer: pipe tests",
+                "opset: 17\n",
+                input,
+                "output probabilities: float32 [N, 48]\n",
+                "graph: 1 nodes, 0 parameters\n",
+            ],
+        );
     }
     // A folder named as the model: said so, and a model repository is pointed to --model-repository.
     let folder = dir.join("models");

@@ -13,12 +13,24 @@ pub struct InspectArgs {
 }
 
 impl InspectArgs {
-    /// Prints the model's input, output, opset, parameter count and metadata.
+    /// Prints the model's input, output, opset, parameter count and metadata. For an ONNX file that
+    /// pipe cannot run (not exported by `pipe export`), prints what it holds
+    /// ([`pipe::onnx::info::outline`]), then fails with the reason.
     ///
     /// # Errors
     /// As [`ModelInfo::read`].
     pub fn run(self) -> Result<()> {
-        print!("{}", ModelInfo::read(&self.model)?.describe(&self.model));
-        Ok(())
+        match ModelInfo::read(&self.model) {
+            Ok(info) => {
+                print!("{}", info.describe(&self.model));
+                Ok(())
+            }
+            Err(e) => {
+                if let Ok(outline) = pipe::onnx::info::outline(&self.model) {
+                    print!("{outline}");
+                }
+                Err(e.into())
+            }
+        }
     }
 }

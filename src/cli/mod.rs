@@ -214,6 +214,10 @@ pub enum Command {
     #[command(after_help = EXIT_CODES)]
     Serve(serve::ServeArgs),
     /// Print an exported model's inputs, outputs, opset, metadata and parameter count.
+    ///
+    /// For an ONNX file that pipe did not export, prints what it holds (producer, opsets, inputs and
+    /// outputs with their types and shapes, node and parameter counts), then why pipe cannot run it
+    /// (exit code 1).
     #[command(after_help = EXIT_CODES)]
     Inspect(inspect::InspectArgs),
     /// Manage the ImageNet VGG16 conv-base weights.

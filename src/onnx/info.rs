@@ -30,6 +30,117 @@ pub struct ModelInfo {
     pub parameters: usize,
 }
 
+/// The name of an ONNX `TensorProto.DataType` (`float32`, `uint8`, ...; `type <n>` for the rest).
+fn dtype_name(elem_type: i32) -> String {
+    match elem_type {
+        1 => "float32".into(),
+        2 => "uint8".into(),
+        3 => "int8".into(),
+        6 => "int32".into(),
+        7 => "int64".into(),
+        9 => "bool".into(),
+        10 => "float16".into(),
+        11 => "float64".into(),
+        16 => "bfloat16".into(),
+        n => format!("type {n}"),
+    }
+}
+
+/// `name: float32 [N, 224, 224, 3]`: a graph input or output as [`outline`] lists it (a symbolic
+/// dimension by its name, an unknown one as `?`).
+fn value_line(vi: &pb::ValueInfoProto) -> String {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value;
+    let kind = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(pb::type_proto::Value::TensorType(t)) => {
+            let dims = t.shape.as_ref().map_or_else(
+                || "(no shape)".to_string(),
+                |s| {
+                    let dims: Vec<String> = s
+                        .dim
+                        .iter()
+                        .map(|d| match &d.value {
+                            Some(Value::DimValue(v)) => v.to_string(),
+                            Some(Value::DimParam(p)) if !p.is_empty() => p.clone(),
+                            _ => "?".into(),
+                        })
+                        .collect();
+                    format!("[{}]", dims.join(", "))
+                },
+            );
+            format!("{} {dims}", dtype_name(t.elem_type))
+        }
+        _ => "not a tensor".into(),
+    };
+    format!("{}: {kind}", vi.name)
+}
+
+/// What any ONNX file holds, for `pipe inspect` of a model pipe did not export: producer, opset,
+/// the graph's inputs (initializers left out) and outputs with their types and shapes, and its node
+/// and parameter counts. One line per item, each ending in a newline.
+///
+/// # Errors
+/// As [`read_onnx`]: the file is missing, unreadable or not ONNX.
+pub fn outline(path: &Path) -> Result<String> {
+    let model = read_onnx(path)?;
+    let graph = graph(path, &model)?;
+    let inits: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut out = format!(
+        "model: {}
+",
+        path.display()
+    );
+    if !model.producer_name.is_empty() {
+        out += &format!(
+            "producer: {} {}
+",
+            model.producer_name, model.producer_version
+        );
+    }
+    let opsets: Vec<String> = model
+        .opset_import
+        .iter()
+        .map(|o| match o.domain.as_str() {
+            "" | "ai.onnx" => format!("{}", o.version),
+            d => format!("{d} {}", o.version),
+        })
+        .collect();
+    out += &format!(
+        "opset: {}
+",
+        opsets.join(", ")
+    );
+    for input in graph
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+    {
+        out += &format!(
+            "input {}
+",
+            value_line(input)
+        );
+    }
+    for output in &graph.output {
+        out += &format!(
+            "output {}
+",
+            value_line(output)
+        );
+    }
+    let parameters: i64 = graph
+        .initializer
+        .iter()
+        .map(|t| t.dims.iter().product::<i64>().max(0))
+        .sum();
+    out += &format!(
+        "graph: {} nodes, {parameters} parameters
+",
+        graph.node.len()
+    );
+    Ok(out)
+}
+
 /// The error for a model that is valid ONNX but not in pipe's layout.
 fn foreign(path: &Path, what: String) -> Error {
     Error::invalid(
