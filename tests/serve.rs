@@ -1767,6 +1767,36 @@ fn sigterm_during_a_burst_answers_or_refuses_every_request() {
     );
 }
 
+/// A gRPC client that opens an HTTP/2 connection and then stops reading never acknowledges the
+/// server's close (the PING after its GOAWAY): after SIGTERM the server waits one request timeout
+/// for it, says so, and exits 0, instead of waiting for ever.
+#[test]
+fn a_client_that_never_acknowledges_the_close_does_not_keep_the_server_up() {
+    let server = Server::start(
+        "tract",
+        &["--grpc-port", "0", "--request-timeout-ms", "2000"],
+    );
+    let mut conn = TcpStream::connect(server.grpc.as_deref().unwrap()).unwrap();
+    // The HTTP/2 client preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    conn.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    // The server's own SETTINGS frame header: the connection is accepted and served.
+    let mut header = [0u8; 9];
+    conn.read_exact(&mut header).unwrap();
+    assert_eq!(
+        header[3], 4,
+        "the server's first frame is SETTINGS: {header:?}"
+    );
+    let (status, log) = server.stop_with(libc::SIGTERM);
+    assert!(status.success(), "exit {status}: {log}");
+    assert!(
+        log.contains("connections still open a request timeout after the drain")
+            && log.contains("waited_ms=2000"),
+        "the server says why it closed connections: {log}"
+    );
+    drop(conn);
+}
+
 /// A Python with PyYAML: the project's `.venv` (`make setup` installs it there), else a `python3` on
 /// the PATH that has it.
 fn python_with_yaml() -> PathBuf {

@@ -105,7 +105,8 @@ pub struct ServeArgs {
     pub request_timeout_ms: u64,
     /// On SIGTERM or Ctrl-C, keep answering this long (readiness false, 503 with Connection: close to
     /// new requests) before closing the listener, so that load balancers stop routing; requests in
-    /// flight are always finished. A second SIGTERM or Ctrl-C ends the drain at once.
+    /// flight are always finished. A second SIGTERM or Ctrl-C ends the drain at once. Connections
+    /// still open one --request-timeout-ms after the drain are ended.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub drain_ms: u64,
     /// Log level of the structured logs on stderr (info: one line per request).

@@ -357,23 +357,43 @@ async fn serve_http(
             .with_graceful_shutdown(drain)
             .await
     };
-    match grpc_listener {
-        None => http.await?,
-        Some(l) => {
-            let mut stop = stop.clone();
-            let grpc = tonic::transport::Server::builder()
-                .layer(tower::util::MapResponseLayer::new(grpc::resource_exhausted))
-                .add_service(grpc::Service::server(state.clone(), opts.grpc_max_message))
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(l),
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    },
-                );
-            let (h, g) = tokio::join!(http, grpc);
-            h?;
-            g.map_err(|e| ServeError::Worker(format!("gRPC server: {e}")))?;
+    let mut closing = stop.clone();
+    let servers = async {
+        match grpc_listener {
+            None => http.await?,
+            Some(l) => {
+                let mut stop = stop.clone();
+                let grpc = tonic::transport::Server::builder()
+                    .layer(tower::util::MapResponseLayer::new(grpc::resource_exhausted))
+                    .add_service(grpc::Service::server(state.clone(), opts.grpc_max_message))
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(l),
+                        async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        },
+                    );
+                let (h, g) = tokio::join!(http, grpc);
+                h?;
+                g.map_err(|e| ServeError::Worker(format!("gRPC server: {e}")))?;
+            }
         }
+        Ok::<(), ServeError>(())
+    };
+    // After the drain, open connections get one request timeout to close: every request in flight
+    // is answered within it, and a client that never acknowledges the close (an HTTP/2 client that
+    // stops reading never answers the PING that follows the GOAWAY) cannot keep the server up.
+    let close_bound = opts.request_timeout;
+    let closed = async move {
+        let _ = closing.wait_for(|s| *s).await;
+        tokio::time::sleep(close_bound).await;
+    };
+    tokio::select! {
+        served = servers => served?,
+        () = closed => tracing::warn!(
+            waited_ms = close_bound.as_millis() as u64,
+            "connections still open a request timeout after the drain (clients that did not \
+             acknowledge the close): ending them"
+        ),
     }
     if let Some(p) = poller {
         p.abort();
