@@ -546,11 +546,17 @@ fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
         std::fs::read(&b).unwrap(),
         "same bytes"
     );
-    // --reduce-range on: 7-bit weights whatever the CPU.
-    int8_export(&w, "r", &c)
+    // --reduce-range on: 7-bit weights whatever the CPU; more calibration images asked for than
+    // the run has training images: all 60 of them.
+    let err = w
+        .export("r", &c)
+        .arg("--quantize", "int8")
         .arg("--calibration", "minmax")
         .arg("--reduce-range", "on")
-        .ok();
+        .arg("--calibration-images", "1000")
+        .ok()
+        .stderr;
+    assert!(err.contains("calibrating: 60 images ..."), "{err}");
     assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&c).unwrap());
     let float = w.join("float.onnx");
     w.export_verified("r", &float, 20);
@@ -596,6 +602,7 @@ fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
         );
     }
     assert_eq!(m.metadata["calibration"], "minmax");
+    assert_eq!(m.metadata["calibration_images"], "60");
     assert_eq!(m.metadata["weight_bits"], "7");
     assert_eq!(f.metadata["precision"], "float32");
     // pipe infer's closing line names the precision, and for int8 whether this CPU has int8 dot

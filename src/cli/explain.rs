@@ -1,9 +1,9 @@
 //! `pipe explain`: Grad-CAM heatmaps of a run's model over images.
 
-use super::{refuse_named, scan_inputs, Outcome, RunSelection};
+use super::{named_files, refuse_named, scan_inputs, Outcome, RunSelection};
 use anyhow::{Context, Result};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `pipe explain`.
 #[derive(clap::Args)]
@@ -62,13 +62,7 @@ impl ExplainArgs {
         };
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("cannot create {}", self.out.display()))?;
-        // Files named on the command line (not found inside a folder).
-        let named: HashSet<&Path> = self
-            .images
-            .iter()
-            .filter(|p| !p.is_dir())
-            .map(PathBuf::as_path)
-            .collect();
+        let named = named_files(&self.images);
         let (mut done, mut skipped, mut named_failed) = (Vec::new(), 0usize, Vec::new());
         let mut used = HashSet::new();
         for (k, path) in files.iter().enumerate() {
@@ -118,17 +112,17 @@ impl ExplainArgs {
             entry["heatmap"] = serde_json::json!(png);
             done.push(entry);
         }
+        let not_explained = skipped + named_failed.len();
         pipe::util::write_json_atomic(
             &self.out.join("explain.json"),
             &serde_json::json!({
                 "run": run_dir, "method": "Grad-CAM on the last conv block (block5_conv3)",
-                "images": done, "skipped": skipped + named_failed.len(),
+                "images": done, "skipped": not_explained,
             }),
         )?;
-        if skipped + named_failed.len() > 0 {
+        if not_explained > 0 {
             eprintln!(
-                "{} of {} skipped",
-                skipped + named_failed.len(),
+                "{not_explained} of {} skipped",
                 pipe::util::plural(files.len(), "image")
             );
         }

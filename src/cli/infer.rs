@@ -4,7 +4,7 @@
 //! cannot be decoded is an error (exit code 1) once every other file was written.
 
 use super::render::Stderr;
-use super::{refuse_named, scan_inputs, BackendArgs, Outcome};
+use super::{named_files, refuse_named, scan_inputs, BackendArgs, Outcome};
 use anyhow::Result;
 use pipe::contract::Output;
 use pipe::data::{OnError, SkippedFile};
@@ -123,13 +123,7 @@ impl InferArgs {
             args: &self,
             info: &info,
             files: &files,
-            // Files named on the command line (not found inside a folder).
-            named: self
-                .paths
-                .iter()
-                .filter(|p| !p.is_dir())
-                .map(PathBuf::as_path)
-                .collect(),
+            named: named_files(&self.paths),
             events: Stderr::new(),
             t0: Instant::now(),
         };

@@ -81,6 +81,16 @@ pub fn refuse_named(failed: &[impl std::fmt::Display]) -> anyhow::Result<()> {
     }
 }
 
+/// The paths in `paths` that are not folders: the files named on the command line, whose failure
+/// stops infer and explain with exit code 1 where a file found inside a folder is only skipped.
+pub fn named_files(paths: &[PathBuf]) -> std::collections::HashSet<&std::path::Path> {
+    paths
+        .iter()
+        .filter(|p| !p.is_dir())
+        .map(PathBuf::as_path)
+        .collect()
+}
+
 /// The image files under `paths` (files and folders, as infer and explain take them), after
 /// printing a warning for each kind of skipped entry.
 ///
