@@ -33,11 +33,15 @@ MEMORY_OPTIONS = {"--instances": "2", "--max-batch": "32"}
 def main():
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("folder", nargs="?", default=pathlib.Path(__file__).parent, type=pathlib.Path)
-    cli.add_argument("pipe", nargs="?", help="the pipe binary, to check options against its --help")
+    cli.add_argument("pipe", nargs="?", help="the pipe binary, to check options against its --help "
+                     "(default: the repository's target/release/pipe when it is built)")
     cli.add_argument("--measured", action="append", default=[], type=pathlib.Path,
                      help="a load test's summary JSON (target/loadtest/summary-*.json) to check too")
     opts = cli.parse_args()
     folder, pipe = opts.folder, opts.pipe
+    built = pathlib.Path(__file__).resolve().parent.parent / "target" / "release" / "pipe"
+    if pipe is None and built.is_file():
+        pipe = str(built)
     docs = {}
     for path in sorted(folder.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
@@ -102,7 +106,9 @@ def main():
         sys.exit("\n".join(problems))
     print(f"manifests ok: {', '.join(sorted(docs))}" + "".join(f", jobs/{p.name}" for p in jobs)
           + "".join(f", {n}/" for n in sorted(serving) if n != "deploy")
-          + f"; memory against {len(measured)} measured peak(s)")
+          + f"; memory against {len(measured)} measured peak(s)"
+          + (f"; options against {pipe}" if pipe else
+             "; options NOT checked (no pipe binary: build it, or name it after the folder)"))
 
 
 def merge(base, patch):

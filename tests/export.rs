@@ -668,6 +668,36 @@ fn int8_export_is_standard_qdq_deterministic_and_refused_past_its_bound() {
     let model = repo.join("pipe_vgg16/1/model.onnx");
     assert_eq!(std::fs::read(&model).unwrap(), std::fs::read(&a).unwrap());
     assert!(repo.join("pipe_vgg16/config.pbtxt").is_file());
+    // A refused export into a repository leaves no version folder (a server polling it would find
+    // one without its model.onnx) and no hidden staging folder: for a new model and a new version.
+    let entries = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let fresh = w.join("triton-refused");
+    std::fs::create_dir(&fresh).unwrap();
+    for target in [&fresh, &repo] {
+        Pipe::new("export")
+            .run("r")
+            .runs(&w.runs)
+            .arg("--triton", target)
+            .arg("--quantize", "int8")
+            .arg("--calibration-images", "40")
+            .arg("--max-accuracy-drop", "-100")
+            .fails();
+    }
+    assert_eq!(entries(&fresh), Vec::<String>::new());
+    assert_eq!(
+        entries(&repo.join("pipe_vgg16")),
+        ["1", "config.pbtxt", "labels.txt"]
+    );
+    assert_eq!(entries(&repo), ["pipe_vgg16"]);
     let pixels = std::fs::read(&saved).unwrap();
     assert_eq!(pixels.len(), 40 * 32 * 32 * 3);
     let squash = pipe::data::ImageSpec::new(32, pipe::data::ResizePolicy::Squash).full_decode();

@@ -51,6 +51,9 @@ def main():
         hc = h.get_model_config(model, version)
         check(gc["name"] == hc["name"] and int(gc["max_batch_size"]) == hc["max_batch_size"], f"config {gc} {hc}")
         check(gc["input"][0]["format"] == "FORMAT_NHWC", f"config input {gc}")
+        # The server's default --instances 2, on the CPU, over both protocols.
+        check(gc["instance_group"] == hc["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}],
+              f"instance groups {gc.get('instance_group')} {hc.get('instance_group')}")
         # Each model's version policy, from its config.pbtxt ('a': all; 'b': Triton's default).
         policy = {"a": {"all": {}}, "b": {"latest": {"num_versions": 1}}}[model]
         check(gc["version_policy"] == policy and hc["version_policy"] == policy,

@@ -599,7 +599,9 @@ fn an_int8_model_serves_what_pipe_infer_gives_with_it() {
             &classified,
             &format!("int8 /v1/classify ({backend})"),
         );
-        server.stop();
+        let log = server.stop();
+        let warned = log.contains("an int8 model on tract, which runs int8 files no faster");
+        assert_eq!(warned, backend == "tract", "{backend}: {log}");
     }
 }
 
@@ -1365,13 +1367,29 @@ fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
         Case::new("classify decompression bomb", "POST", "/v1/classify", bomb_image(), 400),
         Case::new("classify top_k 0", "POST", "/v1/classify?top_k=0", jpeg.clone(), 400),
         Case::new("classify top_k not a number", "POST", "/v1/classify?top_k=many", jpeg.clone(), 400),
+        Case::new("classify unknown parameter", "POST", "/v1/classify?topk=2", jpeg.clone(), 400),
+        Case::new("binary data without its header", "POST", &infer, binary(12288, 12288), 400),
         Case::new("classify form without file", "POST", "/v1/classify", "--XY\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XY--\r\n", 400).header("Content-Type", form),
         Case::new("classify broken form", "POST", "/v1/classify", "--XY\r\nnonsense", 400).header("Content-Type", form),
     ];
     assert!(cases.len() >= 25);
     for case in cases {
         let bomb = case.what.contains("bomb");
+        let what = case.what;
         let message = case.check(&server, &http);
+        if what == "classify unknown parameter" {
+            assert!(
+                message
+                    .contains("unknown field `topk`, expected one of `top_k`, `model`, `version`"),
+                "{message}"
+            );
+        }
+        if what == "binary data without its header" {
+            assert!(
+                message.contains("needs the Inference-Header-Content-Length header"),
+                "{message}"
+            );
+        }
         if bomb {
             assert!(
                 message.contains("20000x20000") && message.contains("decompression bomb"),
@@ -1476,7 +1494,7 @@ fn max_batch_is_bounded_by_the_memory_bound_of_the_input_size() {
 /// A port in use stops `pipe serve` before any model is loaded, with the address and the reason once;
 /// a folder given as --model is said to be one.
 #[test]
-fn a_port_in_use_or_a_folder_as_model_stops_serve_before_any_work() {
+fn a_port_in_use_a_folder_as_model_or_a_repository_option_stops_serve_before_any_work() {
     let fx = fixture();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
@@ -1493,6 +1511,20 @@ fn a_port_in_use_or_a_folder_as_model_stops_serve_before_any_work() {
         .arg("--model", folder.path())
         .fails();
     assert!(err.contains("is a folder, not an ONNX model file"), "{err}");
+    // The repository's options with one --model: refused, not ignored.
+    for (option, value) in [
+        ("--model-control-mode", "poll"),
+        ("--repository-poll-secs", "1"),
+        ("--load-model", "a"),
+    ] {
+        let err = Pipe::new("serve --port 0")
+            .arg("--model", &fx.model)
+            .arg(option, value)
+            .fails();
+        let want = format!("{option} applies to a --model-repository; with --model the one model");
+        assert!(err.contains(&want), "{err}");
+        assert!(!err.contains("loaded:"), "a model was loaded first: {err}");
+    }
 }
 
 #[test]
@@ -1765,6 +1797,8 @@ fn sigterm_during_a_burst_answers_or_refuses_every_request() {
         served, answered,
         "the server answered {served}, the clients got {answered}: {log}"
     );
+    // The 16 refused requests, and not the readiness probe's 503 during the drain.
+    assert!(log.contains("refused 16 with 503"), "{log}");
 }
 
 /// A gRPC client that opens an HTTP/2 connection and then stops reading never acknowledges the
@@ -1907,6 +1941,32 @@ fn deploy_manifests_fit_together() {
             .unwrap();
         let err = String::from_utf8_lossy(&run.stderr);
         assert!(!run.status.success() && err.contains(says), "{to}: {err}");
+    }
+    // Without a binary named, the repository's built target/release/pipe checks the options (and
+    // without one, the check says the options went unchecked).
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&deploy, dir.path());
+    let path = dir.path().join("deployment.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let bogus = text.replacen("- --backend", "- --log-jsonx\n            - --backend", 1);
+    assert_ne!(bogus, text);
+    std::fs::write(&path, bogus).unwrap();
+    let run = std::process::Command::new(&python)
+        .arg(root().join("deploy/check.py"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    if root().join("target/release/pipe").is_file() {
+        assert!(
+            !run.status.success() && err.contains("pipe serve has no option --log-jsonx"),
+            "{out}{err}"
+        );
+    } else {
+        assert!(out.contains("options NOT checked"), "{out}{err}");
     }
     // A fresh load test's summary (--measured) whose peak is over the request fails the check.
     let summary: Value =

@@ -267,7 +267,9 @@ impl Command {
             Command::Export(a) => a.run().map(Outcome::from),
             Command::Infer(a) => a.run(),
             #[cfg(feature = "serve")]
-            Command::Serve(a) => a.run().map(Outcome::from),
+            Command::Serve(a) => a
+                .run(matches.subcommand_matches("serve"))
+                .map(Outcome::from),
             Command::Inspect(a) => a.run().map(Outcome::from),
             Command::Weights(c) => c.run().map(Outcome::from),
         }

@@ -123,7 +123,22 @@ impl ServeArgs {
     ///
     /// # Errors
     /// Bad options, an unusable model, a port that cannot be bound; as [`pipe::serve::serve`].
-    pub fn run(self) -> Result<()> {
+    pub fn run(self, matches: Option<&clap::ArgMatches>) -> Result<()> {
+        if self.model_repository.is_none() {
+            let given = super::train::given_ids(matches);
+            let repository_only = [
+                ("model_control_mode", "--model-control-mode"),
+                ("repository_poll_secs", "--repository-poll-secs"),
+                ("load_model", "--load-model"),
+            ];
+            if let Some((_, option)) = repository_only.iter().find(|(id, _)| given.contains(id)) {
+                return Err(Error::Usage(format!(
+                    "{option} applies to a --model-repository; with --model the one model is \
+                     loaded at start and served until the server stops"
+                ))
+                .into());
+            }
+        }
         let log_json = self.log_json;
         let opts = self.into_options()?;
         let summary = pipe::serve::serve(&opts, |l| {

@@ -228,7 +228,15 @@ pub fn export_run(
         tta_flip: false,
     };
     let float = build_model(&arch, &base, &head, &export)?;
-    let output = destination.model_file();
+    let final_output = destination.model_file();
+    // A Triton export is written into a hidden folder first and renamed into place once verified.
+    let staging = match destination {
+        Destination::Triton(layout) => TritonStaging::new(layout),
+        Destination::File(_) => None,
+    };
+    let output = staging
+        .as_ref()
+        .map_or_else(|| final_output.clone(), |s| s.model_file.clone());
     let (verification, int8) = match &opts.quantize {
         None if opts.tta_flip => {
             let tta = build_model(
@@ -274,7 +282,7 @@ pub fn export_run(
                 if opts.verify_images > 0 {
                     found = Some(int8::verify_int8(
                         tmp,
-                        &output,
+                        &final_output,
                         run_dir,
                         q.max_accuracy_drop,
                         q.backend,
@@ -293,15 +301,16 @@ pub fn export_run(
         Destination::Triton(layout) => {
             // A model folder's config (its version policy, say) holds for every version: a new
             // version leaves an existing one as it is.
-            let write = !layout.model_dir().join("config.pbtxt").exists();
+            let model_dir = staging
+                .as_ref()
+                .map_or_else(|| layout.model_dir(), |s| s.model_dir.clone());
+            let write = !model_dir.join("config.pbtxt").exists();
             if write {
                 let info = crate::onnx::ModelInfo::read(&output)?;
-                write_triton_config(
-                    &layout.model_dir(),
-                    &layout.name,
-                    &info,
-                    layout.max_batch_size,
-                )?;
+                write_triton_config(&model_dir, &layout.name, &info, layout.max_batch_size)?;
+            }
+            if let Some(staging) = staging {
+                staging.go_live()?;
             }
             Some((layout.model_dir(), write))
         }
@@ -309,7 +318,7 @@ pub fn export_run(
     };
     Ok(ExportSummary {
         run: config.name,
-        path: output,
+        path: final_output,
         bytes,
         opset: opts.opset,
         verification,
@@ -317,6 +326,77 @@ pub fn export_run(
         triton_model_dir,
         tta_flip: opts.tta_flip,
     })
+}
+
+/// Where a Triton export is written before it goes live: a hidden folder (a name starting with a
+/// dot, which repository scans pass over) renamed into place once the model file is written and
+/// verified, so that a server polling the repository never sees a version folder without its
+/// `model.onnx`, nor a new model without its `config.pbtxt`. Removed, with what it holds, when the
+/// export fails.
+struct TritonStaging {
+    /// The hidden folder: `DIR/.<name>.<pid>.staging` holding the whole model folder for a new
+    /// model, `DIR/<name>/.<version>.<pid>.staging` holding the version's files for a new version.
+    root: PathBuf,
+    /// What `root` becomes: `DIR/<name>` or `DIR/<name>/<version>`.
+    target: PathBuf,
+    /// Where the model file is written meanwhile.
+    model_file: PathBuf,
+    /// Where `config.pbtxt` and `labels.txt` are looked for and written meanwhile: inside `root`
+    /// for a new model, the model's own folder for a new version.
+    model_dir: PathBuf,
+    /// Whether `root` has been renamed into place (then nothing is removed on drop).
+    live: bool,
+}
+
+impl TritonStaging {
+    /// The staging of `layout`'s export; `None` when its version folder already exists (its
+    /// `model.onnx` is then replaced by a rename, as a plain file is).
+    fn new(layout: &TritonLayout) -> Option<Self> {
+        let (model_dir, version) = (layout.model_dir(), layout.version.to_string());
+        let pid = std::process::id();
+        if model_dir.join(&version).exists() {
+            return None;
+        }
+        Some(if model_dir.exists() {
+            let root = model_dir.join(format!(".{version}.{pid}.staging"));
+            TritonStaging {
+                model_file: root.join("model.onnx"),
+                target: model_dir.join(&version),
+                model_dir,
+                root,
+                live: false,
+            }
+        } else {
+            let root = layout
+                .repository
+                .join(format!(".{}.{pid}.staging", layout.name));
+            TritonStaging {
+                model_file: root.join(&version).join("model.onnx"),
+                target: model_dir,
+                model_dir: root.clone(),
+                root,
+                live: false,
+            }
+        })
+    }
+
+    /// Renames the staged folder into place.
+    ///
+    /// # Errors
+    /// The rename fails (for example, the target appeared meanwhile).
+    fn go_live(mut self) -> Result<()> {
+        std::fs::rename(&self.root, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        self.live = true;
+        Ok(())
+    }
+}
+
+impl Drop for TritonStaging {
+    fn drop(&mut self) {
+        if !self.live {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
 }
 
 /// The weights of a run's model: base (and its fingerprint) and head.

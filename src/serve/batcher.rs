@@ -20,7 +20,7 @@
 use super::bounds::{batch_cap, fits, verdict, Pace, Verdict};
 use super::error::{ApiError, ServeError};
 use super::metrics::Metrics;
-use crate::infer::{open_backend, Backend, BackendOptions};
+use crate::infer::{open_backend, Backend, BackendOptions, InferDevice};
 use axum::http::StatusCode;
 use ndarray::{Array2, ArrayView4};
 use std::path::{Path, PathBuf};
@@ -120,6 +120,8 @@ pub struct Batcher {
     metrics: Arc<Metrics>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     backend_name: &'static str,
+    /// Where the backends run.
+    device: InferDevice,
     /// The estimate of seconds per image that the workers share and update.
     pace: Arc<Mutex<Pace>>,
 }
@@ -205,6 +207,7 @@ impl Batcher {
             metrics,
             workers: Mutex::new(workers),
             backend_name,
+            device: opts.device,
             pace,
         })
     }
@@ -212,6 +215,11 @@ impl Batcher {
     /// The backend's name (`tract` or `ort`).
     pub fn backend_name(&self) -> &'static str {
         self.backend_name
+    }
+
+    /// Where the backends run (the CPU, or a GPU through CUDA).
+    pub fn device(&self) -> InferDevice {
+        self.device
     }
 
     /// The batching configuration.
@@ -369,10 +377,20 @@ fn worker_loop(
 /// Answers a job that is not run with the request-timeout error (its requester has usually gone
 /// already) and counts it for `reason`.
 fn drop_job(job: Job, reason: &'static str, cfg: &BatchConfig, metrics: &Metrics) {
+    answer_unrun(
+        job,
+        reason,
+        ApiError::inference_timeout(cfg.request_timeout),
+        metrics,
+    );
+}
+
+/// Answers a job that is not run with `error` and counts it for `reason`.
+fn answer_unrun(job: Job, reason: &'static str, error: ApiError, metrics: &Metrics) {
     metrics.record_dropped(reason);
     let Job { reply, ticket, .. } = job;
     drop(ticket);
-    let _ = reply.send(Err(ApiError::inference_timeout(cfg.request_timeout)));
+    let _ = reply.send(Err(error));
 }
 
 /// Drops the jobs of a batch whose requesters no longer wait for them at `now` (deadline passed or
@@ -439,7 +457,15 @@ fn gather(
         }
         if let Some(reason) = job.unrunnable(&estimate, now) {
             metrics.add_queued(-(job.n as i64));
-            drop_job(job, reason, cfg, metrics);
+            // A request whose images alone take longer than the whole request timeout would fail
+            // on an idle server too: its answer says so, and that retrying cannot help.
+            let expected = estimate.estimate(job.n);
+            if reason == Verdict::CannotFinish.label() && expected > cfg.request_timeout {
+                let error = ApiError::longer_than_timeout(job.n, expected, cfg.request_timeout);
+                answer_unrun(job, reason, error, metrics);
+            } else {
+                drop_job(job, reason, cfg, metrics);
+            }
             continue;
         }
         if !jobs.is_empty() {
@@ -647,6 +673,7 @@ mod tests {
                 metrics: Arc::new(Metrics::default()),
                 workers: Mutex::new(vec![]),
                 backend_name: "echo",
+                device: InferDevice::Cpu,
                 pace: Arc::new(Mutex::new(pace)),
             };
             EchoBatcher {
@@ -769,7 +796,7 @@ mod tests {
     #[test]
     fn expired_requests_and_those_that_cannot_finish_are_answered_unrun() {
         // 10 s per image; a 1000 s timeout does not bound the batch (500 / 10 = 50 > 8).
-        let e = EchoBatcher::idle(cfg(8, 0, 64), Pace::new(10.0));
+        let e = EchoBatcher::idle(cfg(8, 0, 256), Pace::new(10.0));
         let b = &e.batcher;
         let now = Instant::now();
         let expired = b
@@ -780,10 +807,30 @@ mod tests {
             .submit(images(&[2.0; 3]), 3, now + Duration::from_secs(20))
             .unwrap();
         let fine = b.submit(images(&[3.0]), 1, far()).unwrap();
+        // 60 images take 600 s by the estimate, less than the 1000 s timeout: late only because
+        // 700 s of it are gone; 101 images (1010 s) could not finish even on an idle server.
+        let queued_long = b
+            .submit(images(&[4.0; 60]), 60, now + Duration::from_secs(300))
+            .unwrap();
+        let too_long = b.submit(images(&[5.0; 101]), 101, far()).unwrap();
         e.start();
         let rt = runtime();
         assert_timed_out(rt.block_on(expired).unwrap());
         assert_timed_out(rt.block_on(late).unwrap());
+        assert_timed_out(rt.block_on(queued_long).unwrap());
+        let never = rt.block_on(too_long).unwrap().unwrap_err();
+        assert_eq!(
+            (never.status, never.kind, never.retry_after),
+            (StatusCode::SERVICE_UNAVAILABLE, "inference_timeout", None),
+            "{never}"
+        );
+        assert!(
+            never.message.starts_with(
+                "these 101 images would take about 1010.0 s on this server (its measured pace), \
+                 longer than the request timeout of 1000.0 s"
+            ),
+            "{never}"
+        );
         assert_eq!(
             rt.block_on(fine).unwrap().unwrap().column(0).to_vec(),
             [3.0]
@@ -797,7 +844,7 @@ mod tests {
         let m = &b.metrics;
         assert_eq!(
             (m.dropped("deadline_passed"), m.dropped("cannot_finish")),
-            (1, 1)
+            (1, 3)
         );
         assert_eq!((m.queued(), m.images()), (0, 1));
         assert_eq!(b.admitted.load(Ordering::SeqCst), 0);

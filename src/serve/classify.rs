@@ -17,8 +17,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::Path;
 
-/// Query parameters of `/v1/classify`.
+/// Query parameters of `/v1/classify`; any other name is refused (400), so that a misspelt
+/// `topk=2` is not silently answered with the default.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClassifyQuery {
     /// How many of the most probable classes to list per image (default 1, like `pipe infer`).
     top_k: Option<usize>,

@@ -114,6 +114,32 @@ impl ApiError {
         }
     }
 
+    /// A 503 without `Retry-After` for a request of `images` images that the backend is expected
+    /// to take `expected` to run, longer than the whole request timeout (`timeout`): it could not
+    /// finish on an idle server either, so retrying the same request cannot help.
+    pub fn longer_than_timeout(
+        images: usize,
+        expected: std::time::Duration,
+        timeout: std::time::Duration,
+    ) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "inference_timeout",
+            format!(
+                "{} would take about {:.1} s on this server (its measured pace), longer than the \
+                 request timeout of {:.1} s: send fewer images per request, or start the server \
+                 with a longer --request-timeout-ms",
+                if images == 1 {
+                    "this image".to_string()
+                } else {
+                    format!("these {images} images")
+                },
+                expected.as_secs_f64(),
+                timeout.as_secs_f64()
+            ),
+        )
+    }
+
     /// A 500 for a backend failure.
     pub fn backend(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "backend", message)

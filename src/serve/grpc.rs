@@ -323,6 +323,15 @@ impl GrpcInferenceService for Service {
                 policy_choice: Some(policy),
             }),
             max_batch_size: cfg.max_batch as i32,
+            instance_group: vec![ModelInstanceGroup {
+                count: cfg.instances as i32,
+                kind: if m.batcher.device() == crate::infer::InferDevice::Cuda {
+                    model_instance_group::Kind::Gpu
+                } else {
+                    model_instance_group::Kind::Cpu
+                } as i32,
+                ..Default::default()
+            }],
             input: vec![ModelInput {
                 name: crate::contract::INPUT_NAME.into(),
                 data_type: DataType::TypeFp32 as i32,

@@ -151,8 +151,17 @@ pub fn parse_infer(json: &[u8], binary: &[u8], info: &ModelInfo) -> Result<Parse
             "malformed inference request: expected a JSON object {\"inputs\": [...]}",
         ));
     }
-    let req: InferRequest<'_> = serde_json::from_slice(json)
-        .map_err(|e| ApiError::bad_request("json", format!("malformed inference request: {e}")))?;
+    let req: InferRequest<'_> = serde_json::from_slice(json).map_err(|e| {
+        // Bytes after a complete JSON object: most often binary tensor data sent without the
+        // header that says where the JSON ends.
+        let hint = if e.to_string().starts_with("trailing characters") && binary.is_empty() {
+            " (binary tensor data after the JSON needs the Inference-Header-Content-Length header: \
+             the JSON's length in bytes)"
+        } else {
+            ""
+        };
+        ApiError::bad_request("json", format!("malformed inference request: {e}{hint}"))
+    })?;
     let input = match req.inputs.as_slice() {
         [one] => one,
         [] => {
@@ -472,14 +481,16 @@ pub fn model_metadata(
 
 /// The model configuration document (`GET /v2/models/{name}/config`), in the JSON form of Triton's
 /// `model_config.proto`, as `pipe export --triton` writes it in `config.pbtxt`; `version_policy` is
-/// the JSON form of the config's `ModelVersionPolicy` ([`super::repository::VersionPolicy::to_json`]).
+/// the JSON form of the config's `ModelVersionPolicy` ([`super::repository::VersionPolicy::to_json`]);
+/// `instance_group` gives the model instances (`--instances`) and their kind (`KIND_CPU` or
+/// `KIND_GPU`, from `gpu`).
 pub fn model_config(
     model_name: &str,
     info: &ModelInfo,
     platform: &str,
     version_policy: Value,
-    max_batch: usize,
-    max_delay_us: u128,
+    (max_batch, max_delay_us): (usize, u128),
+    (instances, gpu): (usize, bool),
 ) -> Value {
     let s = info.input_size;
     json!({
@@ -487,6 +498,7 @@ pub fn model_config(
         "platform": platform,
         "version_policy": version_policy,
         "max_batch_size": max_batch,
+        "instance_group": [{"count": instances, "kind": if gpu { "KIND_GPU" } else { "KIND_CPU" }}],
         "input": [{"name": crate::contract::INPUT_NAME, "data_type": "TYPE_FP32", "format": "FORMAT_NHWC", "dims": [s, s, 3]}],
         "output": [{"name": info.output_name, "data_type": "TYPE_FP32", "dims": [info.classes.len()], "label_filename": "labels.txt"}],
         "dynamic_batching": {"max_queue_delay_microseconds": max_delay_us},

@@ -227,6 +227,22 @@ impl Metrics {
             .sum()
     }
 
+    /// Inference requests (`.../infer`, `/v1/classify`, gRPC `ModelInfer`) answered with `status`
+    /// so far: a readiness probe's 503 while draining is not a refused request.
+    pub fn inference_requests_with_status(&self, status: u16) -> u64 {
+        let inference = |endpoint: &str| {
+            endpoint.ends_with("/infer")
+                || endpoint == "/v1/classify"
+                || endpoint == "grpc ModelInfer"
+        };
+        self.lock()
+            .requests
+            .iter()
+            .filter(|((e, s), _)| *s == status && inference(e.as_str()))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// The whole registry in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -388,6 +404,31 @@ mod tests {
         assert_eq!(
             bare,
             "y_bucket{le=\"1\"} 0\ny_bucket{le=\"+Inf\"} 0\ny_sum 0\ny_count 0\n"
+        );
+    }
+
+    /// Of 503 answers, only those of inference requests count as refused requests: not a
+    /// readiness probe's while the server drains.
+    #[test]
+    fn only_inference_requests_count_as_refused() {
+        let m = Metrics::default();
+        for endpoint in [
+            "/v2/health/ready",
+            "/v2/models/{name}/ready",
+            "/v2/models/{name}/infer",
+            "/v2/models/{name}/versions/{version}/infer",
+            "/v1/classify",
+            "grpc ModelInfer",
+        ] {
+            m.record_request(endpoint, 503, None, Duration::from_millis(1));
+        }
+        m.record_request("/v1/classify", 200, None, Duration::from_millis(1));
+        assert_eq!(
+            (
+                m.requests_with_status(503),
+                m.inference_requests_with_status(503)
+            ),
+            (6, 4)
         );
     }
 

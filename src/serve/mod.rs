@@ -247,7 +247,7 @@ pub fn serve(
     Ok(ServeSummary {
         answered: metrics.answered(),
         images: metrics.images(),
-        refused: metrics.requests_with_status(503),
+        refused: metrics.inference_requests_with_status(503),
     })
 }
 

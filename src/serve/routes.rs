@@ -194,8 +194,11 @@ async fn model_config(
         &m.info,
         m.platform(),
         st.models.policy(&m.name).to_json(),
-        cfg.max_batch,
-        cfg.max_delay.as_micros(),
+        (cfg.max_batch, cfg.max_delay.as_micros()),
+        (
+            cfg.instances,
+            m.batcher.device() == crate::infer::InferDevice::Cuda,
+        ),
     )))
 }
 

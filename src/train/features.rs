@@ -301,8 +301,8 @@ fn assemble_shards(whole: &Path, n: usize, dim: usize, slot: &CacheSlot) -> Resu
         let _ = std::fs::remove_file(rows_file(whole, rows));
     }
     slot.events.info(format!(
-        "features of {n} images assembled from {} shard files in the feature cache",
-        chain.len()
+        "features of {n} images assembled from {} in the feature cache",
+        crate::util::plural(chain.len(), "shard file")
     ));
     Ok(Some(x))
 }
