@@ -350,6 +350,42 @@ fn lr_find_suggests_a_rate_and_leaves_no_trace() {
         suggested > lrs[0] && suggested < *lrs.last().unwrap(),
         "{suggested}"
     );
+    // The default rule is fastai's valley, worked out here from the recorded smoothed losses: the
+    // longest strictly decreasing subsequence, ending at `end` with length `len`; the step
+    // `start + ⌊L/3⌋ + ⌊L/6⌋` of `start = end - len`, `L = end - start`.
+    assert_eq!(doc["suggest"], "valley");
+    let smoothed: Vec<f64> = points
+        .iter()
+        .map(|p| p["smoothed"].as_f64().unwrap())
+        .collect();
+    let (mut best_len, mut best_end) = (0, 0);
+    for end in 0..smoothed.len() {
+        // The longest decreasing subsequence ending at `end`, by brute force over predecessors.
+        let mut len = vec![1usize; end + 1];
+        for i in 0..=end {
+            for j in 0..i {
+                if smoothed[i] < smoothed[j] && len[j] + 1 > len[i] {
+                    len[i] = len[j] + 1;
+                }
+            }
+        }
+        if len[end] > best_len {
+            (best_len, best_end) = (len[end], end);
+        }
+    }
+    let start = best_end.saturating_sub(best_len);
+    let span = best_end - start;
+    assert_eq!(suggested, lrs[start + span / 3 + span / 6]);
+    assert_eq!(doc["suggestions"]["valley"].as_f64(), Some(suggested));
+    let steepest = doc["suggestions"]["steepest"].as_f64().unwrap();
+    assert!(
+        out.stdout.contains(&format!(
+            "(valley: halfway along the longest fall of the smoothed loss; --suggest steepest: {}",
+            pipe::util::rate(steepest)
+        )),
+        "{}",
+        out.stdout
+    );
     let png = std::fs::read(out_dir.join("lr_find.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
     // An option that sets a run's length is refused before any work.

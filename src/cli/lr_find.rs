@@ -5,7 +5,7 @@ use super::render::Stderr;
 use anyhow::{Context, Result};
 use clap::ArgMatches;
 use pipe::config::{ExtractEnv, Optimizer, Preset, TrainConfig};
-use pipe::train::LrFindOptions;
+use pipe::train::{LrFindOptions, SuggestRule};
 use pipe::util::rate;
 use std::path::PathBuf;
 
@@ -30,6 +30,11 @@ pub struct LrFindArgs {
     /// the loss over fewer batches (see lr_find.json's `smoothing`).
     #[arg(long, default_value_t = 100, value_name = "N")]
     steps: usize,
+    /// How the suggested rate is picked from the smoothed loss: valley (fastai's default: about
+    /// halfway along the longest fall) or steepest (where it falls fastest, often near the end of
+    /// the fall, a larger rate). Both are printed and recorded in lr_find.json.
+    #[arg(long, value_enum, default_value_t = SuggestRule::Valley, value_name = "RULE")]
+    suggest: SuggestRule,
     /// Folder to write lr_find.png and lr_find.json into (default: a new models/lr-find/<UTC time>).
     #[arg(short, long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -52,6 +57,7 @@ impl LrFindArgs {
             start_lr: self.start_lr,
             end_lr: self.end_lr,
             steps: self.steps,
+            rule: self.suggest,
             ..LrFindOptions::default()
         };
         pipe::train::validate_lr_find(&config, &self.env, &opts)?;
@@ -101,7 +107,8 @@ impl LrFindArgs {
                 "augment": config.augment, "seed": config.seed, "recipe_lr": config.lr,
                 "unfreeze": config.unfreeze, "head_epochs": if config.unfreeze > 0 { config.head_epochs } else { 0 },
                 "start_lr": opts.start_lr, "end_lr": opts.end_lr, "steps": opts.steps,
-                "rule": "steepest descent of the smoothed loss against log10(lr)",
+                "suggest": opts.rule, "rule": opts.rule.describe(),
+                "suggestions": found.suggestions.iter().map(|(r, lr)| (r.name(), *lr)).collect::<std::collections::BTreeMap<_, _>>(),
                 "smoothing": pipe::train::smoothing_beta(opts.steps),
                 "suggestion": found.suggestion, "stopped": found.stopped,
                 "images_extracted": found.extracted, "points": found.points,
@@ -128,11 +135,22 @@ impl LrFindArgs {
                 "the whole sweep"
             }
         );
+        let others: Vec<String> = found
+            .suggestions
+            .iter()
+            .filter(|(r, _)| *r != opts.rule)
+            .filter_map(|(r, lr)| Some(format!("--suggest {}: {}", r.name(), rate((*lr)?))))
+            .collect();
         match found.suggestion {
             Some(lr) => println!(
-                "suggested learning rate {} (steepest descent of the smoothed loss); the recipe's \
-                 --lr is {}",
+                "suggested learning rate {} ({}{}); the recipe's --lr is {}",
                 rate(lr),
+                opts.rule.describe(),
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", others.join("; "))
+                },
                 rate(config.lr)
             ),
             None => println!(
@@ -143,7 +161,7 @@ impl LrFindArgs {
         if found.suggestion.is_some() && fall < FLAT_FALL {
             println!(
                 "caution: the smoothed loss fell only {:.1}% below its first value over the range \
-                 test, so its steepest descent means little; look at lr_find.png",
+                 test, so no rule's suggestion means much; look at lr_find.png",
                 100.0 * fall
             );
         }

@@ -160,8 +160,9 @@ pub enum Command {
     /// The recipe trains for --steps mini-batches while the rate grows exponentially from --start-lr
     /// to --end-lr, stopping when the smoothed loss passes 4 times its lowest value: the head alone
     /// on the frozen base's cached features, or, for a recipe with --unfreeze (the finetune preset),
-    /// the last conv layers and the head on the images after the head's warm-up. Prints the rate of
-    /// the steepest descent of the smoothed loss beside the recipe's --lr (with a caution when the
+    /// the last conv layers and the head on the images after the head's warm-up. Prints the rate
+    /// --suggest picks (by default fastai's valley rule, about halfway along the longest fall of the
+    /// smoothed loss; also the steepest descent's) beside the recipe's --lr (with a caution when the
     /// loss hardly fell), and draws lr_find.png: the loss of each step and its smoothed curve against
     /// the rate (log axis), both rates marked. Options that set a run's length or schedule
     /// (--epochs, --time-budget, --schedule, --lr-step-epochs, --patience, --restore-best) have no

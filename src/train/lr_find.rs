@@ -31,6 +31,8 @@ pub struct LrFindOptions {
     pub steps: usize,
     /// Stop once the smoothed loss exceeds this multiple of its lowest value (fastai: 4).
     pub diverge_factor: f64,
+    /// How the suggestion is picked from the smoothed losses.
+    pub rule: SuggestRule,
 }
 
 impl Default for LrFindOptions {
@@ -41,6 +43,7 @@ impl Default for LrFindOptions {
             end_lr: 10.0,
             steps: 100,
             diverge_factor: 4.0,
+            rule: SuggestRule::Valley,
         }
     }
 }
@@ -62,8 +65,10 @@ pub struct LrPoint {
 pub struct LrFind {
     /// Every step run, in order.
     pub points: Vec<LrPoint>,
-    /// The suggested rate ([`steepest_descent`]), `None` when too few steps ran.
+    /// The suggested rate by [`LrFindOptions::rule`], `None` when too few steps ran.
     pub suggestion: Option<f64>,
+    /// The rate each rule suggests (`valley`, `steepest`), for the record.
+    pub suggestions: Vec<(SuggestRule, Option<f64>)>,
     /// Why the test stopped: `end` (the last step), `diverged` (the smoothed loss passed
     /// [`LrFindOptions::diverge_factor`] times its minimum, or a loss was not finite).
     pub stopped: &'static str,
@@ -104,6 +109,75 @@ pub fn steepest_descent(points: &[LrPoint]) -> Option<f64> {
         .filter(|(slope, _)| slope.is_finite())
         .min_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, lr)| lr)
+}
+
+/// How a range test picks the learning rate it suggests from its smoothed losses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuggestRule {
+    /// fastai's default since 2.5 ([`valley`]): halfway along the longest fall of the smoothed loss.
+    #[default]
+    Valley,
+    /// The rate where the smoothed loss falls fastest ([`steepest_descent`]).
+    Steepest,
+}
+
+impl SuggestRule {
+    /// The rule's name, as `--suggest` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SuggestRule::Valley => "valley",
+            SuggestRule::Steepest => "steepest",
+        }
+    }
+
+    /// The rule in words, as `pipe lr-find` prints it and `lr_find.json` records it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SuggestRule::Valley => "valley: halfway along the longest fall of the smoothed loss",
+            SuggestRule::Steepest => "steepest descent of the smoothed loss against log10(lr)",
+        }
+    }
+
+    /// The rate this rule suggests for `points` (`None` when too few steps ran).
+    pub fn suggest(self, points: &[LrPoint]) -> Option<f64> {
+        match self {
+            SuggestRule::Valley => valley(points),
+            SuggestRule::Steepest => steepest_descent(points),
+        }
+    }
+}
+
+/// fastai's "valley" rule (its default suggestion since fastai 2.5): the longest valley of the
+/// smoothed loss is the longest strictly decreasing subsequence of the smoothed losses; with `end`
+/// the step where the longest one ends and `len` its length, the valley is taken to span the steps
+/// from `start = end - len` to `end`, and the suggestion is the rate about halfway along it, at step
+/// `start + ⌊L/3⌋ + ⌊L/6⌋` for `L = end - start` (fastai's index; the rate grows exponentially with
+/// the step, so halfway in steps is the geometric middle of the valley's rates). Of several longest
+/// subsequences, the one ending first counts. Less eager than [`steepest_descent`], whose steepest
+/// point often sits near the end of the fall, just before the loss turns. `None` with fewer than 10
+/// points.
+pub fn valley(points: &[LrPoint]) -> Option<f64> {
+    if points.len() < 10 {
+        return None;
+    }
+    let loss: Vec<f64> = points.iter().map(|p| p.smoothed).collect();
+    // longest[i]: the length of the longest strictly decreasing subsequence ending at step i.
+    let mut longest = vec![1usize; loss.len()];
+    let mut end = 0;
+    for i in 1..loss.len() {
+        for j in 0..i {
+            if loss[i] < loss[j] {
+                longest[i] = longest[i].max(longest[j] + 1);
+            }
+        }
+        if longest[i] > longest[end] {
+            end = i;
+        }
+    }
+    let start = end.saturating_sub(longest[end]);
+    let span = end - start;
+    Some(points[start + span / 3 + span / 6].lr)
 }
 
 /// How far the smoothed loss fell over a sweep: `(first - lowest) / first` of the points' smoothed
@@ -194,7 +268,10 @@ pub fn lr_find(
         range_test(&mut model, &config, opts, device)?
     };
     Ok(LrFind {
-        suggestion: steepest_descent(&points),
+        suggestion: opts.rule.suggest(&points),
+        suggestions: [SuggestRule::Valley, SuggestRule::Steepest]
+            .map(|r| (r, r.suggest(&points)))
+            .to_vec(),
         points,
         stopped,
         extracted: f.extracted,
@@ -334,5 +411,27 @@ mod tests {
         let lr = steepest_descent(&points).unwrap();
         assert!((lr.log10() + 3.0).abs() < 0.1, "{lr}");
         assert!(steepest_descent(&points[..12]).is_none());
+    }
+
+    /// A hand-worked case of the valley rule: the longest strictly decreasing run of the smoothed
+    /// losses below is 3.1, 2.9, 2.5, 2.0, 1.5, 1.0, 0.8 (7 steps, ending at step 8), so the valley
+    /// is taken as steps 1..8 (8 - 7 = 1), L = 7, and the suggestion is step 1 + 2 + 1 = 4. The
+    /// other candidate of 7 (ending at 0.9, step 9) ends later and loses the tie.
+    #[test]
+    fn the_valley_rule_takes_the_middle_of_the_longest_fall() {
+        let losses = [3.0, 3.1, 2.9, 3.0, 2.5, 2.0, 1.5, 1.0, 0.8, 0.9, 2.0, 5.0];
+        let points: Vec<LrPoint> = losses
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| LrPoint {
+                lr: 10f64.powi(i as i32 - 7),
+                loss: l,
+                smoothed: l,
+            })
+            .collect();
+        assert_eq!(valley(&points), Some(points[4].lr));
+        assert!((points[4].lr / 1e-3 - 1.0).abs() < 1e-12);
+        assert_eq!(SuggestRule::Valley.suggest(&points), Some(points[4].lr));
+        assert!(valley(&points[..9]).is_none());
     }
 }

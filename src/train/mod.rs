@@ -46,7 +46,8 @@ pub use features::ShardPart;
 pub use images::SKIPPED_FILE;
 pub use lifecycle::{extract_feature_shard, train};
 pub use lr_find::{
-    fall, lr_find, smoothing_beta, validate_lr_find, LrFind, LrFindOptions, LrPoint,
+    fall, lr_find, smoothing_beta, validate_lr_find, valley, LrFind, LrFindOptions, LrPoint,
+    SuggestRule,
 };
 pub use outputs::TrainOutcome;
 pub use review::{review, validate_review, Review, ReviewOptions, ReviewRow};
