@@ -125,13 +125,17 @@ impl ServeArgs {
     /// Bad options, an unusable model, a port that cannot be bound; as [`pipe::serve::serve`].
     pub fn run(self, matches: Option<&clap::ArgMatches>) -> Result<()> {
         if self.model_repository.is_none() {
-            let given = super::train::given_ids(matches);
+            let given = |id: &str| {
+                matches.is_some_and(|m| {
+                    m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+                })
+            };
             let repository_only = [
                 ("model_control_mode", "--model-control-mode"),
                 ("repository_poll_secs", "--repository-poll-secs"),
                 ("load_model", "--load-model"),
             ];
-            if let Some((_, option)) = repository_only.iter().find(|(id, _)| given.contains(id)) {
+            if let Some((_, option)) = repository_only.iter().find(|(id, _)| given(id)) {
                 return Err(Error::Usage(format!(
                     "{option} applies to a --model-repository; with --model the one model is \
                      loaded at start and served until the server stops"
