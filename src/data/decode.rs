@@ -803,8 +803,6 @@ mod tests {
         assert_eq!(&load_image(&q, &squash).unwrap()[..6], &[1, 2, 3, 1, 2, 3]);
     }
 
-    /// Lenient: every good file kept, every bad one reported once with its reason and the error's
-    /// text; strict: the first bad file's error, as `load_image` gives it.
     /// `sniff_file` refuses what its first bytes show (the same reason and message as decoding
     /// gives) and lets the rest through, truncated files included.
     #[test]
@@ -833,6 +831,8 @@ mod tests {
         assert_eq!(refused, 3);
     }
 
+    /// Lenient: every good file kept, every bad one reported once with its reason and the error's
+    /// text; strict: the first bad file's error, as `load_image` gives it.
     #[test]
     fn skip_keeps_the_good_files_and_names_each_bad_one_once() {
         let dir = tempfile::tempdir().unwrap();
