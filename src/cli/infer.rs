@@ -261,11 +261,7 @@ fn precision_note(info: &ModelInfo, backend: &str) -> String {
         }
     };
     if backend == "tract" {
-        // `make bench-int8` measured tract at 0.86x (32 px) and 0.93x (384 px) of its float32 speed
-        // on int8 files, against ONNX Runtime's 3.8x (docs/RESULTS.md, the AVX-512 VNNI EPYC).
-        format!(
-            "{cpu}; tract runs int8 files no faster than float32: --backend ort for int8's speed"
-        )
+        format!("{cpu}; tract {}", pipe::infer::TRACT_INT8_HINT)
     } else {
         cpu
     }

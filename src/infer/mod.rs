@@ -28,6 +28,13 @@ pub use classify::{
 pub use report::{folder_label, InferReport};
 pub use writer::{OutputFormat, RecordWriter, ReportStream, WriterContext};
 
+/// What to tell a user who runs an int8 model on tract, after "tract": it runs int8 files no faster
+/// than their float32 twins (0.47-0.99x in `make bench-int8`'s runs, docs/RESULTS.md), where ONNX
+/// Runtime runs them 3.5-3.9x as fast on CPUs with int8 dot products. Shared by `pipe infer`'s
+/// closing line and `pipe serve`'s warning when it loads such a model.
+pub const TRACT_INT8_HINT: &str =
+    "runs int8 files no faster than float32: --backend ort for int8's speed";
+
 /// Images per backend run at input side `side` that keep one block-1 activation (64 float32 channels
 /// of `side` x `side`: 256 KiB per 32x32 image, 12.25 MiB per 224x224 one, 36 MiB per 384x384 one)
 /// within `budget` bytes, between 1 and 256. A backend holds several buffers of that order per image

@@ -562,13 +562,11 @@ impl Loader {
         );
         let precision = crate::contract::ModelMetadata::precision_from_props(&info.metadata);
         if precision == crate::contract::INT8 && batcher.backend_name() == "tract" {
-            // `make bench-int8` measured tract at 0.86x (32 px) and 0.93x (384 px) of its float32
-            // speed on int8 files, against ONNX Runtime's 3.8x (docs/RESULTS.md).
             tracing::warn!(
                 model = name,
                 version,
-                "an int8 model on tract, which runs int8 files no faster than float32: \
-                 --backend ort for int8's speed"
+                "an int8 model on tract, which {}",
+                crate::infer::TRACT_INT8_HINT
             );
         }
         Ok(ServedModel {
