@@ -17,10 +17,13 @@
 //! positions (VGG16's blocks 4 and 5 at 32x32 pixels), the model is cut, and each thread runs that
 //! tail on its images together, each such convolution written as one matrix product over all of
 //! them, so that a layer's weights are read once per [`TAIL_BATCH`] images instead of once per
-//! image. Wide layers on large maps are the other (`winograd`): convolutions of at least 128
-//! input channels on maps of at least 16x16 positions (most of VGG16's at 128 pixels and more) are
-//! computed by Winograd's F(4x4, 3x3), with 4 times fewer multiply-adds: at 384 pixels tract went
-//! from 0.54x ort's speed to 0.83x. docs/RESULTS.md has the figures.
+//! image; there the wide 4x4-map convolutions (block 4) are computed by Winograd's F(4x4, 3x3),
+//! except in chunks of fewer than [`split::WINOGRAD_MIN_ROWS`] rows. Wide layers on large maps are
+//! the other exception (`winograd`): convolutions of at least 128 input channels on maps of at least
+//! 16x16 positions (most of VGG16's at 128 pixels and more) are computed by Winograd's F(4x4, 3x3),
+//! with 4 times fewer multiply-adds: at 384 pixels tract went from 0.54x ort's speed to 0.83x, and
+//! at 32 pixels the tail's Winograd form took it from 0.53-0.55x to 0.63-0.66x on the Zen 5 EPYC.
+//! docs/RESULTS.md has the figures.
 
 use super::Backend;
 use crate::error::{Error, Result};
@@ -41,11 +44,20 @@ const TAIL_BATCH: usize = 64;
 pub struct TractBackend {
     plan: Arc<TypedRunnableModel>,
     /// For a model split by [`split::split`]: `plan` is its single-image head and this its batched
-    /// tail, which each thread runs on the head's outputs for its images, [`TAIL_BATCH`] at a time,
-    /// with the number of rows the head gives per image.
-    tail: Option<(Arc<TypedRunnableModel>, usize)>,
+    /// tail, which each thread runs on the head's outputs for its images, [`TAIL_BATCH`] at a time.
+    tail: Option<Tail>,
     batch: BatchPlan,
     threads: usize,
+}
+
+/// The batched tail of a split model ([`split::Split`]), planned.
+struct Tail {
+    plan: Arc<TypedRunnableModel>,
+    /// The tail without Winograd's form, for chunks of fewer than [`split::WINOGRAD_MIN_ROWS`]
+    /// rows, when `plan` uses it.
+    narrow: Option<Arc<TypedRunnableModel>>,
+    /// Rows of the head's output per image.
+    rows: usize,
 }
 
 /// How a plan takes a batch.
@@ -98,11 +110,7 @@ fn plan(model: InferenceModel) -> TractResult<(Arc<TypedRunnableModel>, BatchPla
 }
 
 /// A planned model: the plan, the batched tail of a split model, and how the plan takes a batch.
-type Planned = (
-    Arc<TypedRunnableModel>,
-    Option<(Arc<TypedRunnableModel>, usize)>,
-    BatchPlan,
-);
+type Planned = (Arc<TypedRunnableModel>, Option<Tail>, BatchPlan);
 
 /// Plans `proto`: split into a single-image head and a batched tail when [`split::split`] finds small
 /// late maps and the head gets a single-image plan, else whole as [`plan`] does; in either, the wide
@@ -123,19 +131,33 @@ fn plan_proto(proto: &pb::ModelProto) -> TractResult<Planned> {
         let Some(shapes) = &shapes else {
             return Ok(None);
         };
-        let Some(parts) = split::split(proto, shapes) else {
+        let Some(parts) = split::split(proto, shapes, &winograd_tail) else {
             return Ok(None);
         };
-        let head = winograd::rewrite(&parts.head, shapes).unwrap_or(parts.head);
+        let split::Split {
+            head,
+            tail,
+            narrow_tail,
+            rows,
+        } = parts;
+        let head = winograd::rewrite(&head, shapes).unwrap_or(head);
         let (head, batch) = plan(onnx.model_for_proto_model(&head)?)?;
         if batch != BatchPlan::PerImage {
             return Ok(None);
         }
-        let tail = onnx
-            .model_for_proto_model(&parts.tail)?
-            .into_optimized()?
-            .into_runnable()?;
-        Ok(Some((head, Some((tail, parts.rows)), batch)))
+        // Each part's file goes once tract has it (the Winograd tail's weights are about 150 MB
+        // with VGG16 at 32x32 pixels).
+        let tail_plan = |m: pb::ModelProto| {
+            let model = onnx.model_for_proto_model(&m);
+            drop(m);
+            model?.into_optimized()?.into_runnable()
+        };
+        let tail = Tail {
+            plan: tail_plan(tail)?,
+            narrow: narrow_tail.map(tail_plan).transpose()?,
+            rows,
+        };
+        Ok(Some((head, Some(tail), batch)))
     };
     // A model that cannot be split is planned whole, which reports what is wrong with it, if
     // anything.
@@ -157,6 +179,15 @@ fn plan_proto(proto: &pb::ModelProto) -> TractResult<Planned> {
     }
     let (plan, batch) = plan(parsed.model)?;
     Ok((plan, None, batch))
+}
+
+/// Winograd's form ([`winograd::small_map`]) for a batched tail's 3x3 convolutions on 4x4 maps of
+/// at least [`winograd::MIN_CHANNELS`] input channels, the faster form [`split::split`] takes.
+fn winograd_tail(
+    conv: &pb::NodeProto,
+    k: &split::SameConv,
+) -> Option<(Vec<pb::NodeProto>, Vec<pb::TensorProto>)> {
+    winograd::fits_small_map(k, winograd::MIN_CHANNELS).then(|| winograd::small_map(conv, k))
 }
 
 /// Whether `model` has operators other than constants whose inputs do not depend on the model's
@@ -206,7 +237,7 @@ impl TractBackend {
 
     fn with_plan(
         plan: Arc<TypedRunnableModel>,
-        tail: Option<(Arc<TypedRunnableModel>, usize)>,
+        tail: Option<Tail>,
         batch: BatchPlan,
         threads: usize,
     ) -> Self {
@@ -261,7 +292,7 @@ impl TractBackend {
 
     /// Runs `images` on the calling thread: at once, or image by image for a single-image plan.
     fn run_chunk(&self, images: ArrayView4<'_, f32>) -> Result<Vec<ArrayD<f32>>> {
-        if let Some((tail, rows)) = &self.tail {
+        if let Some(Tail { plan, narrow, rows }) = &self.tail {
             return images
                 .axis_chunks_iter(Axis(0), TAIL_BATCH)
                 .map(|chunk| {
@@ -284,6 +315,10 @@ impl TractBackend {
                         .map_err(err)?
                         .into_dimensionality::<Ix4>()
                         .map_err(err)?;
+                    let tail = match narrow {
+                        Some(narrow) if input.shape()[0] < split::WINOGRAD_MIN_ROWS => narrow,
+                        _ => plan,
+                    };
                     Self::run_one(tail, input.view())
                 })
                 .collect::<Result<Vec<_>>>()

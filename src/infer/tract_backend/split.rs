@@ -13,10 +13,15 @@
 //!   `kh * kw * C` values (NHWC order), multiplied by the weights reordered to `[kh * kw * C, OC]`;
 //! - dense form, for smaller maps (2x2 under a 3x3 kernel): the whole map is one row of `H * W * C`
 //!   values and the convolution is the linear map it is, `[H * W * C, H * W * OC]`, which skips the
-//!   taps that fall in the padding (4 of 9 products instead of 9 at 2x2).
+//!   taps that fall in the padding (4 of 9 products instead of 9 at 2x2);
+//! - Winograd form, for 3x3 kernels on 4x4 maps with many input channels (VGG16's block 4 at 32x32
+//!   pixels): one F(4x4, 3x3) tile per map, 36 products of `[OC, C] x [C, N]` instead of the 144
+//!   multiply-adds per channel pair of the im2col form ([`super::winograd::small_map`], passed in
+//!   by the tract backend). On the Zen 5 EPYC the tail ran 2.2x as fast, and `pipe infer --backend
+//!   tract` 1.16-1.21x (docs/RESULTS.md).
 //!
-//! Both forms compute the convolution's sums in another order: results agree with the plain plan
-//! to float32 rounding.
+//! The forms compute the convolution's sums in another order: results agree with the plain plan
+//! to float32 rounding (Winograd's to about 2e-6 of the largest output).
 
 use crate::onnx::build::{attr_int, attr_ints, f32_tensor, i64_tensor, node, value_info};
 use std::collections::{HashMap, HashSet};
@@ -30,16 +35,31 @@ use tract_onnx::prelude::*;
 /// block-4 maps are 8x8 (64) and stay in the single-image head.
 pub const SMALL_MAP: usize = 16;
 
+/// Fewest rows (images) a tail computes by Winograd: its transformed weights are 4 times the
+/// size of the im2col form's, and they are read once per batch. On the Zen 5 EPYC (VGG16's block
+/// 4 and 5 tail, one thread) the Winograd tail ran 281, 410, 627 and 840 images/s on batches of 1,
+/// 2, 4 and 8 against 426, 597, 614 and 703 for the im2col form.
+pub const WINOGRAD_MIN_ROWS: usize = 4;
+
 /// A model cut at the input of its first small-map convolution: `head` computes the cut tensor
 /// (`[N, C, H, W]`, float32) from the model's input, `tail` the model's outputs from it.
 pub struct Split {
     pub head: pb::ModelProto,
     pub tail: pb::ModelProto,
+    /// When `tail` computes some convolutions in the faster form given to [`split`] (Winograd's):
+    /// the same tail with every small-map convolution in im2col or dense form, for fewer than
+    /// [`WINOGRAD_MIN_ROWS`] rows.
+    pub narrow_tail: Option<pb::ModelProto>,
     /// Rows of the cut tensor per image (2 for a test-time augmentation graph that runs each image
     /// and its mirror): the tail's input for `n` images is row `r` of every image, for `r` in
     /// `0..rows`.
     pub rows: usize,
 }
+
+/// Another form for a small-map convolution in a batched tail ([`split`]): its nodes and
+/// initializers, or `None` to keep the im2col or dense form.
+pub type FasterForm =
+    dyn Fn(&pb::NodeProto, &SameConv) -> Option<(Vec<pb::NodeProto>, Vec<pb::TensorProto>)>;
 
 /// Every named tensor's shape (`[R, C, H, W]` and so on) with a batch of one image, from
 /// [`one_image_shapes`].
@@ -130,7 +150,11 @@ pub fn one_image_shapes(
 /// convolution ([`same_conv`]) on a map of at most [`SMALL_MAP`] positions, from which on the graph
 /// is a chain (nothing computed before that convolution's input is used after it) of operators
 /// that keep each image's rows apart (see `rowwise_tail`).
-pub fn split(model: &pb::ModelProto, shapes: &Shapes) -> Option<Split> {
+///
+/// `faster` may give another form for a small-map convolution (the tract backend passes Winograd's,
+/// `winograd::small_map`, for wide 4x4 maps); the tail uses it where it does, and then
+/// [`Split::narrow_tail`] is the tail without it.
+pub fn split(model: &pb::ModelProto, shapes: &Shapes, faster: &FasterForm) -> Option<Split> {
     let graph = model.graph.as_ref()?;
     let initializers = initializers(graph);
     let [input] = data_inputs(graph, &initializers)[..] else {
@@ -175,18 +199,26 @@ pub fn split(model: &pb::ModelProto, shapes: &Shapes) -> Option<Split> {
     let cut_dims: Vec<Option<i64>> = std::iter::once(None)
         .chain(cut_shape[1..].iter().map(|&d| Some(d as i64)))
         .collect();
-    let mut tail_nodes = Vec::new();
-    let mut new_initializers = Vec::new();
-    for n in &graph.node[cut..] {
-        match small(n) {
-            Some(conv) => {
-                let (nodes, tensors) = rewrite(n, &conv);
-                tail_nodes.extend(nodes);
-                new_initializers.extend(tensors);
+    // The tail's nodes and new initializers, with the faster form where `use_faster` and it allow,
+    // and whether it was used.
+    let tail_graph = |use_faster: bool| {
+        let mut tail_nodes = Vec::new();
+        let mut new_initializers = Vec::new();
+        let mut used = false;
+        for n in &graph.node[cut..] {
+            match small(n) {
+                Some(conv) => {
+                    let fast = if use_faster { faster(n, &conv) } else { None };
+                    used |= fast.is_some();
+                    let (nodes, tensors) = fast.unwrap_or_else(|| rewrite(n, &conv));
+                    tail_nodes.extend(nodes);
+                    new_initializers.extend(tensors);
+                }
+                None => tail_nodes.push(n.clone()),
             }
-            None => tail_nodes.push(n.clone()),
         }
-    }
+        (tail_nodes, new_initializers, used)
+    };
     // The head's output has `rows` rows per image: its first dimension is left unnamed.
     let mut head_output = value_info(&cut_tensor, &cut_dims, "");
     if let Some(pb::type_proto::Value::TensorType(t)) =
@@ -204,15 +236,24 @@ pub fn split(model: &pb::ModelProto, shapes: &Shapes) -> Option<Split> {
         vec![head_output],
         Vec::new(),
     );
-    let tail = sub_model(
-        model,
-        graph,
-        tail_nodes,
-        vec![value_info(&cut_tensor, &cut_dims, "")],
-        graph.output.clone(),
-        new_initializers,
-    );
-    Some(Split { head, tail, rows })
+    let tail_model = |(nodes, initializers, _): (Vec<_>, Vec<_>, bool)| {
+        sub_model(
+            model,
+            graph,
+            nodes,
+            vec![value_info(&cut_tensor, &cut_dims, "")],
+            graph.output.clone(),
+            initializers,
+        )
+    };
+    let wide = tail_graph(true);
+    let narrow_tail = wide.2.then(|| tail_model(tail_graph(false)));
+    Some(Split {
+        head,
+        tail: tail_model(wide),
+        narrow_tail,
+        rows,
+    })
 }
 
 /// Whether the tail `nodes` (from the cut tensor `cut`, `rows` rows per image in the order "row r
@@ -628,7 +669,7 @@ pub fn sub_model(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::tract_backend::TractBackend;
+    use crate::infer::tract_backend::{winograd, winograd_tail, TractBackend};
     use crate::infer::Backend;
     use ndarray::{Array2, Array4};
 
@@ -779,7 +820,7 @@ mod tests {
     fn split_of(proto: &pb::ModelProto) -> TractResult<Option<Split>> {
         let parsed = tract_onnx::onnx().parse(proto, None)?;
         let shapes = one_image_shapes(proto, &parsed)?.expect("one-image shapes");
-        Ok(split(proto, &shapes))
+        Ok(split(proto, &shapes, &|_, _| None))
     }
 
     /// 70 deterministic images `[70, 8, 8, 3]` (NHWC) with values in [-1, 1].
@@ -832,6 +873,89 @@ mod tests {
         assert!(split_of(&model(true, false)).unwrap().is_none());
         let x = images();
         assert_tail_matches(&proto, &x, &naive(&x));
+    }
+
+    /// `parts.head` and then `tail`, each planned by tract for any number of images, on all of `x`
+    /// at once.
+    fn run_parts(parts: &Split, tail: &pb::ModelProto, x: &Array4<f32>) -> Array2<f32> {
+        let run = |m: &pb::ModelProto, input: Tensor| -> Tensor {
+            let plan = tract_onnx::onnx()
+                .model_for_proto_model(m)
+                .unwrap()
+                .into_optimized()
+                .unwrap()
+                .into_runnable()
+                .unwrap();
+            let mut out = plan.run(tvec!(input.into())).unwrap();
+            out.remove(0).into_tensor()
+        };
+        let cut = run(&parts.head, x.clone().into_tensor());
+        let y = run(tail, cut);
+        y.to_plain_array_view::<f32>()
+            .unwrap()
+            .into_dimensionality::<ndarray::Ix2>()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// With the Winograd threshold at one input channel, the tail computes its 4x4-map
+    /// convolution by F(4x4, 3x3) (no im2col Gather; the 2x2 map keeps its dense form) and its
+    /// narrow twin in im2col form, and head then either tail give the blocks' definition within
+    /// 1e-4 on 70 images, and on a mirrored batch. At the default threshold there is no twin.
+    #[test]
+    fn the_batched_tail_computes_4x4_maps_by_winograd() {
+        let x = images();
+        let mut mirrored = x.clone();
+        mirrored.invert_axis(ndarray::Axis(2));
+        let mirrored = mirrored.as_standard_layout().to_owned();
+        for mirror in [false, true] {
+            let proto = model(false, mirror);
+            let parsed = tract_onnx::onnx().parse(&proto, None).unwrap();
+            let shapes = one_image_shapes(&proto, &parsed).unwrap().unwrap();
+            let winograd = |n: &pb::NodeProto, k: &SameConv| {
+                winograd::fits_small_map(k, 1).then(|| winograd::small_map(n, k))
+            };
+            let parts = split(&proto, &shapes, &winograd).expect("a small map to batch");
+            let tail = parts.tail.graph.as_ref().unwrap();
+            let count = |op: &str| tail.node.iter().filter(|n| n.op_type == op).count();
+            assert_eq!((count("Conv"), count("Gather")), (0, 0));
+            assert!(tail.node.iter().any(|n| n.name.contains("/winograd/")));
+            let want = if mirror {
+                (naive(&x) + naive(&mirrored)) / 2.0
+            } else {
+                naive(&x)
+            };
+            let narrow = parts.narrow_tail.as_ref().expect("a tail without Winograd");
+            let narrow_graph = narrow.graph.as_ref().unwrap();
+            assert!(narrow_graph
+                .node
+                .iter()
+                .all(|n| !n.name.contains("/winograd/")));
+            assert_eq!(
+                narrow_graph
+                    .node
+                    .iter()
+                    .filter(|n| n.op_type == "Gather")
+                    .count(),
+                1
+            );
+            for (which, tail) in [("winograd", &parts.tail), ("narrow", narrow)] {
+                let got = run_parts(&parts, tail, &x);
+                assert_eq!(got.dim(), want.dim());
+                let worst = (&got - &want).iter().fold(0f32, |m, d| m.max(d.abs()));
+                assert!(
+                    worst <= 1e-4,
+                    "{which} tail, mirror {mirror}: off by {worst}"
+                );
+            }
+            let default = split(&proto, &shapes, &winograd_tail).unwrap();
+            let graph = default.tail.graph.as_ref().unwrap();
+            assert!(
+                graph.node.iter().all(|n| !n.name.contains("/winograd/")),
+                "8 input channels: below the default threshold"
+            );
+            assert!(default.narrow_tail.is_none());
+        }
     }
 
     /// A test-time augmentation model (two rows per image into the tail, whose Split takes the

@@ -23,6 +23,11 @@
 //! gained about half as much (docs/RESULTS.md, 2026-12-05 20:05 entry). The sums come in another
 //! order and the transforms' entries reach 8 and 1/24: the outputs agree with the plain
 //! convolution's to about 2e-6 of their largest value.
+//!
+//! [`small_map`] is the second form, for the batched tail of [`super::split`]: on a 4x4 map (one
+//! tile) the per-image form would multiply each image's single tile by the layer's 36 transformed
+//! weight matrices; there the tiles of all the chunk's images are the columns of one product per
+//! point, and the transforms are plain matrix products over the map's positions.
 
 use super::split::{initializers, node_, rewrite_prefix, same_conv, sub_model, SameConv, Shapes};
 use crate::onnx::build::{attr_int, attr_ints, attr_string, f32_tensor, i64_tensor, node};
@@ -138,20 +143,7 @@ fn winograd(conv: &pb::NodeProto, k: &SameConv) -> (Vec<pb::NodeProto>, Vec<pb::
         .flat_map(|ab| (0..POINTS).map(move |uv| (ab, uv)))
         .map(|(ab, uv)| (BT[ab / TILE][uv / TILE] * BT[ab % TILE][uv % TILE]) as f32)
         .collect();
-    // U[a * TILE + b][o][i] = (G g Gᵀ)[a][b] for the 3x3 kernel g of output o and input i.
-    let mut u = vec![0f32; POINTS * oc * c];
-    for o in 0..oc {
-        for i in 0..c {
-            let g = |y: usize, x: usize| f64::from(k.weight[((o * c + i) * 3 + y) * 3 + x]);
-            for ab in 0..POINTS {
-                let (ga, gb) = (G[ab / TILE], G[ab % TILE]);
-                let sum: f64 = (0..9)
-                    .map(|t| ga[t / 3] * g(t / 3, t % 3) * gb[t % 3])
-                    .sum();
-                u[(ab * oc + o) * c + i] = sum as f32;
-            }
-        }
-    }
+    let u = transformed_weights(k);
     // Row p * M + q of the output transform: Aᵀ[p][a] * Aᵀ[q][b] in column a * TILE + b.
     let output_matrix: Vec<f32> = (0..M * M)
         .flat_map(|pq| (0..POINTS).map(move |ab| (pq, ab)))
@@ -239,6 +231,185 @@ fn winograd(conv: &pb::NodeProto, k: &SameConv) -> (Vec<pb::NodeProto>, Vec<pb::
         "Add",
         &name("biased"),
         &[&name("map"), &name("bias")],
+        &conv.output[0],
+        vec![],
+    ));
+    (nodes, tensors)
+}
+
+/// `U[a * TILE + b][o][i] = (G g Gᵀ)[a][b]` for the 3x3 kernel `g` of output `o` and input `i`:
+/// the weights of the 36 products, `[36, OC, C]`, computed in f64.
+fn transformed_weights(k: &SameConv) -> Vec<f32> {
+    let (c, oc) = (k.c, k.oc);
+    let mut u = vec![0f32; POINTS * oc * c];
+    for o in 0..oc {
+        for i in 0..c {
+            let g = |y: usize, x: usize| f64::from(k.weight[((o * c + i) * 3 + y) * 3 + x]);
+            for ab in 0..POINTS {
+                let (ga, gb) = (G[ab / TILE], G[ab % TILE]);
+                let sum: f64 = (0..9)
+                    .map(|t| ga[t / 3] * g(t / 3, t % 3) * gb[t % 3])
+                    .sum();
+                u[(ab * oc + o) * c + i] = sum as f32;
+            }
+        }
+    }
+    u
+}
+
+/// Largest map (positions) whose convolutions the batched tail computes by [`small_map`]: one
+/// 4x4 tile (VGG16's block-4 maps at 32x32 pixels). [`small_map`] takes maps of several tiles
+/// too, but its transforms are matrices of `36 * tiles x positions` entries, which grow with the
+/// square of the map, and on the Zen 5 EPYC a tail that began at VGG16's 8x8 block-3 maps (four
+/// tiles) ran 238 images/s on one thread against 271 with block 3 left in the single-image head
+/// (docs/RESULTS.md).
+pub const MAX_SMALL_MAP: usize = M * M;
+
+/// Whether the batched tail computes `k` by [`small_map`]: a 3x3 kernel on a map of at most
+/// [`MAX_SMALL_MAP`] positions whose sides are multiples of 4, with at least `min_channels` input
+/// channels ([`MIN_CHANNELS`] in `pipe`'s plans).
+pub fn fits_small_map(k: &SameConv, min_channels: usize) -> bool {
+    (k.kh, k.kw) == (3, 3)
+        && k.c >= min_channels
+        && k.h * k.w <= MAX_SMALL_MAP
+        && k.h.is_multiple_of(M)
+        && k.w.is_multiple_of(M)
+}
+
+/// The nodes and initializers that compute `conv`'s output `[N, OC, H, W]` from its input
+/// `[N, C, H, W]` by F(4x4, 3x3), in the form for a batched tail's small maps
+/// ([`super::split`]), where the images of a batch share every matrix product:
+///
+/// 1. the map's `H * W` positions become the rows (`[H * W, C * N]`, one `Transpose`), and the
+///    input transform of every tile is one `MatMul` by `[36 * tiles, H * W]` (each row is a
+///    point of a tile, its padding's taps left out): `[36, tiles, C, N]`;
+/// 2. one product per point and tile over all images: `[OC, C] x [C, N]`, the weights
+///    `[36, 1, OC, C]` broadcast over the tiles;
+/// 3. the bias added at point (1, 1) of every tile (column 1 of `Aᵀ` is all ones, so it reaches
+///    each output once), and the output transform as one `MatMul` by `[H * W, 36 * tiles]`,
+///    then back to `[N, OC, H, W]`.
+///
+/// The per-row form [`rewrite`] writes reads each layer's transformed weights once per image
+/// for a product a few columns wide (one tile on a 4x4 map); here they are read once per batch.
+pub fn small_map(conv: &pb::NodeProto, k: &SameConv) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+    let p = rewrite_prefix(conv, "winograd");
+    let name = |suffix: &str| format!("{p}{suffix}");
+    let (c, oc, h, w) = (k.c, k.oc, k.h, k.w);
+    let (tw, positions) = (w / M, h * w);
+    let tiles = (h / M) * tw;
+    // Where position (y, x) of the map falls in the window of inputs of tile t (6x6, from one row
+    // and one column before the tile's 4x4 outputs), if it does.
+    let window = |t: usize, y: usize, x: usize| -> Option<(usize, usize)> {
+        let (y0, x0) = (M * (t / tw), M * (t % tw));
+        let (u, v) = ((y + 1).checked_sub(y0)?, (x + 1).checked_sub(x0)?);
+        (u < TILE && v < TILE).then_some((u, v))
+    };
+    // Row ab * tiles + t, column y * W + x: Bᵀ[a][u] * Bᵀ[b][v] for the position's place (u, v)
+    // in tile t's window.
+    let mut input_matrix = vec![0f32; POINTS * tiles * positions];
+    // Row y * W + x, column ab * tiles + t: Aᵀ[p][a] * Aᵀ[q][b] for the position's place (p, q)
+    // in its own tile t.
+    let mut output_matrix = vec![0f32; positions * POINTS * tiles];
+    for ab in 0..POINTS {
+        let (a, b) = (ab / TILE, ab % TILE);
+        for t in 0..tiles {
+            for (y, x) in (0..h).flat_map(|y| (0..w).map(move |x| (y, x))) {
+                let pos = y * w + x;
+                if let Some((u, v)) = window(t, y, x) {
+                    input_matrix[(ab * tiles + t) * positions + pos] = (BT[a][u] * BT[b][v]) as f32;
+                }
+                let (ty, tx) = (y / M, x / M);
+                if ty * tw + tx == t {
+                    let (pp, q) = (y % M, x % M);
+                    output_matrix[pos * POINTS * tiles + ab * tiles + t] =
+                        (AT[pp][a] * AT[q][b]) as f32;
+                }
+            }
+        }
+    }
+    let mut bias = vec![0f32; POINTS * tiles * oc];
+    let at_ones = TILE + 1;
+    for t in 0..tiles {
+        let row = (at_ones * tiles + t) * oc;
+        bias[row..row + oc].copy_from_slice(&k.bias);
+    }
+    let [c_, oc_, h_, w_, n_pos, n_points, n_tiles] =
+        [c, oc, h, w, positions, POINTS, tiles].map(|v| v as i64);
+    let tensors = vec![
+        i64_tensor(&name("flat_in_shape"), &[-1, c_, n_pos]),
+        i64_tensor(&name("rows_shape"), &[n_pos, -1]),
+        f32_tensor(
+            &name("input_transform"),
+            &[POINTS * tiles, positions],
+            &input_matrix,
+        ),
+        i64_tensor(&name("columns_shape"), &[n_points, n_tiles, c_, -1]),
+        f32_tensor(
+            &name("weight"),
+            &[POINTS, 1, oc, c],
+            &transformed_weights(k),
+        ),
+        f32_tensor(&name("bias"), &[POINTS, tiles, oc, 1], &bias),
+        i64_tensor(&name("flat_shape"), &[n_points * n_tiles, -1]),
+        f32_tensor(
+            &name("output_transform"),
+            &[positions, POINTS * tiles],
+            &output_matrix,
+        ),
+        i64_tensor(&name("grouped_shape"), &[n_pos, oc_, -1]),
+        i64_tensor(&name("map_shape"), &[-1, oc_, h_, w_]),
+    ];
+    // [N, C, H * W] <-> [H * W, C, N].
+    let swap = || vec![attr_ints("perm", &[2, 1, 0])];
+    // (operator, output, inputs, attributes): each output is named as its node, and every input
+    // is one of this rewrite's tensors.
+    let chain: Vec<(&str, &str, Vec<&str>, Vec<pb::AttributeProto>)> = vec![
+        ("Transpose", "by_position", vec!["flat_in"], swap()),
+        ("Reshape", "rows", vec!["by_position", "rows_shape"], vec![]),
+        (
+            "MatMul",
+            "transformed",
+            vec!["input_transform", "rows"],
+            vec![],
+        ),
+        (
+            "Reshape",
+            "columns",
+            vec!["transformed", "columns_shape"],
+            vec![],
+        ),
+        ("MatMul", "products", vec!["weight", "columns"], vec![]),
+        ("Add", "biased", vec!["products", "bias"], vec![]),
+        ("Reshape", "flat", vec!["biased", "flat_shape"], vec![]),
+        (
+            "MatMul",
+            "outputs",
+            vec!["output_transform", "flat"],
+            vec![],
+        ),
+        (
+            "Reshape",
+            "grouped",
+            vec!["outputs", "grouped_shape"],
+            vec![],
+        ),
+        ("Transpose", "by_image", vec!["grouped"], swap()),
+    ];
+    let mut nodes = vec![node_(
+        "Reshape",
+        &name("flat_in"),
+        &[&conv.input[0], &name("flat_in_shape")],
+        vec![],
+    )];
+    for (op, out, inputs, attributes) in chain {
+        let inputs: Vec<String> = inputs.into_iter().map(name).collect();
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        nodes.push(node_(op, &name(out), &inputs, attributes));
+    }
+    nodes.push(node(
+        "Reshape",
+        &name("map"),
+        &[&name("by_image"), &name("map_shape")],
         &conv.output[0],
         vec![],
     ));
@@ -343,6 +514,73 @@ mod tests {
         one_image_shapes(proto, &parsed)
             .unwrap()
             .expect("one-image shapes")
+    }
+
+    /// [`small_map`] in place of both convolutions, on maps of one tile (4x4), two (4x8) and four
+    /// (8x8): no 3x3 kernel is left, and tract runs the graph, planned for any number of images, on
+    /// 1 and on 70 images to the convolutions' definition within 1e-4.
+    #[test]
+    fn small_map_computes_the_convolutions_over_a_batch() {
+        for (h, w) in [(4, 4), (4, 8), (8, 8)] {
+            let proto = model(h, w);
+            let s = shapes(&proto);
+            let graph = proto.graph.as_ref().unwrap();
+            let inits = initializers(graph);
+            let mut nodes = Vec::new();
+            let mut extra = Vec::new();
+            for n in &graph.node {
+                let input = n.input.first().and_then(|i| s.get(i)).cloned();
+                // Every map of whole tiles, past [`MAX_SMALL_MAP`] too: the form takes any number.
+                match same_conv(n, &inits, input, |k| k.h % M == 0 && k.w % M == 0) {
+                    Some(k) => {
+                        let (more, tensors) = small_map(n, &k);
+                        nodes.extend(more);
+                        extra.extend(tensors);
+                    }
+                    None => nodes.push(n.clone()),
+                }
+            }
+            assert_eq!(nodes.iter().filter(|n| n.op_type == "Conv").count(), 0);
+            let fast = sub_model(
+                &proto,
+                graph,
+                nodes,
+                graph.input.clone(),
+                graph.output.clone(),
+                extra,
+            );
+            let plan = tract_onnx::onnx()
+                .model_for_proto_model(&fast)
+                .unwrap()
+                .into_optimized()
+                .unwrap()
+                .into_runnable()
+                .unwrap();
+            for n in [1, 70] {
+                let x = Array4::from_shape_fn((n, 4, h, w), |(b, c, y, xx)| {
+                    ((b * 11 + c * 7 + y * 5 + xx * 3) % 19) as f32 / 9.0 - 1.0
+                });
+                let got = plan.run(tvec!(x.clone().into_tensor().into())).unwrap();
+                let got = got[0]
+                    .to_plain_array_view::<f32>()
+                    .unwrap()
+                    .into_dimensionality::<ndarray::Ix4>()
+                    .unwrap();
+                let want = naive(&x);
+                assert_eq!(got.dim(), want.dim());
+                let worst = (&got - &want).iter().fold(0f32, |m, d| m.max(d.abs()));
+                assert!(worst <= 1e-4, "{h}x{w}, {n} image(s): off by {worst}");
+            }
+        }
+        let odd = model(8, 8);
+        let s = shapes(&odd);
+        let inits = initializers(odd.graph.as_ref().unwrap());
+        let first = &odd.graph.as_ref().unwrap().node[0];
+        let input = s.get(&first.input[0]).cloned();
+        assert!(
+            same_conv(first, &inits, input, |k| fits_small_map(k, 1)).is_none(),
+            "64 positions: more than one tile"
+        );
     }
 
     /// Both convolutions of an 8x12 map are rewritten (no 3x3 kernel and no original weight is
