@@ -94,22 +94,36 @@ fn rewrite_with(
     min_channels: usize,
     min_map: usize,
 ) -> Option<pb::ModelProto> {
+    let keep = |k: &SameConv| {
+        (k.kh, k.kw) == (3, 3)
+            && k.c >= min_channels
+            && k.h * k.w >= min_map
+            && k.h.is_multiple_of(M)
+            && k.w.is_multiple_of(M)
+    };
+    rewrite_convs(model, shapes, keep, winograd)
+}
+
+/// Nodes and initializers that compute a convolution ([`winograd`] or [`small_map`]).
+type Form = fn(&pb::NodeProto, &SameConv) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>);
+
+/// `model` with every convolution that `keep` accepts ([`same_conv`], with `shapes` as in
+/// [`rewrite`]) computed by `form`; `None` when there is none.
+fn rewrite_convs(
+    model: &pb::ModelProto,
+    shapes: &Shapes,
+    keep: impl Fn(&SameConv) -> bool,
+    form: Form,
+) -> Option<pb::ModelProto> {
     let graph = model.graph.as_ref()?;
     let initializers = initializers(graph);
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut extra = Vec::new();
     for n in &graph.node {
         let input = n.input.first().and_then(|i| shapes.get(i)).cloned();
-        let conv = same_conv(n, &initializers, input, |k| {
-            (k.kh, k.kw) == (3, 3)
-                && k.c >= min_channels
-                && k.h * k.w >= min_map
-                && k.h % M == 0
-                && k.w % M == 0
-        });
-        match conv {
+        match same_conv(n, &initializers, input, &keep) {
             Some(k) => {
-                let (more, tensors) = winograd(n, &k);
+                let (more, tensors) = form(n, &k);
                 nodes.extend(more);
                 extra.extend(tensors);
             }
@@ -173,9 +187,7 @@ fn winograd(conv: &pb::NodeProto, k: &SameConv) -> (Vec<pb::NodeProto>, Vec<pb::
     ];
     let swap = || vec![attr_ints("perm", &[0, 2, 1, 3])];
     let (tile, m) = (TILE as i64, M as i64);
-    // (operator, output, inputs, attributes): each output is named as its node, and every input
-    // but the convolution's own is one of this rewrite's tensors.
-    let chain: Vec<(&str, &str, Vec<&str>, Vec<pb::AttributeProto>)> = vec![
+    let chain: Vec<Step> = vec![
         ("Reshape", "planes", vec!["padded", "planes_shape"], vec![]),
         (
             "Conv",
@@ -222,11 +234,7 @@ fn winograd(conv: &pb::NodeProto, k: &SameConv) -> (Vec<pb::NodeProto>, Vec<pb::
         &[&conv.input[0], &name("pads")],
         vec![],
     )];
-    for (op, out, inputs, attributes) in chain {
-        let inputs: Vec<String> = inputs.into_iter().map(name).collect();
-        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        nodes.push(node_(op, &name(out), &inputs, attributes));
-    }
+    nodes.extend(chain_nodes(&p, chain));
     nodes.push(node(
         "Add",
         &name("biased"),
@@ -235,6 +243,23 @@ fn winograd(conv: &pb::NodeProto, k: &SameConv) -> (Vec<pb::NodeProto>, Vec<pb::
         vec![],
     ));
     (nodes, tensors)
+}
+
+/// One node of a rewrite: operator, output, inputs, attributes, every name but the prefix.
+type Step<'a> = (&'a str, &'a str, Vec<&'a str>, Vec<pb::AttributeProto>);
+
+/// The nodes of `chain`, with `prefix` before every name: each output is named as its node, and
+/// every input is one of the rewrite's tensors.
+fn chain_nodes(prefix: &str, chain: Vec<Step>) -> Vec<pb::NodeProto> {
+    let name = |suffix: &str| format!("{prefix}{suffix}");
+    chain
+        .into_iter()
+        .map(|(op, out, inputs, attributes)| {
+            let inputs: Vec<String> = inputs.into_iter().map(name).collect();
+            let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            node_(op, &name(out), &inputs, attributes)
+        })
+        .collect()
 }
 
 /// `U[a * TILE + b][o][i] = (G g Gᵀ)[a][b]` for the 3x3 kernel `g` of output `o` and input `i`:
@@ -361,9 +386,7 @@ pub fn small_map(conv: &pb::NodeProto, k: &SameConv) -> (Vec<pb::NodeProto>, Vec
     ];
     // [N, C, H * W] <-> [H * W, C, N].
     let swap = || vec![attr_ints("perm", &[2, 1, 0])];
-    // (operator, output, inputs, attributes): each output is named as its node, and every input
-    // is one of this rewrite's tensors.
-    let chain: Vec<(&str, &str, Vec<&str>, Vec<pb::AttributeProto>)> = vec![
+    let chain: Vec<Step> = vec![
         ("Transpose", "by_position", vec!["flat_in"], swap()),
         ("Reshape", "rows", vec!["by_position", "rows_shape"], vec![]),
         (
@@ -401,11 +424,7 @@ pub fn small_map(conv: &pb::NodeProto, k: &SameConv) -> (Vec<pb::NodeProto>, Vec
         &[&conv.input[0], &name("flat_in_shape")],
         vec![],
     )];
-    for (op, out, inputs, attributes) in chain {
-        let inputs: Vec<String> = inputs.into_iter().map(name).collect();
-        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        nodes.push(node_(op, &name(out), &inputs, attributes));
-    }
+    nodes.extend(chain_nodes(&p, chain));
     nodes.push(node(
         "Reshape",
         &name("map"),
@@ -523,32 +542,12 @@ mod tests {
     fn small_map_computes_the_convolutions_over_a_batch() {
         for (h, w) in [(4, 4), (4, 8), (8, 8)] {
             let proto = model(h, w);
-            let s = shapes(&proto);
-            let graph = proto.graph.as_ref().unwrap();
-            let inits = initializers(graph);
-            let mut nodes = Vec::new();
-            let mut extra = Vec::new();
-            for n in &graph.node {
-                let input = n.input.first().and_then(|i| s.get(i)).cloned();
-                // Every map of whole tiles, past [`MAX_SMALL_MAP`] too: the form takes any number.
-                match same_conv(n, &inits, input, |k| k.h % M == 0 && k.w % M == 0) {
-                    Some(k) => {
-                        let (more, tensors) = small_map(n, &k);
-                        nodes.extend(more);
-                        extra.extend(tensors);
-                    }
-                    None => nodes.push(n.clone()),
-                }
-            }
-            assert_eq!(nodes.iter().filter(|n| n.op_type == "Conv").count(), 0);
-            let fast = sub_model(
-                &proto,
-                graph,
-                nodes,
-                graph.input.clone(),
-                graph.output.clone(),
-                extra,
-            );
+            // Every map of whole tiles, past [`MAX_SMALL_MAP`] too: the form takes any number.
+            let whole_tiles = |k: &SameConv| k.h.is_multiple_of(M) && k.w.is_multiple_of(M);
+            let fast = rewrite_convs(&proto, &shapes(&proto), whole_tiles, small_map)
+                .expect("both convolutions qualify");
+            let graph = fast.graph.as_ref().unwrap();
+            assert_eq!(graph.node.iter().filter(|n| n.op_type == "Conv").count(), 0);
             let plan = tract_onnx::onnx()
                 .model_for_proto_model(&fast)
                 .unwrap()
